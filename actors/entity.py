@@ -1,0 +1,114 @@
+"""The entity contract: a plain Python object, no Ray, no aiohttp, no clock, no I/O.
+
+An entity takes a `Command`, validates it, changes its own state, and returns an `Outcome`:
+the reply for the sender, the records to persist, the events to push, and the commands to send to
+other entities. The host (actors/host.py) persists the records *before* it releases the reply or
+the events (an output gate), so nothing a client sees can be lost by a crash.
+
+Rules an entity follows:
+- `handle` raises SyncopateError to refuse, and then must not have changed any state.
+- `apply(record)` replays one persisted record; replaying every record from a restored snapshot
+  rebuilds exactly the state `handle` produced. Records and snapshots are msgpack-able values.
+- Time comes in the command (`cmd.now_ms`, the server clock); randomness from the command too.
+- `self.version` is maintained by the host: the number of the last committed log entry. A mutating
+  command becomes entry `self.version + 1`; pushes carry it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sends a command: from the verified token."""
+    user_id: str
+    product: str = "premium"          # "premium" | "free"
+    device_id: str | None = None      # the device / session the token or connection belongs to
+    system: bool = False              # internal commands (effects, gateway notices) only
+
+    @property
+    def premium(self) -> bool:
+        return self.product == "premium"
+
+
+SYSTEM = Principal(user_id="@system", system=True)
+
+
+@dataclass
+class Command:
+    kind: str
+    entity_id: str
+    op: str
+    args: dict = field(default_factory=dict)
+    principal: Principal = SYSTEM
+    op_id: str | None = None          # idempotency key: the same op id is applied once
+    now_ms: int = 0                   # server clock, filled in by the host when it handles the command
+    origin: tuple[str, str] | None = None   # (gateway id, connection id) that sent it, if any
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.entity_id}"
+
+
+@dataclass
+class Event:
+    """A push. `type` is a protocols.MessageType value; the host stamps `version` after commit.
+
+    `to` narrows the audience: None = every connection subscribed to the entity; otherwise a
+    user id (only that user's subscribed connections) or "conn:<gateway>/<connection>" for one.
+    `close` asks the gateway to close the addressed connections after delivering (sign-out)."""
+    type: str
+    payload: Any
+    to: str | None = None
+    close: bool = False
+
+
+@dataclass
+class Outcome:
+    reply: Any = None
+    records: list = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    effects: list[Command] = field(default_factory=list)
+
+
+class Entity:
+    kind: ClassVar[str] = ""
+    snapshot_every: ClassVar[int] = 500       # write a snapshot (compaction) after this many records
+    tick_ms: ClassVar[int | None] = None      # call tick() this often while active (heartbeats)
+
+    def __init__(self, entity_id: str, env: "Env") -> None:
+        self.id = entity_id
+        self.env = env
+        self.version = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    def handle(self, cmd: Command) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, record: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def snapshot(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def restore(self, data: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tick(self, now_ms: int) -> Outcome | None:
+        """Periodic work while active (tick_ms set): e.g. expire silent devices."""
+        return None
+
+    def idle(self) -> bool:
+        """May the host passivate this entity now? (e.g. not while devices are connected)"""
+        return True
+
+
+@dataclass
+class Env:
+    """What every entity may consult: read-only catalog and limits. Same in every host process."""
+    catalog: Any = None
+    config: dict = field(default_factory=dict)

@@ -1,0 +1,79 @@
+"""Bearer tokens: HS256 JWTs signed with the server's secret, with an expiry.
+
+Claims: sub (user id), product ("premium" | "free"), sid (optional device/session id), iat, exp.
+The secret lives in `<data-dir>/secret.key` (created with 0600 on first use) unless given, so
+`syncopate token USER --data-dir DIR` mints tokens a server on the same data dir accepts.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+import jwt
+
+from actors.entity import Principal
+from protocols.errors import ErrorCode, SyncopateError
+
+ALGORITHM = "HS256"
+DEFAULT_TTL_S = 3600
+PRODUCTS = ("premium", "free")
+
+
+def load_secret(data_dir: str | Path, secret: str | None = None) -> str:
+    if secret:
+        return secret
+    path = Path(data_dir) / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, value.encode())
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return value
+
+
+class Auth:
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("the signing secret must be at least 16 characters")
+        self._secret = secret
+
+    def mint(self, user_id: str, *, product: str = "premium", ttl_s: int = DEFAULT_TTL_S,
+             device_id: str | None = None, now: float | None = None) -> str:
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be one of {PRODUCTS}")
+        if not user_id or len(user_id) > 64:
+            raise ValueError("user id must be 1 to 64 characters")
+        now = time.time() if now is None else now
+        claims = {"sub": user_id, "product": product, "iat": int(now), "exp": int(now + ttl_s)}
+        if device_id:
+            claims["sid"] = device_id
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise SyncopateError(ErrorCode.UNAUTHORIZED, "no bearer token")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+        except jwt.ExpiredSignatureError:
+            raise SyncopateError(ErrorCode.TOKEN_EXPIRED, "the access token expired") from None
+        except jwt.PyJWTError:
+            raise SyncopateError(ErrorCode.UNAUTHORIZED, "invalid access token") from None
+        product = claims.get("product", "premium")
+        if product not in PRODUCTS or not isinstance(claims["sub"], str):
+            raise SyncopateError(ErrorCode.UNAUTHORIZED, "invalid access token")
+        return Principal(user_id=claims["sub"], product=product, device_id=claims.get("sid"))
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None

@@ -1,0 +1,84 @@
+"""GatewayContext: what REST handlers and the websocket handler use to reach the cluster."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from actors.entity import SYSTEM, Command, Principal
+from gateway.auth import Auth
+from gateway.dispatcher import Dispatcher
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from protocols import messages as m
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.uris import parse_uri
+
+log = logging.getLogger("syncopate.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    max_frame_bytes: int = 1 << 20
+    ws_rate: float = 200.0               # frames per second per connection (sustained)
+    ws_burst: float = 400.0
+    rest_rate: float = 100.0             # requests per second per user (sustained)
+    rest_burst: float = 200.0
+    heartbeat_s: float = 20.0            # websocket ping interval; a dead peer is dropped after ~2x
+    extra: dict = field(default_factory=dict)
+
+
+class GatewayContext:
+    def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
+                 config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.dispatcher = dispatcher
+        self.hub = hub
+        self.auth = auth
+        self.catalog = catalog
+        self.config = config
+        self.metrics = metrics
+        self.health = health
+
+    # -- calls into the cluster ---------------------------------------------------------------
+    def request(self, cmd: Command, callback) -> None:
+        """Fast path: no preparation needed, answer through `callback(ok, payload, version)`."""
+        self.metrics.host_calls.labels(cmd.kind).inc()
+        self.dispatcher.request(cmd, callback)
+
+    async def call(self, kind: str, entity_id: str, op: str, args: dict | None = None, *,
+                   principal: Principal = SYSTEM, op_id: str | None = None,
+                   origin: tuple[str, str] | None = None) -> Any:
+        reply, _ = await self.call_versioned(Command(kind, entity_id, op, dict(args or {}), principal,
+                                                     op_id=op_id, origin=origin))
+        return reply
+
+    async def call_versioned(self, cmd: Command) -> tuple[Any, int]:
+        await self.prepare(cmd)
+        self.metrics.host_calls.labels(cmd.kind).inc()
+        return await self.dispatcher.call(cmd)
+
+    def needs_prepare(self, cmd: Command) -> bool:
+        return cmd.kind == m.DEVICE_GROUP and cmd.op == "play" and isinstance(cmd.args.get("context_uri"), str) \
+            and cmd.args["context_uri"].startswith("spotify:playlist:")
+
+    async def prepare(self, cmd: Command) -> None:
+        """Cross-entity reads the entity itself can't do (it has no I/O): a playlist play context is
+        resolved here, with the caller's own rights, into the entries the device group plays."""
+        if not self.needs_prepare(cmd):
+            return
+        _, pid = parse_uri(cmd.args["context_uri"], "playlist")
+        try:
+            reply, _ = await self.dispatcher.call(Command(m.PLAYLIST, pid, "entries", {}, cmd.principal))
+        except SyncopateError as err:
+            if err.code == ErrorCode.NOT_FOUND:
+                raise SyncopateError(ErrorCode.NOT_FOUND, f"playlist {pid} not found") from None
+            raise
+        cmd.args["context_entries"] = reply["entries"]
+
+    def tell(self, kind: str, entity_id: str, op: str, args: dict, origin: tuple[str, str] | None = None) -> None:
+        """System notice to an entity (connection closed, ...); failures are logged, not raised."""
+        def done(ok, payload, version):
+            if not ok:
+                log.debug("notice %s.%s failed: %s", kind, op, payload)
+        self.dispatcher.request(Command(kind, entity_id, op, args, SYSTEM, origin=origin), done)

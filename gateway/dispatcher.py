@@ -1,0 +1,190 @@
+"""The gateway's end of the host channel: route each command to its owning host, batch, correlate.
+
+    request(cmd, callback) -> placement.owner(cmd.key) -> Batcher (one message per host per turn)
+    receive(host, incarnation, items) <- the host's ordered stream of replies ("r") and pushes ("e")
+
+Replies and pushes from one host arrive on one ordered stream, so a subscriber never sees a push
+older than the state its subscribe answer carried. Callbacks run synchronously while the stream is
+read (not as future continuations), so what a reply sets up (a subscription) is in place before
+the very next push of the same batch is routed.
+
+A host that dies takes its unanswered requests with it. The liveness loop pings every host; a
+failed ping, or a new incarnation, fails the requests that were sent to the old one with
+HOST_UNAVAILABLE. Clients retry those with the same op id: idempotent on the host.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from actors.batching import Batcher
+from actors.entity import Command
+from actors.placement import owner
+from protocols.errors import ErrorCode, SyncopateError
+
+log = logging.getLogger("syncopate.dispatcher")
+Callback = Callable[[bool, Any, int], None]
+
+
+class Transport(Protocol):
+    n_hosts: int
+
+    def send(self, host: int, requests: list[tuple[int, Command]]) -> Awaitable[None] | None:
+        """Hand a batch to host `host`; may return an awaitable that raises if it could not."""
+
+    async def ping(self, host: int) -> str:
+        """The host's incarnation id; raises when the host is unreachable."""
+
+
+@dataclass
+class _Pending:
+    host: int
+    callback: Callback
+    deadline: float
+
+
+class Dispatcher:
+    def __init__(self, gateway_id: str, transport: Transport, on_push: Callable[[tuple], None], *,
+                 timeout_s: float = 15.0, on_host_restart: Callable[[int], None] | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.transport = transport
+        self.on_push = on_push
+        self.on_host_restart = on_host_restart or (lambda host: None)
+        self.timeout_s = timeout_s
+        self._tokens = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._incarnations: dict[int, str] = {}
+        self._out = Batcher(self._send)
+        self._tasks: list[asyncio.Task] = []
+        self.sent = 0
+        self.received = 0
+
+    def host_of(self, key: str) -> int:
+        return owner(key, self.transport.n_hosts)
+
+    # -- outbound ----------------------------------------------------------------------------
+    def request(self, cmd: Command, callback: Callback) -> int:
+        token = next(self._tokens)
+        host = self.host_of(cmd.key)
+        self._pending[token] = _Pending(host, callback, time.monotonic() + self.timeout_s)
+        self._out.add(host, [(token, cmd)])
+        self.sent += 1
+        return token
+
+    async def call(self, cmd: Command) -> tuple[Any, int]:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def callback(ok: bool, payload: Any, version: int) -> None:
+            if not fut.done():
+                fut.set_result((payload, version)) if ok else fut.set_exception(payload)
+
+        self.request(cmd, callback)
+        return await fut
+
+    def _send(self, host: int, requests: list) -> None:
+        try:
+            aw = self.transport.send(host, requests)
+        except Exception as exc:
+            self._fail_tokens([t for t, _ in requests], exc)
+            return
+        if aw is not None:
+            task = asyncio.ensure_future(aw)
+            task.add_done_callback(lambda t, toks=[tok for tok, _ in requests]: self._sent(t, toks))
+
+    def _sent(self, task: asyncio.Future, tokens: list[int]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail_tokens(tokens, exc)
+
+    def _fail_tokens(self, tokens: list[int], exc: BaseException) -> None:
+        err = exc if isinstance(exc, SyncopateError) else SyncopateError(
+            ErrorCode.HOST_UNAVAILABLE, f"host unreachable ({type(exc).__name__}); retry with the same op_id")
+        for t in tokens:
+            p = self._pending.pop(t, None)
+            if p is not None:
+                p.callback(False, err, 0)
+
+    # -- inbound -----------------------------------------------------------------------------
+    def receive(self, host: int, incarnation: str, items: list) -> None:
+        known = self._incarnations.get(host)
+        if known != incarnation:
+            self._incarnations[host] = incarnation
+            if known is not None:
+                self._host_restarted(host)
+        for item in items:
+            self.received += 1
+            if item[0] == "r":
+                _, token, ok, payload, version = item
+                p = self._pending.pop(token, None)
+                if p is not None:
+                    try:
+                        p.callback(ok, payload, version)
+                    except Exception:
+                        log.exception("reply callback failed")
+            else:
+                try:
+                    self.on_push(item)
+                except Exception:
+                    log.exception("push routing failed")
+
+    def _host_restarted(self, host: int) -> None:
+        """Requests the old incarnation accepted will never be answered: fail them (retryable)."""
+        log.warning("host %d restarted", host)
+        lost = [t for t, p in self._pending.items() if p.host == host]
+        self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
+                                               "the host restarted; retry with the same op_id"))
+        self.on_host_restart(host)
+
+    # -- liveness and deadlines ------------------------------------------------------------------
+    async def start(self, ping_every_s: float = 1.0) -> None:
+        self._tasks.append(asyncio.create_task(self._liveness(ping_every_s)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_tokens(list(self._pending), SyncopateError(ErrorCode.HOST_UNAVAILABLE, "gateway stopping"))
+
+    async def check_hosts(self) -> bool:
+        """Ping every host once; True when all answer. Detects restarts between deliveries."""
+        ok = True
+        for host in range(self.transport.n_hosts):
+            before = next(self._tokens)         # requests sent after this went to whoever answers the ping
+            try:
+                inc = await self.transport.ping(host)
+            except Exception as exc:
+                ok = False
+                self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], exc)
+                self._incarnations.pop(host, None)
+                continue
+            known = self._incarnations.get(host)
+            if known is None:
+                self._incarnations[host] = inc
+            elif known != inc:
+                self._incarnations[host] = inc
+                lost = [t for t, p in self._pending.items() if p.host == host and t < before]
+                self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
+                                                       "the host restarted; retry with the same op_id"))
+                self.on_host_restart(host)
+        return ok
+
+    async def _liveness(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.wait_for(self.check_hosts(), timeout=max(every * 5, 5.0))
+            except Exception as exc:
+                log.warning("liveness check failed: %s", exc)
+            now = time.monotonic()
+            expired = [t for t, p in self._pending.items() if p.deadline < now]
+            self._fail_tokens(expired, SyncopateError(ErrorCode.TIMEOUT, "no answer from the host in time; retry"))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)

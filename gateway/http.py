@@ -1,0 +1,113 @@
+"""Small helpers every REST module uses: Spotify error bodies, JSON bodies, paging, routes.
+
+REST modules (gateway/rest_*.py) each expose `setup(app: web.Application) -> None` and add their
+routes with `add_route`, which registers the path with and without a trailing slash (Spotify
+clients send both). Handlers reach the cluster through `ctx(request).call(...)` and the caller
+through `principal(request)`; a SyncopateError raised anywhere becomes Spotify's error shape in
+gateway/middleware.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from actors.entity import Principal
+from protocols.errors import ErrorCode, SyncopateError
+
+CTX = web.AppKey("syncopate_ctx", object)
+PRINCIPAL = "syncopate_principal"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def ctx(request: web.Request):
+    """The GatewayContext (gateway/context.py): .call(), .catalog, .config."""
+    return request.app[CTX]
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    app.router.add_route(method, path, handler)
+    app.router.add_route(method, path.rstrip("/") + "/", handler)
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def error_response(err: SyncopateError, headers: dict | None = None) -> web.Response:
+    return json_response(err.to_spotify(), status=err.status, headers=headers)
+
+
+async def json_body(request: web.Request, *, required: bool = False) -> dict:
+    """The request body as a JSON object ({} when empty and not required). Malformed -> 400."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise SyncopateError(ErrorCode.BAD_REQUEST, "a JSON body is required")
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"malformed JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise SyncopateError(ErrorCode.BAD_REQUEST, "the JSON body must be an object")
+    return body
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        val = int(raw)
+    except ValueError:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"{name} must be an integer") from None
+    if not lo <= val <= hi:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"{name} must be between {lo} and {hi}")
+    return val
+
+
+def list_param(request: web.Request, name: str, *, max_items: int, required: bool = True) -> list[str]:
+    raw = request.query.get(name, "")
+    items = [x for x in raw.split(",") if x]
+    if required and not items:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"missing {name}")
+    if len(items) > max_items:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"at most {max_items} {name}")
+    return items
+
+
+def base_url(request: web.Request) -> str:
+    """Absolute base for `href`/`next`/`previous`, e.g. http://127.0.0.1:8080/v1"""
+    return f"{request.scheme}://{request.host}/v1"
+
+
+def paging(request: web.Request, items: list, total: int, offset: int, limit: int, path: str | None = None,
+           extra_query: str = "") -> dict:
+    """Spotify's offset paging object with absolute next/previous URLs."""
+    href_base = f"{request.scheme}://{request.host}{path or request.path}"
+    q = f"&{extra_query}" if extra_query else ""
+
+    def url(off: int) -> str:
+        return f"{href_base}?offset={off}&limit={limit}{q}"
+
+    return {
+        "href": url(offset),
+        "items": items,
+        "limit": limit,
+        "next": url(offset + limit) if offset + limit < total else None,
+        "offset": offset,
+        "previous": url(max(0, offset - limit)) if offset > 0 else None,
+        "total": total,
+    }

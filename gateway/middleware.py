@@ -1,0 +1,69 @@
+"""REST middlewares: Spotify's error shape for every failure, bearer auth, per-user rate limit."""
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.auth import bearer
+from gateway.http import CTX, PRINCIPAL, error_response
+from gateway.ratelimit import TokenBucket
+from protocols.errors import ErrorCode, SyncopateError
+
+log = logging.getLogger("syncopate.rest")
+OPEN_PATHS = ("/healthz", "/metrics")
+SELF_AUTH_PREFIXES = ("/v1/ws", "/v1/yjs/")      # websockets authenticate themselves (header or ?token=)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    ctx = request.app[CTX]
+    t0 = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except SyncopateError as err:
+        resp = error_response(err, headers=_retry_after(err))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE}.get(
+            exc.status, ErrorCode.BAD_REQUEST)
+        err = SyncopateError(code, exc.reason or code.value)
+        resp = web.json_response({"error": {"status": exc.status, "message": err.message, "reason": code.value}},
+                                 status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = error_response(SyncopateError(ErrorCode.INTERNAL, "internal server error"))
+    ctx.metrics.http_requests.labels(str(resp.status)).inc()
+    if not request.path.startswith(SELF_AUTH_PREFIXES):
+        ctx.metrics.request_seconds.labels("rest").observe(time.perf_counter() - t0)
+    return resp
+
+
+def _retry_after(err: SyncopateError) -> dict | None:
+    if err.code == ErrorCode.RATE_LIMITED:
+        secs = max(1, int(err.details.get("retry_after_ms", 1000) / 1000 + 0.999))
+        return {"Retry-After": str(secs)}
+    return None
+
+
+def auth(buckets: dict):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        path = request.path
+        if path in OPEN_PATHS or path.startswith(SELF_AUTH_PREFIXES):
+            return await handler(request)
+        ctx = request.app[CTX]
+        principal = ctx.auth.verify(bearer(request.headers.get("Authorization")))
+        bucket = buckets.get(principal.user_id)
+        if bucket is None:
+            if len(buckets) > 100_000:
+                buckets.clear()
+            bucket = buckets[principal.user_id] = TokenBucket(ctx.config.rest_rate, ctx.config.rest_burst)
+        wait = bucket.take()
+        if wait:
+            raise SyncopateError(ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=int(wait * 1000) + 1)
+        request[PRINCIPAL] = principal
+        return await handler(request)
+    return middleware

@@ -1,0 +1,100 @@
+"""GatewayServer: one gateway (hub + dispatcher + aiohttp site), independent of how hosts are reached.
+
+The Ray gateway actor (gateway/ray_gateway.py) and the in-process server (tests, scale model)
+both run this; only the transport differs.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+from aiohttp import web
+
+from actors.entity import Command
+from gateway.app import build_app
+from gateway.auth import Auth
+from gateway.context import GatewayConfig, GatewayContext
+from gateway.dispatcher import Dispatcher
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from protocols import codec
+from protocols.messages import MessageType
+
+log = logging.getLogger("syncopate.gateway")
+
+
+class GatewayServer:
+    def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
+                 config: GatewayConfig | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.hub = Hub(gateway_id)
+        self.transport = make_transport(self.receive)
+        self.dispatcher = Dispatcher(gateway_id, self.transport, self.hub.route, on_host_restart=self._resubscribe)
+        self.metrics = GatewayMetrics(gateway_id)
+        self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config or GatewayConfig(),
+                                  self.metrics, health=self.health)
+        self.app = build_app(self.ctx)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def receive(self, host: int, incarnation: str, items: list) -> None:
+        self.dispatcher.receive(host, incarnation, items)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
+        await self.dispatcher.start()
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:                       # several gateway processes share one port (the kernel balances)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self.port = sock.getsockname()[1]
+        log.info("gateway %s listening on %s:%d", self.gateway_id, host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        for conn in list(self.hub.conns.values()):
+            conn.close(1001, "server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.dispatcher.stop()
+
+    async def health(self) -> dict:
+        hosts = []
+        ok = True
+        for i in range(self.transport.n_hosts):
+            try:
+                st = await asyncio.wait_for(self.transport.stats(i), timeout=5.0)
+            except Exception as exc:
+                ok = False
+                hosts.append({"host": i, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            ok = ok and bool(st.get("store_ok"))
+            hosts.append(st)
+        self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
+        return {"ok": ok, "gateway": self.gateway_id, "connections": len(self.hub.conns), "hosts": hosts}
+
+    def _resubscribe(self, host: int) -> None:
+        """A host restarted and forgot which entities this gateway follows: subscribe again, on behalf
+        of one local subscriber per connection, from the last version each connection saw."""
+        for key in self.hub.keys():
+            if self.dispatcher.host_of(key) != host:
+                continue
+            kind, _, eid = key.partition(":")
+            for conn in list(self.hub.subs.get(key, ())):
+                since = conn.subs.get(key)
+
+                def callback(ok, payload, version, conn=conn, key=key):
+                    if ok:
+                        conn.subs[key] = max(version, conn.subs.get(key, 0))
+                        conn.send(codec.push(MessageType.RESYNC.value, key, version, payload))
+                    else:
+                        self.hub.unsubscribe(conn, key)
+
+                self.dispatcher.request(Command(kind, eid, "subscribe", {} if since is None else {"since": since},
+                                                conn.principal, origin=(self.gateway_id, conn.id)), callback)

@@ -1,0 +1,81 @@
+"""The `syncopate` command: serve, token, simulate, bench."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _serve(args) -> int:
+    from syncopate.server import RayServer, ServerSpec
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    spec = ServerSpec(data_dir=args.data_dir, host=args.host, port=args.port, redis_url=args.redis_url,
+                      postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=args.hosts,
+                      gateways=args.gateways, catalog=args.catalog, secret=args.secret,
+                      idle_timeout_s=args.idle_timeout, log_level=args.log_level)
+    if args.redis_url and not args.postgres_dsn:
+        print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
+              file=sys.stderr)
+        return 2
+    server = RayServer(spec).start()
+    store = "tiered (Redis over PostgreSQL)" if args.postgres_dsn and args.redis_url else \
+        "PostgreSQL" if args.postgres_dsn else f"SQLite ({args.data_dir}/syncopate.db)"
+    print(f"syncopate serving on {' '.join(server.urls())}  hosts={spec.hosts} store={store}", flush=True)
+    print(f"token: syncopate token USER --data-dir {args.data_dir}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
+    return 0
+
+
+def _token(args) -> int:
+    from gateway.auth import Auth, load_secret
+
+    auth = Auth(load_secret(args.data_dir, args.secret))
+    print(auth.mint(args.user, product=args.product, ttl_s=args.ttl, device_id=args.device))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="syncopate", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the server (local Ray by default)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--data-dir", default="./var")
+    s.add_argument("--redis-url")
+    s.add_argument("--postgres-dsn")
+    s.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
+    s.add_argument("--hosts", type=int, default=2, help="entity host actors")
+    s.add_argument("--gateways", type=int, default=1, help="gateway actors (share --port via SO_REUSEPORT)")
+    s.add_argument("--catalog", help="catalog file (docs/catalog.md); default: generated, 10,000 tracks")
+    s.add_argument("--secret", help="token signing secret (default: <data-dir>/secret.key)")
+    s.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle entity is passivated")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(fn=_serve)
+
+    t = sub.add_parser("token", help="print a bearer token for USER")
+    t.add_argument("user")
+    t.add_argument("--data-dir", default="./var")
+    t.add_argument("--secret")
+    t.add_argument("--product", choices=["premium", "free"], default="premium")
+    t.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    t.add_argument("--device", help="bind the token to a device id (session sign-out revokes it)")
+    t.set_defaults(fn=_token)
+
+    try:
+        from simulations.cli import add_parsers
+    except ImportError:
+        pass
+    else:
+        add_parsers(sub)
+
+    args = p.parse_args(argv)
+    return args.fn(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

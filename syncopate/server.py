@@ -1,0 +1,183 @@
+"""Composition root: start hosts and gateways on Ray (RayServer), or all in one process (LocalServer).
+
+`syncopate serve` runs a RayServer: with no --ray-address it starts a local Ray (the embedded
+engine); with one it joins that cluster and spreads the hosts over its nodes. The driver process
+supervises: it re-starts the listener of a gateway Ray restarted, and stops everything cleanly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("syncopate.server")
+
+
+@dataclass
+class ServerSpec:
+    data_dir: str = "./var"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    postgres_dsn: str | None = None
+    ray_address: str | None = None
+    hosts: int = 2
+    gateways: int = 1
+    catalog: str | None = None
+    secret: str | None = None
+    idle_timeout_s: float = 600.0
+    prefix: str = "syncopate_"
+    log_level: str = "INFO"
+    gateway: dict = field(default_factory=dict)     # GatewayConfig overrides
+    limits: dict = field(default_factory=dict)
+    kinds: str = "actors.kinds:default_kinds"       # "module:function" returning {kind: Entity class}
+
+    def actor_spec(self, secret: str) -> dict:
+        return {"data_dir": str(Path(self.data_dir).resolve()), "redis_url": self.redis_url,
+                "postgres_dsn": self.postgres_dsn, "catalog": self.catalog, "idle_timeout_s": self.idle_timeout_s,
+                "prefix": self.prefix, "log_level": self.log_level, "secret": secret, "gateway": self.gateway,
+                "limits": self.limits, "kinds": self.kinds}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace="syncopate", include_dashboard=False, log_to_driver=True,
+                  configure_logging=True, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+class RayServer:
+    def __init__(self, spec: ServerSpec, cluster: str | None = None) -> None:
+        self.spec = spec
+        self.cluster = cluster or f"s{uuid.uuid4().hex[:8]}"
+        self.hosts: list = []
+        self.gateways: list = []
+        self.ports: list[int] = []
+        self.secret: str | None = None
+
+    def start(self, timeout: float = 120.0) -> "RayServer":
+        import ray
+        from actors.ray_host import HostActor, gateway_name, host_name
+        from gateway.auth import load_secret
+        from gateway.ray_gateway import GatewayActor
+
+        spec = self.spec
+        Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
+        self.secret = load_secret(spec.data_dir, spec.secret)
+        init_ray(spec.ray_address)
+        aspec = spec.actor_spec(self.secret)
+        strategy = "SPREAD" if spec.ray_address else "DEFAULT"
+        self.hosts = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
+                                        num_cpus=0, scheduling_strategy=strategy, max_concurrency=10_000)
+                      .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)]
+        ray.get([h.ready.remote() for h in self.hosts], timeout=timeout)
+        listen = {"host": spec.host, "port": spec.port, "reuse_port": spec.gateways > 1}
+        for g in range(spec.gateways):
+            gid = f"g{g}"
+            lst = dict(listen)
+            if spec.port == 0 and spec.gateways > 1:
+                lst["reuse_port"] = False       # port 0: each gateway gets its own port
+            self.gateways.append(GatewayActor.options(name=gateway_name(self.cluster, gid), max_restarts=-1,
+                                                      max_task_retries=0, num_cpus=0, max_concurrency=10_000)
+                                 .remote(self.cluster, gid, spec.hosts, aspec, lst))
+        self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.ports[0]}"
+
+    def urls(self) -> list[str]:
+        return [f"http://{self.spec.host}:{p}" for p in self.ports]
+
+    def supervise_once(self, timeout: float = 30.0) -> None:
+        """Make sure every gateway listens (Ray restarts a dead actor, not its listener)."""
+        import ray
+        try:
+            self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
+        except Exception as exc:
+            log.warning("gateway supervision: %s", exc)
+
+    def kill_host(self, i: int) -> None:
+        import ray
+        ray.kill(self.hosts[i], no_restart=False)
+
+    def kill_gateway(self, i: int) -> None:
+        import ray
+        ray.kill(self.gateways[i], no_restart=False)
+
+    def stop(self) -> None:
+        import ray
+        for g in self.gateways:
+            try:
+                ray.get(g.stop.remote(), timeout=10)
+            except Exception:
+                pass
+        for h in self.hosts:
+            try:
+                ray.get(h.shutdown.remote(), timeout=30)
+            except Exception as exc:
+                log.warning("host shutdown: %s", exc)
+        for a in self.gateways + self.hosts:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+
+    def serve_forever(self) -> None:
+        import signal
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        try:
+            while not stop:
+                time.sleep(1.0)
+                self.supervise_once()
+        except KeyboardInterrupt:
+            pass
+
+
+class LocalServer:
+    """Everything in the calling event loop: hosts, one gateway. For tests and the scale model."""
+
+    def __init__(self, spec: ServerSpec, store=None) -> None:
+        self.spec = spec
+        self.store = store
+        self.cluster = None
+        self.gateway = None
+
+    async def start(self) -> "LocalServer":
+        from actors.kinds import load_kinds
+        from actors.local import LocalCluster
+        from actors.ray_host import build_env
+        from gateway.auth import Auth, load_secret
+        from gateway.context import GatewayConfig
+        from gateway.runner import GatewayServer
+        from storage.factory import make_store
+
+        spec = self.spec
+        secret = load_secret(spec.data_dir, spec.secret)
+        store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
+        env = build_env(spec.actor_spec(secret))
+        self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s)
+        await self.cluster.start()
+        self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
+                                     env.catalog, GatewayConfig(**spec.gateway))
+        self.port = await self.gateway.start(spec.host, spec.port)
+        self.auth = Auth(secret)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.cluster.close()

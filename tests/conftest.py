@@ -1,0 +1,40 @@
+"""Shared fixtures: one local Ray per test session, servers on port 0, backend URLs.
+
+Backends are required: a test that needs PostgreSQL or Redis fails when it is missing, it never
+skips (SYNCOPATE_REQUIRE_SERVERS=1 in CI makes that explicit; locally it is the same).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+POSTGRES_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SYNCOPATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session: starting Ray costs seconds on 2 cores."""
+    import ray
+    from syncopate.server import init_ray
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_server(ray_session, tmp_path_factory):
+    """The real server (hosts + gateway as Ray actors, SQLite store), shared by the session's tests."""
+    from syncopate.server import RayServer, ServerSpec
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("ray-server")), port=0, hosts=2,
+                      secret="test-secret-" + "x" * 24, log_level="WARNING")
+    server = RayServer(spec).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique():
+    return f"t{uuid.uuid4().hex[:10]}"
