@@ -41,8 +41,8 @@ def load_secret(data_dir: str | Path, secret: str | None = None) -> str:
 
 class Auth:
     def __init__(self, secret: str) -> None:
-        if len(secret) < 16:
-            raise ValueError("the signing secret must be at least 16 characters")
+        if len(secret.encode()) < 32:       # RFC 7518 3.2: an HS256 key of at least 256 bits
+            raise ValueError("the signing secret must be at least 32 bytes")
         self._secret = secret
 
     def mint(self, user_id: str, *, product: str = "premium", ttl_s: int = DEFAULT_TTL_S,

@@ -17,7 +17,7 @@ from actors.entity import Principal
 from protocols.errors import ErrorCode, SyncopateError
 
 CTX = web.AppKey("syncopate_ctx", object)
-PRINCIPAL = "syncopate_principal"
+PRINCIPAL = web.RequestKey("syncopate_principal", Principal)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

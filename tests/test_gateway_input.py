@@ -1,0 +1,167 @@
+"""Bad input at the gateway: each gets a clear error, nothing crashes, the connection lives on."""
+import asyncio
+import time
+
+import aiohttp
+import msgpack
+import orjson
+import pytest
+
+from gateway.auth import Auth
+from syncopate.server import LocalServer, ServerSpec
+from storage.memory import MemoryStore
+
+SECRET = "gateway-input-secret-0123456789-abcdef"
+
+
+@pytest.fixture(scope="module")
+async def server(tmp_path_factory):
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("gw")), port=0, hosts=1, secret=SECRET,
+                      kinds="tests.toy:kinds",
+                      gateway={"max_frame_bytes": 4096, "ws_rate": 20, "ws_burst": 20,
+                               "rest_rate": 5, "rest_burst": 5})
+    srv = await LocalServer(spec, store=MemoryStore()).start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def token(user="alice", **kw):
+    return Auth(SECRET).mint(user, **kw)
+
+
+async def recv_json(ws, timeout=5.0):
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return orjson.loads(msg.data)
+
+
+async def connect(http, server, user="alice"):
+    ws = await http.ws_connect(f"{server.url}/v1/ws?token={token(user)}")
+    hello = await recv_json(ws)
+    assert hello["type"] == "hello" and hello["payload"]["user_id"] == user
+    return ws
+
+
+async def test_websocket_refuses_missing_bad_and_expired_tokens(server, http):
+    for url, reason in [(f"{server.url}/v1/ws", "UNAUTHORIZED"),
+                        (f"{server.url}/v1/ws?token=not-a-jwt", "UNAUTHORIZED"),
+                        (f"{server.url}/v1/ws?token={Auth('another-secret-of-enough-length-0123456').mint('alice')}",
+                         "UNAUTHORIZED"),
+                        (f"{server.url}/v1/ws?token={token(ttl_s=-10)}", "TOKEN_EXPIRED")]:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await http.ws_connect(url)
+        assert e.value.status == 401
+        r = await http.get(url)        # the same refusal as plain HTTP carries Spotify's error shape
+        body = await r.json()
+        assert r.status == 401 and body["error"]["reason"] == reason and body["error"]["status"] == 401
+
+
+async def test_token_in_authorization_header(server, http):
+    ws = await http.ws_connect(f"{server.url}/v1/ws", headers={"Authorization": f"Bearer {token('bob')}"})
+    assert (await recv_json(ws))["payload"]["user_id"] == "bob"
+    await ws.close()
+
+
+@pytest.mark.parametrize("frame,code", [
+    ("{not json", "MALFORMED_FRAME"),
+    ("[1, 2]", "MALFORMED_FRAME"),
+    ('{"id": 1}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "no.such.type"}', "UNKNOWN_MESSAGE_TYPE"),
+    ('{"id": 1, "type": "result"}', "UNKNOWN_MESSAGE_TYPE"),
+    ('{"id": 1, "type": "playlist.add", "payload": []}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "playlist.add", "payload": {"uris": []}}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "playlist.add", "payload": {"id": 7}}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "ping", "op_id": 5}', "INVALID_FIELD"),
+    ('{"id": {"x": 1}, "type": "ping"}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "subscribe", "payload": {"entity": "nothing"}}', "INVALID_FIELD"),
+    ('{"id": 1, "type": "subscribe", "payload": {"entity": "playlist:x", "since": -1}}', "INVALID_FIELD"),
+])
+async def test_bad_frames_get_error_frames_and_the_connection_survives(server, http, frame, code):
+    ws = await connect(http, server)
+    await ws.send_str(frame)
+    err = await recv_json(ws)
+    assert err["type"] == "error" and err["error"]["code"] == code, err
+    await ws.send_str('{"id": "after", "type": "ping"}')
+    pong = await recv_json(ws)
+    assert pong == {"id": "after", "type": "pong", "payload": pong["payload"]}
+    await ws.close()
+
+
+async def test_error_echoes_request_id(server, http):
+    ws = await connect(http, server)
+    await ws.send_str('{"id": "r-9", "type": "bogus"}')
+    assert (await recv_json(ws))["id"] == "r-9"
+    await ws.close()
+
+
+async def test_msgpack_request_gets_msgpack_answer(server, http):
+    ws = await connect(http, server)
+    await ws.send_bytes(msgpack.packb({"id": 3, "type": "ping"}))
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type == aiohttp.WSMsgType.BINARY
+    assert msgpack.unpackb(msg.data)["type"] == "pong"
+    await ws.send_bytes(b"\xc1\xc1garbage")
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msgpack.unpackb(msg.data)["error"]["code"] == "MALFORMED_FRAME"
+    await ws.close()
+
+
+async def test_oversize_frame_is_refused_not_fatal(server, http):
+    ws = await connect(http, server)
+    await ws.send_str(orjson.dumps({"id": 1, "type": "ping", "payload": {"pad": "x" * 5000}}).decode())
+    err = await recv_json(ws)
+    assert err["error"]["code"] == "FRAME_TOO_LARGE"
+    await ws.send_str('{"id": 2, "type": "ping"}')
+    assert (await recv_json(ws))["type"] == "pong"
+    await ws.close()
+
+
+async def test_flood_is_rate_limited_per_connection(server, http):
+    ws = await connect(http, server)
+    other = await connect(http, server, "carol")
+    for i in range(40):
+        await ws.send_str(f'{{"id": {i}, "type": "ping"}}')
+    answers = [await recv_json(ws) for _ in range(40)]
+    limited = [a for a in answers if a["type"] == "error"]
+    assert limited and all(a["error"]["code"] == "RATE_LIMITED" and a["error"]["details"]["retry_after_ms"] > 0
+                           for a in limited)
+    assert sum(a["type"] == "pong" for a in answers) >= 20
+    await other.send_str('{"id": 1, "type": "ping"}')     # another connection is unaffected
+    assert (await recv_json(other))["type"] == "pong"
+    await ws.close()
+    await other.close()
+
+
+async def test_rest_requires_a_token_and_answers_spotify_errors(server, http):
+    r = await http.get(f"{server.url}/v1/me/player")
+    body = await r.json()
+    assert r.status == 401 and body == {"error": {"status": 401, "message": body["error"]["message"],
+                                                  "reason": "UNAUTHORIZED"}}
+    r = await http.get(f"{server.url}/v1/no/such/thing", headers={"Authorization": f"Bearer {token('dan')}"})
+    assert r.status == 404 and (await r.json())["error"]["status"] == 404
+
+
+async def test_rest_rate_limit_answers_429_with_retry_after(server, http):
+    h = {"Authorization": f"Bearer {token('erin')}"}
+    statuses = []
+    for _ in range(12):
+        r = await http.get(f"{server.url}/v1/no/such/thing", headers=h)
+        statuses.append(r.status)
+        if r.status == 429:
+            assert int(r.headers["Retry-After"]) >= 1
+            assert (await r.json())["error"]["reason"] == "RATE_LIMITED"
+    assert 429 in statuses
+
+
+async def test_healthz_and_metrics(server, http):
+    r = await http.get(f"{server.url}/healthz")
+    assert r.status == 200 and (await r.json())["ok"] is True
+    r = await http.get(f"{server.url}/metrics")
+    text = await r.text()
+    assert "syncopate_connections" in text and "syncopate_store_commits" in text
