@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from actors.entity import Principal
+from protocols.codec import dumps_json
 from protocols.errors import ErrorCode, SyncopateError
 
 CTX = web.AppKey("syncopate_ctx", object)
@@ -37,7 +38,7 @@ def add_route(app: web.Application, method: str, path: str, handler: Handler) ->
 
 
 def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status=status,
+    return web.Response(body=dumps_json(data), status=status,
                         content_type="application/json", headers=headers)
 
 

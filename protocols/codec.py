@@ -1,6 +1,7 @@
 """Frame codec: JSON text frames and msgpack binary frames carry the same envelope schema."""
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgpack
@@ -44,9 +45,22 @@ def decode_frame(data: bytes | str, encoding: str) -> Envelope:
     return Envelope(type=mt, id=rid, payload=payload, op_id=op_id)
 
 
+def json_default(obj: Any) -> Any:
+    """JSON has no bytes: Yjs updates and other binary fields travel as base64 strings."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps_json(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
 def encode_frame(msg: dict, encoding: str) -> bytes:
     if encoding == JSON:
-        return orjson.dumps(msg, option=orjson.OPT_NON_STR_KEYS)
+        return dumps_json(msg)
     return msgpack.packb(msg, use_bin_type=True)
 
 

@@ -6,6 +6,7 @@ supervises: it re-starts the listener of a gateway Ray restarted, and stops ever
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -163,9 +164,11 @@ class LocalServer:
         from storage.factory import make_store
 
         spec = self.spec
-        secret = load_secret(spec.data_dir, spec.secret)
+        loop = asyncio.get_running_loop()
+        # file I/O and catalog generation off the event loop
+        secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
-        env = build_env(spec.actor_spec(secret))
+        env = await loop.run_in_executor(None, build_env, spec.actor_spec(secret))
         self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s)
         await self.cluster.start()
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),

@@ -38,3 +38,26 @@ def ray_server(ray_session, tmp_path_factory):
 @pytest.fixture
 def unique():
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request):
+    """Fail any test whose event loop makes a blocking call (aiohttp's own suite does the same):
+    a stray ray.get(), time.sleep() or synchronous file/socket I/O inside a coroutine is a bug.
+    Sync tests and tests that drive Ray from the test process itself (marked `ray`) are exempt:
+    Ray's client library does blocking I/O on the caller's thread by design."""
+    if request.node.get_closest_marker("ray") or not _is_async(request):
+        yield None
+        return
+    from blockbuster import BlockBuster
+    bb = BlockBuster()
+    bb.activate()
+    try:
+        yield bb
+    finally:
+        bb.deactivate()
+
+
+def _is_async(request) -> bool:
+    import inspect
+    return inspect.iscoroutinefunction(getattr(request.node, "obj", None))
