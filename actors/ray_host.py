@@ -40,8 +40,8 @@ def build_env(spec: dict) -> Env:
 @ray.remote
 class HostActor:
     def __init__(self, cluster: str, index: int, n_hosts: int, spec: dict) -> None:
-        logging.basicConfig(level=spec.get("log_level", "INFO"),
-                            format="%(asctime)s %(levelname)s %(name)s host-" + str(index) + " %(message)s")
+        from syncopate.logs import setup_logging
+        setup_logging(spec.get("log_level", "INFO"), f"host-{index}")
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None

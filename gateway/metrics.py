@@ -1,8 +1,6 @@
 """Prometheus metrics of one gateway, plus the hosts' counters collected at scrape time."""
 from __future__ import annotations
 
-from typing import Awaitable, Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -21,36 +19,34 @@ class GatewayMetrics:
                                          ["surface"], registry=r,
                                          buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, 1, 5))
         self._host_stats: list[dict] = []
+        r.register(_HostCollector(self))
 
     def set_host_stats(self, stats: list[dict]) -> None:
         self._host_stats = stats
 
     def render(self) -> bytes:
-        out = generate_latest(self.registry)
-        fams = []
-        act = CounterMetricFamily("syncopate_activations", "entity activations", labels=["host"])
-        pas = CounterMetricFamily("syncopate_passivations", "entity passivations", labels=["host"])
-        com = CounterMetricFamily("syncopate_store_commits", "store transactions (group commits)", labels=["host"])
-        ent = CounterMetricFamily("syncopate_store_committed_entries", "log entries committed", labels=["host"])
-        sec = CounterMetricFamily("syncopate_store_commit_seconds", "time spent in store commits", labels=["host"])
-        asec = CounterMetricFamily("syncopate_activation_seconds", "time spent activating entities", labels=["host"])
-        live = GaugeMetricFamily("syncopate_active_entities", "entities in memory", labels=["host"])
-        for s in self._host_stats:
-            h = str(s.get("host_id"))
-            act.add_metric([h], s.get("activations", 0))
-            pas.add_metric([h], s.get("passivations", 0))
-            com.add_metric([h], s.get("commits", 0))
-            ent.add_metric([h], s.get("committed_entries", 0))
-            sec.add_metric([h], s.get("commit_seconds", 0.0))
-            asec.add_metric([h], s.get("activation_seconds", 0.0))
-            live.add_metric([h], s.get("active", 0))
-        fams = [act, pas, com, ent, sec, asec, live]
-        from prometheus_client.exposition import generate_latest as gl
+        return generate_latest(self.registry)
 
-        class _Once:
-            def collect(self_inner):
-                return fams
 
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(_Once())
-        return out + gl(reg)
+class _HostCollector:
+    """The hosts' counters (activations, store commits and latency, ...), as last read by /healthz."""
+
+    FAMILIES = (
+        ("activations", CounterMetricFamily, "entity activations"),
+        ("passivations", CounterMetricFamily, "entity passivations"),
+        ("commits", CounterMetricFamily, "store transactions (group commits)"),
+        ("committed_entries", CounterMetricFamily, "log entries committed"),
+        ("commit_seconds", CounterMetricFamily, "time spent in store commits"),
+        ("activation_seconds", CounterMetricFamily, "time spent activating entities (store load)"),
+        ("active", GaugeMetricFamily, "entities in memory"),
+    )
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        for field, cls, doc in self.FAMILIES:
+            fam = cls(f"syncopate_host_{field}", doc, labels=["host"])
+            for s in self.metrics._host_stats:
+                fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
+            yield fam

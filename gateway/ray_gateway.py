@@ -41,8 +41,8 @@ class RayTransport:
 @ray.remote
 class GatewayActor:
     def __init__(self, cluster: str, gateway_id: str, n_hosts: int, spec: dict, listen: dict) -> None:
-        logging.basicConfig(level=spec.get("log_level", "INFO"),
-                            format="%(asctime)s %(levelname)s %(name)s gw-" + gateway_id + " %(message)s")
+        from syncopate.logs import setup_logging
+        setup_logging(spec.get("log_level", "INFO"), f"gw-{gateway_id}")
         self.cluster, self.gateway_id, self.n_hosts = cluster, gateway_id, n_hosts
         self.spec, self.listen = spec, listen
         self.server: GatewayServer | None = None

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
 def _serve(args) -> int:
     from syncopate.server import RayServer, ServerSpec
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from syncopate.logs import setup_logging
+    setup_logging(args.log_level, "driver")
     spec = ServerSpec(data_dir=args.data_dir, host=args.host, port=args.port, redis_url=args.redis_url,
                       postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=args.hosts,
                       gateways=args.gateways, catalog=args.catalog, secret=args.secret,

@@ -164,4 +164,4 @@ async def test_healthz_and_metrics(server, http):
     assert r.status == 200 and (await r.json())["ok"] is True
     r = await http.get(f"{server.url}/metrics")
     text = await r.text()
-    assert "syncopate_connections" in text and "syncopate_store_commits" in text
+    assert "syncopate_connections" in text and "syncopate_host_commits" in text
