@@ -1,0 +1,545 @@
+"""SessionEntity: one per user (entity id = user id). The user's open connections across every
+gateway (presence), signed-out devices, and the library (actors/library.py).
+
+docs/sessions.md describes every op, reply, event and timing. In short:
+
+- Presence is driven by the gateway (system ops): connect / disconnect / heartbeat. Connect and
+  disconnect are persisted (a record each) so a host restart keeps presence and pushes carry a
+  version; heartbeats only refresh `last_seen` in memory (soft state: no record, no version).
+  `tick` removes connections silent for CONNECTION_TIMEOUT_MS.
+- Sign-out (`end_connection`) records the device as revoked and pushes `session.ended` with
+  `close=True` to each of its open connections.
+- Library changes are records `["lib", version, [[op, type code, id, added_at], ...]]`; every
+  change pushes `library.changed` with the new version; a bounded change log (kept in the
+  snapshot too, so it survives passivation) answers `resume`.
+
+Records carry the version they become (self.version + 1 when handled), so replay rebuilds the
+change log exactly. `handle` validates everything first, then builds the record and applies it
+through the same `_apply` as replay: a refused command changes nothing, and replay == handle.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from actors.entity import Command, Entity, Env, Event, Outcome, Principal
+from actors.library import TYPE_CODE, TYPES, Library
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.messages import PLAYLIST, SESSION, MessageType
+from protocols.uris import make_uri, parse_uri, require_id
+
+# -- timings and limits (docs/sessions.md) ----------------------------------------------------------
+HEARTBEAT_INTERVAL_MS = 15_000        # what the gateway should send per connection
+CONNECTION_TIMEOUT_MS = 45_000        # 3 missed heartbeats: the connection is gone
+TICK_MS = 5_000                       # expiry sweep: presence reflects a vanished link in <= 50 s
+MAX_URIS = 50                         # per library call (REST enforces 40 for /me/library)
+MAX_PAGE = 50                         # library_list limit
+DEFAULT_PAGE = 20
+CHANGE_LOG_ITEMS = 512                # library changes kept for resume (in memory and snapshot)
+MAX_CONNECTIONS = 100                 # open connections per user
+MAX_REVOKED = 1000                    # remembered signed-out devices (oldest forgotten first)
+SNAPSHOT_FORMAT = 1
+
+UNSUPPORTED_TYPES = ("episode", "show", "user")
+
+_OP_NAME = {"s": "save", "r": "remove"}
+
+
+def _err(code: ErrorCode, message: str, **details) -> SyncopateError:
+    return SyncopateError(code, message, **details)
+
+
+class SessionEntity(Entity):
+    kind = SESSION
+    tick_ms = TICK_MS
+    snapshot_every = 500
+
+    def __init__(self, entity_id: str, env: Env) -> None:
+        super().__init__(entity_id, env)
+        self.library = Library()
+        # conn -> [device_id, client, gateway, connected_since, last_seen]
+        self.conns: dict[str, list] = {}
+        self.revoked: dict[str, int] = {}          # device id -> revoked at (ms), oldest first
+        self.log: deque = deque()                  # (version, [[op, tcode, id, ts], ...])
+        self.log_items = 0
+        self.log_floor = 0                         # the log holds every library change after this
+        self._restored = False                     # activated from storage: give connections a grace
+        self._grace_until: int | None = None
+        cfg = env.config if env is not None and env.config else {}
+        self.timeout_ms = int(cfg.get("session_connection_timeout_ms", CONNECTION_TIMEOUT_MS))
+
+    # ==========================================================================================
+    # dispatch
+    # ==========================================================================================
+    def handle(self, cmd: Command) -> Outcome:
+        fn = self._OPS.get(cmd.op)
+        if fn is None:
+            raise _err(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"session has no op {cmd.op!r}")
+        if cmd.op in self._SYSTEM_OPS:
+            if not cmd.principal.system:
+                raise _err(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
+        elif not (cmd.principal.system or cmd.principal.user_id == self.id):
+            raise _err(ErrorCode.FORBIDDEN, "a user reads and changes only their own session")
+        args = cmd.args if isinstance(cmd.args, dict) else {}
+        out = fn(self, cmd, args)
+        if cmd.origin and self.conns:
+            # any request from a connection shows it is alive (soft state, like a heartbeat)
+            self._seen(f"{cmd.origin[0]}/{cmd.origin[1]}", cmd.now_ms)
+        return out
+
+    # ==========================================================================================
+    # presence
+    # ==========================================================================================
+    def _op_connect(self, cmd: Command, args: dict) -> Outcome:
+        conn = _str_arg(args, "conn", required=True, max_len=200)
+        device_id = _str_arg(args, "device_id", max_len=200)
+        client = _str_arg(args, "client", max_len=32) or "app"
+        gateway = _str_arg(args, "gateway", max_len=200) or conn.split("/", 1)[0]
+        if device_id is not None and self._is_revoked(device_id, args.get("iat")):
+            raise _err(ErrorCode.SESSION_ENDED, "this device was signed out", device_id=device_id)
+        old = self.conns.get(conn)
+        if old is not None and old[0] == device_id and old[1] == client and old[2] == gateway:
+            old[4] = max(old[4], cmd.now_ms)        # a repeated connect: a heartbeat
+            return Outcome(reply=self._connect_reply(self.version))
+        if old is None and len(self.conns) >= MAX_CONNECTIONS:
+            raise _err(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_CONNECTIONS} open connections per user")
+        v = self.version + 1
+        rec = ["conn", v, conn, device_id, client, gateway, cmd.now_ms]
+        self._apply(rec)
+        return Outcome(reply=self._connect_reply(v), records=[rec],
+                       events=[self._presence_event("connected", [conn], device_id)])
+
+    def _connect_reply(self, version: int) -> dict:
+        return {"version": version, "connections": self._public_conns(None)}
+
+    def _op_disconnect(self, cmd: Command, args: dict) -> Outcome:
+        conn = _str_arg(args, "conn", required=True, max_len=200)
+        if conn not in self.conns:
+            return Outcome(reply={"removed": False})
+        device_id = self.conns[conn][0]
+        rec = ["disc", self.version + 1, [conn], "disconnected"]
+        self._apply(rec)
+        return Outcome(reply={"removed": True}, records=[rec],
+                       events=[self._presence_event("disconnected", [conn], device_id)])
+
+    def _op_heartbeat(self, cmd: Command, args: dict) -> Outcome:
+        """`{conn}` -> `{known}`, or `{conns: [...]}` (all of a user's connections on one gateway
+        in one command) -> `{unknown: [...]}`. An unknown connection expired here (or never
+        connected): the gateway re-sends `connect`. Soft state: no record, no version."""
+        if "conns" in args:
+            conns = _list_arg(args.get("conns"), "conns")
+            if len(conns) > MAX_CONNECTIONS or not all(isinstance(c, str) for c in conns):
+                raise _err(ErrorCode.INVALID_FIELD, f"conns must be at most {MAX_CONNECTIONS} connection ids")
+            unknown = [c for c in conns if not self._seen(c, cmd.now_ms)]
+            return Outcome(reply={"unknown": unknown})
+        conn = _str_arg(args, "conn", required=True, max_len=200)
+        return Outcome(reply={"known": self._seen(conn, cmd.now_ms)})
+
+    def _seen(self, conn: str, now_ms: int) -> bool:
+        c = self.conns.get(conn)
+        if c is None:
+            return False
+        if now_ms > c[4]:
+            c[4] = now_ms
+        return True
+
+    def _op_list_connections(self, cmd: Command, args: dict) -> Outcome:
+        return Outcome(reply={"connections": self._public_conns(cmd.origin), "version": self.version})
+
+    def _op_end_connection(self, cmd: Command, args: dict) -> Outcome:
+        device_id = _str_arg(args, "device_id", required=True, max_len=200)
+        v = self.version + 1
+        closing = [c for c, info in self.conns.items() if info[0] == device_id]
+        rec = ["end", v, device_id, cmd.now_ms]
+        self._apply(rec)
+        by = None if cmd.principal.system else cmd.principal.device_id
+        # presence first, then the goodbye: session.ended is the last frame a closed connection gets
+        events = [self._presence_event("signed_out", closing, device_id)]
+        events += [Event(type=MessageType.SESSION_ENDED.value,
+                         payload={"reason": "signed_out", "device_id": device_id, "by_device": by, "conn": c},
+                         to=f"conn:{c}", close=True)
+                   for c in closing]
+        return Outcome(reply={"device_id": device_id, "closed": len(closing), "version": v},
+                       records=[rec], events=events)
+
+    def _op_check_device(self, cmd: Command, args: dict) -> Outcome:
+        device_id = _str_arg(args, "device_id", required=True, max_len=200)
+        at = self.revoked.get(device_id)
+        return Outcome(reply={"revoked": self._is_revoked(device_id, args.get("iat")), "revoked_at": at})
+
+    def _is_revoked(self, device_id: str, iat: Any = None) -> bool:
+        """Revoked unless the token was issued (JWT `iat`, seconds) after the sign-out: signing in
+        again on the device mints a new token, which is accepted."""
+        at = self.revoked.get(device_id)
+        if at is None:
+            return False
+        if isinstance(iat, (int, float)) and not isinstance(iat, bool) and iat * 1000 > at:
+            return False
+        return True
+
+    def tick(self, now_ms: int) -> Outcome | None:
+        if self._restored and self._grace_until is None:
+            # Activated from storage: connections restored from the log have not been heard
+            # from by *this* activation; give them one full timeout before expiring them.
+            self._grace_until = now_ms + self.timeout_ms
+        if self._grace_until is not None and now_ms < self._grace_until:
+            return None
+        dead = [c for c, info in self.conns.items() if now_ms - info[4] > self.timeout_ms]
+        if not dead:
+            return None
+        rec = ["disc", self.version + 1, dead, "timeout"]
+        devices = {self.conns[c][0] for c in dead}
+        self._apply(rec)
+        return Outcome(records=[rec],
+                       events=[self._presence_event("timeout", dead, devices.pop() if len(devices) == 1 else None)])
+
+    def idle(self) -> bool:
+        return not self.conns
+
+    def _public_conns(self, origin) -> list[dict]:
+        cur = f"{origin[0]}/{origin[1]}" if origin else None
+        out = []
+        for conn, (device_id, client, gateway, since, seen) in self.conns.items():
+            d = {"conn": conn, "device_id": device_id, "client": client, "gateway": gateway,
+                 "connected_since": since, "last_seen": seen}
+            if origin is not None:
+                d["current"] = conn == cur
+            out.append(d)
+        return out
+
+    def _presence_event(self, reason: str, conns: list[str], device_id: str | None) -> Event:
+        return Event(type=MessageType.SESSION_CHANGED.value,
+                     payload={"reason": reason, "conns": conns, "device_id": device_id,
+                              "connections": self._public_conns(None)},
+                     to=self.id)
+
+    # ==========================================================================================
+    # library
+    # ==========================================================================================
+    def _op_library_save(self, cmd: Command, args: dict) -> Outcome:
+        items = self._parse_items(args, check_catalog=True)
+        now = cmd.now_ms
+        changes, seen = [], set()
+        base: dict[str, int] = {}
+        for kind, ident, _uri in items:
+            if (kind, ident) in seen:
+                continue
+            seen.add((kind, ident))
+            coll = self.library[kind]
+            if coll.get(ident) is not None:
+                continue                            # saved twice = one item, first added_at kept
+            if kind not in base:                    # added_at never goes back in time per type
+                base[kind] = max(now, coll.newest_ts() or 0)
+            changes.append(["s", TYPE_CODE[kind], ident, base[kind]])
+        return self._library_change(cmd, changes, follow_effects=True)
+
+    def _op_library_remove(self, cmd: Command, args: dict) -> Outcome:
+        items = self._parse_items(args, check_catalog=False)
+        changes, seen = [], set()
+        for kind, ident, uri in items:
+            if (kind, ident) in seen:
+                continue
+            seen.add((kind, ident))
+            if self.library[kind].get(ident) is not None:
+                changes.append(["r", TYPE_CODE[kind], ident, None])
+            else:
+                self._check_known(kind, ident, uri)  # absent: fine, unless the id is unknown
+        return self._library_change(cmd, changes, follow_effects=True)
+
+    def _op_library_contains(self, cmd: Command, args: dict) -> Outcome:
+        items = self._parse_items(args, check_catalog=False)
+        return Outcome(reply=[self.library[k].get(i) is not None for k, i, _ in items])
+
+    def _op_library_list(self, cmd: Command, args: dict) -> Outcome:
+        kind = self._list_type(args.get("type"))
+        offset = _int_arg(args, "offset", 0, lo=0)
+        limit = _int_arg(args, "limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE)
+        after = args.get("after")
+        if after is not None and (not isinstance(after, str) or len(after) > 64):
+            raise _err(ErrorCode.INVALID_FIELD, "after must be an id")
+        coll = self.library[kind]
+        total = len(coll)
+        reply: dict[str, Any] = {"type": kind, "total": total, "limit": limit,
+                                 "library_version": self.version}
+        if kind == "artist":
+            # Followed artists page in id order with a cursor (`after` = the last id seen), as
+            # Spotify's /me/following: the cursor stays valid while the library changes.
+            rows = coll.by_id(after=after, limit=limit + 1, offset=offset)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            reply["offset"] = offset
+            reply["cursors"] = {"after": rows[-1][0] if rows and more else None}
+        else:
+            if after is not None:
+                raise _err(ErrorCode.BAD_REQUEST, f"cursor paging is for artists; {kind}s page by offset")
+            rows = coll.newest(offset, limit)
+            more = offset + len(rows) < total
+            reply["offset"] = offset
+        reply["next_offset"] = (offset + len(rows)) if more else None
+        reply["items"] = [{"uri": make_uri(kind, i), "id": i, "added_at": ts} for i, ts in rows]
+        return Outcome(reply=reply)
+
+    def _op_library_follow_playlist(self, cmd: Command, args: dict) -> Outcome:
+        pid = self._playlist_arg(args)
+        if self.library["playlist"].get(pid) is not None:
+            return Outcome(reply={"changed": False, "library_version": self.version})
+        ts = max(cmd.now_ms, self.library["playlist"].newest_ts() or 0)
+        return self._library_change(cmd, [["s", TYPE_CODE["playlist"], pid, ts]], follow_effects=False)
+
+    _op_playlist_created = _op_library_follow_playlist
+
+    def _op_library_unfollow_playlist(self, cmd: Command, args: dict) -> Outcome:
+        pid = self._playlist_arg(args)
+        if self.library["playlist"].get(pid) is None:
+            return Outcome(reply={"changed": False, "library_version": self.version})
+        return self._library_change(cmd, [["r", TYPE_CODE["playlist"], pid, None]], follow_effects=False)
+
+    def _library_change(self, cmd: Command, changes: list, follow_effects: bool) -> Outcome:
+        if not changes:
+            return Outcome(reply={"changed": False, "library_version": self.version})
+        v = self.version + 1
+        rec = ["lib", v, changes]
+        self._apply(rec)
+        effects = []
+        if follow_effects:
+            principal = cmd.principal if not cmd.principal.system else Principal(user_id=self.id)
+            pcode = TYPE_CODE["playlist"]
+            for op, tcode, ident, _ in changes:
+                if tcode == pcode:
+                    # the playlist entity counts followers; its own follow effect comes back as
+                    # library_follow_playlist, which is a no-op here (already saved): no loop.
+                    effects.append(Command(kind=PLAYLIST, entity_id=ident,
+                                           op="follow" if op == "s" else "unfollow",
+                                           args={"id": ident}, principal=principal,
+                                           op_id=f"{self.key}@{v}:{op}:{ident}"))
+        return Outcome(reply={"changed": True, "library_version": v}, records=[rec],
+                       events=[Event(type=MessageType.LIBRARY_CHANGED.value,
+                                     payload={"library_version": v, "changes": _public_changes(changes)},
+                                     to=self.id)],
+                       effects=effects)
+
+    # -- validation ------------------------------------------------------------------------------
+    def _parse_items(self, args: dict, check_catalog: bool) -> list[tuple[str, str, str]]:
+        """[(type, id, uri)] from `uris` (a list, or a comma-separated string) or from `type` +
+        `ids`. Refuses the whole call on the first bad entry."""
+        uris = args.get("uris")
+        if uris is None and args.get("ids") is not None:
+            kind = args.get("type")
+            if kind not in TYPES:
+                raise self._type_error(kind)
+            ids = _list_arg(args.get("ids"), "ids")
+            uris = [make_uri(kind, require_id(i, f"{kind} id")) for i in ids]
+        else:
+            uris = _list_arg(uris, "uris")
+        if not uris:
+            raise _err(ErrorCode.BAD_REQUEST, "uris: at least one uri is required")
+        if len(uris) > MAX_URIS:
+            raise _err(ErrorCode.BAD_REQUEST, f"at most {MAX_URIS} uris per call", limit=MAX_URIS)
+        out = []
+        for uri in uris:
+            if isinstance(uri, str):
+                kind = uri.split(":")[1] if uri.count(":") == 2 and uri.startswith("spotify:") else None
+                if kind in UNSUPPORTED_TYPES:
+                    raise _err(ErrorCode.BAD_REQUEST, f"unsupported type: {kind} ({uri})", uri=uri)
+            kind, ident = parse_uri(uri)            # INVALID_URI when malformed
+            if kind not in TYPE_CODE:
+                raise _err(ErrorCode.BAD_REQUEST, f"unsupported type: {kind} ({uri})", uri=uri)
+            if check_catalog:
+                self._check_known(kind, ident, uri)
+            out.append((kind, ident, uri))
+        return out
+
+    def _check_known(self, kind: str, ident: str, uri: str) -> None:
+        cat = self.env.catalog if self.env is not None else None
+        if cat is None or kind == "playlist":       # playlists: the playlist entity knows them
+            return
+        if kind == "track":
+            found = cat.track_by_uri(uri)
+        elif kind == "album":
+            found = cat.album_by_uri(uri)
+        else:
+            found = cat.artist(ident)
+        if found is None:
+            raise _err(ErrorCode.UNKNOWN_URI, f"unknown {kind}: {uri}", uri=uri)
+
+    def _list_type(self, kind: Any) -> str:
+        if kind in TYPES:
+            return kind
+        # plural forms, as the REST paths name them
+        if isinstance(kind, str) and kind.endswith("s") and kind[:-1] in TYPES:
+            return kind[:-1]
+        raise self._type_error(kind)
+
+    @staticmethod
+    def _type_error(kind: Any) -> SyncopateError:
+        if kind in UNSUPPORTED_TYPES:
+            return _err(ErrorCode.BAD_REQUEST, f"unsupported type: {kind}")
+        return _err(ErrorCode.INVALID_FIELD, f"type must be one of {', '.join(TYPES)}")
+
+    @staticmethod
+    def _playlist_arg(args: dict) -> str:
+        pid = args.get("playlist_id", args.get("id"))
+        if isinstance(pid, str) and pid.startswith("spotify:"):
+            pid = parse_uri(pid, "playlist")[1]
+        return require_id(pid, "playlist id")
+
+    # ==========================================================================================
+    # resume and subscribe
+    # ==========================================================================================
+    def _op_resume(self, cmd: Command, args: dict) -> Outcome:
+        since = args.get("since")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise _err(ErrorCode.INVALID_FIELD, "since must be a version (an integer >= 0)")
+        return Outcome(reply=self._resume(since))
+
+    def _op_subscribe(self, cmd: Command, args: dict) -> Outcome:
+        """The gateway subscribes each of the user's connections (the host then routes this
+        entity's pushes to it). With `since`, answers like resume; without, a summary."""
+        since = args.get("since")
+        if isinstance(since, int) and not isinstance(since, bool) and since >= 0:
+            return Outcome(reply=self._resume(since))
+        return Outcome(reply={"version": self.version, "connections": self._public_conns(cmd.origin),
+                              "library": {"totals": self.library.totals()}})
+
+    def _resume(self, since: int) -> dict:
+        if self.log_floor <= since <= self.version:
+            entries = [{"library_version": v, "changes": _public_changes(ch)}
+                       for v, ch in self.log if v > since]
+            return {"full": False, "since": since, "version": self.version, "library": entries,
+                    "connections": self._public_conns(None)}
+        lib = {}
+        for kind in TYPES:
+            coll = self.library[kind]
+            rows = coll.by_id(limit=MAX_PAGE) if kind == "artist" else coll.newest(0, MAX_PAGE)
+            lib[kind] = {"total": len(coll),
+                         "items": [{"uri": make_uri(kind, i), "id": i, "added_at": ts} for i, ts in rows]}
+        return {"full": True, "since": since, "version": self.version, "library": lib,
+                "connections": self._public_conns(None)}
+
+    # ==========================================================================================
+    # records, snapshot, replay
+    # ==========================================================================================
+    def apply(self, record: Any) -> None:
+        self._restored = True
+        self._apply(record)
+        v = record[1]
+        if isinstance(v, int) and v > self.version:
+            self.version = v
+
+    def _apply(self, rec: list) -> None:
+        tag, v = rec[0], rec[1]
+        if tag == "lib":
+            lib = self.library
+            for op, tcode, ident, ts in rec[2]:
+                coll = lib[TYPES[tcode]]
+                if op == "s":
+                    coll.add(ident, ts)
+                else:
+                    coll.remove(ident)
+            self._log(v, rec[2])
+        elif tag == "conn":
+            _, _, conn, device_id, client, gateway, now = rec
+            old = self.conns.get(conn)
+            since = old[3] if old is not None and old[0] == device_id else now
+            self.conns[conn] = [device_id, client, gateway, since, now]
+        elif tag == "disc":
+            for conn in rec[2]:
+                self.conns.pop(conn, None)
+        elif tag == "end":
+            _, _, device_id, now = rec
+            self.revoked.pop(device_id, None)
+            self.revoked[device_id] = now
+            while len(self.revoked) > MAX_REVOKED:
+                del self.revoked[next(iter(self.revoked))]
+            for conn in [c for c, info in self.conns.items() if info[0] == device_id]:
+                del self.conns[conn]
+        else:
+            raise ValueError(f"unknown session record {tag!r}")
+
+    def _log(self, v: int, changes: list) -> None:
+        self.log.append((v, changes))
+        self.log_items += len(changes)
+        while self.log_items > CHANGE_LOG_ITEMS and len(self.log) > 1:
+            old_v, old = self.log.popleft()
+            self.log_items -= len(old)
+            self.log_floor = old_v
+
+    def snapshot(self) -> Any:
+        return {"f": SNAPSHOT_FORMAT,
+                "v": self.version,
+                "lib": self.library.dump(),
+                "conns": [[c, *info] for c, info in self.conns.items()],
+                "revoked": [[d, at] for d, at in self.revoked.items()],
+                "log": [[v, ch] for v, ch in self.log],
+                "floor": self.log_floor}
+
+    def restore(self, data: Any) -> None:
+        if data.get("f") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown session snapshot format {data.get('f')!r}")
+        self.library = Library.load(data.get("lib"))
+        self.conns = {c[0]: list(c[1:]) for c in data.get("conns", ())}
+        self.revoked = {d: at for d, at in data.get("revoked", ())}
+        self.log = deque((v, ch) for v, ch in data.get("log", ()))
+        self.log_items = sum(len(ch) for _, ch in self.log)
+        self.log_floor = data.get("floor", 0)
+        self.version = data.get("v", self.version)
+        self._restored = True
+        self._grace_until = None
+
+    # -- the op table -------------------------------------------------------------------------
+    _OPS = {
+        "connect": _op_connect,
+        "disconnect": _op_disconnect,
+        "heartbeat": _op_heartbeat,
+        "list_connections": _op_list_connections,
+        "end_connection": _op_end_connection,
+        "check_device": _op_check_device,
+        "resume": _op_resume,
+        "subscribe": _op_subscribe,
+        "library_save": _op_library_save,
+        "library_remove": _op_library_remove,
+        "library_contains": _op_library_contains,
+        "library_list": _op_library_list,
+        "library_follow_playlist": _op_library_follow_playlist,
+        "library_unfollow_playlist": _op_library_unfollow_playlist,
+        "playlist_created": _op_playlist_created,
+    }
+    _SYSTEM_OPS = frozenset({"connect", "disconnect", "heartbeat", "library_follow_playlist",
+                             "library_unfollow_playlist", "playlist_created"})
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _public_changes(changes: list) -> list[dict]:
+    return [{"op": _OP_NAME[op], "uri": make_uri(TYPES[tcode], ident), "added_at": ts}
+            for op, tcode, ident, ts in changes]
+
+
+def _str_arg(args: dict, name: str, required: bool = False, max_len: int = 200) -> str | None:
+    v = args.get(name)
+    if v is None:
+        if required:
+            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
+        return None
+    if not isinstance(v, str) or not v or len(v) > max_len:
+        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a non-empty string of at most {max_len} characters")
+    return v
+
+
+def _int_arg(args: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
+    v = args.get(name, default)
+    if v is None:
+        v = default
+    if isinstance(v, str) and v.isdigit():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be an integer {rng}")
+    return v
+
+
+def _list_arg(v: Any, name: str) -> list:
+    if isinstance(v, str):
+        return [s for s in (p.strip() for p in v.split(",")) if s]
+    if not isinstance(v, (list, tuple)):
+        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a list")
+    return list(v)

@@ -1,0 +1,1 @@
+"""Load, scale and micro benchmarks (python -m simulations.<name>)."""
