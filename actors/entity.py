@@ -26,6 +26,7 @@ class Principal:
     product: str = "premium"          # "premium" | "free"
     device_id: str | None = None      # the device / session the token or connection belongs to
     system: bool = False              # internal commands (effects, gateway notices) only
+    issued_at: int = 0                # the token's iat (unix s): a device signed out later refuses it
 
     @property
     def premium(self) -> bool:

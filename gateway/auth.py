@@ -19,6 +19,7 @@ from protocols.errors import ErrorCode, SyncopateError
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 3600
 PRODUCTS = ("premium", "free")
+CLOCK_LEEWAY_S = 5          # tolerated clock skew between the machines that mint and check tokens
 
 
 def load_secret(data_dir: str | Path, secret: str | None = None) -> str:
@@ -61,7 +62,8 @@ class Auth:
         if not token:
             raise SyncopateError(ErrorCode.UNAUTHORIZED, "no bearer token")
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], leeway=CLOCK_LEEWAY_S,
+                                options={"require": ["sub", "exp"]})
         except jwt.ExpiredSignatureError:
             raise SyncopateError(ErrorCode.TOKEN_EXPIRED, "the access token expired") from None
         except jwt.PyJWTError:
@@ -69,7 +71,8 @@ class Auth:
         product = claims.get("product", "premium")
         if product not in PRODUCTS or not isinstance(claims["sub"], str):
             raise SyncopateError(ErrorCode.UNAUTHORIZED, "invalid access token")
-        return Principal(user_id=claims["sub"], product=product, device_id=claims.get("sid"))
+        return Principal(user_id=claims["sub"], product=product, device_id=claims.get("sid"),
+                         issued_at=int(claims.get("iat", 0)))
 
 
 def bearer(header: str | None) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ class GatewayConfig:
     rest_rate: float = 100.0             # requests per second per user (sustained)
     rest_burst: float = 200.0
     heartbeat_s: float = 20.0            # websocket ping interval; a dead peer is dropped after ~2x
+    session_heartbeat_s: float = 15.0    # connections reported to the session entity (which expires at 45 s)
     extra: dict = field(default_factory=dict)
 
 
@@ -39,6 +41,34 @@ class GatewayContext:
         self.config = config
         self.metrics = metrics
         self.health = health
+        self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
+
+    # -- device-bound tokens ----------------------------------------------------------------------
+    def note_push(self, item: tuple) -> None:
+        """Watch the pushes this gateway routes for sign-outs, so later requests are refused at once."""
+        if item[3] == m.MessageType.SESSION_CHANGED.value and isinstance(item[4], dict) \
+                and item[4].get("reason") == "signed_out" and item[4].get("device_id"):
+            uid = item[1].partition(":")[2]
+            self.revoked[(uid, item[4]["device_id"])] = int(time.time() * 1000)
+
+    async def check_session(self, principal: Principal) -> None:
+        """Refuse a device-bound token whose device was signed out (SESSION_ENDED).
+
+        While this gateway follows the user's session entity (a local connection subscribes to it)
+        it sees every sign-out as a push and answers from memory; otherwise it asks the entity.
+        Tokens without a device id can't be signed out one device at a time; they expire."""
+        dev = principal.device_id
+        if not dev:
+            return
+        uid = principal.user_id
+        at = self.revoked.get((uid, dev))
+        if at is not None and principal.issued_at * 1000 <= at:
+            raise SyncopateError(ErrorCode.SESSION_ENDED, "this device was signed out")
+        if f"{m.SESSION}:{uid}" in self.hub.subs:
+            return
+        reply = await self.call(m.SESSION, uid, "check_device", {"device_id": dev, "iat": principal.issued_at})
+        if reply.get("revoked"):
+            raise SyncopateError(ErrorCode.SESSION_ENDED, "this device was signed out")
 
     # -- calls into the cluster ---------------------------------------------------------------
     def request(self, cmd: Command, callback) -> None:

@@ -64,6 +64,7 @@ def auth(buckets: dict):
         wait = bucket.take()
         if wait:
             raise SyncopateError(ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=int(wait * 1000) + 1)
+        await ctx.check_session(principal)
         request[PRINCIPAL] = principal
         return await handler(request)
     return middleware

@@ -20,7 +20,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from protocols import codec
-from protocols.messages import MessageType
+from protocols.messages import SESSION, MessageType
 
 log = logging.getLogger("syncopate.gateway")
 
@@ -31,7 +31,7 @@ class GatewayServer:
         self.gateway_id = gateway_id
         self.hub = Hub(gateway_id)
         self.transport = make_transport(self.receive)
-        self.dispatcher = Dispatcher(gateway_id, self.transport, self.hub.route, on_host_restart=self._resubscribe)
+        self.dispatcher = Dispatcher(gateway_id, self.transport, self._route, on_host_restart=self._resubscribe)
         self.metrics = GatewayMetrics(gateway_id)
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config or GatewayConfig(),
                                   self.metrics, health=self.health)
@@ -39,11 +39,16 @@ class GatewayServer:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
+    def _route(self, item: tuple) -> None:
+        self.ctx.note_push(item)
+        self.hub.route(item)
+
     def receive(self, host: int, incarnation: str, items: list) -> None:
         self.dispatcher.receive(host, incarnation, items)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
         await self.dispatcher.start()
+        self._heartbeat = asyncio.create_task(self._heartbeats())
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -58,6 +63,8 @@ class GatewayServer:
         return self.port
 
     async def stop(self) -> None:
+        if getattr(self, "_heartbeat", None):
+            self._heartbeat.cancel()
         for conn in list(self.hub.conns.values()):
             conn.close(1001, "server shutting down")
         if self._runner is not None:
@@ -78,6 +85,32 @@ class GatewayServer:
             hosts.append(st)
         self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
         return {"ok": ok, "gateway": self.gateway_id, "connections": len(self.hub.conns), "hosts": hosts}
+
+    async def _heartbeats(self) -> None:
+        """Tell each user's session entity, once per interval, which of its connections this gateway
+        still holds (one command per user, nothing written). Connections it doesn't know (its host
+        restarted, or it expired them) are registered again."""
+        every = self.ctx.config.session_heartbeat_s
+        while True:
+            await asyncio.sleep(every)
+            by_user: dict[str, list] = {}
+            for conn in list(self.hub.conns.values()):
+                if not conn.closed:
+                    by_user.setdefault(conn.principal.user_id, []).append(conn)
+            for uid, conns in by_user.items():
+                names = {f"{self.gateway_id}/{c.id}": c for c in conns}
+
+                def done(ok, payload, version, names=names, uid=uid):
+                    if not ok or not isinstance(payload, dict):
+                        return
+                    for name in payload.get("unknown", ()):
+                        c = names.get(name)
+                        if c is not None and not c.closed:
+                            self.ctx.tell(SESSION, uid, "connect",
+                                          {"conn": name, "device_id": c.device_id, "client": c.client,
+                                           "gateway": self.gateway_id, "iat": c.principal.issued_at})
+
+                self.dispatcher.request(Command(SESSION, uid, "heartbeat", {"conns": list(names)}), done)
 
     def _resubscribe(self, host: int) -> None:
         """A host restarted and forgot which entities this gateway follows: subscribe again, on behalf

@@ -36,6 +36,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ctx: GatewayContext = request.app[CTX]
     try:
         principal = authenticate(request, ctx)
+        await ctx.check_session(principal)    # a signed-out device's token
     except SyncopateError as err:
         return error_response(err)            # refused before the upgrade: plain HTTP 401
     cfg = ctx.config
@@ -84,7 +85,8 @@ class WsSession:
         try:
             await self.ctx.call(m.SESSION, p.user_id, "connect",
                                 {"conn": f"{self.ctx.gateway_id}/{conn.id}", "device_id": conn.device_id,
-                                 "client": conn.client, "gateway": self.ctx.gateway_id}, origin=self.origin)
+                                 "client": conn.client, "gateway": self.ctx.gateway_id, "iat": p.issued_at},
+                                origin=self.origin)
         except SyncopateError as err:
             if err.code == ErrorCode.SESSION_ENDED:
                 conn.send(codec.error(None, err))

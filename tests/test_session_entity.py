@@ -774,9 +774,15 @@ async def test_two_connections_see_each_others_library_changes_and_sign_out(serv
         closing = await recv(laptop)
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
         old_token = auth.mint(USER, device_id="laptop", now=time.time() - 5)
-        again = await http.ws_connect(f"{srv.url}/v1/ws?token={old_token}")
+        # refused before the upgrade, with Spotify's error body
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{srv.url}/v1/ws?token={old_token}")
+        assert refused.value.status == 401
+        r = await http.get(f"{srv.url}/v1/ws?token={old_token}")
+        assert (await r.json())["error"]["reason"] == "SESSION_ENDED"
+        # a token issued after the sign-out signs the device in again
+        fresh = auth.mint(USER, device_id="laptop", now=time.time() + 2)
+        again = await http.ws_connect(f"{srv.url}/v1/ws?token={fresh}")
         await recv(again, "hello")
-        err = await recv(again)
-        assert isinstance(err, dict) and err["error"]["code"] == "SESSION_ENDED", err
         for ws in (phone, bob, again):
             await ws.close()
