@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from actors.entity import Command, Entity, Env
+from actors.entity import Command, Entity, Env, Event, Outcome
 from protocols.errors import ErrorCode, SyncopateError
 from storage.base import Append, Record, Snapshot, Store
 
@@ -45,6 +45,7 @@ log = logging.getLogger("syncopate.host")
 Sink = Callable[[bool, Any, int], None]
 TICK = "__tick__"
 UNSUBSCRIBE = "unsubscribe"
+RELAY = "relay"                # system op: push {type, payload} to the entity's subscribers, store nothing
 OPS_REMEMBERED = 1024          # op ids remembered per entity for idempotent retries
 
 
@@ -270,7 +271,13 @@ class EntityHost:
             return
         cmd.now_ms = int(self.clock() * 1000)
         try:
-            outcome = entity.tick(cmd.now_ms) if cmd.op == TICK else entity.handle(cmd)
+            if cmd.op == RELAY and cmd.principal.system:
+                # Ephemeral state (Yjs awareness): ordered with the entity's own pushes, never stored.
+                outcome = Outcome(events=[Event(str(cmd.args["type"]), cmd.args.get("payload"))])
+            elif cmd.op == TICK:
+                outcome = entity.tick(cmd.now_ms)
+            else:
+                outcome = entity.handle(cmd)
         except SyncopateError as err:
             self.metrics.errors[err.code.value] = self.metrics.errors.get(err.code.value, 0) + 1
             self._queue(Pending(slot, sink, False, err, entity.version))

@@ -57,6 +57,29 @@ def parse_frame(frame: bytes) -> list[YMessage]:
     return out
 
 
+def parse_awareness(payload: bytes) -> list[tuple[int, int, str]]:
+    """An awareness update: [(client id, clock, state JSON or "null")]."""
+    dec = Decoder(bytes(payload))
+    try:
+        out = []
+        for _ in range(dec.read_var_uint()):
+            client, clock = dec.read_var_uint(), dec.read_var_uint()
+            out.append((client, clock, dec.read_var_string()))
+            if dec.length < 0:
+                raise IndexError
+        return out
+    except (IndexError, RuntimeError, UnicodeDecodeError):
+        raise SyncopateError(ErrorCode.MALFORMED_FRAME, "malformed awareness update") from None
+
+
+def encode_awareness(entries: list[tuple[int, int, str]]) -> bytes:
+    parts = [write_var_uint(len(entries))]
+    for client, clock, state in entries:
+        data = state.encode()
+        parts += [write_var_uint(client), write_var_uint(clock), write_var_uint(len(data)), data]
+    return b"".join(parts)
+
+
 def sync_step1(state_vector: bytes) -> bytes:
     return bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1]) + write_var_uint(len(state_vector)) + state_vector
 

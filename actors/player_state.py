@@ -1,0 +1,297 @@
+"""The playback state machine of a device group: pure functions over one small player dict.
+
+No catalog, no clock, no randomness of its own: the caller passes `resolve(uri) -> duration_ms`,
+the time `at` of every change (the server clock), and the shuffle seed (taken from the command and
+stored in the state, so a replay reproduces the same order).
+
+The player dict (every value msgpack-able; lists are never mutated in place, they are replaced, so
+a shallow copy is a safe working copy and `old is new` tells whether a field changed):
+
+  ctx       context uri (playlist / album) or None (a list of `uris` was played)
+  tracks    the context's entries in their natural order: [[entry_id, uri], ...]
+  pos       position in the *play order* of the last context entry played (-1: before the first)
+  on        True when the current item is order[pos]; False when it came from the user queue or
+            its entry was removed from the playlist while it played ("detached"). Either way the
+            next context track is order[pos + 1] and `previous` goes back to order[pos].
+  uri       the current item's track uri (None: nothing loaded); dur its duration_ms
+  queue     the user queue (track uris), played before the context continues
+  shuffle   bool; seed and anchor define the shuffled order (see compute_order)
+  repeat    "off" | "context" | "track"
+  playing   bool; position / ts: position_as_of_timestamp and its timestamp (server ms)
+  pid       playback id: +1 every time an item starts (a listening report can name it)
+
+Play order: unshuffled, the natural order. Shuffled: the anchor entry (the track playing when
+shuffle was switched on, or the offset of a play) first, then every other entry sorted by
+blake2b(seed:entry_id). Because the order is a function of (seed, entry ids), entries inserted into
+a playing playlist slot in without disturbing the relative order of the others, and the current
+entry is found again by its id (librespot #1687).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+REPEAT_STATES = ("off", "context", "track")
+MAX_SETTLE_STEPS = 500          # bound on tracks auto-advanced in one settle (all-zero-length contexts)
+
+Resolve = Callable[[str], int]
+
+
+def new_player() -> dict:
+    return {"ctx": None, "tracks": [], "pos": -1, "on": False, "uri": None, "dur": 0,
+            "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
+            "playing": False, "position": 0, "ts": 0, "pid": 0}
+
+
+# -- position ----------------------------------------------------------------------------------
+def extrapolate(p: dict, now: int) -> int:
+    """position_as_of_timestamp + (now - timestamp) * speed, capped at the duration."""
+    if p["uri"] is None:
+        return 0
+    pos = p["position"]
+    if p["playing"]:
+        pos += max(0, now - p["ts"])       # a clock that went backwards never rewinds
+    return min(pos, p["dur"])
+
+
+def ended_at(p: dict) -> int | None:
+    """Server time at which the current item ends, if it is playing."""
+    if not p["playing"] or p["uri"] is None:
+        return None
+    return p["ts"] + max(0, p["dur"] - p["position"])
+
+
+# -- order ------------------------------------------------------------------------------------
+def _key(seed: int, eid) -> bytes:
+    return hashlib.blake2b(f"{seed}:{eid}".encode(), digest_size=8).digest()
+
+
+def compute_order(tracks: list, shuffle: bool, seed: int, anchor) -> list[int] | range:
+    n = len(tracks)
+    if not shuffle:
+        return range(n)
+    first = None
+    if anchor is not None:
+        for i, entry in enumerate(tracks):
+            if entry[0] == anchor:
+                first = i
+                break
+    rest = [i for i in range(n) if i != first]
+    rest.sort(key=lambda i: _key(seed, tracks[i][0]))
+    return ([first] if first is not None else []) + rest
+
+
+class OrderCache:
+    """Memo of the play order of the last tracks list seen (by identity: lists are never mutated)."""
+    __slots__ = ("_key", "_order")
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._order: list[int] | range = range(0)
+
+    def get(self, p: dict):
+        k = self._key
+        if k is not None and k[0] is p["tracks"] and k[1] == p["shuffle"] and k[2] == p["seed"] \
+                and k[3] == p["anchor"]:
+            return self._order
+        self._order = compute_order(p["tracks"], p["shuffle"], p["seed"], p["anchor"])
+        self._key = (p["tracks"], p["shuffle"], p["seed"], p["anchor"])
+        return self._order
+
+
+def context_index(p: dict, order) -> int | None:
+    """Natural index in the context of the current item, if it is a context entry."""
+    if p["on"] and 0 <= p["pos"] < len(order):
+        return order[p["pos"]]
+    return None
+
+
+# -- navigation ---------------------------------------------------------------------------------
+def _next_pos(p: dict, order) -> int | None:
+    n = len(order)
+    if n == 0:
+        return None
+    cand = p["pos"] + 1
+    if cand < n:
+        return cand
+    return 0 if p["repeat"] == "context" else None
+
+
+def _prev_pos(p: dict, order) -> int | None:
+    n = len(order)
+    cand = p["pos"] - 1 if p["on"] else p["pos"]
+    if cand >= 0 and cand < n:
+        return cand
+    return n - 1 if (p["repeat"] == "context" and n) else None
+
+
+def has_next(p: dict, order) -> bool:
+    return bool(p["queue"]) or _next_pos(p, order) is not None
+
+
+def has_prev(p: dict, order) -> bool:
+    return p["uri"] is not None and _prev_pos(p, order) is not None
+
+
+def load(p: dict, uri: str, dur: int, at: int, position: int = 0) -> None:
+    """Start an item (a new playback id)."""
+    p["uri"] = uri
+    p["dur"] = dur
+    p["position"] = max(0, min(position, dur))
+    p["ts"] = at
+    p["pid"] = p["pid"] + 1
+
+
+def skip_next(p: dict, order, resolve: Resolve, at: int, *, auto: bool) -> bool:
+    """Move to the next item; False (nothing changed) at the end of the context with repeat off.
+
+    auto=True is the current track ending by itself: repeat "track" plays it again. A user's
+    `next` (auto=False) moves on even with repeat "track", as Spotify's clients do."""
+    if auto and p["repeat"] == "track" and p["uri"] is not None:
+        load(p, p["uri"], p["dur"], at)
+        return True
+    q = p["queue"]
+    if q:
+        p["queue"] = q[1:]
+        p["on"] = False
+        load(p, q[0], resolve(q[0]), at)
+        return True
+    nxt = _next_pos(p, order)
+    if nxt is None:
+        return False
+    p["pos"] = nxt
+    p["on"] = True
+    uri = p["tracks"][order[nxt]][1]
+    load(p, uri, resolve(uri), at)
+    return True
+
+
+def skip_prev(p: dict, order, resolve: Resolve, at: int) -> bool:
+    prv = _prev_pos(p, order) if p["uri"] is not None else None
+    if prv is None:
+        return False
+    p["pos"] = prv
+    p["on"] = True
+    uri = p["tracks"][order[prv]][1]
+    load(p, uri, resolve(uri), at)
+    return True
+
+
+def end_of_context(p: dict, order, resolve: Resolve, at: int) -> None:
+    """The last track ended with repeat off: rewind to the first track of the order, paused."""
+    p["playing"] = False
+    if len(order):
+        p["pos"] = 0
+        p["on"] = True
+        uri = p["tracks"][order[0]][1]
+        load(p, uri, resolve(uri), at)
+    else:                                   # a detached item in an emptied context: stop on it
+        p["position"] = 0
+        p["ts"] = at
+
+
+def skip_or_end(p: dict, order, resolve: Resolve, at: int) -> None:
+    """Seek past the end: go to the next track, or end the context (repeat off)."""
+    if not skip_next(p, order, resolve, at, auto=False):
+        end_of_context(p, order, resolve, at)
+
+
+def settle(p: dict, order, resolve: Resolve, now: int) -> bool:
+    """Advance lazily past every item that ended by `now` (each next item starts exactly when the
+    previous one ended, so the result does not depend on when settle runs). True if changed."""
+    changed = False
+    for _ in range(MAX_SETTLE_STEPS):
+        end = ended_at(p)
+        if end is None or now < end:
+            return changed
+        if not skip_next(p, order, resolve, end, auto=True):
+            end_of_context(p, order, resolve, end)
+        changed = True
+    # only reachable with zero-length items on repeat: stop rather than spin
+    p["playing"] = False
+    p["position"] = 0
+    p["ts"] = now
+    return True
+
+
+def upcoming(p: dict, order, k: int, *, prefetch: bool) -> list[str]:
+    """The next k item uris: for prefetch the repeat-track item repeats; otherwise the user queue,
+    then the context (wrapping once with repeat context)."""
+    if k <= 0:
+        return []
+    if prefetch and p["repeat"] == "track" and p["uri"] is not None:
+        return [p["uri"]]
+    out = list(p["queue"][:k])
+    n = len(order)
+    pos = p["pos"]
+    steps = 0
+    while len(out) < k and steps < n:
+        pos += 1
+        if pos >= n:
+            if p["repeat"] != "context":
+                break
+            pos = 0
+        out.append(p["tracks"][order[pos]][1])
+        steps += 1
+    return out
+
+
+# -- loading, shuffle, context changes ---------------------------------------------------------
+def load_context(p: dict, ctx: str | None, tracks: list, start: int | None, position: int, at: int,
+                 resolve: Resolve, seed: int) -> None:
+    """Play `tracks` (natural order) from natural index `start` (None: the order's first)."""
+    p["ctx"] = ctx
+    p["tracks"] = tracks
+    p["seed"] = seed
+    p["anchor"] = tracks[start][0] if (p["shuffle"] and start is not None) else None
+    order = compute_order(tracks, p["shuffle"], seed, p["anchor"])
+    pos = 0 if (start is None or p["shuffle"]) else start
+    p["pos"] = pos
+    p["on"] = True
+    uri = tracks[order[pos]][1]
+    load(p, uri, resolve(uri), at, position)
+
+
+def _ref_index(p: dict, order) -> int | None:
+    """Natural index of order[pos] (the last context entry played), if any."""
+    return order[p["pos"]] if 0 <= p["pos"] < len(order) else None
+
+
+def set_shuffle(p: dict, order, on: bool, seed: int) -> None:
+    """Toggle shuffle keeping the current entry: on -> it becomes the anchor (first of the new
+    order, so the rest of the context still plays); off -> back to its natural place."""
+    ref = _ref_index(p, order)
+    p["shuffle"] = on
+    p["seed"] = seed if on else p["seed"]
+    p["anchor"] = p["tracks"][ref][0] if (on and ref is not None) else None
+    if ref is None:                    # nothing played from the context yet (pos -1)
+        return
+    new = compute_order(p["tracks"], on, p["seed"], p["anchor"])
+    p["pos"] = new.index(ref)
+
+
+def change_context(p: dict, old_order, new_tracks: list) -> None:
+    """The playing playlist changed. Keep the current entry by its id, so the position (and the
+    track, and what plays next) survive inserts, moves and removals elsewhere. If the current
+    entry itself was removed the item keeps playing, detached: next is the first entry that
+    followed it and still exists."""
+    old_tracks = p["tracks"]
+    ref = _ref_index(p, old_order)
+    ref_eid = old_tracks[ref][0] if ref is not None else None
+    p["tracks"] = new_tracks
+    new_order = compute_order(new_tracks, p["shuffle"], p["seed"], p["anchor"])
+    where: dict = {}
+    for k in range(len(new_order) - 1, -1, -1):       # first occurrence wins
+        where[new_tracks[new_order[k]][0]] = k
+    if ref_eid is not None and ref_eid in where:
+        p["pos"] = where[ref_eid]
+        return
+    start = p["pos"] + 1 if p["pos"] >= 0 else 0
+    for k in range(start, len(old_order)):
+        eid = old_tracks[old_order[k]][0]
+        if eid in where:
+            p["pos"] = where[eid] - 1
+            break
+    else:
+        p["pos"] = len(new_order) - 1
+    p["on"] = False
