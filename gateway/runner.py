@@ -20,7 +20,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from protocols import codec
-from protocols.messages import SESSION, MessageType
+from protocols.messages import DEVICE_GROUP, SESSION, MessageType
 
 log = logging.getLogger("syncopate.gateway")
 
@@ -111,6 +111,9 @@ class GatewayServer:
                                            "gateway": self.gateway_id, "iat": c.principal.issued_at})
 
                 self.dispatcher.request(Command(SESSION, uid, "heartbeat", {"conns": list(names)}), done)
+                devices = [n for n, c in names.items() if c.registered_device]
+                if devices:       # the device group vouches for these devices' liveness too
+                    self.ctx.tell(DEVICE_GROUP, uid, "heartbeat", {"conns": devices})
 
     def _resubscribe(self, host: int) -> None:
         """A host restarted and forgot which entities this gateway follows: subscribe again, on behalf
