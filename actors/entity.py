@@ -46,6 +46,8 @@ class Command:
     op_id: str | None = None          # idempotency key: the same op id is applied once
     now_ms: int = 0                   # server clock, filled in by the host when it handles the command
     origin: tuple[str, str] | None = None   # (gateway id, connection id) that sent it, if any
+    follow: bool = False              # on success, push this entity's events to the origin gateway
+                                      # (op "subscribe" always does)
 
     @property
     def key(self) -> str:

@@ -297,7 +297,7 @@ class EntityHost:
             entry = pack({"op": cmd.op_id, "recs": outcome.records, "reply": outcome.reply if cmd.op_id else None})
             if cmd.op_id:
                 self._remember(slot, cmd.op_id, entity.version, outcome.reply)
-        if cmd.op == "subscribe" and cmd.origin:
+        if (cmd.follow or cmd.op == "subscribe") and cmd.origin:
             self.interest.setdefault(slot.key, set()).add(cmd.origin[0])
         pushes = []
         for ev in outcome.events:

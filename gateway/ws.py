@@ -22,6 +22,7 @@ from protocols import codec
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType as T
+from protocols.uris import new_id as new_playlist_id
 
 log = logging.getLogger("syncopate.ws")
 ENTITY_KINDS = (m.PLAYLIST, m.DEVICE_GROUP, m.SESSION)
@@ -165,6 +166,8 @@ class WsSession:
             return
         route = m.ROUTES[env.type]
         args = dict(env.payload)
+        if env.type == T.PLAYLIST_CREATE and "id" not in args:
+            args["id"] = new_playlist_id()       # a client may choose one (offline creation), else we do
         if route.id_field is None:
             entity_id = conn.principal.user_id
         else:

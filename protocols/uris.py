@@ -31,6 +31,12 @@ def parse_uri(uri: object, expect: str | tuple[str, ...] | None = None) -> tuple
     return kind, ident
 
 
+def new_id() -> str:
+    """A random 22-character base62 id, like Spotify's."""
+    import secrets
+    return "".join(secrets.choice(BASE62) for _ in range(22))
+
+
 def make_uri(kind: str, ident: str) -> str:
     return f"spotify:{kind}:{ident}"
 
