@@ -1,0 +1,837 @@
+"""The playlist entity: a pycrdt document (Yjs-compatible) plus owner, roles, followers, listeners.
+
+State
+  doc            actors/playlist_doc.PlaylistDoc: the CRDT document (`meta` Y.Map, `tracks` Y.Array of
+                 Y.Map, docs/playlist-document.md) and its Python mirror (entries, by_id, meta)
+  owner          user id; collaborators {user_id: "editor" | "viewer"}; followers {user_id};
+  listeners      user ids whose device group plays this playlist (sent context_changed effects)
+
+Records (one log entry per command = the list of these)
+  {"t": "y", "u": [update, ...], "by": u}  Yjs updates exactly as integrated (a client's update, then
+                                          the server's corrections; or the server's own edits), and
+                                          the user they came from (who deleted what, for undo)
+  {"t": "create", "owner": u, "at": ms}
+  {"t": "collab", "user": u, "role": "editor" | "viewer" | None}
+  {"t": "follow", "user": u, "on": bool}
+  {"t": "listen", "user": u, "on": bool}
+Replay applies Yjs updates as remote updates (the mirror follows through observers); nothing is
+re-authored, so item ids survive restarts and a client's old copy merges without duplicates.
+Snapshot = the document's full update + the metadata; restore loads it into a fresh document
+whose server client id is new and random (never one already in the document).
+
+Ops (cmd.args; replies; every mutation answers at least {"snapshot_id"}):
+  create {name, description?, public?=true, collaborative?=false}      -> playlist object (as get)
+  get {}                                   -> {id, type, uri, name, description, public, collaborative,
+                                               owner {id, type, uri}, followers {total}, snapshot_id,
+                                               tracks {total}, items {total}, version}
+  update_details {name?, description?, public?, collaborative?}        -> {snapshot_id}
+  items {offset?=0, limit?=100 (1..100)}   -> {total, snapshot_id, offset, limit,
+                                               items: [{entry_id, uri, added_by, added_at}]}
+  add {uris (1..100), position?}           -> {snapshot_id}
+  reorder {range_start, insert_before, range_length?=1, snapshot_id?}  -> {snapshot_id}
+  replace {uris (0..100)}                  -> {snapshot_id}
+  remove {tracks | items: [{uri, positions?} | uri], snapshot_id?}      -> {snapshot_id}
+  follow {} / unfollow {}                  -> {snapshot_id, followers}
+  collaborators {}                         -> {owner, collaborators: [{user_id, role}]}     (owner only)
+  set_collaborator {user_id, role}         -> {snapshot_id}                                (owner only)
+  remove_collaborator {user_id}            -> {snapshot_id}                                (owner only)
+  subscribe {since?}                       -> {mode: "deltas", version, snapshot_id, deltas: [{version,
+                                               snapshot_id, delta}]} or {mode: "full", version,
+                                               snapshot_id, playlist: <get>, items: [...all entries]}
+  yjs_sync {state_vector?}                 -> {update (what the client lacks: SyncStep2), state_vector
+                                               (the server's: for its SyncStep1), readonly, snapshot_id}
+  yjs_update {update}                      -> {update (the server's correction, b"" if none),
+                                               snapshot_id, rejected: [{code, message}]}
+  entries {}                               -> {entries: [[entry_id, uri], ...], snapshot_id}
+  add_listener {user_id} / remove_listener {user_id}                   (system only) -> {ok}
+
+Event (every mutation): playlist.changed {snapshot_id, total, delta: [op, ...], update: bytes|None}
+  delta ops, applied in order to the previous state:
+    {"op": "delete", "index": i, "entry_ids": [...]}     (a run; deletes come first, descending)
+    {"op": "insert", "index": i, "items": [{entry_id, uri, added_by, added_at}, ...]}
+    {"op": "details", "changes": {name?, description?, public?, collaborative?}}
+    {"op": "followers", "total": n}
+    {"op": "collaborator", "user_id": u, "role": "editor" | "viewer" | None}
+  A move (reorder, or a Yjs client's delete + insert of a copy) is a delete and an insert of the
+  same entry id.
+
+Roles: a private playlist is NOT_FOUND for everyone but its owner and collaborators. The owner and
+editors edit tracks, name and description; only the owner changes public, collaborative and
+collaborators (FORBIDDEN). System principals may do everything.
+
+Yjs validation (yjs_update): viewers and non-editors are refused whole (FORBIDDEN, nothing applied).
+An editor's update is applied, then checked in the same command; what is invalid is corrected by a
+server update in the same log entry: invalid new entries are deleted (wrong shape or types, bad id,
+malformed or unknown uri, added_by not the writer on a new id, copies of an id with other content),
+edits of existing entries are reverted (entries are immutable), forbidden or invalid `meta` changes
+are reverted, and when the entries would exceed 10,000 every new entry of the update is deleted
+(refused whole). Duplicate ids (concurrent moves) keep the copy with the greatest Yjs item id
+(client, clock). A copy of an entry that is no longer there is accepted only from the user who
+deleted it (a Yjs undo); from anyone else it is a move concurrent with a delete, and the delete
+wins (CONFLICT in `rejected`). Records and events carry update + correction; the sender's reply
+carries the correction, so every replica converges on the valid document.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import deque
+from operator import attrgetter
+from typing import Any, ClassVar
+
+import pycrdt
+
+from actors.entity import SYSTEM, Command, Entity, Env, Event, Outcome, Principal
+from actors.playlist_doc import (
+    META_KEYS,
+    MISSING,
+    Change,
+    Entry,
+    PlaylistDoc,
+    decode_state_vector,
+    locate,
+)
+from actors.playlist_validate import (
+    MAX_ENTRIES,
+    MAX_PAGE,
+    OWNER_META,
+    ROLES,
+    bad,
+    check_track,
+    description_value,
+    entry_problem,
+    meta_problem,
+    name_value,
+    opt_bool,
+    opt_int,
+    uri_list,
+    user_id_value,
+)
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
+from protocols.uris import BASE62, make_uri, parse_uri
+
+CHANGED = MessageType.PLAYLIST_CHANGED.value
+_ID = attrgetter("id")
+HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
+HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
+MAX_UPDATE_BYTES = 8 << 20
+
+
+def _b62(n: int) -> str:
+    out = []
+    while True:
+        n, r = divmod(n, 62)
+        out.append(BASE62[r])
+        if not n:
+            return "".join(reversed(out))
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """Sorted positions -> [(start, length)] ascending."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and runs[-1][0] + runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
+
+
+def delete_ops(removed: list[tuple[int, str]]) -> list[dict]:
+    """[(old position, entry id)] -> delete runs, descending, each valid after the previous."""
+    removed = sorted(removed)
+    ids = dict(removed)
+    return [{"op": "delete", "index": s, "entry_ids": [ids[p] for p in range(s, s + n)]}
+            for s, n in reversed(_runs([p for p, _ in removed]))]
+
+
+def insert_ops(added: list[tuple[int, Entry]]) -> list[dict]:
+    """[(new position, entry)] -> insert runs, ascending."""
+    added = sorted(added, key=lambda x: x[0])
+    by = {p: e for p, e in added}
+    return [{"op": "insert", "index": s, "items": [by[p].item() for p in range(s, s + n)]}
+            for s, n in _runs([p for p, _ in added])]
+
+
+class PlaylistEntity(Entity):
+    kind = PLAYLIST
+    snapshot_every = 200      # a 10k-entry snapshot is ~1.2 MB: compact often enough to keep replay short
+
+    def __init__(self, entity_id: str, env: Env) -> None:
+        super().__init__(entity_id, env)
+        self.doc = PlaylistDoc()
+        self.owner: str | None = None
+        self.created_at = 0
+        self.collaborators: dict[str, str] = {}
+        self.followers: set[str] = set()
+        self.listeners: set[str] = set()
+        self._history: deque = deque()        # (version, snapshot_id, delta, weight)
+        self._weight = 0
+        self._floor: tuple[int, str] | None = None   # (version, snapshot_id) before the first history item
+        cfg = env.config if env is not None else {}
+        self.max_entries = int(cfg.get("playlist_max_entries", MAX_ENTRIES))
+        self.max_update_bytes = int(cfg.get("playlist_max_update_bytes", MAX_UPDATE_BYTES))
+
+    # ==========================================================================================
+    # helpers
+    # ==========================================================================================
+    @property
+    def catalog(self):
+        return self.env.catalog if self.env is not None else None
+
+    @property
+    def uri(self) -> str:
+        return make_uri("playlist", self.id)
+
+    def snapshot_id(self, version: int | None = None) -> str:
+        """Opaque, changes with every version: base62(version << 48 | 48-bit hash of id, version
+        and the document's state vector)."""
+        v = self.version if version is None else version
+        h = hashlib.blake2b(self.doc.state_vector() + f"|{self.id}|{v}".encode(), digest_size=6).digest()
+        return _b62((v << 48) | int.from_bytes(h, "big"))
+
+    def role(self, p: Principal) -> str | None:
+        if p.system:
+            return "system"
+        if p.user_id == self.owner:
+            return "owner"
+        return self.collaborators.get(p.user_id)
+
+    def _exists(self) -> None:
+        if self.owner is None:
+            raise SyncopateError(ErrorCode.NOT_FOUND, f"no playlist {self.id}")
+
+    def _view(self, p: Principal) -> str | None:
+        self._exists()
+        r = self.role(p)
+        if r is None and not self.doc.meta.get("public", False):
+            raise SyncopateError(ErrorCode.NOT_FOUND, f"no playlist {self.id}")
+        return r
+
+    def _edit(self, p: Principal) -> str:
+        r = self._view(p)
+        if r not in ("owner", "editor", "system"):
+            raise SyncopateError(ErrorCode.FORBIDDEN, "only the owner and editors edit this playlist")
+        return r
+
+    def _owner_only(self, p: Principal) -> str:
+        r = self._view(p)
+        if r not in ("owner", "system"):
+            raise SyncopateError(ErrorCode.FORBIDDEN, "only the playlist's owner may do this")
+        return r
+
+    def _user(self, cmd: Command, key: str = "user_id") -> str:
+        if cmd.principal.system:
+            return user_id_value(cmd.args.get(key), key)
+        return cmd.principal.user_id
+
+    def playlist_object(self) -> dict:
+        meta = self.doc.meta
+        n = len(self.doc.entries)
+        return {"id": self.id, "type": "playlist", "uri": self.uri,
+                "name": meta.get("name", ""), "description": meta.get("description", ""),
+                "public": bool(meta.get("public", False)), "collaborative": bool(meta.get("collaborative", False)),
+                "owner": {"id": self.owner, "type": "user", "uri": make_uri("user", self.owner or "")},
+                "followers": {"href": None, "total": len(self.followers)},
+                "snapshot_id": self.snapshot_id(), "tracks": {"total": n}, "items": {"total": n},
+                "version": self.version}
+
+    def entry_rows(self) -> list[list[str]]:
+        return [[e.id, e.uri] for e in self.doc.entries]
+
+    def _new_entries(self, uris: list[str], user: str, now_ms: int) -> list[Entry]:
+        """Entries with fresh 16-character ids: 12 characters of a hash of (playlist, server client
+        id, version) - unique per command - and the index within the command in 4 hex digits."""
+        v = self.version + 1
+        salt = 0
+        while True:
+            h = hashlib.blake2b(f"{self.id}:{self.doc.client_id}:{v}:{salt}".encode(), digest_size=9).digest()
+            prefix = base64.urlsafe_b64encode(h).decode()
+            ids = [f"{prefix}{i:04x}" for i in range(len(uris))]
+            if not any(i in self.doc.by_id for i in ids):
+                break
+            salt += 1
+        gen = self.doc.gen
+        return [Entry(i, u, user, now_ms, gen=gen) for i, u in zip(ids, uris)]
+
+    # ==========================================================================================
+    # commit: records, event, history, effects
+    # ==========================================================================================
+    def _commit(self, *, records: list | None = None, delta: list, tracks_changed: bool,
+                reply: dict | None = None, event: bool = True) -> Outcome:
+        updates = self.doc.drain()
+        records = list(records or ())
+        if updates:
+            records.append({"t": "y", "u": updates, "by": self.doc.actor})
+        if not records:
+            out = {"snapshot_id": self.snapshot_id()}
+            out.update(reply or {})
+            return Outcome(reply=out)
+        v = self.version + 1
+        sid = self.snapshot_id(v)
+        out = {"snapshot_id": sid}
+        out.update(reply or {})
+        events, effects = [], []
+        if event:
+            merged = (updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)) if updates else None
+            events.append(Event(type=CHANGED, payload={"snapshot_id": sid, "total": len(self.doc.entries),
+                                                      "delta": delta, "update": merged}))
+        self._remember(v, sid, delta)
+        if tracks_changed and self.listeners:
+            rows = self.entry_rows()
+            for u in sorted(self.listeners):
+                effects.append(Command(kind=DEVICE_GROUP, entity_id=u, op="context_changed", principal=SYSTEM,
+                                       args={"context_uri": self.uri, "entries": rows, "snapshot_id": sid}))
+        return Outcome(reply=out, records=records, events=events, effects=effects)
+
+    def _remember(self, version: int, sid: str, delta: list) -> None:
+        w = 1 + sum(len(op.get("items", ())) + len(op.get("entry_ids", ())) for op in delta)
+        self._history.append((version, sid, delta, w))
+        self._weight += w
+        while self._history and (len(self._history) > HISTORY_VERSIONS or self._weight > HISTORY_WEIGHT):
+            ov, osid, _, ow = self._history.popleft()
+            self._weight -= ow
+            self._floor = (ov, osid)
+
+    def _view_at(self, snapshot_id: Any) -> tuple[list, bool]:
+        """The entries as of `snapshot_id`: (self.doc.entries, True) when it is the current one (or
+        None; the list must not be mutated), else (entry ids in that snapshot's order, False): the
+        current order with the recent changes undone. Unknown or too old -> CONFLICT naming the
+        current snapshot_id."""
+        if snapshot_id is None:
+            return self.doc.entries, True
+        current = self.snapshot_id()
+        if snapshot_id == current:
+            return self.doc.entries, True
+        if not isinstance(snapshot_id, str):
+            raise bad("snapshot_id must be a string")
+        items = list(self._history)
+        idx = None
+        for i in range(len(items) - 1, -1, -1):
+            if items[i][1] == snapshot_id:
+                idx = i
+                break
+        if idx is None and self._floor is not None and self._floor[1] == snapshot_id:
+            idx = -1
+        if idx is None:
+            raise SyncopateError(ErrorCode.CONFLICT, f"snapshot_id {snapshot_id} is unknown or too old; "
+                                 f"the current snapshot_id is {current}", snapshot_id=current)
+        order = list(map(_ID, self.doc.entries))
+        for _, _, delta, _ in reversed(items[idx + 1:]):
+            for op in reversed(delta):
+                kind = op["op"]
+                if kind == "insert":
+                    del order[op["index"]:op["index"] + len(op["items"])]
+                elif kind == "delete":
+                    order[op["index"]:op["index"]] = op["entry_ids"]
+        return order, False
+
+    def _conflict(self, what: str) -> SyncopateError:
+        current = self.snapshot_id()
+        return SyncopateError(ErrorCode.CONFLICT, f"{what}; the current snapshot_id is {current}",
+                              snapshot_id=current)
+
+    # ==========================================================================================
+    # dispatch
+    # ==========================================================================================
+    def handle(self, cmd: Command) -> Outcome:
+        fn = self._OPS.get(cmd.op)
+        if fn is None:
+            raise SyncopateError(ErrorCode.BAD_REQUEST, f"playlist has no op {cmd.op!r}")
+        if cmd.op in self._SYSTEM_OPS and not cmd.principal.system:
+            raise SyncopateError(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
+        if not isinstance(cmd.args, dict):
+            raise bad("args must be an object")
+        if self._floor is None:
+            self._floor = (self.version, self.snapshot_id())
+        self.doc.gen += 1
+        self.doc.trash = []
+        self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
+        return fn(self, cmd)
+
+    # -- create / read -----------------------------------------------------------------------------
+    def _op_create(self, cmd: Command) -> Outcome:
+        if self.owner is not None:
+            raise SyncopateError(ErrorCode.CONFLICT, f"playlist {self.id} already exists")
+        a = cmd.args
+        owner = user_id_value(a.get("owner"), "owner") if cmd.principal.system else cmd.principal.user_id
+        name = name_value(a.get("name"))
+        desc = description_value(a.get("description"))
+        public = opt_bool(a, "public")
+        collab = opt_bool(a, "collaborative")
+        meta = {"name": name, "description": desc, "public": True if public is None else public,
+                "collaborative": bool(collab)}
+        self.doc.set_meta(meta)
+        self.owner, self.created_at = owner, cmd.now_ms
+        out = self._commit(records=[{"t": "create", "owner": owner, "at": cmd.now_ms}],
+                           delta=[{"op": "details", "changes": meta}], tracks_changed=False)
+        out.reply = self.playlist_object()
+        out.reply["snapshot_id"] = self.snapshot_id(self.version + 1)
+        out.reply["version"] = self.version + 1
+        out.effects.append(Command(kind=SESSION, entity_id=owner, op="playlist_created",
+                                   args={"playlist_id": self.id}, principal=SYSTEM))
+        return out
+
+    def _op_get(self, cmd: Command) -> Outcome:
+        self._view(cmd.principal)
+        return Outcome(reply=self.playlist_object())
+
+    def _op_items(self, cmd: Command) -> Outcome:
+        self._view(cmd.principal)
+        offset = opt_int(cmd.args, "offset", 0, 0)
+        limit = opt_int(cmd.args, "limit", MAX_PAGE, 1, MAX_PAGE)
+        ents = self.doc.entries
+        return Outcome(reply={"total": len(ents), "snapshot_id": self.snapshot_id(), "offset": offset,
+                              "limit": limit, "items": [e.item() for e in ents[offset:offset + limit]]})
+
+    def _op_entries(self, cmd: Command) -> Outcome:
+        self._view(cmd.principal)
+        return Outcome(reply={"entries": self.entry_rows(), "snapshot_id": self.snapshot_id()})
+
+    def _op_subscribe(self, cmd: Command) -> Outcome:
+        self._view(cmd.principal)
+        since = cmd.args.get("since")
+        base = {"version": self.version, "snapshot_id": self.snapshot_id()}
+        if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
+            floor = self._floor[0] if self._floor is not None else self.version
+            if since >= floor:
+                deltas = [{"version": v, "snapshot_id": s, "delta": d} for v, s, d, _ in self._history if v > since]
+                return Outcome(reply={"mode": "deltas", **base, "deltas": deltas})
+        return Outcome(reply={"mode": "full", **base, "playlist": self.playlist_object(),
+                              "items": [e.item() for e in self.doc.entries]})
+
+    def _op_unsubscribe(self, cmd: Command) -> Outcome:
+        return Outcome(reply=None)
+
+    # -- details -----------------------------------------------------------------------------------
+    def _op_update_details(self, cmd: Command) -> Outcome:
+        role = self._edit(cmd.principal)
+        a = cmd.args
+        changes: dict[str, Any] = {}
+        if a.get("name") is not None:
+            changes["name"] = name_value(a["name"])
+        if "description" in a and a["description"] is not None:
+            changes["description"] = description_value(a["description"])
+        for k in ("public", "collaborative"):
+            v = opt_bool(a, k)
+            if v is not None:
+                changes[k] = v
+        changes = {k: v for k, v in changes.items() if self.doc.meta.get(k, MISSING) != v}
+        if OWNER_META & changes.keys() and role not in ("owner", "system"):
+            raise SyncopateError(ErrorCode.FORBIDDEN, "only the owner changes public and collaborative")
+        self.doc.set_meta(changes)
+        return self._commit(delta=[{"op": "details", "changes": changes}] if changes else [],
+                            tracks_changed=False)
+
+    # -- tracks ------------------------------------------------------------------------------------
+    def _check_uris(self, uris: list[str]) -> None:
+        for u in uris:
+            check_track(self.catalog, u)
+
+    def _op_add(self, cmd: Command) -> Outcome:
+        self._edit(cmd.principal)
+        uris = uri_list(cmd.args)
+        n = len(self.doc.entries)
+        pos = opt_int(cmd.args, "position", n, 0, n)
+        self._check_uris(uris)
+        if n + len(uris) > self.max_entries:
+            raise SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
+                                 f"it has {n} and {len(uris)} would be added")
+        ents = self._new_entries(uris, cmd.principal.user_id, cmd.now_ms)
+        self.doc.insert(pos, ents)
+        return self._commit(delta=insert_ops([(pos + i, e) for i, e in enumerate(ents)]), tracks_changed=True)
+
+    def _op_replace(self, cmd: Command) -> Outcome:
+        self._edit(cmd.principal)
+        uris = uri_list(cmd.args, allow_empty=True)
+        self._check_uris(uris)
+        if len(uris) > self.max_entries:
+            raise SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items")
+        old = list(enumerate(e.id for e in self.doc.entries))
+        self.doc.delete_positions(range(len(old)))
+        ents = self._new_entries(uris, cmd.principal.user_id, cmd.now_ms)
+        self.doc.insert(0, ents)
+        return self._commit(delta=delete_ops(old) + insert_ops(list(enumerate(ents))),
+                            tracks_changed=bool(old or ents))
+
+    def _op_reorder(self, cmd: Command) -> Outcome:
+        self._edit(cmd.principal)
+        a = cmd.args
+        for k in ("range_start", "insert_before"):
+            if a.get(k) is None:
+                raise bad(f"{k} is required")
+        seq, current = self._view_at(a.get("snapshot_id"))
+        n = len(seq)
+        if n == 0:
+            raise bad("the playlist is empty", ErrorCode.BAD_REQUEST)
+        start = opt_int(a, "range_start", 0, 0, n - 1)
+        length = opt_int(a, "range_length", 1, 1, n - start)
+        before = opt_int(a, "insert_before", 0, 0, n)
+        if start <= before <= start + length:
+            return self._commit(delta=[], tracks_changed=False)       # nothing moves
+        by_id = self.doc.by_id
+        hints = list(range(start, start + length))
+        if current:
+            moved = seq[start:start + length]
+            anchor, anchor_hint = (seq[before], before) if before < n else (None, n)
+        else:
+            moved = [by_id.get(i) for i in seq[start:start + length]]
+            if any(e is None for e in moved):
+                raise self._conflict("entries in that range were removed since that snapshot")
+            anchor, anchor_hint = None, n
+            moved_set = set(seq[start:start + length])
+            for j in range(before, n):      # the entry to insert before (or the next one still there)
+                cand = by_id.get(seq[j])
+                if cand is not None and seq[j] not in moved_set:
+                    anchor, anchor_hint = cand, j
+                    break
+        ps = self.doc.positions(moved + ([anchor] if anchor else []), hints + [anchor_hint])
+        anchor_pos = ps.pop() if anchor else len(self.doc.entries)
+        target = anchor_pos - sum(1 for p in ps if p < anchor_pos)
+        ps_sorted = sorted(ps)
+        if ps_sorted[-1] - ps_sorted[0] == len(ps) - 1 and ps_sorted[0] == target:
+            return self._commit(delta=[], tracks_changed=False)
+        removed = [(p, self.doc.entries[p].id) for p in ps]
+        self.doc.delete_positions(ps)
+        copies = [e.copy(gen=self.doc.gen) for e in moved]
+        self.doc.insert(target, copies)
+        return self._commit(delta=delete_ops(removed) + insert_ops([(target + i, e) for i, e in enumerate(copies)]),
+                            tracks_changed=True)
+
+    def _op_remove(self, cmd: Command) -> Outcome:
+        self._edit(cmd.principal)
+        a = cmd.args
+        spec = a.get("tracks") if a.get("tracks") is not None else a.get("items")
+        if not isinstance(spec, list) or not spec:
+            raise bad("tracks must be a non-empty list of {uri, positions?}")
+        if len(spec) > 100:
+            raise bad("at most 100 tracks per request", ErrorCode.BAD_REQUEST)
+        everywhere: set[str] = set()
+        positional: list[tuple[str, list[int]]] = []
+        for t in spec:
+            if isinstance(t, str):
+                t = {"uri": t}
+            if not isinstance(t, dict) or not isinstance(t.get("uri"), str):
+                raise bad("each track must be {uri, positions?}")
+            parse_uri(t["uri"])
+            pos = t.get("positions")
+            if pos is None:
+                everywhere.add(t["uri"])
+            elif not isinstance(pos, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
+                raise bad("positions must be a list of integers")
+            else:
+                positional.append((t["uri"], pos))
+        targets: dict[int, tuple[Entry, int]] = {}       # id(entry) -> (entry, position or hint)
+        if positional:
+            seq, current = self._view_at(a.get("snapshot_id"))
+            by_id = self.doc.by_id
+            for uri, pos in positional:
+                for p in pos:
+                    if not 0 <= p < len(seq):
+                        raise bad(f"position {p} is out of range (0..{len(seq) - 1})", ErrorCode.BAD_REQUEST)
+                    e = seq[p] if current else by_id.get(seq[p])
+                    if e is None:
+                        raise self._conflict(f"the entry at position {p} of that snapshot was removed")
+                    if e.uri != uri:
+                        raise bad(f"position {p} holds {e.uri}, not {uri}", ErrorCode.BAD_REQUEST)
+                    targets[id(e)] = (e, p)
+        if everywhere:
+            for i, e in enumerate(self.doc.entries):
+                if e.uri in everywhere:
+                    targets[id(e)] = (e, i)
+        if not targets:
+            return self._commit(delta=[], tracks_changed=False)
+        ents = [e for e, _ in targets.values()]
+        ps = self.doc.positions(ents, [h for _, h in targets.values()])
+        removed = [(p, e.id) for p, e in zip(ps, ents)]
+        self.doc.delete_positions(ps)
+        return self._commit(delta=delete_ops(removed), tracks_changed=True)
+
+    # -- followers, collaborators, listeners ---------------------------------------------------------
+    def _op_follow(self, cmd: Command) -> Outcome:
+        user = self._user(cmd)
+        self._view(Principal(user_id=user))
+        if user in self.followers:
+            return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
+        self.followers.add(user)
+        out = self._commit(records=[{"t": "follow", "user": user, "on": True}],
+                           delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
+                           reply={"followers": len(self.followers)})
+        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_follow_playlist",
+                                   args={"playlist_id": self.id}, principal=SYSTEM))
+        return out
+
+    def _op_unfollow(self, cmd: Command) -> Outcome:
+        user = self._user(cmd)
+        self._exists()
+        if user not in self.followers:
+            self._view(Principal(user_id=user))
+            return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
+        self.followers.discard(user)
+        out = self._commit(records=[{"t": "follow", "user": user, "on": False}],
+                           delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
+                           reply={"followers": len(self.followers)})
+        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_unfollow_playlist",
+                                   args={"playlist_id": self.id}, principal=SYSTEM))
+        return out
+
+    def _op_collaborators(self, cmd: Command) -> Outcome:
+        self._owner_only(cmd.principal)
+        return Outcome(reply={"owner": self.owner, "collaborators": [
+            {"user_id": u, "role": r} for u, r in sorted(self.collaborators.items())]})
+
+    def _op_set_collaborator(self, cmd: Command) -> Outcome:
+        self._owner_only(cmd.principal)
+        user = user_id_value(cmd.args.get("user_id"))
+        role = cmd.args.get("role")
+        if role not in ROLES:
+            raise bad(f"role must be one of {', '.join(ROLES)}")
+        if user == self.owner:
+            raise bad("the owner cannot be a collaborator", ErrorCode.BAD_REQUEST)
+        if self.collaborators.get(user) == role:
+            return self._commit(delta=[], tracks_changed=False)
+        self.collaborators[user] = role
+        return self._commit(records=[{"t": "collab", "user": user, "role": role}],
+                            delta=[{"op": "collaborator", "user_id": user, "role": role}], tracks_changed=False)
+
+    def _op_remove_collaborator(self, cmd: Command) -> Outcome:
+        self._owner_only(cmd.principal)
+        user = user_id_value(cmd.args.get("user_id"))
+        if user not in self.collaborators:
+            return self._commit(delta=[], tracks_changed=False)
+        del self.collaborators[user]
+        return self._commit(records=[{"t": "collab", "user": user, "role": None}],
+                            delta=[{"op": "collaborator", "user_id": user, "role": None}], tracks_changed=False)
+
+    def _op_add_listener(self, cmd: Command) -> Outcome:
+        self._exists()
+        user = user_id_value(cmd.args.get("user_id"))
+        if user in self.listeners:
+            return Outcome(reply={"ok": True})
+        self.listeners.add(user)
+        return self._commit(records=[{"t": "listen", "user": user, "on": True}], delta=[],
+                            tracks_changed=False, event=False, reply={"ok": True})
+
+    def _op_remove_listener(self, cmd: Command) -> Outcome:
+        user = user_id_value(cmd.args.get("user_id"))
+        if user not in self.listeners:
+            return Outcome(reply={"ok": True})
+        self.listeners.discard(user)
+        return self._commit(records=[{"t": "listen", "user": user, "on": False}], delta=[],
+                            tracks_changed=False, event=False, reply={"ok": True})
+
+    # -- Yjs ----------------------------------------------------------------------------------------
+    def _op_yjs_sync(self, cmd: Command) -> Outcome:
+        role = self._view(cmd.principal)
+        sv = cmd.args.get("state_vector") or b"\x00"
+        if not isinstance(sv, (bytes, bytearray)):
+            raise bad("state_vector must be bytes")
+        try:
+            decode_state_vector(bytes(sv))
+            update = self.doc.diff(bytes(sv))
+        except (IndexError, ValueError):
+            raise bad("state_vector is not a Yjs state vector", ErrorCode.BAD_REQUEST) from None
+        return Outcome(reply={"update": update, "state_vector": self.doc.state_vector(),
+                              "readonly": role not in ("owner", "editor", "system"),
+                              "snapshot_id": self.snapshot_id()})
+
+    def _op_yjs_update(self, cmd: Command) -> Outcome:
+        role = self._edit(cmd.principal)
+        update = cmd.args.get("update")
+        if not isinstance(update, (bytes, bytearray)) or not update:
+            raise bad("update must be non-empty bytes")
+        if len(update) > self.max_update_bytes:
+            raise SyncopateError(ErrorCode.FRAME_TOO_LARGE, f"a Yjs update may hold {self.max_update_bytes} bytes")
+        doc = self.doc
+        before = list(doc.entries)
+        meta_before = dict(doc.meta)
+        try:
+            change = doc.apply_remote(bytes(update))
+        except ValueError as exc:
+            raise bad(f"not a Yjs update: {exc}", ErrorCode.BAD_REQUEST) from None
+        n_client = len(doc._updates)
+        rejected = self._correct(change, cmd, role, before)
+        delta = self._net_delta(before, meta_before, change)
+        updates = doc._updates
+        correction = (updates[n_client] if len(updates) == n_client + 1 else
+                      pycrdt.merge_updates(*updates[n_client:])) if len(updates) > n_client else b""
+        tracks_changed = any(op["op"] in ("insert", "delete") for op in delta)
+        return self._commit(delta=delta, tracks_changed=tracks_changed,
+                            reply={"update": correction, "rejected": rejected})
+
+    def _correct(self, change: Change, cmd: Command, role: str, before: list[Entry]) -> list[dict]:
+        """Validate what a client's update changed and undo what is invalid (see module doc)."""
+        doc = self.doc
+        rejected: list[dict] = []
+
+        def reject(code, message):
+            rejected.append({"code": code.value if isinstance(code, ErrorCode) else code, "message": message})
+
+        # -- meta: revert invalid or forbidden changes --------------------------------------------
+        if change.meta:
+            restore, drop = {}, []
+            for k, (action, old, new) in change.meta.items():
+                if k not in META_KEYS:
+                    if action != "delete":
+                        drop.append(k)
+                        reject(ErrorCode.INVALID_FIELD, f"unknown meta key {k!r}")
+                    continue
+                problem = "meta keys may not be deleted" if action == "delete" else meta_problem(k, new)
+                if problem is None and k in OWNER_META and role not in ("owner", "system"):
+                    problem = f"only the owner changes {k}"
+                    code = ErrorCode.FORBIDDEN
+                else:
+                    code = ErrorCode.INVALID_FIELD
+                if problem is not None:
+                    reject(code, problem)
+                    if old is MISSING or meta_problem(k, old) is not None:
+                        drop.append(k)
+                    else:
+                        restore[k] = old
+            doc.set_meta(restore, drop)
+        # -- edits of existing entries: entries are immutable -------------------------------------
+        for e, keys in change.edited:
+            if not e.alive:
+                continue
+            restore, drop = {}, []
+            for k, (action, old, new) in keys.items():
+                if old is MISSING:
+                    drop.append(k)
+                else:
+                    restore[k] = old
+            if restore or drop:
+                reject(ErrorCode.FORBIDDEN, f"entry {restore.get('id', e.id)} is immutable")
+                doc.set_entry_fields(doc.positions([e])[0], restore, drop)
+        # -- new entries ---------------------------------------------------------------------------
+        new = [e for e in change.inserted if e.alive]
+        if not new:
+            self._junk(change, reject)
+            return rejected
+        deleted_now = {e.id: e for e in change.deleted if isinstance(e.id, str) and e.well_shaped()}
+        new_set = {id(e) for e in new}
+        fresh: dict[str, Entry] = {}        # valid brand-new ids of this update
+        bad_entries: list[Entry] = []
+        net_new: list[Entry] = []
+        user = None if role == "system" else cmd.principal.user_id
+        for e in new:
+            template, resurrect = None, False
+            if isinstance(e.id, str):
+                template = next((c for c in doc.copies(e.id) if id(c) not in new_set), None) \
+                    or deleted_now.get(e.id) or fresh.get(e.id)
+                resurrect = template is None and e.id in doc.graveyard
+                if resurrect:
+                    template, deleter = doc.graveyard[e.id]
+                    if user is not None and deleter != user:
+                        # a copy of an entry someone else deleted: a move concurrent with the
+                        # delete (delete wins); the deleter's own undo is accepted
+                        reject(ErrorCode.CONFLICT, f"entry {e.id} was deleted by another user")
+                        bad_entries.append(e)
+                        continue
+            problem = entry_problem(e, user_id=user, now_ms=cmd.now_ms, catalog=self.catalog, template=template)
+            if problem is not None:
+                reject(problem[0], problem[1])
+                bad_entries.append(e)
+            elif template is None:
+                fresh[e.id] = e
+                net_new.append(e)
+            elif resurrect:
+                net_new.append(e)
+        if bad_entries:
+            doc.delete_positions(doc.positions(bad_entries))
+        # -- one entry per id: keep the copy with the greatest Yjs item id --------------------------
+        losers: list[Entry] = []
+        for eid in {e.id for e in new if e.alive}:
+            copies = doc.copies(eid)
+            if len(copies) > 1:
+                ranked = sorted(((doc.item_id(p), c) for p, c in zip(doc.positions(copies), copies)),
+                                key=lambda x: x[0])
+                losers.extend(c for _, c in ranked[:-1])
+        if losers:
+            doc.delete_positions(doc.positions(losers))
+        # -- the limit: refuse the update's new entries whole ----------------------------------------
+        if len(doc.entries) > self.max_entries:
+            over = [e for e in net_new if e.alive]
+            reject(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
+                   f"{len(over)} new entries refused")
+            doc.delete_positions(doc.positions(over))
+        self._junk(change, reject)
+        return rejected
+
+    def _junk(self, change: Change, reject) -> None:
+        for name in change.junk_roots:
+            self.doc.clear_junk_root(name)
+
+    def _net_delta(self, before: list[Entry], meta_before: dict, change: Change) -> list[dict]:
+        """The command's net effect for app clients: deleted pre-existing entries, then surviving
+        new ones (entries written and corrected in the same command never show)."""
+        gen = self.doc.gen
+        gone = [e for e in self.doc.trash if e.gen != gen]
+        removed = list(zip(locate(before, gone), (e.id for e in gone)))
+        new = [e for e in change.inserted if e.alive]
+        added = list(zip(self.doc.positions(new), new))
+        delta = delete_ops(removed) + insert_ops(added)
+        changes = {k: self.doc.meta.get(k) for k in META_KEYS
+                   if self.doc.meta.get(k, MISSING) != meta_before.get(k, MISSING)}
+        if changes:
+            delta.append({"op": "details", "changes": changes})
+        return delta
+
+    # ==========================================================================================
+    # replay, snapshot, restore
+    # ==========================================================================================
+    def apply(self, record: Any) -> None:
+        t = record["t"]
+        self.doc.gen += 1
+        self.doc.trash = []
+        if t == "y":
+            self.doc.actor = record.get("by")
+            for u in record["u"]:
+                self.doc.apply_remote(u)
+            self.doc.drain()
+        elif t == "create":
+            self.owner, self.created_at = record["owner"], record.get("at", 0)
+        elif t == "collab":
+            if record["role"] is None:
+                self.collaborators.pop(record["user"], None)
+            else:
+                self.collaborators[record["user"]] = record["role"]
+        elif t == "follow":
+            (self.followers.add if record["on"] else self.followers.discard)(record["user"])
+        elif t == "listen":
+            (self.listeners.add if record["on"] else self.listeners.discard)(record["user"])
+        self._history.clear()
+        self._weight = 0
+        self._floor = None
+
+    def snapshot(self) -> Any:
+        return {"v": 1, "doc": self.doc.full_update(), "rows": [e.row() for e in self.doc.entries],
+                "owner": self.owner, "at": self.created_at,
+                "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
+                "listeners": sorted(self.listeners),
+                "graveyard": [[*e.row(), who] for e, who in self.doc.graveyard.values()
+                              if e.id not in self.doc.by_id]}
+
+    def restore(self, data: Any) -> None:
+        self.doc = PlaylistDoc(data["doc"], rows=data.get("rows"))
+        for eid, uri, by, at, who in data.get("graveyard", ()):
+            self.doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
+        self.owner = data.get("owner")
+        self.created_at = data.get("at", 0)
+        self.collaborators = dict(data.get("collaborators", {}))
+        self.followers = set(data.get("followers", ()))
+        self.listeners = set(data.get("listeners", ()))
+        self._history.clear()
+        self._weight = 0
+        self._floor = None
+
+    _OPS: ClassVar[dict] = {
+        "create": _op_create, "get": _op_get, "items": _op_items, "entries": _op_entries,
+        "subscribe": _op_subscribe, "unsubscribe": _op_unsubscribe,
+        "update_details": _op_update_details, "add": _op_add, "replace": _op_replace,
+        "reorder": _op_reorder, "remove": _op_remove, "follow": _op_follow, "unfollow": _op_unfollow,
+        "collaborators": _op_collaborators, "set_collaborator": _op_set_collaborator,
+        "remove_collaborator": _op_remove_collaborator, "add_listener": _op_add_listener,
+        "remove_listener": _op_remove_listener, "yjs_sync": _op_yjs_sync, "yjs_update": _op_yjs_update,
+    }
+    _SYSTEM_OPS: ClassVar[frozenset] = frozenset({"add_listener", "remove_listener"})
