@@ -334,11 +334,12 @@ class DeviceGroupEntity(Entity):
         return not any(d["online"] for d in self.devices.values())
 
     # == helpers ====================================================================================
-    def _commit(self, t: _Txn, reply: Any = None, *, reply_cluster: bool = False) -> Outcome:
+    def _commit(self, t: _Txn, reply: Any = None, *, reply_cluster: bool = False,
+                seen_snapshot: str | None = None) -> Outcome:
         rec = t.record()
         if not rec:
             return Outcome(reply=reply)
-        effects = self._listener_effects(self.p["ctx"], t.p["ctx"])
+        effects = self._listener_effects(self.p["ctx"], t.p["ctx"], seen_snapshot)
         self.apply(rec)
         events = []
         if t.reason is not None:
@@ -349,7 +350,10 @@ class DeviceGroupEntity(Entity):
                              heartbeat_timeout_ms=self.heartbeat_timeout_ms)
         return Outcome(reply=reply, records=[rec], events=events, effects=effects)
 
-    def _listener_effects(self, old_ctx: str | None, new_ctx: str | None) -> list[Command]:
+    def _listener_effects(self, old_ctx: str | None, new_ctx: str | None,
+                          seen_snapshot: str | None = None) -> list[Command]:
+        """Follow the playing playlist. `seen_snapshot` is the playlist version the gateway read the
+        entries at: if the playlist changed before add_listener lands, it sends context_changed."""
         if old_ctx == new_ctx:
             return []
         out = []
@@ -357,7 +361,10 @@ class DeviceGroupEntity(Entity):
         if old_pl:
             out.append(Command(PLAYLIST, old_pl, "remove_listener", {"user_id": self.id}, SYSTEM))
         if new_pl:
-            out.append(Command(PLAYLIST, new_pl, "add_listener", {"user_id": self.id}, SYSTEM))
+            args = {"user_id": self.id}
+            if seen_snapshot:
+                args["snapshot_id"] = seen_snapshot
+            out.append(Command(PLAYLIST, new_pl, "add_listener", args, SYSTEM))
         return out
 
     def _check_fence(self, a: dict) -> None:
@@ -812,7 +819,7 @@ class DeviceGroupEntity(Entity):
                     p["position"] = pos_ms
         self._activate(t, target)
         t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
+        return self._commit(t, seen_snapshot=a.get("context_snapshot_id"))
 
     def _play_items(self, a: dict) -> tuple[str | None, list]:
         ctx, uris = a.get("context_uri"), a.get("uris")

@@ -300,8 +300,9 @@ class EntityHost:
         if (cmd.follow or cmd.op == "subscribe") and cmd.origin:
             self.interest.setdefault(slot.key, set()).add(cmd.origin[0])
         pushes = []
+        fresh = entry is not None       # the push announces a new version (not re-sent state)
         for ev in outcome.events:
-            item = ("e", slot.key, entity.version, ev.type, ev.payload, ev.to, ev.close)
+            item = ("e", slot.key, entity.version, ev.type, ev.payload, ev.to, ev.close, fresh)
             if ev.to and ev.to.startswith("conn:"):
                 pushes.append((ev.to[5:].split("/", 1)[0], item))
             else:

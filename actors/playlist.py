@@ -607,11 +607,19 @@ class PlaylistEntity(Entity):
     def _op_add_listener(self, cmd: Command) -> Outcome:
         self._exists()
         user = user_id_value(cmd.args.get("user_id"))
+        seen = cmd.args.get("snapshot_id")
+        # The device group read the entries at `seen`; edits made since then never reached it.
+        catch_up = [Command(kind=DEVICE_GROUP, entity_id=user, op="context_changed", principal=SYSTEM,
+                            args={"context_uri": self.uri, "entries": self.entry_rows(),
+                                  "snapshot_id": self.snapshot_id()})] \
+            if isinstance(seen, str) and seen != self.snapshot_id() else []
         if user in self.listeners:
-            return Outcome(reply={"ok": True})
+            return Outcome(reply={"ok": True}, effects=catch_up)
         self.listeners.add(user)
-        return self._commit(records=[{"t": "listen", "user": user, "on": True}], delta=[],
-                            tracks_changed=False, event=False, reply={"ok": True})
+        out = self._commit(records=[{"t": "listen", "user": user, "on": True}], delta=[],
+                           tracks_changed=False, event=False, reply={"ok": True})
+        out.effects.extend(catch_up)
+        return out
 
     def _op_remove_listener(self, cmd: Command) -> Outcome:
         user = user_id_value(cmd.args.get("user_id"))

@@ -95,6 +95,8 @@ class GatewayContext:
     async def prepare(self, cmd: Command) -> None:
         """Cross-entity reads the entity itself can't do (it has no I/O): a playlist play context is
         resolved here, with the caller's own rights, into the entries the device group plays."""
+        cmd.args.pop("context_entries", None)       # only this method may set them, never a client
+        cmd.args.pop("context_snapshot_id", None)
         if not self.needs_prepare(cmd):
             return
         _, pid = parse_uri(cmd.args["context_uri"], "playlist")
@@ -105,6 +107,7 @@ class GatewayContext:
                 raise SyncopateError(ErrorCode.NOT_FOUND, f"playlist {pid} not found") from None
             raise
         cmd.args["context_entries"] = reply["entries"]
+        cmd.args["context_snapshot_id"] = reply["snapshot_id"]
 
     def tell(self, kind: str, entity_id: str, op: str, args: dict, origin: tuple[str, str] | None = None) -> None:
         """System notice to an entity (connection closed, ...); failures are logged, not raised."""

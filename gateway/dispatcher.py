@@ -161,7 +161,7 @@ class Dispatcher:
             except Exception as exc:
                 ok = False
                 self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], exc)
-                self._incarnations.pop(host, None)
+                # Keep the last incarnation known: the next good ping must see the restart.
                 continue
             known = self._incarnations.get(host)
             if known is None:

@@ -31,6 +31,7 @@ class Connection:
         self.client = client
         self.device_id = device_id
         self.subs: dict[str, int] = {}              # entity key -> last version delivered
+        self.answered: dict[str, int] = {}          # entity key -> version of the answer it subscribed with
         self.connected_at = time.time()
         self.registered_device: str | None = None
         self._send_raw = send_raw
@@ -109,11 +110,13 @@ class Hub:
 
     def subscribe(self, conn: Connection, key: str, version: int) -> None:
         conn.subs[key] = max(version, conn.subs.get(key, -1))
+        conn.answered[key] = conn.subs[key]
         self.subs.setdefault(key, set()).add(conn)
 
     def unsubscribe(self, conn: Connection, key: str) -> bool:
         """True when this was the last local subscriber of `key`."""
         conn.subs.pop(key, None)
+        conn.answered.pop(key, None)
         members = self.subs.get(key)
         if members is None:
             return False
@@ -127,8 +130,8 @@ class Hub:
         return list(self.subs)
 
     def route(self, item: tuple) -> None:
-        """A host push: ("e", key, version, type, payload, to, close)."""
-        _, key, version, mtype, payload, to, close = item
+        """A host push: ("e", key, version, type, payload, to, close, fresh)."""
+        _, key, version, mtype, payload, to, close, fresh = item
         if to and to.startswith("conn:"):
             conn = self.conns.get(to.split("/", 1)[1]) if "/" in to else None
             targets = [conn] if conn is not None else []
@@ -141,15 +144,19 @@ class Hub:
             if conn.on_push is not None:
                 conn.on_push(conn, item)
             else:
-                # No version filter needed: the host stream is ordered, and a connection joins
-                # `subs` while its subscribe answer is read, so it only sees later pushes.
-                if key in conn.subs:
-                    conn.subs[key] = max(version, conn.subs[key])
-                frame = frames.get(conn.encoding)
-                if frame is None:
-                    frame = frames[conn.encoding] = codec.encode_ws(codec.push(mtype, key, version, payload),
-                                                                       conn.encoding)
-                conn.send_frame(frame)
-                self.pushes += 1
+                # The host stream is ordered and a connection joins `subs` while its subscribe
+                # answer is read, so it normally sees only later pushes. The exception: an answer
+                # that itself made version N (device.register) is followed by the push of N.
+                if fresh and version <= conn.answered.get(key, -1):
+                    pass                  # the state of that version reached it as an answer
+                else:
+                    if key in conn.subs:
+                        conn.subs[key] = max(version, conn.subs[key])
+                    frame = frames.get(conn.encoding)
+                    if frame is None:
+                        frame = frames[conn.encoding] = codec.encode_ws(
+                            codec.push(mtype, key, version, payload), conn.encoding)
+                    conn.send_frame(frame)
+                    self.pushes += 1
             if close:
                 conn.close(4001, "session ended")

@@ -77,12 +77,10 @@ class WsSession:
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
 
     async def open(self) -> None:
+        """Register with the user's session (presence), follow it (library and session pushes), then
+        say hello: a client that has its hello is registered and subscribed. A signed-out device
+        is refused here and the socket closed."""
         conn, p = self.conn, self.conn.principal
-        conn.send({"type": T.HELLO.value, "payload": {"user_id": p.user_id, "product": p.product,
-                                                      "connection_id": conn.id, "gateway": self.ctx.gateway_id,
-                                                      "server_time_ms": int(time.time() * 1000)}})
-        # Register with the user's session (presence) and follow it (library and session pushes).
-        # A signed-out device is refused here and the socket closed.
         try:
             await self.ctx.call(m.SESSION, p.user_id, "connect",
                                 {"conn": f"{self.ctx.gateway_id}/{conn.id}", "device_id": conn.device_id,
@@ -94,7 +92,14 @@ class WsSession:
                 conn.close(4001, "session ended")
                 return
             log.warning("session connect failed for %s: %s", p.user_id, err)
-        self._subscribe(None, f"{m.SESSION}:{p.user_id}", None, reply=False)
+        subscribed = asyncio.get_running_loop().create_future()
+        self._subscribe(None, f"{m.SESSION}:{p.user_id}", None, reply=False,
+                        done=lambda ok: subscribed.done() or subscribed.set_result(ok))
+        if not await subscribed:
+            log.warning("session subscribe failed for %s", p.user_id)
+        conn.send({"type": T.HELLO.value, "payload": {"user_id": p.user_id, "product": p.product,
+                                                      "connection_id": conn.id, "gateway": self.ctx.gateway_id,
+                                                      "server_time_ms": int(time.time() * 1000)}})
 
     def closed(self) -> None:
         conn, ctx = self.conn, self.ctx
@@ -174,6 +179,9 @@ class WsSession:
             entity_id = args.pop(route.id_field, None)
             if not isinstance(entity_id, str) or not 0 < len(entity_id) <= 64:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"payload.{route.id_field} must name the {route.kind}")
+        if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
+            args.pop("context_entries", None)
+            args.pop("context_snapshot_id", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=env.op_id, origin=self.origin)
         answer = self._answer(env.id, t0)
         if env.type == T.DEVICE_REGISTER:
@@ -201,7 +209,7 @@ class WsSession:
             answer(ok, payload, version)
         return callback
 
-    def _subscribe(self, rid, key: str, since, *, reply: bool, t0: float | None = None) -> None:
+    def _subscribe(self, rid, key: str, since, *, reply: bool, t0: float | None = None, done=None) -> None:
         kind, _, eid = key.partition(":")
         conn = self.conn
 
@@ -212,6 +220,8 @@ class WsSession:
                     conn.send(codec.result(rid, payload, version))
             elif reply:
                 self._error(rid, payload)
+            if done is not None:
+                done(ok)
 
         args = {} if since is None else {"since": since}
         self.ctx.request(Command(kind, eid, "subscribe", args, conn.principal, origin=self.origin), callback)

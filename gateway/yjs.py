@@ -181,7 +181,7 @@ class YjsSession:
                                  SYSTEM, origin=self.origin), lambda ok, p, v: None)
 
     def on_push(self, conn: Connection, item: tuple) -> None:
-        _, key, version, mtype, payload, to, close = item
+        _, key, version, mtype, payload, to, close, fresh = item
         if mtype == CHANGED:
             update = payload.get("update") if isinstance(payload, dict) else None
             if update:

@@ -747,7 +747,7 @@ async def test_two_connections_see_each_others_library_changes_and_sign_out(serv
         laptop = await http.ws_connect(f"{srv.url}/v1/ws?token={auth.mint(USER, device_id='laptop')}")
         await recv(phone, "hello")
         await recv(laptop, "hello")
-        await asyncio.sleep(0.2)                             # both connected and subscribed
+        # hello comes once the connection is registered and subscribed to the session
         await phone.send_str(frame("s1", "library.save", {"uris": [track]}))
         res = await recv(phone, "s1")
         assert res["type"] == "result" and res["payload"]["changed"] is True
