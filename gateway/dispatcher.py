@@ -116,7 +116,7 @@ class Dispatcher:
         if known != incarnation:
             self._incarnations[host] = incarnation
             if known is not None:
-                self._host_restarted(host)
+                self.host_restarted(host)
         for item in items:
             self.received += 1
             if item[0] == "r":
@@ -133,7 +133,7 @@ class Dispatcher:
                 except Exception:
                     log.exception("push routing failed")
 
-    def _host_restarted(self, host: int) -> None:
+    def host_restarted(self, host: int) -> None:
         """Requests the old incarnation accepted will never be answered: fail them (retryable)."""
         log.warning("host %d restarted", host)
         lost = [t for t, p in self._pending.items() if p.host == host]

@@ -32,6 +32,8 @@ class GatewayServer:
         self.hub = Hub(gateway_id)
         self.transport = make_transport(self.receive)
         self.dispatcher = Dispatcher(gateway_id, self.transport, self._route, on_host_restart=self._resubscribe)
+        # A stream re-opened to the same host process: it forgot our interest with the old stream.
+        self.transport.on_reset = self.dispatcher.host_restarted
         self.metrics = GatewayMetrics(gateway_id)
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config or GatewayConfig(),
                                   self.metrics, health=self.health)
@@ -70,6 +72,9 @@ class GatewayServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.dispatcher.stop()
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            await close()
 
     async def health(self) -> dict:
         hosts = []

@@ -1,0 +1,101 @@
+"""The gateway's side of the host channel (actors/channel.py): one TCP stream per host.
+
+Ray finds the hosts (`HostActor.ready()` answers the channel address and the incarnation) and
+keeps them alive; this class connects, writes command batches, and reads the ordered stream of
+replies and pushes. A stream that breaks is re-opened by the next liveness ping; whatever was in
+flight on it is failed (retryable) and the subscriptions are re-registered, exactly as for a
+restarted host, because the host forgot this gateway's interest when the stream closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from actors.channel import auth_digest, command_to_wire, pack, read_frame
+
+log = logging.getLogger("syncopate.gateway")
+
+
+class StreamTransport:
+    def __init__(self, gateway_id: str, handles: list, secret: str,
+                 receive: Callable[[int, str, list], None]) -> None:
+        self.gateway_id = gateway_id
+        self.handles = handles
+        self.secret = secret
+        self.receive = receive
+        self.on_reset: Callable[[int], None] = lambda host: None
+        self.writers: list[asyncio.StreamWriter | None] = [None] * len(handles)
+        self.incarnations: list[str | None] = [None] * len(handles)
+        self._readers: list[asyncio.Task | None] = [None] * len(handles)
+        self._locks = [asyncio.Lock() for _ in handles]
+
+    @property
+    def n_hosts(self) -> int:
+        return len(self.handles)
+
+    async def start(self) -> None:
+        for i in range(self.n_hosts):
+            await self._connect(i)
+
+    async def close(self) -> None:
+        for i, w in enumerate(self.writers):
+            if self._readers[i] is not None:
+                self._readers[i].cancel()
+            if w is not None:
+                w.close()
+
+    async def _connect(self, host: int) -> str:
+        async with self._locks[host]:
+            w = self.writers[host]
+            if w is not None and not w.is_closing():
+                return self.incarnations[host]
+            info = await self.handles[host].ready.remote()
+            reader, writer = await asyncio.open_connection(info["addr"][0], info["addr"][1])
+            writer.write(pack({"gateway": self.gateway_id, "auth": auth_digest(self.secret, self.gateway_id)}))
+            ack = await asyncio.wait_for(read_frame(reader), 10)
+            previous = self.incarnations[host]
+            self.incarnations[host] = ack["incarnation"]
+            self.writers[host] = writer
+            self._readers[host] = asyncio.get_running_loop().create_task(self._read(host, reader, writer))
+            if previous is not None and previous == ack["incarnation"]:
+                # Same host process, new stream: it dropped our interest with the old stream.
+                self.on_reset(host)
+            return ack["incarnation"]
+
+    async def _read(self, host: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        inc = self.incarnations[host]
+        try:
+            while True:
+                self.receive(host, inc, await read_frame(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.warning("stream to host %d closed", host)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream to host %d failed", host)
+        finally:
+            if self.writers[host] is writer:
+                self.writers[host] = None
+            writer.close()
+
+    def send(self, host: int, requests: list) -> None:
+        w = self.writers[host]
+        if w is None or w.is_closing():
+            raise ConnectionError(f"no stream to host {host}")
+        w.write(pack([[token, command_to_wire(cmd)] for token, cmd in requests]))
+
+    async def ping(self, host: int) -> str:
+        """The host's incarnation, through Ray (liveness); re-opens a broken stream."""
+        inc = await self.handles[host].ping.remote()
+        w = self.writers[host]
+        if w is not None and inc != self.incarnations[host]:
+            w.close()                       # a stream to the dead incarnation: don't wait for its EOF
+            self.writers[host] = None
+            w = None
+        if w is None or w.is_closing():
+            return await self._connect(host)
+        return inc
+
+    async def stats(self, host: int) -> dict:
+        return await self.handles[host].stats.remote()
