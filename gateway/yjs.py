@@ -6,6 +6,11 @@ every change reaches this socket as the entity's playlist.changed push, whose `u
 client's update plus the server's correction, so the sender converges on the valid document too.
 Awareness (who is editing) is relayed through the host (op `relay`), ordered with the document's
 pushes and never stored. Viewers are read-only: their sync frames are dropped, as y-websocket does.
+
+y-websocket has no acknowledgements, so a socket whose sync can't go on losslessly (an update
+failed for a transient reason, the playlist's host restarted, the subscription was lost) is closed
+with 1012: the provider reconnects and the handshake exchanges what either side lacks. A refusal
+(no access) closes with 4403, which the provider takes as final.
 """
 from __future__ import annotations
 
@@ -78,6 +83,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
                       send_raw=ws.send_bytes, close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     session = YjsSession(ctx, conn, pid)
     conn.on_push = session.on_push
+    conn.send = session.send_message        # the gateway's own messages (a `resync`), never JSON on this socket
     ctx.hub.add(conn)
     ctx.metrics.connections.labels("yjs").inc()
     try:
@@ -89,6 +95,8 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
                     log.debug("text frame on a Yjs socket ignored")
                 elif msg.type == WSMsgType.ERROR:
                     break
+        else:
+            await session.refuse(ws)
     finally:
         session.closed()
         ctx.metrics.connections.labels("yjs").dec()
@@ -101,6 +109,8 @@ class YjsSession:
         self.key = f"{PLAYLIST}:{pid}"
         self.origin = (ctx.gateway_id, conn.id)
         self.readonly = True
+        self.refusal = 1011                          # close code when open() refuses (4403: terminal)
+        self.restarting = False                      # closing (1012) so the client syncs again
         self.clients: dict[int, int] = {}           # awareness client ids this socket announced -> clock
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.cache = _caches(ctx).setdefault(self.key, AwarenessCache())
@@ -125,11 +135,26 @@ class YjsSession:
         err = await ready
         if err is not None:
             self.conn.send_frame(yjs.permission_denied(err.message if isinstance(err, SyncopateError) else str(err)))
-            self.conn.close(4403 if getattr(err, "status", 0) in (401, 403, 404) else 1011, "refused")
+            self.refusal = 4403 if getattr(err, "status", 0) in (401, 403, 404) else 1011
             return False
         return True
 
+    async def refuse(self, ws: web.WebSocketResponse) -> None:
+        """Deliver PermissionDenied, then close with the refusal's code before the handler returns
+        (aiohttp closes a returned socket with 1000, which y-websocket answers by reconnecting
+        forever; 4403 is terminal for it, 1011 - a transient failure - is retried)."""
+        try:
+            await self.conn.flush()
+        except Exception:          # the peer went away: nothing left to tell it
+            pass
+        self.conn.closed = True
+        await ws.close(code=self.refusal, message=b"refused")
+
     def frame(self, data: bytes) -> None:
+        if self.key not in self.conn.subs and not self.conn.closed:
+            # the gateway dropped the subscription (a resubscribe after a host restart failed):
+            # no push reaches this socket any more, so sync again from scratch
+            return self.restart("the subscription was lost")
         if len(data) > self.ctx.config.max_frame_bytes or self.bucket.take():
             log.info("yjs frame refused (size %d or rate) on %s", len(data), self.key)
             return
@@ -164,8 +189,41 @@ class YjsSession:
                 self.ctx.metrics.errors.labels(payload.code.value if isinstance(payload, SyncopateError)
                                                else "INTERNAL").inc()
                 log.info("yjs %s on %s refused: %s", op, self.key, payload)
+                self._failed(op, payload)
 
         self.ctx.request(Command(PLAYLIST, self.pid, op, args, self.conn.principal, origin=self.origin), done)
+
+    def _failed(self, op: str, err) -> None:
+        """y-websocket has no acknowledgements: a client never learns that an update was lost, and
+        every later update of that client then waits on the server for the missing one. So when a
+        sync message can't be applied for a transient reason (the host crashed or restarted, the
+        store failed, no answer in time), close the socket (1012): the provider reconnects and the
+        sync handshake exchanges exactly what either side lacks. Access taken away meanwhile:
+        NOT_FOUND closes for good (4403); FORBIDDEN makes the socket read-only (a viewer now)."""
+        code = err.code if isinstance(err, SyncopateError) else None
+        if code is None or err.retryable:
+            self.restart(f"{op} failed: {err}")
+        elif code == ErrorCode.NOT_FOUND:
+            self.conn.send_frame(yjs.permission_denied(err.message))
+            self.conn.close(4403, "refused")
+        elif code == ErrorCode.FORBIDDEN and op == "yjs_update":
+            self.readonly = True
+
+    def restart(self, why: str) -> None:
+        if self.conn.closed or self.restarting:
+            return
+        self.restarting = True
+        log.info("yjs socket %s on %s closed for a fresh sync: %s", self.conn.id, self.key, why)
+        self.conn.close(1012, "service restart")
+
+    def send_message(self, msg: dict) -> None:
+        """What the gateway sends app connections as JSON/msgpack messages. The one a Yjs socket gets
+        is `resync` (gateway/runner.py, after a host restart): the host lost this socket's
+        subscription with the pushes and updates in flight, so start the sync over."""
+        if isinstance(msg, dict) and msg.get("type") == MessageType.RESYNC.value:
+            self.restart("the playlist's host restarted")
+        else:
+            log.debug("message %r not sent on a Yjs socket", msg.get("type") if isinstance(msg, dict) else msg)
 
     def _awareness(self, payload: bytes) -> None:
         try:
