@@ -29,9 +29,8 @@ async def errors(request: web.Request, handler):
             raise
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE}.get(
             exc.status, ErrorCode.BAD_REQUEST)
-        err = SyncopateError(code, exc.reason or code.value)
-        resp = web.json_response({"error": {"status": exc.status, "message": err.message, "reason": code.value}},
-                                 status=exc.status)
+        resp = error_response(SyncopateError(code, exc.reason or code.value))
+        resp.set_status(exc.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(SyncopateError(ErrorCode.INTERNAL, "internal server error"))

@@ -9,7 +9,6 @@ into Spotify's objects. Followers (`/playlists/{id}/followers`) live in gateway/
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,7 +19,7 @@ from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_r
                           principal)
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION
-from protocols.uris import BASE62, new_id, parse_uri
+from protocols.uris import keyed_id, new_id, parse_uri
 
 OBJECT_PAGE = 100           # items embedded in a full playlist object
 
@@ -107,19 +106,6 @@ def _op_id(request: web.Request) -> str | None:
     return key[:128] if key else None
 
 
-def _keyed_id(user_id: str, key: str) -> str:
-    """The playlist id a create with an Idempotency-Key gets: derived from (user, key), so a retry
-    reaches the same entity, whose op-id memory answers it with the first answer instead of
-    creating a second playlist (op ids are remembered per entity)."""
-    n = int.from_bytes(hashlib.blake2b(f"{user_id}\x00{key}".encode(), digest_size=17,
-                                       person=b"syncopate-pl").digest(), "big")
-    out = []
-    for _ in range(22):
-        n, r = divmod(n, 62)
-        out.append(BASE62[r])
-    return "".join(out)
-
-
 def _snapshot(reply: Any, status: int = 200) -> web.Response:
     return json_response({"snapshot_id": reply["snapshot_id"]}, status=status)
 
@@ -135,7 +121,7 @@ async def create(request: web.Request) -> web.Response:
         raise SyncopateError(ErrorCode.BAD_REQUEST, "name is required")
     args = {k: body[k] for k in ("name", "description", "public", "collaborative") if k in body}
     op_id = _op_id(request)
-    pid = _keyed_id(me.user_id, op_id) if op_id else new_id()
+    pid = keyed_id(me.user_id, op_id) if op_id else new_id()
     pl = await ctx(request).call(PLAYLIST, pid, "create", args, principal=me, op_id=op_id)
     page = paging(request, [], 0, 0, OBJECT_PAGE, path=f"/v1/playlists/{pid}/tracks")
     return json_response(playlist_object(request, pl, page), status=201)

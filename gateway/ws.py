@@ -22,6 +22,7 @@ from protocols import codec
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType as T
+from protocols.uris import keyed_id
 from protocols.uris import new_id as new_playlist_id
 
 log = logging.getLogger("syncopate.ws")
@@ -172,7 +173,9 @@ class WsSession:
         route = m.ROUTES[env.type]
         args = dict(env.payload)
         if env.type == T.PLAYLIST_CREATE and "id" not in args:
-            args["id"] = new_playlist_id()       # a client may choose one (offline creation), else we do
+            # a client may choose one (offline creation); else a retry with the same op id must
+            # reach the same entity, so the id derives from it
+            args["id"] = keyed_id(conn.principal.user_id, env.op_id) if env.op_id else new_playlist_id()
         if route.id_field is None:
             entity_id = conn.principal.user_id
         else:

@@ -87,6 +87,14 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN: 400,
 }
 
+# Spotify's own `reason` values (player errors). Spotify sends `error.reason` only for these, and
+# clients rely on that: tekore looks every reason up in its PlayerErrorReason enum.
+SPOTIFY_REASONS = frozenset({
+    "NO_PREV_TRACK", "NO_NEXT_TRACK", "NO_SPECIFIC_TRACK", "ALREADY_PAUSED", "NOT_PAUSED",
+    "NOT_PLAYING_LOCALLY", "NOT_PLAYING_TRACK", "NOT_PLAYING_CONTEXT", "ENDLESS_CONTEXT",
+    "CONTEXT_DISALLOW", "ALREADY_PLAYING", "RATE_LIMITED", "REMOTE_CONTROL_DISALLOW",
+    "DEVICE_NOT_CONTROLLABLE", "VOLUME_CONTROL_DISALLOW", "NO_ACTIVE_DEVICE", "PREMIUM_REQUIRED", "UNKNOWN"})
+
 # Codes a client may retry with the same op id (the operation is idempotent).
 RETRYABLE = frozenset({ErrorCode.HOST_UNAVAILABLE, ErrorCode.STALE_EPOCH,
                        ErrorCode.STORE_UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED})
@@ -117,8 +125,11 @@ class SyncopateError(Exception):
         return out
 
     def to_spotify(self) -> dict:
-        """Spotify's REST error body."""
-        body = {"status": self.status, "message": self.message, "reason": self.code.value}
+        """Spotify's REST error body: {"error": {"status", "message", "reason"?}} plus our stable
+        `code` on every error. `reason` appears exactly where Spotify sends one (player errors)."""
+        body = {"status": self.status, "message": self.message, "code": self.code.value}
+        if self.code.value in SPOTIFY_REASONS:
+            body["reason"] = self.code.value
         if self.details:
             body.update(self.details)
         return {"error": body}

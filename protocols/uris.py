@@ -37,6 +37,20 @@ def new_id() -> str:
     return "".join(secrets.choice(BASE62) for _ in range(22))
 
 
+def keyed_id(user_id: str, key: str) -> str:
+    """The id a create carrying an idempotency key gets: derived from (user, key), so a retry
+    reaches the same entity, whose op-id memory answers it with the first answer instead of
+    creating a second one (op ids are remembered per entity)."""
+    import hashlib
+    n = int.from_bytes(hashlib.blake2b(f"{user_id}\x00{key}".encode(), digest_size=17,
+                                       person=b"syncopate-pl").digest(), "big")
+    out = []
+    for _ in range(22):
+        n, r = divmod(n, 62)
+        out.append(BASE62[r])
+    return "".join(out)
+
+
 def make_uri(kind: str, ident: str) -> str:
     return f"spotify:{kind}:{ident}"
 

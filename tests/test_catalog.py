@@ -389,7 +389,7 @@ async def _get(client, path, status=200):
 
 async def _error(client, path, status, reason):
     body = await _get(client, path, status)
-    assert body["error"]["status"] == status and body["error"]["reason"] == reason, body
+    assert body["error"]["status"] == status and body["error"]["code"] == reason, body
     return body
 
 

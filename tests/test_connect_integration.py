@@ -81,7 +81,7 @@ class Listener:
                     status, data = r.status, (orjson.loads(raw) if raw else None)
             except (TimeoutError, aiohttp.ClientError):
                 status, data = 0, None
-            retry = status == 0 or (status in (503, 504) and data and data["error"]["reason"] in RETRYABLE)
+            retry = status == 0 or (status in (503, 504) and data and data["error"]["code"] in RETRYABLE)
             if not retry or time.monotonic() > end:
                 return status, data
             await asyncio.sleep(0.1)             # back-off between retries (not synchronisation)

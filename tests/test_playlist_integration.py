@@ -475,10 +475,6 @@ async def test_tekore_classic_surface(server, cat, http, users):
     assert st == 404, err
 
 
-@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
-    "gateway/http.py error_response (SyncopateError.to_spotify) puts every error code in error.reason; "
-    "tekore 6 looks any reason up in its PlayerErrorReason enum (player reasons only) and raises "
-    "KeyError('NOT_FOUND') instead of tekore.NotFound. Spotify sends `reason` only on player errors."))
 async def test_tekore_gets_typed_errors_for_playlists(server, users):
     t = tekore_client(server.url, mint(server, users["stranger"]))
     with pytest.raises(tk.NotFound):
@@ -541,7 +537,7 @@ async def test_positions_at_a_snapshot_are_transformed_through_concurrent_change
     current = cur["snapshot_id"]
     st, err = await rest(http, "PUT", f"{server.url}/v1/playlists/{pid}/items", token,
                          json={"range_start": 2, "insert_before": 0, "snapshot_id": s0})
-    assert st == 409 and err["error"]["reason"] == "CONFLICT", err
+    assert st == 409 and err["error"]["code"] == "CONFLICT", err
     assert current in err["error"]["message"] and err["error"]["snapshot_id"] == current
     st, err = await rest(http, "DELETE", f"{server.url}/v1/playlists/{pid}/items", token,
                          json={"items": [{"uri": C, "positions": [2]}], "snapshot_id": s0})
@@ -567,7 +563,7 @@ async def test_collaborators_roles_and_privacy(server, cat, http, users):
     for method, path, body in [("GET", "", None), ("GET", "/items", None), ("GET", "/collaborators", None),
                                ("POST", "/items", {"uris": [u2]}), ("PUT", "", {"name": "x"})]:
         status, err = await rest(http, method, base + path, st_, json=body)
-        assert status == 404 and err["error"]["reason"] == "NOT_FOUND", (method, path, err)
+        assert status == 404 and err["error"]["code"] == "NOT_FOUND", (method, path, err)
     # collaborators are managed by the owner only
     for who, role in ((users["editor"], "editor"), (users["viewer"], "viewer")):
         status, body = await rest(http, "PUT", f"{base}/collaborators/{who}", o, json={"role": role})
@@ -586,7 +582,7 @@ async def test_collaborators_roles_and_privacy(server, cat, http, users):
     status, body = await rest(http, "GET", base, vw)
     assert status == 200 and body["name"] == "Secret"
     status, err = await rest(http, "POST", f"{base}/items", vw, json={"uris": [u2]})
-    assert status == 403 and err["error"]["reason"] == "FORBIDDEN"
+    assert status == 403 and err["error"]["code"] == "FORBIDDEN"
     status, err = await rest(http, "PUT", base, vw, json={"name": "viewer was here"})
     assert status == 403
     status, body = await rest(http, "POST", f"{base}/items", ed, json={"uris": [u2]})
@@ -624,13 +620,13 @@ async def test_ten_thousand_entries_limit_is_refused_whole(server, cat, http, us
     assert body["tracks"]["total"] == 9_950
     before = body["snapshot_id"]
     st, err = await rest(http, "POST", f"{server.url}/v1/playlists/{pid}/items", token, json={"uris": uris[:51]})
-    assert st == 400 and err["error"]["reason"] == "LIMIT_EXCEEDED", err
+    assert st == 400 and err["error"]["code"] == "LIMIT_EXCEEDED", err
     assert "10000" in err["error"]["message"].replace(",", ""), err
     st, body = await rest(http, "GET", f"{server.url}/v1/playlists/{pid}", token)
     assert body["tracks"]["total"] == 9_950 and body["snapshot_id"] == before     # nothing of it added
     await add(http, server.url, pid, token, uris[9_950:10_000])                      # exactly 10,000 is fine
     st, err = await rest(http, "POST", f"{server.url}/v1/playlists/{pid}/items", token, json={"uris": uris[:1]})
-    assert st == 400 and err["error"]["reason"] == "LIMIT_EXCEEDED"
+    assert st == 400 and err["error"]["code"] == "LIMIT_EXCEEDED"
     st, page = await rest(http, "GET", f"{server.url}/v1/playlists/{pid}/items?offset=9950&limit=100", token)
     assert page["total"] == 10_000 and [it["track"]["uri"] for it in page["items"]] == uris[9_950:]
     # more than 100 uris in one request is refused too
@@ -651,12 +647,12 @@ async def test_malformed_or_unknown_uris_change_nothing(server, cat, http, users
                          ("PUT", {"uris": good[:1] + [bad]})]:
         st, err = await rest(http, method, base + "/items", token, json=body)
         assert st == 400, (method, body, err)
-        assert err["error"]["reason"] in ("INVALID_URI", "UNKNOWN_URI", "BAD_REQUEST"), err
+        assert err["error"]["code"] in ("INVALID_URI", "UNKNOWN_URI", "BAD_REQUEST"), err
         if bad == UNKNOWN_TRACK:
-            assert err["error"]["reason"] == "UNKNOWN_URI", err
+            assert err["error"]["code"] == "UNKNOWN_URI", err
     st, err = await rest(http, "DELETE", base + "/items", token, json={"items": [{"uri": bad}]})
     if bad in ("spotify:track:nope", "not a uri"):
-        assert st == 400 and err["error"]["reason"] == "INVALID_URI", err
+        assert st == 400 and err["error"]["code"] == "INVALID_URI", err
     else:                       # well-formed but not in the playlist: nothing to remove
         assert st in (200, 400), err
     st, body = await rest(http, "GET", base, token)
@@ -780,11 +776,6 @@ async def test_rest_create_retried_with_an_idempotency_key_creates_one_playlist(
     assert await eventually(mine) == [bodies[0]["id"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/ws.py _dispatch: playlist.create without a client-chosen id gets a fresh random id per "
-    "request (new_playlist_id()), so a retry with the same op_id reaches another entity and creates a "
-    "second playlist; op ids are remembered per entity. Fix: derive the id from (user, op_id) when "
-    "an op_id is given (as gateway/rest_playlists.py now does for Idempotency-Key)."))
 async def test_ws_create_retried_with_an_op_id_creates_one_playlist(server, http, users):
     ws = await WsClient(http, server.url, mint(server, users["owner"])).open()
     try:

@@ -779,7 +779,7 @@ async def test_two_connections_see_each_others_library_changes_and_sign_out(serv
             await http.ws_connect(f"{srv.url}/v1/ws?token={old_token}")
         assert refused.value.status == 401
         r = await http.get(f"{srv.url}/v1/ws?token={old_token}")
-        assert (await r.json())["error"]["reason"] == "SESSION_ENDED"
+        assert (await r.json())["error"]["code"] == "SESSION_ENDED"
         # a token issued after the sign-out signs the device in again
         fresh = auth.mint(USER, device_id="laptop", now=time.time() + 2)
         again = await http.ws_connect(f"{srv.url}/v1/ws?token={fresh}")
