@@ -25,6 +25,7 @@ class LocalCluster:
         self.store = store
         self.n_hosts = hosts
         self.gateways: dict[str, Callable[[int, str, list], None]] = {}
+        self.transports: list[LocalTransport] = []
         self.hosts: list[EntityHost] = []
         for i in range(hosts):
             out = Batcher(lambda gw, items, i=i: self._to_gateway(i, gw, items))
@@ -59,10 +60,14 @@ class LocalCluster:
 
     def transport(self, gateway_id: str, receive: Callable[[int, str, list], None]) -> "LocalTransport":
         self.gateways[gateway_id] = receive
-        return LocalTransport(self, gateway_id)
+        transport = LocalTransport(self, gateway_id)
+        self.transports.append(transport)
+        return transport
 
     def restart_host(self, i: int) -> EntityHost:
         """Simulate a crash: drop host i with everything in memory, start a fresh one in its slot."""
+        for transport in self.transports:
+            transport.on_lost(i)            # what the old host held will never be answered
         old = self.hosts[i]
         for t in old._tasks:
             t.cancel()
@@ -78,6 +83,8 @@ class LocalTransport:
     def __init__(self, cluster: LocalCluster, gateway_id: str) -> None:
         self.cluster = cluster
         self.gateway_id = gateway_id
+        self.on_reset = lambda host: None
+        self.on_lost = lambda host: None
 
     @property
     def n_hosts(self) -> int:

@@ -43,10 +43,23 @@ def restore_priority() -> None:
     import os
     import sys
     sys.setswitchinterval(0.0005)
+    # Fewer, cheaper collections: the young generation is collected every 700 allocations by
+    # default, and each full collection walks every long-lived object (measured: 0.4 s for a
+    # million in a gateway holding 20,000 sockets). Startup objects (the catalog) are frozen out
+    # of collection once loaded (freeze_startup()).
+    import gc
+    gc.set_threshold(50_000, 20, 100)
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:            # not allowed to lower niceness (unprivileged): run as Ray set it
         pass
+
+
+def freeze_startup() -> None:
+    """Move everything allocated so far (catalog, modules) out of the collector's sight."""
+    import gc
+    gc.collect()
+    gc.freeze()
 
 
 def build_env(spec: dict) -> Env:
@@ -91,6 +104,7 @@ class HostActor:
         self._to_gateways = Batcher(self.channel.send)
         self.addr = await self.channel.start(ray.util.get_node_ip_address(), 0)
         await host.start()
+        freeze_startup()
         self.host = host
         log.info("host %d ready (incarnation %s, store %s, channel %s:%d)", self.index, host.incarnation,
                  store.name, *self.addr)

@@ -60,6 +60,7 @@ class Dispatcher:
         self._incarnations: dict[int, str] = {}
         self._out = Batcher(self._send)
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self.sent = 0
         self.received = 0
 
@@ -113,10 +114,8 @@ class Dispatcher:
     # -- inbound -----------------------------------------------------------------------------
     def receive(self, host: int, incarnation: str, items: list) -> None:
         known = self._incarnations.get(host)
-        if known != incarnation:
-            self._incarnations[host] = incarnation
-            if known is not None:
-                self.host_restarted(host)
+        restarted = known is not None and known != incarnation
+        self._incarnations[host] = incarnation
         for item in items:
             self.received += 1
             if item[0] == "r":
@@ -132,13 +131,22 @@ class Dispatcher:
                     self.on_push(item)
                 except Exception:
                     log.exception("push routing failed")
+        if restarted:
+            # Only subscriptions need redoing here: what was sent to the old incarnation was failed
+            # when its stream closed (host_lost); what is pending now went to the new one.
+            log.warning("host %d restarted", host)
+            self.on_host_restart(host)
 
-    def host_restarted(self, host: int) -> None:
-        """Requests the old incarnation accepted will never be answered: fail them (retryable)."""
-        log.warning("host %d restarted", host)
+    def host_lost(self, host: int) -> None:
+        """The way to `host` broke (its stream closed, the process died): what was sent on it will
+        never be answered. Fail it now, retryable, rather than at the deadline."""
         lost = [t for t, p in self._pending.items() if p.host == host]
         self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
-                                               "the host restarted; retry with the same op_id"))
+                                               "the host went away; retry with the same op_id"))
+
+    def host_restarted(self, host: int) -> None:
+        """Same host process, new stream: nothing pending survived, and interest must be redone."""
+        self.host_lost(host)
         self.on_host_restart(host)
 
     # -- liveness and deadlines ------------------------------------------------------------------
@@ -146,6 +154,7 @@ class Dispatcher:
         self._tasks.append(asyncio.create_task(self._liveness(ping_every_s)))
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -175,10 +184,15 @@ class Dispatcher:
         return ok
 
     async def _liveness(self, every: float) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
-                await asyncio.wait_for(self.check_hosts(), timeout=max(every * 5, 5.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+                # that stop() sends, and the loop would outlive its gateway.
+                async with asyncio.timeout(max(every * 5, 5.0)):
+                    await self.check_hosts()
+            except TimeoutError:
+                log.warning("liveness check timed out")
             except Exception as exc:
                 log.warning("liveness check failed: %s", exc)
             now = time.monotonic()

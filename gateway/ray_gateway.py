@@ -11,7 +11,7 @@ import logging
 
 import ray
 
-from actors.ray_host import build_env, host_name, restore_priority
+from actors.ray_host import build_env, freeze_startup, host_name, restore_priority
 from gateway.auth import Auth
 from gateway.context import GatewayConfig
 from gateway.runner import GatewayServer
@@ -46,6 +46,7 @@ class GatewayActor:
             self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, self.spec["secret"], receive),
             Auth(self.spec["secret"]), env.catalog, cfg)
         await self.server.transport.start()          # a stream to every host before the first client
+        freeze_startup()
         return await self.server.start(self.listen.get("host", "127.0.0.1"), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import zlib
 from typing import Any, Callable
 
 from aiohttp import web
@@ -34,6 +35,7 @@ class GatewayServer:
         self.dispatcher = Dispatcher(gateway_id, self.transport, self._route, on_host_restart=self._resubscribe)
         # A stream re-opened to the same host process: it forgot our interest with the old stream.
         self.transport.on_reset = self.dispatcher.host_restarted
+        self.transport.on_lost = self.dispatcher.host_lost
         self.metrics = GatewayMetrics(gateway_id)
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config or GatewayConfig(),
                                   self.metrics, health=self.health)
@@ -95,12 +97,16 @@ class GatewayServer:
         """Tell each user's session entity, once per interval, which of its connections this gateway
         still holds (one command per user, nothing written). Connections it doesn't know (its host
         restarted, or it expired them) are registered again."""
-        every = self.ctx.config.session_heartbeat_s
+        # Spread over the interval: each one-second tick covers the users whose hash falls in its
+        # slot, so 10,000 users make ~670 commands a second rather than a 10,000-command burst.
+        slots = max(1, int(self.ctx.config.session_heartbeat_s))
+        tick = 0
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self.ctx.config.session_heartbeat_s / slots)
+            tick = (tick + 1) % slots
             by_user: dict[str, list] = {}
             for conn in list(self.hub.conns.values()):
-                if not conn.closed:
+                if not conn.closed and zlib.crc32(conn.principal.user_id.encode()) % slots == tick:
                     by_user.setdefault(conn.principal.user_id, []).append(conn)
             for uid, conns in by_user.items():
                 names = {f"{self.gateway_id}/{c.id}": c for c in conns}

@@ -24,7 +24,8 @@ class StreamTransport:
         self.handles = handles
         self.secret = secret
         self.receive = receive
-        self.on_reset: Callable[[int], None] = lambda host: None
+        self.on_reset: Callable[[int], None] = lambda host: None     # same host, new stream
+        self.on_lost: Callable[[int], None] = lambda host: None      # a stream closed
         self.writers: list[asyncio.StreamWriter | None] = [None] * len(handles)
         self.incarnations: list[str | None] = [None] * len(handles)
         self._readers: list[asyncio.Task | None] = [None] * len(handles)
@@ -78,6 +79,7 @@ class StreamTransport:
             if self.writers[host] is writer:
                 self.writers[host] = None
             writer.close()
+            self.on_lost(host)           # what was in flight on this stream will not be answered
 
     def send(self, host: int, requests: list) -> None:
         w = self.writers[host]
@@ -92,6 +94,7 @@ class StreamTransport:
         if w is not None and inc != self.incarnations[host]:
             w.close()                       # a stream to the dead incarnation: don't wait for its EOF
             self.writers[host] = None
+            self.on_lost(host)
             w = None
         if w is None or w.is_closing():
             return await self._connect(host)
