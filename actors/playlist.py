@@ -9,7 +9,9 @@ State
 Records (one log entry per command = the list of these)
   {"t": "y", "u": [update, ...], "by": u}  Yjs updates exactly as integrated (a client's update, then
                                           the server's corrections; or the server's own edits), and
-                                          the user they came from (who deleted what, for undo)
+                                          the user they came from (who deleted what, for undo);
+                                          "m": [[c, k, sc, sk], ...] when a client's move also moved
+                                          the already moved-away item (c, k): its copy (sc, sk)
   {"t": "create", "owner": u, "at": ms}
   {"t": "collab", "user": u, "role": "editor" | "viewer" | None}
   {"t": "follow", "user": u, "on": bool}
@@ -40,6 +42,8 @@ Ops (cmd.args; replies; every mutation answers at least {"snapshot_id"}):
                                                snapshot_id, playlist: <get>, items: [...all entries]}
   yjs_sync {state_vector?}                 -> {update (what the client lacks: SyncStep2), state_vector
                                                (the server's: for its SyncStep1), readonly, snapshot_id}
+                                              (a client's SyncStep1: its state vector is remembered for
+                                               that connection, cmd.origin, until its next one)
   yjs_update {update}                      -> {update (the server's correction, b"" if none),
                                                snapshot_id, rejected: [{code, message}]}
   entries {}                               -> {entries: [[entry_id, uri], ...], snapshot_id}
@@ -68,14 +72,19 @@ are reverted, and when the entries would exceed 10,000 every new entry of the up
 (refused whole). Duplicate ids (concurrent moves) keep the copy with the greatest Yjs item id
 (client, clock). A copy of an entry that is no longer there is accepted only from the user who
 deleted it (a Yjs undo); from anyone else it is a move concurrent with a delete, and the delete
-wins (CONFLICT in `rejected`). Records and events carry update + correction; the sender's reply
-carries the correction, so every replica converges on the valid document.
+wins (CONFLICT in `rejected`). In the other arrival order - the move (a Yjs client's, or a REST
+reorder) first - the delete reaches only the old, already deleted Y.Map item; when the sender had
+not seen the move (it did not hold the copy the move wrote: its SyncStep1 state vector on that
+connection and the update itself tell), the entry's live copy is deleted too, in the same
+correction: the delete wins in both orders (see _concurrent_deletes). Records and events carry
+update + correction; the sender's reply carries the correction, so every replica converges on the
+valid document.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections import deque
+from collections import OrderedDict, deque
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -88,8 +97,10 @@ from actors.playlist_doc import (
     Change,
     Entry,
     PlaylistDoc,
+    UpdateScan,
     decode_state_vector,
     locate,
+    scan_update,
 )
 from actors.playlist_validate import (
     MAX_ENTRIES,
@@ -116,6 +127,7 @@ _ID = attrgetter("id")
 HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
 HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
 MAX_UPDATE_BYTES = 8 << 20
+PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
 
 
 def _b62(n: int) -> str:
@@ -169,6 +181,9 @@ class PlaylistEntity(Entity):
         self._history: deque = deque()        # (version, snapshot_id, delta, weight)
         self._weight = 0
         self._floor: tuple[int, str] | None = None   # (version, snapshot_id) before the first history item
+        # origin (gateway, connection) -> the state vector of that Yjs client's last SyncStep1: what
+        # it held when it computed its SyncStep2 (not persisted: a restarted host resyncs sockets)
+        self._peer_sv: OrderedDict[Any, bytes] = OrderedDict()
         cfg = env.config if env is not None else {}
         self.max_entries = int(cfg.get("playlist_max_entries", MAX_ENTRIES))
         self.max_update_bytes = int(cfg.get("playlist_max_update_bytes", MAX_UPDATE_BYTES))
@@ -260,10 +275,14 @@ class PlaylistEntity(Entity):
     # ==========================================================================================
     def _commit(self, *, records: list | None = None, delta: list, tracks_changed: bool,
                 reply: dict | None = None, event: bool = True) -> Outcome:
+        self.doc.settle()
         updates = self.doc.drain()
         records = list(records or ())
         if updates:
-            records.append({"t": "y", "u": updates, "by": self.doc.actor})
+            rec = {"t": "y", "u": updates, "by": self.doc.actor}
+            if self.doc.tomb_log:
+                rec["m"] = self.doc.tomb_log       # moves of already moved-away items (see _correct)
+            records.append(rec)
         if not records:
             out = {"snapshot_id": self.snapshot_id()}
             out.update(reply or {})
@@ -347,6 +366,7 @@ class PlaylistEntity(Entity):
             self._floor = (self.version, self.snapshot_id())
         self.doc.gen += 1
         self.doc.trash = []
+        self.doc.tomb_log = []
         self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
         return fn(self, cmd)
 
@@ -640,6 +660,13 @@ class PlaylistEntity(Entity):
             update = self.doc.diff(bytes(sv))
         except (IndexError, ValueError):
             raise bad("state_vector is not a Yjs state vector", ErrorCode.BAD_REQUEST) from None
+        if cmd.origin is not None and cmd.args.get("state_vector") is not None:
+            # the client's SyncStep1: its SyncStep2 (the next update from this connection) is
+            # computed from this state (see _concurrent_deletes)
+            self._peer_sv[cmd.origin] = bytes(sv)
+            self._peer_sv.move_to_end(cmd.origin)
+            if len(self._peer_sv) > PEER_STATES:
+                self._peer_sv.popitem(last=False)
         return Outcome(reply={"update": update, "state_vector": self.doc.state_vector(),
                               "readonly": role not in ("owner", "editor", "system"),
                               "snapshot_id": self.snapshot_id()})
@@ -652,14 +679,23 @@ class PlaylistEntity(Entity):
         if len(update) > self.max_update_bytes:
             raise SyncopateError(ErrorCode.FRAME_TOO_LARGE, f"a Yjs update may hold {self.max_update_bytes} bytes")
         doc = self.doc
+        update = bytes(update)
         before = list(doc.entries)
         meta_before = dict(doc.meta)
+        # items of moved entries that this update deletes (already deleted here: see _concurrent_deletes)
+        scan, moved = None, {}
+        if doc.tomb:
+            try:
+                scan = scan_update(update)
+                moved = doc.moved_items_in(scan.deletes)
+            except ValueError:
+                scan = None
         try:
-            change = doc.apply_remote(bytes(update))
+            change = doc.apply_remote(update)
         except ValueError as exc:
             raise bad(f"not a Yjs update: {exc}", ErrorCode.BAD_REQUEST) from None
         n_client = len(doc._updates)
-        rejected = self._correct(change, cmd, role, before)
+        rejected = self._correct(change, cmd, role, before, moved, scan)
         delta = self._net_delta(before, meta_before, change)
         updates = doc._updates
         correction = (updates[n_client] if len(updates) == n_client + 1 else
@@ -668,8 +704,11 @@ class PlaylistEntity(Entity):
         return self._commit(delta=delta, tracks_changed=tracks_changed,
                             reply={"update": correction, "rejected": rejected})
 
-    def _correct(self, change: Change, cmd: Command, role: str, before: list[Entry]) -> list[dict]:
-        """Validate what a client's update changed and undo what is invalid (see module doc)."""
+    def _correct(self, change: Change, cmd: Command, role: str, before: list[Entry],
+                 moved: dict[str, list[tuple[int, int]]] | None = None,
+                 scan: UpdateScan | None = None) -> list[dict]:
+        """Validate what a client's update changed and undo what is invalid (see module doc).
+        `moved`: entries some of whose moved-away items the update deletes (see _concurrent_deletes)."""
         doc = self.doc
         rejected: list[dict] = []
 
@@ -713,9 +752,43 @@ class PlaylistEntity(Entity):
                 doc.set_entry_fields(doc.positions([e])[0], restore, drop)
         # -- new entries ---------------------------------------------------------------------------
         new = [e for e in change.inserted if e.alive]
-        if not new:
-            self._junk(change, reject)
-            return rejected
+        net_new, bad_entries = self._check_new(new, change, cmd, role, reject) if new else ([], set())
+        # -- a delete of a moved entry, concurrent with the move: the delete wins -------------------
+        if moved:
+            # ids this update copies validly (moves, even if another copy is kept): not deletes;
+            # the copies are further successors of the moved-away items the update deletes
+            copied: dict[str, list[Entry]] = {}
+            for e in new:
+                if id(e) not in bad_entries and e.id in moved:
+                    copied.setdefault(e.id, []).append(e)
+            for eid, copies in copied.items():
+                for item in moved[eid]:
+                    for c in copies:
+                        if c.yid is not None:
+                            doc.add_successor(item, c.yid)
+            if scan is not None:
+                # copies the update writes that yrs holds back (they wait for missing items): a move
+                for eid in scan.ids.keys() & moved.keys():
+                    if not any(e.id == eid for e in new):
+                        copied[eid] = []
+            victims = self._concurrent_deletes(moved, scan, cmd.origin, copied)
+            if victims:
+                doc.delete_positions(doc.positions(victims))
+        # -- the limit: refuse the update's new entries whole ----------------------------------------
+        if new and len(doc.entries) > self.max_entries:
+            over = [e for e in net_new if e.alive]
+            reject(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
+                   f"{len(over)} new entries refused")
+            doc.delete_positions(doc.positions(over))
+        self._junk(change, reject)
+        return rejected
+
+    def _check_new(self, new: list[Entry], change: Change, cmd: Command, role: str,
+                   reject) -> tuple[list[Entry], set[int]]:
+        """Validate the update's new entries (deleting invalid ones) and keep one copy per id.
+        Returns the entries that are new to the playlist (not copies of existing ones) and the
+        (python) ids of the invalid ones."""
+        doc = self.doc
         deleted_now = {e.id: e for e in change.deleted if isinstance(e.id, str) and e.well_shaped()}
         new_set = {id(e) for e in new}
         fresh: dict[str, Entry] = {}        # valid brand-new ids of this update
@@ -752,19 +825,54 @@ class PlaylistEntity(Entity):
         for eid in {e.id for e in new if e.alive}:
             copies = doc.copies(eid)
             if len(copies) > 1:
-                ranked = sorted(((doc.item_id(p), c) for p, c in zip(doc.positions(copies), copies)),
+                ranked = sorted(((doc.item_of(c, p), c) for p, c in zip(doc.positions(copies), copies)),
                                 key=lambda x: x[0])
                 losers.extend(c for _, c in ranked[:-1])
         if losers:
             doc.delete_positions(doc.positions(losers))
-        # -- the limit: refuse the update's new entries whole ----------------------------------------
-        if len(doc.entries) > self.max_entries:
-            over = [e for e in net_new if e.alive]
-            reject(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
-                   f"{len(over)} new entries refused")
-            doc.delete_positions(doc.positions(over))
-        self._junk(change, reject)
-        return rejected
+        return net_new, {id(e) for e in bad_entries}
+
+    def _concurrent_deletes(self, moved: dict[str, list[tuple[int, int]]], scan: UpdateScan | None,
+                            origin: Any, copied: dict[str, list[Entry]]) -> list[Entry]:
+        """The live copies that a client's update deletes without knowing it.
+
+        Yjs has no move: a move deletes the entry's Y.Map item and inserts a copy. A client that
+        deletes the entry without having seen the move deletes the old item, which is already
+        deleted here: in Yjs terms a no-op, and the copy would survive. The document remembers
+        every moved-away item with the item of the copy its move wrote (PlaylistDoc.tomb). For an
+        entry X one of whose moved-away items the update's delete set covers:
+
+        - the update also inserts a valid copy of X: a move (concurrent moves keep one copy);
+        - the sender held the copy that moved that item away (its item id is below the sender's
+          state: the state vector of its SyncStep1 on this connection, merged with what the update
+          itself implies): it saw that move and merely knows the old item is gone (a SyncStep2
+          carries the client's whole delete set, and a client repeats the deletes of its own moves);
+        - otherwise the sender deleted X without having seen the move, concurrently: the delete
+          wins, and X's live copy (wherever later moves took it) is deleted too - the same outcome
+          as when the delete arrives before the move (whose copy is then refused, CONFLICT).
+        """
+        doc = self.doc
+        known: dict[int, int] | None = None
+        victims: list[Entry] = []
+        for eid, items in moved.items():
+            if eid in copied:
+                continue
+            live = doc.by_id.get(eid)
+            if live is None or live.gen == doc.gen:
+                continue
+            if known is None:
+                known = scan.known() if scan is not None else {}
+                sv = self._peer_sv.get(origin) if origin is not None else None
+                if sv:
+                    for client, clock in decode_state_vector(sv).items():
+                        if clock > known.get(client, 0):
+                            known[client] = clock
+            # explained when, for each moved-away item it deletes, the sender held a copy one of
+            # that item's moves wrote
+            if all(any(k < known.get(c, 0) for c, k in doc.tomb[item][1]) for item in items):
+                continue
+            victims.append(live)
+        return victims
 
     def _junk(self, change: Change, reject) -> None:
         for name in change.junk_roots:
@@ -796,6 +904,9 @@ class PlaylistEntity(Entity):
             self.doc.actor = record.get("by")
             for u in record["u"]:
                 self.doc.apply_remote(u)
+            self.doc.settle()
+            for c, k, sc, sk in record.get("m", ()):
+                self.doc.add_successor((c, k), (sc, sk))
             self.doc.drain()
         elif t == "create":
             self.owner, self.created_at = record["owner"], record.get("at", 0)
@@ -813,17 +924,21 @@ class PlaylistEntity(Entity):
         self._floor = None
 
     def snapshot(self) -> Any:
-        return {"v": 1, "doc": self.doc.full_update(), "rows": [e.row() for e in self.doc.entries],
+        return {"v": 1, "doc": self.doc.full_update(),
+                "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.doc.entries],
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
                 "listeners": sorted(self.listeners),
                 "graveyard": [[*e.row(), who] for e, who in self.doc.graveyard.values()
-                              if e.id not in self.doc.by_id]}
+                              if e.id not in self.doc.by_id],
+                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()]}
 
     def restore(self, data: Any) -> None:
         self.doc = PlaylistDoc(data["doc"], rows=data.get("rows"))
         for eid, uri, by, at, who in data.get("graveyard", ()):
             self.doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
+        for client, clock, eid, succ in data.get("tomb", ()):
+            self.doc.bury((client, clock), eid, [(c, k) for c, k in succ])
         self.owner = data.get("owner")
         self.created_at = data.get("at", 0)
         self.collaborators = dict(data.get("collaborators", {}))

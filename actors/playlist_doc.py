@@ -18,6 +18,13 @@ positional lookups use the mirror and never walk pycrdt. The mirror follows ever
 Every transaction's binary update is captured (`drain()`): the entity persists those bytes as its
 records, so storage holds the CRDT update history itself, never a projection of it.
 
+Item ids: every entry knows the Yjs item id (client, clock) of its Y.Map (`Entry.yid`): server
+inserts know the clocks they write; remote ones are read out of the integrated update
+(`scan_update`: a linear lib0 decoder of Yjs v1 updates, which also yields an update's delete set).
+The `tomb` remembers recently moved-away items (deleted while the entry lived on as a copy) with
+the copies their moves wrote, so that the entity can tell a late delete of a moved entry from a
+client merely knowing the move (PlaylistEntity._concurrent_deletes).
+
 Speed: pycrdt (yrs) finds an array index by walking the item list (~9 ns per item), so inserting k
 entries one by one at the end of an n-entry list costs k walks of n items (quadratic for bulk
 adds). `insert` therefore inserts only the last entry natively (one walk), reads that item's left
@@ -28,6 +35,7 @@ yrs integrates those by item id, without walking. 10,000 entries: ~60 ms instead
 """
 from __future__ import annotations
 
+import bisect
 import secrets
 import struct
 from collections import OrderedDict
@@ -42,6 +50,7 @@ ENTRY_KEYSET = frozenset(ENTRY_KEYS)
 META_KEYS = ("name", "description", "public", "collaborative")
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 GRAVEYARD_SIZE = 4096          # recently deleted entries remembered (an undo re-inserts a copy)
+TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
 _LOCAL_ORIGIN = 0x5E17E5        # origin of server-side transactions
 
 
@@ -144,6 +153,224 @@ def _first_struct(update: bytes) -> tuple[int, int, tuple[int, int] | None]:
     return client, clock, origin
 
 
+def _read_var_int(buf: bytes, pos: int) -> tuple[int, int]:
+    """lib0 readVarInt (sign in bit 6 of the first byte)."""
+    r = buf[pos]
+    pos += 1
+    num = r & 0x3F
+    neg = r & 0x40
+    if r & 0x80:
+        shift = 6
+        while True:
+            r = buf[pos]
+            pos += 1
+            num |= (r & 0x7F) << shift
+            shift += 7
+            if r < 0x80:
+                break
+    return (-num if neg else num), pos
+
+
+def _skip_bytes(buf: bytes, pos: int) -> int:
+    n, pos = read_var_uint(buf, pos)
+    if pos + n > len(buf):
+        raise IndexError("truncated")
+    return pos + n
+
+
+def _read_any(buf: bytes, pos: int) -> tuple[Any, int]:
+    """lib0 readAny. Only strings are returned (what an entry id is); other values are skipped
+    and returned as None."""
+    t = buf[pos]
+    pos += 1
+    if t == 119:                                   # string
+        n, pos = read_var_uint(buf, pos)
+        if pos + n > len(buf):
+            raise IndexError("truncated")
+        return buf[pos:pos + n].decode("utf-8", "replace"), pos + n
+    if t == 123 or t == 122:                       # float64, bigint64
+        return None, pos + 8
+    if t == 125:                                   # varInt
+        return None, _read_var_int(buf, pos)[1]
+    if t == 124:                                   # float32
+        return None, pos + 4
+    if 120 <= t <= 127:                            # true, false, null, undefined
+        return None, pos
+    if t == 118:                                   # object
+        n, pos = read_var_uint(buf, pos)
+        for _ in range(n):
+            pos = _skip_bytes(buf, pos)
+            pos = _read_any(buf, pos)[1]
+        return None, pos
+    if t == 117:                                   # array
+        n, pos = read_var_uint(buf, pos)
+        for _ in range(n):
+            pos = _read_any(buf, pos)[1]
+        return None, pos
+    if t == 116:                                   # Uint8Array
+        return None, _skip_bytes(buf, pos)
+    raise ValueError(f"unknown lib0 value type {t}")
+
+
+class UpdateScan:
+    """What `scan_update` reads out of a Yjs v1 update without integrating it."""
+    __slots__ = ("deletes", "ends", "ids")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[tuple[int, int]]] = {}   # entry id -> Y.Map items whose "id" key is first set to it
+        self.ends: dict[int, int] = {}                    # client -> end clock of its structs in the update
+        self.deletes: list[tuple[int, int, int]] = []     # the delete set: (client, clock, length)
+
+    def known(self) -> dict[int, int]:
+        """A lower bound of the sender's state vector implied by the update alone: it had the items
+        it sends, and every item its delete set covers (Yjs encodes deletions of items it holds;
+        a client's items are integrated contiguously, so holding (c, k) means holding (c, < k))."""
+        out = dict(self.ends)
+        for client, clock, length in self.deletes:
+            end = clock + length
+            if end > out.get(client, 0):
+                out[client] = end
+        return out
+
+
+def _var_uint(buf: bytes, pos: int) -> tuple[int, int]:
+    """read_var_uint, unrolled for the common short encodings (item ids: 32-bit clients)."""
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    n = b & 0x7F
+    b = buf[pos + 1]
+    if b < 0x80:
+        return n | b << 7, pos + 2
+    n |= (b & 0x7F) << 7
+    b = buf[pos + 2]
+    if b < 0x80:
+        return n | b << 14, pos + 3
+    n |= (b & 0x7F) << 14
+    b = buf[pos + 3]
+    if b < 0x80:
+        return n | b << 21, pos + 4
+    n |= (b & 0x7F) << 21
+    b = buf[pos + 4]
+    if b < 0x80:
+        return n | b << 28, pos + 5
+    m, pos = read_var_uint(buf, pos + 4)
+    return n | m << 28, pos
+
+
+def scan_update(update: bytes, *, ids: bool = True) -> UpdateScan:
+    """Decode a Yjs v1 update's structs and delete set (lib0 encoding, Yjs UpdateDecoderV1) far
+    enough to know: which Y.Map items set an "id" key to which string (their first write of the key:
+    parent given as an item id, parentSub "id", content Any), each client's end clock, and the delete
+    set. Linear in the update's size; a malformed update raises ValueError."""
+    out = UpdateScan()
+    buf = update
+    size = len(buf)
+    vu = _var_uint
+    found = out.ids
+    try:
+        n_clients, pos = vu(buf, 0)
+        for _ in range(n_clients):
+            n_structs, pos = vu(buf, pos)
+            client, pos = vu(buf, pos)
+            clock, pos = vu(buf, pos)
+            for _ in range(n_structs):
+                info = buf[pos]
+                pos += 1
+                ref = info & 0x1F
+                if ref == 0 or ref == 10:                       # GC, Skip
+                    length, pos = vu(buf, pos)
+                    clock += length
+                    continue
+                parent_id = None
+                id_key = False
+                if info & 0xC0:
+                    if info & 0x80:                             # origin
+                        pos = vu(buf, vu(buf, pos)[1])[1]
+                    if info & 0x40:                             # right origin
+                        pos = vu(buf, vu(buf, pos)[1])[1]
+                else:                                           # parent info
+                    root = buf[pos]
+                    pos += 1
+                    if root == 1:
+                        n, pos = vu(buf, pos)
+                        pos += n
+                    else:
+                        pc, pos = vu(buf, pos)
+                        pk, pos = vu(buf, pos)
+                        parent_id = (pc, pk)
+                    if info & 0x20:
+                        n, pos = vu(buf, pos)
+                        id_key = n == 2 and buf[pos:pos + 2] == b"id"
+                        pos += n
+                if ref == 8:                                    # ContentAny
+                    length, pos = vu(buf, pos)
+                    for i in range(length):
+                        t = buf[pos]
+                        if t == 119:                            # a string
+                            n, pos = vu(buf, pos + 1)
+                            if i == 0 and id_key and ids and parent_id is not None:
+                                if pos + n > size:
+                                    raise IndexError("truncated")
+                                found.setdefault(buf[pos:pos + n].decode("utf-8", "replace"), []).append(parent_id)
+                            pos += n
+                        elif t == 123:                          # float64
+                            pos += 9
+                        else:
+                            pos = _read_any(buf, pos)[1]
+                elif ref == 7:                                  # ContentType
+                    type_ref, pos = vu(buf, pos)
+                    if type_ref == 3 or type_ref == 5:          # XmlElement, XmlHook: a name
+                        pos = _skip_bytes(buf, pos)
+                    length = 1
+                elif ref == 1:                                  # ContentDeleted
+                    length, pos = vu(buf, pos)
+                elif ref == 4:                                  # ContentString: UTF-16 length
+                    n, pos = vu(buf, pos)
+                    if pos + n > size:
+                        raise IndexError("truncated")
+                    length = len(buf[pos:pos + n].decode("utf-8", "surrogatepass").encode("utf-16-le")) // 2
+                    pos += n
+                elif ref == 2:                                  # ContentJSON
+                    length, pos = vu(buf, pos)
+                    for _ in range(length):
+                        pos = _skip_bytes(buf, pos)
+                elif ref == 3 or ref == 5:                      # ContentBinary, ContentEmbed
+                    pos = _skip_bytes(buf, pos)
+                    length = 1
+                elif ref == 6:                                  # ContentFormat
+                    pos = _skip_bytes(buf, _skip_bytes(buf, pos))
+                    length = 1
+                elif ref == 9:                                  # ContentDoc
+                    pos = _skip_bytes(buf, pos)
+                    pos = _read_any(buf, pos)[1]
+                    length = 1
+                else:
+                    raise ValueError(f"unknown Yjs content type {ref}")
+                clock += length
+            if pos > size:
+                raise IndexError("truncated")
+            if clock > out.ends.get(client, 0):
+                out.ends[client] = clock
+        if pos < size:
+            n_clients, pos = vu(buf, pos)
+            dels = out.deletes
+            for _ in range(n_clients):
+                client, pos = vu(buf, pos)
+                n, pos = vu(buf, pos)
+                for _ in range(n):
+                    clock, pos = vu(buf, pos)
+                    length, pos = vu(buf, pos)
+                    dels.append((client, clock, length))
+        if pos > size:
+            raise IndexError("truncated")
+    except IndexError:
+        raise ValueError("truncated Yjs update") from None
+    except RecursionError:
+        raise ValueError("Yjs update nests values too deeply") from None
+    return out
+
+
 def fresh_client_id(taken: Iterable[int] = ()) -> int:
     """A random 32-bit Yjs client id (as Yjs picks them) not present in `taken`."""
     taken = set(taken)
@@ -188,10 +415,11 @@ class Entry:
     """One live Y.Map of `tracks`, as plain values. Remote entries may be malformed until the
     entity corrects them: `is_map` False (not a Y.Map), a field MISSING or of a wrong type, or
     `extra` holding unknown keys."""
-    __slots__ = ("added_at", "added_by", "alive", "extra", "gen", "id", "is_map", "uri")
+    __slots__ = ("added_at", "added_by", "alive", "extra", "gen", "id", "is_map", "uri", "yid")
 
     def __init__(self, id: Any, uri: Any, added_by: Any, added_at: Any, *, is_map: bool = True,
                  extra: set | None = None, gen: int = 0) -> None:
+        self.yid: tuple[int, int] | None = None     # its Y.Map's Yjs item id (client, clock), when known
         self.id = id
         self.uri = uri
         self.added_by = added_by
@@ -292,6 +520,13 @@ class PlaylistDoc:
         self.meta: dict[str, Any] = {}
         # recently deleted entries, and who deleted them: id -> (entry, deleter user id)
         self.graveyard: OrderedDict[str, tuple[Entry, str | None]] = OrderedDict()
+        # Y.Map items of entries that were moved away (deleted while the entry id lived on in another
+        # copy): (client, clock) -> (entry id, [items of the copies that moves of it wrote]),
+        # oldest first; per client, the sorted clocks. `tomb_log`: successors added by the entity
+        # in the current command ([client, clock, s_client, s_clock]: it stores them in the record)
+        self.tomb: OrderedDict[tuple[int, int], tuple[str, list[tuple[int, int]]]] = OrderedDict()
+        self._tomb_clocks: dict[int, list[int]] = {}
+        self.tomb_log: list[list[int]] = []
         self.actor: str | None = None                  # the user whose command is being applied
         self.gen = 0                                   # bumped by the entity per command
         self._updates: list[bytes] = []
@@ -299,7 +534,7 @@ class PlaylistDoc:
         self._local = False
         self._raw: list = []
         if update:
-            self._load_mirror(rows)
+            self._load_mirror(rows, update)
         self._subs = [self.ydoc.observe(self._on_txn),
                       self.tracks.observe_deep(self._on_tracks),
                       self.meta_map.observe(self._on_meta)]
@@ -325,10 +560,12 @@ class PlaylistDoc:
             self._raw.append(("m", event.keys))
 
     # -- reading ---------------------------------------------------------------------------------------
-    def _load_mirror(self, snap_rows: list | None = None) -> None:
+    def _load_mirror(self, snap_rows: list | None = None, update: bytes | None = None) -> None:
         """Build the mirror of a freshly loaded document in one pass (to_json: no per-index walks;
         or the snapshot's rows when they match). Loaded state was validated when it was written,
-        so JSON values are the stored values."""
+        so JSON values are the stored values. Rows may carry the entry's Y.Map item id
+        ([id, uri, added_by, added_at, client, clock]); without them, the item ids are read out of
+        the document's update (scan_update)."""
         txn = self.ydoc.create_transaction()
         try:
             if snap_rows is not None and len(snap_rows) == self.tracks.len(txn):
@@ -345,6 +582,8 @@ class PlaylistDoc:
             if isinstance(r, list):
                 by = users.setdefault(r[2], r[2])          # share the few added_by strings
                 e = Entry(r[0], r[1], by, r[3])
+                if len(r) == 6:
+                    e.yid = (r[4], r[5])
             elif isinstance(r, dict):
                 extra = set(r) - ENTRY_KEYSET or None
                 e = Entry(r.get("id", MISSING), r.get("uri", MISSING), r.get("added_by", MISSING),
@@ -354,6 +593,8 @@ class PlaylistDoc:
             entries.append(e)
             self._index_add(e)
         self.entries = entries
+        if update and entries and all(e.yid is None for e in entries):     # rows without item ids
+            self._attach_items(entries, [update])
 
     def _read_value(self, txn, value) -> Entry:
         if not isinstance(value, Y.Map):
@@ -384,6 +625,13 @@ class PlaylistDoc:
 
     def full_update(self) -> bytes:
         return self.diff(None)
+
+    def item_of(self, e: Entry, pos: int | None = None) -> tuple[int, int]:
+        """The Yjs item id of a live entry: known since it was inserted (or loaded), else looked up
+        (a list walk) and remembered."""
+        if e.yid is None:
+            e.yid = self.item_id(self.positions([e])[0] if pos is None else pos)
+        return e.yid
 
     def item_id(self, pos: int) -> tuple[int, int]:
         """The Yjs item id (client, clock) of the entry at `pos` (walks the list: use sparingly)."""
@@ -444,6 +692,86 @@ class PlaylistDoc:
         e.id = new_id
         self._index_add(e)
 
+    def _attach_items(self, entries: list[Entry], updates: list[bytes]) -> None:
+        """Give live entries their Y.Map item ids, read from the updates that inserted them: the
+        item whose "id" key was set to the entry's id. An id claimed by several new items stays
+        unknown (item_of looks it up when needed)."""
+        want = [e for e in entries if e.alive and e.yid is None and isinstance(e.id, str)]
+        if not want:
+            return
+        found: dict[str, list[tuple[int, int]]] = {}
+        for u in updates:
+            try:
+                for k, v in scan_update(u).ids.items():
+                    found.setdefault(k, []).extend(v)
+            except ValueError:          # pragma: no cover - yrs wrote it; item ids stay unknown
+                return
+        count: dict[str, int] = {}
+        for e in want:
+            count[e.id] = count.get(e.id, 0) + 1
+        for e in want:
+            items = found.get(e.id)
+            if items and len(items) == 1 and count[e.id] == 1:
+                e.yid = items[0]
+
+    def settle(self) -> None:
+        """End of a command (or of a replayed record): remember the Y.Map items of entries that
+        were moved away in it (deleted while a copy with the same id and content lives on) and
+        that copy's item, so that a late delete of such an item can still be traced to its entry,
+        and told apart from a client merely knowing the move."""
+        trash = self.trash
+        if not trash:
+            return
+        by_id = self.by_id
+        for e in trash:
+            item = e.yid
+            if item is None or not isinstance(e.id, str):
+                continue
+            live = by_id.get(e.id)
+            if live is None or live is e or not live.same_content(e):
+                continue
+            self.bury(item, e.id, [self.item_of(live)])
+
+    def bury(self, item: tuple[int, int], entry_id: str, successors: list[tuple[int, int]]) -> None:
+        tomb = self.tomb
+        if item in tomb:
+            return
+        tomb[item] = (entry_id, successors)
+        bisect.insort(self._tomb_clocks.setdefault(item[0], []), item[1])
+        if len(tomb) > TOMB_SIZE:
+            (client, clock), _ = tomb.popitem(last=False)
+            clocks = self._tomb_clocks[client]
+            del clocks[bisect.bisect_left(clocks, clock)]
+            if not clocks:
+                del self._tomb_clocks[client]
+
+    def add_successor(self, item: tuple[int, int], successor: tuple[int, int]) -> None:
+        """Another move of the moved-away `item` (a concurrent one) wrote the copy `successor`."""
+        found = self.tomb.get(item)
+        if found is not None and successor not in found[1]:
+            found[1].append(successor)
+            self.tomb_log.append([*item, *successor])
+
+    def moved_items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
+        """Entries some of whose moved-away items lie in these delete ranges: {entry id: [those
+        items]}. O(ranges * log(tomb) + hits)."""
+        out: dict[str, list[tuple[int, int]]] = {}
+        by_client = self._tomb_clocks
+        if not by_client:
+            return out
+        tomb = self.tomb
+        for client, clock, length in deletes:
+            clocks = by_client.get(client)
+            if not clocks:
+                continue
+            i = bisect.bisect_left(clocks, clock)
+            end = clock + length
+            while i < len(clocks) and clocks[i] < end:
+                item = (client, clocks[i])
+                out.setdefault(tomb[item][0], []).append(item)
+                i += 1
+        return out
+
     def copies(self, entry_id: str) -> list[Entry]:
         first = self.by_id.get(entry_id)
         if first is None:
@@ -478,10 +806,13 @@ class PlaylistDoc:
             m.insert(txn, "added_at", float(last.added_at))
 
         self._run(native)
+        client, clock, left = _first_struct(self._updates[-1])
+        last.yid = (client, clock)
         if len(entries) > 1:
-            client, clock, left = _first_struct(self._updates[-1])
             update = encode_entry_chain(client, clock + 5, left, (client, clock), entries[:-1])
             self._run(lambda txn: self.ydoc.apply_update(txn, update))
+            for i, e in enumerate(entries[:-1]):
+                e.yid = (client, clock + 5 + i)
         self.entries[index:index] = entries
         for e in entries:
             e.alive = True
@@ -565,6 +896,7 @@ class PlaylistDoc:
         """Apply a Yjs update from outside (a client, or a record on replay) and mirror it.
         A malformed update raises ValueError and changes nothing."""
         self._raw = []
+        n_updates = len(self._updates)
         txn = self.ydoc.create_transaction()
         try:
             self.ydoc.apply_update(txn, update)
@@ -575,6 +907,9 @@ class PlaylistDoc:
         raw, self._raw = self._raw, []
         if raw:
             self._mirror(raw, change)
+            if change.inserted:
+                # the transaction's own update: what was integrated (with any held-back structs)
+                self._attach_items(change.inserted, self._updates[n_updates:])
         if len(self._roots()) > 2:
             change.junk_roots = [n for n in self._roots() if n not in ("tracks", "meta")]
         return change

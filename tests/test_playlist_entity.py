@@ -1,15 +1,18 @@
 """PlaylistEntity (actors/playlist.py) alone, driven like the host drives it: ordering, snapshot_id
 transforms, limits, roles, events and effects, replay and restart, Yjs sync and validation (Yjs
-clients are separate pycrdt documents), and the concurrent-move rule."""
+clients are separate pycrdt documents), the concurrent-move rule, and a delete concurrent with a
+move winning in either arrival order."""
 from __future__ import annotations
+
+import itertools
 
 import msgpack
 import pytest
-from pycrdt import Array, Doc, Map, get_state
+from pycrdt import Array, Doc, Map, Text, UndoManager, get_state
 
 from actors.entity import SYSTEM, Command, Env, Principal
 from actors.playlist import PlaylistEntity
-from actors.playlist_doc import PlaylistDoc, decode_state_vector
+from actors.playlist_doc import PlaylistDoc, decode_state_vector, scan_update
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST
 from protocols.uris import parse_uri
@@ -51,10 +54,10 @@ class Harness:
         self.now = T0
         self.events: list = []
 
-    def do(self, op: str, who: str | None = "alice", **args):
+    def do(self, op: str, who: str | None = "alice", origin: tuple[str, str] | None = None, **args):
         p = SYSTEM if who is None else Principal(who)
         self.now += 1
-        out = self.e.handle(Command(PLAYLIST, self.pid, op, args, p, now_ms=self.now))
+        out = self.e.handle(Command(PLAYLIST, self.pid, op, args, p, now_ms=self.now, origin=origin))
         if out.records:
             self.e.version += 1
             self.log.append(roundtrip(out.records))
@@ -118,6 +121,12 @@ def check_mirror(e: PlaylistEntity) -> None:
     for m in j["tracks"]:
         assert set(m) == {"id", "uri", "added_by", "added_at"}
     assert {k: j["meta"][k] for k in j["meta"]} == e.doc.meta
+    # the Yjs item ids the mirror knows are the document's (sampled: each check walks the list)
+    n = len(e.doc.entries)
+    for p in range(0, n, 1 if n <= 200 else 997):
+        x = e.doc.entries[p]
+        if x.yid is not None:
+            assert x.yid == e.doc.item_id(p), (p, x)
 
 
 def apply_delta(order: list[str], delta: list[dict]) -> list[str]:
@@ -132,11 +141,16 @@ def apply_delta(order: list[str], delta: list[dict]) -> list[str]:
     return order
 
 
+_connections = itertools.count(1)
+
+
 class Client:
-    """A Yjs client: its own pycrdt document, syncing through yjs_sync / yjs_update."""
+    """A Yjs client: its own pycrdt document, syncing through yjs_sync / yjs_update like a
+    y-websocket client on one connection (`origin`)."""
 
     def __init__(self, h: Harness, user: str, client_id: int | None = None):
         self.h, self.user = h, user
+        self.origin = ("gw", f"conn-{next(_connections)}")
         self.doc = Doc(client_id=client_id) if client_id else Doc()
         self.tracks = self.doc.get("tracks", type=Array)
         self.meta = self.doc.get("meta", type=Map)
@@ -145,12 +159,17 @@ class Client:
         self.doc.observe(lambda ev: self._out.append(ev.update) if self._capture else None)
 
     def sync(self):
-        r = self.h.reply("yjs_sync", self.user, state_vector=self.doc.get_state())
-        self.doc.apply_update(r["update"])
+        """The y-websocket handshake on a (re)connected socket: SyncStep1 (our state vector); the
+        server's SyncStep1 arrives first, and our SyncStep2 (what it lacks, with our whole delete
+        set) is computed before the server's SyncStep2 (what we lack) is integrated."""
+        self.origin = ("gw", f"conn-{next(_connections)}")            # a new connection
+        r = self.h.reply("yjs_sync", self.user, origin=self.origin, state_vector=self.doc.get_state())
         missing = self.doc.get_update(r["state_vector"])
+        out = None
         if decode_state_vector(get_state(missing)) or len(missing) > 2:     # structs or deletions
-            return self.send(missing)
-        return None
+            out = self.send(missing)
+        self.doc.apply_update(r["update"])
+        return out
 
     def edit(self, fn):
         """Run fn inside one transaction and send the resulting update; returns the outcome."""
@@ -176,7 +195,7 @@ class Client:
         return updates[0]
 
     def send(self, update: bytes):
-        out = self.h.do("yjs_update", self.user, update=update)
+        out = self.h.do("yjs_update", self.user, origin=self.origin, update=update)
         if out.reply["update"]:
             self.doc.apply_update(out.reply["update"])
         return out
@@ -858,6 +877,248 @@ def test_rest_reorder_concurrent_with_a_client_move():
     c.receive(h.events)
     assert c.ids() == h.ids()
     check_mirror(h.e)
+
+
+# ==========================================================================================
+# a delete concurrent with a move wins, whatever the arrival order
+# ==========================================================================================
+def three(n: int = 4):
+    """A playlist of n entries, alice (owner) and the editors ed and eve, each with a synced Yjs client."""
+    h = make(n)
+    for u in ("ed", "eve"):
+        h.do("set_collaborator", user_id=u, role="editor")
+    cs = [Client(h, u) for u in ("alice", "ed", "eve")]
+    for c in cs:
+        c.sync()
+    h.events.clear()
+    return h, cs
+
+
+def delete_id(eid: str):
+    def fn(c):
+        del c.tracks[c.ids().index(eid)]
+    return fn
+
+
+def move_id(eid: str, to: int):
+    def fn(c):
+        c.move(c.ids().index(eid), to)
+    return fn
+
+
+def settle(h: Harness, *cs: Client) -> None:
+    """Everybody receives every push; all replicas equal the server's valid document."""
+    for c in cs:
+        c.receive(h.events)
+    h.events.clear()
+    truth = doc_json(h.e.doc)
+    for c in cs:
+        assert c.json() == truth, c.user
+    check_mirror(h.e)
+    assert state_of(h.reload()) == state_of(h.e)
+
+
+@pytest.mark.parametrize("delete_via", ["update", "reconnect"])
+@pytest.mark.parametrize("move_first", [True, False])
+def test_yjs_delete_concurrent_with_a_yjs_move_wins_in_both_orders(move_first, delete_via):
+    h, (a, b, _) = three()
+    x = h.ids()[1]
+    moved = a.edit_offline(move_id(x, 3))
+    deleted = b.edit_offline(delete_id(x))
+
+    def deliver_delete():
+        return b.send(deleted) if delete_via == "update" else b.sync()    # a SyncStep2: the whole delete set
+
+    if move_first:
+        a.send(moved)
+        assert h.ids()[3] == x
+        out = deliver_delete()
+        assert out.reply["update"] and out.reply["rejected"] == []          # the correction deletes the copy
+        (ev,) = out.events
+        assert ev.payload["delta"] == [{"op": "delete", "index": 3, "entry_ids": [x]}]
+    else:
+        deliver_delete()
+        out = a.send(moved)
+        assert [r["code"] for r in out.reply["rejected"]] == ["CONFLICT"]
+    assert x not in h.ids() and len(h.ids()) == 3
+    settle(h, a, b)
+    assert h.e.doc.graveyard[x][1] == "ed"                                   # who deleted it (undo)
+
+
+def test_the_outcome_is_the_same_in_both_orders():
+    finals = []
+    for move_first in (True, False):
+        h, (a, b, _) = three(5)
+        ids = h.ids()
+        moves = [a.edit_offline(move_id(ids[1], 4)), a.edit_offline(move_id(ids[3], 0))]
+        deleted = b.edit_offline(lambda c, ids=ids: (delete_id(ids[1])(c), delete_id(ids[2])(c)))
+        for u in (moves + [deleted] if move_first else [deleted] + moves):
+            (b if u is deleted else a).send(u)
+        settle(h, a, b)
+        finals.append([e.uri for e in h.e.doc.entries])
+    assert finals[0] == finals[1] == [T(3), T(0), T(4)]
+
+
+def test_a_delete_after_several_moves_and_a_restart_still_wins():
+    h, (a, b, c) = three(5)
+    x = h.ids()[2]
+    deleted = c.edit_offline(delete_id(x))             # eve deletes the entry she saw, offline
+    a.edit(move_id(x, 0))                               # alice moves it ...
+    b.receive(h.events)
+    b.edit(move_id(x, 4))                               # ... ed (who saw that) moves it again
+    h.do("reorder", range_start=4, insert_before=1)     # ... and a REST reorder
+    h.compact()
+    h.restart()                                         # the moved-away items survive a restart
+    assert len(h.e.doc.tomb) == 3
+    c.send(deleted)
+    assert x not in h.ids() and len(h.ids()) == 4
+    settle(h, a, b, c)
+
+
+@pytest.mark.parametrize("delete_via", ["update", "reconnect"])
+def test_yjs_delete_concurrent_with_a_rest_reorder_wins(delete_via):
+    h, (_, b, _) = three()
+    ids = h.ids()
+    deleted = b.edit_offline(delete_id(ids[1]))
+    h.do("reorder", range_start=1, insert_before=4)          # REST moves it to the end meanwhile
+    assert h.ids() == [ids[0], ids[2], ids[3], ids[1]]
+    b.send(deleted) if delete_via == "update" else b.sync()
+    assert h.ids() == [ids[0], ids[2], ids[3]]
+    settle(h, b)
+
+
+def test_a_client_that_saw_the_move_deletes_nothing_by_knowing_it():
+    """A SyncStep2 carries the client's whole delete set, moved-away items included: a client that
+    held the moved copy when it connected only knows the old item is gone."""
+    h, (a, b, c) = three()
+    x = h.ids()[1]
+    a.edit(move_id(x, 3))
+    b.receive(h.events)                           # ed saw the move (a push) ...
+    b.sync()                                      # ... and reconnects: nothing is deleted
+    c.edit_offline(lambda c: c.tracks.append(c.entry("e1", T(9))))
+    c.sync()                                      # eve was offline during the move, deleted nothing
+    assert x in h.ids() and len(h.ids()) == 5 and "e1" in h.ids()
+    b.edit(lambda c: c.tracks.append(c.entry("e2", T(8))))     # an unrelated edit later
+    assert x in h.ids() and len(h.ids()) == 6
+    settle(h, a, b, c)
+
+
+def test_concurrent_moves_and_a_late_reconnect_keep_one_copy():
+    """Concurrent moves (one arriving by SyncStep2, delete set and all) keep exactly one copy: a
+    client's update that moves the entry too is not a delete of it."""
+    h, (a, b, c) = three(5)
+    d = Client(h, "ed")                           # ed's second device
+    d.sync()
+    x = h.ids()[0]
+    ua = a.edit_offline(move_id(x, 4))
+    b.edit_offline(move_id(x, 2))
+    c.edit_offline(move_id(x, 1))
+    late = d.edit_offline(delete_id(x))
+    a.send(ua)
+    b.sync()                                      # ed reconnects: move + the whole delete set
+    c.sync()
+    assert h.ids().count(x) == 1 and len(h.ids()) == 5
+    settle(h, a, b, c)
+    # the losing copies are moved-away items too: a delete that saw none of the moves still wins
+    d.send(late)
+    assert x not in h.ids() and len(h.ids()) == 4
+    settle(h, a, b, c, d)
+
+
+def test_a_delete_of_a_losing_copy_still_wins():
+    """alice and ed move the entry concurrently; ed's copy loses (the greatest item id wins) and,
+    before ed learns that, ed deletes its copy: the delete wins over alice's move."""
+    h = make(4)
+    h.do("set_collaborator", user_id="ed", role="editor")
+    a, b = Client(h, "alice", client_id=2000), Client(h, "ed", client_id=1000)
+    a.sync()
+    b.sync()
+    x = h.ids()[1]
+    ua = a.edit_offline(move_id(x, 3))
+    ub = b.edit_offline(move_id(x, 0))
+    ub2 = b.edit_offline(delete_id(x))
+    a.send(ua)
+    b.send(ub)                                    # loses to alice's copy (client 2000 > 1000)
+    assert h.ids().count(x) == 1 and h.ids()[3] == x
+    b.send(ub2)
+    assert x not in h.ids()
+    settle(h, a, b)
+
+
+def test_a_move_held_back_for_a_missing_update_is_not_a_delete():
+    """yrs holds back an update that depends on one it lacks: its delete set already shows, its copy
+    does not yet. A move is still a move."""
+    h, (a, b, _) = three()
+    x = h.ids()[1]
+    u1 = b.edit_offline(lambda c: c.tracks.append(c.entry("n1", T(9))))
+    u2 = b.edit_offline(move_id(x, 4))                # after n1: depends on u1
+    a.edit(move_id(x, 0))
+    out = b.send(u2)
+    assert not out.records and h.ids()[0] == x       # held, nothing deleted
+    b.send(u1)
+    assert h.ids().count(x) == 1 and "n1" in h.ids() and len(h.ids()) == 5
+    settle(h, a, b)
+
+
+def test_undo_of_a_delete_still_restores_after_moves():
+    """A Yjs UndoManager undo of a delete re-inserts the entry (the deleter's own copy), also when
+    the deleted entry had been moved before, and the undone delete is not taken for a late one."""
+    h, (a, b, _) = three()
+    x = h.ids()[1]
+    a.edit(move_id(x, 3))
+    b.receive(h.events)
+    um = UndoManager(scopes=[b.tracks], capture_timeout_millis=0)
+    b.edit(delete_id(x))
+    assert x not in h.ids()
+    b._capture = True
+    try:
+        um.undo()
+    finally:
+        b._capture = False
+    (undo,), b._out = b._out, []
+    out = b.send(undo)
+    assert out.reply["rejected"] == [] and h.ids()[3] == x
+    assert h.e.doc.by_id[x].added_by == "alice"
+    a.receive(h.events)
+    b.sync()                                      # reconnecting (whole delete set) changes nothing
+    assert h.ids()[3] == x and len(h.ids()) == 4
+    settle(h, a, b)
+
+
+def test_scan_update_reads_item_ids_clocks_and_deletes():
+    d = Doc(client_id=7)
+    tracks, junk = d.get("tracks", type=Array), d.get("junk", type=Text)
+    for i in range(6):
+        tracks.append(Map({"id": f"e{i}", "uri": T(i), "added_by": "a", "added_at": 1.0}))
+    junk += "a\U0001F600b"                          # clocks count UTF-16 units
+    d.get("junk2", type=Map)["k"] = {"a": [1, 2.5, None, True, "x"], "b": -300}
+    del tracks[1]
+    tracks.append(Map({"id": "e9", "uri": T(9), "added_by": "a", "added_at": 2.0}))
+    u = d.get_update()
+    s = scan_update(u)
+    assert s.ends == decode_state_vector(d.get_state())
+    assert s.deletes == [(7, 5, 5)]
+    pd = PlaylistDoc(u)
+    for p, e in enumerate(pd.entries):
+        assert s.ids[e.id] == [pd.item_id(p)] == [e.yid]
+    with pytest.raises(ValueError):
+        scan_update(u[:len(u) // 2])
+
+
+def test_item_ids_survive_snapshots_old_and_new():
+    h, (a, _, _) = three(6)
+    a.edit(move_id(h.ids()[0], 5))
+    h.do("reorder", range_start=0, insert_before=3)
+    h.compact()
+    assert all(len(r) == 6 for r in h.snap["rows"]) and h.snap["tomb"]
+    h.restart()
+    check_mirror(h.e)
+    assert all(e.yid is not None for e in h.e.doc.entries) and len(h.e.doc.tomb) == 2
+    old = dict(h.snap, rows=[r[:4] for r in h.snap["rows"]])          # rows without item ids
+    old.pop("tomb")
+    e2 = PlaylistEntity(PID, h.env)
+    e2.restore(old)
+    assert [e.yid for e in e2.doc.entries] == [e.yid for e in h.e.doc.entries]
 
 
 def test_offline_edits_merge_on_reconnect():

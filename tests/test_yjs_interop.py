@@ -648,11 +648,6 @@ async def move_against_delete(http, url, pid, token, mover: Y, deleter: Y, m: Mi
     return final
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "actors/playlist.py _correct: a delete that arrives after a concurrent move of the same entry "
-    "only deletes the original Yjs item, which the move already deleted (a no-op), so the moved "
-    "copy survives; with the opposite arrival order the copy is deleted (CONFLICT, delete wins). "
-    "The outcome depends on arrival order; docs/playlist-document.md says the delete wins."))
 async def test_a_delete_arriving_after_a_concurrent_move_still_wins(server, cat, http, users, ynode):
     mint = server.auth.mint
     o = mint(users["owner"])
@@ -671,10 +666,6 @@ async def test_a_delete_arriving_after_a_concurrent_move_still_wins(server, cat,
         await app.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "actors/playlist.py: the same as above with a REST reorder: a Yjs client's delete of an entry "
-    "that a concurrent REST/websocket reorder moved (server-side delete + copy) removes only the "
-    "original item, so the deleted entry stays in the playlist; a user's delete is silently lost."))
 async def test_a_yjs_delete_concurrent_with_a_rest_reorder_wins(server, cat, http, users, ynode):
     mint = server.auth.mint
     o = mint(users["owner"])
