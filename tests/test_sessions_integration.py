@@ -167,10 +167,13 @@ async def test_a_like_on_one_gateway_is_pushed_to_the_other(cluster, catalog, ht
     assert latency_ms < PUSH_DEADLINE_S * 1000, latency_ms
 
     # and back: an unlike on the laptop reaches the phone; REST on g1 reaches both sockets
-    mark_p = phone.mark()
-    await laptop.request("library.remove", {"uris": [uri]}, op_id=f"{unique}-2")
+    mark_p, mark_l = phone.mark(), laptop.mark()
+    res = await laptop.request("library.remove", {"uris": [uri]}, op_id=f"{unique}-2")
     push = await phone.wait(lambda f: f.get("type") == "library.changed", since=mark_p, timeout=PUSH_DEADLINE_S)
     assert push["payload"]["changes"] == [{"op": "remove", "uri": uri, "added_at": None}]
+    # the sender gets its own change pushed too, right after its answer (same stream, in order)
+    own = await laptop.wait(lambda f: f.get("type") == "library.changed", since=mark_l, timeout=PUSH_DEADLINE_S)
+    assert own["version"] == res["version"]
     mark_p, mark_l = phone.mark(), laptop.mark()
     album = [a.id for a in catalog.albums][3]
     status, _ = await rest(http, "PUT", f"{g1}/v1/me/albums?ids={album}", mint(unique))
