@@ -1,0 +1,118 @@
+"""Workload W2 (Connect): U users x D devices on websockets, one command per user every P seconds.
+
+    .venv/bin/python -m simulations.bench_connect [--users 1000] [--devices 3] [--period 2] [--seconds 20]
+                                                  [--transfer-share 0.1] [--url URL --data-dir DIR] [--floor]
+    (the same as: syncopate simulate connect --users 1000 --devices 3 --period 2 --seconds 20)
+
+Reports p50/p99/max of command -> the new state received by ALL of that user's devices, and of
+transfer -> the target device received a state in which it is active and playing; plus lost states
+(a device that never got a state, or skipped a revision) and out-of-order pushes.
+--floor first runs the floor of ../shared/bench/connect_floor (a bare aiohttp broadcast server, no
+auth, no actors, no storage) with its own W2 client in this session, for comparison.
+Targets on the 2-core machine: command p99 <= 15 ms, transfer p99 <= 25 ms, nothing lost or reordered.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FLOOR = Path(os.environ.get("SYNCOPATE_CONNECT_FLOOR", Path(__file__).resolve().parents[2] / "shared" / "bench"
+                            / "connect_floor"))
+
+
+def run_floor(users: int, devices: int, period: float, seconds: float) -> dict | None:
+    server, client = FLOOR / "floor_server.py", FLOOR / "w2_client.py"
+    if not server.exists():
+        print(f"no floor at {FLOOR}", file=sys.stderr)
+        return None
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([sys.executable, str(server), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        out = subprocess.run([sys.executable, str(client), "--url", f"ws://127.0.0.1:{port}/ws", "--users",
+                              str(users), "--devices", str(devices), "--period", str(period), "--seconds",
+                              str(seconds)], capture_output=True, text=True, timeout=seconds + 300, check=False)
+        line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+        return json.loads(line) if line else {"error": out.stderr[-500:]}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulations.bench_connect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--devices", type=int, default=3)
+    p.add_argument("--period", type=float, default=2.0)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--transfer-share", type=float, default=0.1)
+    p.add_argument("--url")
+    p.add_argument("--data-dir")
+    p.add_argument("--secret")
+    p.add_argument("--store", default="sqlite", choices=("sqlite", "postgres", "tiered"))
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--out", default=None, help="report directory (default reports/bench-connect-TIMESTAMP)")
+    p.add_argument("--floor", action="store_true", help="also run the floor server's W2 in this session")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from simulations.cli import _secret
+    from simulations.faults import FaultSpec
+    from simulations.harness import OwnServer, Target, run_scenario
+
+    floor = run_floor(a.users, a.devices, a.period, a.seconds) if a.floor else None
+    own = None
+    if a.url:
+        target = Target.from_url(a.url, _secret(a))
+    else:
+        own = OwnServer(store=a.store, faults=FaultSpec(), hosts=a.hosts).start()
+        target = own.target()
+    out = a.out or f"reports/bench-connect-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        rep = asyncio.run(run_scenario("connect", target, {"users": a.users, "devices": a.devices,
+                                                           "rate": 1.0 / a.period, "transfer_share": a.transfer_share},
+                                       seconds=a.seconds, out_dir=out, quiet=a.quiet))
+    finally:
+        if own is not None:
+            own.stop()
+    w2 = rep["w2"]
+    c, t = w2["command_to_all_devices_ms"], w2["transfer_to_playing_ms"]
+    lines = [(f"W2: {a.users} users x {a.devices} devices, one command per user every {a.period:g} s, "
+              f"{a.seconds:g} s, store {target.store}"), "",
+             "| measure | count | p50 ms | p99 ms | max ms | target p99 |", "|---|---:|---:|---:|---:|---:|",
+             f"| command -> all devices | {c['count']} | {c['p50']} | {c['p99']} | {c['max']} | 15 |",
+             f"| transfer -> new device playing | {t['count']} | {t['p50']} | {t['p99']} | {t['max']} | 25 |"]
+    if floor:
+        lines.append(f"| floor (bare aiohttp broadcast) | {floor.get('completed')} | {floor.get('p50_ms')} | "
+                     f"{floor.get('p99_ms')} | {floor.get('max_ms')} | |")
+    conv = rep["convergence"]
+    lines += ["", (f"lost states {w2['lost_states']}, revision gaps {w2['revision_gaps']}, out of order "
+                   f"{w2['out_of_order']}, transfers not playing {w2['transfers_not_playing']}; converged: "
+                   f"{conv.get('ok')}; setup revision gaps (devices registering together) "
+                   f"{conv.get('setup_revision_gaps')}; refusals {w2['refused']}; server CPU mean "
+                   f"{rep['resources'].get('server_cpu_pct_mean')} %; report {out}/report.md")]
+    print("\n".join(lines))
+    return 0 if rep["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
