@@ -97,10 +97,24 @@ class WsSession:
         self._subscribe(None, f"{m.SESSION}:{p.user_id}", None, reply=False,
                         done=lambda ok: subscribed.done() or subscribed.set_result(ok))
         if not await subscribed:
-            log.warning("session subscribe failed for %s", p.user_id)
+            # e.g. the store was unreachable: keep trying in the background, or this connection
+            # would never see its library and presence pushes.
+            log.warning("session subscribe failed for %s; retrying", p.user_id)
+            _spawn(self._resubscribe_session())
         conn.send({"type": T.HELLO.value, "payload": {"user_id": p.user_id, "product": p.product,
                                                       "connection_id": conn.id, "gateway": self.ctx.gateway_id,
                                                       "server_time_ms": int(time.time() * 1000)}})
+
+    async def _resubscribe_session(self) -> None:
+        key = f"{m.SESSION}:{self.conn.principal.user_id}"
+        delay = 0.25
+        while not self.conn.closed and key not in self.conn.subs:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            done = asyncio.get_running_loop().create_future()
+            self._subscribe(None, key, None, reply=False, done=lambda ok: done.done() or done.set_result(ok))
+            if await done:
+                return
 
     def closed(self) -> None:
         conn, ctx = self.conn, self.ctx
@@ -188,6 +202,9 @@ class WsSession:
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=env.op_id, origin=self.origin)
         answer = self._answer(env.id, t0)
         if env.type == T.DEVICE_REGISTER:
+            # The host registers this gateway's interest while handling the register itself, so a
+            # device registering beside others misses none of their pushes.
+            cmd.follow = True
             answer = self._after_register(answer, args.get("device_id"))
         if ctx.needs_prepare(cmd):
             _spawn(self._prepared(cmd, answer))
@@ -206,9 +223,8 @@ class WsSession:
         def callback(ok, payload, version):
             if ok:
                 self.conn.registered_device = device_id
-                # The device follows its group: subscribe before answering, in the same stream turn.
+                # The device follows its group from this answer on (same stream turn as the pushes).
                 self.ctx.hub.subscribe(self.conn, f"{m.DEVICE_GROUP}:{self.conn.principal.user_id}", version)
-                self._subscribe(None, f"{m.DEVICE_GROUP}:{self.conn.principal.user_id}", version, reply=False)
             answer(ok, payload, version)
         return callback
 

@@ -58,6 +58,8 @@ def run_floor(users: int, devices: int, period: float, seconds: float) -> dict |
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simulations import tune_gc
+    tune_gc()
     p = argparse.ArgumentParser(prog="python -m simulations.bench_connect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=1000)

@@ -429,6 +429,8 @@ def entity_model(changes: int) -> dict:
 # ==================================================================================================
 
 def main() -> None:
+    from simulations import tune_gc
+    tune_gc()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--conns", type=int, default=2, choices=(1, 2), help="connections per user (2: measure pushes)")

@@ -172,6 +172,8 @@ async def _activation(store_name: str, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simulations import tune_gc
+    tune_gc()
     p = argparse.ArgumentParser(prog="python -m simulations.bench_runtime", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stores", default="sqlite,postgres")

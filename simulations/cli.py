@@ -151,6 +151,8 @@ def _simulate(args) -> int:
         target = own.target()
         if catalog is not None:
             target.catalog = catalog
+    from simulations import tune_gc
+    tune_gc()
     try:
         report = asyncio.run(run_scenario(cls, target, _params(args, cls), seconds=args.seconds, out_dir=out,
                                           faults=faults, quiet=args.quiet, plots=not args.no_plots))
