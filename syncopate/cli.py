@@ -10,8 +10,12 @@ def _serve(args) -> int:
 
     from syncopate.logs import setup_logging
     setup_logging(args.log_level, "driver")
+    hosts = args.hosts if args.hosts is not None else (2 if args.postgres_dsn else 1)
+    if hosts < 1:
+        print("--hosts must be at least 1", file=sys.stderr)
+        return 2
     spec = ServerSpec(data_dir=args.data_dir, host=args.host, port=args.port, redis_url=args.redis_url,
-                      postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=args.hosts,
+                      postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=hosts,
                       gateways=args.gateways, catalog=args.catalog, secret=args.secret,
                       idle_timeout_s=args.idle_timeout, log_level=args.log_level)
     if args.redis_url and not args.postgres_dsn:
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--redis-url")
     s.add_argument("--postgres-dsn")
     s.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
-    s.add_argument("--hosts", type=int, default=2, help="entity host actors")
+    s.add_argument("--hosts", type=int, default=None,
+                   help="entity host actors (default: 1 on SQLite, which has one writer at a time; 2 otherwise)")
     s.add_argument("--gateways", type=int, default=1, help="gateway actors (share --port via SO_REUSEPORT)")
     s.add_argument("--catalog", help="catalog file (docs/catalog.md); default: generated, 10,000 tracks")
     s.add_argument("--secret", help="token signing secret (default: <data-dir>/secret.key)")
