@@ -19,7 +19,7 @@ USER_ID_MAX = 128
 ROLES = ("editor", "viewer")
 OWNER_META = frozenset({"public", "collaborative"})      # only the owner changes these
 FUTURE_SLACK_MS = 86_400_000                              # client clocks may run ahead by a day
-ENTRY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENTRY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def bad(message: str, code: ErrorCode = ErrorCode.INVALID_FIELD, **details) -> SyncopateError:

@@ -44,7 +44,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     cfg = ctx.config
     # Hard cap well above the soft limit: an oversize frame within it gets an error frame and the
     # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
-    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4)
+    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
+                               compress=False)   # small frames: deflate costs both ends more than it saves
     await ws.prepare(request)
     client = request.query.get("client", "app")[:32]
     device_id = request.query.get("device_id") or principal.device_id

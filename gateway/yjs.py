@@ -77,7 +77,8 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
             raise SyncopateError(ErrorCode.NOT_FOUND, "no such playlist")
     except SyncopateError as err:
         return error_response(err)
-    ws = web.WebSocketResponse(heartbeat=ctx.config.heartbeat_s, max_msg_size=ctx.config.max_frame_bytes * 4)
+    ws = web.WebSocketResponse(heartbeat=ctx.config.heartbeat_s, max_msg_size=ctx.config.max_frame_bytes * 4,
+                               compress=False)   # small frames: deflate costs both ends more than it saves
     await ws.prepare(request)
     conn = Connection(ctx.hub.new_id(), principal, encoding="yjs", client="yjs", device_id=principal.device_id,
                       send_raw=ws.send_bytes, close=lambda code, reason: ws.close(code=code, message=reason.encode()))

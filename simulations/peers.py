@@ -8,15 +8,12 @@ The peers (y-websocket 1.5 reference server on 1234, Hocuspocus on 1235, pycrdt-
 come from ../shared/bench/peers/peers.sh: installed into $PEERS_DIR (default $TMPDIR/fanout-peers)
 if missing, started if not listening, stopped afterwards if this command started them.
 
-Two changes to the client, applied to a copy at run time, because this server validates what Yjs
-clients write (issue 3) and the shared client's `--schema playlist` entries are invalid here:
-fanout.mjs draws random track uris, and this server refuses a uri that is not in its catalog
-(issue 2: "a well-formed one that is not in the catalog is refused where it is used"); and its entry
-ids `${k}-${sent}-${Math.random()}` contain a '.', outside the entry id alphabet [A-Za-z0-9_-]
-(docs/playlist-document.md). Both would make the server correct every entry away (0 delivered).
-The copy draws its uris from the server's catalog (a file named by FANOUT_URIS) and writes the
-same random part of the id in base 36; everything else (Yjs clients, providers, schema, timing,
-measurement) is the shared client unchanged, and the SAME copy runs against every server. Against this server: D playlists created by one user, who is every
+One change to the client, applied to a copy at run time, because this server validates what Yjs
+clients write (issue 3): fanout.mjs draws random track uris, and this server refuses a uri that is
+not in its catalog (issue 2: "a well-formed one that is not in the catalog is refused where it is
+used"), which would correct every entry away (0 delivered). The copy draws its uris from the
+server's catalog (a file named by FANOUT_URIS); everything else (Yjs clients, providers, schema,
+timing, measurement) is the shared client unchanged, and the SAME copy runs against every server. Against this server: D playlists created by one user, who is every
 client's token (`--query ?token=`), entries added_by that user (`--user`), `--schema playlist`.
 
 W1 = --docs 20 --clients 10 --rate 5 --seconds 10 (200 clients, 1,000 edits/s, 9,000 deliveries/s).
@@ -88,11 +85,6 @@ def client_script() -> Path:
             "const trackUri = () => CATALOG_URIS ? CATALOG_URIS[Math.floor(Math.random() * CATALOG_URIS.length)] : "
             "'spotify:track:' + Array.from({ length: 22 }, () => B62[Math.floor(Math.random() * 62)]).join('')")
     src = pat.sub(lambda m: repl, src, count=1)
-    # entry ids: `${k}-${sent}-${Math.random()}` holds a '.', outside this server's entry id alphabet
-    # ([A-Za-z0-9_-], docs/playlist-document.md): the same randomness in base 36
-    old_id = "['id', `${k}-${sent}-${Math.random()}`]"
-    if old_id in src:
-        src = src.replace(old_id, "['id', `${k}-${sent}-${Math.random().toString(36).slice(2)}`]")
     out = peers_dir() / "fanout_catalog.mjs"
     out.write_text(src)
     return out
