@@ -1,6 +1,5 @@
 """Bad input at the gateway: each gets a clear error, nothing crashes, the connection lives on."""
 import asyncio
-import time
 
 import aiohttp
 import msgpack

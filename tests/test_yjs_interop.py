@@ -293,7 +293,7 @@ async def test_yjs_app_and_rest_converge_on_one_document(server, cat, http, user
         await a.wait(has_ids=b_ids)
         # REST and the app websocket -> Yjs
         await add(http, server.url, pid, o, [uris[5]], position=0)
-        res = await app.ok("playlist.add", {"id": pid, "uris": [uris[6]]})
+        await app.ok("playlist.add", {"id": pid, "uris": [uris[6]]})
         await converge(http, server.url, pid, o, [a, b], [m])
         # a Yjs move and a concurrent Yjs delete, a REST reorder, an app-websocket removal
         await a.do("move", id=a_ids[0], to=0)
@@ -418,7 +418,6 @@ async def test_local_server_restart_with_old_copies_duplicates_nothing(cat, http
 
 @pytest.mark.ray
 async def test_ray_hosts_restarted_old_copies_duplicate_nothing(ray_server, http, unique, node_ready, tmp_path):
-    import ray
     from catalog import Catalog
     from gateway.auth import Auth
     cat = Catalog.generated()
@@ -543,7 +542,7 @@ async def test_yjs_insert_beyond_ten_thousand_entries_is_refused_whole(server, c
     await ed.wait(synced=True, length=9_999, timeout=30)
     two = await ed.insert(ed.entry(uris[0]), ed.entry(uris[1]), index=0)       # 10,001: refused whole
     one = await ed.insert(ed.entry(uris[2]))                                      # 10,000: fine
-    st = await ed.wait(length=10_000, lacks_ids=two, has_ids=one, timeout=20)
+    await ed.wait(length=10_000, lacks_ids=two, has_ids=one, timeout=20)
     st_, body = await rest(http, "GET", f"{server.url}/v1/playlists/{pid}", o)
     assert body["tracks"]["total"] == 10_000
     page = await get_json(http, f"{server.url}/v1/playlists/{pid}/items?offset=9999&limit=1", o)
@@ -749,7 +748,6 @@ async def test_every_acknowledged_edit_survives_a_host_crash(ray_server, http, u
     edit counts as acknowledged once the app subscriber got it in a push (pushes follow the
     durable commit); a REST add once it answered 201 (retried with its Idempotency-Key). Every
     acknowledged edit is there at the end, and every replica converges."""
-    import ray
     from actors.placement import owner as owner_of
     from catalog import Catalog
     from gateway.auth import Auth
