@@ -22,12 +22,12 @@ from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import BASE62
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
+from tests.spotify_clients import spotipy_client, tekore_client
 
 spotipy = pytest.importorskip("spotipy")
 tk = pytest.importorskip("tekore")
 
 SECRET = "library-rest-secret-0123456789-abcdefgh"
-SPOTIFY = "https://api.spotify.com/v1/"
 _rng = random.Random(5)
 
 
@@ -35,27 +35,6 @@ def random_id() -> str:
     return "".join(_rng.choice(BASE62) for _ in range(22))
 
 
-class Rebase(tk.ExtendingSender):
-    """tekore's own extension point (a Sender) pointing its fixed api.spotify.com base at us."""
-
-    def __init__(self, base: str) -> None:
-        super().__init__(None)
-        self.base = base
-
-    def send(self, request):
-        if request.url.startswith(SPOTIFY):
-            request.url = self.base + request.url[len(SPOTIFY):]
-        return self.sender.send(request)
-
-
-def spotipy_client(url: str, token: str):
-    sp = spotipy.Spotify(auth=token, requests_timeout=10, retries=0, status_retries=0)
-    sp.prefix = url + "/v1/"
-    return sp
-
-
-def tekore_client(url: str, token: str):
-    return tk.Spotify(token, sender=Rebase(url + "/v1/"))
 
 
 @pytest.fixture(scope="module")
