@@ -49,14 +49,18 @@ async def test_reply_waits_for_commit(host):
     gate = asyncio.Event()
     real_append = store.append
 
+    committing = asyncio.Event()
+
     async def slow_append(batch):
+        committing.set()
         await gate.wait()
         return await real_append(batch)
 
     store.append = slow_append
     task = asyncio.create_task(host.call(add(5)))
     read = asyncio.create_task(host.call(Command("counter", "c1", "get", {}, USER)))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(committing.wait(), 5)    # the write is in the store, not yet committed
+    await host.call(Command("counter", "other", "get", {}, USER))   # the host kept serving meanwhile
     assert not task.done() and not read.done()     # neither the write nor a read of it is released
     gate.set()
     assert (await task)[0] == {"total": 5}

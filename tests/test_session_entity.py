@@ -659,7 +659,7 @@ async def test_on_the_entity_host_with_passivation_and_ticks():
                                                 "gateway": "gw1"}, SYSTEM))
         reply, v2 = await host.call(cmd("library_save", {"uris": [turi(0), f"spotify:playlist:{PLAYLISTS[0]}"]}))
         assert reply == {"changed": True, "library_version": v2} and v2 == v + 1
-        await asyncio.sleep(0.05)
+        await until(lambda: any(i[3] == "library.changed" and i[2] == v2 for i in delivered))
         pushes = [i for i in delivered if i[3] == "library.changed"]
         assert pushes and pushes[-1][2] == v2 and pushes[-1][4]["library_version"] == v2
         assert [(c.kind, c.op) for c in dispatched] == [("playlist", "follow")]
@@ -667,8 +667,7 @@ async def test_on_the_entity_host_with_passivation_and_ticks():
         assert not await host.passivate_idle(now[0] + 3600)
         now[0] += CONNECTION_TIMEOUT_MS / 1000 + 10
         host.run_ticks()
-        await asyncio.sleep(0.05)
-        assert any(i[3] == "session.changed" and i[4]["reason"] == "timeout" for i in delivered)
+        await until(lambda: any(i[3] == "session.changed" and i[4]["reason"] == "timeout" for i in delivered))
         assert await host.passivate_idle(now[0] + 3600) == 1
         # re-activation from the snapshot
         reply, v3 = await host.call(cmd("library_list", {"type": "track"}))
@@ -786,3 +785,11 @@ async def test_two_connections_see_each_others_library_changes_and_sign_out(serv
         await recv(again, "hello")
         for ws in (phone, bob, again):
             await ws.close()
+
+
+async def until(cond, timeout: float = 5.0) -> None:
+    """Wait for `cond()` to hold, with a deadline (the condition, not a guessed delay)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.001)

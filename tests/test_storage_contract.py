@@ -332,7 +332,13 @@ async def test_postgres_append_waiting_on_acquire_sees_the_new_epoch():
             await tx.start()
             await conn.execute(f"UPDATE {s.prefix}owners SET epoch = epoch + 1 WHERE key = 'k'")
             pending = asyncio.create_task(s.append([Append("k", e, recs(1))]))
-            await asyncio.sleep(0.2)
+            # wait until PostgreSQL itself reports the append waiting on the owner row's lock
+            deadline = asyncio.get_running_loop().time() + 10
+            async with s._pool.acquire() as probe:
+                while not await probe.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                               " AND query LIKE '%owners%'"):
+                    assert asyncio.get_running_loop().time() < deadline, "the append never waited on the lock"
+                    await asyncio.sleep(0.005)
             assert not pending.done()           # blocked on the owner row
             await tx.commit()
             assert codes(await pending) == [ErrorCode.STALE_EPOCH]

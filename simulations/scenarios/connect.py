@@ -255,6 +255,9 @@ class Connect(Scenario):
                 if not str(msg.get("entity", "")).startswith("devicegroup:"):
                     return
                 self.rec.count("resync:devicegroup")
+                # A resync is the whole state again, like a re-registration: a new baseline. The
+                # revisions in between were replaced by it, not lost (docs/protocol.md, resync).
+                d.last_rev = None
             self._arrive(d, msg.get("version"), msg.get("payload") or {}, t)
         return handler
 
