@@ -21,6 +21,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from protocols import codec
+from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP, SESSION, MessageType
 
 log = logging.getLogger("syncopate.gateway")
@@ -132,16 +133,30 @@ class GatewayServer:
         for key in self.hub.keys():
             if self.dispatcher.host_of(key) != host:
                 continue
-            kind, _, eid = key.partition(":")
             for conn in list(self.hub.subs.get(key, ())):
-                since = conn.subs.get(key)
+                self._resubscribe_one(conn, key, attempt=0)
 
-                def callback(ok, payload, version, conn=conn, key=key):
-                    if ok:
-                        conn.subs[key] = max(version, conn.subs.get(key, 0))
-                        conn.send(codec.push(MessageType.RESYNC.value, key, version, payload))
-                    else:
-                        self.hub.unsubscribe(conn, key)
+    def _resubscribe_one(self, conn, key: str, attempt: int) -> None:
+        if conn.closed or conn not in self.hub.subs.get(key, ()):
+            return
+        kind, _, eid = key.partition(":")
+        since = conn.subs.get(key)
 
-                self.dispatcher.request(Command(kind, eid, "subscribe", {} if since is None else {"since": since},
-                                                conn.principal, origin=(self.gateway_id, conn.id)), callback)
+        def callback(ok, payload, version):
+            if ok:
+                conn.subs[key] = max(version, conn.subs.get(key, 0))
+                conn.answered[key] = conn.subs[key]
+                conn.send(codec.push(MessageType.RESYNC.value, key, version, payload))
+            elif isinstance(payload, SyncopateError) and payload.retryable and attempt < 40:
+                # The restarted host may still be starting, or its stream re-opening: try again
+                # rather than leave this connection deaf to the entity for good.
+                asyncio.get_running_loop().call_later(min(0.1 * 2 ** attempt, 2.0), self._resubscribe_one,
+                                                      conn, key, attempt + 1)
+            else:
+                # Refused for real (e.g. access lost): stop pushing, and say so.
+                self.hub.unsubscribe(conn, key)
+                err = payload if isinstance(payload, SyncopateError) else SyncopateError(ErrorCode.INTERNAL, str(payload))
+                conn.send({"type": MessageType.ERROR.value, "entity": key, "error": err.to_wire()})
+
+        self.dispatcher.request(Command(kind, eid, "subscribe", {} if since is None else {"since": since},
+                                        conn.principal, origin=(self.gateway_id, conn.id)), callback)
