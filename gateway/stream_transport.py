@@ -76,10 +76,15 @@ class StreamTransport:
         except Exception:
             log.exception("stream to host %d failed", host)
         finally:
-            if self.writers[host] is writer:
+            current = self.writers[host] is writer
+            if current:
                 self.writers[host] = None
             writer.close()
-            self.on_lost(host)           # what was in flight on this stream will not be answered
+            if current:
+                # What was in flight on this stream will not be answered. A stream already replaced
+                # (ping found a new incarnation) was reported then; reporting it again would fail
+                # requests that went out on the new stream.
+                self.on_lost(host)
 
     def send(self, host: int, requests: list) -> None:
         w = self.writers[host]
