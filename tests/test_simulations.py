@@ -399,10 +399,6 @@ def _fault_row(report, kind):
 
 
 @LIVE
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent (about 1 run in 3 in CI before the last two gateway fixes): after a host kill, 2 of 48 "
-    "device replicas sometimes stay one revision behind for the 10 s the check waits. Every "
-    "acknowledged change is present in those runs (acked_missing 0). Open defect, see the closing note."))
 async def test_faults_kill_host_and_kill_gateway(ray_session, tmp_path):
     from simulations.harness import OwnServer, run_scenario
     loop = asyncio.get_running_loop()

@@ -173,7 +173,11 @@ class Mixed(Scenario):
                 self.rec.count("resync:devicegroup")
                 # A resync is the whole state again, like a re-registration: a new baseline. The
                 # revisions in between were replaced by it, not lost (docs/protocol.md, resync).
-                d.last_rev = None
+                # (Not reset to None: a resync at the version the device already has is skipped
+                # as a duplicate below, and must leave the device at its revision.)
+                rev = (msg.get("payload") or {}).get("revision")
+                if isinstance(rev, int) and (d.last_rev is None or rev > d.last_rev):
+                    d.last_rev = rev
             self._arrive(d, msg.get("version"), msg.get("payload") or {})
         return handler
 
