@@ -101,6 +101,16 @@ def track_cluster(d: _Dev, v, cluster: dict, t: float) -> bool:
     return True
 
 
+def resync_baseline(d, msg: dict) -> None:
+    """A resync is the whole state again, like a re-registration: a new baseline. The revisions in
+    between were replaced by it, not lost (docs/protocol.md, resync). Not a reset to None: a resync
+    at the version the device already has is skipped as a duplicate, and must leave the device at
+    its revision."""
+    rev = (msg.get("payload") or {}).get("revision")
+    if isinstance(rev, int) and (d.last_rev is None or rev > d.last_rev):
+        d.last_rev = rev
+
+
 def reset_gaps(users: list) -> int:
     """Revision gaps seen while setting up (devices registering together); the load phase counts anew."""
     n = 0
@@ -255,13 +265,7 @@ class Connect(Scenario):
                 if not str(msg.get("entity", "")).startswith("devicegroup:"):
                     return
                 self.rec.count("resync:devicegroup")
-                # A resync is the whole state again, like a re-registration: a new baseline. The
-                # revisions in between were replaced by it, not lost (docs/protocol.md, resync).
-                # (Not reset to None: a resync at the version the device already has is skipped
-                # as a duplicate below, and must leave the device at its revision.)
-                rev = (msg.get("payload") or {}).get("revision")
-                if isinstance(rev, int) and (d.last_rev is None or rev > d.last_rev):
-                    d.last_rev = rev
+                resync_baseline(d, msg)
             self._arrive(d, msg.get("version"), msg.get("payload") or {}, t)
         return handler
 

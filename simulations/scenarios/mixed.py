@@ -40,6 +40,7 @@ from simulations.scenarios.connect import (
     _User,
     device_verdict,
     reset_gaps,
+    resync_baseline,
     server_revisions,
     track_cluster,
 )
@@ -171,13 +172,7 @@ class Mixed(Scenario):
                 if not str(msg.get("entity", "")).startswith("devicegroup:"):
                     return
                 self.rec.count("resync:devicegroup")
-                # A resync is the whole state again, like a re-registration: a new baseline. The
-                # revisions in between were replaced by it, not lost (docs/protocol.md, resync).
-                # (Not reset to None: a resync at the version the device already has is skipped
-                # as a duplicate below, and must leave the device at its revision.)
-                rev = (msg.get("payload") or {}).get("revision")
-                if isinstance(rev, int) and (d.last_rev is None or rev > d.last_rev):
-                    d.last_rev = rev
+                resync_baseline(d, msg)
             self._arrive(d, msg.get("version"), msg.get("payload") or {})
         return handler
 
