@@ -42,6 +42,7 @@ class GatewayContext:
         self.metrics = metrics
         self.health = health
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
+        self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
 
     # -- device-bound tokens ----------------------------------------------------------------------
     def note_push(self, item: tuple) -> None:

@@ -60,13 +60,6 @@ class AwarenessCache:
         return yjs.awareness(yjs.encode_awareness([(c, k, s) for c, (k, s) in self.states.items()]))
 
 
-def _caches(ctx: GatewayContext) -> dict[str, AwarenessCache]:
-    caches = getattr(ctx, "_yjs_awareness", None)
-    if caches is None:
-        caches = ctx._yjs_awareness = {}
-    return caches
-
-
 async def endpoint(request: web.Request) -> web.StreamResponse:
     ctx: GatewayContext = request.app[CTX]
     pid = request.match_info["id"]
@@ -114,7 +107,7 @@ class YjsSession:
         self.restarting = False                      # closing (1012) so the client syncs again
         self.clients: dict[int, int] = {}           # awareness client ids this socket announced -> clock
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
-        self.cache = _caches(ctx).setdefault(self.key, AwarenessCache())
+        self.cache = ctx.yjs_awareness.setdefault(self.key, AwarenessCache())
 
     async def open(self) -> bool:
         """Join the playlist: check access, follow its pushes, send our SyncStep1 and who is here."""
@@ -260,4 +253,4 @@ class YjsSession:
             self._relay(yjs.encode_awareness([(c, k + 1, "null") for c, k in self.clients.items()]))
         for key in self.ctx.hub.remove(self.conn):
             self.ctx.tell(PLAYLIST, self.pid, "unsubscribe", {}, origin=self.origin)
-            _caches(self.ctx).pop(key, None)
+            self.ctx.yjs_awareness.pop(key, None)
