@@ -27,6 +27,7 @@ class Principal:
     device_id: str | None = None      # the device / session the token or connection belongs to
     system: bool = False              # internal commands (effects, gateway notices) only
     issued_at: int = 0                # the token's iat (unix s): a device signed out later refuses it
+    expires_at: int = 0               # the token's exp (unix s); 0 = no token (internal principals)
 
     @property
     def premium(self) -> bool:

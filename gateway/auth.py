@@ -19,6 +19,7 @@ from protocols.errors import ErrorCode, SyncopateError
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 3600
 PRODUCTS = ("premium", "free")
+MAX_TTL_S = 30 * 86400     # the longest token lifetime accepted
 CLOCK_LEEWAY_S = 5          # tolerated clock skew between the machines that mint and check tokens
 
 
@@ -68,11 +69,14 @@ class Auth:
             raise SyncopateError(ErrorCode.TOKEN_EXPIRED, "the access token expired") from None
         except jwt.PyJWTError:
             raise SyncopateError(ErrorCode.UNAUTHORIZED, "invalid access token") from None
+        if int(claims["exp"]) - int(claims.get("iat", claims["exp"])) > MAX_TTL_S:
+            # the gateways forget sign-outs older than this (gateway/context.py): refuse longer lives
+            raise SyncopateError(ErrorCode.UNAUTHORIZED, "the access token lives longer than 30 days")
         product = claims.get("product", "premium")
         if product not in PRODUCTS or not isinstance(claims["sub"], str):
             raise SyncopateError(ErrorCode.UNAUTHORIZED, "invalid access token")
         return Principal(user_id=claims["sub"], product=product, device_id=claims.get("sid"),
-                         issued_at=int(claims.get("iat", 0)))
+                         issued_at=int(claims.get("iat", 0)), expires_at=int(claims["exp"]))
 
 
 def bearer(header: str | None) -> str | None:

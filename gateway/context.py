@@ -9,13 +9,16 @@ from typing import Any, Callable
 from actors.entity import SYSTEM, Command, Principal
 from gateway.auth import Auth
 from gateway.dispatcher import Dispatcher
-from gateway.hub import Hub
+from gateway.hub import Connection, Hub
 from gateway.metrics import GatewayMetrics
+from gateway.subscriptions import Subscriptions
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import parse_uri
+from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
+MAX_TOKEN_TTL_S = 30 * 86400     # gateway/auth.py refuses tokens that live longer
 
 
 @dataclass
@@ -27,6 +30,8 @@ class GatewayConfig:
     rest_burst: float = 200.0
     heartbeat_s: float = 20.0            # websocket ping interval; a dead peer is dropped after ~2x
     session_heartbeat_s: float = 15.0    # connections reported to the session entity (which expires at 45 s)
+    max_queued_bytes: int = 8 << 20      # outbound bytes queued per socket before it is closed (4008)
+    max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
     extra: dict = field(default_factory=dict)
 
 
@@ -41,16 +46,29 @@ class GatewayContext:
         self.config = config
         self.metrics = metrics
         self.health = health
+        self.subscriptions = Subscriptions(gateway_id, hub, dispatcher)
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
 
+    def new_connection(self, principal: Principal, **kw) -> Connection:
+        conn = Connection(self.hub.new_id(), principal, max_queued_bytes=self.config.max_queued_bytes,
+                          on_overflow=lambda c: self.metrics.budget_refused.labels("outbound_bytes").inc(), **kw)
+        self.hub.add(conn)
+        return conn
+
     # -- device-bound tokens ----------------------------------------------------------------------
-    def note_push(self, item: tuple) -> None:
+    def note_push(self, push: Push) -> None:
         """Watch the pushes this gateway routes for sign-outs, so later requests are refused at once."""
-        if item[3] == m.MessageType.SESSION_CHANGED.value and isinstance(item[4], dict) \
-                and item[4].get("reason") == "signed_out" and item[4].get("device_id"):
-            uid = item[1].partition(":")[2]
-            self.revoked[(uid, item[4]["device_id"])] = int(time.time() * 1000)
+        if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
+                and push.payload.get("reason") == "signed_out" and push.payload.get("device_id"):
+            uid = push.key.partition(":")[2]
+            now = int(time.time() * 1000)
+            self.revoked[(uid, push.payload["device_id"])] = now
+            if len(self.revoked) > 1024:
+                # A sign-out older than the longest token lifetime can match no valid token: forget it
+                # (the set grew with every sign-out, for ever).
+                horizon = now - MAX_TOKEN_TTL_S * 1000
+                self.revoked = {k: at for k, at in self.revoked.items() if at >= horizon}
 
     async def check_session(self, principal: Principal) -> None:
         """Refuse a device-bound token whose device was signed out (SESSION_ENDED).
@@ -65,7 +83,7 @@ class GatewayContext:
         at = self.revoked.get((uid, dev))
         if at is not None and principal.issued_at * 1000 <= at:
             raise SyncopateError(ErrorCode.SESSION_ENDED, "this device was signed out")
-        if f"{m.SESSION}:{uid}" in self.hub.subs:
+        if self.subscriptions.has_members(f"{m.SESSION}:{uid}"):
             return
         reply = await self.call(m.SESSION, uid, "check_device", {"device_id": dev, "iat": principal.issued_at})
         if reply.get("revoked"):
@@ -73,7 +91,7 @@ class GatewayContext:
 
     # -- calls into the cluster ---------------------------------------------------------------
     def request(self, cmd: Command, callback) -> None:
-        """Fast path: no preparation needed, answer through `callback(ok, payload, version)`."""
+        """Fast path: no preparation needed, answer through `callback(reply)`."""
         self.metrics.host_calls.labels(cmd.kind).inc()
         self.dispatcher.request(cmd, callback)
 
@@ -112,7 +130,7 @@ class GatewayContext:
 
     def tell(self, kind: str, entity_id: str, op: str, args: dict, origin: tuple[str, str] | None = None) -> None:
         """System notice to an entity (connection closed, ...); failures are logged, not raised."""
-        def done(ok, payload, version):
-            if not ok:
-                log.debug("notice %s.%s failed: %s", kind, op, payload)
+        def done(reply: Reply):
+            if not reply.ok:
+                log.debug("notice %s.%s failed: %s", kind, op, reply.error)
         self.dispatcher.request(Command(kind, entity_id, op, args, SYSTEM, origin=origin), done)

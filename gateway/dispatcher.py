@@ -1,7 +1,8 @@
 """The gateway's end of the host channel: route each command to its owning host, batch, correlate.
 
     request(cmd, callback) -> placement.owner(cmd.key) -> Batcher (one message per host per turn)
-    receive(host, incarnation, items) <- the host's ordered stream of replies ("r") and pushes ("e")
+    receive(host, incarnation, items) <- the host's ordered stream of typed items (protocols/wire.py):
+        ("r", token, Reply) -> the request's callback;  Push -> on_push;  Gap -> on_gap
 
 Replies and pushes from one host arrive on one ordered stream, so a subscriber never sees a push
 older than the state its subscribe answer carried. Callbacks run synchronously while the stream is
@@ -19,25 +20,16 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable
 
 from actors.batching import Batcher
 from actors.entity import Command
 from actors.placement import owner
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import Gap, Push, Reply, Transport
 
 log = logging.getLogger("syncopate.dispatcher")
-Callback = Callable[[bool, Any, int], None]
-
-
-class Transport(Protocol):
-    n_hosts: int
-
-    def send(self, host: int, requests: list[tuple[int, Command]]) -> Awaitable[None] | None:
-        """Hand a batch to host `host`; may return an awaitable that raises if it could not."""
-
-    async def ping(self, host: int) -> str:
-        """The host's incarnation id; raises when the host is unreachable."""
+Callback = Callable[[Reply], None]
 
 
 @dataclass
@@ -48,11 +40,13 @@ class _Pending:
 
 
 class Dispatcher:
-    def __init__(self, gateway_id: str, transport: Transport, on_push: Callable[[tuple], None], *,
-                 timeout_s: float = 15.0, on_host_restart: Callable[[int], None] | None = None) -> None:
+    def __init__(self, gateway_id: str, transport: Transport, on_push: Callable[[Push], None], *,
+                 timeout_s: float = 15.0, on_host_restart: Callable[[int], None] | None = None,
+                 on_gap: Callable[[Gap], None] | None = None) -> None:
         self.gateway_id = gateway_id
         self.transport = transport
         self.on_push = on_push
+        self.on_gap = on_gap or (lambda gap: None)
         self.on_host_restart = on_host_restart or (lambda host: None)
         self.timeout_s = timeout_s
         self._tokens = itertools.count(1)
@@ -79,9 +73,9 @@ class Dispatcher:
     async def call(self, cmd: Command) -> tuple[Any, int]:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
 
-        def callback(ok: bool, payload: Any, version: int) -> None:
+        def callback(reply: Reply) -> None:
             if not fut.done():
-                fut.set_result((payload, version)) if ok else fut.set_exception(payload)
+                fut.set_result((reply.payload, reply.version)) if reply.ok else fut.set_exception(reply.error)
 
         self.request(cmd, callback)
         return await fut
@@ -109,7 +103,7 @@ class Dispatcher:
         for t in tokens:
             p = self._pending.pop(t, None)
             if p is not None:
-                p.callback(False, err, 0)
+                p.callback(Reply.fail(err))
 
     # -- inbound -----------------------------------------------------------------------------
     def receive(self, host: int, incarnation: str, items: list) -> None:
@@ -118,19 +112,19 @@ class Dispatcher:
         self._incarnations[host] = incarnation
         for item in items:
             self.received += 1
-            if item[0] == "r":
-                _, token, ok, payload, version = item
-                p = self._pending.pop(token, None)
-                if p is not None:
-                    try:
-                        p.callback(ok, payload, version)
-                    except Exception:
-                        log.exception("reply callback failed")
-            else:
-                try:
+            try:
+                if isinstance(item, Push):
                     self.on_push(item)
-                except Exception:
-                    log.exception("push routing failed")
+                elif isinstance(item, Gap):
+                    self.on_gap(item)
+                else:
+                    _, token, reply = item
+                    p = self._pending.pop(token, None)
+                    if p is not None:
+                        p.callback(reply)
+            except Exception:
+                # one bad callback must not stop the rest of the host's frame from being routed
+                log.exception("routing a host item failed")
         if restarted:
             # Only subscriptions need redoing here: what was sent to the old incarnation was failed
             # when its stream closed (host_lost); what is pending now went to the new one.

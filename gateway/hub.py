@@ -1,64 +1,89 @@
-"""Connections held by this gateway and what each is subscribed to; routes host pushes to them.
+"""Connections held by this gateway: their identity, their outbound queues and their budgets.
 
-A host pushes an event once per gateway; the hub fans it out to the local connections subscribed
-to the entity, encoding it at most once per encoding. Each connection has its own outbound queue
-drained by one writer task, so one slow socket never stalls the others or the host channel.
+What each connection follows is owned by gateway/subscriptions.py; this module only knows the
+sockets. Each connection has its own outbound queue drained by one writer task, so one slow socket
+never stalls the others or the host channel. The queue is bounded in BYTES (a frame count let a
+client that never reads keep hundreds of megabytes of full playlist answers queued): a connection
+over its budget is closed with 4008 "too slow", and nobody else notices.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Any, Callable
 
 from actors.entity import Principal
 from protocols import codec
+from protocols.errors import ErrorCode, SyncopateError
 
 log = logging.getLogger("syncopate.hub")
-MAX_QUEUED_FRAMES = 10_000          # a connection this far behind is closed rather than buffered forever
+
+CLOSE_TOO_SLOW = 4008            # the client did not read: its outbound budget ran out
+CLOSE_SESSION_ENDED = 4001       # signed out
+CLOSE_TOKEN_EXPIRED = 4401       # the access token expired and was not renewed in time
+CLOSE_TOO_MANY = 4029            # over a budget (sockets per user, frame rate on a Yjs socket)
+
+
+def frame_size(frame: Any) -> int:
+    return len(frame) if isinstance(frame, (bytes, bytearray)) else len(frame) * 4 if isinstance(frame, str) else 64
 
 
 class Connection:
     """One client websocket, transport-agnostic: `send_raw(frame)` and `close()` are given by the adapter."""
 
     def __init__(self, conn_id: str, principal: Principal, *, encoding: str, client: str, device_id: str | None,
-                 send_raw: Callable[[Any], Any], close: Callable[[int, str], Any]) -> None:
+                 send_raw: Callable[[Any], Any], close: Callable[[int, str], Any],
+                 max_queued_bytes: int = 8 << 20, on_overflow: Callable[["Connection"], None] | None = None) -> None:
         self.id = conn_id
         self.principal = principal
         self.encoding = encoding
         self.client = client
         self.device_id = device_id
-        self.subs: dict[str, int] = {}              # entity key -> last version delivered
-        self.answered: dict[str, int] = {}          # entity key -> version of the answer it subscribed with
         self.connected_at = time.time()
         self.registered_device: str | None = None
+        self.max_queued_bytes = max_queued_bytes
         self._send_raw = send_raw
         self._close = close
         self._queue: deque = deque()
+        self.queued_bytes = 0
         self._writer: asyncio.Task | None = None
         self.closed = False
+        self.closing = False
         self.frames_out = 0
-        self.on_push: Callable[["Connection", tuple], bool] | None = None   # Yjs connections override
+        self._on_overflow = on_overflow or (lambda conn: None)
+        # Hooks of the socket's adapter (gateway/ws.py, gateway/yjs.py); subscriptions.py calls them.
+        self.on_push: Callable[["Connection", Any], None] | None = None          # a Yjs socket translates
+        self.on_ended: Callable[["Connection", str, SyncopateError], None] | None = None
+        self.on_access: Callable[["Connection", str, str], None] | None = None   # key, "read" | "write"
+        self.on_resync: Callable[["Connection", str, Any, int], None] | None = None
 
     def send(self, msg: dict) -> None:
         self.send_frame(codec.encode_ws(msg, self.encoding))
 
     def send_frame(self, frame: Any) -> None:
-        if self.closed:
+        if self.closed or self.closing:
             return
-        if len(self._queue) >= MAX_QUEUED_FRAMES:
-            log.warning("connection %s too slow; closing", self.id)
-            self.close(1008, "too slow")
+        size = frame_size(frame)
+        if self.queued_bytes + size > self.max_queued_bytes and self._queue:
+            # Over budget with frames still unread: this client does not keep up. Dropping frames
+            # would leave it with a silent gap; closing tells it to reconnect and resume.
+            log.warning("connection %s too slow (%d bytes queued); closing", self.id, self.queued_bytes)
+            self._on_overflow(self)
+            self.abort(CLOSE_TOO_SLOW, "too slow")
             return
         self._queue.append(frame)
+        self.queued_bytes += size
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
         while self._queue and not self.closed:
             frame = self._queue.popleft()
+            self.queued_bytes -= frame_size(frame)
             try:
                 await self._send_raw(frame)      # awaits the socket's drain: backpressure per connection
                 self.frames_out += 1
@@ -71,8 +96,10 @@ class Connection:
             await asyncio.wait_for(asyncio.shield(self._writer), timeout)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        if self.closed:
+        """Close after what is queued has been written (a sign-out notice reaches the client)."""
+        if self.closed or self.closing:
             return
+        self.closing = True
 
         async def later():
             try:
@@ -84,79 +111,62 @@ class Connection:
 
         asyncio.get_running_loop().create_task(later())
 
+    def abort(self, code: int, reason: str) -> None:
+        """Close now, dropping what is queued (a client over its budget gets nothing more)."""
+        if self.closed:
+            return
+        self.closing = True
+        self.closed = True
+        self._queue.clear()
+        self.queued_bytes = 0
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
 
 class Hub:
-    def __init__(self, gateway_id: str) -> None:
+    """The gateway's connections, by id and by user. Ids are unique across gateway restarts (a random
+    prefix per hub), so a session entry left from before a restart can't address someone's new socket."""
+
+    def __init__(self, gateway_id: str, *, max_sockets_per_user: int = 50) -> None:
         self.gateway_id = gateway_id
+        self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self.conns: dict[str, Connection] = {}
-        self.subs: dict[str, set[Connection]] = {}
-        self.pushes = 0
+        self.by_user: dict[str, set[Connection]] = {}
+        self.max_sockets_per_user = max_sockets_per_user
+        self.refused_sockets = 0
+        self.slow_closed = 0
 
     def new_id(self) -> str:
-        return f"c{next(self._ids)}"
+        return f"c{self._prefix}{next(self._ids)}"
+
+    def admit(self, principal: Principal) -> None:
+        """Refuse a socket beyond the user's budget, before the upgrade (HTTP 429)."""
+        if len(self.by_user.get(principal.user_id, ())) >= self.max_sockets_per_user:
+            self.refused_sockets += 1
+            raise SyncopateError(ErrorCode.RATE_LIMITED,
+                                 f"at most {self.max_sockets_per_user} open sockets per user", retry_after_ms=1000)
 
     def add(self, conn: Connection) -> None:
         self.conns[conn.id] = conn
+        self.by_user.setdefault(conn.principal.user_id, set()).add(conn)
 
-    def remove(self, conn: Connection) -> list[str]:
-        """Forget a connection; returns the entity keys no local connection subscribes to any more."""
+    def remove(self, conn: Connection) -> None:
         self.conns.pop(conn.id, None)
-        emptied = []
-        for key in list(conn.subs):
-            if self.unsubscribe(conn, key):
-                emptied.append(key)
-        return emptied
+        mine = self.by_user.get(conn.principal.user_id)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.by_user[conn.principal.user_id]
 
-    def subscribe(self, conn: Connection, key: str, version: int) -> None:
-        conn.subs[key] = max(version, conn.subs.get(key, -1))
-        conn.answered[key] = conn.subs[key]
-        self.subs.setdefault(key, set()).add(conn)
+    def get(self, conn_id: str, user_id: str | None) -> Connection | None:
+        """The connection with this id, if it is (still) that user's: a push addressed to a connection
+        is delivered only to the user it was meant for."""
+        conn = self.conns.get(conn_id)
+        if conn is None or (user_id is not None and conn.principal.user_id != user_id):
+            return None
+        return conn
 
-    def unsubscribe(self, conn: Connection, key: str) -> bool:
-        """True when this was the last local subscriber of `key`."""
-        conn.subs.pop(key, None)
-        conn.answered.pop(key, None)
-        members = self.subs.get(key)
-        if members is None:
-            return False
-        members.discard(conn)
-        if not members:
-            del self.subs[key]
-            return True
-        return False
-
-    def keys(self) -> list[str]:
-        return list(self.subs)
-
-    def route(self, item: tuple) -> None:
-        """A host push: ("e", key, version, type, payload, to, close, fresh)."""
-        _, key, version, mtype, payload, to, close, fresh = item
-        if to and to.startswith("conn:"):
-            conn = self.conns.get(to.split("/", 1)[1]) if "/" in to else None
-            targets = [conn] if conn is not None else []
-        else:
-            targets = [c for c in self.subs.get(key, ()) if to is None or c.principal.user_id == to]
-        if not targets:
-            return
-        frames: dict[str, Any] = {}
-        for conn in targets:
-            if conn.on_push is not None:
-                conn.on_push(conn, item)
-            else:
-                # The host stream is ordered and a connection joins `subs` while its subscribe
-                # answer is read, so it normally sees only later pushes. The exception: an answer
-                # that itself made version N (device.register) is followed by the push of N.
-                if fresh and version <= conn.answered.get(key, -1):
-                    pass                  # the state of that version reached it as an answer
-                else:
-                    if key in conn.subs:
-                        conn.subs[key] = max(version, conn.subs[key])
-                    frame = frames.get(conn.encoding)
-                    if frame is None:
-                        frame = frames[conn.encoding] = codec.encode_ws(
-                            codec.push(mtype, key, version, payload), conn.encoding)
-                    conn.send_frame(frame)
-                    self.pushes += 1
-            if close:
-                conn.close(4001, "session ended")
+    def user_conns(self, user_id: str) -> list[Connection]:
+        return list(self.by_user.get(user_id, ()))

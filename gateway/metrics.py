@@ -18,11 +18,23 @@ class GatewayMetrics:
         self.request_seconds = Histogram("syncopate_request_seconds", "request -> answer latency at the gateway",
                                          ["surface"], registry=r,
                                          buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, 1, 5))
+        self.budget_refused = Counter("syncopate_budget_refused_total",
+                                      "requests, frames or sockets refused or closed by a budget", ["budget"],
+                                      registry=r)
         self._host_stats: list[dict] = []
+        self._gw_gauges: dict = {}
         r.register(_HostCollector(self))
 
     def set_host_stats(self, stats: list[dict]) -> None:
         self._host_stats = stats
+
+    def set_gateway_stats(self, stats: dict) -> None:
+        for name, value in stats.items():
+            g = self._gw_gauges.get(name)
+            if g is None:
+                g = self._gw_gauges[name] = Gauge(f"syncopate_gateway_{name}", f"gateway {name.replace('_', ' ')}",
+                                                   registry=self.registry)
+            g.set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -50,3 +62,15 @@ class _HostCollector:
             for s in self.metrics._host_stats:
                 fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
             yield fam
+        # every other number a host reports (its budgets and their refusals among them), as a gauge
+        known = {f for f, _, _ in self.FAMILIES}
+        extra: dict[str, GaugeMetricFamily] = {}
+        for s in self.metrics._host_stats:
+            for name, value in s.items():
+                if name in known or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                fam = extra.get(name)
+                if fam is None:
+                    fam = extra[name] = GaugeMetricFamily(f"syncopate_host_{name}", f"host {name}", labels=["host"])
+                fam.add_metric([str(s.get("host_id"))], value)
+        yield from extra.values()

@@ -20,9 +20,8 @@ from gateway.context import GatewayConfig, GatewayContext
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
-from protocols import codec
-from protocols.errors import ErrorCode, SyncopateError
-from protocols.messages import DEVICE_GROUP, SESSION, MessageType
+from protocols.messages import DEVICE_GROUP, SESSION
+from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
 
@@ -31,22 +30,25 @@ class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
                  config: GatewayConfig | None = None) -> None:
         self.gateway_id = gateway_id
-        self.hub = Hub(gateway_id)
+        config = config or GatewayConfig()
+        self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
         self.transport = make_transport(self.receive)
-        self.dispatcher = Dispatcher(gateway_id, self.transport, self._route, on_host_restart=self._resubscribe)
+        self.dispatcher = Dispatcher(gateway_id, self.transport, self._route,
+                                     on_host_restart=lambda host: self.ctx.subscriptions.host_restarted(host),
+                                     on_gap=lambda gap: self.ctx.subscriptions.on_gap(gap))
         # A stream re-opened to the same host process: it forgot our interest with the old stream.
         self.transport.on_reset = self.dispatcher.host_restarted
         self.transport.on_lost = self.dispatcher.host_lost
         self.metrics = GatewayMetrics(gateway_id)
-        self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config or GatewayConfig(),
+        self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
                                   self.metrics, health=self.health)
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    def _route(self, item: tuple) -> None:
-        self.ctx.note_push(item)
-        self.hub.route(item)
+    def _route(self, push: Push) -> None:
+        self.ctx.note_push(push)
+        self.ctx.subscriptions.route(push)
 
     def receive(self, host: int, incarnation: str, items: list) -> None:
         self.dispatcher.receive(host, incarnation, items)
@@ -80,18 +82,18 @@ class GatewayServer:
             await close()
 
     async def health(self) -> dict:
-        hosts = []
-        ok = True
-        for i in range(self.transport.n_hosts):
+        async def one(i: int) -> dict:
             try:
-                st = await asyncio.wait_for(self.transport.stats(i), timeout=5.0)
+                return await asyncio.wait_for(self.transport.stats(i), timeout=1.0)
             except Exception as exc:
-                ok = False
-                hosts.append({"host": i, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            ok = ok and bool(st.get("store_ok"))
-            hosts.append(st)
+                return {"host": i, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+        # every host at once, with a short timeout: one host that is gone must not time health out
+        hosts = list(await asyncio.gather(*(one(i) for i in range(self.transport.n_hosts))))
+        ok = all(bool(st.get("store_ok")) for st in hosts)
         self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
+        self.metrics.set_gateway_stats({**self.ctx.subscriptions.stats(),
+                                        "sockets_refused": self.hub.refused_sockets})
         return {"ok": ok, "gateway": self.gateway_id, "connections": len(self.hub.conns), "hosts": hosts}
 
     async def _heartbeats(self) -> None:
@@ -112,8 +114,9 @@ class GatewayServer:
             for uid, conns in by_user.items():
                 names = {f"{self.gateway_id}/{c.id}": c for c in conns}
 
-                def done(ok, payload, version, names=names, uid=uid):
-                    if not ok or not isinstance(payload, dict):
+                def done(reply: Reply, names=names, uid=uid):
+                    payload = reply.payload
+                    if not reply.ok or not isinstance(payload, dict):
                         return
                     for name in payload.get("unknown", ()):
                         c = names.get(name)
@@ -126,37 +129,3 @@ class GatewayServer:
                 devices = [n for n, c in names.items() if c.registered_device]
                 if devices:       # the device group vouches for these devices' liveness too
                     self.ctx.tell(DEVICE_GROUP, uid, "heartbeat", {"conns": devices})
-
-    def _resubscribe(self, host: int) -> None:
-        """A host restarted and forgot which entities this gateway follows: subscribe again, on behalf
-        of one local subscriber per connection, from the last version each connection saw."""
-        for key in self.hub.keys():
-            if self.dispatcher.host_of(key) != host:
-                continue
-            for conn in list(self.hub.subs.get(key, ())):
-                self._resubscribe_one(conn, key, attempt=0)
-
-    def _resubscribe_one(self, conn, key: str, attempt: int) -> None:
-        if conn.closed or conn not in self.hub.subs.get(key, ()):
-            return
-        kind, _, eid = key.partition(":")
-        since = conn.subs.get(key)
-
-        def callback(ok, payload, version):
-            if ok:
-                conn.subs[key] = max(version, conn.subs.get(key, 0))
-                conn.answered[key] = conn.subs[key]
-                conn.send(codec.push(MessageType.RESYNC.value, key, version, payload))
-            elif isinstance(payload, SyncopateError) and payload.retryable and attempt < 40:
-                # The restarted host may still be starting, or its stream re-opening: try again
-                # rather than leave this connection deaf to the entity for good.
-                asyncio.get_running_loop().call_later(min(0.1 * 2 ** attempt, 2.0), self._resubscribe_one,
-                                                      conn, key, attempt + 1)
-            else:
-                # Refused for real (e.g. access lost): stop pushing, and say so.
-                self.hub.unsubscribe(conn, key)
-                err = payload if isinstance(payload, SyncopateError) else SyncopateError(ErrorCode.INTERNAL, str(payload))
-                conn.send({"type": MessageType.ERROR.value, "entity": key, "error": err.to_wire()})
-
-        self.dispatcher.request(Command(kind, eid, "subscribe", {} if since is None else {"since": since},
-                                        conn.principal, origin=(self.gateway_id, conn.id)), callback)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from aiohttp import WSMsgType, web
 
@@ -16,7 +17,7 @@ from actors.entity import Command
 from gateway.auth import bearer
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
-from gateway.hub import Connection
+from gateway.hub import CLOSE_TOKEN_EXPIRED, Connection
 from gateway.ratelimit import TokenBucket
 from protocols import codec
 from protocols import messages as m
@@ -24,6 +25,7 @@ from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType as T
 from protocols.uris import keyed_id
 from protocols.uris import new_id as new_playlist_id
+from protocols.wire import Reply
 
 log = logging.getLogger("syncopate.ws")
 ENTITY_KINDS = (m.PLAYLIST, m.DEVICE_GROUP, m.SESSION)
@@ -39,8 +41,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         principal = authenticate(request, ctx)
         await ctx.check_session(principal)    # a signed-out device's token
+        ctx.hub.admit(principal)              # sockets per user
     except SyncopateError as err:
-        return error_response(err)            # refused before the upgrade: plain HTTP 401
+        return error_response(err)            # refused before the upgrade: plain HTTP 401 / 429
     cfg = ctx.config
     # Hard cap well above the soft limit: an oversize frame within it gets an error frame and the
     # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
@@ -48,14 +51,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                compress=False)   # small frames: deflate costs both ends more than it saves
     await ws.prepare(request)
     client = request.query.get("client", "app")[:32]
-    device_id = request.query.get("device_id") or principal.device_id
-    conn = Connection(ctx.hub.new_id(), principal, encoding=codec.JSON, client=client, device_id=device_id,
-                      send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
-                      close=lambda code, reason: ws.close(code=code, message=reason.encode()))
-    ctx.hub.add(conn)
+    device_id = (request.query.get("device_id") or principal.device_id or None)
+    device_id = device_id[:64] if device_id else None
+    conn = ctx.new_connection(principal, encoding=codec.JSON, client=client, device_id=device_id,
+                              send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
+                              close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     ctx.metrics.connections.labels(client).inc()
-    origin = (ctx.gateway_id, conn.id)
-    session = WsSession(ctx, conn, origin)
+    session = WsSession(ctx, conn)
     try:
         await session.open()
         async for msg in ws:
@@ -72,20 +74,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 class WsSession:
-    def __init__(self, ctx: GatewayContext, conn: Connection, origin: tuple[str, str]) -> None:
+    def __init__(self, ctx: GatewayContext, conn: Connection) -> None:
         self.ctx = ctx
         self.conn = conn
-        self.origin = origin
+        self.subs = ctx.subscriptions
+        self.origin = self.subs.address(conn)
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
+        self._expiry: asyncio.TimerHandle | None = None
 
     async def open(self) -> None:
         """Register with the user's session (presence), follow it (library and session pushes), then
         say hello: a client that has its hello is registered and subscribed. A signed-out device
         is refused here and the socket closed."""
         conn, p = self.conn, self.conn.principal
+        self._arm_expiry()
         try:
             await self.ctx.call(m.SESSION, p.user_id, "connect",
-                                {"conn": f"{self.ctx.gateway_id}/{conn.id}", "device_id": conn.device_id,
+                                {"conn": str(self.origin), "device_id": conn.device_id,
                                  "client": conn.client, "gateway": self.ctx.gateway_id, "iat": p.issued_at},
                                 origin=self.origin)
         except SyncopateError as err:
@@ -94,44 +99,71 @@ class WsSession:
                 conn.close(4001, "session ended")
                 return
             log.warning("session connect failed for %s: %s", p.user_id, err)
-        subscribed = asyncio.get_running_loop().create_future()
-        self._subscribe(None, f"{m.SESSION}:{p.user_id}", None, reply=False,
-                        done=lambda ok: subscribed.done() or subscribed.set_result(ok))
-        if not await subscribed:
+        key = f"{m.SESSION}:{p.user_id}"
+        first: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.subs.subscribe(conn, key, on_reply=lambda r: first.done() or first.set_result(r))
+        reply = await first
+        if not reply.ok and reply.error.retryable:
             # e.g. the store was unreachable: keep trying in the background, or this connection
             # would never see its library and presence pushes.
             log.warning("session subscribe failed for %s; retrying", p.user_id)
-            _spawn(self._resubscribe_session())
+            self.subs.subscribe(conn, key, retry=True)
         conn.send({"type": T.HELLO.value, "payload": {"user_id": p.user_id, "product": p.product,
                                                       "connection_id": conn.id, "gateway": self.ctx.gateway_id,
+                                                      "expires_at": p.expires_at,
                                                       "server_time_ms": int(time.time() * 1000)}})
 
-    async def _resubscribe_session(self) -> None:
-        key = f"{m.SESSION}:{self.conn.principal.user_id}"
-        delay = 0.25
-        while not self.conn.closed and key not in self.conn.subs:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            done = asyncio.get_running_loop().create_future()
-            self._subscribe(None, key, None, reply=False, done=lambda ok: done.done() or done.set_result(ok))
-            if await done:
-                return
+    # -- the token's lifetime ------------------------------------------------------------------
+    def _arm_expiry(self) -> None:
+        """At the token's expiry the socket is told (auth.expired) and closed (4401), unless the
+        client renewed it before with an `auth` message. Pushes stop with it: nothing reaches a
+        socket whose token is no longer valid."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        exp = self.conn.principal.expires_at
+        if exp:
+            delay = max(0.0, exp - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        self.ctx.metrics.errors.labels(ErrorCode.TOKEN_EXPIRED.value).inc()
+        self.subs.drop(conn)
+        conn.send({"type": T.AUTH_EXPIRED.value, "error": SyncopateError(
+            ErrorCode.TOKEN_EXPIRED, "the access token expired; reconnect with a new one").to_wire()})
+        conn.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def _renew(self, env) -> None:
+        token = env.payload.get("token")
+        if not isinstance(token, str):
+            raise SyncopateError(ErrorCode.INVALID_FIELD, "payload.token must be an access token")
+        principal = self.ctx.auth.verify(token)
+        if principal.user_id != self.conn.principal.user_id:
+            raise SyncopateError(ErrorCode.FORBIDDEN, "a socket's token can only be renewed for the same user")
+        self.conn.principal = principal         # a new product (a downgrade) applies from here on
+        self._arm_expiry()
+        self.conn.send(codec.result(env.id, {"expires_at": principal.expires_at, "product": principal.product}))
 
     def closed(self) -> None:
         conn, ctx = self.conn, self.ctx
         conn.closed = True
-        for key in ctx.hub.remove(conn):
-            kind, _, eid = key.partition(":")
-            ctx.tell(kind, eid, "unsubscribe", {}, origin=self.origin)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.subs.drop(conn)
+        ctx.hub.remove(conn)
         uid = conn.principal.user_id
-        ctx.tell(m.SESSION, uid, "disconnect", {"conn": f"{ctx.gateway_id}/{conn.id}"})
+        ctx.tell(m.SESSION, uid, "disconnect", {"conn": str(self.origin)})
         if conn.registered_device:
             ctx.tell(m.DEVICE_GROUP, uid, "disconnect", {"device_id": conn.registered_device,
-                                                        "conn": f"{ctx.gateway_id}/{conn.id}"})
+                                                        "conn": str(self.origin)})
 
     # -- one frame -----------------------------------------------------------------------------
     def frame(self, data, encoding: str) -> None:
         ctx, conn = self.ctx, self.conn
+        if conn.closing:
+            return
         conn.encoding = encoding            # answer in the encoding the client uses
         ctx.metrics.frames_in.labels(encoding).inc()
         size = len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
@@ -148,6 +180,8 @@ class WsSession:
             return self._error(err.details.pop("id", None), err)
         t0 = time.perf_counter()
         try:
+            if conn.principal.expires_at and time.time() >= conn.principal.expires_at and env.type != T.AUTH:
+                raise SyncopateError(ErrorCode.TOKEN_EXPIRED, "the access token expired; renew it with `auth`")
             self._dispatch(env, t0)
         except SyncopateError as err:
             self._error(env.id, err)
@@ -156,13 +190,17 @@ class WsSession:
         self.ctx.metrics.errors.labels(err.code.value).inc()
         self.conn.send(codec.error(rid, err))
 
-    def _answer(self, rid, t0: float):
-        def callback(ok, payload, version):
+    def _answer(self, rid, t0: float, op_id: str | None = None):
+        def callback(reply: Reply):
             self.ctx.metrics.request_seconds.labels("ws").observe(time.perf_counter() - t0)
-            if ok:
-                self.conn.send(codec.result(rid, payload, version))
+            if reply.ok:
+                self.conn.send(codec.result(rid, reply.payload, reply.version))
             else:
-                self._error(rid, payload)
+                err = reply.error
+                if op_id is not None and err.retryable and "op_id" not in err.details:
+                    # the client may retry with this op id: applied once, whatever happened to the first
+                    err = SyncopateError(err.code, err.message, **err.details, op_id=op_id)
+                self._error(rid, err)
         return callback
 
     def _dispatch(self, env, t0: float) -> None:
@@ -170,23 +208,29 @@ class WsSession:
         if env.type == T.PING:
             conn.send({"id": env.id, "type": T.PONG.value, "payload": {"server_time_ms": int(time.time() * 1000)}})
             return
+        if env.type == T.AUTH:
+            self._renew(env)
+            return
         if env.type in (T.SUBSCRIBE, T.UNSUBSCRIBE):
             key = env.payload.get("entity")
-            if not isinstance(key, str) or key.partition(":")[0] not in ENTITY_KINDS or not key.partition(":")[2]:
+            if not isinstance(key, str) or key.partition(":")[0] not in ENTITY_KINDS \
+                    or not 0 < len(key.partition(":")[2]) <= 64:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, "entity must be '<playlist|devicegroup|session>:<id>'")
             if env.type == T.UNSUBSCRIBE:
-                if ctx.hub.unsubscribe(conn, key):
-                    kind, _, eid = key.partition(":")
-                    ctx.tell(kind, eid, "unsubscribe", {}, origin=self.origin)
+                self.subs.leave(conn, key)
                 conn.send(codec.result(env.id, None))
                 return
             since = env.payload.get("since")
             if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
                 raise SyncopateError(ErrorCode.INVALID_FIELD, "since must be a version (integer >= 0)")
-            self._subscribe(env.id, key, since, reply=True, t0=t0)
+            self.subs.subscribe(conn, key, since, on_reply=self._answer(env.id, t0))
             return
         route = m.ROUTES[env.type]
         args = dict(env.payload)
+        # Every command carries an op id: one the client chose, or one the gateway gives it, so a
+        # retry of a command whose answer was lost (TIMEOUT, HOST_UNAVAILABLE: the error names the
+        # op id) is answered from the log instead of being applied a second time.
+        op_id = env.op_id or uuid.uuid4().hex
         if env.type == T.PLAYLIST_CREATE and "id" not in args:
             # a client may choose one (offline creation); else a retry with the same op id must
             # reach the same entity, so the id derives from it
@@ -200,51 +244,40 @@ class WsSession:
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
             args.pop("context_entries", None)
             args.pop("context_snapshot_id", None)
-        cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=env.op_id, origin=self.origin)
-        answer = self._answer(env.id, t0)
+        cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
+        answer = self._answer(env.id, t0, op_id)
         if env.type == T.DEVICE_REGISTER:
             # The host registers this gateway's interest while handling the register itself, so a
-            # device registering beside others misses none of their pushes.
+            # device registering beside others misses none of their pushes; the device follows its
+            # group from this answer on (same stream turn as the pushes).
             cmd.follow = True
-            answer = self._after_register(answer, args.get("device_id"))
+            device_id = args.get("device_id")
+
+            def registered(reply: Reply) -> None:
+                if reply.ok:
+                    conn.registered_device = device_id
+                answer(reply)
+
+            if ctx.needs_prepare(cmd):
+                _spawn(self._prepared(cmd, registered, join=True))
+            else:
+                self.subs.join(conn, cmd, registered)
+            return
         if ctx.needs_prepare(cmd):
             _spawn(self._prepared(cmd, answer))
             return
         ctx.request(cmd, answer)
 
-    async def _prepared(self, cmd: Command, answer) -> None:
+    async def _prepared(self, cmd: Command, answer, join: bool = False) -> None:
         try:
-            reply, version = await self.ctx.call_versioned(cmd)
+            await self.ctx.prepare(cmd)
         except SyncopateError as err:
-            answer(False, err, 0)
+            answer(Reply.fail(err))
+            return
+        if join:
+            self.subs.join(self.conn, cmd, answer)
         else:
-            answer(True, reply, version)
-
-    def _after_register(self, answer, device_id):
-        def callback(ok, payload, version):
-            if ok:
-                self.conn.registered_device = device_id
-                # The device follows its group from this answer on (same stream turn as the pushes).
-                self.ctx.hub.subscribe(self.conn, f"{m.DEVICE_GROUP}:{self.conn.principal.user_id}", version)
-            answer(ok, payload, version)
-        return callback
-
-    def _subscribe(self, rid, key: str, since, *, reply: bool, t0: float | None = None, done=None) -> None:
-        kind, _, eid = key.partition(":")
-        conn = self.conn
-
-        def callback(ok, payload, version):
-            if ok:
-                self.ctx.hub.subscribe(conn, key, version)   # synchronously: the next push finds it
-                if reply:
-                    conn.send(codec.result(rid, payload, version))
-            elif reply:
-                self._error(rid, payload)
-            if done is not None:
-                done(ok)
-
-        args = {} if since is None else {"since": since}
-        self.ctx.request(Command(kind, eid, "subscribe", args, conn.principal, origin=self.origin), callback)
+            self.ctx.request(cmd, answer)
 
 
 def _spawn(coro):

@@ -10,7 +10,17 @@ pushes and never stored. Viewers are read-only: their sync frames are dropped, a
 y-websocket has no acknowledgements, so a socket whose sync can't go on losslessly (an update
 failed for a transient reason, the playlist's host restarted, the subscription was lost) is closed
 with 1012: the provider reconnects and the handshake exchanges what either side lacks. A refusal
-(no access) closes with 4403, which the provider takes as final.
+(no access, or access withdrawn while connected) closes with 4403, which the provider takes as final.
+A frame the server will not take is never dropped silently (the provider would never re-send it
+and its later updates would stall): over the size limit the socket closes with 1009, over the
+rate limit with 4029; the provider reconnects and re-syncs.
+
+Awareness is bounded: a socket owns at most `AWARE_CLIENTS_PER_SOCKET` client ids (the first ids
+it announces; entries for other ids — a stock client echoing the states it received — are
+ignored), a state is at most `AWARE_STATE_BYTES`, a playlist's cache holds at most
+`AWARE_CLIENTS_PER_PLAYLIST` states and forgets one not renewed for `AWARE_TIMEOUT_S` (y-protocols
+renews every 15 s). Awareness frames have their own rate budget, so presence never eats the
+budget of edits. Nothing is cached or relayed before the socket's access is granted.
 """
 from __future__ import annotations
 
@@ -23,16 +33,22 @@ from aiohttp import WSMsgType, web
 from actors.entity import SYSTEM, Command
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
-from gateway.hub import Connection
+from gateway.hub import CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY, Connection
 from gateway.ratelimit import TokenBucket
 from gateway.ws import authenticate
 from protocols import yjs
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, MessageType
+from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.yjs")
 CHANGED = MessageType.PLAYLIST_CHANGED.value
 AWARENESS = "playlist.awareness"
+AWARE_CLIENTS_PER_SOCKET = 4
+AWARE_STATE_BYTES = 4096
+AWARE_CLIENTS_PER_PLAYLIST = 256
+AWARE_TIMEOUT_S = 30.0
+CLOSE_TOO_BIG = 1009
 
 
 def setup(app: web.Application) -> None:
@@ -40,24 +56,61 @@ def setup(app: web.Application) -> None:
 
 
 class AwarenessCache:
-    """The latest awareness state of every Yjs client of one playlist, as seen by this gateway."""
+    """The latest awareness state of every Yjs client of one playlist, as seen by this gateway.
+    Bounded in entries (oldest renewal first out) and by age."""
 
-    def __init__(self) -> None:
-        self.states: dict[int, tuple[int, str]] = {}
+    def __init__(self, max_clients: int = AWARE_CLIENTS_PER_PLAYLIST, timeout_s: float = AWARE_TIMEOUT_S) -> None:
+        self.states: dict[int, tuple[int, str, float]] = {}     # client -> (clock, state, renewed at)
+        self.max_clients = max_clients
+        self.timeout_s = timeout_s
+        self.dropped = 0
+        self._last: tuple[Push | None, list] = (None, [])
 
-    def merge(self, entries) -> None:
+    def merge_push(self, push: Push, data: bytes) -> list[tuple[int, int, str]]:
+        """Merge one relayed awareness push once, however many local sockets route it."""
+        if self._last[0] is not push:      # held, so no other push can share its identity
+            try:
+                changed = self.merge(yjs.parse_awareness(data))
+            except SyncopateError:
+                changed = []
+            self._last = (push, changed)
+        return self._last[1]
+
+    def merge(self, entries, now: float | None = None) -> list[tuple[int, int, str]]:
+        """Apply entries; returns those that changed the cache (what is worth relaying)."""
+        now = time.monotonic() if now is None else now
+        changed = []
         for client, clock, state in entries:
             old = self.states.get(client)
-            if old is None or clock >= old[0]:
-                if state == "null":
-                    self.states.pop(client, None)
-                else:
-                    self.states[client] = (clock, state)
+            if old is not None and clock < old[0]:
+                continue
+            if state == "null":
+                if self.states.pop(client, None) is not None:
+                    changed.append((client, clock, state))
+                continue
+            if len(state) > AWARE_STATE_BYTES:
+                self.dropped += 1
+                continue
+            if old is None and len(self.states) >= self.max_clients:
+                self.expire(now)
+                if len(self.states) >= self.max_clients:
+                    self.dropped += 1
+                    continue
+            self.states.pop(client, None)          # re-insert: dict order is renewal order
+            self.states[client] = (clock, state, now)
+            changed.append((client, clock, state))
+        return changed
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for client in [c for c, (_, _, at) in self.states.items() if now - at > self.timeout_s]:
+            del self.states[client]
 
     def frame(self) -> bytes | None:
+        self.expire()
         if not self.states:
             return None
-        return yjs.awareness(yjs.encode_awareness([(c, k, s) for c, (k, s) in self.states.items()]))
+        return yjs.awareness(yjs.encode_awareness([(c, k, s) for c, (k, s, _) in self.states.items()]))
 
 
 async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -68,17 +121,16 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         await ctx.check_session(principal)
         if not 0 < len(pid) <= 64:
             raise SyncopateError(ErrorCode.NOT_FOUND, "no such playlist")
+        ctx.hub.admit(principal)
     except SyncopateError as err:
         return error_response(err)
     ws = web.WebSocketResponse(heartbeat=ctx.config.heartbeat_s, max_msg_size=ctx.config.max_frame_bytes * 4,
                                compress=False)   # small frames: deflate costs both ends more than it saves
     await ws.prepare(request)
-    conn = Connection(ctx.hub.new_id(), principal, encoding="yjs", client="yjs", device_id=principal.device_id,
-                      send_raw=ws.send_bytes, close=lambda code, reason: ws.close(code=code, message=reason.encode()))
+    conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
+                              send_raw=ws.send_bytes,
+                              close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     session = YjsSession(ctx, conn, pid)
-    conn.on_push = session.on_push
-    conn.send = session.send_message        # the gateway's own messages (a `resync`), never JSON on this socket
-    ctx.hub.add(conn)
     ctx.metrics.connections.labels("yjs").inc()
     try:
         if await session.open():
@@ -100,38 +152,58 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
 class YjsSession:
     def __init__(self, ctx: GatewayContext, conn: Connection, pid: str) -> None:
         self.ctx, self.conn, self.pid = ctx, conn, pid
+        self.subs = ctx.subscriptions
         self.key = f"{PLAYLIST}:{pid}"
-        self.origin = (ctx.gateway_id, conn.id)
+        self.origin = self.subs.address(conn)
         self.readonly = True
         self.refusal = 1011                          # close code when open() refuses (4403: terminal)
         self.restarting = False                      # closing (1012) so the client syncs again
-        self.clients: dict[int, int] = {}           # awareness client ids this socket announced -> clock
+        self.clients: dict[int, int] = {}           # awareness client ids this socket owns -> clock
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
-        self.cache = ctx.yjs_awareness.setdefault(self.key, AwarenessCache())
+        self.aware_bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
+        self.cache: AwarenessCache | None = None     # only once access is granted
+        self._expiry: asyncio.TimerHandle | None = None
+        conn.on_push = self.on_push
+        conn.on_access = self.on_access
+        conn.on_ended = self.on_ended
+        conn.on_resync = lambda c, key, payload, version: self.restart("the playlist's host restarted")
+        conn.send = self.send_message        # the gateway's own messages, never JSON on this socket
 
     async def open(self) -> bool:
         """Join the playlist: check access, follow its pushes, send our SyncStep1 and who is here."""
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
 
-        def joined(ok, payload, version):
-            if ok:
-                self.ctx.hub.subscribe(self.conn, self.key, version)    # before the next push is read
-                self.readonly = bool(payload.get("readonly"))
-                self.conn.send_frame(yjs.sync_step1(payload["state_vector"]))
+        def joined(reply: Reply) -> None:
+            if reply.ok:
+                # membership is in place (subscriptions.join) before the next push is read
+                self.readonly = bool(reply.payload.get("readonly"))
+                self.cache = self.ctx.yjs_awareness.setdefault(self.key, AwarenessCache())
+                self.conn.send_frame(yjs.sync_step1(reply.payload["state_vector"]))
                 aw = self.cache.frame()
                 if aw:
                     self.conn.send_frame(aw)
             if not ready.done():
-                ready.set_result(payload if not ok else None)
+                ready.set_result(reply.error)
 
-        self.ctx.request(Command(PLAYLIST, self.pid, "yjs_sync", {}, self.conn.principal, origin=self.origin,
-                                 follow=True), joined)
+        self.subs.join(self.conn, Command(PLAYLIST, self.pid, "yjs_sync", {}, self.conn.principal, follow=True),
+                       joined)
         err = await ready
         if err is not None:
-            self.conn.send_frame(yjs.permission_denied(err.message if isinstance(err, SyncopateError) else str(err)))
-            self.refusal = 4403 if getattr(err, "status", 0) in (401, 403, 404) else 1011
+            self.conn.send_frame(yjs.permission_denied(err.message))
+            self.refusal = 4403 if err.status in (401, 403, 404) else 1011
             return False
+        exp = self.conn.principal.expires_at
+        if exp:
+            # y-websocket can't renew a token on an open socket: at expiry it is closed (4401) and
+            # the provider reconnects with the token its app supplies then
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, exp - time.time()), self._expired)
         return True
+
+    def _expired(self) -> None:
+        if not self.conn.closed:
+            self.subs.drop(self.conn)
+            self.conn.send_frame(yjs.permission_denied("the access token expired"))
+            self.conn.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
     async def refuse(self, ws: web.WebSocketResponse) -> None:
         """Deliver PermissionDenied, then close with the refusal's code before the handler returns
@@ -145,19 +217,28 @@ class YjsSession:
         await ws.close(code=self.refusal, message=b"refused")
 
     def frame(self, data: bytes) -> None:
-        if self.key not in self.conn.subs and not self.conn.closed:
+        if self.conn.closing:
+            return
+        if not self.subs.follows(self.conn, self.key):
             # the gateway dropped the subscription (a resubscribe after a host restart failed):
             # no push reaches this socket any more, so sync again from scratch
             return self.restart("the subscription was lost")
-        if len(data) > self.ctx.config.max_frame_bytes or self.bucket.take():
-            log.info("yjs frame refused (size %d or rate) on %s", len(data), self.key)
-            return
+        if len(data) > self.ctx.config.max_frame_bytes:
+            self.ctx.metrics.budget_refused.labels("yjs_frame_bytes").inc()
+            log.info("yjs frame of %d bytes on %s: closing (1009)", len(data), self.key)
+            return self.conn.close(CLOSE_TOO_BIG, "frame too large")
         try:
             messages = yjs.parse_frame(data)
         except SyncopateError as err:
             log.info("malformed yjs frame on %s: %s", self.key, err)
-            return
+            self.ctx.metrics.errors.labels(err.code.value).inc()
+            return self.conn.close(1002, "malformed frame")       # protocol error: the provider re-syncs
         for msg in messages:
+            bucket = self.aware_bucket if msg.type == 1 else self.bucket
+            if bucket.take():
+                self.ctx.metrics.budget_refused.labels("yjs_rate").inc()
+                log.info("yjs rate limit on %s: closing (4029)", self.key)
+                return self.conn.close(CLOSE_TOO_MANY, "rate limited")
             if msg.type == 0 and msg.subtype == 0:
                 self._request("yjs_sync", {"state_vector": msg.payload},
                               lambda reply: self.conn.send_frame(yjs.sync_step2(reply["update"])))
@@ -167,41 +248,43 @@ class YjsSession:
             elif msg.type == 1:
                 self._awareness(msg.payload)
             elif msg.type == yjs.QUERY_AWARENESS:
-                aw = self.cache.frame()
+                aw = self.cache.frame() if self.cache is not None else None
                 if aw:
                     self.conn.send_frame(aw)
 
     def _request(self, op: str, args: dict, on_ok) -> None:
         t0 = time.perf_counter()
 
-        def done(ok, payload, version):
+        def done(reply: Reply) -> None:
             self.ctx.metrics.request_seconds.labels("yjs").observe(time.perf_counter() - t0)
-            if ok:
+            if reply.ok:
                 if on_ok is not None:
-                    on_ok(payload)
+                    on_ok(reply.payload)
             else:
-                self.ctx.metrics.errors.labels(payload.code.value if isinstance(payload, SyncopateError)
-                                               else "INTERNAL").inc()
-                log.info("yjs %s on %s refused: %s", op, self.key, payload)
-                self._failed(op, payload)
+                self.ctx.metrics.errors.labels(reply.error.code.value).inc()
+                log.info("yjs %s on %s refused: %s", op, self.key, reply.error)
+                self._failed(op, reply.error)
 
         self.ctx.request(Command(PLAYLIST, self.pid, op, args, self.conn.principal, origin=self.origin), done)
 
-    def _failed(self, op: str, err) -> None:
+    def _failed(self, op: str, err: SyncopateError) -> None:
         """y-websocket has no acknowledgements: a client never learns that an update was lost, and
         every later update of that client then waits on the server for the missing one. So when a
         sync message can't be applied for a transient reason (the host crashed or restarted, the
         store failed, no answer in time), close the socket (1012): the provider reconnects and the
         sync handshake exchanges exactly what either side lacks. Access taken away meanwhile:
         NOT_FOUND closes for good (4403); FORBIDDEN makes the socket read-only (a viewer now)."""
-        code = err.code if isinstance(err, SyncopateError) else None
-        if code is None or err.retryable:
+        if err.retryable:
             self.restart(f"{op} failed: {err}")
-        elif code == ErrorCode.NOT_FOUND:
+        elif err.code == ErrorCode.NOT_FOUND:
             self.conn.send_frame(yjs.permission_denied(err.message))
             self.conn.close(4403, "refused")
-        elif code == ErrorCode.FORBIDDEN and op == "yjs_update":
+        elif err.code == ErrorCode.FORBIDDEN and op == "yjs_update":
             self.readonly = True
+        elif op == "yjs_update":
+            # refused for good (invalid, over a limit): the client holds an edit the server never
+            # will; a fresh sync at least shows it the server's document
+            self.restart(f"{op} refused: {err}")
 
     def restart(self, why: str) -> None:
         if self.conn.closed or self.restarting:
@@ -210,47 +293,65 @@ class YjsSession:
         log.info("yjs socket %s on %s closed for a fresh sync: %s", self.conn.id, self.key, why)
         self.conn.close(1012, "service restart")
 
+    # -- what subscriptions.py tells this socket ---------------------------------------------------
+    def on_access(self, conn: Connection, key: str, level: str) -> None:
+        """Live authorization: a viewer promoted to editor becomes writable, an editor demoted to
+        viewer read-only, without reconnecting."""
+        self.readonly = level != "write"
+
+    def on_ended(self, conn: Connection, key: str, err: SyncopateError) -> None:
+        self.conn.send_frame(yjs.permission_denied(err.message))
+        self.conn.close(4403, "access withdrawn")
+
     def send_message(self, msg: dict) -> None:
-        """What the gateway sends app connections as JSON/msgpack messages. The one a Yjs socket gets
-        is `resync` (gateway/runner.py, after a host restart): the host lost this socket's
-        subscription with the pushes and updates in flight, so start the sync over."""
-        if isinstance(msg, dict) and msg.get("type") == MessageType.RESYNC.value:
-            self.restart("the playlist's host restarted")
-        else:
-            log.debug("message %r not sent on a Yjs socket", msg.get("type") if isinstance(msg, dict) else msg)
+        """What the gateway sends app connections as JSON/msgpack messages: none fit a Yjs socket."""
+        log.debug("message %r not sent on a Yjs socket", msg.get("type") if isinstance(msg, dict) else msg)
 
     def _awareness(self, payload: bytes) -> None:
+        if self.cache is None:
+            return
         try:
             entries = yjs.parse_awareness(payload)
         except SyncopateError:
             return
-        for client, clock, _ in entries:
+        mine = []
+        for client, clock, state in entries:
+            if client not in self.clients:
+                if len(self.clients) >= AWARE_CLIENTS_PER_SOCKET or client in self.cache.states:
+                    continue              # someone else's client id (an echo), or over this socket's share
+            if len(state) > AWARE_STATE_BYTES:
+                self.ctx.metrics.budget_refused.labels("awareness_state_bytes").inc()
+                continue
             self.clients[client] = max(clock, self.clients.get(client, 0))
-        self._relay(payload)
+            mine.append((client, clock, state))
+        if mine:
+            self._relay(yjs.encode_awareness(mine))
 
     def _relay(self, payload: bytes) -> None:
         self.ctx.request(Command(PLAYLIST, self.pid, "relay", {"type": AWARENESS, "payload": {"update": payload}},
-                                 SYSTEM, origin=self.origin), lambda ok, p, v: None)
+                                 SYSTEM, origin=self.origin), lambda reply: None)
 
-    def on_push(self, conn: Connection, item: tuple) -> None:
-        _, key, version, mtype, payload, to, close, fresh = item
-        if mtype == CHANGED:
+    def on_push(self, conn: Connection, push: Push) -> None:
+        payload = push.payload
+        if push.type == CHANGED:
             update = payload.get("update") if isinstance(payload, dict) else None
             if update:
                 conn.send_frame(yjs.update(update))
-        elif mtype == AWARENESS:
+        elif push.type == AWARENESS:
             data = payload.get("update") if isinstance(payload, dict) else None
-            if data:
-                try:
-                    self.cache.merge(yjs.parse_awareness(data))
-                except SyncopateError:
-                    return
-                conn.send_frame(yjs.awareness(data))
+            if data and self.cache is not None:
+                changed = self.cache.merge_push(push, data)
+                if changed:
+                    conn.send_frame(yjs.awareness(yjs.encode_awareness(changed)))
 
     def closed(self) -> None:
         self.conn.closed = True
-        if self.clients:      # tell the others these clients left (what y-websocket's server does)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.clients and self.subs.follows(self.conn, self.key):
+            # tell the others these clients left (what y-websocket's server does)
             self._relay(yjs.encode_awareness([(c, k + 1, "null") for c, k in self.clients.items()]))
-        for key in self.ctx.hub.remove(self.conn):
-            self.ctx.tell(PLAYLIST, self.pid, "unsubscribe", {}, origin=self.origin)
-            self.ctx.yjs_awareness.pop(key, None)
+        self.subs.drop(self.conn)
+        self.ctx.hub.remove(self.conn)
+        if not self.subs.has_members(self.key):
+            self.ctx.yjs_awareness.pop(self.key, None)

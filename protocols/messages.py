@@ -28,7 +28,10 @@ class MessageType(str, Enum):
     SUBSCRIBE = "subscribe"                      # {"entity": "playlist:ID", "since": version?}
     UNSUBSCRIBE = "unsubscribe"
     RESYNC = "resync"                            # server -> client: a subscription re-established after
-                                                 # its host restarted; payload = a subscribe answer
+                                                 # its host restarted or a gap; payload = a subscribe answer
+    SUBSCRIPTION_ENDED = "subscription.ended"    # server -> client: {entity, error}: access withdrawn
+    AUTH = "auth"                                # {"token": ...}: renew the socket's token (same user)
+    AUTH_EXPIRED = "auth.expired"                # server -> client: the token expired; the socket closes (4401)
     # -- playlists (issue 3) ----------------------------------------------------------------
     PLAYLIST_CREATE = "playlist.create"
     PLAYLIST_GET = "playlist.get"
@@ -44,6 +47,7 @@ class MessageType(str, Enum):
     PLAYLIST_SET_COLLABORATOR = "playlist.set_collaborator"
     PLAYLIST_REMOVE_COLLABORATOR = "playlist.remove_collaborator"
     PLAYLIST_CHANGED = "playlist.changed"        # push
+    PLAYLIST_ACCESS = "playlist.access"          # push: the access policy changed (live authorization)
     # -- Connect (issue 4) ------------------------------------------------------------------
     DEVICE_REGISTER = "device.register"
     DEVICE_HEARTBEAT = "device.heartbeat"
@@ -139,7 +143,7 @@ ROUTES: dict[MessageType, Route] = {
     MessageType.SESSION_RESUME: _r(SESSION, "resume"),
 }
 
-CLIENT_TYPES = frozenset(ROUTES) | {MessageType.PING, MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE}
+CLIENT_TYPES = frozenset(ROUTES) | {MessageType.PING, MessageType.SUBSCRIBE, MessageType.UNSUBSCRIBE, MessageType.AUTH}
 
 
 @dataclass

@@ -96,6 +96,9 @@ class Push:
     conn: ConnAddress | None = None
     close: bool = False
     fresh: bool = False
+    prev: int = -1        # fresh pushes: the version of the host's previous fresh push of this entity
+                          # to its subscribers (-1: unknown); a member whose watermark is below it
+                          # missed something and is resubscribed (gateway/subscriptions.py)
 
 
 @dataclass(slots=True)
@@ -175,7 +178,7 @@ def answer(token: int, reply: Reply) -> tuple:
 def host_item_to_wire(item: Any) -> list:
     if isinstance(item, Push):
         return ["p", item.key, item.version, item.type, item.payload, item.user,
-                list(item.conn) if item.conn else None, item.close, item.fresh]
+                list(item.conn) if item.conn else None, item.close, item.fresh, item.prev]
     if isinstance(item, Gap):
         return ["g", item.key, item.version]
     _, token, reply = item
@@ -192,12 +195,13 @@ def host_item_from_wire(w: Any) -> Any:
         if not isinstance(version, int):
             raise WireError("bad reply version")
         return ("r", token, Reply(version, payload, error_from_wire(err) if err is not None else None))
-    if tag == "p" and len(w) == 9:
-        _, key, version, mtype, payload, user, conn, close, fresh = w
-        if not isinstance(version, int) or not isinstance(mtype, str) or not isinstance(key, str):
+    if tag == "p" and len(w) == 10:
+        _, key, version, mtype, payload, user, conn, close, fresh, prev = w
+        if not isinstance(version, int) or not isinstance(mtype, str) or not isinstance(key, str) \
+                or not isinstance(prev, int):
             raise WireError("bad push")
         return Push(key, version, mtype, payload, _str(user, "user", optional=True),
-                    ConnAddress.parse(conn) if conn is not None else None, close is True, fresh is True)
+                    ConnAddress.parse(conn) if conn is not None else None, close is True, fresh is True, prev)
     if tag == "g" and len(w) == 3 and isinstance(w[1], str) and isinstance(w[2], int):
         return Gap(w[1], w[2])
     raise WireError(f"unknown item {tag!r}")

@@ -1,0 +1,164 @@
+"""gateway/subscriptions.py on its own: membership, watermarks, gaps, resync, the leave/join race,
+connection-addressed pushes. A fake dispatcher records the commands and answers them by hand."""
+import asyncio
+
+import pytest
+
+from actors.entity import Principal
+from gateway.hub import Connection, Hub
+from gateway.subscriptions import Subscriptions
+from protocols import codec
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import ConnAddress, Gap, Push, Reply
+
+
+class FakeDispatcher:
+    def __init__(self):
+        self.sent = []                       # (cmd, callback)
+
+    def request(self, cmd, callback):
+        self.sent.append((cmd, callback))
+
+    def host_of(self, key):
+        return 0
+
+    def take(self, op=None):
+        out = [(c, cb) for c, cb in self.sent if op is None or c.op == op]
+        self.sent = [(c, cb) for c, cb in self.sent if not (op is None or c.op == op)]
+        return out
+
+
+def conn(hub, user="alice"):
+    frames = []
+
+    async def send_raw(f):
+        frames.append(f)
+
+    async def close(code, reason):
+        frames.append(("closed", code))
+
+    c = Connection(hub.new_id(), Principal(user), encoding=codec.JSON, client="t", device_id=None,
+                   send_raw=send_raw, close=close)
+    c.frames = frames
+    hub.add(c)
+    return c
+
+
+def sent_types(c):
+    return [__import__("orjson").loads(f)["type"] for f in c.frames if isinstance(f, str)]
+
+
+@pytest.fixture
+def setup():
+    hub = Hub("gw")
+    d = FakeDispatcher()
+    return hub, d, Subscriptions("gw", hub, d)
+
+
+async def settle(c):
+    await c.flush()
+
+
+async def test_member_gets_next_version_and_a_gap_resubscribes_from_its_watermark(setup):
+    hub, d, subs = setup
+    a = conn(hub)
+    subs.subscribe(a, "playlist:p")
+    (cmd, cb), = d.take("subscribe")
+    assert cmd.origin == ConnAddress("gw", a.id)
+    cb(Reply(5, {"state": 1}))
+    assert subs.watermark(a, "playlist:p") == 5
+    subs.route(Push("playlist:p", 6, "playlist.changed", {"n": 6}, fresh=True, prev=5))
+    assert subs.watermark(a, "playlist:p") == 6
+    # version 7 was pushed but lost: the push of 8 says it follows 7
+    subs.route(Push("playlist:p", 8, "playlist.changed", {"n": 8}, fresh=True, prev=7))
+    assert subs.watermark(a, "playlist:p") == 6
+    (cmd, cb), = d.take("subscribe")
+    assert cmd.args == {"since": 6}
+    # pushes while the resubscribe is in flight are covered by its answer: dropped
+    subs.route(Push("playlist:p", 9, "playlist.changed", {"n": 9}, fresh=True, prev=8))
+    cb(Reply(9, {"changes": [7, 8, 9]}))
+    subs.route(Push("playlist:p", 10, "playlist.changed", {"n": 10}, fresh=True, prev=9))
+    await settle(a)
+    assert sent_types(a) == ["playlist.changed", "resync", "playlist.changed"]
+    assert subs.watermark(a, "playlist:p") == 10
+    assert subs.gaps == 1
+
+
+async def test_host_gap_resubscribes_every_member(setup):
+    hub, d, subs = setup
+    a, b = conn(hub), conn(hub, "bob")
+    for c in (a, b):
+        subs.subscribe(c, "playlist:p")
+    for i, (cmd, cb) in enumerate(d.take("subscribe")):
+        cb(Reply(3 + i, {}))
+    subs.on_gap(Gap("playlist:p", 4))
+    resubs = d.take("subscribe")
+    assert sorted(c.args["since"] for c, _ in resubs) == [3, 4]
+
+
+async def test_a_leave_does_not_undo_a_join_in_flight(setup):
+    hub, d, subs = setup
+    a, b = conn(hub), conn(hub)
+    subs.subscribe(a, "playlist:p")
+    (_, cb), = d.take("subscribe")
+    cb(Reply(1, {}))
+    subs.subscribe(b, "playlist:p")            # b's subscribe is on its way to the host
+    subs.leave(a, "playlist:p")                # a was the only member so far
+    assert d.take("unsubscribe") == []         # no unsubscribe may overtake b's join
+    (_, cb_b), = d.take("subscribe")
+    cb_b(Reply(1, {}))
+    subs.leave(b, "playlist:p")
+    assert [c.key for c, _ in d.take("unsubscribe")] == ["playlist:p"]
+
+
+async def test_a_push_addressed_to_a_connection_reaches_only_that_user(setup):
+    hub, d, subs = setup
+    a = conn(hub, "alice")
+    subs.route(Push("session:bob", 3, "session.ended", {}, user="bob", conn=ConnAddress("gw", a.id), close=True))
+    await settle(a)
+    assert a.frames == [] and not a.closing
+    subs.route(Push("session:alice", 3, "session.ended", {}, user="alice", conn=ConnAddress("gw", a.id), close=True))
+    await asyncio.wait_for(_closed(a), 2)
+    assert sent_types(a) == ["session.ended"]
+
+
+async def _closed(c):
+    while not any(isinstance(f, tuple) for f in c.frames):
+        await asyncio.sleep(0.005)
+
+
+async def test_a_refused_resync_ends_the_subscription_and_says_so(setup):
+    hub, d, subs = setup
+    a = conn(hub)
+    subs.subscribe(a, "playlist:p")
+    (_, cb), = d.take("subscribe")
+    cb(Reply(2, {}))
+    subs.host_restarted(0)
+    (_, cb), = d.take("subscribe")
+    cb(Reply.fail(SyncopateError(ErrorCode.FORBIDDEN, "no")))
+    await settle(a)
+    assert sent_types(a) == ["subscription.ended"]
+    assert not subs.follows(a, "playlist:p")
+    subs.route(Push("playlist:p", 3, "playlist.changed", {}, fresh=True, prev=2))
+    await settle(a)
+    assert sent_types(a) == ["subscription.ended"]
+
+
+async def test_slow_reader_is_closed_at_its_byte_budget_and_others_are_not():
+    hub = Hub("gw")
+    blocked = asyncio.Event()
+    frames = []
+
+    async def never(f):
+        await blocked.wait()
+
+    async def close(code, reason):
+        frames.append(code)
+
+    slow = Connection("s", Principal("a"), encoding=codec.JSON, client="t", device_id=None,
+                      send_raw=never, close=close, max_queued_bytes=10_000)
+    for _ in range(100):
+        slow.send_frame(b"x" * 500)
+    await asyncio.sleep(0)
+    assert slow.closed and frames == [4008]
+    assert slow.queued_bytes == 0
