@@ -28,8 +28,10 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import struct
+from pathlib import Path
 
 import msgpack
 
@@ -95,6 +97,21 @@ def _text(msg: dict, key: str) -> str:
     if not isinstance(v, str) or not 0 < len(v) <= MAX_ID:
         raise HandshakeError(f"handshake field {key!r} is not a string of 1 to {MAX_ID} characters")
     return v
+
+
+def read_key_file(path: str | Path) -> str:
+    """A secret from its file (a key file is created by the driver, gateway/auth.py, never here:
+    an actor on a node without the file must fail, not invent a key no one else has)."""
+    p = Path(path)
+    try:
+        value = p.read_text().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no secret file {p}: it must exist on every node, at the same path") from None
+    if not value:
+        raise ValueError(f"the secret file {p} is empty")
+    if os.name == "posix" and p.stat().st_mode & 0o077:
+        log.warning("secret file %s is readable by other users; it should be 0600", p)
+    return value
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -217,3 +217,39 @@ async def test_a_broken_stream_is_reopened_and_interest_reset(wired):
     assert resets == [0]                                 # and the gateway re-subscribes
     transport.send(0, [(3, Command("counter", "c", "get", {}, p))])
     await wait_for(lambda: len(received) == 2)
+
+
+def test_secrets_are_separate_files_and_reach_the_actors_as_paths(tmp_path):
+    import stat
+
+    from gateway.auth import CHANNEL_SECRET_FILE, load_secret, secret_path
+    from syncopate.server import ServerSpec
+    token_file = secret_path(tmp_path, None)
+    channel_file = secret_path(tmp_path, None, CHANNEL_SECRET_FILE)
+    for f in (token_file, channel_file):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert load_secret(tmp_path) != load_secret(tmp_path, name=CHANNEL_SECRET_FILE)
+    assert load_secret(tmp_path) == load_secret(tmp_path)            # created once, then read
+    with pytest.raises(FileNotFoundError):
+        secret_path(tmp_path, tmp_path / "missing.key")                # a named file is never invented
+    spec = ServerSpec(data_dir=str(tmp_path)).actor_spec(str(token_file), str(channel_file))
+    values = {token_file.read_text(), channel_file.read_text()}
+    assert spec["secret_file"] == str(token_file) and spec["channel_secret_file"] == str(channel_file)
+    assert not values & {v for v in spec.values() if isinstance(v, str)}
+
+
+def test_the_channel_bind_is_a_specific_address():
+    from actors.ray_host import channel_bind
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(ValueError):
+            channel_bind({"channel_bind": wildcard})
+    assert channel_bind({}) == "127.0.0.1"
+    assert channel_bind({"channel_bind": "127.0.0.2"}) == "127.0.0.2"
+
+
+async def test_the_channel_advertises_the_address_it_bound():
+    server = ChannelServer(None, SECRET, 0)
+    try:
+        assert tuple(await server.start("127.0.0.2", 0))[0] == "127.0.0.2"     # what ready() returns
+    finally:
+        await server.close()
