@@ -11,22 +11,20 @@ A TCP stream is also exactly the ordering the design needs: replies and pushes f
 leave the host in release order and arrive in that order, with no sequence numbers to check.
 
 Frame: 4-byte big-endian length + msgpack body.
-  gateway -> host, first frame:  {"gateway": id, "auth": hex digest of the cluster secret}
-  host -> gateway, answer:       {"incarnation": id, "host": index}
+  handshake:                     actors/channel_auth.py (mutual challenge-response, 4 KiB frames)
   gateway -> host:               [[token, <command>], ...]
   host -> gateway:               [<item>, ...]   items as in actors/host.py ("r" replies, "e" pushes)
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import struct
 from typing import Any
 
 import msgpack
 
+from actors.channel_auth import HANDSHAKE_TIMEOUT_S, ChannelAuth
 from actors.entity import Command, Principal
 from protocols.errors import SyncopateError
 
@@ -72,10 +70,6 @@ def command_from_wire(w: list) -> Command:
                    origin=tuple(origin) if origin else None, follow=bool(follow))
 
 
-def auth_digest(secret: str, gateway_id: str) -> str:
-    return hmac.new(secret.encode(), f"syncopate-channel:{gateway_id}".encode(), hashlib.sha256).hexdigest()
-
-
 async def read_frame(reader: asyncio.StreamReader) -> Any:
     head = await reader.readexactly(HEADER.size)
     (n,) = HEADER.unpack(head)
@@ -88,9 +82,10 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 class ChannelServer:
     """Accepts gateways' streams for one EntityHost; `send(gateway_id, items)` is its deliver."""
 
-    def __init__(self, host, secret: str, index: int) -> None:
+    def __init__(self, host, secret: str | bytes, index: int, *,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.host = host
-        self.secret = secret
+        self.auth = ChannelAuth(secret, handshake_timeout=handshake_timeout)
         self.index = index
         self.writers: dict[str, asyncio.StreamWriter] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -115,17 +110,15 @@ class ChannelServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         gateway_id = None
         try:
-            hello = await asyncio.wait_for(read_frame(reader), 10)
-            gateway_id = hello.get("gateway") if isinstance(hello, dict) else None
-            if not isinstance(gateway_id, str) or not hmac.compare_digest(
-                    str(hello.get("auth", "")), auth_digest(self.secret, gateway_id)):
-                log.warning("channel: refused a peer that failed authentication")
+            # Proven both ways (and the answer written) before anything else is read; a refused
+            # peer is already aborted.
+            gateway_id = await self.auth.accept(reader, writer, self.host.incarnation, self.index)
+            if gateway_id is None:
                 return
             old = self.writers.get(gateway_id)
             if old is not None:
                 old.close()
             self.writers[gateway_id] = writer
-            writer.write(pack({"incarnation": self.host.incarnation, "host": self.index}))
             while True:
                 batch = await read_frame(reader)
                 # Enqueued in stream order before the next frame is read: per-entity order is the

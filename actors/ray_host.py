@@ -62,6 +62,28 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
+def channel_bind(spec: dict) -> str:
+    """The address this host's channel binds, and advertises in ready(): `spec["channel_bind"]`,
+    "node" for the IP Ray reports for the node the host runs on (what gateways on other nodes
+    can reach). A wildcard is refused: ready() must advertise the address bound, and 0.0.0.0 is
+    neither reachable nor a choice of interface."""
+    bind = spec.get("channel_bind") or "127.0.0.1"
+    if bind == "node":
+        return ray.util.get_node_ip_address()
+    check_channel_bind(bind)
+    return bind
+
+
+def check_channel_bind(bind: str) -> None:
+    import ipaddress
+    try:
+        wildcard = ipaddress.ip_address(bind).is_unspecified
+    except ValueError:                   # a host name: bound as it resolves
+        wildcard = bind in ("", "*")
+    if wildcard:
+        raise ValueError(f"the host channel can't bind the wildcard {bind!r}: give the address gateways reach")
+
+
 def build_env(spec: dict) -> Env:
     from catalog import Catalog
     path = spec.get("catalog")
@@ -89,6 +111,7 @@ class HostActor:
 
     async def _start(self) -> EntityHost:
         from actors.channel import ChannelServer
+        from actors.channel_auth import read_key_file
         from actors.kinds import load_kinds
         from storage.factory import make_store
 
@@ -96,13 +119,16 @@ class HostActor:
         store = make_store(spec["data_dir"], spec.get("redis_url"), spec.get("postgres_dsn"),
                            prefix=spec.get("prefix", "syncopate_"))
         await store.start()
-        env = await asyncio.get_running_loop().run_in_executor(None, build_env, spec)
+        loop = asyncio.get_running_loop()
+        env = await loop.run_in_executor(None, build_env, spec)
+        # The key is read from its file (spec["channel_secret_file"]), never passed in the spec.
+        channel_secret = await loop.run_in_executor(None, read_key_file, spec["channel_secret_file"])
         host = EntityHost(f"host-{self.index}", store, load_kinds(spec.get("kinds")), env,
                           deliver=lambda gw, items: self._to_gateways.add(gw, items), dispatch=self._dispatch,
                           idle_timeout_s=spec.get("idle_timeout_s", 600.0))
-        self.channel = ChannelServer(host, spec["secret"], self.index)
+        self.channel = ChannelServer(host, channel_secret, self.index)
         self._to_gateways = Batcher(self.channel.send)
-        self.addr = await self.channel.start(ray.util.get_node_ip_address(), 0)
+        self.addr = await self.channel.start(channel_bind(spec), 0)
         await host.start()
         freeze_startup()
         self.host = host

@@ -1,8 +1,13 @@
 """Bearer tokens: HS256 JWTs signed with the server's secret, with an expiry.
 
 Claims: sub (user id), product ("premium" | "free"), sid (optional device/session id), iat, exp.
-The secret lives in `<data-dir>/secret.key` (created with 0600 on first use) unless given, so
-`syncopate token USER --data-dir DIR` mints tokens a server on the same data dir accepts.
+The secret lives in `<data-dir>/secret.key` (created with 0600 on first use) unless another file
+is named (`--secret-file`), so `syncopate token USER --data-dir DIR` mints tokens a server on the
+same data dir accepts. The host channel's secret is a different key, `<data-dir>/channel.key`
+(actors/channel_auth.py): a leaked token key must not also open the hosts, and back.
+
+Secrets are only ever passed around as file paths: not on command lines (visible in `ps`) and
+not in Ray actor arguments (kept in Ray's GCS and shown by its tools).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import jwt
 
+from actors.channel_auth import read_key_file
 from actors.entity import Principal
 from protocols.errors import ErrorCode, SyncopateError
 
@@ -20,25 +26,47 @@ ALGORITHM = "HS256"
 DEFAULT_TTL_S = 3600
 PRODUCTS = ("premium", "free")
 MAX_TTL_S = 30 * 86400     # the longest token lifetime accepted
+SECRET_FILE = "secret.key"          # token signing key, in the data dir
+CHANNEL_SECRET_FILE = "channel.key"  # host channel key, in the data dir
 CLOCK_LEEWAY_S = 5          # tolerated clock skew between the machines that mint and check tokens
 
 
-def load_secret(data_dir: str | Path, secret: str | None = None) -> str:
-    if secret:
-        return secret
-    path = Path(data_dir) / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
+def write_secret(path: str | Path, value: str | None = None) -> Path:
+    """Create a secret file readable by its owner only (0600); an existing file is an error."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
+    value = value or secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, value.encode())
-    except BaseException:
+    finally:
         os.close(fd)
-        raise
-    os.close(fd)
-    return value
+    return path
+
+
+def secret_path(data_dir: str | Path, path: str | Path | None = None, name: str = SECRET_FILE) -> Path:
+    """The absolute path of a secret file: `path` if given (it must exist), else `<data-dir>/name`,
+    created on first use."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no secret file {p}")
+        return p.resolve()
+    p = Path(data_dir) / name
+    if not p.exists():
+        try:
+            write_secret(p)
+        except FileExistsError:          # another process created it first: use theirs
+            pass
+    return p.resolve()
+
+
+def read_secret(path: str | Path) -> str:
+    return read_key_file(path)
+
+
+def load_secret(data_dir: str | Path, path: str | Path | None = None, name: str = SECRET_FILE) -> str:
+    return read_secret(secret_path(data_dir, path, name))
 
 
 class Auth:

@@ -12,7 +12,7 @@ import logging
 import ray
 
 from actors.ray_host import build_env, freeze_startup, host_name, restore_priority
-from gateway.auth import Auth
+from gateway.auth import Auth, read_secret
 from gateway.context import GatewayConfig
 from gateway.runner import GatewayServer
 from gateway.stream_transport import StreamTransport
@@ -41,10 +41,13 @@ class GatewayActor:
         handles = [await loop.run_in_executor(None, ray.get_actor, host_name(self.cluster, i))
                    for i in range(self.n_hosts)]
         env = await loop.run_in_executor(None, build_env, self.spec)
+        # Both keys are read from their files: the spec carries paths only (gateway/auth.py).
+        token_secret = await loop.run_in_executor(None, read_secret, self.spec["secret_file"])
+        channel_secret = await loop.run_in_executor(None, read_secret, self.spec["channel_secret_file"])
         cfg = GatewayConfig(**self.spec.get("gateway", {}))
         self.server = GatewayServer(
-            self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, self.spec["secret"], receive),
-            Auth(self.spec["secret"]), env.catalog, cfg)
+            self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive),
+            Auth(token_secret), env.catalog, cfg)
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
         return await self.server.start(self.listen.get("host", "127.0.0.1"), self.listen.get("port", 0),

@@ -12,17 +12,18 @@ import asyncio
 import logging
 from typing import Callable
 
-from actors.channel import auth_digest, command_to_wire, pack, read_frame
+from actors.channel import command_to_wire, pack, read_frame
+from actors.channel_auth import ChannelAuth
 
 log = logging.getLogger("syncopate.gateway")
 
 
 class StreamTransport:
-    def __init__(self, gateway_id: str, handles: list, secret: str,
+    def __init__(self, gateway_id: str, handles: list, secret: str | bytes,
                  receive: Callable[[int, str, list], None]) -> None:
         self.gateway_id = gateway_id
         self.handles = handles
-        self.secret = secret
+        self.auth = ChannelAuth(secret)
         self.receive = receive
         self.on_reset: Callable[[int], None] = lambda host: None     # same host, new stream
         self.on_lost: Callable[[int], None] = lambda host: None      # a stream closed
@@ -53,8 +54,12 @@ class StreamTransport:
                 return self.incarnations[host]
             info = await self.handles[host].ready.remote()
             reader, writer = await asyncio.open_connection(info["addr"][0], info["addr"][1])
-            writer.write(pack({"gateway": self.gateway_id, "auth": auth_digest(self.secret, self.gateway_id)}))
-            ack = await asyncio.wait_for(read_frame(reader), 10)
+            try:
+                # Nothing is trusted (or read as a batch) until the host proved the channel secret.
+                ack = await self.auth.connect(reader, writer, self.gateway_id, host)
+            except BaseException:
+                writer.transport.abort()
+                raise
             previous = self.incarnations[host]
             self.incarnations[host] = ack["incarnation"]
             self.writers[host] = writer

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-share", type=float, default=0.1)
     p.add_argument("--url")
     p.add_argument("--data-dir")
-    p.add_argument("--secret")
+    p.add_argument("--secret-file")
     p.add_argument("--store", default="sqlite", choices=("sqlite", "postgres", "tiered"))
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--out", default=None, help="report directory (default reports/bench-connect-TIMESTAMP)")

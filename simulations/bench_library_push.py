@@ -4,12 +4,12 @@ other connection ("laptop"), and the server's memory per active session and per 
 user.
 
     .venv/bin/python -m simulations.bench_library_push [--users 10000] [--conns 2] [--period 10]
-        [--seconds 30] [--hosts 2] [--gateways 2] [--url URL[,URL2] --secret S]
+        [--seconds 30] [--hosts 2] [--gateways 2] [--url URL[,URL2] --secret-file F]
 
 Without --url it starts its own RayServer (SQLite in a temporary data dir, --gateways gateways on
 their own ports; the phone connects to the first gateway and the laptop to the next one, so the
-push crosses gateways). With --url (comma-separated gateway URLs) it drives that server; --secret
-is its signing secret.
+push crosses gateways). With --url (comma-separated gateway URLs) it drives that server; --secret-file
+is the file of its signing secret.
 
 What is measured
 - push latency: perf_counter when the phone sends `library.save`/`library.remove` -> arrival of
@@ -439,7 +439,7 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=2)
     ap.add_argument("--gateways", type=int, default=2)
     ap.add_argument("--url", help="drive this server (comma-separated gateway URLs) instead of starting one")
-    ap.add_argument("--secret", help="the --url server's signing secret")
+    ap.add_argument("--secret-file", help="the file of the --url server's signing secret")
     ap.add_argument("--concurrency", type=int, default=100, help="connection setups in flight per worker")
     ap.add_argument("--per-worker", type=int, default=9000, help="sockets per load-generator process")
     ap.add_argument("--idle-timeout", type=float, default=8.0, help="own server: passivate idle entities after (s)")
@@ -447,8 +447,8 @@ def main() -> None:
     ap.add_argument("--gateway-config", default="{}", help="own server: GatewayConfig overrides (JSON)")
     ap.add_argument("--dump", help="write every (sent at s, push latency ms) sample to this JSON file")
     a = ap.parse_args()
-    if a.url and not a.secret:
-        ap.error("--url needs --secret")
+    if a.url and not a.secret_file:
+        ap.error("--url needs --secret-file")
 
     fd_limit = raise_fd_limit()
     from catalog import Catalog
@@ -457,13 +457,14 @@ def main() -> None:
     server, data_dir = None, None
     t_start = time.perf_counter()
     if a.url:
-        urls, secret = [u.rstrip("/") for u in a.url.split(",")], a.secret
+        from gateway.auth import read_secret
+        urls, secret = [u.rstrip("/") for u in a.url.split(",")], read_secret(a.secret_file)
     else:
         from syncopate.server import RayServer, ServerSpec
         data_dir = tempfile.mkdtemp(prefix="bench-library-push-")
         precreate_sqlite(data_dir)
         spec = ServerSpec(data_dir=data_dir, port=0, hosts=a.hosts, gateways=a.gateways,
-                          secret="bench-library-push-" + "s" * 24, log_level="WARNING",
+                          log_level="WARNING",
                           idle_timeout_s=a.idle_timeout,
                           gateway={"rest_rate": 10_000, "rest_burst": 10_000, **json.loads(a.gateway_config)})
         print(f"starting RayServer: {a.hosts} hosts, {a.gateways} gateways, SQLite in {data_dir}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`syncopate simulate ...` and `syncopate bench ...` (added to syncopate/cli.py by add_parsers).
 
-    syncopate simulate SCENARIO [--url http://HOST:PORT] [--data-dir DIR | --secret S] [--seconds N]
+    syncopate simulate SCENARIO [--url http://HOST:PORT] [--data-dir DIR | --secret-file F] [--seconds N]
                                 [--out DIR] [scenario sizes] [fault options]
     syncopate simulate scale-model [--users N --devices-per-user D --playlists P ...]
     syncopate simulate peers [--docs 20 --clients 10 --rate 5 --seconds 10]
@@ -8,7 +8,7 @@
 
 Without --url the command starts its own server (RayServer, port chosen free, temp data dir, the
 store the faults need) and stops it afterwards. With --url it mints its users' tokens with that
-server's secret: --secret, or the secret.key in --data-dir (the server's data dir).
+server's secret: --secret-file, or the secret.key in --data-dir (the server's data dir).
 docs/simulation.md describes every scenario, option, and field of the report.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--url", help="a running server (default: start one)")
     g.add_argument("--data-dir", help="with --url: the server's data dir (its secret.key signs the tokens)")
-    g.add_argument("--secret", help="with --url: the server's token signing secret")
+    g.add_argument("--secret-file", help="with --url: the file of the server's token signing secret")
     g.add_argument("--store", choices=("sqlite", "postgres", "tiered"), default="sqlite",
                    help="the store of the server this command starts (faults may imply one)")
     g.add_argument("--postgres-dsn", default=None, help="PostgreSQL for --store postgres|tiered "
@@ -117,14 +117,16 @@ def _params(args, cls) -> dict:
 
 
 def _secret(args) -> str:
-    if args.secret:
-        return args.secret
-    if not args.data_dir:
-        raise SystemExit("--url needs the server's secret: --secret S, or --data-dir DIR (its secret.key)")
-    path = Path(args.data_dir) / "secret.key"
+    from gateway.auth import read_secret
+    if args.secret_file:
+        path = Path(args.secret_file)
+    elif not args.data_dir:
+        raise SystemExit("--url needs the server's secret: --secret-file F, or --data-dir DIR (its secret.key)")
+    else:
+        path = Path(args.data_dir) / "secret.key"
     if not path.exists():
-        raise SystemExit(f"no {path}: give the data dir the server runs on, or --secret")
-    return path.read_text().strip()
+        raise SystemExit(f"no {path}: give the data dir the server runs on, or --secret-file")
+    return read_secret(path)
 
 
 def _simulate(args) -> int:

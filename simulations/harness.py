@@ -150,7 +150,7 @@ class OwnServer:
         spec = ServerSpec(data_dir=self.data_dir, port=free_port(), hosts=self.hosts, gateways=self.gateways,
                           redis_url=redis_url, postgres_dsn=pg, prefix=self.prefix, log_level=self.log_level,
                           gateway=dict(self.gateway_config), idle_timeout_s=self.idle_timeout_s,
-                          secret="sim-" + uuid.uuid4().hex + uuid.uuid4().hex, catalog=self.catalog)
+                          catalog=self.catalog)
         if self.kinds:
             spec.kinds = self.kinds
         self.server = RayServer(spec).start()

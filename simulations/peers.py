@@ -148,7 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default="yws,hocuspocus", help="comma list of yws, hocuspocus, pycrdt ('' = none)")
     p.add_argument("--url", help="a running Syncopate (default: start one)")
     p.add_argument("--data-dir")
-    p.add_argument("--secret")
+    p.add_argument("--secret-file")
     p.add_argument("--store", default="sqlite", choices=("sqlite", "postgres", "tiered"))
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--out", help="write report.json and report.md here")

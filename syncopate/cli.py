@@ -16,7 +16,8 @@ def _serve(args) -> int:
         return 2
     spec = ServerSpec(data_dir=args.data_dir, host=args.host, port=args.port, redis_url=args.redis_url,
                       postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=hosts,
-                      gateways=args.gateways, catalog=args.catalog, secret=args.secret,
+                      gateways=args.gateways, catalog=args.catalog, secret_file=args.secret_file,
+                      channel_secret_file=args.channel_secret_file, channel_bind=args.channel_bind,
                       idle_timeout_s=args.idle_timeout, log_level=args.log_level)
     if args.redis_url and not args.postgres_dsn:
         print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
@@ -37,9 +38,17 @@ def _serve(args) -> int:
 def _token(args) -> int:
     from gateway.auth import Auth, load_secret
 
-    auth = Auth(load_secret(args.data_dir, args.secret))
+    auth = Auth(load_secret(args.data_dir, args.secret_file))
     print(auth.mint(args.user, product=args.product, ttl_s=args.ttl, device_id=args.device))
     return 0
+
+
+class _Removed(argparse.Action):
+    """`--secret VALUE` was removed: a secret on a command line is visible to every user (ps, shell
+    history). Refused by name, without echoing the value (and not taken as a prefix of --secret-file)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was removed: put the secret in a file (mode 0600) and give --secret-file FILE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="entity host actors (default: 1 on SQLite, which has one writer at a time; 2 otherwise)")
     s.add_argument("--gateways", type=int, default=1, help="gateway actors (share --port via SO_REUSEPORT)")
     s.add_argument("--catalog", help="catalog file (docs/catalog.md); default: generated, 10,000 tracks")
-    s.add_argument("--secret", help="token signing secret (default: <data-dir>/secret.key)")
+    s.add_argument("--secret", nargs="?", action=_Removed, help=argparse.SUPPRESS)
+    s.add_argument("--secret-file", help="token signing key file (default: <data-dir>/secret.key, created 0600)")
+    s.add_argument("--channel-secret-file",
+                   help="host channel key file (default: <data-dir>/channel.key, created 0600); "
+                        "on a cluster, present on every node at the same path")
+    s.add_argument("--channel-bind", metavar="ADDR",
+                   help="address the hosts' channel listens on (default: 127.0.0.1; with --ray-address, "
+                        "'node': the IP Ray reports for each host's node)")
     s.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle entity is passivated")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(fn=_serve)
@@ -65,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("token", help="print a bearer token for USER")
     t.add_argument("user")
     t.add_argument("--data-dir", default="./var")
-    t.add_argument("--secret")
+    t.add_argument("--secret", nargs="?", action=_Removed, help=argparse.SUPPRESS)
+    t.add_argument("--secret-file", help="token signing key file (default: <data-dir>/secret.key)")
     t.add_argument("--product", choices=["premium", "free"], default="premium")
     t.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
     t.add_argument("--device", help="bind the token to a device id (session sign-out revokes it)")

@@ -28,7 +28,9 @@ class ServerSpec:
     hosts: int = 2
     gateways: int = 1
     catalog: str | None = None
-    secret: str | None = None
+    secret_file: str | None = None          # token signing key; default <data-dir>/secret.key
+    channel_secret_file: str | None = None  # host channel key; default <data-dir>/channel.key
+    channel_bind: str | None = None         # host channel address; default 127.0.0.1, "node" on a cluster
     idle_timeout_s: float = 600.0
     prefix: str = "syncopate_"
     log_level: str = "INFO"
@@ -36,11 +38,16 @@ class ServerSpec:
     limits: dict = field(default_factory=dict)
     kinds: str = "actors.kinds:default_kinds"       # "module:function" returning {kind: Entity class}
 
-    def actor_spec(self, secret: str) -> dict:
+    def actor_spec(self, secret_file: str | None = None, channel_secret_file: str | None = None) -> dict:
+        # Paths, never the secrets: actor arguments live in Ray's GCS and its tools show them.
+        # On a multi-node cluster the files must exist on every node at these paths (a shared
+        # mount, or copied there with mode 0600); an actor that can't read them fails to start.
         return {"data_dir": str(Path(self.data_dir).resolve()), "redis_url": self.redis_url,
                 "postgres_dsn": self.postgres_dsn, "catalog": self.catalog, "idle_timeout_s": self.idle_timeout_s,
-                "prefix": self.prefix, "log_level": self.log_level, "secret": secret, "gateway": self.gateway,
-                "limits": self.limits, "kinds": self.kinds}
+                "prefix": self.prefix, "log_level": self.log_level, "secret_file": secret_file,
+                "channel_secret_file": channel_secret_file,
+                "channel_bind": self.channel_bind or ("node" if self.ray_address else "127.0.0.1"),
+                "gateway": self.gateway, "limits": self.limits, "kinds": self.kinds}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -63,18 +70,31 @@ class RayServer:
         self.gateways: list = []
         self.ports: list[int] = []
         self.secret: str | None = None
+        self.secret_file: str | None = None     # where it is: for tools given a file, not the secret
 
     def start(self, timeout: float = 120.0) -> "RayServer":
         import ray
-        from actors.ray_host import HostActor, gateway_name, host_name
-        from gateway.auth import load_secret
+        from actors.channel_auth import ChannelAuth
+        from actors.ray_host import HostActor, check_channel_bind, gateway_name, host_name
+        from gateway.auth import CHANNEL_SECRET_FILE, Auth, read_secret, secret_path
         from gateway.ray_gateway import GatewayActor
 
         spec = self.spec
         Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
-        self.secret = load_secret(spec.data_dir, spec.secret)
+        secret_file = secret_path(spec.data_dir, spec.secret_file)
+        channel_file = secret_path(spec.data_dir, spec.channel_secret_file, CHANNEL_SECRET_FILE)
+        # Checked here, so a bad key or address stops `serve` instead of every actor's start.
+        self.secret = read_secret(secret_file)      # the driver's copy: tools mint tokens with it
+        self.secret_file = str(secret_file)
+        Auth(self.secret)
+        channel_secret = read_secret(channel_file)
+        ChannelAuth(channel_secret)
+        if channel_secret == self.secret:
+            raise ValueError("the channel secret must not be the token signing key")
+        if spec.channel_bind and spec.channel_bind != "node":
+            check_channel_bind(spec.channel_bind)
         init_ray(spec.ray_address)
-        aspec = spec.actor_spec(self.secret)
+        aspec = spec.actor_spec(str(secret_file), str(channel_file))
         strategy = "SPREAD" if spec.ray_address else "DEFAULT"
         self.hosts = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
                                         num_cpus=0, scheduling_strategy=strategy, max_concurrency=10_000)
@@ -166,9 +186,9 @@ class LocalServer:
         spec = self.spec
         loop = asyncio.get_running_loop()
         # file I/O and catalog generation off the event loop
-        secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret)
+        secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
-        env = await loop.run_in_executor(None, build_env, spec.actor_spec(secret))
+        env = await loop.run_in_executor(None, build_env, spec.actor_spec())
         self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s)
         await self.cluster.start()
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),

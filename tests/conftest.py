@@ -29,7 +29,7 @@ def ray_server(ray_session, tmp_path_factory):
     """The real server (hosts + gateway as Ray actors, SQLite store), shared by the session's tests."""
     from syncopate.server import RayServer, ServerSpec
     spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("ray-server")), port=0, hosts=2,
-                      secret="test-secret-" + "x" * 24, log_level="WARNING")
+                      log_level="WARNING")
     server = RayServer(spec).start()
     yield server
     server.stop()

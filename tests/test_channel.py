@@ -1,9 +1,12 @@
 """The gateway <-> host stream: codec, authentication, ordering, and a broken stream's recovery."""
 import asyncio
+import secrets
 
 import pytest
 
-from actors.channel import ChannelServer, command_from_wire, command_to_wire, pack, read_frame, unpack
+from actors import channel_auth
+from actors.channel import ChannelServer, command_from_wire, command_to_wire, pack, unpack
+from actors.channel_auth import ChannelAuth, HandshakeError, encode, read_hello
 from actors.entity import Command, Env, Principal
 from actors.host import EntityHost
 from gateway.stream_transport import StreamTransport
@@ -80,14 +83,121 @@ async def test_answers_come_back_in_order(wired):
     assert [it[3]["total"] for it in received] == list(range(1, 101))
 
 
+async def closed(reader, timeout=5.0) -> None:
+    """Wait until the peer closes (EOF or reset); fails if it is still open after `timeout`."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), timeout):
+            pass
+    except ConnectionError:
+        pass
+
+
+async def answer(reader, writer, auth, gateway_id="g1") -> bytes:
+    """Play the gateway's part by hand: read the host's hello, write a correct answer; its bytes."""
+    hello = await read_hello(reader)
+    nonce = secrets.token_bytes(32)
+    frame = encode({"gateway": gateway_id, "nonce": nonce, "proof": auth.gateway_proof(hello["nonce"], nonce, gateway_id)})
+    writer.write(frame)
+    return frame
+
+
+async def test_the_handshake_is_mutual_and_fresh(wired):
+    host, server, transport, received = wired
+    assert transport.incarnations[0] == host.incarnation and "g0" in server.writers
+    auth = ChannelAuth(SECRET)
+    nonces = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+        hello = await read_hello(reader)
+        nonces.append(hello["nonce"])
+        assert "incarnation" not in hello                # nothing about the host before proof
+        writer.close()
+    assert len(nonces[0]) == 32 and nonces[0] != nonces[1]
+
+
 async def test_a_peer_without_the_secret_is_refused(wired):
     host, server, transport, received = wired
     reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
-    writer.write(pack({"gateway": "intruder", "auth": "0" * 64}))
-    with pytest.raises(asyncio.IncompleteReadError):
-        await asyncio.wait_for(read_frame(reader), 5)
+    await answer(reader, writer, ChannelAuth("another-secret-of-enough-length-0123456"), "intruder")
+    await closed(reader)                             # no answer: aborted
     assert "intruder" not in server.writers
     writer.close()
+    # and a real gateway holding the wrong secret fails to connect
+    wrong = StreamTransport("g9", transport.handles, "another-secret-of-enough-length-0123456", lambda *a: None)
+    with pytest.raises(ConnectionError):
+        await wrong.start()
+    assert wrong.writers == [None] and "g9" not in server.writers
+
+
+async def test_a_replayed_answer_is_refused(wired):
+    host, server, transport, received = wired
+    auth = ChannelAuth(SECRET)
+    reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+    recorded = await answer(reader, writer, auth, "g1")
+    proven = await read_hello(reader)                # the genuine exchange succeeds
+    assert proven["incarnation"] == host.incarnation
+    await wait_for(lambda: "g1" in server.writers)
+    writer.close()
+    await wait_for(lambda: "g1" not in server.writers)
+    # Someone who saw that stream replays the gateway's answer on a new one: the nonce moved on.
+    reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+    await read_hello(reader)
+    writer.write(recorded)
+    await closed(reader)
+    assert "g1" not in server.writers
+    writer.close()
+
+
+async def test_an_oversize_frame_before_authentication_is_refused_at_once(wired):
+    host, server, transport, received = wired
+    server.auth.handshake_timeout = 60               # so only the size check can close it in time
+    reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+    await read_hello(reader)
+    writer.write(channel_auth.HEADER.pack(64 << 20) + b"x" * 100)   # claims 64 MiB, sends 100 bytes
+    await closed(reader, timeout=2.0)                # closed without waiting for the body
+    assert server.auth._pending == 0
+    writer.close()
+
+
+async def test_a_silent_peer_is_dropped_at_the_deadline(wired):
+    host, server, transport, received = wired
+    server.auth.handshake_timeout = 0.2
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+    t0 = loop.time()
+    await read_hello(reader)                         # then say nothing
+    await closed(reader, timeout=5.0)
+    assert loop.time() - t0 >= 0.15                  # it was the deadline that closed it
+    assert server.auth._pending == 0
+    writer.close()
+
+
+async def test_the_gateway_refuses_a_host_that_cannot_prove_the_secret():
+    impostor = ChannelAuth("an-impostor-secret-of-enough-length-012345")
+    seen = []
+
+    async def fake_host(reader, writer):
+        # Speaks the protocol, accepts any gateway, and proves itself with the wrong secret.
+        nonce = secrets.token_bytes(32)
+        writer.write(encode({"hello": channel_auth.GREETING, "v": channel_auth.VERSION, "nonce": nonce}))
+        msg = await read_hello(reader)
+        seen.append(msg["gateway"])
+        writer.write(encode({"incarnation": "fake", "host": 0,
+                             "proof": impostor.host_proof(msg["nonce"], nonce, "fake", 0, msg["gateway"])}))
+        await closed(reader)
+
+    srv = await asyncio.start_server(fake_host, "127.0.0.1", 0)
+    addr = srv.sockets[0].getsockname()[:2]
+
+    class Impostor:
+        incarnation = "fake"
+
+    transport = StreamTransport("g0", [_Handle(None, Impostor, addr)], SECRET, lambda *a: None)
+    with pytest.raises(HandshakeError):
+        await transport.start()
+    assert seen == ["g0"] and transport.writers == [None] and transport.incarnations == [None]
+    srv.close()
+    await srv.wait_closed()
 
 
 async def test_a_broken_stream_is_reopened_and_interest_reset(wired):
@@ -107,3 +217,39 @@ async def test_a_broken_stream_is_reopened_and_interest_reset(wired):
     assert resets == [0]                                 # and the gateway re-subscribes
     transport.send(0, [(3, Command("counter", "c", "get", {}, p))])
     await wait_for(lambda: len(received) == 2)
+
+
+def test_secrets_are_separate_files_and_reach_the_actors_as_paths(tmp_path):
+    import stat
+
+    from gateway.auth import CHANNEL_SECRET_FILE, load_secret, secret_path
+    from syncopate.server import ServerSpec
+    token_file = secret_path(tmp_path, None)
+    channel_file = secret_path(tmp_path, None, CHANNEL_SECRET_FILE)
+    for f in (token_file, channel_file):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert load_secret(tmp_path) != load_secret(tmp_path, name=CHANNEL_SECRET_FILE)
+    assert load_secret(tmp_path) == load_secret(tmp_path)            # created once, then read
+    with pytest.raises(FileNotFoundError):
+        secret_path(tmp_path, tmp_path / "missing.key")                # a named file is never invented
+    spec = ServerSpec(data_dir=str(tmp_path)).actor_spec(str(token_file), str(channel_file))
+    values = {token_file.read_text(), channel_file.read_text()}
+    assert spec["secret_file"] == str(token_file) and spec["channel_secret_file"] == str(channel_file)
+    assert not values & {v for v in spec.values() if isinstance(v, str)}
+
+
+def test_the_channel_bind_is_a_specific_address():
+    from actors.ray_host import channel_bind
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(ValueError):
+            channel_bind({"channel_bind": wildcard})
+    assert channel_bind({}) == "127.0.0.1"
+    assert channel_bind({"channel_bind": "127.0.0.2"}) == "127.0.0.2"
+
+
+async def test_the_channel_advertises_the_address_it_bound():
+    server = ChannelServer(None, SECRET, 0)
+    try:
+        assert tuple(await server.start("127.0.0.2", 0))[0] == "127.0.0.2"     # what ready() returns
+    finally:
+        await server.close()

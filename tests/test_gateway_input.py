@@ -6,7 +6,7 @@ import msgpack
 import orjson
 import pytest
 
-from gateway.auth import Auth
+from gateway.auth import Auth, write_secret
 from syncopate.server import LocalServer, ServerSpec
 from storage.memory import MemoryStore
 
@@ -15,7 +15,8 @@ SECRET = "gateway-input-secret-0123456789-abcdef"
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("gw")), port=0, hosts=1, secret=SECRET,
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("gw")), port=0, hosts=1,
+                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
                       kinds="tests.toy:kinds",
                       gateway={"max_frame_bytes": 4096, "ws_rate": 20, "ws_burst": 20,
                                "rest_rate": 5, "rest_burst": 5})

@@ -27,7 +27,6 @@ from tests.spotify_clients import spotipy_client, tekore_client
 spotipy = pytest.importorskip("spotipy")
 tk = pytest.importorskip("tekore")
 
-SECRET = "library-rest-secret-0123456789-abcdefgh"
 _rng = random.Random(5)
 
 
@@ -39,7 +38,7 @@ def random_id() -> str:
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("librest")), port=0, hosts=2, secret=SECRET,
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("librest")), port=0, hosts=2,
                       gateway={"rest_rate": 1000, "rest_burst": 1000})
     srv = await LocalServer(spec, store=MemoryStore()).start()
     yield srv

@@ -20,7 +20,7 @@ import pytest
 import spotipy
 import tekore as tk
 
-from gateway.auth import Auth
+from gateway.auth import Auth, write_secret
 from protocols.uris import BASE62
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
@@ -221,7 +221,8 @@ def new_playlist_id() -> str:
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("player")), port=0, hosts=1, secret=SECRET,
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("player")), port=0, hosts=1,
+                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
                       gateway={"rest_rate": 1000, "rest_burst": 1000})
     srv = await LocalServer(spec, store=MemoryStore()).start()
     yield srv

@@ -28,7 +28,6 @@ from tests.spotify_clients import spotipy_client, tekore_client
 spotipy = pytest.importorskip("spotipy")
 tk = pytest.importorskip("tekore")
 
-SECRET = "playlist-integration-secret-0123456789-abc"
 UNKNOWN_TRACK = "spotify:track:" + "Z" * 22          # well-formed, not in the generated catalog
 
 
@@ -276,7 +275,7 @@ async def stop_local(srv: LocalServer, bb) -> None:
 
 # -- fixtures --------------------------------------------------------------------------------------
 def local_spec(data_dir: str, **kw) -> ServerSpec:
-    return ServerSpec(data_dir=data_dir, port=kw.pop("port", 0), hosts=2, secret=SECRET, log_level="WARNING",
+    return ServerSpec(data_dir=data_dir, port=kw.pop("port", 0), hosts=2, log_level="WARNING",
                       gateway={"rest_rate": 5000, "rest_burst": 5000, "ws_rate": 5000, "ws_burst": 5000}, **kw)
 
 

@@ -711,9 +711,11 @@ SECRET = "session-entity-test-secret-0123456789"
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
     from storage.memory import MemoryStore
+    from gateway.auth import write_secret
     from syncopate.server import LocalServer, ServerSpec
 
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("sess")), port=0, hosts=1, secret=SECRET,
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("sess")), port=0, hosts=1,
+                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
                       kinds="tests.test_session_entity:session_kinds")
     srv = await LocalServer(spec, store=MemoryStore()).start()
     yield srv

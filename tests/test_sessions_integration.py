@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from actors.placement import owner
-from gateway.auth import Auth
+from gateway.auth import Auth, write_secret
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +36,8 @@ def cluster(ray_session, tmp_path_factory):
     # ("database is locked" at start; a storage bug, reported): create the file first.
     precreate_sqlite(data_dir)
     spec = ServerSpec(data_dir=data_dir, port=0, hosts=2, gateways=2,
-                      secret=SECRET, log_level="WARNING", gateway={"rest_rate": 1000, "rest_burst": 1000})
+                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
+                      log_level="WARNING", gateway={"rest_rate": 1000, "rest_burst": 1000})
     server = RayServer(spec).start()
     assert len(server.urls()) == 2 and server.urls()[0] != server.urls()[1]
     yield server

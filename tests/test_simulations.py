@@ -368,7 +368,8 @@ async def test_mixed_small(target, tmp_path):
 async def test_cli_simulate_against_a_running_server(target, ray_server, tmp_path):
     from syncopate.cli import main
     out = tmp_path / "cli"
-    argv = ["simulate", "connect", "--url", ray_server.url, "--secret", ray_server.secret, "--seconds", "2",
+    argv = ["simulate", "connect", "--url", ray_server.url, "--secret-file", ray_server.secret_file,
+            "--seconds", "2",
             "--users", "3", "--devices", "2", "--period", "1", "--out", str(out), "--quiet", "--no-plots"]
     rc = await asyncio.get_running_loop().run_in_executor(None, main, argv)
     assert rc == 0
