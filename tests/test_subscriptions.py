@@ -122,6 +122,11 @@ async def test_a_push_addressed_to_a_connection_reaches_only_that_user(setup):
     assert sent_types(a) == ["session.ended"]
 
 
+async def _until(cond):
+    while not cond():
+        await asyncio.sleep(0.005)
+
+
 async def _closed(c):
     while not any(isinstance(f, tuple) for f in c.frames):
         await asyncio.sleep(0.005)
@@ -159,6 +164,7 @@ async def test_slow_reader_is_closed_at_its_byte_budget_and_others_are_not():
                       send_raw=never, close=close, max_queued_bytes=10_000)
     for _ in range(100):
         slow.send_frame(b"x" * 500)
-    await asyncio.sleep(0)
-    assert slow.closed and frames == [4008]
+    assert slow.closed
+    await asyncio.wait_for(_until(lambda: frames), 2)
+    assert frames == [4008]
     assert slow.queued_bytes == 0
