@@ -154,28 +154,37 @@ class Dispatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_tokens(list(self._pending), SyncopateError(ErrorCode.HOST_UNAVAILABLE, "gateway stopping"))
 
-    async def check_hosts(self) -> bool:
-        """Ping every host once; True when all answer. Detects restarts between deliveries."""
-        ok = True
-        for host in range(self.transport.n_hosts):
-            before = next(self._tokens)         # requests sent after this went to whoever answers the ping
-            try:
+    async def check_hosts(self, timeout_s: float = 3.0) -> bool:
+        """Ping every host at once, each with a short timeout; True when all answer. Detects
+        restarts between deliveries. One host that is gone costs `timeout_s`, not a turn each."""
+        results = await asyncio.gather(*(self._check_host(h, timeout_s) for h in range(self.transport.n_hosts)))
+        return all(results)
+
+    async def _check_host(self, host: int, timeout_s: float) -> bool:
+        before = next(self._tokens)         # requests sent after this went to whoever answers the ping
+        try:
+            async with asyncio.timeout(timeout_s):
                 inc = await self.transport.ping(host)
-            except Exception as exc:
-                ok = False
-                self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], exc)
-                # Keep the last incarnation known: the next good ping must see the restart.
-                continue
-            known = self._incarnations.get(host)
-            if known is None:
-                self._incarnations[host] = inc
-            elif known != inc:
-                self._incarnations[host] = inc
-                lost = [t for t, p in self._pending.items() if p.host == host and t < before]
-                self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
-                                                       "the host restarted; retry with the same op_id"))
-                self.on_host_restart(host)
-        return ok
+        except TimeoutError:
+            # slow is not dead (a loaded machine, a GC pause): what it owes keeps its deadline
+            log.warning("host %d did not answer its ping in %.1f s", host, timeout_s)
+            return False
+        except Exception as exc:
+            err = exc if isinstance(exc, SyncopateError) else SyncopateError(
+                ErrorCode.HOST_UNAVAILABLE, f"host {host} did not answer its ping; retry with the same op_id")
+            self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], err)
+            # Keep the last incarnation known: the next good ping must see the restart.
+            return False
+        known = self._incarnations.get(host)
+        if known is None:
+            self._incarnations[host] = inc
+        elif known != inc:
+            self._incarnations[host] = inc
+            lost = [t for t, p in self._pending.items() if p.host == host and t < before]
+            self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
+                                                   "the host restarted; retry with the same op_id"))
+            self.on_host_restart(host)
+        return True
 
     async def _liveness(self, every: float) -> None:
         while not self._stopping:
