@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from gateway.auth import bearer
-from gateway.http import CTX, PRINCIPAL, error_response
+from gateway.http import CTX, IDEMPOTENCY_KEY, OP_ID, PRINCIPAL, error_response
 from gateway.ratelimit import TokenBucket
 from protocols.errors import ErrorCode, SyncopateError
 
@@ -34,6 +34,11 @@ async def errors(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(SyncopateError(ErrorCode.INTERNAL, "internal server error"))
+    op = request.get(OP_ID)
+    if op is not None and not resp.prepared:
+        # the op id this request's mutation carried, made here when the client sent none: a
+        # client retrying after TIMEOUT or a dropped connection sends it back to be applied once
+        resp.headers[IDEMPOTENCY_KEY] = op
     ctx.metrics.http_requests.labels(str(resp.status)).inc()
     if not request.path.startswith(SELF_AUTH_PREFIXES):
         ctx.metrics.request_seconds.labels("rest").observe(time.perf_counter() - t0)
