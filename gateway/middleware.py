@@ -27,8 +27,8 @@ async def errors(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE}.get(
-            exc.status, ErrorCode.BAD_REQUEST)
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE,
+                414: ErrorCode.URI_TOO_LONG, 431: ErrorCode.HEADERS_TOO_LARGE}.get(exc.status, ErrorCode.BAD_REQUEST)
         resp = error_response(SyncopateError(code, exc.reason or code.value))
         resp.set_status(exc.status)
     except Exception:

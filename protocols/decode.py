@@ -82,6 +82,9 @@ def parse(data: bytes | str, encoding: str) -> Any:
         except orjson.JSONDecodeError as exc:     # also orjson's own 1024-deep recursion limit
             raise SyncopateError(ErrorCode.MALFORMED_FRAME, f"frame is not valid json: {exc}") from None
     if encoding == MSGPACK:
+        # strict_map_key stays on: it admits str and bytes keys only (check_plain then refuses
+        # bytes), because an int key's hash is not randomised and a map of colliding int keys
+        # would take quadratic time to build. Such a frame is refused before its id can be read.
         try:
             return msgpack.unpackb(
                 data, raw=False, strict_map_key=True, use_list=True, timestamp=0, ext_hook=_refuse_ext,
