@@ -5,9 +5,15 @@ routes with `add_route`, which registers the path with and without a trailing sl
 clients send both). Handlers reach the cluster through `ctx(request).call(...)` and the caller
 through `principal(request)`; a SyncopateError raised anywhere becomes Spotify's error shape in
 gateway/middleware.py.
+
+Every mutation carries an op id (`mutation_op_id`): the client's `Idempotency-Key` header, or one
+made for the request. The host applies an op id once, so a mutation the gateway gave up on
+(TIMEOUT, HOST_UNAVAILABLE) and that committed anyway is not applied a second time by a retry with
+the same key; the answer's `Idempotency-Key` header tells a client that sent none which key that is.
 """
 from __future__ import annotations
 
+import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -19,6 +25,9 @@ from protocols.errors import ErrorCode, SyncopateError
 
 CTX = web.AppKey("syncopate_ctx", object)
 PRINCIPAL = web.RequestKey("syncopate_principal", Principal)
+OP_ID = web.RequestKey("syncopate_op_id", str)
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_OP_ID = 128                # as on the websocket (protocols/codec.py)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,6 +39,24 @@ def ctx(request: web.Request):
 
 def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
+
+
+def mutation_op_id(request: web.Request) -> str:
+    """The op id of this request's mutation: the client's Idempotency-Key, else a random one made
+    once per request (a retry of a request that sent no key is a new request; one that echoes the
+    answer's Idempotency-Key header is the same one). An over-long key is refused, not truncated:
+    two keys sharing their first 128 characters would otherwise be one operation."""
+    op = request.get(OP_ID)
+    if op is None:
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is None:
+            op = f"rest-{uuid.uuid4().hex}"
+        elif 0 < len(key) <= MAX_OP_ID:
+            op = key
+        else:
+            raise SyncopateError(ErrorCode.BAD_REQUEST, f"Idempotency-Key must be 1 to {MAX_OP_ID} characters")
+        request[OP_ID] = op
+    return op
 
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:

@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from gateway.auth import bearer
-from gateway.http import CTX, PRINCIPAL, error_response
+from gateway.http import CTX, IDEMPOTENCY_KEY, OP_ID, PRINCIPAL, error_response
 from gateway.ratelimit import TokenBucket
 from protocols.errors import ErrorCode, SyncopateError
 
@@ -27,13 +27,18 @@ async def errors(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE}.get(
-            exc.status, ErrorCode.BAD_REQUEST)
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.FRAME_TOO_LARGE,
+                414: ErrorCode.URI_TOO_LONG, 431: ErrorCode.HEADERS_TOO_LARGE}.get(exc.status, ErrorCode.BAD_REQUEST)
         resp = error_response(SyncopateError(code, exc.reason or code.value))
         resp.set_status(exc.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(SyncopateError(ErrorCode.INTERNAL, "internal server error"))
+    op = request.get(OP_ID)
+    if op is not None and not resp.prepared:
+        # the op id this request's mutation carried, made here when the client sent none: a
+        # client retrying after TIMEOUT or a dropped connection sends it back to be applied once
+        resp.headers[IDEMPOTENCY_KEY] = op
     ctx.metrics.http_requests.labels(str(resp.status)).inc()
     if not request.path.startswith(SELF_AUTH_PREFIXES):
         ctx.metrics.request_seconds.labels("rest").observe(time.perf_counter() - t0)

@@ -25,8 +25,9 @@ Classic surface (tekore 6):
 Errors (Spotify's shape, nothing changed): a missing `uris`/`ids`, more than 40 (/me/library) or 50
 (typed) items, a malformed id or uri (INVALID_URI), an unsupported type (episode, show, user:
 BAD_REQUEST), a well-formed id the catalog doesn't know (UNKNOWN_URI) -> 400. One bad entry refuses
-the whole call. An `Idempotency-Key` header on a mutation becomes the command's op id: a retry
-with the same key is answered with the first answer, never applied twice.
+the whole call. An `Idempotency-Key` header on a mutation becomes the command's op id (without one
+the gateway makes one, gateway/http.py): a retry with the same key is answered with the first
+answer, never applied twice.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from gateway.http import (
     int_param,
     json_body,
     json_response,
+    mutation_op_id,
     paging,
     principal,
 )
@@ -54,7 +56,6 @@ MAX_TYPED_IDS = 50             # /me/tracks, /me/albums, /me/following
 MAX_PAGE = 50
 MAX_OFFSET = 10_000_000
 MAX_FOLLOWER_CHECK = 5         # /playlists/{id}/followers/contains (Spotify: at most 5 user ids)
-MAX_OP_ID = 128                # as on the websocket (protocols/codec.py)
 
 
 def setup(app: web.Application) -> None:
@@ -80,19 +81,10 @@ def setup(app: web.Application) -> None:
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def op_id(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 0 < len(key) <= MAX_OP_ID:
-        raise SyncopateError(ErrorCode.BAD_REQUEST, f"Idempotency-Key must be 1 to {MAX_OP_ID} characters")
-    return key
-
-
 async def _session(request: web.Request, op: str, args: dict, *, mutation: bool = False):
     p = principal(request)
     return await ctx(request).call(SESSION, p.user_id, op, args, principal=p,
-                                   op_id=op_id(request) if mutation else None)
+                                   op_id=mutation_op_id(request) if mutation else None)
 
 
 def _split(raw: str) -> list[str]:
@@ -267,14 +259,14 @@ async def follow_playlist(request: web.Request) -> web.Response:
     if "public" in body and not isinstance(body["public"], bool):
         raise SyncopateError(ErrorCode.BAD_REQUEST, "public must be a boolean")
     p = principal(request)
-    await ctx(request).call(PLAYLIST, pid, "follow", {}, principal=p, op_id=op_id(request))
+    await ctx(request).call(PLAYLIST, pid, "follow", {}, principal=p, op_id=mutation_op_id(request))
     return _empty(200)
 
 
 async def unfollow_playlist(request: web.Request) -> web.Response:
     pid = _playlist_id(request)
     p = principal(request)
-    await ctx(request).call(PLAYLIST, pid, "unfollow", {}, principal=p, op_id=op_id(request))
+    await ctx(request).call(PLAYLIST, pid, "unfollow", {}, principal=p, op_id=mutation_op_id(request))
     return _empty(200)
 
 

@@ -42,10 +42,10 @@ from gateway.http import (
     json_body,
     json_response,
     list_param,
+    mutation_op_id,
     no_content,
     principal,
 )
-from gateway.rest_library import op_id
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP
 
@@ -94,7 +94,7 @@ async def _group(request: web.Request, op: str, args: dict | None = None, *, com
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"device_id must be 1 to {MAX_DEVICE_ID} characters")
             args["device_id"] = dev
     return await ctx(request).call(DEVICE_GROUP, p.user_id, op, args, principal=p,
-                                   op_id=op_id(request) if command else None)
+                                   op_id=mutation_op_id(request) if command else None)
 
 
 def _query_int(request: web.Request, name: str, *, required: bool) -> int | None:

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, paging,
-                          principal)
+from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, mutation_op_id,
+                          paging, principal)
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION
-from protocols.uris import keyed_id, new_id, parse_uri
+from protocols.uris import keyed_id, parse_uri
 
 OBJECT_PAGE = 100           # items embedded in a full playlist object
 
@@ -101,11 +101,6 @@ def _pid(request: web.Request) -> str:
     return pid
 
 
-def _op_id(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    return key[:128] if key else None
-
-
 def _snapshot(reply: Any, status: int = 200) -> web.Response:
     return json_response({"snapshot_id": reply["snapshot_id"]}, status=status)
 
@@ -120,8 +115,9 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(body.get("name"), str) or not body["name"].strip():
         raise SyncopateError(ErrorCode.BAD_REQUEST, "name is required")
     args = {k: body[k] for k in ("name", "description", "public", "collaborative") if k in body}
-    op_id = _op_id(request)
-    pid = keyed_id(me.user_id, op_id) if op_id else new_id()
+    # a retry with the same op id must reach the same entity, so the id derives from it
+    op_id = mutation_op_id(request)
+    pid = keyed_id(me.user_id, op_id)
     pl = await ctx(request).call(PLAYLIST, pid, "create", args, principal=me, op_id=op_id)
     page = paging(request, [], 0, 0, OBJECT_PAGE, path=f"/v1/playlists/{pid}/tracks")
     return json_response(playlist_object(request, pl, page), status=201)
@@ -141,7 +137,7 @@ async def change_details(request: web.Request) -> web.Response:
     if not args:
         raise SyncopateError(ErrorCode.BAD_REQUEST, "nothing to change")
     await ctx(request).call(PLAYLIST, pid, "update_details", args, principal=principal(request),
-                            op_id=_op_id(request))
+                            op_id=mutation_op_id(request))
     return web.Response(status=200)
 
 
@@ -183,7 +179,8 @@ async def add_items(request: web.Request) -> web.Response:
             args["position"] = int(position)
         except (TypeError, ValueError):
             raise SyncopateError(ErrorCode.BAD_REQUEST, "position must be an integer") from None
-    reply = await ctx(request).call(PLAYLIST, pid, "add", args, principal=principal(request), op_id=_op_id(request))
+    reply = await ctx(request).call(PLAYLIST, pid, "add", args, principal=principal(request),
+                                    op_id=mutation_op_id(request))
     return _snapshot(reply, status=201)
 
 
@@ -193,14 +190,16 @@ async def replace_or_reorder(request: web.Request) -> web.Response:
     c = ctx(request)
     if "range_start" in body or "insert_before" in body:
         args = {k: body[k] for k in ("range_start", "insert_before", "range_length", "snapshot_id") if k in body}
-        reply = await c.call(PLAYLIST, pid, "reorder", args, principal=principal(request), op_id=_op_id(request))
+        reply = await c.call(PLAYLIST, pid, "reorder", args, principal=principal(request),
+                             op_id=mutation_op_id(request))
         return _snapshot(reply)
     uris = body.get("uris")
     if uris is None and "uris" in request.query:
         uris = [u for u in request.query["uris"].split(",") if u]
     if not isinstance(uris, list):
         raise SyncopateError(ErrorCode.BAD_REQUEST, "uris (replace) or range_start/insert_before (reorder) required")
-    reply = await c.call(PLAYLIST, pid, "replace", {"uris": uris}, principal=principal(request), op_id=_op_id(request))
+    reply = await c.call(PLAYLIST, pid, "replace", {"uris": uris}, principal=principal(request),
+                         op_id=mutation_op_id(request))
     return _snapshot(reply, status=200)
 
 
@@ -216,7 +215,7 @@ async def remove_items(request: web.Request) -> web.Response:
     if "snapshot_id" in body:
         args["snapshot_id"] = body["snapshot_id"]
     reply = await ctx(request).call(PLAYLIST, pid, "remove", args, principal=principal(request),
-                                    op_id=_op_id(request))
+                                    op_id=mutation_op_id(request))
     return _snapshot(reply)
 
 
@@ -273,12 +272,12 @@ async def set_collaborator(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     reply = await ctx(request).call(PLAYLIST, _pid(request), "set_collaborator",
                                     {"user_id": request.match_info["user_id"], "role": body.get("role")},
-                                    principal=principal(request), op_id=_op_id(request))
+                                    principal=principal(request), op_id=mutation_op_id(request))
     return _snapshot(reply)
 
 
 async def remove_collaborator(request: web.Request) -> web.Response:
     reply = await ctx(request).call(PLAYLIST, _pid(request), "remove_collaborator",
                                     {"user_id": request.match_info["user_id"]},
-                                    principal=principal(request), op_id=_op_id(request))
+                                    principal=principal(request), op_id=mutation_op_id(request))
     return _snapshot(reply)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import add_route, ctx, json_response, principal
-from gateway.rest_library import op_id
+from gateway.http import add_route, ctx, json_response, mutation_op_id, principal
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import SESSION
 
@@ -46,5 +45,5 @@ async def end_session(request: web.Request) -> web.Response:
         raise SyncopateError(ErrorCode.BAD_REQUEST, f"device id must be 1 to {MAX_DEVICE_ID} characters")
     p = principal(request)
     reply = await ctx(request).call(SESSION, p.user_id, "end_connection", {"device_id": device_id},
-                                    principal=p, op_id=op_id(request))
+                                    principal=p, op_id=mutation_op_id(request))
     return json_response(reply)

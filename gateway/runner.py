@@ -14,7 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from actors.entity import Command
-from gateway.app import build_app
+from gateway.app import GatewayRunner, build_app
 from gateway.auth import Auth
 from gateway.context import GatewayConfig, GatewayContext
 from gateway.dispatcher import Dispatcher
@@ -56,7 +56,7 @@ class GatewayServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
         await self.dispatcher.start()
         self._heartbeat = asyncio.create_task(self._heartbeats())
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        self._runner = GatewayRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

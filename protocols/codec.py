@@ -7,24 +7,40 @@ from typing import Any
 import msgpack
 import orjson
 
+from protocols import decode
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import CLIENT_TYPES, Envelope, MessageType
 
-JSON = "json"
-MSGPACK = "msgpack"
+JSON = decode.JSON
+MSGPACK = decode.MSGPACK
+MAX_ID_LEN = 256                # a request id is echoed in every answer: keep it an id, not a payload
 
 
-def decode_frame(data: bytes | str, encoding: str) -> Envelope:
-    """Parse and validate one client frame. Raises SyncopateError; never returns half-valid input."""
+def decode_frame(data: bytes | str, encoding: str, *, max_bytes: int = decode.MAX_FRAME_BYTES) -> Envelope:
+    """Parse and validate one client frame. Raises SyncopateError; never returns half-valid input.
+
+    The bytes go through protocols/decode.py (MALFORMED_FRAME for anything that isn't one plain
+    JSON / msgpack value within its limits); the envelope's fields are checked here (INVALID_FIELD,
+    UNKNOWN_MESSAGE_TYPE). A caller with a frame limit above MAX_FRAME_BYTES passes its own."""
+    size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else len(data.encode())
+    if size > max_bytes:
+        raise SyncopateError(ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes exceeds {max_bytes}")
+    raw = decode.parse(data, encoding)
+    # Echo the request's id when the value is refused for something inside it, so the client can
+    # tell which of its requests it was.
+    rid = raw.get("id") if isinstance(raw, dict) else None
     try:
-        raw = orjson.loads(data) if encoding == JSON else msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # orjson.JSONDecodeError, msgpack exceptions of several kinds
-        raise SyncopateError(ErrorCode.MALFORMED_FRAME, f"frame is not valid {encoding}: {exc}") from None
+        decode.check_plain(raw, code=ErrorCode.MALFORMED_FRAME, where="frame")
+    except SyncopateError as err:
+        if _valid_id(rid) and decode.is_plain(rid):
+            err.details["id"] = rid
+        raise
     if not isinstance(raw, dict):
         raise SyncopateError(ErrorCode.MALFORMED_FRAME, "a frame must be an object")
     rid = raw.get("id")
-    if rid is not None and not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise SyncopateError(ErrorCode.INVALID_FIELD, "id must be a string or an integer")
+    if rid is not None and not _valid_id(rid):
+        raise SyncopateError(ErrorCode.INVALID_FIELD,
+                             f"id must be a string of at most {MAX_ID_LEN} characters or an integer")
     mtype = raw.get("type")
     if not isinstance(mtype, str):
         raise SyncopateError(ErrorCode.INVALID_FIELD, "type must be a string", id=rid)
@@ -43,6 +59,11 @@ def decode_frame(data: bytes | str, encoding: str) -> Envelope:
     if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
         raise SyncopateError(ErrorCode.INVALID_FIELD, "op_id must be a string of 1 to 128 characters", id=rid)
     return Envelope(type=mt, id=rid, payload=payload, op_id=op_id)
+
+
+def _valid_id(rid: Any) -> bool:
+    # bool is an int to Python, not to the client; the int range is decode's (64-bit)
+    return (type(rid) is str and len(rid) <= MAX_ID_LEN) or type(rid) is int
 
 
 def json_default(obj: Any) -> Any:

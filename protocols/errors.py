@@ -16,6 +16,8 @@ class ErrorCode(str, Enum):
     UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
     INVALID_FIELD = "INVALID_FIELD"              # missing or mistyped field
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    URI_TOO_LONG = "URI_TOO_LONG"                # request line over the HTTP parser's limit
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"      # a header over the parser's limit, or too many headers
     RATE_LIMITED = "RATE_LIMITED"
     # -- auth ------------------------------------------------------------------------------
     UNAUTHORIZED = "UNAUTHORIZED"                # missing / invalid token
@@ -56,6 +58,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_MESSAGE_TYPE: 400,
     ErrorCode.INVALID_FIELD: 400,
     ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.URI_TOO_LONG: 414,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
