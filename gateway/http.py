@@ -16,11 +16,11 @@ from __future__ import annotations
 import uuid
 from typing import Any, Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
 from actors.entity import Principal
-from protocols.codec import dumps_json
+from protocols.codec import JSON, dumps_json
+from protocols.decode import decode_value
 from protocols.errors import ErrorCode, SyncopateError
 
 CTX = web.AppKey("syncopate_ctx", object)
@@ -77,6 +77,15 @@ def error_response(err: SyncopateError, headers: dict | None = None) -> web.Resp
     return json_response(err.to_spotify(), status=err.status, headers=headers)
 
 
+def request_json(raw: bytes) -> Any:
+    """A REST body through the same decoding layer as websocket frames (protocols/decode.py: depth,
+    sizes, plain values only); a violation is Spotify's 400."""
+    try:
+        return decode_value(raw, JSON)
+    except SyncopateError as err:
+        raise SyncopateError(ErrorCode.BAD_REQUEST, f"malformed JSON body: {err.message}") from None
+
+
 async def json_body(request: web.Request, *, required: bool = False) -> dict:
     """The request body as a JSON object ({} when empty and not required). Malformed -> 400."""
     raw = await request.read()
@@ -84,10 +93,7 @@ async def json_body(request: web.Request, *, required: bool = False) -> dict:
         if required:
             raise SyncopateError(ErrorCode.BAD_REQUEST, "a JSON body is required")
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise SyncopateError(ErrorCode.BAD_REQUEST, f"malformed JSON body: {exc}") from None
+    body = request_json(raw)
     if not isinstance(body, dict):
         raise SyncopateError(ErrorCode.BAD_REQUEST, "the JSON body must be an object")
     return body

@@ -12,10 +12,9 @@ import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, mutation_op_id,
+from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, mutation_op_id, request_json,
                           paging, principal)
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION
@@ -152,10 +151,7 @@ async def _body_any(request: web.Request) -> Any:
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise SyncopateError(ErrorCode.BAD_REQUEST, f"malformed JSON body: {exc}") from None
+    return request_json(raw)
 
 
 async def add_items(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ import pytest
 
 from syncopate.server import LocalServer
 from tests.test_playlist_integration import WsClient, add, create, entry_ids, local_spec, rest, track_uris
-from tests.test_yjs_interop import Y, node_ready, ybase, ynode  # noqa: F401  (fixtures)
+from tests.test_yjs_interop import Y, node_ready, ybase  # noqa: F401  (node_ready: a fixture)
 
 QUIET_S = 0.5            # after the notice, nothing of the playlist may arrive for this long
 
@@ -35,6 +35,14 @@ async def http():
 @pytest.fixture
 def cat(server):
     return server.gateway.ctx.catalog
+
+
+@pytest.fixture
+async def ynode(node_ready):  # noqa: F811
+    from tests.test_yjs_interop import YNode
+    n = await YNode(node_ready).start()
+    yield n
+    await n.close()
 
 
 @pytest.fixture

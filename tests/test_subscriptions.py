@@ -149,8 +149,7 @@ async def test_a_refused_resync_ends_the_subscription_and_says_so(setup):
     assert sent_types(a) == ["subscription.ended"]
 
 
-async def test_slow_reader_is_closed_at_its_byte_budget_and_others_are_not():
-    hub = Hub("gw")
+async def test_slow_reader_is_closed_at_its_byte_budget():
     blocked = asyncio.Event()
     frames = []
 
