@@ -48,7 +48,7 @@ class Subscriptions:
         self._wm: dict[Connection, dict[str, int]] = {}
         self._answered: dict[Connection, dict[str, int]] = {}
         self._resyncing: set[tuple[str, str]] = set()
-        self._joining: dict[str, int] = {}        # key -> joins sent and not yet answered
+        self._joining: dict[tuple[str, str], bool] = {}   # (conn, key) -> join in flight; False: cancelled
         self.gaps = 0
         self.resyncs = 0
         self.ended = 0
@@ -75,16 +75,16 @@ class Subscriptions:
         stream is read, so membership is in place before the next push of the same frame."""
         cmd.origin = self.address(conn)
         key = cmd.key
-        self._joining[key] = self._joining.get(key, 0) + 1
+        self._joining[(conn.id, key)] = True
 
         def answered(reply: Reply) -> None:
-            n = self._joining.get(key, 1) - 1
-            if n:
-                self._joining[key] = n
-            else:
-                self._joining.pop(key, None)
+            wanted = self._joining.pop((conn.id, key), True)
+            if reply.ok and not wanted and not conn.closed:
+                if on_reply is not None:        # it left before the answer came: answered, not a member
+                    on_reply(reply)
+                return
             if reply.ok and conn.closed:
-                self._maybe_unsubscribe(key, conn)      # the host added interest for a socket now gone
+                self._unsubscribe(key, conn)      # the host added interest for a socket now gone
             if reply.ok and not conn.closed:
                 self._add(conn, key, reply.version)
                 policy = reply.payload.get("access") if isinstance(reply.payload, dict) else None
@@ -121,25 +121,28 @@ class Subscriptions:
         self.members.setdefault(key, set()).add(conn)
 
     def leave(self, conn: Connection, key: str) -> None:
-        """Stop following; the host forgets this gateway's interest when its last local member leaves.
-        The unsubscribe travels through the entity's mailbox, ordered after any subscribe already
-        sent, so another connection's join in flight is never undone by it."""
+        """Stop following; the host forgets this connection's interest (and the gateway's with its last).
+        The unsubscribe travels through the entity's mailbox, ordered after this connection's
+        subscribe, and names this connection only."""
         self._wm.get(conn, {}).pop(key, None)
         self._answered.get(conn, {}).pop(key, None)
         self._resyncing.discard((conn.id, key))
         members = self.members.get(key)
         if members is None or conn not in members:
+            if self._joining.get((conn.id, key)):
+                # its join is in flight: the unsubscribe follows it through the mailbox, and the
+                # answer must not make it a member after all
+                self._joining[(conn.id, key)] = False
+                self._unsubscribe(key, conn)
             return
         members.discard(conn)
         if not members:
             del self.members[key]
-        self._maybe_unsubscribe(key, conn)
+        self._unsubscribe(key, conn)
 
-    def _maybe_unsubscribe(self, key: str, conn: Connection) -> None:
-        # Not while a join of another local connection is in flight: its subscribe may already be
-        # ahead of this unsubscribe in the entity's mailbox, and would be undone by it (a deaf member).
-        if self.members.get(key) or self._joining.get(key):
-            return
+    def _unsubscribe(self, key: str, conn: Connection) -> None:
+        # The host keeps interest per connection (actors/host.py), so each leave is told, and one
+        # connection's leave can't undo another's join in flight, whatever their order.
         kind, _, eid = key.partition(":")
         self.dispatcher.request(Command(kind, eid, "unsubscribe", {}, origin=self.address(conn)),
                                 lambda reply: None)

@@ -96,19 +96,24 @@ async def test_host_gap_resubscribes_every_member(setup):
     assert sorted(c.args["since"] for c, _ in resubs) == [3, 4]
 
 
-async def test_a_leave_does_not_undo_a_join_in_flight(setup):
+async def test_each_leave_names_its_own_connection(setup):
     hub, d, subs = setup
     a, b = conn(hub), conn(hub)
     subs.subscribe(a, "playlist:p")
     (_, cb), = d.take("subscribe")
     cb(Reply(1, {}))
     subs.subscribe(b, "playlist:p")            # b's subscribe is on its way to the host
-    subs.leave(a, "playlist:p")                # a was the only member so far
-    assert d.take("unsubscribe") == []         # no unsubscribe may overtake b's join
+    subs.leave(a, "playlist:p")                # only a's interest goes: b's join can't be undone by it
+    (cmd, _), = d.take("unsubscribe")
+    assert cmd.origin == ConnAddress("gw", a.id)
     (_, cb_b), = d.take("subscribe")
     cb_b(Reply(1, {}))
-    subs.leave(b, "playlist:p")
-    assert [c.key for c, _ in d.take("unsubscribe")] == ["playlist:p"]
+    assert subs.follows(b, "playlist:p")
+    b.closed = True                            # a join answered after its socket closed is undone
+    subs.subscribe(b, "playlist:q")
+    (_, cb_q), = d.take("subscribe")
+    cb_q(Reply(1, {}))
+    assert [(c.key, c.origin.conn) for c, _ in d.take("unsubscribe")] == [("playlist:q", b.id)]
 
 
 async def test_a_push_addressed_to_a_connection_reaches_only_that_user(setup):
