@@ -650,7 +650,7 @@ async def long_request_line(target, *, query_bytes: int = 100_000, timeout_s: fl
             r.counts["status"] = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
             r.counts["content_type"] = next((ln.split(":", 1)[1].strip() for ln in lines[1:]
                                              if ln.lower().startswith("content-type:")), None)
-            r.counts["body"] = body[:500].decode("utf-8", "replace")
+            r.counts["body"] = body[:4000].decode("utf-8", "replace")
             if r.counts["status"] is not None:
                 r.answered += 1
         finally:
