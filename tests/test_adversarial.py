@@ -99,8 +99,8 @@ async def recovered(target, world):
     try:
         while True:
             try:
-                for pid in world.mine:
-                    await c.request("playlist.get", {"id": pid}, timeout=2)
+                for mtype, payload in bystander_requests(world):
+                    await c.request(mtype, payload, timeout=2)
                 break
             except ClientError as err:
                 if not err.retryable or time.monotonic() > deadline:
@@ -111,14 +111,17 @@ async def recovered(target, world):
         await c.close()
 
 
+def bystander_requests(world) -> list[tuple[str, dict]]:
+    """Reads of the legitimate user's playlist on each host, its library (session) and player."""
+    return [("playlist.get", {"id": world.mine[0]}), ("playlist.get", {"id": world.mine[1]}),
+            ("library.contains", {"uris": [world.track]}), ("player.state", {})]
+
+
 @contextlib.asynccontextmanager
 async def bystander(target, world):
     """A legitimate client on the same gateway for the length of the block; afterwards: not one
     failed request, no request slower than STALL_MS, and it did make requests."""
-    b = A.Bystander(target, "legit", [("playlist.get", {"id": world.mine[0]}),
-                                      ("playlist.get", {"id": world.mine[1]}),
-                                      ("library.contains", {"uris": [world.track]}),
-                                      ("player.state", {})])
+    b = A.Bystander(target, "legit", bystander_requests(world))
     await b.start()
     start = b.mark()
     try:
