@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-LIVE = ("collab", "connect", "reconnect-storm", "mixed")
+LIVE = ("collab", "connect", "reconnect-storm", "mixed", "abuse")
 
 
 def _scenario_classes() -> dict:
@@ -177,5 +177,8 @@ def _print_summary(report: dict, out: str) -> None:
     for f in report.get("faults", []):
         lines.append(f"  fault {f['kind']} at {f.get('at_s')} s: acked before {f.get('acked_before')}, missing "
                      f"{f.get('acked_missing_after_recovery')}, recovery {f.get('recovery', {}).get('recovery_s')} s")
+    if report.get("abuse"):
+        from simulations.report import abuse_lines
+        lines += ["  " + x for x in abuse_lines(report)]
     lines.append(f"  report: {out}/report.md")
     print("\n".join(lines))

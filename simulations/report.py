@@ -293,6 +293,8 @@ def markdown(report: dict) -> str:
             L.append(f"Server processes together: CPU mean {_fmt(res['server_cpu_pct_mean'])} % "
                      f"(of one core), RSS max {_fmt(res.get('server_rss_mb_max'))} MB.")
             L.append("")
+    if report.get("abuse"):
+        L += abuse_markdown(report)
     for key in ("comparison", "bench", "notes"):
         if key in report and isinstance(report[key], str):
             L.append(report[key])
@@ -309,6 +311,79 @@ def markdown(report: dict) -> str:
             L.append(f"![{p}]({p})")
         L.append("")
     return "\n".join(L)
+
+
+# -- the abuse scenario's block ----------------------------------------------------------------------------
+def rss_by_phase(report: dict) -> dict:
+    """Max RSS (MB) of every sampled process before the attacks and during them (abuse block times)."""
+    ab = report.get("abuse") or {}
+    start, end = ab.get("attack_start_s"), ab.get("attack_end_s")
+    out: dict[str, dict] = {}
+    for s in (report.get("resources") or {}).get("samples") or []:
+        phase = "without_attack" if start is None or s["t"] < start else \
+            "with_attack" if end is None or s["t"] <= end else "after"
+        row = out.setdefault(s["label"], {})
+        row[phase] = max(row.get(phase, 0.0), s["rss_mb"])
+    return out
+
+
+def abuse_lines(report: dict) -> list[str]:
+    """The abuse block in a few lines: legitimate latency without and with the attack, each attack."""
+    ab = report["abuse"]
+    L = []
+    for phase in ("without_attack", "with_attack"):
+        v = ab["legit"][phase]
+        L.append(f"legit {phase:15s} n={v['count']:<6} p50={v['p50']} p99={v['p99']} max={v['max']} "
+                 f"failed={v['failed']} retried={v['retried_attempts']}")
+    for a in ab["attacks"]:
+        what = a.get("skipped") or a.get("error") or \
+            f"errors={a.get('errors')} closes={sorted(set(map(str, a.get('closes', []))))} timings={a.get('timings_ms')} " \
+            f"recovery_s={a.get('recovery_s')}"
+        L.append(f"attack {a['name']:24s} {what}"[:200])
+    for label, row in rss_by_phase(report).items():
+        L.append(f"rss max MB {label:24s} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    after = ab["limit_metrics"].get("after") or {}
+    L.append(f"limit metrics: {len(after)}" + ("" if after else " (the server exports none)"))
+    return L
+
+
+def abuse_markdown(report: dict) -> list[str]:
+    ab = report["abuse"]
+    L = ["## Abuse", "",
+         f"Legitimate traffic alone for {_fmt(ab['baseline_s'])} s, then the attackers one after another "
+         f"({_fmt(ab['attack_start_s'])} s to {_fmt(ab['attack_end_s'])} s).", "",
+         "| legitimate requests | count | p50 ms | p95 ms | p99 ms | max ms | failed | retried attempts |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [("without the attack", ab["legit"]["without_attack"]), ("with the attack", ab["legit"]["with_attack"])]
+    rows += [(f"during {n}", v) for n, v in ab["legit"]["per_attack"].items()]
+    for label, v in rows:
+        L.append(f"| {label} | {_fmt(v['count'])} | {_fmt(v['p50'])} | {_fmt(v['p95'])} | {_fmt(v['p99'])} | "
+                 f"{_fmt(v['max'])} | {_fmt(v['failed'])} | {_fmt(v['retried_attempts'])} |")
+    L += ["", "| attack | sent | answered | errors | closes | timings ms | server answers again after s | other |",
+          "|---|---:|---:|---|---|---|---:|---|"]
+    for a in ab["attacks"]:
+        if "skipped" in a or "error" in a:
+            L.append(f"| {a['name']} | | | | | | {_fmt(a.get('recovery_s'))} | {a.get('skipped') or a.get('error')} |")
+            continue
+        L.append(f"| {a['name']} | {a['sent']} | {a['answered']} | {a['errors'] or ''} | {a['closes'] or ''} | "
+                 f"{a['timings_ms'] or ''} | {_fmt(a.get('recovery_s'))} | {str(a['counts'])[:300].replace('|', '/')} |")
+    phases = rss_by_phase(report)
+    if phases:
+        L += ["", "| process | RSS max MB without the attack | with the attack | after |", "|---|---:|---:|---:|"]
+        for label, row in phases.items():
+            L.append(f"| {label} | {_fmt(row.get('without_attack'))} | {_fmt(row.get('with_attack'))} | "
+                     f"{_fmt(row.get('after'))} |")
+    L += ["", "Budget and limit metrics (/metrics names holding budget, limit, refused, dropped, rejected, "
+          "closed or rate):", ""]
+    before, after = ab["limit_metrics"].get("before") or {}, ab["limit_metrics"].get("after") or {}
+    if not before and not after:
+        L.append("none exported by this server.")
+    else:
+        L += ["| metric | before | after |", "|---|---:|---:|"]
+        for k in sorted(set(before) | set(after)):
+            L.append(f"| `{k}` | {_fmt(before.get(k))} | {_fmt(after.get(k))} |")
+    L.append("")
+    return L
 
 
 def plot(report: dict, out: Path) -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 
 _MODULES = {"collab": "collab:Collab", "connect": "connect:Connect",
-            "reconnect-storm": "reconnect_storm:ReconnectStorm", "mixed": "mixed:Mixed"}
+            "reconnect-storm": "reconnect_storm:ReconnectStorm", "mixed": "mixed:Mixed",
+            "abuse": "abuse:Abuse"}
 
 
 def get(name: str):
