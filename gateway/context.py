@@ -32,6 +32,8 @@ class GatewayConfig:
     session_heartbeat_s: float = 15.0    # connections reported to the session entity (which expires at 45 s)
     max_queued_bytes: int = 8 << 20      # outbound bytes queued per socket before it is closed (4008)
     max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
+    max_inflight_per_socket: int = 256   # requests awaiting their answer per app socket (RATE_LIMITED beyond)
+    max_inflight_subscribes_per_socket: int = 8
     extra: dict = field(default_factory=dict)
 
 

@@ -134,6 +134,7 @@ class Hub:
         self._ids = itertools.count(1)
         self.conns: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
+        self._reserved: dict[str, int] = {}          # admitted, upgrade in progress (not yet added)
         self.max_sockets_per_user = max_sockets_per_user
         self.refused_sockets = 0
         self.slow_closed = 0
@@ -142,13 +143,27 @@ class Hub:
         return f"c{self._prefix}{next(self._ids)}"
 
     def admit(self, principal: Principal) -> None:
-        """Refuse a socket beyond the user's budget, before the upgrade (HTTP 429)."""
-        if len(self.by_user.get(principal.user_id, ())) >= self.max_sockets_per_user:
+        """Refuse a socket beyond the user's budget, before the upgrade (HTTP 429). An admitted socket
+        holds its place while it upgrades (sockets opened all at once are counted as they come),
+        until `add` or `release`."""
+        uid = principal.user_id
+        if len(self.by_user.get(uid, ())) + self._reserved.get(uid, 0) >= self.max_sockets_per_user:
             self.refused_sockets += 1
             raise SyncopateError(ErrorCode.RATE_LIMITED,
                                  f"at most {self.max_sockets_per_user} open sockets per user", retry_after_ms=1000)
+        self._reserved[uid] = self._reserved.get(uid, 0) + 1
+
+    def release(self, principal: Principal) -> None:
+        """An admitted socket that never became a connection (its upgrade failed)."""
+        uid = principal.user_id
+        n = self._reserved.get(uid, 0) - 1
+        if n > 0:
+            self._reserved[uid] = n
+        else:
+            self._reserved.pop(uid, None)
 
     def add(self, conn: Connection) -> None:
+        self.release(conn.principal)
         self.conns[conn.id] = conn
         self.by_user.setdefault(conn.principal.user_id, set()).add(conn)
 

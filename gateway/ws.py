@@ -49,7 +49,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
                                compress=False)   # small frames: deflate costs both ends more than it saves
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        ctx.hub.release(principal)
+        raise
     client = request.query.get("client", "app")[:32]
     device_id = (request.query.get("device_id") or principal.device_id or None)
     device_id = device_id[:64] if device_id else None
@@ -81,6 +85,8 @@ class WsSession:
         self.origin = self.subs.address(conn)
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self._expiry: asyncio.TimerHandle | None = None
+        self.inflight = 0              # requests sent to hosts and not yet answered
+        self.inflight_subscribes = 0   # of which subscribes (whose answers can be a whole playlist)
 
     async def open(self) -> None:
         """Register with the user's session (presence), follow it (library and session pushes), then
@@ -190,8 +196,22 @@ class WsSession:
         self.ctx.metrics.errors.labels(err.code.value).inc()
         self.conn.send(codec.error(rid, err))
 
-    def _answer(self, rid, t0: float, op_id: str | None = None):
+    def _budget(self, subscribe: bool = False) -> None:
+        """In-flight budgets: a client may not have the hosts build more answers for it at once than
+        this (an answer can be a 10,000-entry playlist; two hundred at once were a gigabyte)."""
+        cfg = self.ctx.config
+        if self.inflight >= cfg.max_inflight_per_socket or (
+                subscribe and self.inflight_subscribes >= cfg.max_inflight_subscribes_per_socket):
+            self.ctx.metrics.budget_refused.labels("inflight_subscribes" if subscribe else "inflight").inc()
+            raise SyncopateError(ErrorCode.RATE_LIMITED, "too many requests in flight on this socket",
+                                 retry_after_ms=50)
+        self.inflight += 1
+        self.inflight_subscribes += subscribe
+
+    def _answer(self, rid, t0: float, op_id: str | None = None, subscribe: bool = False):
         def callback(reply: Reply):
+            self.inflight -= 1
+            self.inflight_subscribes -= subscribe
             self.ctx.metrics.request_seconds.labels("ws").observe(time.perf_counter() - t0)
             if reply.ok:
                 self.conn.send(codec.result(rid, reply.payload, reply.version))
@@ -223,7 +243,8 @@ class WsSession:
             since = env.payload.get("since")
             if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
                 raise SyncopateError(ErrorCode.INVALID_FIELD, "since must be a version (integer >= 0)")
-            self.subs.subscribe(conn, key, since, on_reply=self._answer(env.id, t0))
+            self._budget(subscribe=True)
+            self.subs.subscribe(conn, key, since, on_reply=self._answer(env.id, t0, subscribe=True))
             return
         route = m.ROUTES[env.type]
         args = dict(env.payload)
@@ -245,6 +266,7 @@ class WsSession:
             args.pop("context_entries", None)
             args.pop("context_snapshot_id", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
+        self._budget()
         answer = self._answer(env.id, t0, op_id)
         if env.type == T.DEVICE_REGISTER:
             # The host registers this gateway's interest while handling the register itself, so a

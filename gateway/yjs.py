@@ -48,6 +48,7 @@ AWARE_CLIENTS_PER_SOCKET = 4
 AWARE_STATE_BYTES = 4096
 AWARE_CLIENTS_PER_PLAYLIST = 256
 AWARE_TIMEOUT_S = 30.0
+AWARE_FOREIGN_LIMIT = 32         # new client ids beyond its share before a socket is closed (4029)
 CLOSE_TOO_BIG = 1009
 
 
@@ -126,7 +127,11 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         return error_response(err)
     ws = web.WebSocketResponse(heartbeat=ctx.config.heartbeat_s, max_msg_size=ctx.config.max_frame_bytes * 4,
                                compress=False)   # small frames: deflate costs both ends more than it saves
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        ctx.hub.release(principal)
+        raise
     conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
                               send_raw=ws.send_bytes,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))
@@ -159,6 +164,7 @@ class YjsSession:
         self.refusal = 1011                          # close code when open() refuses (4403: terminal)
         self.restarting = False                      # closing (1012) so the client syncs again
         self.clients: dict[int, int] = {}           # awareness client ids this socket owns -> clock
+        self.foreign = 0                             # new client ids announced beyond its share
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.aware_bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.cache: AwarenessCache | None = None     # only once access is granted
@@ -317,8 +323,16 @@ class YjsSession:
         mine = []
         for client, clock, state in entries:
             if client not in self.clients:
-                if len(self.clients) >= AWARE_CLIENTS_PER_SOCKET or client in self.cache.states:
-                    continue              # someone else's client id (an echo), or over this socket's share
+                if client in self.cache.states:
+                    continue              # someone else's client id: a stock client echoing what it got
+                if len(self.clients) >= AWARE_CLIENTS_PER_SOCKET:
+                    # a new id beyond this socket's share is no echo (nobody else announced it)
+                    self.foreign += 1
+                    if self.foreign > AWARE_FOREIGN_LIMIT:
+                        self.ctx.metrics.budget_refused.labels("awareness_clients").inc()
+                        log.info("awareness flood on %s: closing (4029)", self.key)
+                        return self.conn.close(CLOSE_TOO_MANY, "awareness budget")
+                    continue
             if len(state) > AWARE_STATE_BYTES:
                 self.ctx.metrics.budget_refused.labels("awareness_state_bytes").inc()
                 continue
