@@ -50,3 +50,13 @@ class _HostCollector:
             for s in self.metrics._host_stats:
                 fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
             yield fam
+        # The hosts' budgets (budget_max_* are the configured limits: gauges) and what they refused
+        # or cut (refused_*, budget_* counters), whatever actors/host.py Metrics names them.
+        names = sorted({k for s in self.metrics._host_stats for k in s
+                        if k.startswith(("budget_", "refused_")) and isinstance(s[k], (int, float))})
+        for field in names:
+            cls = GaugeMetricFamily if field.startswith("budget_max_") else CounterMetricFamily
+            fam = cls(f"syncopate_host_{field}", f"host {field.replace('_', ' ')}", labels=["host"])
+            for s in self.metrics._host_stats:
+                fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
+            yield fam
