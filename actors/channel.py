@@ -10,10 +10,21 @@ host-to-host effects; only the hot path is a plain socket.
 A TCP stream is also exactly the ordering the design needs: replies and pushes for a gateway
 leave the host in release order and arrive in that order, with no sequence numbers to check.
 
-Frame: 4-byte big-endian length + msgpack body.
+Frame: 4-byte big-endian length + msgpack body (protocols/wire.py: pack_body / unpack_body, which
+refuse every msgpack extension type).
   handshake:                     actors/channel_auth.py (mutual challenge-response, 4 KiB frames)
-  gateway -> host:               [[token, <command>], ...]
-  host -> gateway:               [<item>, ...]   items as in actors/host.py ("r" replies, "e" pushes)
+  gateway -> host:               [["c", token, <bytes: pack_body(command_to_wire(cmd))>], ...]
+  host -> gateway:               [host_item_to_wire(item), ...]   ("r" replies, "p" pushes, "g" gaps)
+
+A command travels as its own packed bytes inside the frame, so one command the host cannot decode
+(a client-forged extension type in its args, a mistyped field) is answered MALFORMED_FRAME for its
+token and the stream, with every other client's commands on it, stays up. A frame that does not
+decode at all closes the stream: it came from an authenticated gateway, so it is a bug there.
+
+Budgets on the host side: a frame never exceeds `max_frame` (batches are split); one item over
+`max_item` is replaced (a reply by LIMIT_EXCEEDED, a push by a Gap so the gateway resubscribes);
+a gateway whose stream buffers more than `max_buffer` unsent bytes on the host is cut off (its
+stream closes; the gateway fails what it had in flight, retryably, and resubscribes).
 """
 from __future__ import annotations
 
@@ -22,52 +33,122 @@ import logging
 import struct
 from typing import Any
 
-import msgpack
-
 from actors.channel_auth import HANDSHAKE_TIMEOUT_S, ChannelAuth
-from actors.entity import Command, Principal
-from protocols.errors import SyncopateError
+from actors.entity import Command
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, command_from_wire, host_item_to_wire,
+                            pack_body, unpack_body)
 
 log = logging.getLogger("syncopate.channel")
 HEADER = struct.Struct(">I")
-MAX_FRAME = 64 << 20
+MAX_ITEM = 16 << 20            # one reply or push; bigger ones are replaced, never framed
+MAX_BUFFER = 32 << 20          # unsent bytes buffered on the host for one gateway before its stream is cut
 
 
 # -- codec -----------------------------------------------------------------------------------------
-def _default(obj: Any) -> Any:
-    if isinstance(obj, SyncopateError):
-        return msgpack.ExtType(1, msgpack.packb([obj.code.value, obj.message, obj.details], use_bin_type=True))
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
-    raise TypeError(f"{type(obj).__name__} can't cross the channel")
-
-
-def _ext(code: int, data: bytes) -> Any:
-    if code == 1:
-        c, message, details = msgpack.unpackb(data, raw=False)
-        return SyncopateError(c, message, **(details or {}))
-    return msgpack.ExtType(code, data)
-
-
 def pack(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True, default=_default)
+    body = pack_body(obj)
     return HEADER.pack(len(body)) + body
 
 
 def unpack(body: bytes) -> Any:
-    return msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=_ext)
+    return unpack_body(body)
 
 
-def command_to_wire(cmd: Command) -> list:
-    p = cmd.principal
-    return [cmd.kind, cmd.entity_id, cmd.op, cmd.args, [p.user_id, p.product, p.device_id, p.system, p.issued_at],
-            cmd.op_id, list(cmd.origin) if cmd.origin else None, cmd.follow]
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
-def command_from_wire(w: list) -> Command:
-    kind, eid, op, args, p, op_id, origin, follow = w
-    return Command(kind, eid, op, args, Principal(p[0], p[1], p[2], bool(p[3]), p[4]), op_id=op_id,
-                   origin=tuple(origin) if origin else None, follow=bool(follow))
+def frames_of(parts: list[bytes], max_frame: int = MAX_FRAME) -> list[bytes]:
+    """Already packed items -> length-prefixed frames, each body a msgpack array of at most
+    `max_frame` bytes (a batch that would not fit is split; order is kept)."""
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = 5                                   # the largest array header
+    for b in parts:
+        if group and size + len(b) > max_frame:
+            out.append(_frame(group))
+            group, size = [], 5
+        group.append(b)
+        size += len(b)
+    if group:
+        out.append(_frame(group))
+    return out
+
+
+def _frame(group: list[bytes]) -> bytes:
+    body = _array_header(len(group)) + b"".join(group)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_host_items(items: list, *, max_item: int = MAX_ITEM, metrics: Any = None) -> list[bytes]:
+    """Each host item packed on its own, so that one that is too big (or a bug: a value msgpack
+    cannot encode) is replaced rather than failing or bloating the whole batch."""
+    parts = []
+    for item in items:
+        try:
+            b = pack_body(host_item_to_wire(item))
+        except Exception as exc:
+            log.error("channel: an item could not be encoded (%s: %s)", type(exc).__name__, exc)
+            b = None
+            err = SyncopateError(ErrorCode.INTERNAL, "the answer could not be encoded")
+        else:
+            err = SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"the answer is larger than {max_item} bytes")
+        if b is None or len(b) > max_item:
+            if metrics is not None and b is not None:
+                metrics.budget_oversized_items += 1
+            if isinstance(item, Push):
+                # The subscribers miss this change: tell the gateway, which resubscribes them.
+                b = pack_body(host_item_to_wire(Gap(item.key, item.version - 1 if item.fresh else item.version)))
+            elif isinstance(item, Gap):
+                continue
+            else:
+                b = pack_body(host_item_to_wire(answer(item[1], Reply.fail(err))))
+        parts.append(b)
+    return parts
+
+
+def decode_requests(frame: Any) -> tuple[list[tuple[int, Command]], list[tuple[int, SyncopateError]]]:
+    """A gateway frame -> (decoded commands, refusals for the items that did not decode)."""
+    if not isinstance(frame, list):
+        raise WireError("a command frame is a list")
+    good: list[tuple[int, Command]] = []
+    bad: list[tuple[int, SyncopateError]] = []
+    for item in frame:
+        token = item[1] if isinstance(item, list) and len(item) == 3 else None
+        try:
+            if not isinstance(item, list) or len(item) != 3 or item[0] != "c" or not isinstance(item[2], bytes):
+                raise WireError("a command item is [\"c\", token, bytes]")
+            good.append((token, command_from_wire(unpack_body(item[2]))))
+        except Exception as exc:
+            err = exc if isinstance(exc, SyncopateError) else WireError(f"undecodable command: {type(exc).__name__}")
+            if isinstance(token, int) and not isinstance(token, bool):
+                bad.append((token, SyncopateError(ErrorCode.MALFORMED_FRAME, err.message)))
+            else:
+                log.warning("channel: dropped a command item without a token: %s", err.message)
+    return good, bad
+
+
+def encode_requests(requests: list[tuple[int, Command]], max_frame: int = MAX_FRAME) -> tuple[list[bytes], list]:
+    """The gateway's side: (frames, [(token, SyncopateError)] for commands that cannot be sent)."""
+    from protocols.wire import command_to_wire
+    parts, refused = [], []
+    for token, cmd in requests:
+        try:
+            inner = pack_body(command_to_wire(cmd))
+        except Exception as exc:
+            refused.append((token, SyncopateError(ErrorCode.MALFORMED_FRAME, f"command not encodable: {exc}")))
+            continue
+        b = pack_body(["c", token, inner])
+        if len(b) + 5 > max_frame:
+            refused.append((token, SyncopateError(ErrorCode.FRAME_TOO_LARGE, "the command is too large")))
+            continue
+        parts.append(b)
+    return frames_of(parts, max_frame), refused
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
@@ -80,7 +161,15 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 
 # -- host side -------------------------------------------------------------------------------------
 class ChannelServer:
-    """Accepts gateways' streams for one EntityHost; `send(gateway_id, items)` is its deliver."""
+    """Accepts gateways' streams for one EntityHost; `send(gateway_id, items)` is its deliver.
+
+    Budgets (class defaults; set them on the instance before start() to change them):
+    `max_frame` bytes per frame (batches are split), `max_item` bytes per reply or push (replaced
+    beyond), `max_buffer` unsent bytes per gateway (its stream is cut beyond)."""
+
+    max_frame: int = MAX_FRAME
+    max_item: int = MAX_ITEM
+    max_buffer: int = MAX_BUFFER
 
     def __init__(self, host, secret: str | bytes, index: int, *,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
@@ -105,7 +194,21 @@ class ChannelServer:
         if w is None or w.is_closing():
             log.debug("gateway %s not connected; %d items dropped", gateway_id, len(items))
             return
-        w.write(pack(items))     # no await: the transport buffers; ordering is the write order
+        metrics = getattr(self.host, "metrics", None)
+        frames = frames_of(encode_host_items(items, max_item=self.max_item, metrics=metrics), self.max_frame)
+        if len(frames) > 1 and metrics is not None:
+            metrics.budget_frames_split += 1
+        for frame in frames:
+            w.write(frame)       # no await: the transport buffers; ordering is the write order
+        if w.transport.get_write_buffer_size() > self.max_buffer:
+            # A gateway that does not read (or reads slower than its subscriptions produce) would grow
+            # this buffer without bound. Cut it off: it fails its in-flight requests retryably and
+            # resubscribes from its watermarks when it reconnects.
+            log.warning("gateway %s: %d bytes unsent, over the budget; closing its stream",
+                        gateway_id, w.transport.get_write_buffer_size())
+            if metrics is not None:
+                metrics.budget_stream_closes += 1
+            w.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         gateway_id = None
@@ -120,12 +223,18 @@ class ChannelServer:
                 old.close()
             self.writers[gateway_id] = writer
             while True:
-                batch = await read_frame(reader)
+                # WireError (an undecodable frame) ends the stream: see the module docstring.
+                requests, refused = decode_requests(await read_frame(reader))
+                if refused:
+                    self.host.metrics.malformed_commands += len(refused)
+                    self.send(gateway_id, [answer(token, Reply.fail(err)) for token, err in refused])
                 # Enqueued in stream order before the next frame is read: per-entity order is the
                 # gateway's send order.
-                self.host.submit(gateway_id, [(token, command_from_wire(w)) for token, w in batch])
+                self.host.submit(gateway_id, requests)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
+        except WireError as err:
+            log.error("channel from %s: undecodable frame (%s); closing the stream", gateway_id, err.message)
         except Exception:
             log.exception("channel from %s failed", gateway_id)
         finally:

@@ -189,6 +189,7 @@ class _Txn:
 
 class DeviceGroupEntity(Entity):
     kind = DEVICE_GROUP
+    per_user = True
     tick_ms = TICK_MS
 
     def __init__(self, entity_id: str, env: Env) -> None:

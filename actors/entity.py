@@ -46,7 +46,7 @@ class Command:
     principal: Principal = SYSTEM
     op_id: str | None = None          # idempotency key: the same op id is applied once
     now_ms: int = 0                   # server clock, filled in by the host when it handles the command
-    origin: tuple[str, str] | None = None   # (gateway id, connection id) that sent it, if any
+    origin: tuple[str, str] | None = None   # the ConnAddress (gateway id, connection id) that sent it, if any
     follow: bool = False              # on success, push this entity's events to the origin gateway
                                       # (op "subscribe" always does)
 
@@ -80,6 +80,8 @@ class Entity:
     kind: ClassVar[str] = ""
     snapshot_every: ClassVar[int] = 500       # write a snapshot (compaction) after this many records
     tick_ms: ClassVar[int | None] = None      # call tick() this often while active (heartbeats)
+    per_user: ClassVar[bool] = False          # the entity id is a user id (session, device group): a push
+                                              # addressed to a connection is checked against that user
 
     def __init__(self, entity_id: str, env: "Env") -> None:
         self.id = entity_id

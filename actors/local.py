@@ -46,12 +46,18 @@ class LocalCluster:
     def host_for(self, key: str) -> EntityHost:
         return self.hosts[owner(key, self.n_hosts)]
 
-    def tell(self, cmd: Command) -> None:
-        """Fire-and-forget (effects between entities)."""
-        def done(ok, payload, version):
-            if not ok:
-                log.warning("effect %s on %s failed: %s", cmd.op, cmd.key, payload)
+    def tell(self, cmd: Command) -> asyncio.Future:
+        """An effect between entities: the future resolves to the target's Reply once released (the
+        source's outbox retries a retryable failure)."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(reply):
+            if reply.error is not None:
+                log.warning("effect %s on %s failed: %s", cmd.op, cmd.key, reply.error)
+            if not fut.done():
+                fut.set_result(reply)
         self.host_for(cmd.key).enqueue(cmd, done)
+        return fut
 
     def _to_gateway(self, host: int, gateway_id: str, items: list) -> None:
         receive = self.gateways.get(gateway_id)

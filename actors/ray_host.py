@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import ray
 
@@ -19,6 +18,8 @@ from actors.batching import Batcher
 from actors.entity import Command, Env
 from actors.host import EntityHost
 from actors.placement import owner
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import Reply
 
 log = logging.getLogger("syncopate.host")
 
@@ -125,8 +126,11 @@ class HostActor:
         channel_secret = await loop.run_in_executor(None, read_key_file, spec["channel_secret_file"])
         host = EntityHost(f"host-{self.index}", store, load_kinds(spec.get("kinds")), env,
                           deliver=lambda gw, items: self._to_gateways.add(gw, items), dispatch=self._dispatch,
-                          idle_timeout_s=spec.get("idle_timeout_s", 600.0))
+                          idle_timeout_s=spec.get("idle_timeout_s", 600.0), **_budgets(spec.get("budgets", {})))
         self.channel = ChannelServer(host, channel_secret, self.index)
+        for name in ("max_frame", "max_item", "max_buffer"):
+            if name in spec.get("budgets", {}):
+                setattr(self.channel, name, int(spec["budgets"][name]))
         self._to_gateways = Batcher(self.channel.send)
         self.addr = await self.channel.start(channel_bind(spec), 0)
         await host.start()
@@ -142,10 +146,17 @@ class HostActor:
         host = await self._ensure()
         return {"incarnation": host.incarnation, "addr": list(self.addr), "index": self.index}
 
-    async def tell(self, commands: list[Command]) -> None:
+    async def tell(self, commands: list[Command]) -> list[Reply]:
+        """Effects from a peer host: answered once each is released (committed if it wrote), so the
+        source can drop it from its outbox; a retryable failure makes the source send it again."""
         host = await self._ensure()
+        loop = asyncio.get_running_loop()
+        futs = []
         for cmd in commands:
-            host.enqueue(cmd, _log_failure(cmd))
+            fut = loop.create_future()
+            host.enqueue(cmd, lambda reply, fut=fut: fut.done() or fut.set_result(reply))
+            futs.append(fut)
+        return list(await asyncio.gather(*futs))
 
     async def ping(self) -> str:
         return (await self._ensure()).incarnation
@@ -170,33 +181,44 @@ class HostActor:
         # ray.get_actor is a blocking GCS lookup: run it off the event loop.
         return asyncio.get_running_loop().run_in_executor(None, lambda: ray.get_actor(name))
 
-    def _dispatch(self, cmd: Command) -> None:
+    def _dispatch(self, cmd: Command) -> asyncio.Future:
+        """An effect to its owner; the future resolves to the target's Reply (the host's outbox
+        retries it until that Reply is not a retryable failure)."""
+        fut = asyncio.get_running_loop().create_future()
         target = owner(cmd.key, self.n_hosts)
         if target == self.index:
-            self.host.enqueue(cmd, _log_failure(cmd))
+            self.host.enqueue(cmd, lambda reply: fut.done() or fut.set_result(reply))
         else:
-            self._to_peers.add(target, [cmd])
+            self._to_peers.add(target, [(cmd, fut)])
+        return fut
 
-    def _send_to_peer(self, index: int, cmds: list) -> None:
-        fut = self._peers.get(index)
-        if fut is None:
-            fut = self._peers[index] = self._resolve(host_name(self.cluster, index))
+    def _send_to_peer(self, index: int, batch: list) -> None:
+        asyncio.ensure_future(self._tell_peer(index, batch))
 
-        def go(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None:
+    async def _tell_peer(self, index: int, batch: list) -> None:
+        try:
+            fut = self._peers.get(index)
+            if fut is None:
+                fut = self._peers[index] = self._resolve(host_name(self.cluster, index))
+            try:
+                handle = await fut
+            except Exception:
                 self._peers.pop(index, None)
-                log.warning("host %d unreachable; %d effects dropped", index, len(cmds))
-                return
-            f.result().tell.remote(cmds)
+                raise
+            # Bounded: a peer that hangs must not hold the effects forever; the outbox re-sends them.
+            replies = await asyncio.wait_for(handle.tell.remote([cmd for cmd, _ in batch]), PEER_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("host %d unreachable (%s); %d effects will be retried", index, type(exc).__name__, len(batch))
+            err = SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"host {index} unreachable")
+            replies = [Reply.fail(err)] * len(batch)
+        for (_, f), reply in zip(batch, replies):
+            if not f.done():
+                f.set_result(reply)
 
-        if fut.done():
-            go(fut)
-        else:
-            fut.add_done_callback(go)
+
+PEER_TIMEOUT_S = 30.0
 
 
-def _log_failure(cmd: Command):
-    def sink(ok: bool, payload: Any, version: int) -> None:
-        if not ok:
-            log.warning("effect %s on %s failed: %s", cmd.op, cmd.key, payload)
-    return sink
+def _budgets(spec: dict) -> dict:
+    """The host's budgets from the server spec's `budgets` (defaults in actors/host.py)."""
+    return {k: int(spec[k]) for k in ("max_active", "max_mailbox", "max_pending") if k in spec}

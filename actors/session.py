@@ -51,6 +51,7 @@ def _err(code: ErrorCode, message: str, **details) -> SyncopateError:
 
 class SessionEntity(Entity):
     kind = SESSION
+    per_user = True
     tick_ms = TICK_MS
     snapshot_every = 500
 

@@ -62,15 +62,13 @@ class _HostCollector:
             for s in self.metrics._host_stats:
                 fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
             yield fam
-        # every other number a host reports (its budgets and their refusals among them), as a gauge
-        known = {f for f, _, _ in self.FAMILIES}
-        extra: dict[str, GaugeMetricFamily] = {}
-        for s in self.metrics._host_stats:
-            for name, value in s.items():
-                if name in known or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                fam = extra.get(name)
-                if fam is None:
-                    fam = extra[name] = GaugeMetricFamily(f"syncopate_host_{name}", f"host {name}", labels=["host"])
-                fam.add_metric([str(s.get("host_id"))], value)
-        yield from extra.values()
+        # The hosts' budgets (budget_max_* are the configured limits: gauges) and what they refused
+        # or cut (refused_*, budget_* counters), whatever actors/host.py Metrics names them.
+        names = sorted({k for s in self.metrics._host_stats for k in s
+                        if k.startswith(("budget_", "refused_")) and isinstance(s[k], (int, float))})
+        for field in names:
+            cls = GaugeMetricFamily if field.startswith("budget_max_") else CounterMetricFamily
+            fam = cls(f"syncopate_host_{field}", f"host {field.replace('_', ' ')}", labels=["host"])
+            for s in self.metrics._host_stats:
+                fam.add_metric([str(s.get("host_id"))], s.get(field, 0))
+            yield fam

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from typing import Callable
 
-from actors.channel import command_to_wire, pack, read_frame
+from actors.channel import encode_requests, read_frame
 from actors.channel_auth import ChannelAuth
+from protocols.wire import Reply, WireError, answer, host_item_from_wire
 
 log = logging.getLogger("syncopate.gateway")
 
@@ -73,9 +74,16 @@ class StreamTransport:
         inc = self.incarnations[host]
         try:
             while True:
-                self.receive(host, inc, await read_frame(reader))
+                frame = await read_frame(reader)
+                if not isinstance(frame, list):
+                    raise WireError("a host frame is a list")
+                # Typed items (wire.Reply answers, Push, Gap); a host item that does not decode is a
+                # bug on the host: the stream closes, and what was in flight fails retryably.
+                self.receive(host, inc, [host_item_from_wire(w) for w in frame])
         except (asyncio.IncompleteReadError, ConnectionError):
             log.warning("stream to host %d closed", host)
+        except WireError as err:
+            log.error("stream to host %d: undecodable frame (%s); closing it", host, err.message)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -95,7 +103,15 @@ class StreamTransport:
         w = self.writers[host]
         if w is None or w.is_closing():
             raise ConnectionError(f"no stream to host {host}")
-        w.write(pack([[token, command_to_wire(cmd)] for token, cmd in requests]))
+        frames, refused = encode_requests(requests)
+        for frame in frames:
+            w.write(frame)
+        if refused:
+            # Answered here, on a later turn (the caller registers its tokens before sending), as if
+            # the host had refused them: the rest of the batch went out.
+            inc = self.incarnations[host]
+            asyncio.get_running_loop().call_soon(
+                self.receive, host, inc, [answer(token, Reply.fail(err)) for token, err in refused])
 
     async def ping(self, host: int) -> str:
         """The host's incarnation, through Ray (liveness); re-opens a broken stream."""

@@ -38,6 +38,7 @@ class ErrorCode(str, Enum):
     STALE_EPOCH = "STALE_EPOCH"                  # this host no longer owns the entity
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
+    OVERLOADED = "OVERLOADED"                    # a host budget is full (mailbox, pending, active): retry later
     INTERNAL = "INTERNAL"
     # -- Spotify player reasons (verbatim) -------------------------------------------------------
     NO_ACTIVE_DEVICE = "NO_ACTIVE_DEVICE"
@@ -77,6 +78,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STALE_EPOCH: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
+    ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
     ErrorCode.NO_ACTIVE_DEVICE: 404,
     ErrorCode.ALREADY_PAUSED: 403,
@@ -101,7 +103,8 @@ SPOTIFY_REASONS = frozenset({
 
 # Codes a client may retry with the same op id (the operation is idempotent).
 RETRYABLE = frozenset({ErrorCode.HOST_UNAVAILABLE, ErrorCode.STALE_EPOCH,
-                       ErrorCode.STORE_UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED})
+                       ErrorCode.STORE_UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED,
+                       ErrorCode.OVERLOADED})
 
 
 class SyncopateError(Exception):

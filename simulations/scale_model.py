@@ -120,7 +120,7 @@ class Model:
 
     def _effect(self, cmd) -> None:
         self.effects += 1
-        self.host.enqueue(cmd, lambda ok, p, v: None)
+        self.host.enqueue(cmd, lambda reply: None)
 
     async def submit(self, cmds: list, chunk: int = 5000) -> dict:
         """Run commands through the host (enqueue, as a gateway batch does); wait for every answer."""
@@ -130,9 +130,9 @@ class Model:
             done = asyncio.Event()
             left = [len(part)]
 
-            def sink(ok, payload, version, left=left, done=done):
-                if not ok:
-                    code = getattr(getattr(payload, "code", None), "value", str(payload))
+            def sink(reply, left=left, done=done):
+                if reply.error is not None:
+                    code = reply.error.code.value
                     errors[code] = errors.get(code, 0) + 1
                 left[0] -= 1
                 if left[0] == 0:

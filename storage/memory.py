@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from protocols.errors import ErrorCode, SyncopateError
 from storage.base import Append, Loaded, Record, Snapshot, Store, stale
 
 
@@ -16,15 +17,26 @@ class MemoryStore(Store):
         self._records: dict[str, list[Record]] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self.commits = 0            # how many transactions append() ran: group commit is observable
-        self.fail_next: Exception | None = None
+        # Fault hooks for tests:
+        self.fail_next: Exception | None = None          # the next append raises this, committing nothing
+        self.fail_after_commit: Exception | None = None  # the next append commits, then raises this
+        self.down = False                                # every call raises STORE_UNAVAILABLE
+        self.acquired = 0                                # acquire() calls (owners rows written)
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise SyncopateError(ErrorCode.STORE_UNAVAILABLE, "memory store is down (test hook)")
 
     async def acquire(self, key: str) -> int:
         await asyncio.sleep(0)
+        self._check_up()
+        self.acquired += 1
         self._epochs[key] = self._epochs.get(key, 0) + 1
         return self._epochs[key]
 
     async def load(self, key: str) -> Loaded:
         await asyncio.sleep(0)
+        self._check_up()
         snap = self._snapshots.get(key)
         after = snap.seq if snap else 0
         recs = [Record(r.seq, bytes(r.data)) for r in self._records.get(key, []) if r.seq > after]
@@ -32,6 +44,7 @@ class MemoryStore(Store):
 
     async def append(self, batch: list[Append]) -> list:
         await asyncio.sleep(0)
+        self._check_up()
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
@@ -50,10 +63,14 @@ class MemoryStore(Store):
                 last = r.seq
             log.extend(Record(r.seq, bytes(r.data)) for r in item.records)
             out.append(None)
+        if self.fail_after_commit is not None:
+            exc, self.fail_after_commit = self.fail_after_commit, None
+            raise exc
         return out
 
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         await asyncio.sleep(0)
+        self._check_up()
         cur = self._epochs.get(key)
         if cur != epoch:
             raise stale(key, epoch, cur)

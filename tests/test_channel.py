@@ -4,13 +4,17 @@ import secrets
 
 import pytest
 
+import msgpack
+
 from actors import channel_auth
-from actors.channel import ChannelServer, command_from_wire, command_to_wire, pack, unpack
+from actors.channel import HEADER, ChannelServer, pack, read_frame, unpack
 from actors.channel_auth import ChannelAuth, HandshakeError, encode, read_hello
 from actors.entity import Command, Env, Principal
 from actors.host import EntityHost
 from gateway.stream_transport import StreamTransport
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import (ConnAddress, Gap, Push, Reply, answer, command_from_wire, command_to_wire,
+                            host_item_from_wire, host_item_to_wire, pack_body)
 from storage.memory import MemoryStore
 from tests.toy import Counter
 
@@ -19,12 +23,13 @@ SECRET = "channel-test-secret-0123456789abcdef"
 
 def test_command_and_error_round_trip():
     cmd = Command("playlist", "p1", "yjs_update", {"update": b"\x00\x01", "n": [1, 2]},
-                  Principal("alice", "free", "phone", False, 1234), op_id="op-1", origin=("g0", "c7"), follow=True)
+                  Principal("alice", "free", "phone", False, 1234), op_id="op-1",
+                  origin=ConnAddress("g0", "c7"), follow=True)
     back = command_from_wire(unpack(pack(command_to_wire(cmd))[4:]))
     assert back == cmd
     err = SyncopateError(ErrorCode.CONFLICT, "moved on", snapshot_id="abc")
-    item = unpack(pack([["r", 1, False, err, 3]])[4:])[0]
-    assert item[3].code == ErrorCode.CONFLICT and item[3].details == {"snapshot_id": "abc"}
+    _, token, reply = host_item_from_wire(unpack(pack([host_item_to_wire(answer(1, Reply(3, None, err)))])[4:])[0])
+    assert token == 1 and reply.error.code == ErrorCode.CONFLICT and reply.error.details == {"snapshot_id": "abc"}
 
 
 class _Handle:
@@ -80,7 +85,7 @@ async def test_answers_come_back_in_order(wired):
     transport.send(0, [(i, Command("counter", "c", "add", {"n": 1}, p)) for i in range(1, 101)])
     await wait_for(lambda: len(received) == 100)
     assert [it[1] for it in received] == list(range(1, 101))
-    assert [it[3]["total"] for it in received] == list(range(1, 101))
+    assert [it[2].payload["total"] for it in received] == list(range(1, 101))
 
 
 async def closed(reader, timeout=5.0) -> None:
@@ -92,7 +97,7 @@ async def closed(reader, timeout=5.0) -> None:
         pass
 
 
-async def answer(reader, writer, auth, gateway_id="g1") -> bytes:
+async def play_gateway(reader, writer, auth, gateway_id="g1") -> bytes:
     """Play the gateway's part by hand: read the host's hello, write a correct answer; its bytes."""
     hello = await read_hello(reader)
     nonce = secrets.token_bytes(32)
@@ -104,7 +109,6 @@ async def answer(reader, writer, auth, gateway_id="g1") -> bytes:
 async def test_the_handshake_is_mutual_and_fresh(wired):
     host, server, transport, received = wired
     assert transport.incarnations[0] == host.incarnation and "g0" in server.writers
-    auth = ChannelAuth(SECRET)
     nonces = []
     for _ in range(2):
         reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
@@ -118,7 +122,7 @@ async def test_the_handshake_is_mutual_and_fresh(wired):
 async def test_a_peer_without_the_secret_is_refused(wired):
     host, server, transport, received = wired
     reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
-    await answer(reader, writer, ChannelAuth("another-secret-of-enough-length-0123456"), "intruder")
+    await play_gateway(reader, writer, ChannelAuth("another-secret-of-enough-length-0123456"), "intruder")
     await closed(reader)                             # no answer: aborted
     assert "intruder" not in server.writers
     writer.close()
@@ -133,7 +137,7 @@ async def test_a_replayed_answer_is_refused(wired):
     host, server, transport, received = wired
     auth = ChannelAuth(SECRET)
     reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
-    recorded = await answer(reader, writer, auth, "g1")
+    recorded = await play_gateway(reader, writer, auth, "g1")
     proven = await read_hello(reader)                # the genuine exchange succeeds
     assert proven["incarnation"] == host.incarnation
     await wait_for(lambda: "g1" in server.writers)
@@ -207,10 +211,10 @@ async def test_a_broken_stream_is_reopened_and_interest_reset(wired):
     p = Principal("alice")
     transport.send(0, [(1, Command("counter", "c", "subscribe", {}, p, origin=("g0", "c1")))])
     await wait_for(lambda: len(received) == 1)
-    assert host.interest["counter:c"] == {"g0"}
+    assert host.interested("counter:c") == {"g0"}
     server.writers["g0"].close()                     # the stream breaks
     await wait_for(lambda: transport.writers[0] is None)
-    await wait_for(lambda: "counter:c" not in host.interest or not host.interest["counter:c"])
+    await wait_for(lambda: "counter:c" not in host.interest)
     with pytest.raises(ConnectionError):
         transport.send(0, [(2, Command("counter", "c", "get", {}, p))])
     assert await transport.ping(0) == host.incarnation   # the liveness ping re-opens it
@@ -253,3 +257,102 @@ async def test_the_channel_advertises_the_address_it_bound():
         assert tuple(await server.start("127.0.0.2", 0))[0] == "127.0.0.2"     # what ready() returns
     finally:
         await server.close()
+
+
+# -- the typed wire: hostile input, frame and buffer budgets ---------------------------------------
+async def raw_gateway(server, addr, gateway_id="raw"):
+    """An authenticated gateway speaking raw frames (to send what StreamTransport never would)."""
+    reader, writer = await asyncio.open_connection(*addr)
+    ack = await ChannelAuth(SECRET).connect(reader, writer, gateway_id, 0)
+    assert ack["incarnation"] == server.host.incarnation
+    return reader, writer
+
+
+def command_item(token, cmd):
+    return ["c", token, pack_body(command_to_wire(cmd))]
+
+
+async def test_a_forged_extension_type_in_args_is_refused_and_the_stream_stays_up(wired):
+    host, server, transport, received = wired
+    p = Principal("alice")
+    forged = Command("counter", "c", "add", {"n": msgpack.ExtType(1, msgpack.packb([ErrorCode.INTERNAL.value, "x", {}]))}, p)
+    transport.send(0, [(1, forged), (2, Command("counter", "c", "add", {"n": 4}, p))])
+    await wait_for(lambda: len(received) == 2)
+    by_token = {it[1]: it[2] for it in received}
+    assert by_token[1].error.code == ErrorCode.MALFORMED_FRAME
+    assert by_token[2].error is None and by_token[2].payload == {"total": 4}
+    assert transport.writers[0] is not None and "g0" in server.writers      # the stream is still up
+    transport.send(0, [(3, Command("counter", "c", "get", {}, p))])
+    await wait_for(lambda: len(received) == 3)
+    assert received[2][2].payload["history"] == [4]                           # the forged one changed nothing
+    assert host.metrics.malformed_commands == 1
+
+
+async def test_a_mistyped_command_item_gets_malformed_frame_for_its_token(wired):
+    host, server, transport, received = wired
+    reader, writer = await raw_gateway(server, transport.handles[0].addr)
+    good = command_item(9, Command("counter", "c", "get", {}, Principal("alice")))
+    frame = [["c", 7, pack_body(["counter", "c"])], ["c", 8, b"\xc1"], good, ["x", "no-int-token", b""]]
+    writer.write(pack(frame))
+    items = [host_item_from_wire(w) for w in await asyncio.wait_for(read_frame(reader), 5)]
+    while len(items) < 3:
+        items += [host_item_from_wire(w) for w in await asyncio.wait_for(read_frame(reader), 5)]
+    by_token = {it[1]: it[2] for it in items}
+    assert set(by_token) == {7, 8, 9}
+    assert by_token[7].error.code == by_token[8].error.code == ErrorCode.MALFORMED_FRAME
+    assert by_token[9].error is None
+    writer.close()
+
+
+async def test_an_undecodable_frame_closes_that_stream(wired):
+    host, server, transport, received = wired
+    reader, writer = await raw_gateway(server, transport.handles[0].addr)
+    writer.write(pack([msgpack.ExtType(1, b"x")]))       # the frame itself carries an extension type
+    with pytest.raises(asyncio.IncompleteReadError):
+        await asyncio.wait_for(read_frame(reader), 5)
+    await wait_for(lambda: "raw" not in server.writers)
+    assert "g0" in server.writers                        # other gateways' streams are untouched
+    writer.close()
+
+
+async def test_batches_are_split_so_no_frame_exceeds_the_limit(wired):
+    host, server, transport, received = wired
+    server.max_frame = 4096
+    reader, writer = await raw_gateway(server, transport.handles[0].addr)
+    p = Principal("alice")
+    writer.write(pack([command_item(i, Command("counter", "s", "add", {"n": 1}, p)) for i in range(1, 301)]))
+    tokens, sizes = [], []
+    while len(tokens) < 300:
+        head = await asyncio.wait_for(reader.readexactly(4), 5)
+        (n,) = HEADER.unpack(head)
+        sizes.append(n)
+        tokens += [host_item_from_wire(w)[1] for w in unpack(await reader.readexactly(n))]
+    assert tokens == list(range(1, 301)) and max(sizes) <= 4096 and len(sizes) > 1
+    writer.close()
+
+
+async def test_an_oversized_reply_becomes_limit_exceeded_and_a_push_a_gap(wired):
+    host, server, transport, received = wired
+    server.max_item = 300
+    p = Principal("alice")
+    for i in range(100):
+        await host.call(Command("counter", "big", "add", {"n": 1000 + i}, p))
+    transport.send(0, [(1, Command("counter", "big", "get", {}, p))])
+    await wait_for(lambda: len(received) == 1)
+    assert received[0][2].error.code == ErrorCode.LIMIT_EXCEEDED
+    server.send("g0", [Push("counter:big", 7, "counter.changed", "x" * 1000, fresh=True)])
+    await wait_for(lambda: len(received) == 2)
+    assert received[1] == Gap("counter:big", 6)
+    assert host.metrics.budget_oversized_items == 2
+
+
+async def test_a_gateway_that_does_not_read_is_cut_off_at_the_buffer_budget(wired):
+    host, server, transport, received = wired
+    server.max_buffer = 1 << 20
+    server.max_item = 60 << 20
+    reader, writer = await raw_gateway(server, transport.handles[0].addr)   # never reads
+    server.send("raw", [Push("counter:x", 1, "counter.changed", b"\0" * (40 << 20), fresh=True)])
+    await wait_for(lambda: "raw" not in server.writers)
+    assert host.metrics.budget_stream_closes == 1
+    assert "g0" in server.writers
+    writer.close()

@@ -659,15 +659,15 @@ async def test_on_the_entity_host_with_passivation_and_ticks():
                                                 "gateway": "gw1"}, SYSTEM))
         reply, v2 = await host.call(cmd("library_save", {"uris": [turi(0), f"spotify:playlist:{PLAYLISTS[0]}"]}))
         assert reply == {"changed": True, "library_version": v2} and v2 == v + 1
-        await until(lambda: any(i[3] == "library.changed" and i[2] == v2 for i in delivered))
-        pushes = [i for i in delivered if i[3] == "library.changed"]
-        assert pushes and pushes[-1][2] == v2 and pushes[-1][4]["library_version"] == v2
+        await until(lambda: any(i.type == "library.changed" and i.version == v2 for i in delivered))
+        pushes = [i for i in delivered if i.type == "library.changed"]
+        assert pushes and pushes[-1].version == v2 and pushes[-1].payload["library_version"] == v2
         assert [(c.kind, c.op) for c in dispatched] == [("playlist", "follow")]
         # connections keep the session active; silence expires them via ticks
         assert not await host.passivate_idle(now[0] + 3600)
         now[0] += CONNECTION_TIMEOUT_MS / 1000 + 10
         host.run_ticks()
-        await until(lambda: any(i[3] == "session.changed" and i[4]["reason"] == "timeout" for i in delivered))
+        await until(lambda: any(i.type == "session.changed" and i.payload["reason"] == "timeout" for i in delivered))
         assert await host.passivate_idle(now[0] + 3600) == 1
         # re-activation from the snapshot
         reply, v3 = await host.call(cmd("library_list", {"type": "track"}))

@@ -1,5 +1,5 @@
 """A toy entity for runtime tests: a named counter with a log of applied amounts."""
-from actors.entity import Entity, Event, Outcome
+from actors.entity import SYSTEM, Command, Entity, Event, Outcome
 from protocols.errors import ErrorCode, SyncopateError
 
 
@@ -18,9 +18,17 @@ class Counter(Entity):
             n = cmd.args.get("n")
             if not isinstance(n, int) or isinstance(n, bool):
                 raise SyncopateError(ErrorCode.INVALID_FIELD, "n must be an integer")
+            tell = cmd.args.get("tell", [])
+            if not isinstance(tell, list) or not all(isinstance(t, str) for t in tell):
+                raise SyncopateError(ErrorCode.INVALID_FIELD, "tell must be a list of counter ids")
             self.apply(n)
-            return Outcome(reply={"total": self.total}, records=[n],
-                           events=[Event("counter.changed", {"total": self.total})])
+            reply = {"total": self.total}
+            if isinstance(cmd.args.get("pad"), str):       # a large reply, for the op cache's byte bound
+                reply["pad"] = cmd.args["pad"]
+            # effects: the same amount added to other counters (a derived view)
+            return Outcome(reply=reply, records=[n],
+                           events=[Event("counter.changed", {"total": self.total})],
+                           effects=[Command("counter", t, "add", {"n": n}, SYSTEM) for t in tell])
         if cmd.op in ("get", "subscribe"):
             return Outcome(reply={"total": self.total, "history": list(self.history)})
         if cmd.op == "boom":
