@@ -39,8 +39,7 @@ CFG = GatewayConfig()                # the defaults the server runs with
 @pytest.fixture(scope="module")
 def server(ray_session, tmp_path_factory):
     from syncopate.server import RayServer, ServerSpec
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("adversarial")), port=0, hosts=HOSTS,
-                      secret="adversarial-secret-" + "y" * 24, log_level="ERROR")
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("adversarial")), port=0, hosts=HOSTS, log_level="ERROR")
     srv = RayServer(spec).start()
     yield srv
     srv.stop()
@@ -162,13 +161,14 @@ async def test_ext_type_frame_gets_malformed_frame_and_kills_nothing(target, wor
     assert r.counts["open_after"] is True and r.closes == [], r.summary()
 
 
-async def test_many_sockets_for_one_user_are_refused_past_the_session_limit(target, world, http):
-    # the session entity allows 100 open connections per user (actors/session.py MAX_CONNECTIONS);
-    # a socket past it is told LIMIT_EXCEEDED and closed (1008) before any hello
+async def test_many_sockets_for_one_user_are_refused_past_the_budget(target, world, http):
+    # a gateway holds at most max_sockets_per_user sockets of one user: the next upgrades are
+    # refused with HTTP 429 before any websocket exists (docs/security.md)
+    cap = CFG.max_sockets_per_user
     async with bystander(target, world):
-        r = await A.many_sockets(target, "abuser-sockets", sockets=110, http=http)
-    assert r.counts.get("hello") == 100, r.summary()
-    assert r.errors == {"LIMIT_EXCEEDED": 10} and r.closes == [1008] * 10, r.summary()
+        r = await A.many_sockets(target, "abuser-sockets", sockets=cap + 10, http=http)
+    assert r.counts.get("hello") == cap, r.summary()
+    assert r.errors == {"http:429": 10} and r.closes == [], r.summary()
 
 
 # -- Yjs ---------------------------------------------------------------------------------------------------------
@@ -194,12 +194,12 @@ async def test_yjs_frames_over_the_rate_close_4029(target, world, http):
 
 
 async def test_awareness_flood_is_bounded(target, world, http):
-    # 5,000 client ids x 2 KB from one socket: the socket is closed (1008, over its awareness
+    # 5,000 client ids x 2 KB from one socket: the socket is closed (4029, over its awareness
     # budget), and what a new editor is sent on joining stays within one frame limit
     async with bystander(target, world):
         r = await A.awareness_flood(target, "abuser", world.yjs, clients=5_000, per_frame=100, state_bytes=2_000,
                                     joiner="legit-joiner", http=http)
-    assert r.closes == [1008], r.summary()
+    assert r.closes == [4029], r.summary()
     assert r.counts["joiner_bytes"] <= CFG.max_frame_bytes, r.summary()
 
 
@@ -220,7 +220,7 @@ async def test_slow_reader_is_closed_and_gateway_memory_stays_bounded(server, ta
     await A.finish_slow_reader(r, timeout_s=5.0)
     # 100 answers of ~1.5 MB each were queued for a socket that reads nothing
     assert grown < 64, f"the gateway grew {grown:.0f} MB for one socket that never reads"
-    assert r.closes == [1008], r.summary()
+    assert r.closes == [4008], r.summary()
 
 
 async def test_subscribe_storm_is_refused_not_fatal(target, world, http):

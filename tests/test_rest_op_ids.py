@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 
 from storage.memory import MemoryStore
+from gateway.auth import write_secret
 from syncopate.server import LocalServer, ServerSpec
 
 SECRET = "rest-op-id-secret-0123456789-abcdefghij"
@@ -14,7 +15,8 @@ SECRET = "rest-op-id-secret-0123456789-abcdefghij"
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("opids")), port=0, hosts=1, secret=SECRET,
+    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("opids")), port=0, hosts=1,
+                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
                       gateway={"rest_rate": 1000, "rest_burst": 1000})
     srv = await LocalServer(spec, store=MemoryStore()).start()
     yield srv
