@@ -97,6 +97,7 @@ from actors.playlist_doc import (
     Change,
     Entry,
     PlaylistDoc,
+    MalformedError,
     UpdateScan,
     decode_state_vector,
     locate,
@@ -119,6 +120,7 @@ from actors.playlist_validate import (
     user_id_value,
 )
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.limits import MAX_FRAME_BYTES
 from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
 from protocols.uris import BASE62, make_uri, parse_uri
 
@@ -126,7 +128,7 @@ CHANGED = MessageType.PLAYLIST_CHANGED.value
 _ID = attrgetter("id")
 HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
 HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
-MAX_UPDATE_BYTES = 8 << 20
+MAX_UPDATE_BYTES = MAX_FRAME_BYTES       # what the gateway's frames can carry (protocols/limits.py)
 PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
 
 
@@ -682,14 +684,13 @@ class PlaylistEntity(Entity):
         update = bytes(update)
         before = list(doc.entries)
         meta_before = dict(doc.meta)
+        # read first (bounded, linear): a malformed update is refused before yrs sees it
+        try:
+            scan = scan_update(update)
+        except MalformedError as exc:
+            raise bad(f"not a Yjs update: {exc.message}", ErrorCode.BAD_REQUEST) from None
         # items of moved entries that this update deletes (already deleted here: see _concurrent_deletes)
-        scan, moved = None, {}
-        if doc.tomb:
-            try:
-                scan = scan_update(update)
-                moved = doc.moved_items_in(scan.deletes)
-            except ValueError:
-                scan = None
+        moved = doc.moved_items_in(scan.deletes) if doc.tomb else {}
         try:
             change = doc.apply_remote(update)
         except ValueError as exc:
@@ -875,8 +876,14 @@ class PlaylistEntity(Entity):
         return victims
 
     def _junk(self, change: Change, reject) -> None:
-        for name in change.junk_roots:
-            self.doc.clear_junk_root(name)
+        """Content outside the schema (another root's, keys on `tracks`, a sequence in `meta`, and
+        what nests in or chains off it) is deleted in the same correction: a Yjs root can't be
+        removed, but its items can. Refusing the update instead would not converge: Yjs has no
+        acknowledgements, so every later update of that client would wait for the refused clocks."""
+        if change.foreign:
+            self.doc.delete_items(change.foreign)
+            reject(ErrorCode.INVALID_FIELD, "content outside the playlist schema (only the roots "
+                   "`tracks` and `meta`) was deleted")
 
     def _net_delta(self, before: list[Entry], meta_before: dict, change: Change) -> list[dict]:
         """The command's net effect for app clients: deleted pre-existing entries, then surviving
@@ -931,7 +938,8 @@ class PlaylistEntity(Entity):
                 "listeners": sorted(self.listeners),
                 "graveyard": [[*e.row(), who] for e, who in self.doc.graveyard.values()
                               if e.id not in self.doc.by_id],
-                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()]}
+                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()],
+                "foreign": [[c, a, b] for c, ranges in self.doc.foreign.items() for a, b in ranges]}
 
     def restore(self, data: Any) -> None:
         self.doc = PlaylistDoc(data["doc"], rows=data.get("rows"))
@@ -939,6 +947,11 @@ class PlaylistEntity(Entity):
             self.doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
         for client, clock, eid, succ in data.get("tomb", ()):
             self.doc.bury((client, clock), eid, [(c, k) for c, k in succ])
+        if "foreign" in data:
+            for c, a, b in data["foreign"]:
+                self.doc.foreign.setdefault(c, []).append([a, b])
+        else:       # a snapshot from before `foreign` was kept: read it off the document itself
+            self.doc.classify(scan_update(data["doc"], structs=True))
         self.owner = data.get("owner")
         self.created_at = data.get("at", 0)
         self.collaborators = dict(data.get("collaborators", {}))

@@ -782,6 +782,72 @@ def test_junk_roots_are_cleared():
     assert c.doc.get("junk", type=Map).to_py() == {}
 
 
+FOREIGN = {
+    "text": lambda c: c.doc.get("junk", type=Text).insert(0, "secret text"),
+    "array": lambda c: c.doc.get("junk", type=Array).extend(["secret", 1.0, Map({"k": "secret"})]),
+    "map": lambda c: c.doc.get("junk", type=Map).__setitem__("k", "secret"),
+    "keys_on_tracks": lambda c: c.doc.get("tracks", type=Map).__setitem__("k", "secret"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+@pytest.mark.parametrize("restart", [None, "replay", "snapshot"])
+def test_content_outside_the_schema_is_deleted_and_never_sent(kind, restart):
+    """A Yjs root other than the schema's (any type) or keys on `tracks`: applied (refusing it
+    would stall the client's later updates) and its items deleted in the same log entry; the
+    sender converges, and no new client, before or after a restart, ever receives the content."""
+    h = make(2)
+    c = Client(h, "alice")
+    c.sync()
+    upd = c.edit_offline(lambda c: (FOREIGN[kind](c), c.tracks.append(c.entry("ok1", T(5)))))
+    out = c.send(upd)
+    assert [r["code"] for r in out.reply["rejected"]] == ["INVALID_FIELD"]
+    assert h.ids()[-1] == "ok1"                                    # the valid part stays
+    assert b"secret" not in h.e.doc.full_update()
+    assert len(h.log[-1]) == 1 and len(h.log[-1][0]["u"]) == 2     # update + correction, one entry
+    # the push carries update + correction: a client applying it holds no live foreign content
+    other = Doc()
+    other.apply_update(h.e.doc.full_update())
+    other.apply_update(out.events[0].payload["update"])
+    assert b"secret" not in other.get_update()
+    # more content chained onto the deleted items (they stay known as foreign) is deleted too
+    if kind == "text":
+        c.edit(lambda c: c.doc.get("junk", type=Text).insert(0, "more secret"))
+    if restart == "snapshot":
+        h.compact()
+    if restart:
+        h.restart()
+    if kind == "array":
+        out = c.edit(lambda c: c.doc.get("junk", type=Array).append("late secret"))
+        assert out.reply["rejected"]
+    assert b"secret" not in h.e.doc.full_update()
+    fresh = Client(h, "bob")
+    fresh.sync()
+    assert b"secret" not in fresh.doc.get_update()
+    assert fresh.json() == c.json() == doc_json(h.e.doc)
+    check_mirror(h.e)
+    assert state_of(h.reload()) == state_of(h.e)
+
+
+def test_old_snapshots_without_foreign_ranges_still_know_them():
+    h = make(1)
+    c = Client(h, "alice")
+    c.sync()
+    c.edit(lambda c: c.doc.get("junk", type=Array).append("secret"))
+    h.compact()
+    h.snap.pop("foreign")
+    h.restart()
+    out = c.edit(lambda c: c.doc.get("junk", type=Array).append("late secret"))
+    assert out.reply["rejected"] and b"secret" not in h.e.doc.full_update()
+
+
+def test_max_update_bytes_is_the_gateways_frame_limit():
+    from protocols.limits import MAX_FRAME_BYTES
+    h = make(0)
+    assert h.e.max_update_bytes == MAX_FRAME_BYTES == 1 << 20
+    assert h.err("yjs_update", update=b"\x00" * (MAX_FRAME_BYTES + 1)).code == ErrorCode.FRAME_TOO_LARGE
+
+
 def test_duplicate_update_is_a_noop():
     h = make(1)
     c = Client(h, "alice")
