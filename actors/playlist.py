@@ -119,12 +119,16 @@ from actors.playlist_validate import (
     uri_list,
     user_id_value,
 )
+from protocols.access import NONE, access
+from protocols.access import policy as access_policy
+from protocols.access import role as access_role
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.limits import MAX_FRAME_BYTES
 from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
 from protocols.uris import BASE62, make_uri, parse_uri
 
 CHANGED = MessageType.PLAYLIST_CHANGED.value
+ACCESS = MessageType.PLAYLIST_ACCESS.value
 _ID = attrgetter("id")
 HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
 HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
@@ -208,12 +212,16 @@ class PlaylistEntity(Entity):
         h = hashlib.blake2b(self.doc.state_vector() + f"|{self.id}|{v}".encode(), digest_size=6).digest()
         return _b62((v << 48) | int.from_bytes(h, "big"))
 
+    def policy(self) -> dict:
+        """Who may do what (protocols/access.py): the shared rule's input, as sent to gateways."""
+        meta = self.doc.meta
+        return access_policy(self.owner, meta.get("public") is True, meta.get("collaborative") is True,
+                             self.collaborators)
+
     def role(self, p: Principal) -> str | None:
         if p.system:
             return "system"
-        if p.user_id == self.owner:
-            return "owner"
-        return self.collaborators.get(p.user_id)
+        return access_role(self.policy(), p.user_id)
 
     def _exists(self) -> None:
         if self.owner is None:
@@ -221,10 +229,12 @@ class PlaylistEntity(Entity):
 
     def _view(self, p: Principal) -> str | None:
         self._exists()
-        r = self.role(p)
-        if r is None and not self.doc.meta.get("public", False):
+        if p.system:
+            return "system"
+        pol = self.policy()
+        if access(pol, p.user_id) == NONE:
             raise SyncopateError(ErrorCode.NOT_FOUND, f"no playlist {self.id}")
-        return r
+        return access_role(pol, p.user_id)
 
     def _edit(self, p: Principal) -> str:
         r = self._view(p)
@@ -370,7 +380,14 @@ class PlaylistEntity(Entity):
         self.doc.trash = []
         self.doc.tomb_log = []
         self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
-        return fn(self, cmd)
+        before = self.policy()
+        out = fn(self, cmd)
+        if out.records:
+            after = self.policy()
+            if after != before:
+                # live connections re-check their access (gateway: protocols/access.py)
+                out.events.append(Event(type=ACCESS, payload=after))
+        return out
 
     # -- create / read -----------------------------------------------------------------------------
     def _op_create(self, cmd: Command) -> Outcome:
@@ -414,7 +431,7 @@ class PlaylistEntity(Entity):
     def _op_subscribe(self, cmd: Command) -> Outcome:
         self._view(cmd.principal)
         since = cmd.args.get("since")
-        base = {"version": self.version, "snapshot_id": self.snapshot_id()}
+        base = {"version": self.version, "snapshot_id": self.snapshot_id(), "access": self.policy()}
         if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
             floor = self._floor[0] if self._floor is not None else self.version
             if since >= floor:
@@ -671,7 +688,7 @@ class PlaylistEntity(Entity):
                 self._peer_sv.popitem(last=False)
         return Outcome(reply={"update": update, "state_vector": self.doc.state_vector(),
                               "readonly": role not in ("owner", "editor", "system"),
-                              "snapshot_id": self.snapshot_id()})
+                              "snapshot_id": self.snapshot_id(), "access": self.policy()})
 
     def _op_yjs_update(self, cmd: Command) -> Outcome:
         role = self._edit(cmd.principal)

@@ -1293,3 +1293,57 @@ async def test_on_the_entity_host_with_a_restart():
     (items, _) = await host2.call(cmd("items", offset=0, limit=100))
     assert items["total"] == 41 and [x["entry_id"] for x in items["items"]] == [m["id"] for m in tracks.to_py()]
     await host2.close(passivate=False)
+
+
+# ==========================================================================================
+# the access policy (protocols/access.py), shared with the gateway
+# ==========================================================================================
+def test_access_rule():
+    from protocols.access import access, role
+    pol = {"owner": "alice", "public": False, "collaborative": True, "roles": {"ed": "editor", "vi": "viewer"}}
+    assert [access(pol, u) for u in ("alice", "ed", "vi", "bob", None)] == ["write", "write", "read", "none", "none"]
+    assert access(dict(pol, public=True), "bob") == "read"
+    assert access(None, "alice") == "none" and access(dict(pol, owner=None), "alice") == "none"
+    assert [role(pol, u) for u in ("alice", "ed", "vi", "bob")] == ["owner", "editor", "viewer", None]
+    assert access(dict(pol, roles={"x": "admin"}), "x") == "none"         # unknown roles give nothing
+
+
+def access_events(out) -> list:
+    return [ev.payload for ev in out.events if ev.type == "playlist.access"]
+
+
+def test_policy_in_replies_and_pushed_when_it_changes():
+    h = make(1, public=False)
+    pol = {"owner": "alice", "public": False, "collaborative": False, "roles": {}}
+    assert h.reply("subscribe")["access"] == pol
+    assert h.reply("yjs_sync")["access"] == pol
+    out = h.do("set_collaborator", user_id="ed", role="editor")
+    assert access_events(out) == [dict(pol, roles={"ed": "editor"})]
+    assert h.reply("subscribe", "ed")["access"]["roles"] == {"ed": "editor"}
+    assert access_events(h.do("set_collaborator", user_id="ed", role="viewer")) == [dict(pol, roles={"ed": "viewer"})]
+    assert h.err("yjs_update", "ed", update=b"\x00\x00").code == ErrorCode.FORBIDDEN      # a viewer now
+    assert access_events(h.do("set_collaborator", user_id="ed", role="viewer")) == []      # no change
+    assert access_events(h.do("remove_collaborator", user_id="ed")) == [pol]
+    assert h.err("subscribe", "ed").code == ErrorCode.NOT_FOUND
+    assert access_events(h.do("update_details", public=True, collaborative=True)) == \
+        [dict(pol, public=True, collaborative=True)]
+    assert h.reply("subscribe", "ed")["access"]["public"] is True                          # readable now
+    assert access_events(h.do("update_details", name="Other")) == []                       # not access
+    assert access_events(h.do("add", uris=[T(3)])) == []
+    # the owner's public toggle over Yjs is pushed too
+    c = Client(h, "alice")
+    c.sync()
+    out = c.edit(lambda c: c.meta.__setitem__("public", False))
+    assert access_events(out) == [dict(pol, collaborative=True)]
+    # an editor's forbidden toggle is corrected in the same command: the policy did not change
+    h.do("set_collaborator", user_id="ed", role="editor")
+    e = Client(h, "ed")
+    e.sync()
+    out = e.edit(lambda c: c.meta.__setitem__("public", True))
+    assert out.reply["rejected"] and access_events(out) == []
+
+
+def test_create_pushes_the_first_policy():
+    h = Harness()
+    out = h.do("create", name="New", public=False)
+    assert access_events(out) == [{"owner": "alice", "public": False, "collaborative": False, "roles": {}}]
