@@ -164,6 +164,13 @@ def delete_ops(removed: list[tuple[int, str]]) -> list[dict]:
             for s, n in reversed(_runs([p for p, _ in removed]))]
 
 
+def compact_delta(delta: list[dict]) -> list[dict]:
+    """A delta as the durable history keeps it: inserts name their entry ids only (what a
+    snapshot_id transform needs), not the items."""
+    return [{"op": "insert", "index": op["index"], "entry_ids": [x["entry_id"] for x in op["items"]]}
+            if op["op"] == "insert" and "items" in op else op for op in delta]
+
+
 def insert_ops(added: list[tuple[int, Entry]]) -> list[dict]:
     """[(new position, entry)] -> insert runs, ascending."""
     added = sorted(added, key=lambda x: x[0])
@@ -187,6 +194,8 @@ class PlaylistEntity(Entity):
         self._history: deque = deque()        # (version, snapshot_id, delta, weight)
         self._weight = 0
         self._floor: tuple[int, str] | None = None   # (version, snapshot_id) before the first history item
+        self._full_since: int | None = None   # history items after this version hold full deltas (items)
+        self._unrecorded_at: int | None = None   # replaying an entry without an "h" record (older log)
         # origin (gateway, connection) -> the state vector of that Yjs client's last SyncStep1: what
         # it held when it computed its SyncStep2 (not persisted: a restarted host resyncs sockets)
         self._peer_sv: OrderedDict[Any, bytes] = OrderedDict()
@@ -301,6 +310,8 @@ class PlaylistEntity(Entity):
             return Outcome(reply=out)
         v = self.version + 1
         sid = self.snapshot_id(v)
+        # the history behind snapshot_id transforms, durable: replay rebuilds it (see apply)
+        records.append({"t": "h", "v": v, "sid": sid, "d": compact_delta(delta)})
         out = {"snapshot_id": sid}
         out.update(reply or {})
         events, effects = [], []
@@ -317,7 +328,7 @@ class PlaylistEntity(Entity):
         return Outcome(reply=out, records=records, events=events, effects=effects)
 
     def _remember(self, version: int, sid: str, delta: list) -> None:
-        w = 1 + sum(len(op.get("items", ())) + len(op.get("entry_ids", ())) for op in delta)
+        w = 1 + sum(len(op.get("items") or op.get("entry_ids") or ()) for op in delta)
         self._history.append((version, sid, delta, w))
         self._weight += w
         while self._history and (len(self._history) > HISTORY_VERSIONS or self._weight > HISTORY_WEIGHT):
@@ -353,7 +364,7 @@ class PlaylistEntity(Entity):
             for op in reversed(delta):
                 kind = op["op"]
                 if kind == "insert":
-                    del order[op["index"]:op["index"] + len(op["items"])]
+                    del order[op["index"]:op["index"] + len(op.get("items") or op["entry_ids"])]
                 elif kind == "delete":
                     order[op["index"]:op["index"]] = op["entry_ids"]
         return order, False
@@ -374,8 +385,11 @@ class PlaylistEntity(Entity):
             raise SyncopateError(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
         if not isinstance(cmd.args, dict):
             raise bad("args must be an object")
+        self._close_gap()
         if self._floor is None:
             self._floor = (self.version, self.snapshot_id())
+        if self._full_since is None:
+            self._full_since = self.version
         self.doc.gen += 1
         self.doc.trash = []
         self.doc.tomb_log = []
@@ -434,7 +448,9 @@ class PlaylistEntity(Entity):
         base = {"version": self.version, "snapshot_id": self.snapshot_id(), "access": self.policy()}
         if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
             floor = self._floor[0] if self._floor is not None else self.version
-            if since >= floor:
+            # restored history carries entry ids only (enough for transforms): app clients get
+            # deltas from what this activation handled itself
+            if since >= max(floor, self._full_since if self._full_since is not None else self.version):
                 deltas = [{"version": v, "snapshot_id": s, "delta": d} for v, s, d, _ in self._history if v > since]
                 return Outcome(reply={"mode": "deltas", **base, "deltas": deltas})
         return Outcome(reply={"mode": "full", **base, "playlist": self.playlist_object(),
@@ -920,8 +936,24 @@ class PlaylistEntity(Entity):
     # ==========================================================================================
     # replay, snapshot, restore
     # ==========================================================================================
+    def _close_gap(self) -> None:
+        """An entry replayed without a history record (written before they existed): the changes
+        before it can't be transformed through it, so the history restarts after it."""
+        if self._unrecorded_at is not None:
+            self._unrecorded_at = None
+            self._history.clear()
+            self._weight = 0
+            self._floor = (self.version, self.snapshot_id())
+
     def apply(self, record: Any) -> None:
         t = record["t"]
+        if t == "h":
+            self._unrecorded_at = None
+            self._remember(record["v"], record["sid"], record["d"])
+            return
+        if self._unrecorded_at is not None and self._unrecorded_at != self.version:
+            self._close_gap()                 # the previous entry ended without one
+        self._unrecorded_at = self.version
         self.doc.gen += 1
         self.doc.trash = []
         if t == "y":
@@ -943,12 +975,13 @@ class PlaylistEntity(Entity):
             (self.followers.add if record["on"] else self.followers.discard)(record["user"])
         elif t == "listen":
             (self.listeners.add if record["on"] else self.listeners.discard)(record["user"])
-        self._history.clear()
-        self._weight = 0
-        self._floor = None
+        self._full_since = None
 
     def snapshot(self) -> Any:
+        self._close_gap()
         return {"v": 1, "doc": self.doc.full_update(),
+                "history": [[v, sid, compact_delta(d)] for v, sid, d, _ in self._history],
+                "floor": list(self._floor) if self._floor is not None else None,
                 "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.doc.entries],
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
@@ -976,7 +1009,13 @@ class PlaylistEntity(Entity):
         self.listeners = set(data.get("listeners", ()))
         self._history.clear()
         self._weight = 0
-        self._floor = None
+        # snapshots before the history was kept have none: old snapshot_ids are unknown (CONFLICT)
+        floor = data.get("floor")
+        self._floor = (floor[0], floor[1]) if floor else None
+        for v, sid, d in data.get("history", ()):
+            self._remember(v, sid, d)
+        self._full_since = None
+        self._unrecorded_at = None
 
     _OPS: ClassVar[dict] = {
         "create": _op_create, "get": _op_get, "items": _op_items, "entries": _op_entries,
