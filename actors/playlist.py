@@ -97,6 +97,7 @@ from actors.playlist_doc import (
     Change,
     Entry,
     PlaylistDoc,
+    MalformedError,
     UpdateScan,
     decode_state_vector,
     locate,
@@ -118,15 +119,20 @@ from actors.playlist_validate import (
     uri_list,
     user_id_value,
 )
+from protocols.access import NONE, access
+from protocols.access import policy as access_policy
+from protocols.access import role as access_role
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.limits import MAX_FRAME_BYTES
 from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
 from protocols.uris import BASE62, make_uri, parse_uri
 
 CHANGED = MessageType.PLAYLIST_CHANGED.value
+ACCESS = MessageType.PLAYLIST_ACCESS.value
 _ID = attrgetter("id")
 HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
 HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
-MAX_UPDATE_BYTES = 8 << 20
+MAX_UPDATE_BYTES = MAX_FRAME_BYTES       # what the gateway's frames can carry (protocols/limits.py)
 PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
 
 
@@ -158,6 +164,13 @@ def delete_ops(removed: list[tuple[int, str]]) -> list[dict]:
             for s, n in reversed(_runs([p for p, _ in removed]))]
 
 
+def compact_delta(delta: list[dict]) -> list[dict]:
+    """A delta as the durable history keeps it: inserts name their entry ids only (what a
+    snapshot_id transform needs), not the items."""
+    return [{"op": "insert", "index": op["index"], "entry_ids": [x["entry_id"] for x in op["items"]]}
+            if op["op"] == "insert" and "items" in op else op for op in delta]
+
+
 def insert_ops(added: list[tuple[int, Entry]]) -> list[dict]:
     """[(new position, entry)] -> insert runs, ascending."""
     added = sorted(added, key=lambda x: x[0])
@@ -181,6 +194,8 @@ class PlaylistEntity(Entity):
         self._history: deque = deque()        # (version, snapshot_id, delta, weight)
         self._weight = 0
         self._floor: tuple[int, str] | None = None   # (version, snapshot_id) before the first history item
+        self._full_since: int | None = None   # history items after this version hold full deltas (items)
+        self._unrecorded_at: int | None = None   # replaying an entry without an "h" record (older log)
         # origin (gateway, connection) -> the state vector of that Yjs client's last SyncStep1: what
         # it held when it computed its SyncStep2 (not persisted: a restarted host resyncs sockets)
         self._peer_sv: OrderedDict[Any, bytes] = OrderedDict()
@@ -206,12 +221,16 @@ class PlaylistEntity(Entity):
         h = hashlib.blake2b(self.doc.state_vector() + f"|{self.id}|{v}".encode(), digest_size=6).digest()
         return _b62((v << 48) | int.from_bytes(h, "big"))
 
+    def policy(self) -> dict:
+        """Who may do what (protocols/access.py): the shared rule's input, as sent to gateways."""
+        meta = self.doc.meta
+        return access_policy(self.owner, meta.get("public") is True, meta.get("collaborative") is True,
+                             self.collaborators)
+
     def role(self, p: Principal) -> str | None:
         if p.system:
             return "system"
-        if p.user_id == self.owner:
-            return "owner"
-        return self.collaborators.get(p.user_id)
+        return access_role(self.policy(), p.user_id)
 
     def _exists(self) -> None:
         if self.owner is None:
@@ -219,10 +238,12 @@ class PlaylistEntity(Entity):
 
     def _view(self, p: Principal) -> str | None:
         self._exists()
-        r = self.role(p)
-        if r is None and not self.doc.meta.get("public", False):
+        if p.system:
+            return "system"
+        pol = self.policy()
+        if access(pol, p.user_id) == NONE:
             raise SyncopateError(ErrorCode.NOT_FOUND, f"no playlist {self.id}")
-        return r
+        return access_role(pol, p.user_id)
 
     def _edit(self, p: Principal) -> str:
         r = self._view(p)
@@ -289,6 +310,8 @@ class PlaylistEntity(Entity):
             return Outcome(reply=out)
         v = self.version + 1
         sid = self.snapshot_id(v)
+        # the history behind snapshot_id transforms, durable: replay rebuilds it (see apply)
+        records.append({"t": "h", "v": v, "sid": sid, "d": compact_delta(delta)})
         out = {"snapshot_id": sid}
         out.update(reply or {})
         events, effects = [], []
@@ -305,7 +328,7 @@ class PlaylistEntity(Entity):
         return Outcome(reply=out, records=records, events=events, effects=effects)
 
     def _remember(self, version: int, sid: str, delta: list) -> None:
-        w = 1 + sum(len(op.get("items", ())) + len(op.get("entry_ids", ())) for op in delta)
+        w = 1 + sum(len(op.get("items") or op.get("entry_ids") or ()) for op in delta)
         self._history.append((version, sid, delta, w))
         self._weight += w
         while self._history and (len(self._history) > HISTORY_VERSIONS or self._weight > HISTORY_WEIGHT):
@@ -341,7 +364,7 @@ class PlaylistEntity(Entity):
             for op in reversed(delta):
                 kind = op["op"]
                 if kind == "insert":
-                    del order[op["index"]:op["index"] + len(op["items"])]
+                    del order[op["index"]:op["index"] + len(op.get("items") or op["entry_ids"])]
                 elif kind == "delete":
                     order[op["index"]:op["index"]] = op["entry_ids"]
         return order, False
@@ -362,13 +385,23 @@ class PlaylistEntity(Entity):
             raise SyncopateError(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
         if not isinstance(cmd.args, dict):
             raise bad("args must be an object")
+        self._close_gap()
         if self._floor is None:
             self._floor = (self.version, self.snapshot_id())
+        if self._full_since is None:
+            self._full_since = self.version
         self.doc.gen += 1
         self.doc.trash = []
         self.doc.tomb_log = []
         self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
-        return fn(self, cmd)
+        before = self.policy()
+        out = fn(self, cmd)
+        if out.records:
+            after = self.policy()
+            if after != before:
+                # live connections re-check their access (gateway: protocols/access.py)
+                out.events.append(Event(type=ACCESS, payload=after))
+        return out
 
     # -- create / read -----------------------------------------------------------------------------
     def _op_create(self, cmd: Command) -> Outcome:
@@ -412,10 +445,12 @@ class PlaylistEntity(Entity):
     def _op_subscribe(self, cmd: Command) -> Outcome:
         self._view(cmd.principal)
         since = cmd.args.get("since")
-        base = {"version": self.version, "snapshot_id": self.snapshot_id()}
+        base = {"version": self.version, "snapshot_id": self.snapshot_id(), "access": self.policy()}
         if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
             floor = self._floor[0] if self._floor is not None else self.version
-            if since >= floor:
+            # restored history carries entry ids only (enough for transforms): app clients get
+            # deltas from what this activation handled itself
+            if since >= max(floor, self._full_since if self._full_since is not None else self.version):
                 deltas = [{"version": v, "snapshot_id": s, "delta": d} for v, s, d, _ in self._history if v > since]
                 return Outcome(reply={"mode": "deltas", **base, "deltas": deltas})
         return Outcome(reply={"mode": "full", **base, "playlist": self.playlist_object(),
@@ -669,7 +704,7 @@ class PlaylistEntity(Entity):
                 self._peer_sv.popitem(last=False)
         return Outcome(reply={"update": update, "state_vector": self.doc.state_vector(),
                               "readonly": role not in ("owner", "editor", "system"),
-                              "snapshot_id": self.snapshot_id()})
+                              "snapshot_id": self.snapshot_id(), "access": self.policy()})
 
     def _op_yjs_update(self, cmd: Command) -> Outcome:
         role = self._edit(cmd.principal)
@@ -682,14 +717,13 @@ class PlaylistEntity(Entity):
         update = bytes(update)
         before = list(doc.entries)
         meta_before = dict(doc.meta)
+        # read first (bounded, linear): a malformed update is refused before yrs sees it
+        try:
+            scan = scan_update(update)
+        except MalformedError as exc:
+            raise bad(f"not a Yjs update: {exc.message}", ErrorCode.BAD_REQUEST) from None
         # items of moved entries that this update deletes (already deleted here: see _concurrent_deletes)
-        scan, moved = None, {}
-        if doc.tomb:
-            try:
-                scan = scan_update(update)
-                moved = doc.moved_items_in(scan.deletes)
-            except ValueError:
-                scan = None
+        moved = doc.moved_items_in(scan.deletes) if doc.tomb else {}
         try:
             change = doc.apply_remote(update)
         except ValueError as exc:
@@ -875,8 +909,14 @@ class PlaylistEntity(Entity):
         return victims
 
     def _junk(self, change: Change, reject) -> None:
-        for name in change.junk_roots:
-            self.doc.clear_junk_root(name)
+        """Content outside the schema (another root's, keys on `tracks`, a sequence in `meta`, and
+        what nests in or chains off it) is deleted in the same correction: a Yjs root can't be
+        removed, but its items can. Refusing the update instead would not converge: Yjs has no
+        acknowledgements, so every later update of that client would wait for the refused clocks."""
+        if change.foreign:
+            self.doc.delete_items(change.foreign)
+            reject(ErrorCode.INVALID_FIELD, "content outside the playlist schema (only the roots "
+                   "`tracks` and `meta`) was deleted")
 
     def _net_delta(self, before: list[Entry], meta_before: dict, change: Change) -> list[dict]:
         """The command's net effect for app clients: deleted pre-existing entries, then surviving
@@ -896,8 +936,24 @@ class PlaylistEntity(Entity):
     # ==========================================================================================
     # replay, snapshot, restore
     # ==========================================================================================
+    def _close_gap(self) -> None:
+        """An entry replayed without a history record (written before they existed): the changes
+        before it can't be transformed through it, so the history restarts after it."""
+        if self._unrecorded_at is not None:
+            self._unrecorded_at = None
+            self._history.clear()
+            self._weight = 0
+            self._floor = (self.version, self.snapshot_id())
+
     def apply(self, record: Any) -> None:
         t = record["t"]
+        if t == "h":
+            self._unrecorded_at = None
+            self._remember(record["v"], record["sid"], record["d"])
+            return
+        if self._unrecorded_at is not None and self._unrecorded_at != self.version:
+            self._close_gap()                 # the previous entry ended without one
+        self._unrecorded_at = self.version
         self.doc.gen += 1
         self.doc.trash = []
         if t == "y":
@@ -919,19 +975,21 @@ class PlaylistEntity(Entity):
             (self.followers.add if record["on"] else self.followers.discard)(record["user"])
         elif t == "listen":
             (self.listeners.add if record["on"] else self.listeners.discard)(record["user"])
-        self._history.clear()
-        self._weight = 0
-        self._floor = None
+        self._full_since = None
 
     def snapshot(self) -> Any:
+        self._close_gap()
         return {"v": 1, "doc": self.doc.full_update(),
+                "history": [[v, sid, compact_delta(d)] for v, sid, d, _ in self._history],
+                "floor": list(self._floor) if self._floor is not None else None,
                 "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.doc.entries],
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
                 "listeners": sorted(self.listeners),
                 "graveyard": [[*e.row(), who] for e, who in self.doc.graveyard.values()
                               if e.id not in self.doc.by_id],
-                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()]}
+                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()],
+                "foreign": [[c, a, b] for c, ranges in self.doc.foreign.items() for a, b in ranges]}
 
     def restore(self, data: Any) -> None:
         self.doc = PlaylistDoc(data["doc"], rows=data.get("rows"))
@@ -939,6 +997,11 @@ class PlaylistEntity(Entity):
             self.doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
         for client, clock, eid, succ in data.get("tomb", ()):
             self.doc.bury((client, clock), eid, [(c, k) for c, k in succ])
+        if "foreign" in data:
+            for c, a, b in data["foreign"]:
+                self.doc.foreign.setdefault(c, []).append([a, b])
+        else:       # a snapshot from before `foreign` was kept: read it off the document itself
+            self.doc.classify(scan_update(data["doc"], structs=True))
         self.owner = data.get("owner")
         self.created_at = data.get("at", 0)
         self.collaborators = dict(data.get("collaborators", {}))
@@ -946,7 +1009,13 @@ class PlaylistEntity(Entity):
         self.listeners = set(data.get("listeners", ()))
         self._history.clear()
         self._weight = 0
-        self._floor = None
+        # snapshots before the history was kept have none: old snapshot_ids are unknown (CONFLICT)
+        floor = data.get("floor")
+        self._floor = (floor[0], floor[1]) if floor else None
+        for v, sid, d in data.get("history", ()):
+            self._remember(v, sid, d)
+        self._full_since = None
+        self._unrecorded_at = None
 
     _OPS: ClassVar[dict] = {
         "create": _op_create, "get": _op_get, "items": _op_items, "entries": _op_entries,

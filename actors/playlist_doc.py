@@ -20,7 +20,8 @@ records, so storage holds the CRDT update history itself, never a projection of 
 
 Item ids: every entry knows the Yjs item id (client, clock) of its Y.Map (`Entry.yid`): server
 inserts know the clocks they write; remote ones are read out of the integrated update
-(`scan_update`: a linear lib0 decoder of Yjs v1 updates, which also yields an update's delete set).
+(`scan_update`, protocols/lib0.py: a bounded, linear decoder of Yjs v1 updates, which also yields
+an update's delete set).
 The `tomb` remembers recently moved-away items (deleted while the entry lived on as a copy) with
 the copies their moves wrote, so that the entity can tell a late delete of a moved entry from a
 client merely knowing the move (PlaylistEntity._concurrent_deletes).
@@ -37,13 +38,23 @@ from __future__ import annotations
 
 import bisect
 import secrets
-import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from pycrdt import _pycrdt as Y
+
+from protocols.lib0 import (  # noqa: F401 - decode_state_vector, scan_update, UpdateScan: re-exported
+    MalformedError,
+    UpdateScan,
+    decode_state_vector,
+    ROOT,
+    encode_delete_update,
+    encode_map_chain,
+    first_struct,
+    scan_update,
+)
 
 ENTRY_KEYS = ("id", "uri", "added_by", "added_at")
 ENTRY_KEYSET = frozenset(ENTRY_KEYS)
@@ -54,321 +65,16 @@ TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered 
 _LOCAL_ORIGIN = 0x5E17E5        # origin of server-side transactions
 
 
-# -- lib0 / Yjs v1 encoding ---------------------------------------------------------------------------
-def write_var_uint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def read_var_uint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return n, pos
-
-
-def _var_string(s: str) -> bytes:
-    b = s.encode()
-    return write_var_uint(len(b)) + b
-
-
-def decode_state_vector(sv: bytes) -> dict[int, int]:
-    n, pos = read_var_uint(sv, 0)
-    out = {}
-    for _ in range(n):
-        client, pos = read_var_uint(sv, pos)
-        clock, pos = read_var_uint(sv, pos)
-        out[client] = clock
-    return out
-
-
-_KEY_HEAD = {k: _var_string(k) for k in ENTRY_KEYS}
-
-
-def _any(value: Any) -> bytes:
-    """lib0 writeAny for the values an entry holds (strings and numbers)."""
-    if isinstance(value, str):
-        return b"\x77" + _var_string(value)
-    return b"\x7b" + struct.pack(">d", float(value))
-
-
+# -- the Yjs binary codec: protocols/lib0.py ------------------------------------------------------------
 def encode_entry_chain(client: int, clock: int, left: tuple[int, int] | None,
                        right: tuple[int, int], entries: list[Entry]) -> bytes:
     """A Yjs v1 update inserting `entries` (each a Y.Map of the four entry keys) in order between
-    the item `left` (None = the start of the array) and the item `right`, as `client` from `clock`.
-
-    The k Y.Map items take clocks clock .. clock+k-1, each with the previous one as origin and
-    `right` as right origin, and their 4k key items follow. Consecutive clocks and a chained
-    origin let yrs squash the tombstones of entries deleted together (a replace, a batch removed
-    again, a range moved again) into one block, so list walks do not slow down with churn."""
-    k = len(entries)
-    parts: list[bytes] = []
-    add = parts.append
-    vu = write_var_uint
-    rid = vu(right[0]) + vu(right[1])
-    cl = vu(client)
-    tail = rid + b"\x01"                                      # rightOrigin, ContentType: YMap
-    add((b"\x47" if left is None else b"\xc7" + vu(left[0]) + vu(left[1])) + tail)
-    for c in range(clock, clock + k - 1):
-        add(b"\xc7" + cl + vu(c) + tail)                       # origin: the previous new entry
-    strs: dict[str, bytes] = {}
-
-    def s(v: str) -> bytes:
-        b = strs.get(v)
-        if b is None:
-            b = strs[v] = b"\x77" + _var_string(v)
-        return b
-
-    for i, e in enumerate(entries):
-        head = b"\x28\x00" + cl + vu(clock + i)                # info: parentSub | ContentAny; parent = ID
-        add(head + b"\x02id\x01\x77" + _var_string(e.id) + head + b"\x03uri\x01" + s(e.uri)
-            + head + b"\x08added_by\x01" + s(e.added_by) + head + b"\x08added_at\x01\x7b"
-            + struct.pack(">d", float(e.added_at)))
-    return b"\x01" + vu(5 * k) + cl + vu(clock) + b"".join(parts) + b"\x00"
-
-
-def _first_struct(update: bytes) -> tuple[int, int, tuple[int, int] | None]:
-    """(client, clock, origin) of the first struct of a single-client update."""
-    _, pos = read_var_uint(update, 0)
-    _, pos = read_var_uint(update, pos)
-    client, pos = read_var_uint(update, pos)
-    clock, pos = read_var_uint(update, pos)
-    info = update[pos]
-    pos += 1
-    origin = None
-    if info & 0x80:
-        oc, pos = read_var_uint(update, pos)
-        ok, pos = read_var_uint(update, pos)
-        origin = (oc, ok)
-    return client, clock, origin
-
-
-def _read_var_int(buf: bytes, pos: int) -> tuple[int, int]:
-    """lib0 readVarInt (sign in bit 6 of the first byte)."""
-    r = buf[pos]
-    pos += 1
-    num = r & 0x3F
-    neg = r & 0x40
-    if r & 0x80:
-        shift = 6
-        while True:
-            r = buf[pos]
-            pos += 1
-            num |= (r & 0x7F) << shift
-            shift += 7
-            if r < 0x80:
-                break
-    return (-num if neg else num), pos
-
-
-def _skip_bytes(buf: bytes, pos: int) -> int:
-    n, pos = read_var_uint(buf, pos)
-    if pos + n > len(buf):
-        raise IndexError("truncated")
-    return pos + n
-
-
-def _read_any(buf: bytes, pos: int) -> tuple[Any, int]:
-    """lib0 readAny. Only strings are returned (what an entry id is); other values are skipped
-    and returned as None."""
-    t = buf[pos]
-    pos += 1
-    if t == 119:                                   # string
-        n, pos = read_var_uint(buf, pos)
-        if pos + n > len(buf):
-            raise IndexError("truncated")
-        return buf[pos:pos + n].decode("utf-8", "replace"), pos + n
-    if t == 123 or t == 122:                       # float64, bigint64
-        return None, pos + 8
-    if t == 125:                                   # varInt
-        return None, _read_var_int(buf, pos)[1]
-    if t == 124:                                   # float32
-        return None, pos + 4
-    if 120 <= t <= 127:                            # true, false, null, undefined
-        return None, pos
-    if t == 118:                                   # object
-        n, pos = read_var_uint(buf, pos)
-        for _ in range(n):
-            pos = _skip_bytes(buf, pos)
-            pos = _read_any(buf, pos)[1]
-        return None, pos
-    if t == 117:                                   # array
-        n, pos = read_var_uint(buf, pos)
-        for _ in range(n):
-            pos = _read_any(buf, pos)[1]
-        return None, pos
-    if t == 116:                                   # Uint8Array
-        return None, _skip_bytes(buf, pos)
-    raise ValueError(f"unknown lib0 value type {t}")
-
-
-class UpdateScan:
-    """What `scan_update` reads out of a Yjs v1 update without integrating it."""
-    __slots__ = ("deletes", "ends", "ids")
-
-    def __init__(self) -> None:
-        self.ids: dict[str, list[tuple[int, int]]] = {}   # entry id -> Y.Map items whose "id" key is first set to it
-        self.ends: dict[int, int] = {}                    # client -> end clock of its structs in the update
-        self.deletes: list[tuple[int, int, int]] = []     # the delete set: (client, clock, length)
-
-    def known(self) -> dict[int, int]:
-        """A lower bound of the sender's state vector implied by the update alone: it had the items
-        it sends, and every item its delete set covers (Yjs encodes deletions of items it holds;
-        a client's items are integrated contiguously, so holding (c, k) means holding (c, < k))."""
-        out = dict(self.ends)
-        for client, clock, length in self.deletes:
-            end = clock + length
-            if end > out.get(client, 0):
-                out[client] = end
-        return out
-
-
-def _var_uint(buf: bytes, pos: int) -> tuple[int, int]:
-    """read_var_uint, unrolled for the common short encodings (item ids: 32-bit clients)."""
-    b = buf[pos]
-    if b < 0x80:
-        return b, pos + 1
-    n = b & 0x7F
-    b = buf[pos + 1]
-    if b < 0x80:
-        return n | b << 7, pos + 2
-    n |= (b & 0x7F) << 7
-    b = buf[pos + 2]
-    if b < 0x80:
-        return n | b << 14, pos + 3
-    n |= (b & 0x7F) << 14
-    b = buf[pos + 3]
-    if b < 0x80:
-        return n | b << 21, pos + 4
-    n |= (b & 0x7F) << 21
-    b = buf[pos + 4]
-    if b < 0x80:
-        return n | b << 28, pos + 5
-    m, pos = read_var_uint(buf, pos + 4)
-    return n | m << 28, pos
-
-
-def scan_update(update: bytes, *, ids: bool = True) -> UpdateScan:
-    """Decode a Yjs v1 update's structs and delete set (lib0 encoding, Yjs UpdateDecoderV1) far
-    enough to know: which Y.Map items set an "id" key to which string (their first write of the key:
-    parent given as an item id, parentSub "id", content Any), each client's end clock, and the delete
-    set. Linear in the update's size; a malformed update raises ValueError."""
-    out = UpdateScan()
-    buf = update
-    size = len(buf)
-    vu = _var_uint
-    found = out.ids
-    try:
-        n_clients, pos = vu(buf, 0)
-        for _ in range(n_clients):
-            n_structs, pos = vu(buf, pos)
-            client, pos = vu(buf, pos)
-            clock, pos = vu(buf, pos)
-            for _ in range(n_structs):
-                info = buf[pos]
-                pos += 1
-                ref = info & 0x1F
-                if ref == 0 or ref == 10:                       # GC, Skip
-                    length, pos = vu(buf, pos)
-                    clock += length
-                    continue
-                parent_id = None
-                id_key = False
-                if info & 0xC0:
-                    if info & 0x80:                             # origin
-                        pos = vu(buf, vu(buf, pos)[1])[1]
-                    if info & 0x40:                             # right origin
-                        pos = vu(buf, vu(buf, pos)[1])[1]
-                else:                                           # parent info
-                    root = buf[pos]
-                    pos += 1
-                    if root == 1:
-                        n, pos = vu(buf, pos)
-                        pos += n
-                    else:
-                        pc, pos = vu(buf, pos)
-                        pk, pos = vu(buf, pos)
-                        parent_id = (pc, pk)
-                    if info & 0x20:
-                        n, pos = vu(buf, pos)
-                        id_key = n == 2 and buf[pos:pos + 2] == b"id"
-                        pos += n
-                if ref == 8:                                    # ContentAny
-                    length, pos = vu(buf, pos)
-                    for i in range(length):
-                        t = buf[pos]
-                        if t == 119:                            # a string
-                            n, pos = vu(buf, pos + 1)
-                            if i == 0 and id_key and ids and parent_id is not None:
-                                if pos + n > size:
-                                    raise IndexError("truncated")
-                                found.setdefault(buf[pos:pos + n].decode("utf-8", "replace"), []).append(parent_id)
-                            pos += n
-                        elif t == 123:                          # float64
-                            pos += 9
-                        else:
-                            pos = _read_any(buf, pos)[1]
-                elif ref == 7:                                  # ContentType
-                    type_ref, pos = vu(buf, pos)
-                    if type_ref == 3 or type_ref == 5:          # XmlElement, XmlHook: a name
-                        pos = _skip_bytes(buf, pos)
-                    length = 1
-                elif ref == 1:                                  # ContentDeleted
-                    length, pos = vu(buf, pos)
-                elif ref == 4:                                  # ContentString: UTF-16 length
-                    n, pos = vu(buf, pos)
-                    if pos + n > size:
-                        raise IndexError("truncated")
-                    length = len(buf[pos:pos + n].decode("utf-8", "surrogatepass").encode("utf-16-le")) // 2
-                    pos += n
-                elif ref == 2:                                  # ContentJSON
-                    length, pos = vu(buf, pos)
-                    for _ in range(length):
-                        pos = _skip_bytes(buf, pos)
-                elif ref == 3 or ref == 5:                      # ContentBinary, ContentEmbed
-                    pos = _skip_bytes(buf, pos)
-                    length = 1
-                elif ref == 6:                                  # ContentFormat
-                    pos = _skip_bytes(buf, _skip_bytes(buf, pos))
-                    length = 1
-                elif ref == 9:                                  # ContentDoc
-                    pos = _skip_bytes(buf, pos)
-                    pos = _read_any(buf, pos)[1]
-                    length = 1
-                else:
-                    raise ValueError(f"unknown Yjs content type {ref}")
-                clock += length
-            if pos > size:
-                raise IndexError("truncated")
-            if clock > out.ends.get(client, 0):
-                out.ends[client] = clock
-        if pos < size:
-            n_clients, pos = vu(buf, pos)
-            dels = out.deletes
-            for _ in range(n_clients):
-                client, pos = vu(buf, pos)
-                n, pos = vu(buf, pos)
-                for _ in range(n):
-                    clock, pos = vu(buf, pos)
-                    length, pos = vu(buf, pos)
-                    dels.append((client, clock, length))
-        if pos > size:
-            raise IndexError("truncated")
-    except IndexError:
-        raise ValueError("truncated Yjs update") from None
-    except RecursionError:
-        raise ValueError("Yjs update nests values too deeply") from None
-    return out
+    the item `left` (None = the start of the array) and the item `right`, as `client` from `clock`
+    (lib0.encode_map_chain: the k Y.Map items take clocks clock .. clock+k-1 and their 4k key
+    items follow, which keeps the tombstones of entries deleted together in one block)."""
+    return encode_map_chain(client, clock, left, right,
+                            [[("id", e.id), ("uri", e.uri), ("added_by", e.added_by),
+                              ("added_at", float(e.added_at))] for e in entries])
 
 
 def fresh_client_id(taken: Iterable[int] = ()) -> int:
@@ -478,17 +184,17 @@ class _Shared:
 
 class Change:
     """What one remote update did, in mirror terms (filled by PlaylistDoc.apply_remote)."""
-    __slots__ = ("deleted", "edited", "inserted", "junk_roots", "meta")
+    __slots__ = ("deleted", "edited", "foreign", "inserted", "meta")
 
     def __init__(self) -> None:
         self.inserted: list[Entry] = []        # new entries, in insertion order (may be dead again)
         self.deleted: list[Entry] = []         # entries removed from the mirror
         self.edited: list[tuple[Entry, dict]] = []   # (entry, {key: (action, old, new)}) for existing entries
         self.meta: dict[str, tuple[str, Any, Any]] = {}   # key -> (action, old, new)
-        self.junk_roots: list[str] = []
+        self.foreign: list[tuple[int, int, int]] = []   # live items outside the schema: (client, clock, length)
 
     def empty(self) -> bool:
-        return not (self.inserted or self.deleted or self.edited or self.meta or self.junk_roots)
+        return not (self.inserted or self.deleted or self.edited or self.meta or self.foreign)
 
 
 class PlaylistDoc:
@@ -527,6 +233,8 @@ class PlaylistDoc:
         self.tomb: OrderedDict[tuple[int, int], tuple[str, list[tuple[int, int]]]] = OrderedDict()
         self._tomb_clocks: dict[int, list[int]] = {}
         self.tomb_log: list[list[int]] = []
+        # Yjs items outside the schema (see classify): client -> sorted [[start, end), ...]
+        self.foreign: dict[int, list[list[int]]] = {}
         self.actor: str | None = None                  # the user whose command is being applied
         self.gen = 0                                   # bumped by the entity per command
         self._updates: list[bytes] = []
@@ -594,7 +302,7 @@ class PlaylistDoc:
             self._index_add(e)
         self.entries = entries
         if update and entries and all(e.yid is None for e in entries):     # rows without item ids
-            self._attach_items(entries, [update])
+            self._attach_items(entries, [scan_update(update)])
 
     def _read_value(self, txn, value) -> Entry:
         if not isinstance(value, Y.Map):
@@ -692,7 +400,7 @@ class PlaylistDoc:
         e.id = new_id
         self._index_add(e)
 
-    def _attach_items(self, entries: list[Entry], updates: list[bytes]) -> None:
+    def _attach_items(self, entries: list[Entry], scans: list[UpdateScan]) -> None:
         """Give live entries their Y.Map item ids, read from the updates that inserted them: the
         item whose "id" key was set to the entry's id. An id claimed by several new items stays
         unknown (item_of looks it up when needed)."""
@@ -700,12 +408,9 @@ class PlaylistDoc:
         if not want:
             return
         found: dict[str, list[tuple[int, int]]] = {}
-        for u in updates:
-            try:
-                for k, v in scan_update(u).ids.items():
-                    found.setdefault(k, []).extend(v)
-            except ValueError:          # pragma: no cover - yrs wrote it; item ids stay unknown
-                return
+        for sc in scans:
+            for k, v in sc.ids.items():
+                found.setdefault(k, []).extend(v)
         count: dict[str, int] = {}
         for e in want:
             count[e.id] = count.get(e.id, 0) + 1
@@ -806,7 +511,7 @@ class PlaylistDoc:
             m.insert(txn, "added_at", float(last.added_at))
 
         self._run(native)
-        client, clock, left = _first_struct(self._updates[-1])
+        client, clock, left = first_struct(self._updates[-1])
         last.yid = (client, clock)
         if len(entries) > 1:
             update = encode_entry_chain(client, clock + 5, left, (client, clock), entries[:-1])
@@ -884,12 +589,11 @@ class PlaylistDoc:
             if e.extra:
                 e.extra.discard(k)
 
-    def clear_junk_root(self, name: str) -> None:
-        def clear(txn):
-            m = self.ydoc.get_or_insert_map(txn, name)
-            for k in list(m.keys(txn)):
-                m.remove(txn, k)
-        self._run(clear)
+    def delete_items(self, ranges: list[tuple[int, int, int]]) -> None:
+        """Delete these Yjs items, whatever they are (content outside the schema: see classify)."""
+        if ranges:
+            update = encode_delete_update(ranges)
+            self._run(lambda txn: self.ydoc.apply_update(txn, update))
 
     # -- remote updates ------------------------------------------------------------------------------
     def apply_remote(self, update: bytes) -> Change:
@@ -905,14 +609,104 @@ class PlaylistDoc:
             txn.drop()
         change = Change()
         raw, self._raw = self._raw, []
+        # the transaction's own updates: what was integrated (with any held-back structs released)
+        integrated = self._updates[n_updates:]
+        scans = []
+        for u in integrated:
+            try:
+                scans.append(scan_update(u, structs=True))
+            except MalformedError:       # pragma: no cover - yrs wrote it
+                pass
         if raw:
             self._mirror(raw, change)
             if change.inserted:
-                # the transaction's own update: what was integrated (with any held-back structs)
-                self._attach_items(change.inserted, self._updates[n_updates:])
-        if len(self._roots()) > 2:
-            change.junk_roots = [n for n in self._roots() if n not in ("tracks", "meta")]
+                self._attach_items(change.inserted, scans)
+        for sc in scans:
+            change.foreign.extend(self.classify(sc))
         return change
+
+    def classify(self, scan: UpdateScan) -> list[tuple[int, int, int]]:
+        """Items of an integrated update that lie outside the schema - in a root other than `tracks`
+        (as a sequence) and `meta` (as keys), or nested in such an item, or placed next to one
+        (an item without parent info shares its origin's, or right origin's, parent) - are added to
+        `foreign`; returns those that are not deleted already.
+
+        `foreign` (client -> sorted [start, end) clock ranges) remembers them for good (snapshot, and
+        rebuilt the same way on replay): a later item chained to a deleted foreign item is foreign too."""
+        structs = scan.structs
+        if not structs:
+            return []
+        index: dict[int, tuple[list[int], list[int]]] = {}
+        for i, st in enumerate(structs):
+            starts = index.setdefault(st[0], ([], []))
+            starts[0].append(st[1])
+            starts[1].append(i)
+        verdict: list[bool | None] = [None] * len(structs)
+        foreign = self.foreign
+
+        def lookup(item: tuple[int, int]):
+            """(index of the update's struct holding item, None) or (None, known verdict)."""
+            c, k = item
+            got = index.get(c)
+            if got is not None:
+                j = bisect.bisect_right(got[0], k) - 1
+                if j >= 0:
+                    st = structs[got[1][j]]
+                    if k < st[1] + st[2]:
+                        return got[1][j], None
+            ranges = foreign.get(c)
+            if ranges:
+                j = bisect.bisect_right(ranges, [k, float("inf")]) - 1
+                if j >= 0 and k < ranges[j][1]:
+                    return None, True
+            return None, False                    # outside the update and not foreign: the schema's
+
+        for i in range(len(structs)):
+            # follow the chain of references iteratively (a chain may be thousands long)
+            chain = []
+            j = i
+            result = None
+            seen = set()
+            while result is None:
+                if verdict[j] is not None:
+                    result = verdict[j]
+                    break
+                if j in seen:                     # a reference cycle: yrs never integrates it
+                    result = False
+                    break
+                seen.add(j)
+                chain.append(j)
+                how, ref = structs[j][3], structs[j][4]
+                if how == ROOT:
+                    name, sub = ref
+                    result = not ((name == "tracks" and not sub) or (name == "meta" and sub))
+                    break
+                nxt, known = lookup(ref)
+                if nxt is None:
+                    result = known
+                    break
+                j = nxt
+            for j in chain:
+                verdict[j] = result
+        out = []
+        added = False
+        for st, bad in zip(structs, verdict):
+            if bad:
+                foreign.setdefault(st[0], []).append([st[1], st[1] + st[2]])
+                added = True
+                if not st[5]:
+                    out.append((st[0], st[1], st[2]))
+        if added:
+            for c, ranges in foreign.items():
+                ranges.sort()
+                merged = [ranges[0]]
+                for r in ranges[1:]:
+                    if r[0] <= merged[-1][1]:
+                        merged[-1][1] = max(merged[-1][1], r[1])
+                    else:
+                        merged.append(r)
+                foreign[c] = merged
+        return out
 
     def _roots(self) -> list[str]:
         txn = self.ydoc.create_transaction()

@@ -14,6 +14,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.subscriptions import Subscriptions
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.limits import MAX_FRAME_BYTES
 from protocols.uris import parse_uri
 from protocols.wire import Push, Reply
 
@@ -23,7 +24,7 @@ MAX_TOKEN_TTL_S = 30 * 86400     # gateway/auth.py refuses tokens that live long
 
 @dataclass
 class GatewayConfig:
-    max_frame_bytes: int = 1 << 20
+    max_frame_bytes: int = MAX_FRAME_BYTES   # one client frame; the playlist entity takes updates as large
     ws_rate: float = 200.0               # frames per second per connection (sustained)
     ws_burst: float = 400.0
     rest_rate: float = 100.0             # requests per second per user (sustained)

@@ -88,7 +88,7 @@ class Subscriptions:
             if reply.ok and not conn.closed:
                 self._add(conn, key, reply.version)
                 policy = reply.payload.get("access") if isinstance(reply.payload, dict) else None
-                if policy is not None and access_rules.level(policy, conn.principal.user_id) == "none":
+                if policy is not None and access_rules.access(policy, conn.principal.user_id) == "none":
                     # cannot happen for a correct entity (it refuses instead); never follow without access
                     self.leave(conn, key)
                     reply = Reply.fail(SyncopateError(ErrorCode.FORBIDDEN, "no access"))
@@ -217,7 +217,7 @@ class Subscriptions:
     def _access_changed(self, key: str, policy: dict) -> None:
         """A playlist's access policy changed: what each local member may do now."""
         for conn in list(self.members.get(key, ())):
-            lvl = access_rules.level(policy, conn.principal.user_id)
+            lvl = access_rules.access(policy, conn.principal.user_id)
             if lvl == "none":
                 self.end(conn, key, SyncopateError(ErrorCode.FORBIDDEN, "access to this playlist was withdrawn"))
             elif conn.on_access is not None:
@@ -259,7 +259,7 @@ class Subscriptions:
                     conn.send(codec.push(RESYNC, key, reply.version, reply.payload))
                 policy = reply.payload.get("access") if isinstance(reply.payload, dict) else None
                 if policy is not None and conn.on_access is not None:
-                    conn.on_access(conn, key, access_rules.level(policy, conn.principal.user_id))
+                    conn.on_access(conn, key, access_rules.access(policy, conn.principal.user_id))
             elif reply.error.retryable and attempt < MAX_RETRIES:
                 # The restarted host may still be starting, or its stream re-opening: try again
                 # rather than leave this connection deaf to the entity for good. Pushes meanwhile

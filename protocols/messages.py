@@ -47,7 +47,7 @@ class MessageType(str, Enum):
     PLAYLIST_SET_COLLABORATOR = "playlist.set_collaborator"
     PLAYLIST_REMOVE_COLLABORATOR = "playlist.remove_collaborator"
     PLAYLIST_CHANGED = "playlist.changed"        # push
-    PLAYLIST_ACCESS = "playlist.access"          # push: the access policy changed (live authorization)
+    PLAYLIST_ACCESS = "playlist.access"          # push: the access policy changed (protocols/access.py)
     # -- Connect (issue 4) ------------------------------------------------------------------
     DEVICE_REGISTER = "device.register"
     DEVICE_HEARTBEAT = "device.heartbeat"

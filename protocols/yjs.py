@@ -1,75 +1,70 @@
-"""The y-websocket wire format (../shared/reference/yjs-sync-protocol.md), built on pycrdt's codec.
+"""The y-websocket wire format (../shared/reference/yjs-sync-protocol.md), read and written with
+protocols/lib0.py (bounded and linear; pycrdt's Decoder is quadratic on long varints).
 
 One frame may carry several messages back to back (the y-websocket client packs them), so
-`parse_frame` returns them all, and refuses the whole frame if any part is malformed.
+`parse_frame` returns them all, and refuses the whole frame if any part is malformed. Every parser
+here raises lib0.MalformedError (a SyncopateError, code MALFORMED_FRAME) and nothing else.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pycrdt import (Decoder, YMessageType, YSyncMessageType, create_awareness_message, create_update_message,
-                    write_var_uint)
+from protocols.lib0 import MalformedError, read_var_bytes, read_var_string, read_var_uint, write_var_uint
 
-from protocols.errors import ErrorCode, SyncopateError
-
+SYNC = 0
+AWARENESS = 1
 AUTH = 2
 QUERY_AWARENESS = 3
+SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE = 0, 1, 2
 PERMISSION_DENIED = 0
+MAX_AWARENESS_STATE = 64 << 10      # one client's awareness state (JSON): y-protocols has no limit
 
 
 @dataclass(frozen=True)
 class YMessage:
-    type: int                 # YMessageType.SYNC / AWARENESS, AUTH, QUERY_AWARENESS
-    subtype: int | None       # YSyncMessageType for SYNC
+    type: int                 # SYNC / AWARENESS, AUTH, QUERY_AWARENESS
+    subtype: int | None       # SYNC_STEP1 / SYNC_STEP2 / SYNC_UPDATE for SYNC
     payload: bytes
 
 
 def parse_frame(frame: bytes) -> list[YMessage]:
+    buf = bytes(frame)
     out: list[YMessage] = []
-    dec = Decoder(bytes(frame))
-    try:
-        while dec.length > 0:
-            mtype = dec.read_var_uint()
-            if mtype == YMessageType.SYNC:
-                sub = dec.read_var_uint()
-                if sub not in (0, 1, 2):
-                    raise SyncopateError(ErrorCode.MALFORMED_FRAME, f"unknown sync message {sub}")
-                payload = dec.read_message()
-                if payload is None:
-                    raise SyncopateError(ErrorCode.MALFORMED_FRAME, "truncated sync message")
-                out.append(YMessage(mtype, sub, payload))
-            elif mtype == YMessageType.AWARENESS:
-                payload = dec.read_message()
-                if payload is None:
-                    raise SyncopateError(ErrorCode.MALFORMED_FRAME, "truncated awareness message")
-                out.append(YMessage(mtype, None, payload))
-            elif mtype == QUERY_AWARENESS:
-                out.append(YMessage(mtype, None, b""))
-            elif mtype == AUTH:
-                dec.read_var_uint()
-                dec.read_message()
-            else:
-                raise SyncopateError(ErrorCode.MALFORMED_FRAME, f"unknown y-protocol message type {mtype}")
-            if dec.length < 0:       # pycrdt's Decoder slices past the end silently
-                raise SyncopateError(ErrorCode.MALFORMED_FRAME, "truncated y-protocol frame")
-    except (IndexError, RuntimeError):
-        raise SyncopateError(ErrorCode.MALFORMED_FRAME, "truncated y-protocol frame") from None
+    pos = 0
+    while pos < len(buf):
+        mtype, pos = read_var_uint(buf, pos)
+        if mtype == SYNC:
+            sub, pos = read_var_uint(buf, pos)
+            if sub not in (SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE):
+                raise MalformedError(f"unknown sync message {sub}")
+            payload, pos = read_var_bytes(buf, pos)
+            out.append(YMessage(mtype, sub, payload))
+        elif mtype == AWARENESS:
+            payload, pos = read_var_bytes(buf, pos)
+            out.append(YMessage(mtype, None, payload))
+        elif mtype == QUERY_AWARENESS:
+            out.append(YMessage(mtype, None, b""))
+        elif mtype == AUTH:
+            _, pos = read_var_uint(buf, pos)
+            _, pos = read_var_bytes(buf, pos)
+        else:
+            raise MalformedError(f"unknown y-protocol message type {mtype}")
     return out
 
 
 def parse_awareness(payload: bytes) -> list[tuple[int, int, str]]:
     """An awareness update: [(client id, clock, state JSON or "null")]."""
-    dec = Decoder(bytes(payload))
-    try:
-        out = []
-        for _ in range(dec.read_var_uint()):
-            client, clock = dec.read_var_uint(), dec.read_var_uint()
-            out.append((client, clock, dec.read_var_string()))
-            if dec.length < 0:
-                raise IndexError
-        return out
-    except (IndexError, RuntimeError, UnicodeDecodeError):
-        raise SyncopateError(ErrorCode.MALFORMED_FRAME, "malformed awareness update") from None
+    buf = bytes(payload)
+    n, pos = read_var_uint(buf, 0)
+    out = []
+    for _ in range(n):
+        client, pos = read_var_uint(buf, pos)
+        clock, pos = read_var_uint(buf, pos)
+        state, pos = read_var_string(buf, pos, MAX_AWARENESS_STATE)
+        out.append((client, clock, state))
+    if pos != len(buf):
+        raise MalformedError("trailing bytes after an awareness update")
+    return out
 
 
 def encode_awareness(entries: list[tuple[int, int, str]]) -> bytes:
@@ -81,19 +76,19 @@ def encode_awareness(entries: list[tuple[int, int, str]]) -> bytes:
 
 
 def sync_step1(state_vector: bytes) -> bytes:
-    return bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1]) + write_var_uint(len(state_vector)) + state_vector
+    return bytes([SYNC, SYNC_STEP1]) + write_var_uint(len(state_vector)) + state_vector
 
 
 def sync_step2(update: bytes) -> bytes:
-    return bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2]) + write_var_uint(len(update)) + update
+    return bytes([SYNC, SYNC_STEP2]) + write_var_uint(len(update)) + update
 
 
 def update(update_bytes: bytes) -> bytes:
-    return create_update_message(update_bytes)
+    return bytes([SYNC, SYNC_UPDATE]) + write_var_uint(len(update_bytes)) + update_bytes
 
 
 def awareness(payload: bytes) -> bytes:
-    return create_awareness_message(payload)
+    return bytes([AWARENESS]) + write_var_uint(len(payload)) + payload
 
 
 def permission_denied(reason: str) -> bytes:

@@ -392,12 +392,63 @@ def test_unknown_or_stale_snapshot_is_a_conflict():
     h.do("remove", tracks=[{"uri": T(0)}])
     err = h.err("reorder", range_start=0, insert_before=2, snapshot_id=s0)
     assert err.code == ErrorCode.CONFLICT
-    # after a restart the recent history is gone: old snapshots are conflicts, the current one works
+    # after a restart the current snapshot_id still works
     s1 = h.reply("get")["snapshot_id"]
     h.restart()
     assert h.reply("get")["snapshot_id"] == s1
     h.do("reorder", range_start=0, insert_before=2, snapshot_id=s1)
     assert h.uris() == [T(2), T(1)]
+
+
+@pytest.mark.parametrize("how", ["snapshot", "replay", "snapshot+replay"])
+def test_old_snapshot_ids_survive_restarts(how):
+    """The history behind transforms is durable: after a restore (and replay) an old snapshot_id
+    is transformed, not refused."""
+    h = make(4)
+    s0 = h.reply("get")["snapshot_id"]
+    if how != "replay":
+        h.do("add", uris=[T(9)], position=0)                  # 9 0 1 2 3
+        h.do("reorder", range_start=4, insert_before=1)       # 9 3 0 1 2
+        h.compact()
+    if how != "snapshot":
+        c = Client(h, "alice")
+        c.sync()
+        c.edit(lambda c: c.tracks.insert(0, c.entry("yjs1", T(50))))
+        h.do("remove", tracks=[{"uri": T(1)}])
+    h.restart()
+    assert h.e._history
+    before = h.uris()
+    # positions 0 and 2 of s0 are T(0) and T(2), wherever they are now
+    h.do("remove", tracks=[{"uri": T(0), "positions": [0]}, {"uri": T(2), "positions": [2]}], snapshot_id=s0)
+    assert h.uris() == [u for u in before if u not in (T(0), T(2))]
+    # ... and the snapshot_id of a change before the restart too
+    h2 = make(3)
+    mid = h2.reply("add", uris=[T(7)], position=0)["snapshot_id"]      # 7 0 1 2
+    h2.do("reorder", range_start=3, insert_before=0)                   # 2 7 0 1
+    h2.compact() if how != "replay" else None
+    h2.restart()
+    h2.do("reorder", range_start=0, insert_before=4, snapshot_id=mid)  # 7 to the end, as of mid
+    assert h2.uris() == [T(2), T(0), T(1), T(7)]
+
+
+def test_old_snapshots_and_logs_without_history_still_load():
+    h = make(3)
+    s0 = h.reply("get")["snapshot_id"]
+    h.do("add", uris=[T(9)])
+    h.compact()
+    for key in ("history", "floor"):
+        h.snap.pop(key)                                       # the shape before the history was kept
+    h.restart()
+    assert h.err("remove", tracks=[{"uri": T(0), "positions": [0]}], snapshot_id=s0).code == ErrorCode.CONFLICT
+    s1 = h.reply("get")["snapshot_id"]
+    s2 = h.reply("add", uris=[T(8)])["snapshot_id"]
+    h.log = [[r for r in recs if r["t"] != "h"] for recs in h.log]     # older log entries: no "h"
+    h.do("add", uris=[T(7)], position=0)
+    h.restart()
+    # through an entry without history nothing is transformed (refused); after it, it is
+    assert h.err("remove", tracks=[{"uri": T(0), "positions": [0]}], snapshot_id=s1).code == ErrorCode.CONFLICT
+    h.do("remove", tracks=[{"uri": T(0), "positions": [0]}], snapshot_id=s2)
+    assert h.uris() == [T(7), T(1), T(2), T(9), T(8)]
 
 
 def test_snapshot_transform_through_yjs_edits():
@@ -780,6 +831,73 @@ def test_junk_roots_are_cleared():
     c.sync()
     c.edit(lambda c: c.doc.get("junk", type=Map).__setitem__("k", "v"))
     assert c.doc.get("junk", type=Map).to_py() == {}
+
+
+FOREIGN = {
+    "text": lambda c: c.doc.get("junk", type=Text).insert(0, "secret text"),
+    "array": lambda c: c.doc.get("junk", type=Array).extend(["secret", 1.0, Map({"k": "secret"})]),
+    "map": lambda c: c.doc.get("junk", type=Map).__setitem__("k", "secret"),
+    "keys_on_tracks": lambda c: c.doc.get("tracks", type=Map).__setitem__("k", "secret"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+@pytest.mark.parametrize("restart", [None, "replay", "snapshot"])
+def test_content_outside_the_schema_is_deleted_and_never_sent(kind, restart):
+    """A Yjs root other than the schema's (any type) or keys on `tracks`: applied (refusing it
+    would stall the client's later updates) and its items deleted in the same log entry; the
+    sender converges, and no new client, before or after a restart, ever receives the content."""
+    h = make(2)
+    c = Client(h, "alice")
+    c.sync()
+    upd = c.edit_offline(lambda c: (FOREIGN[kind](c), c.tracks.append(c.entry("ok1", T(5)))))
+    out = c.send(upd)
+    assert [r["code"] for r in out.reply["rejected"]] == ["INVALID_FIELD"]
+    assert h.ids()[-1] == "ok1"                                    # the valid part stays
+    assert b"secret" not in h.e.doc.full_update()
+    (y,) = [r for r in h.log[-1] if r["t"] == "y"]
+    assert len(y["u"]) == 2                                          # update + correction, one entry
+    # the push carries update + correction: a client applying it holds no live foreign content
+    other = Doc()
+    other.apply_update(h.e.doc.full_update())
+    other.apply_update(out.events[0].payload["update"])
+    assert b"secret" not in other.get_update()
+    # more content chained onto the deleted items (they stay known as foreign) is deleted too
+    if kind == "text":
+        c.edit(lambda c: c.doc.get("junk", type=Text).insert(0, "more secret"))
+    if restart == "snapshot":
+        h.compact()
+    if restart:
+        h.restart()
+    if kind == "array":
+        out = c.edit(lambda c: c.doc.get("junk", type=Array).append("late secret"))
+        assert out.reply["rejected"]
+    assert b"secret" not in h.e.doc.full_update()
+    fresh = Client(h, "bob")
+    fresh.sync()
+    assert b"secret" not in fresh.doc.get_update()
+    assert fresh.json() == c.json() == doc_json(h.e.doc)
+    check_mirror(h.e)
+    assert state_of(h.reload()) == state_of(h.e)
+
+
+def test_old_snapshots_without_foreign_ranges_still_know_them():
+    h = make(1)
+    c = Client(h, "alice")
+    c.sync()
+    c.edit(lambda c: c.doc.get("junk", type=Array).append("secret"))
+    h.compact()
+    h.snap.pop("foreign")
+    h.restart()
+    out = c.edit(lambda c: c.doc.get("junk", type=Array).append("late secret"))
+    assert out.reply["rejected"] and b"secret" not in h.e.doc.full_update()
+
+
+def test_max_update_bytes_is_the_gateways_frame_limit():
+    from protocols.limits import MAX_FRAME_BYTES
+    h = make(0)
+    assert h.e.max_update_bytes == MAX_FRAME_BYTES == 1 << 20
+    assert h.err("yjs_update", update=b"\x00" * (MAX_FRAME_BYTES + 1)).code == ErrorCode.FRAME_TOO_LARGE
 
 
 def test_duplicate_update_is_a_noop():
@@ -1227,3 +1345,57 @@ async def test_on_the_entity_host_with_a_restart():
     (items, _) = await host2.call(cmd("items", offset=0, limit=100))
     assert items["total"] == 41 and [x["entry_id"] for x in items["items"]] == [m["id"] for m in tracks.to_py()]
     await host2.close(passivate=False)
+
+
+# ==========================================================================================
+# the access policy (protocols/access.py), shared with the gateway
+# ==========================================================================================
+def test_access_rule():
+    from protocols.access import access, role
+    pol = {"owner": "alice", "public": False, "collaborative": True, "roles": {"ed": "editor", "vi": "viewer"}}
+    assert [access(pol, u) for u in ("alice", "ed", "vi", "bob", None)] == ["write", "write", "read", "none", "none"]
+    assert access(dict(pol, public=True), "bob") == "read"
+    assert access(None, "alice") == "none" and access(dict(pol, owner=None), "alice") == "none"
+    assert [role(pol, u) for u in ("alice", "ed", "vi", "bob")] == ["owner", "editor", "viewer", None]
+    assert access(dict(pol, roles={"x": "admin"}), "x") == "none"         # unknown roles give nothing
+
+
+def access_events(out) -> list:
+    return [ev.payload for ev in out.events if ev.type == "playlist.access"]
+
+
+def test_policy_in_replies_and_pushed_when_it_changes():
+    h = make(1, public=False)
+    pol = {"owner": "alice", "public": False, "collaborative": False, "roles": {}}
+    assert h.reply("subscribe")["access"] == pol
+    assert h.reply("yjs_sync")["access"] == pol
+    out = h.do("set_collaborator", user_id="ed", role="editor")
+    assert access_events(out) == [dict(pol, roles={"ed": "editor"})]
+    assert h.reply("subscribe", "ed")["access"]["roles"] == {"ed": "editor"}
+    assert access_events(h.do("set_collaborator", user_id="ed", role="viewer")) == [dict(pol, roles={"ed": "viewer"})]
+    assert h.err("yjs_update", "ed", update=b"\x00\x00").code == ErrorCode.FORBIDDEN      # a viewer now
+    assert access_events(h.do("set_collaborator", user_id="ed", role="viewer")) == []      # no change
+    assert access_events(h.do("remove_collaborator", user_id="ed")) == [pol]
+    assert h.err("subscribe", "ed").code == ErrorCode.NOT_FOUND
+    assert access_events(h.do("update_details", public=True, collaborative=True)) == \
+        [dict(pol, public=True, collaborative=True)]
+    assert h.reply("subscribe", "ed")["access"]["public"] is True                          # readable now
+    assert access_events(h.do("update_details", name="Other")) == []                       # not access
+    assert access_events(h.do("add", uris=[T(3)])) == []
+    # the owner's public toggle over Yjs is pushed too
+    c = Client(h, "alice")
+    c.sync()
+    out = c.edit(lambda c: c.meta.__setitem__("public", False))
+    assert access_events(out) == [dict(pol, collaborative=True)]
+    # an editor's forbidden toggle is corrected in the same command: the policy did not change
+    h.do("set_collaborator", user_id="ed", role="editor")
+    e = Client(h, "ed")
+    e.sync()
+    out = e.edit(lambda c: c.meta.__setitem__("public", True))
+    assert out.reply["rejected"] and access_events(out) == []
+
+
+def test_create_pushes_the_first_policy():
+    h = Harness()
+    out = h.do("create", name="New", public=False)
+    assert access_events(out) == [{"owner": "alice", "public": False, "collaborative": False, "roles": {}}]
