@@ -31,10 +31,10 @@ class GatewayConfig:
     rest_burst: float = 200.0
     heartbeat_s: float = 20.0            # websocket ping interval; a dead peer is dropped after ~2x
     session_heartbeat_s: float = 15.0    # connections reported to the session entity (which expires at 45 s)
-    max_queued_bytes: int = 8 << 20      # outbound bytes queued per socket before it is closed (4008)
+    max_queued_bytes: int = 16 << 20     # outbound bytes queued per socket before it is closed (4008)
     max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
     max_inflight_per_socket: int = 256   # requests awaiting their answer per app socket (RATE_LIMITED beyond)
-    max_inflight_subscribes_per_socket: int = 8
+    max_inflight_subscribes_per_socket: int = 4   # a full answer of a 10,000-entry playlist is ~1.5 MB
     extra: dict = field(default_factory=dict)
 
 

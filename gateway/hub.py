@@ -29,7 +29,8 @@ CLOSE_TOO_MANY = 4029            # over a budget (sockets per user, frame rate o
 
 
 def frame_size(frame: Any) -> int:
-    return len(frame) if isinstance(frame, (bytes, bytearray)) else len(frame) * 4 if isinstance(frame, str) else 64
+    # a JSON text frame's length in characters: its bytes but for non-ASCII text (a close estimate)
+    return len(frame) if isinstance(frame, (bytes, bytearray, str)) else 64
 
 
 class Connection:
@@ -37,7 +38,7 @@ class Connection:
 
     def __init__(self, conn_id: str, principal: Principal, *, encoding: str, client: str, device_id: str | None,
                  send_raw: Callable[[Any], Any], close: Callable[[int, str], Any],
-                 max_queued_bytes: int = 8 << 20, on_overflow: Callable[["Connection"], None] | None = None) -> None:
+                 max_queued_bytes: int = 16 << 20, on_overflow: Callable[["Connection"], None] | None = None) -> None:
         self.id = conn_id
         self.principal = principal
         self.encoding = encoding
@@ -46,6 +47,7 @@ class Connection:
         self.connected_at = time.time()
         self.registered_device: str | None = None
         self.max_queued_bytes = max_queued_bytes
+        self.abort_after_s = 10.0
         self._send_raw = send_raw
         self._close = close
         self._queue: deque = deque()
@@ -112,16 +114,32 @@ class Connection:
         asyncio.get_running_loop().create_task(later())
 
     def abort(self, code: int, reason: str) -> None:
-        """Close now, dropping what is queued (a client over its budget gets nothing more)."""
-        if self.closed:
+        """Close, dropping what is queued (a client over its budget gets nothing more). A frame being
+        written is finished first — cut mid-frame, the stream would be garbage to the client — then
+        the close frame follows; a client that never reads again is cut off when `abort_after_s`
+        runs out."""
+        if self.closed or self.closing:
             return
         self.closing = True
-        self.closed = True
         self._queue.clear()
         self.queued_bytes = 0
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+        async def later():
+            writer = self._writer
+            try:
+                if writer is not None and not writer.done():
+                    await asyncio.wait_for(asyncio.shield(writer), self.abort_after_s)
+            except Exception:
+                pass
+            self.closed = True
+            try:
+                await asyncio.wait_for(self._close(code, reason), self.abort_after_s)
+            except Exception:
+                pass
+            if writer is not None and not writer.done():
+                writer.cancel()
+
+        asyncio.get_running_loop().create_task(later())
 
 
 class Hub:

@@ -176,14 +176,17 @@ class WsSession:
         if size > ctx.config.max_frame_bytes:
             return self._error(None, SyncopateError(ErrorCode.FRAME_TOO_LARGE,
                                                     f"frame of {size} bytes exceeds {ctx.config.max_frame_bytes}"))
-        wait = self.bucket.take()
-        if wait:
-            return self._error(None, SyncopateError(ErrorCode.RATE_LIMITED, "too many frames",
-                                                    retry_after_ms=int(wait * 1000) + 1))
         try:
+            # Decoded before the rate check (decoding is linear and the frame is bounded), so that a
+            # refusal names the request it refuses: a client can't match an error without its id.
             env = codec.decode_frame(data, encoding)
         except SyncopateError as err:
+            self.bucket.take()
             return self._error(err.details.pop("id", None), err)
+        wait = self.bucket.take()
+        if wait:
+            return self._error(env.id, SyncopateError(ErrorCode.RATE_LIMITED, "too many frames",
+                                                      retry_after_ms=int(wait * 1000) + 1))
         t0 = time.perf_counter()
         try:
             if conn.principal.expires_at and time.time() >= conn.principal.expires_at and env.type != T.AUTH:

@@ -222,9 +222,10 @@ class Bystander:
     every failure (no retries) while an attack runs on the same gateway."""
 
     def __init__(self, target, user: str, requests: list[tuple[str, dict]], *, loops: int = 4,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, rate: float = 100.0) -> None:
         self.target, self.user, self.requests = target, user, requests
         self.loops, self.timeout_s = loops, timeout_s
+        self.interval_s = loops / rate        # a legitimate client stays under the socket's rate limit
         self.latencies_ms: list[float] = []
         self.errors: Counter = Counter()
         self.client: SimClient | None = None
@@ -243,6 +244,7 @@ class Bystander:
         while not self._stop.is_set():
             mtype, payload = self.requests[k % len(self.requests)]
             k += 1
+            started = time.perf_counter()
             try:
                 res = await self.client.request(mtype, payload, timeout=self.timeout_s)
                 self.latencies_ms.append(res.ms)
@@ -250,6 +252,13 @@ class Bystander:
                 self.errors[err.code] += 1
                 if err.code == "CONNECTION_LOST":
                     return
+            # pacing (think time), not synchronisation: `rate` requests a second over all loops
+            left = self.interval_s - (time.perf_counter() - started)
+            if left > 0:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), left)
+                except TimeoutError:
+                    pass
 
     def mark(self) -> int:
         """Where the samples of a window start (see `window`)."""
@@ -398,9 +407,12 @@ class RawWebSocket:
         self.writer.close()
 
 
-async def slow_reader(target, user: str, pid: str, *, subscribes: int = 100, timeout_s: float = 10.0) -> AttackResult:
+async def slow_reader(target, user: str, pid: str, *, subscribes: int = 100, interval_s: float = 0.0,
+                      timeout_s: float = 10.0) -> AttackResult:
     """A websocket that never reads while it re-subscribes to a large playlist: every full answer is
-    queued on the gateway. At the end it reads what is left, to see whether the server closed it."""
+    queued on the gateway. At the end it reads what is left, to see whether the server closed it.
+    `interval_s` spaces the subscribes (pacing), so they are not refused as too many in flight at
+    once but pile up as answers the socket never reads."""
     with _Timer(AttackResult("slow_reader")) as r:
         ws = await RawWebSocket.connect(ws_url(local_url(target.url)) + f"?token={target.token(user)}")
         try:
@@ -409,6 +421,8 @@ async def slow_reader(target, user: str, pid: str, *, subscribes: int = 100, tim
                                            "payload": {"entity": f"playlist:{pid}"}}).decode())
                 r.sent += 1
                 await ws.writer.drain()
+                if interval_s:
+                    await asyncio.sleep(interval_s)
             r.counts["sent_at_s"] = round(time.perf_counter(), 3)
         except (ConnectionError, OSError) as exc:
             r.notes.append(f"send failed after {r.sent}: {type(exc).__name__}")
@@ -534,23 +548,32 @@ async def unknown_ids(target, user: str, *, n: int = 50, http: aiohttp.ClientSes
             for i, pid in enumerate(ids[:n]):
                 await sock.ws.send_str(orjson.dumps({"id": f"g{i}", "type": "playlist.get",
                                                      "payload": {"id": pid}}).decode())
+            r.sent += n
+            left = {f"g{i}" for i in range(n)}
+
+            async def collect() -> None:
+                while left:
+                    frame = await sock.next(deadline)
+                    if frame is None:
+                        return
+                    msg = _decode(frame)
+                    if not msg or msg.get("id") not in left:
+                        continue
+                    left.discard(msg["id"])
+                    r.answered += 1
+                    kind = "ws.get" if msg["id"].startswith("g") else "ws.subscribe"
+                    code = (msg.get("error") or {}).get("code") if msg.get("type") == "error" else "result"
+                    r.errors[f"{kind}:{code}"] += 1
+
+            await collect()
+            # Subscribes one at a time: a socket may have only a few in flight (its subscribe
+            # budget), and what is measured here is what an answered subscribe leaves behind.
             for i, pid in enumerate(ids[n:2 * n]):
                 await sock.ws.send_str(orjson.dumps({"id": f"s{i}", "type": "subscribe",
                                                      "payload": {"entity": f"playlist:{pid}"}}).decode())
-            r.sent += 2 * n
-            left = {f"g{i}" for i in range(n)} | {f"s{i}" for i in range(n)}
-            while left:
-                frame = await sock.next(deadline)
-                if frame is None:
-                    break
-                msg = _decode(frame)
-                if not msg or msg.get("id") not in left:
-                    continue
-                left.discard(msg["id"])
-                r.answered += 1
-                kind = "ws.get" if msg["id"].startswith("g") else "ws.subscribe"
-                code = (msg.get("error") or {}).get("code") if msg.get("type") == "error" else "result"
-                r.errors[f"{kind}:{code}"] += 1
+                r.sent += 1
+                left.add(f"s{i}")
+                await collect()
             r.counts["ws_unanswered"] = len(left)
         finally:
             await sock.close()

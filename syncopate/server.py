@@ -195,6 +195,7 @@ class LocalServer:
                                      env.catalog, GatewayConfig(**spec.gateway))
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
+        self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it
         return self
 
     @property

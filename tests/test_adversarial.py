@@ -207,7 +207,8 @@ async def test_awareness_flood_is_bounded(target, world, http):
 async def test_slow_reader_is_closed_and_gateway_memory_stays_bounded(server, target, world, http):
     before = await gateway_rss_mb(server)
     async with bystander(target, world):
-        r = await A.slow_reader(target, "abuser", world.large, subscribes=100)
+        # paced at 40 a second: each is admitted (a few in flight at a time) and its answer queued
+        r = await A.slow_reader(target, "abuser", world.large, subscribes=100, interval_s=0.025)
         # The slow reader's answers reached the gateway once a later subscribe of the same entity is
         # answered (one mailbox on the host, one ordered stream to the gateway).
         probe = SimClient(target.url, target.token("abuser-probe"), reconnect=False)

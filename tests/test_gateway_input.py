@@ -131,6 +131,8 @@ async def test_flood_is_rate_limited_per_connection(server, http):
     limited = [a for a in answers if a["type"] == "error"]
     assert limited and all(a["error"]["code"] == "RATE_LIMITED" and a["error"]["details"]["retry_after_ms"] > 0
                            for a in limited)
+    # every refusal names the request it refuses (a client matches answers by id)
+    assert sorted(a["id"] for a in answers) == list(range(40))
     assert sum(a["type"] == "pong" for a in answers) >= 20
     await other.send_str('{"id": 1, "type": "ping"}')     # another connection is unaffected
     assert (await recv_json(other))["type"] == "pong"
