@@ -124,6 +124,7 @@ class Slot:
     outbox: dict = field(default_factory=dict)               # effect op id -> OutEffect (unacknowledged)
     acks: list = field(default_factory=list)                  # effect ids acknowledged since the last entry
     committed: int = 0                   # last version known durable
+    pushed: int = -1                     # version of the last fresh push to subscribers (-1: none yet)
     snapshot_seq: int = 0
     last_used: float = 0.0
     next_tick: float = 0.0
@@ -421,6 +422,7 @@ class EntityHost:
                 outbox[command_from_wire(w).op_id] = (rec.seq, w)
         slot.entity, slot.epoch, slot.phantom, slot.want_owner = entity, epoch, phantom, False
         slot.committed = entity.version
+        slot.pushed = entity.version         # a subscriber behind this missed something: its gap shows
         slot.snapshot_seq = loaded.snapshot.seq if loaded.snapshot else 0
         if phantom:
             self.metrics.phantoms += 1
@@ -632,6 +634,10 @@ class EntityHost:
                 if push.conn is not None:
                     self._deliver(push.conn.gateway, [push])
                 else:
+                    if push.fresh:
+                        # chain the subscribers' pushes: each names the version before it, so a
+                        # gateway whose member saw less knows it missed one (gateway/subscriptions.py)
+                        push.prev, p.slot.pushed = p.slot.pushed, push.version
                     for gw in self.interest.get(push.key, ()):
                         self._deliver(gw, [push])
             for fx in p.effects:

@@ -205,6 +205,14 @@ class YjsSocket(Socket):
                 return "answered"
 
 
+async def close_code(sock: Socket, timeout_s: float = 2.0) -> Any:
+    """The close code of a socket seen closing (a send can fail before the close frame is read)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(sock.closed), timeout_s)
+    except TimeoutError:
+        return None
+
+
 async def _outcome_after(sock: YjsSocket, result: AttackResult, t0: float, deadline: float, label: str) -> None:
     """After an attack frame: the probe's answer or the close, and how long after the attack it came."""
     outcome = await sock.probe(deadline)
@@ -213,7 +221,7 @@ async def _outcome_after(sock: YjsSocket, result: AttackResult, t0: float, deadl
     if outcome == "answered":
         result.answered += 1
     elif outcome == "closed":
-        result.closes.append(sock.closed.result() if sock.closed.done() else None)
+        result.closes.append(await close_code(sock))
 
 
 # -- the legitimate client measured beside an attack ------------------------------------------------------
@@ -636,7 +644,7 @@ async def yjs_rate(target, user: str, pid: str, *, frames: int, http: aiohttp.Cl
             if outcome == "answered":
                 r.answered += 1
             elif outcome == "closed":
-                r.closes.append(sock.closed.result() if sock.closed.done() else None)
+                r.closes.append(await close_code(sock))
         finally:
             await sock.close()
     return r
