@@ -142,6 +142,16 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
                     session.frame(msg.data)
+                    if session.close_with is not None:
+                        # Closed from the task that reads the socket, after what is queued: a close
+                        # from another task races this loop's own receive.
+                        try:
+                            await session.conn.flush()
+                        except Exception:
+                            pass
+                        session.conn.closed = True
+                        await ws.close(code=session.close_with[0], message=session.close_with[1].encode())
+                        break
                 elif msg.type == WSMsgType.TEXT:
                     log.debug("text frame on a Yjs socket ignored")
                 elif msg.type == WSMsgType.ERROR:
@@ -165,6 +175,7 @@ class YjsSession:
         self.restarting = False                      # closing (1012) so the client syncs again
         self.clients: dict[int, int] = {}           # awareness client ids this socket owns -> clock
         self.foreign = 0                             # new client ids announced beyond its share
+        self.close_with: tuple[int, str] | None = None   # set: the read loop closes with it
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.aware_bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.cache: AwarenessCache | None = None     # only once access is granted
@@ -232,19 +243,21 @@ class YjsSession:
         if len(data) > self.ctx.config.max_frame_bytes:
             self.ctx.metrics.budget_refused.labels("yjs_frame_bytes").inc()
             log.info("yjs frame of %d bytes on %s: closing (1009)", len(data), self.key)
-            return self.conn.close(CLOSE_TOO_BIG, "frame too large")
+            return self.refuse_frames(CLOSE_TOO_BIG, "frame too large")
         try:
             messages = yjs.parse_frame(data)
         except SyncopateError as err:
             log.info("malformed yjs frame on %s: %s", self.key, err)
             self.ctx.metrics.errors.labels(err.code.value).inc()
-            return self.conn.close(1002, "malformed frame")       # protocol error: the provider re-syncs
+            return self.refuse_frames(1002, "malformed frame")       # protocol error: the provider re-syncs
         for msg in messages:
+            if self.close_with is not None:
+                return
             bucket = self.aware_bucket if msg.type == 1 else self.bucket
             if bucket.take():
                 self.ctx.metrics.budget_refused.labels("yjs_rate").inc()
                 log.info("yjs rate limit on %s: closing (4029)", self.key)
-                return self.conn.close(CLOSE_TOO_MANY, "rate limited")
+                return self.refuse_frames(CLOSE_TOO_MANY, "rate limited")
             if msg.type == 0 and msg.subtype == 0:
                 self._request("yjs_sync", {"state_vector": msg.payload},
                               lambda reply: self.conn.send_frame(yjs.sync_step2(reply["update"])))
@@ -292,6 +305,13 @@ class YjsSession:
             # will; a fresh sync at least shows it the server's document
             self.restart(f"{op} refused: {err}")
 
+    def refuse_frames(self, code: int, reason: str) -> None:
+        """This socket's frames will not be taken (too large, too fast, malformed, an awareness flood):
+        read no more of them, and close with `code` (the endpoint's loop does it)."""
+        if self.close_with is None:
+            self.close_with = (code, reason)
+            self.conn.closing = True
+
     def restart(self, why: str) -> None:
         if self.conn.closed or self.restarting:
             return
@@ -331,7 +351,7 @@ class YjsSession:
                     if self.foreign > AWARE_FOREIGN_LIMIT:
                         self.ctx.metrics.budget_refused.labels("awareness_clients").inc()
                         log.info("awareness flood on %s: closing (4029)", self.key)
-                        return self.conn.close(CLOSE_TOO_MANY, "awareness budget")
+                        return self.refuse_frames(CLOSE_TOO_MANY, "awareness budget")
                     continue
             if len(state) > AWARE_STATE_BYTES:
                 self.ctx.metrics.budget_refused.labels("awareness_state_bytes").inc()

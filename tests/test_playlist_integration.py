@@ -877,7 +877,9 @@ async def test_acknowledged_edits_survive_a_server_restart(tmp_path, cat, http, 
         base = f"{srv.url}/v1/playlists/{pid}"
         st, _ = await rest(http, "PUT", f"{base}/collaborators/{users['editor']}", o, json={"role": "editor"})
         for i in range(0, 30, 3):
-            await add(http, srv.url, pid, o, uris[i:i + 3], position=i // 2)
+            snap = await add(http, srv.url, pid, o, uris[i:i + 3], position=i // 2)
+            if i == 0:
+                first_snap, first_ids = snap, await entry_ids(http, srv.url, pid, o)
         ws = await WsClient(http, srv.url, e).open()
         for i in range(30, 40):
             await ws.ok("playlist.add", {"id": pid, "uris": [uris[i]], "position": 0})
@@ -902,10 +904,14 @@ async def test_acknowledged_edits_survive_a_server_restart(tmp_path, cat, http, 
         assert (after["name"], after["public"], after["snapshot_id"]) == ("Durable!", False, before["snapshot_id"])
         st, col = await rest(http, "GET", f"{base}/collaborators", o2)
         assert col["collaborators"] == [{"user_id": users["editor"], "role": "editor"}]
-        # a stale snapshot id from before the restart: positions can't be mapped -> 409
+        # a snapshot id from before the restart: its positions are transformed through every later
+        # change (the history is durable): "move the first entry before the third", as it was then
+        a0, _, a2 = first_ids
         st, err = await rest(http, "PUT", f"{base}/items", o2,
-                             json={"range_start": 0, "insert_before": 3, "snapshot_id": pl["snapshot_id"]})
-        assert st == 409, err
+                             json={"range_start": 0, "insert_before": 2, "snapshot_id": first_snap})
+        assert st == 200, err
+        now = await entry_ids(http, srv2.url, pid, o2)
+        assert now.index(a0) == now.index(a2) - 1 and sorted(now) == sorted(before_ids)
         # and it keeps working
         s = await add(http, srv2.url, pid, o2, uris[:1])
         assert s != before["snapshot_id"]
