@@ -166,7 +166,8 @@ class Metrics:
         self.refused_mailbox = 0          # MAX_MAILBOX reached
         self.refused_pending = 0          # MAX_PENDING reached
         self.refused_active = 0           # MAX_ACTIVE reached and nothing could be passivated in time
-        self.budget_passivations = 0      # LRU passivations to stay under MAX_ACTIVE
+        self.budget_passivations = 0      # LRU passivations to stay under MAX_ACTIVE or the memory budget
+        self.budget_memory_over = 0       # checks that found the process over its memory budget
         self.budget_stream_closes = 0     # a gateway stream closed: its host-side buffer was over budget
         self.budget_oversized_items = 0   # a reply or push over the item limit, replaced by an error / Gap
         self.budget_frames_split = 0      # batches split to keep every frame under the frame limit
@@ -184,7 +185,8 @@ class EntityHost:
                  idle_timeout_s: float = 600.0,
                  clock: Callable[[], float] = time.time,
                  max_active: int = MAX_ACTIVE, max_mailbox: int = MAX_MAILBOX,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, max_memory: int | None = None,
+                 memory: Callable[[], int] | None = None) -> None:
         self.host_id = host_id
         self.incarnation = uuid.uuid4().hex[:12]
         self.store = store
@@ -193,6 +195,11 @@ class EntityHost:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.max_active, self.max_mailbox, self.max_pending = max_active, max_mailbox, max_pending
+        # A memory budget (bytes, e.g. the process's RSS as `memory()` reads it): over it, the least
+        # recently used idle entities are passivated as for max_active, a tenth of them a round, until
+        # it holds again (checked once a second). None: no memory budget.
+        self.max_memory, self._memory = max_memory, memory
+        self._next_memory_check = 0.0
         self._deliver = deliver or (lambda gw, items: None)
         self._dispatch = dispatch or (lambda cmd: None)
         self.slots: OrderedDict[str, Slot] = OrderedDict()      # least recently used first
@@ -817,13 +824,14 @@ class EntityHost:
                 n += await self._passivate(slot)
         return n
 
-    def _shed(self) -> None:
-        """Over MAX_ACTIVE: passivate least recently used idle entities (in the background: each one
-        writes its snapshot first). Entities with work in flight, outboxes, or that refuse (idle())
-        stay."""
+    def _shed(self, excess: int | None = None) -> None:
+        """Over MAX_ACTIVE (or the memory budget: `excess` given): passivate least recently used idle
+        entities (in the background: each one writes its snapshot first). Entities with work in
+        flight, outboxes, or that refuse (idle()) stay."""
         if self._shedding or self._closed:
             return
-        excess = len(self.slots) - self.max_active + 1
+        if excess is None:
+            excess = len(self.slots) - self.max_active + 1
         victims = []
         for slot in self.slots.values():          # least recently used first
             if len(victims) >= max(excess, 1) + 16:
@@ -870,6 +878,12 @@ class EntityHost:
                 self.run_ticks()
                 if len(self.slots) > self.max_active:
                     self._shed()
+                elif self.max_memory is not None and self._memory is not None \
+                        and time.monotonic() >= self._next_memory_check:
+                    self._next_memory_check = time.monotonic() + 1.0
+                    if self._memory() > self.max_memory and self.slots:
+                        self.metrics.budget_memory_over += 1
+                        self._shed(max(1, len(self.slots) // 10))
                 if self.clock() >= next_sweep:
                     next_sweep = self.clock() + sweep_every
                     await self.passivate_idle()
@@ -882,4 +896,5 @@ class EntityHost:
                 "pending": len(self._pending), "outstanding": self._outstanding,
                 "outbox": sum(len(s.outbox) for s in self.slots.values()),
                 "budget_max_active": self.max_active, "budget_max_mailbox": self.max_mailbox,
-                "budget_max_pending": self.max_pending, **self.metrics.as_dict()}
+                "budget_max_pending": self.max_pending, "budget_max_memory": self.max_memory or 0,
+                **self.metrics.as_dict()}

@@ -220,5 +220,11 @@ PEER_TIMEOUT_S = 30.0
 
 
 def _budgets(spec: dict) -> dict:
-    """The host's budgets from the server spec's `budgets` (defaults in actors/host.py)."""
-    return {k: int(spec[k]) for k in ("max_active", "max_mailbox", "max_pending") if k in spec}
+    """The host's budgets from the server spec's `budgets` (defaults in actors/host.py). The memory
+    budget is this process's RSS: `max_memory_mb` (default 1,024 MB)."""
+    out = {k: int(spec[k]) for k in ("max_active", "max_mailbox", "max_pending") if k in spec}
+    import psutil
+    proc = psutil.Process()
+    out["max_memory"] = int(spec.get("max_memory_mb", 1024)) << 20
+    out["memory"] = lambda: proc.memory_info().rss
+    return out

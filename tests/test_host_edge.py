@@ -1,6 +1,7 @@
 """EntityHost at its edges: interest ordered with the mailbox, reads that create no state, budgets,
 idempotency per sender."""
 import asyncio
+import time
 import random
 
 import pytest
@@ -197,6 +198,27 @@ async def test_over_max_active_the_least_recently_used_idle_entities_are_passiva
     assert host.metrics.budget_passivations >= 7
     assert "counter:e11" in host.slots and "counter:e0" not in host.slots      # least recently used went first
     assert [(await host.call(cmd("get", eid=f"e{i}")))[0]["total"] for i in range(12)] == list(range(12))
+    await host.close(passivate=False)
+
+
+async def test_over_the_memory_budget_idle_entities_are_passivated_until_it_holds():
+    store = MemoryStore()
+    used = {"bytes": 0}
+    host = EntityHost("h0", store, {"counter": Counter}, Env(), idle_timeout_s=3600,
+                      max_memory=1000, memory=lambda: used["bytes"])
+    await host.start()
+    for i in range(40):
+        await host.call(cmd("add", eid=f"m{i}", n=i))
+    assert len(host.slots) == 40                 # under budget: all resident
+    used["bytes"] = 2000                         # now over: a tenth a round, oldest first
+    await wait_for(lambda: host.metrics.budget_passivations >= 4)
+    assert "counter:m0" not in host.slots and "counter:m39" in host.slots
+    await wait_for(lambda: not host._shedding)
+    used["bytes"] = 500                          # back under: shedding stops
+    settled, n, t = host.metrics.budget_memory_over, len(host.slots), time.monotonic()
+    await wait_for(lambda: host._next_memory_check > t + 0.999, timeout=5)   # a check ran since
+    assert host.metrics.budget_memory_over == settled and len(host.slots) == n
+    assert [(await host.call(cmd("get", eid=f"m{i}")))[0]["total"] for i in range(40)] == list(range(40))
     await host.close(passivate=False)
 
 
