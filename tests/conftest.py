@@ -61,3 +61,11 @@ def blockbuster(request):
 def _is_async(request) -> bool:
     import inspect
     return inspect.iscoroutinefunction(getattr(request.node, "obj", None))
+
+
+@pytest.fixture(autouse=True)
+def _close_entity_drivers():
+    """Entity drivers (tests/support/entities.py) own an event loop and a host: close what a test left open."""
+    yield
+    from tests.support.entities import close_all
+    close_all()
