@@ -32,7 +32,7 @@ import math
 import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 
