@@ -171,7 +171,7 @@ async def test_an_expired_token_closes_the_socket_and_a_renewed_one_keeps_it(ser
     note = await short.wait(lambda f: f.get("type") == "auth.expired", timeout=6.0)
     assert note["error"]["code"] == "TOKEN_EXPIRED"
     await asyncio.wait_for(short.closed.wait(), 2.0)
-    assert short.ws.close_code == 4401
+    assert short.close_code == 4401
     # the renewed socket outlives its first token's expiry and still answers
     pong = await renewed.ok("session.list")
     assert pong["type"] == "result"

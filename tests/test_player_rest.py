@@ -17,6 +17,7 @@ import spotipy
 import tekore as tk
 
 from gateway.auth import Auth, write_secret
+from protocols.errors import HTTP_STATUS, ErrorCode
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
 from tests.support.player import Device, assert_in_order, new_playlist_id, wait_version
@@ -197,7 +198,8 @@ async def test_play_uris_with_offset_and_position(user, catalog):
                          ({"context_uri": uris[0]}, "INVALID_URI"),
                          ({"context_uri": "spotify:artist:" + "0" * 22}, "CONTEXT_DISALLOW")]:
         status, err = await user.raw("PUT", "me/player/play", body)
-        assert err["error"]["code"] == reason and status in (400, 403), (body, err)
+        # the status is the code's (protocols/errors.py HTTP_STATUS): 403 for CONTEXT_DISALLOW, else 400
+        assert err["error"]["code"] == reason and status == HTTP_STATUS[ErrorCode(reason)], (body, err)
     assert (await sp_call(sp.currently_playing))["item"]["uri"] == uris[1]
     await sp_call(sp.volume, 30)           # a barrier: the next push is the next revision
     c = await lap.wait_for(lambda c: c["reason"] == "volume_changed")
