@@ -61,3 +61,41 @@ def blockbuster(request):
 def _is_async(request) -> bool:
     import inspect
     return inspect.iscoroutinefunction(getattr(request.node, "obj", None))
+
+
+@pytest.fixture(autouse=True)
+def _close_entity_drivers():
+    """Entity drivers (tests/support/entities.py) own an event loop and a host: close what a test left open."""
+    yield
+    from tests.support.entities import close_all
+    close_all()
+
+
+@pytest.fixture
+async def http():
+    """One HTTP client session per test (no per-host connection cap: some tests open many sockets)."""
+    from simulations.client import new_session
+    async with new_session() as s:
+        yield s
+
+
+# -- Node Yjs clients (tests/support/ynode.py) -------------------------------------------------------
+@pytest.fixture(scope="session")
+def node_ready():
+    import shutil
+    import subprocess
+    from tests.support.ynode import NODE_DIR
+    node = shutil.which("node")
+    assert node, "node is required for the Yjs interop tests"
+    if not (NODE_DIR / "node_modules" / "y-websocket").is_dir():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True,
+                       timeout=300)
+    return node
+
+
+@pytest.fixture
+async def ynode(node_ready):
+    from tests.support.ynode import YNode
+    n = await YNode(node_ready).start()
+    yield n
+    await n.close()

@@ -82,12 +82,6 @@ async def world(target):
     return w
 
 
-@pytest.fixture
-async def http():
-    async with A.new_session() as s:
-        yield s
-
-
 @pytest.fixture(autouse=True)
 async def recovered(target, world):
     """Each test starts on a server that answers on both hosts (a previous attack may have broken a

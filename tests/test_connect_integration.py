@@ -20,7 +20,7 @@ import pytest
 
 from actors.placement import owner
 from gateway.auth import Auth
-from tests.test_player_rest import (
+from tests.support.player import (
     RETRYABLE,
     Device,
     WsError,
@@ -36,12 +36,6 @@ pytestmark = pytest.mark.ray
 def catalog():
     from catalog import Catalog
     return Catalog.generated()          # the server's default catalog (deterministic)
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def long_tracks(catalog, n: int, *, skip: int = 0) -> list[str]:

@@ -1,7 +1,5 @@
-"""DeviceGroupEntity unit tests: the Connect state machine with a controlled clock and a fake catalog."""
+"""DeviceGroupEntity unit tests: the Connect state machine on the real EntityHost (tests/support/entities.py) with a controlled clock."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import msgpack
 import pytest
@@ -13,23 +11,14 @@ from actors.entity import SYSTEM, Command, Env, Principal
 from actors.player_state import compute_order
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP
-from protocols.uris import parse_uri
+from tests.support.catalog import CatalogBuilder
+from tests.support.entities import EntityDriver
 
 USER = "alice"
 T0 = 1_700_000_000_000
 
 
-# -- a small fake catalog with the methods the entity uses -------------------------------------------
-@dataclass(frozen=True)
-class FTrack:
-    id: str
-    uri: str
-    name: str
-    duration_ms: int
-    album_id: str
-    artist_ids: tuple
-
-
+# -- the catalog: 30 tracks on 3 albums by 3 artists ------------------------------------------------
 def tid(i: int) -> str:
     return f"t{i:021d}"
 
@@ -50,30 +39,21 @@ def pl_uri(i: int) -> str:
     return f"spotify:playlist:{pl_id(i)}"
 
 
-DUR = 100_000   # every fake track lasts 100 s (track 7: 10 s; track 8: 40 s)
+DUR = 100_000   # every track lasts 100 s (track 7: 10 s; track 8: 40 s)
 
 
-class FakeCatalog:
-    def __init__(self) -> None:
-        self.tracks = {}
-        for i in range(30):
-            dur = {7: 10_000, 8: 40_000}.get(i, DUR)
-            self.tracks[tid(i)] = FTrack(tid(i), turi(i), f"Song {i}", dur, f"a{i // 10:021d}", (f"r{i % 3:021d}",))
-        self.albums = {f"a{k:021d}": [self.tracks[tid(i)] for i in range(10 * k, 10 * k + 10)] for k in range(3)}
-
-    def track_by_uri(self, uri):
-        return self.tracks.get(parse_uri(uri, "track")[1])
-
-    def track_object(self, t):
-        return {"id": t.id, "uri": t.uri, "name": t.name, "duration_ms": t.duration_ms, "type": "track",
-                "artists": [{"name": f"Artist {a[-1]}", "uri": f"spotify:artist:{a}"} for a in t.artist_ids],
-                "album": {"name": f"Album {t.album_id[-1]}", "uri": f"spotify:album:{t.album_id}", "images": []}}
-
-    def album_tracks(self, album_id):
-        return list(self.albums.get(album_id, []))
+def _catalog():
+    b = CatalogBuilder()
+    for k in range(3):
+        b.artist(f"r{k:021d}", f"Artist {k}")
+        b.album(f"a{k:021d}", [f"r{k:021d}"], f"Album {k}")
+    for i in range(30):
+        b.track(tid(i), f"a{i // 10:021d}", [f"r{i % 3:021d}"], name=f"Song {i}",
+                duration_ms={7: 10_000, 8: 40_000}.get(i, DUR))
+    return b.build()
 
 
-CAT = FakeCatalog()
+CAT = _catalog()
 
 
 def rt(x):
@@ -82,7 +62,9 @@ def rt(x):
 
 
 class H:
-    """Harness: one entity, a controlled clock, the committed log, and replay checks."""
+    """One device group on the real EntityHost (tests/support/entities.py) with a controlled clock:
+    `do` returns what the host released for the command (reply, records, events, effects); `log`,
+    `events` and `effects` are everything committed, pushed and dispatched so far."""
 
     def __init__(self, user: str = USER, config: dict | None = None) -> None:
         # by default devices never time out (tests advance the clock by whole tracks); the heartbeat
@@ -90,40 +72,45 @@ class H:
         if config is None:
             config = {"connect_heartbeat_timeout_ms": 10**12, "connect_offline_grace_ms": 10**12}
         self.env = Env(catalog=CAT, config=config)
-        self.e = DeviceGroupEntity(user, self.env)
+        self.d = EntityDriver(DeviceGroupEntity, user, self.env, now_ms=T0)
         self.user = user
-        self.now = T0
-        self.base = rt(self.e.snapshot())
-        self.log: list = []
-        self.events: list = []
-        self.effects: list = []
+        self.base = rt(DeviceGroupEntity(user, self.env).snapshot())
+
+    @property
+    def e(self) -> DeviceGroupEntity:
+        return self.d.e
+
+    @property
+    def now(self) -> int:
+        return self.d.now
+
+    @now.setter
+    def now(self, ms: int) -> None:
+        self.d.now = ms
+
+    @property
+    def log(self) -> list:
+        return [recs for _, recs in self.d.entries()]
+
+    @property
+    def events(self) -> list:
+        return self.d.pushes
+
+    @property
+    def effects(self) -> list:
+        return self.d.effects
 
     def principal(self, product="premium", device=None):
         return Principal(self.user, product, device)
 
     def do(self, op, *, origin=None, principal=None, product="premium", **args):
-        cmd = Command(DEVICE_GROUP, self.e.id, op, args, principal or self.principal(product),
-                      now_ms=self.now, origin=origin)
-        out = self.e.handle(cmd)
-        self._take(out)
-        return out
+        return self.d.command(op, args, principal=principal or self.principal(product), origin=origin)
 
     def sys(self, op, origin=None, **args):
         return self.do(op, principal=SYSTEM, origin=origin, **args)
 
-    def _take(self, out):
-        if out is None:
-            return
-        if out.records:
-            self.e.version += 1
-            self.log.append(rt(out.records))
-        self.events.extend(out.events)
-        self.effects.extend(out.effects)
-
     def tick(self):
-        out = self.e.tick(self.now)
-        self._take(out)
-        return out
+        return self.d.tick()
 
     def advance(self, ms):
         self.now += ms

@@ -25,12 +25,6 @@ async def server(tmp_path_factory):
     await srv.stop()
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def token(user="alice", **kw):
     return Auth(SECRET).mint(user, **kw)
 

@@ -46,12 +46,6 @@ async def server(tmp_path_factory):
 
 
 @pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def cat(server):
     return server.gateway.ctx.catalog
 

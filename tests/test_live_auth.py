@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import pytest
 
 from syncopate.server import LocalServer
-from tests.test_playlist_integration import WsClient, add, create, entry_ids, local_spec, rest, track_uris
-from tests.test_yjs_interop import Y, node_ready, ybase  # noqa: F401  (node_ready: a fixture)
+from tests.support.playlists import add, create, entry_ids, local_spec, rest, track_uris
+from tests.support.ws import WsClient
+from tests.support.ynode import Y, ybase
 
 QUIET_S = 0.5            # after the notice, nothing of the playlist may arrive for this long
 
@@ -27,22 +27,8 @@ async def server(tmp_path_factory):
 
 
 @pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def cat(server):
     return server.gateway.ctx.catalog
-
-
-@pytest.fixture
-async def ynode(node_ready):  # noqa: F811
-    from tests.test_yjs_interop import YNode
-    n = await YNode(node_ready).start()
-    yield n
-    await n.close()
 
 
 @pytest.fixture
@@ -185,7 +171,7 @@ async def test_an_expired_token_closes_the_socket_and_a_renewed_one_keeps_it(ser
     note = await short.wait(lambda f: f.get("type") == "auth.expired", timeout=6.0)
     assert note["error"]["code"] == "TOKEN_EXPIRED"
     await asyncio.wait_for(short.closed.wait(), 2.0)
-    assert short.ws.close_code == 4401
+    assert short.close_code == 4401
     # the renewed socket outlives its first token's expiry and still answers
     pong = await renewed.ok("session.list")
     assert pong["type"] == "result"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Map
 
-from tests.test_playlist_entity import (
+from tests.support.playlist_entity import (
     UNKNOWN,
     Client,
     Harness,

@@ -3,7 +3,6 @@
 The op id is the client's Idempotency-Key, or one the gateway made for the request; either way the
 answer's Idempotency-Key header names it, and a retry sending it back gets the first answer.
 """
-import aiohttp
 import pytest
 
 from storage.memory import MemoryStore
@@ -21,12 +20,6 @@ async def server(tmp_path_factory):
     srv = await LocalServer(spec, store=MemoryStore()).start()
     yield srv
     await srv.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from actors.entity import SYSTEM, Command, Env, Principal
 from actors.library import Collection, Library
 from actors.session import CHANGE_LOG_ITEMS, CONNECTION_TIMEOUT_MS, MAX_URIS, SessionEntity
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.uris import BASE62, parse_uri
+from protocols.uris import BASE62
+from tests.support.catalog import catalog_with
+from tests.support.entities import EntityDriver
 
 USER = "alice"
 ALICE = Principal(USER, device_id="phone")
@@ -27,32 +29,13 @@ def make_id(rng: random.Random) -> str:
     return "".join(rng.choice(BASE62) for _ in range(22))
 
 
-class FakeCatalog:
-    """The three lookups the session uses, as catalog.Catalog has them."""
-
-    def __init__(self, tracks=(), albums=(), artists=(), accept_all=False):
-        self.tracks, self.albums, self.artists = set(tracks), set(albums), set(artists)
-        self.accept_all = accept_all
-
-    def track_by_uri(self, uri):
-        _, i = parse_uri(uri, "track")
-        return i if (self.accept_all or i in self.tracks) else None
-
-    def album_by_uri(self, uri):
-        _, i = parse_uri(uri, "album")
-        return i if (self.accept_all or i in self.albums) else None
-
-    def artist(self, ident):
-        return ident if (self.accept_all or ident in self.artists) else None
-
-
 _rng = random.Random(7)
 TRACKS = [make_id(_rng) for _ in range(300)]
 ALBUMS = [make_id(_rng) for _ in range(20)]
 ARTISTS = [make_id(_rng) for _ in range(40)]
 PLAYLISTS = [make_id(_rng) for _ in range(10)]
 UNKNOWN = make_id(_rng)
-CATALOG = FakeCatalog(TRACKS, ALBUMS, ARTISTS)
+CATALOG = catalog_with(TRACKS, ALBUMS, ARTISTS)
 
 
 def turi(i):
@@ -60,31 +43,43 @@ def turi(i):
 
 
 class Harness:
-    """What the host does: handle in order, bump the version when there are records, keep the
-    log entries (for replay checks)."""
+    """The session on the real EntityHost (tests/support/entities.py) with a controlled clock; `run`
+    returns what the host released for the command, `entries` what it committed."""
 
     def __init__(self, catalog=CATALOG, now=T0):
         self.env = Env(catalog=catalog)
-        self.e = SessionEntity(USER, self.env)
-        self.now = now
-        self.entries: list[tuple[int, list]] = []
+        self.d = EntityDriver(SessionEntity, USER, self.env, now_ms=now)
 
-    def _commit(self, out):
+    @property
+    def e(self) -> SessionEntity:
+        return self.d.e
+
+    @property
+    def now(self) -> int:
+        return self.d.now
+
+    @now.setter
+    def now(self, ms: int) -> None:
+        self.d.now = ms
+
+    @property
+    def entries(self) -> list[tuple[int, list]]:
+        return self.d.entries()
+
+    @staticmethod
+    def _check(out):
         if out is not None and out.records:
-            self.e.version += 1
-            self.entries.append((self.e.version, out.records))
-            assert out.records[0][1] == self.e.version      # records carry their version
+            assert out.records[0][1] == out.version      # records carry their version
         return out
 
     def run(self, op, args=None, principal=ALICE, origin=None):
-        return self._commit(self.e.handle(Command("session", USER, op, args or {}, principal=principal,
-                                                  now_ms=self.now, origin=origin)))
+        return self._check(self.d.command(op, args, principal=principal, origin=origin))
 
     def reply(self, op, args=None, principal=ALICE, origin=None):
         return self.run(op, args, principal, origin).reply
 
     def tick(self):
-        return self._commit(self.e.tick(self.now))
+        return self._check(self.d.tick())
 
     def connect(self, conn, device_id, client="app", **kw):
         gw = conn.split("/")[0]
@@ -125,7 +120,7 @@ def test_presence_lifecycle():
     out = h.connect("gw1/c1", "phone", "app")
     assert out.records and h.e.version == 1
     ev, = out.events
-    assert ev.type == "session.changed" and ev.to == USER and not ev.close
+    assert ev.type == "session.changed" and ev.user == USER and ev.conn is None and not ev.close
     assert ev.payload["reason"] == "connected" and ev.payload["conns"] == ["gw1/c1"]
     h.now += 1000
     h.connect("gw2/c7", "laptop", "app")
@@ -220,11 +215,11 @@ def test_sign_out_closes_connections_revokes_and_refuses_reconnect():
     out = h.run("end_connection", {"device_id": "laptop"}, ALICE)
     assert out.reply["closed"] == 2 and out.reply["device_id"] == "laptop"
     ended = [e for e in out.events if e.type == "session.ended"]
-    assert sorted(e.to for e in ended) == ["conn:gw1/c1", "conn:gw2/c2"]
+    assert sorted(str(e.conn) for e in ended) == ["gw1/c1", "gw2/c2"]
     assert all(e.close and e.payload["device_id"] == "laptop" and e.payload["by_device"] == "phone"
                for e in ended)
     changed, = [e for e in out.events if e.type == "session.changed"]
-    assert changed.payload["reason"] == "signed_out" and changed.to == USER
+    assert changed.payload["reason"] == "signed_out" and changed.user == USER and changed.conn is None
     assert [c["conn"] for c in changed.payload["connections"]] == ["gw2/c3"]
     assert out.events[0] is changed                      # session.ended is the last frame they get
 
@@ -261,7 +256,7 @@ def test_save_is_idempotent_remove_absent_is_fine_unknown_refuses_whole(kind, id
     out = h.run("library_save", {"uris": uris[:2]})
     assert out.reply == {"changed": True, "library_version": 1}
     ev, = out.events
-    assert ev.type == "library.changed" and ev.to == USER
+    assert ev.type == "library.changed" and ev.user == USER and ev.conn is None
     assert ev.payload == {"library_version": 1, "changes": [
         {"op": "save", "uri": uris[0], "added_at": T0}, {"op": "save", "uri": uris[1], "added_at": T0}]}
     h.now += 5000
@@ -295,9 +290,9 @@ def test_save_is_idempotent_remove_absent_is_fine_unknown_refuses_whole(kind, id
 
 
 def test_saved_items_can_be_removed_even_if_the_catalog_forgot_them():
-    h = Harness(catalog=FakeCatalog(accept_all=True))
+    h = Harness(catalog=catalog_with([UNKNOWN]))
     h.run("library_save", {"uris": [f"spotify:track:{UNKNOWN}"]})
-    h.e.env.catalog = FakeCatalog()                      # the catalog no longer knows it
+    h.e.env.catalog = catalog_with()                     # the catalog no longer knows it
     assert h.run("library_remove", {"uris": [f"spotify:track:{UNKNOWN}"]}).reply["changed"] is True
 
 
@@ -528,7 +523,7 @@ def test_snapshot_plus_records_rebuilds_identical_state():
     e = h.replay()
     for kind in ("track", "album", "artist", "playlist"):
         q = Command("session", USER, "library_list", {"type": kind, "limit": 50}, ALICE)
-        assert e.handle(q).reply == h.e.handle(q).reply
+        assert e.handle(q).reply == h.reply(q.op, q.args)
 
 
 def test_one_refused_command_leaves_no_trace():
@@ -556,7 +551,7 @@ def _big(n, seed=3):
 def test_100k_likes_page_quickly_and_snapshot_compactly():
     n = 100_000
     ids = _big(n)
-    h = Harness(catalog=FakeCatalog(accept_all=True))
+    h = Harness(catalog=catalog_with(ids))
     t = time.perf_counter()
     for k in range(0, len(ids), 50):
         h.now += 1
@@ -582,7 +577,7 @@ def test_100k_likes_page_quickly_and_snapshot_compactly():
     assert size < 25 * total, size
     e = h.replay(h.e.version, snap)
     q = Command("session", USER, "library_list", {"type": "track", "offset": 12_345, "limit": 50}, ALICE)
-    assert e.handle(q).reply == h.e.handle(q).reply
+    assert e.handle(q).reply == h.reply(q.op, q.args)
     assert build < 30
 
 

@@ -8,7 +8,7 @@ deadline.
 from __future__ import annotations
 
 import asyncio
-import itertools
+from functools import partial
 import time
 
 import aiohttp
@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from actors.placement import owner
+from tests.support.ws import WsClient
 from gateway.auth import Auth, write_secret
 
 pytestmark = pytest.mark.ray
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.ray
 SECRET = "sessions-integration-secret-0123456789"
 # Deadlines for "at once": generous because the 2 cores are shared with other test runs; the
 # latency itself is measured by simulations/bench_library_push.py.
+# the app websocket, synced to the session before the test starts (see WsClient.sync_session)
+SessionWs = partial(WsClient, sync_session=True)
 PUSH_DEADLINE_S = 5.0
 RETRYABLE = {"HOST_UNAVAILABLE", "TIMEOUT", "STALE_EPOCH", "STORE_UNAVAILABLE", "CONNECTION_LOST"}
 
@@ -50,92 +53,8 @@ def catalog():
     return Catalog.generated()
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def mint(user: str, device: str | None = None, **kw) -> str:
     return Auth(SECRET).mint(user, device_id=device, **kw)
-
-
-class WsClient:
-    """A websocket client that keeps every frame: answers are matched by id, pushes are awaited
-    by predicate with a deadline."""
-
-    def __init__(self, http: aiohttp.ClientSession, url: str, token: str, **query) -> None:
-        self.http, self.url, self.token, self.query = http, url, token, query
-        self.frames: list[dict] = []
-        self.arrived: list[float] = []
-        self.changed = asyncio.Event()
-        self.close_code: int | None = None
-        self.closed = asyncio.Event()
-        self.ids = itertools.count(1)
-        self.hello: dict | None = None
-        self.ws = None
-
-    async def open(self) -> WsClient:
-        q = "".join(f"&{k}={v}" for k, v in self.query.items())
-        self.ws = await self.http.ws_connect(f"{self.url}/v1/ws?token={self.token}{q}")
-        self.closed.clear()
-        self.reader = asyncio.get_running_loop().create_task(self._read(self.ws))
-        self.hello = await self.wait(lambda f: f.get("type") == "hello")
-        # One round trip to the session: the connection's automatic subscription was requested
-        # before it on the same ordered channel, so from its answer on every push reaches us.
-        await self.request("session.list")
-        return self
-
-    async def _read(self, ws) -> None:
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            self.frames.append(orjson.loads(msg.data))
-            self.arrived.append(time.perf_counter())
-            self.changed.set()
-        self.close_code = ws.close_code
-        self.closed.set()
-        self.changed.set()
-
-    def mark(self) -> int:
-        return len(self.frames)
-
-    async def wait(self, pred, since: int = 0, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        i = since
-        while True:
-            while i < len(self.frames):
-                if pred(self.frames[i]):
-                    return self.frames[i]
-                i += 1
-            if self.closed.is_set():
-                raise AssertionError(f"connection closed ({self.close_code}) while waiting")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("expected frame did not arrive in time")
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), left)
-            except TimeoutError:
-                pass
-
-    async def request(self, mtype: str, payload: dict | None = None, op_id: str | None = None,
-                      timeout: float = 10.0) -> dict:
-        rid = f"r{next(self.ids)}"
-        msg = {"id": rid, "type": mtype, "payload": payload or {}}
-        if op_id:
-            msg["op_id"] = op_id
-        start = self.mark()
-        await self.ws.send_str(orjson.dumps(msg).decode())
-        return await self.wait(lambda f: f.get("id") == rid, since=start, timeout=timeout)
-
-    def pushes(self, mtype: str, since: int = 0) -> list[dict]:
-        return [f for f in self.frames[since:] if f.get("type") == mtype]
-
-    async def close(self) -> None:
-        if self.ws is not None and not self.ws.closed:
-            await self.ws.close()
-        await asyncio.wait_for(self.closed.wait(), 5)
 
 
 async def rest(http, method: str, url: str, token: str, **kw):
@@ -152,8 +71,8 @@ def track_uri(catalog, i: int) -> str:
 
 async def test_a_like_on_one_gateway_is_pushed_to_the_other(cluster, catalog, http, unique):
     g0, g1 = cluster.urls()
-    phone = await WsClient(http, g0, mint(unique, "phone")).open()
-    laptop = await WsClient(http, g1, mint(unique, "laptop")).open()
+    phone = await SessionWs(http, g0, mint(unique, "phone")).open()
+    laptop = await SessionWs(http, g1, mint(unique, "laptop")).open()
     assert phone.hello["payload"]["gateway"] == "g0" and laptop.hello["payload"]["gateway"] == "g1"
     uri = track_uri(catalog, 10)
 
@@ -198,9 +117,9 @@ async def test_a_like_on_one_gateway_is_pushed_to_the_other(cluster, catalog, ht
 async def test_presence_and_sign_out_on_every_gateway(cluster, http, unique):
     g0, g1 = cluster.urls()
     phone_token, laptop_token = mint(unique, "phone"), mint(unique, "laptop")
-    phone = await WsClient(http, g0, phone_token, client="app").open()
-    phone2 = await WsClient(http, g1, phone_token, client="app").open()     # the same device, other gateway
-    laptop = await WsClient(http, g1, laptop_token, client="speaker").open()
+    phone = await SessionWs(http, g0, phone_token, client="app").open()
+    phone2 = await SessionWs(http, g1, phone_token, client="app").open()     # the same device, other gateway
+    laptop = await SessionWs(http, g1, laptop_token, client="speaker").open()
 
     status, body = await rest(http, "GET", f"{g0}/v1/me/sessions", laptop_token)
     assert status == 200
@@ -238,7 +157,7 @@ async def test_presence_and_sign_out_on_every_gateway(cluster, http, unique):
     status, body = await rest(http, "GET", f"{g0}/v1/me/sessions", laptop_token)
     assert [s["device_id"] for s in body["sessions"]] == ["laptop"]
     # signing in again on the phone (a token minted after the sign-out) works
-    again = await WsClient(http, g0, mint(unique, "phone", now=time.time() + 2)).open()
+    again = await SessionWs(http, g0, mint(unique, "phone", now=time.time() + 2)).open()
     status, body = await rest(http, "GET", f"{g1}/v1/me/sessions", laptop_token)
     assert sorted(s["device_id"] for s in body["sessions"]) == ["laptop", "phone"]
     await again.close()
@@ -247,8 +166,8 @@ async def test_presence_and_sign_out_on_every_gateway(cluster, http, unique):
 
 async def test_resume_after_reconnect_gets_only_what_was_missed(cluster, catalog, http, unique):
     g0, g1 = cluster.urls()
-    phone = await WsClient(http, g0, mint(unique, "phone")).open()
-    laptop = await WsClient(http, g1, mint(unique, "laptop")).open()
+    phone = await SessionWs(http, g0, mint(unique, "phone")).open()
+    laptop = await SessionWs(http, g1, mint(unique, "laptop")).open()
     res = await phone.request("library.save", {"uris": [track_uri(catalog, 0)]}, op_id=f"{unique}-a")
     last_seen = res["version"]
     await phone.close()                                     # the phone goes away
@@ -259,7 +178,7 @@ async def test_resume_after_reconnect_gets_only_what_was_missed(cluster, catalog
     for i, (op, uris) in enumerate(missed):
         assert (await laptop.request(op, {"uris": uris}, op_id=f"{unique}-m{i}"))["type"] == "result"
 
-    back = await WsClient(http, g1, mint(unique, "phone")).open()    # reconnects, on the other gateway
+    back = await SessionWs(http, g1, mint(unique, "phone")).open()    # reconnects, on the other gateway
     res = await back.request("subscribe", {"entity": f"session:{unique}", "since": last_seen})
     body = res["payload"]
     assert res["type"] == "result" and body["full"] is False and body["since"] == last_seen
@@ -281,7 +200,7 @@ async def test_resume_after_reconnect_gets_only_what_was_missed(cluster, catalog
     for k in range(11):                                      # 550 changes > CHANGE_LOG_ITEMS (512)
         uris = [track_uri(catalog, 100 + k * 50 + j) for j in range(50)]
         assert (await laptop.request("library.save", {"uris": uris}, op_id=f"{unique}-big{k}"))["type"] == "result"
-    back = await WsClient(http, g0, mint(unique, "phone")).open()
+    back = await SessionWs(http, g0, mint(unique, "phone")).open()
     res = await back.request("subscribe", {"entity": f"session:{unique}", "since": gap_from})
     body = res["payload"]
     assert body["full"] is True and body["library"]["track"]["total"] == 3 + 550
@@ -296,8 +215,8 @@ async def test_host_killed_mid_stream_loses_nothing_acknowledged(cluster, catalo
     acknowledged save is in the library afterwards, and none is applied twice."""
     g0, g1 = cluster.urls()
     victim = owner(f"session:{unique}", 2)
-    writer = await WsClient(http, g0, mint(unique, "phone")).open()
-    watcher = await WsClient(http, g1, mint(unique, "laptop")).open()
+    writer = await SessionWs(http, g0, mint(unique, "phone")).open()
+    watcher = await SessionWs(http, g1, mint(unique, "laptop")).open()
     n = 40
     uris = [track_uri(catalog, 5000 + i) for i in range(n)]
     acked: list[str] = []
@@ -316,7 +235,7 @@ async def test_host_killed_mid_stream_loses_nothing_acknowledged(cluster, catalo
                 # the connection closed, or no answer in time: retry with the same op id
                 code = "CONNECTION_LOST"
                 if writer.closed.is_set():
-                    writer = await WsClient(http, g0, mint(unique, "phone")).open()
+                    writer = await SessionWs(http, g0, mint(unique, "phone")).open()
             else:
                 if res["type"] == "result":
                     acked.append(uris[i])
