@@ -18,7 +18,8 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.entity import SYSTEM, Command, Entity, Env, Event, Outcome
+from actors.args import Args, Bool, Choice, Int, Str, Uri, address, int_arg
+from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, op
 from actors.player_state import (
     REPEAT_STATES,
     OrderCache,
@@ -39,7 +40,9 @@ from actors.player_state import (
 )
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP, PLAYLIST, MessageType
+from catalog import require
 from protocols.uris import parse_uri
+from protocols.wire import ConnAddress
 
 # -- timings and bounds (docs/connect.md) ---------------------------------------------------------
 HEARTBEAT_INTERVAL_MS = 10_000     # what devices are told to send
@@ -63,10 +66,6 @@ PLAYER_STATE_CHANGED = "player_state_changed"
 _REASON_RANK = {PLAYER_STATE_CHANGED: 0, VOLUME_CHANGED: 1, DEVICE_STATE_CHANGED: 2, NEW_DEVICE: 3,
                 DEVICES_DISAPPEARED: 4}
 
-CONTROL_OPS = frozenset({"transfer", "play", "pause", "next", "previous", "seek", "repeat", "shuffle",
-                         "volume", "queue_add"})          # premium only
-FENCED_OPS = CONTROL_OPS | {"update_device"}              # refused when args.revision < last transfer
-SYSTEM_OPS = frozenset({"disconnect", "context_changed"})
 PLAYER_CHANGED = MessageType.PLAYER_CHANGED.value
 
 
@@ -74,59 +73,15 @@ def _err(code: ErrorCode, msg: str, **details) -> SyncopateError:
     return SyncopateError(code, msg, **details)
 
 
-# -- argument helpers: missing/mistyped -> INVALID_FIELD, out of range -> BAD_REQUEST ----------------
-def _arg_str(a: dict, name: str, *, required: bool = True, max_len: int = 128) -> str | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if not isinstance(v, str) or not v or len(v) > max_len:
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a string of 1 to {max_len} characters")
-    return v
-
-
-def _arg_int(a: dict, name: str, *, required: bool = True, lo: int | None = None,
-             hi: int | None = None) -> int | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be an integer")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise _err(ErrorCode.BAD_REQUEST, f"{name} must be {rng}")
-    return v
-
-
-def _arg_bool(a: dict, name: str, *, required: bool = False) -> bool | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if isinstance(v, str) and v.lower() in ("true", "false"):   # REST query strings
-        return v.lower() == "true"
-    if not isinstance(v, bool):
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be true or false")
-    return v
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
-def _conn(value: Any) -> list | None:
-    """A connection as stored on a device: [gateway_id, connection_id]; accepts "gw/conn" too."""
-    if isinstance(value, str) and "/" in value:
-        return value.split("/", 1)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return [value[0], value[1]]
-    return None
+def _device(d: dict) -> dict:
+    """A device as stored: its connection read back as a ConnAddress from any stored form."""
+    if d.get("conn") is not None and not isinstance(d["conn"], ConnAddress):
+        d = {**d, "conn": address(d["conn"])}
+    return d
 
 
 def _playlist_id(uri: str | None) -> str | None:
@@ -219,24 +174,21 @@ class DeviceGroupEntity(Entity):
         self._meta: dict[str, dict] = {}
 
     # == contract ===================================================================================
-    def handle(self, cmd: Command) -> Outcome:
-        fn = _OPS.get(cmd.op)
-        if fn is None:
-            raise _err(ErrorCode.BAD_REQUEST, f"unknown devicegroup op {cmd.op!r}")
-        if not isinstance(cmd.args, dict):
-            raise _err(ErrorCode.INVALID_FIELD, "args must be an object")
+    # Entity.handle: the op table is the @op declarations below (docs/connect.md)
+    def authorize(self, cmd: Command, spec: OpSpec) -> str | None:
         pr = cmd.principal
-        if cmd.op in SYSTEM_OPS:
-            if not pr.system:
-                raise _err(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
-        elif not pr.system:
+        if not pr.system:
             if pr.user_id != self.id:
                 raise _err(ErrorCode.FORBIDDEN, "a user controls only their own devices")
-            if cmd.op in CONTROL_OPS and not pr.premium:
+            if spec.control and not pr.premium:
                 raise _err(ErrorCode.PREMIUM_REQUIRED, "playback control requires Spotify Premium")
-        if cmd.op in FENCED_OPS:
+        if spec.fenced:
             self._check_fence(cmd.args)
-        out = fn(self, cmd)
+        return "system" if pr.system else "user"
+
+    def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
+        out = spec.fn(self, cmd, a)
+        pr = cmd.principal
         if cmd.origin is not None and not pr.system:     # any command from a device is a sign of life
             did = self._sender(cmd)
             if did is not None and self.devices[did]["online"]:
@@ -254,7 +206,7 @@ class DeviceGroupEntity(Entity):
                     self.devices.pop(did, None)
                     self._seen.pop(did, None)
                 else:
-                    self.devices[did] = dev
+                    self.devices[did] = _device(dev)
         if "a" in rec:
             self.active = rec["a"]
         if "la" in rec:
@@ -293,7 +245,7 @@ class DeviceGroupEntity(Entity):
 
     def restore(self, data: dict) -> None:
         self._reset()
-        self.devices = dict(data["devices"])
+        self.devices = {did: _device(d) for did, d in data["devices"].items()}
         self.active = data["active"]
         self.last_active = data["last_active"]
         self.p = {**new_player(), **data["p"]}
@@ -369,11 +321,9 @@ class DeviceGroupEntity(Entity):
         return out
 
     def _check_fence(self, a: dict) -> None:
-        rev = a.get("revision")
+        rev = int_arg(a, "revision")
         if rev is None:
             return
-        if not isinstance(rev, int) or isinstance(rev, bool):
-            raise _err(ErrorCode.INVALID_FIELD, "revision must be an integer")
         if rev < self.fence:
             raise _err(ErrorCode.CONFLICT,
                        f"revision {rev} predates the last transfer (revision {self.fence}); "
@@ -391,15 +341,6 @@ class DeviceGroupEntity(Entity):
             return cat.track_by_uri(uri)
         except SyncopateError:
             return None
-
-    def _require_track(self, uri: Any, what: str = "uri"):
-        if not isinstance(uri, str):
-            raise _err(ErrorCode.INVALID_URI, f"{what} must be a Spotify track uri")
-        parse_uri(uri, "track")
-        t = self._track(uri)
-        if t is None:
-            raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {uri}")
-        return t
 
     def _settle(self, t: _Txn) -> bool:
         end = ended_at(t.p)
@@ -419,7 +360,7 @@ class DeviceGroupEntity(Entity):
     def _sender(self, cmd: Command) -> str | None:
         """The registered device that sent this command (by its websocket, else the token's device)."""
         if cmd.origin is not None:
-            o = list(cmd.origin)
+            o = ConnAddress.parse(cmd.origin)
             for did, d in self.devices.items():
                 if d["conn"] == o:
                     return did
@@ -581,17 +522,15 @@ class DeviceGroupEntity(Entity):
         return out
 
     # == device ops =================================================================================
-    def _op_register(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        did = _arg_str(a, "device_id")
-        name = _arg_str(a, "name", required=False)
-        dtype = _arg_str(a, "type", required=False, max_len=32)
-        vol = _arg_int(a, "volume_percent", required=False, lo=0, hi=100)
-        sv = _arg_bool(a, "supports_volume")
-        restricted = _arg_bool(a, "is_restricted")
+    @op("register", role="user", args={"device_id": Str(required=True), "name": Str(),
+                                       "type": Str(max_len=32), "volume_percent": Int(lo=0, hi=100),
+                                       "supports_volume": Bool(), "is_restricted": Bool()})
+    def _op_register(self, cmd: Command, a: Args) -> Outcome:
+        did, name, dtype, vol = a["device_id"], a["name"], a["type"], a["volume_percent"]
+        sv, restricted = a["supports_volume"], a["is_restricted"]
         t = _Txn(self, cmd.now_ms)
         old = t.dev(did)
-        conn = list(cmd.origin) if cmd.origin is not None else None
+        conn = ConnAddress.parse(cmd.origin) if cmd.origin is not None else None
         if old is None:
             if len(self.devices) >= MAX_DEVICES:
                 raise _err(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_DEVICES} devices per user")
@@ -624,18 +563,19 @@ class DeviceGroupEntity(Entity):
             t.active = did
             t.fenced = True
 
-    def _op_heartbeat(self, cmd: Command) -> Outcome:
-        conns = cmd.args.get("conns")
+    @op("heartbeat", role="user")
+    def _op_heartbeat(self, cmd: Command, a: Args) -> Outcome:
+        conns = a.get("conns")
         if conns is not None and cmd.principal.system:
             # the gateway vouches for every live connection of this user on it (one command)
             if not isinstance(conns, list):
                 raise _err(ErrorCode.INVALID_FIELD, "conns must be a list of \"gateway/connection\"")
-            live = [c for c in (_conn(x) for x in conns) if c is not None]
+            live = {c for c in map(address, conns) if c is not None}
             seen = [did for did, d in self.devices.items() if d["online"] and d["conn"] in live]
             for did in seen:
                 self._seen[did] = cmd.now_ms
             return Outcome(reply={"devices": seen, "revision": self.revision, "server_time_ms": cmd.now_ms})
-        did = _arg_str(cmd.args, "device_id")
+        did = Str(required=True).parse(a, "device_id")
         d = self.devices.get(did)
         if d is None:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did} (register again)")
@@ -646,7 +586,7 @@ class DeviceGroupEntity(Entity):
         e = t.edit(did)
         e.update(online=True, off_since=None)
         if cmd.origin is not None:
-            e["conn"] = list(cmd.origin)
+            e["conn"] = ConnAddress.parse(cmd.origin)
         t.set_reason(DEVICE_STATE_CHANGED)
         self._settle(t)
         self._pick_up(t, did)
@@ -655,11 +595,10 @@ class DeviceGroupEntity(Entity):
         out.reply = {"revision": self.revision, "server_time_ms": cmd.now_ms}
         return out
 
-    def _op_update_device(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        did = _arg_str(a, "device_id")
-        vol = _arg_int(a, "volume_percent", required=False, lo=0, hi=100)
-        name = _arg_str(a, "name", required=False)
+    @op("update_device", role="user", fenced=True,
+        args={"device_id": Str(required=True), "volume_percent": Int(lo=0, hi=100), "name": Str()})
+    def _op_update_device(self, cmd: Command, a: Args) -> Outcome:
+        did, vol, name = a["device_id"], a["volume_percent"], a["name"]
         if vol is None and name is None:
             raise _err(ErrorCode.INVALID_FIELD, "nothing to update: give volume_percent or name")
         t = _Txn(self, cmd.now_ms)
@@ -680,14 +619,14 @@ class DeviceGroupEntity(Entity):
             self._seen[did] = cmd.now_ms
         return out
 
-    def _op_disconnect(self, cmd: Command) -> Outcome:
+    @op("disconnect", system=True)
+    def _op_disconnect(self, cmd: Command, a: Args) -> Outcome:
         """Gateway notice: a websocket closed. {device_id?, conn?: "gateway/connection"} (or the
         command's origin). A notice about a connection the device no longer uses is ignored."""
-        a = cmd.args
         did = a.get("device_id")
-        conn = _conn(a.get("conn", a.get("connection")))
+        conn = address(a.get("conn", a.get("connection")))
         if conn is None and cmd.origin is not None:
-            conn = list(cmd.origin)
+            conn = ConnAddress.parse(cmd.origin)
         if did is not None:
             if not isinstance(did, str):
                 raise _err(ErrorCode.INVALID_FIELD, "device_id must be a string")
@@ -710,14 +649,12 @@ class DeviceGroupEntity(Entity):
         t.set_reason(DEVICE_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_progress(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        eid = _arg_str(a, "event_id")
-        did = _arg_str(a, "device_id")
-        uri = a.get("uri")
-        self._require_track(uri)
-        ms = _arg_int(a, "ms_played", lo=0)
-        pb = _arg_int(a, "playback_id", required=False, lo=1)
+    @op("progress", role="user", args={"event_id": Str(required=True), "device_id": Str(required=True),
+                                       "uri": Uri("track", required=True), "ms_played": Int(lo=0, required=True),
+                                       "playback_id": Int(lo=1)})
+    def _op_progress(self, cmd: Command, a: Args) -> Outcome:
+        eid, did, uri, ms, pb = a["event_id"], a["device_id"], a["uri"], a["ms_played"], a["playback_id"]
+        require(self.env.catalog, uri)
         if did not in self.devices:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
         if pb is not None and pb > self.p["pid"]:
@@ -752,12 +689,12 @@ class DeviceGroupEntity(Entity):
         return out
 
     # == player ops =================================================================================
-    def _op_transfer(self, cmd: Command) -> Outcome:
-        a = cmd.args
+    @op("transfer", role="user", control=True, fenced=True, args={"play": Bool()})
+    def _op_transfer(self, cmd: Command, a: Args) -> Outcome:
         ids = a.get("device_ids")
         if not isinstance(ids, list) or len(ids) != 1 or not isinstance(ids[0], str):
             raise _err(ErrorCode.BAD_REQUEST, "device_ids must hold exactly one device id")
-        play = _arg_bool(a, "play")
+        play = a["play"]
         did = ids[0]
         t = _Txn(self, cmd.now_ms)
         d = t.dev(did)
@@ -778,9 +715,9 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_play(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        pos_ms = _arg_int(a, "position_ms", required=False, lo=0)
+    @op("play", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0)})
+    def _op_play(self, cmd: Command, a: Args) -> Outcome:
+        pos_ms = a["position_ms"]
         offset = a.get("offset")
         new_items = a.get("context_uri") is not None or a.get("uris") is not None
         if new_items:
@@ -848,7 +785,7 @@ class DeviceGroupEntity(Entity):
         if len(uris) > MAX_CONTEXT:
             raise _err(ErrorCode.BAD_REQUEST, f"at most {MAX_CONTEXT} uris")
         for u in uris:
-            self._require_track(u)
+            require(self.env.catalog, u)
         return None, [[str(i), u] for i, u in enumerate(uris)]
 
     @staticmethod
@@ -872,7 +809,7 @@ class DeviceGroupEntity(Entity):
         if not isinstance(offset, dict):
             raise _err(ErrorCode.INVALID_FIELD, "offset must be {position} or {uri}")
         if "position" in offset:
-            pos = _arg_int(offset, "position", lo=0)
+            pos = int_arg(offset, "position", required=True, lo=0)
             if pos >= len(tracks):
                 raise _err(ErrorCode.BAD_REQUEST, f"offset.position {pos} is past the end of the context")
             return pos
@@ -887,7 +824,8 @@ class DeviceGroupEntity(Entity):
             raise _err(ErrorCode.BAD_REQUEST, f"offset.uri {u} is not in the context")
         raise _err(ErrorCode.INVALID_FIELD, "offset must be {position} or {uri}")
 
-    def _op_pause(self, cmd: Command) -> Outcome:
+    @op("pause", role="user", control=True, fenced=True)
+    def _op_pause(self, cmd: Command, a: Args) -> Outcome:
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
@@ -900,26 +838,24 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_next(self, cmd: Command) -> Outcome:
+    @op("next", role="user", control=True, fenced=True)
+    @op("previous", role="user", control=True, fenced=True)
+    def _op_skip(self, cmd: Command, a: Args) -> Outcome:
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
-        if not skip_next(t.p, self._oc.get(t.p), self._dur, t.now, auto=False):
-            raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_previous(self, cmd: Command) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        if not skip_prev(t.p, self._oc.get(t.p), self._dur, t.now):
+        order = self._oc.get(t.p)
+        if cmd.op == "next":
+            if not skip_next(t.p, order, self._dur, t.now, auto=False):
+                raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
+        elif not skip_prev(t.p, order, self._dur, t.now):
             raise _err(ErrorCode.NO_PREV_TRACK, "no previous track")
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_seek(self, cmd: Command) -> Outcome:
-        pos_ms = _arg_int(cmd.args, "position_ms", lo=0)
+    @op("seek", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0, required=True)})
+    def _op_seek(self, cmd: Command, a: Args) -> Outcome:
+        pos_ms = a["position_ms"]
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
@@ -934,12 +870,9 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_repeat(self, cmd: Command) -> Outcome:
-        state = cmd.args.get("state")
-        if state is None:
-            raise _err(ErrorCode.INVALID_FIELD, "state is required")
-        if state not in REPEAT_STATES:
-            raise _err(ErrorCode.BAD_REQUEST, "state must be track, context or off")
+    @op("repeat", role="user", control=True, fenced=True, args={"state": Choice(REPEAT_STATES, required=True)})
+    def _op_repeat(self, cmd: Command, a: Args) -> Outcome:
+        state = a["state"]
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
@@ -947,8 +880,9 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_shuffle(self, cmd: Command) -> Outcome:
-        state = _arg_bool(cmd.args, "state", required=True)
+    @op("shuffle", role="user", control=True, fenced=True, args={"state": Bool(required=True)})
+    def _op_shuffle(self, cmd: Command, a: Args) -> Outcome:
+        state = a["state"]
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
@@ -957,8 +891,10 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_volume(self, cmd: Command) -> Outcome:
-        vol = _arg_int(cmd.args, "volume_percent", lo=0, hi=100)
+    @op("volume", role="user", control=True, fenced=True,
+        args={"volume_percent": Int(lo=0, hi=100, required=True)})
+    def _op_volume(self, cmd: Command, a: Args) -> Outcome:
+        vol = a["volume_percent"]
         t = _Txn(self, cmd.now_ms)
         did = self._target(t, cmd)
         if not t.dev(did)["supports_volume"]:
@@ -969,11 +905,10 @@ class DeviceGroupEntity(Entity):
         t.set_reason(VOLUME_CHANGED)
         return self._commit(t)
 
-    def _op_queue_add(self, cmd: Command) -> Outcome:
-        uri = cmd.args.get("uri")
-        if uri is None:
-            raise _err(ErrorCode.INVALID_FIELD, "uri is required")
-        self._require_track(uri)
+    @op("queue_add", role="user", control=True, fenced=True, args={"uri": Uri("track", required=True)})
+    def _op_queue_add(self, cmd: Command, a: Args) -> Outcome:
+        uri = a["uri"]
+        require(self.env.catalog, uri)
         t = _Txn(self, cmd.now_ms)
         self._active_target(t, cmd)
         self._settle(t)
@@ -983,8 +918,8 @@ class DeviceGroupEntity(Entity):
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    def _op_context_changed(self, cmd: Command) -> Outcome:
-        a = cmd.args
+    @op("context_changed", system=True)
+    def _op_context_changed(self, cmd: Command, a: Args) -> Outcome:
         ctx = a.get("context_uri")
         if not isinstance(ctx, str):
             raise _err(ErrorCode.INVALID_FIELD, "context_uri is required")
@@ -1002,27 +937,36 @@ class DeviceGroupEntity(Entity):
         return self._commit(t)
 
     # == reads ======================================================================================
-    def _op_subscribe(self, cmd: Command) -> Outcome:
+    @op("subscribe", role="user")
+    def _op_subscribe(self, cmd: Command, a: Args) -> Outcome:
         """The gateway subscribes a connection to this group (the host then routes our pushes to
         its gateway). Every push carries the whole cluster, so the answer is simply the current
         cluster (reason null), whatever `since` says."""
         return Outcome(reply=self.cluster(None, cmd.now_ms))
 
-    def _op_state(self, cmd: Command) -> Outcome:
+    @op("unsubscribe", role="user")
+    def _op_unsubscribe(self, cmd: Command, a: Args) -> Outcome:
+        return Outcome()                        # the host handles it when it has an origin
+
+    @op("state", role="user")
+    def _op_state(self, cmd: Command, a: Args) -> Outcome:
         if self.active is None:
             return Outcome(reply=None)
         return Outcome(reply=self._playing_object(self._view(cmd.now_ms), cmd.now_ms, full=True))
 
-    def _op_currently_playing(self, cmd: Command) -> Outcome:
+    @op("currently_playing", role="user")
+    def _op_currently_playing(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         if self.active is None or p["uri"] is None:
             return Outcome(reply=None)
         return Outcome(reply=self._playing_object(p, cmd.now_ms, full=False))
 
-    def _op_devices(self, cmd: Command) -> Outcome:
+    @op("devices", role="user")
+    def _op_devices(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply={"devices": [self._device_object(d) for d in self.devices.values() if d["online"]]})
 
-    def _op_queue(self, cmd: Command) -> Outcome:
+    @op("queue", role="user")
+    def _op_queue(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         order = self._oc.get(p)
         return Outcome(reply={
@@ -1030,11 +974,10 @@ class DeviceGroupEntity(Entity):
             "queue": [self._track_object(u) for u in upcoming(p, order, 20, prefetch=False)],
         })
 
-    def _op_recently_played(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        limit = _arg_int(a, "limit", required=False, lo=1, hi=50) or 20
-        before = _arg_int(a, "before", required=False, lo=0)
-        after = _arg_int(a, "after", required=False, lo=0)
+    @op("recently_played", role="user", args={"limit": Int(lo=1, hi=50, default=20), "before": Int(lo=0),
+                                              "after": Int(lo=0)})
+    def _op_recently_played(self, cmd: Command, a: Args) -> Outcome:
+        limit, before, after = a["limit"], a["before"], a["after"]
         if before is not None and after is not None:
             raise _err(ErrorCode.BAD_REQUEST, "give before or after, not both")
         rows = self.recent                                    # oldest first
@@ -1056,8 +999,9 @@ class DeviceGroupEntity(Entity):
         return Outcome(reply={"href": None, "items": items, "limit": limit, "next": nxt, "cursors": cursors,
                               "total": len(rows)})
 
-    def _op_stream_counts(self, cmd: Command) -> Outcome:
-        uris = cmd.args.get("uris")
+    @op("stream_counts", role="user")
+    def _op_stream_counts(self, cmd: Command, a: Args) -> Outcome:
+        uris = a.get("uris")
         if uris is None:
             counts = dict(self.streams)
         else:
@@ -1070,30 +1014,3 @@ class DeviceGroupEntity(Entity):
             counts = {u: self.streams.get(u, 0) for u in uris}
         return Outcome(reply={"user_id": self.id, "counts": counts, "total": sum(self.streams.values())})
 
-
-_OPS = {
-    "register": DeviceGroupEntity._op_register,
-    "heartbeat": DeviceGroupEntity._op_heartbeat,
-    "update_device": DeviceGroupEntity._op_update_device,
-    "progress": DeviceGroupEntity._op_progress,
-    "disconnect": DeviceGroupEntity._op_disconnect,
-    "context_changed": DeviceGroupEntity._op_context_changed,
-    "subscribe": DeviceGroupEntity._op_subscribe,
-    "unsubscribe": lambda self, cmd: Outcome(),      # the host handles it when it has an origin
-    "state": DeviceGroupEntity._op_state,
-    "devices": DeviceGroupEntity._op_devices,
-    "currently_playing": DeviceGroupEntity._op_currently_playing,
-    "transfer": DeviceGroupEntity._op_transfer,
-    "play": DeviceGroupEntity._op_play,
-    "pause": DeviceGroupEntity._op_pause,
-    "next": DeviceGroupEntity._op_next,
-    "previous": DeviceGroupEntity._op_previous,
-    "seek": DeviceGroupEntity._op_seek,
-    "repeat": DeviceGroupEntity._op_repeat,
-    "shuffle": DeviceGroupEntity._op_shuffle,
-    "volume": DeviceGroupEntity._op_volume,
-    "queue": DeviceGroupEntity._op_queue,
-    "queue_add": DeviceGroupEntity._op_queue_add,
-    "recently_played": DeviceGroupEntity._op_recently_played,
-    "stream_counts": DeviceGroupEntity._op_stream_counts,
-}

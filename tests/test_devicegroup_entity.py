@@ -824,7 +824,7 @@ def test_recently_played_cursor_paging():
 # == errors leave state unchanged, replay reproduces ============================================================
 def test_unknown_op_and_bad_args():
     h = setup()
-    h.refuse("BAD_REQUEST", "explode")
+    h.refuse("UNKNOWN_MESSAGE_TYPE", "explode")                  # one code for an unknown op, every entity
     h.refuse("INVALID_FIELD", "register")
     h.refuse("INVALID_FIELD", "register", device_id="")
     h.refuse("BAD_REQUEST", "register", device_id="d7", volume_percent=500)

@@ -42,8 +42,9 @@ class FakeCatalog:
         _, i = parse_uri(uri, "album")
         return i if (self.accept_all or i in self.albums) else None
 
-    def artist(self, ident):
-        return ident if (self.accept_all or ident in self.artists) else None
+    def artist_by_uri(self, uri):
+        _, i = parse_uri(uri, "artist")
+        return i if (self.accept_all or i in self.artists) else None
 
 
 _rng = random.Random(7)
@@ -314,9 +315,11 @@ def test_argument_validation():
     refused(ErrorCode.INVALID_URI, h.run, "library_contains", {"uris": ["track:123"]})
     refused(ErrorCode.INVALID_FIELD, h.run, "library_list", {"type": "song"})
     refused(ErrorCode.BAD_REQUEST, h.run, "library_list", {"type": "episode"})
-    refused(ErrorCode.INVALID_FIELD, h.run, "library_list", {"type": "track", "limit": 51})
-    refused(ErrorCode.INVALID_FIELD, h.run, "library_list", {"type": "track", "limit": 0})
-    refused(ErrorCode.INVALID_FIELD, h.run, "library_list", {"type": "track", "offset": -1})
+    # out of range is BAD_REQUEST, a wrong type INVALID_FIELD, as in every entity (actors/args.py)
+    refused(ErrorCode.BAD_REQUEST, h.run, "library_list", {"type": "track", "limit": 51})
+    refused(ErrorCode.BAD_REQUEST, h.run, "library_list", {"type": "track", "limit": 0})
+    refused(ErrorCode.BAD_REQUEST, h.run, "library_list", {"type": "track", "offset": -1})
+    refused(ErrorCode.INVALID_FIELD, h.run, "library_list", {"type": "track", "limit": "many"})
     refused(ErrorCode.BAD_REQUEST, h.run, "library_list", {"type": "track", "after": TRACKS[0]})
     refused(ErrorCode.INVALID_FIELD, h.run, "resume", {"since": "x"})
     # ids + type (the classic typed endpoints) and comma-separated strings are accepted too
