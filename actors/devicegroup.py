@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.args import Args, Bool, Choice, Int, Str, Uri, address, int_arg
+from actors.devicegroup_records import KEEP, CountedPlay, GroupChange, GroupSnapshot
 from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, op
 from actors.player_state import (
     REPEAT_STATES,
@@ -77,13 +78,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
-def _device(d: dict) -> dict:
-    """A device as stored: its connection read back as a ConnAddress from any stored form."""
-    if d.get("conn") is not None and not isinstance(d["conn"], ConnAddress):
-        d = {**d, "conn": address(d["conn"])}
-    return d
-
-
 def _playlist_id(uri: str | None) -> str | None:
     if uri and uri.startswith("spotify:playlist:"):
         return uri[len("spotify:playlist:"):]
@@ -92,7 +86,7 @@ def _playlist_id(uri: str | None) -> str | None:
 
 class _Txn:
     """The working copy one command (or tick) changes; `record()` is the difference."""
-    __slots__ = ("active", "devs", "e", "fenced", "last_active", "listen", "now", "p", "reason")
+    __slots__ = ("active", "devs", "e", "fenced", "last_active", "now", "p", "play", "reason")
 
     def __init__(self, e: DeviceGroupEntity, now: int) -> None:
         self.e = e
@@ -102,7 +96,7 @@ class _Txn:
         self.active = e.active
         self.last_active = e.last_active
         self.reason: str | None = None
-        self.listen: dict | None = None
+        self.play: CountedPlay | None = None
         self.fenced = False
 
     def dev(self, did: str) -> dict | None:
@@ -120,25 +114,19 @@ class _Txn:
         if self.reason is None or _REASON_RANK[reason] > _REASON_RANK[self.reason]:
             self.reason = reason
 
-    def record(self) -> dict:
+    def record(self) -> GroupChange:
         e = self.e
-        rec: dict[str, Any] = {}
         old = e.p
-        pd = {k: v for k, v in self.p.items() if not (old[k] is v or old[k] == v)}
-        if pd:
-            rec["p"] = pd
-        if self.devs:
-            rec["d"] = self.devs
+        rec = GroupChange(player={k: v for k, v in self.p.items() if not (old[k] is v or old[k] == v)},
+                          devices=self.devs, play=self.play)
         if self.active != e.active:
-            rec["a"] = self.active
+            rec.active = self.active
         if self.last_active != e.last_active:
-            rec["la"] = self.last_active
+            rec.last_active = self.last_active
         if self.reason is not None:
-            rec["r"] = e.revision + 1
+            rec.revision = e.revision + 1
             if self.fenced or (self.active is not None and self.active != e.active):
-                rec["f"] = e.revision + 1          # a new active device: older revisions are fenced off
-        if self.listen:
-            rec.update(self.listen)
+                rec.fence = e.revision + 1          # a new active device: older revisions are fenced off
         return rec
 
 
@@ -196,34 +184,34 @@ class DeviceGroupEntity(Entity):
         return out
 
     def apply(self, rec: dict) -> None:
-        p = rec.get("p")
-        if p:
-            self.p = {**self.p, **p}
-        d = rec.get("d")
-        if d:
-            for did, dev in d.items():
-                if dev is None:
-                    self.devices.pop(did, None)
-                    self._seen.pop(did, None)
-                else:
-                    self.devices[did] = _device(dev)
-        if "a" in rec:
-            self.active = rec["a"]
-        if "la" in rec:
-            self.last_active = rec["la"]
-        if "r" in rec:
-            self.revision = rec["r"]
-        if "f" in rec:
-            self.fence = rec["f"]
-        if "ev" in rec:
-            self._window(self.counted_events, rec["ev"])
-            key = rec["pk"]
-            evicted = self._window(self.counted_plays, key)
+        self._apply(GroupChange.from_wire(rec))
+
+    def _apply(self, rec: GroupChange) -> None:
+        if rec.player:
+            self.p = {**self.p, **rec.player}
+        for did, dev in rec.devices.items():
+            if dev is None:
+                self.devices.pop(did, None)
+                self._seen.pop(did, None)
+            else:
+                self.devices[did] = dev
+        if rec.active is not KEEP:
+            self.active = rec.active
+        if rec.last_active is not KEEP:
+            self.last_active = rec.last_active
+        if rec.revision is not None:
+            self.revision = rec.revision
+        if rec.fence is not None:
+            self.fence = rec.fence
+        if rec.play is not None:
+            play = rec.play
+            self._window(self.counted_events, play.event_id)
+            evicted = self._window(self.counted_plays, play.play_key)
             if isinstance(evicted, int) and not isinstance(evicted, bool) and evicted > self.play_floor:
                 self.play_floor = evicted
-            uri = rec["st"]
+            uri = play.track_uri
             self.streams[uri] = self.streams.get(uri, 0) + 1
-            self.recent.append(rec["rp"])
+            self.recent.append(play.recent())
             if len(self.recent) > RECENT_MAX:
                 del self.recent[: len(self.recent) - RECENT_MAX]
 
@@ -237,25 +225,24 @@ class DeviceGroupEntity(Entity):
         return None
 
     def snapshot(self) -> dict:
-        return {"v": 1, "devices": dict(self.devices), "active": self.active,
-                "last_active": self.last_active, "p": dict(self.p), "revision": self.revision,
-                "fence": self.fence, "recent": list(self.recent), "streams": dict(self.streams),
-                "counted_events": list(self.counted_events), "counted_plays": list(self.counted_plays),
-                "play_floor": self.play_floor}
+        return GroupSnapshot(dict(self.devices), self.active, self.last_active, dict(self.p), self.revision,
+                             self.fence, list(self.recent), dict(self.streams), list(self.counted_events),
+                             list(self.counted_plays), self.play_floor).to_wire()
 
     def restore(self, data: dict) -> None:
         self._reset()
-        self.devices = {did: _device(d) for did, d in data["devices"].items()}
-        self.active = data["active"]
-        self.last_active = data["last_active"]
-        self.p = {**new_player(), **data["p"]}
-        self.revision = data["revision"]
-        self.fence = data["fence"]
-        self.recent = list(data["recent"])
-        self.streams = dict(data["streams"])
-        self.counted_events = dict.fromkeys(data["counted_events"])
-        self.counted_plays = dict.fromkeys(data["counted_plays"])
-        self.play_floor = data["play_floor"]
+        snap = GroupSnapshot.from_wire(data)
+        self.devices = snap.devices
+        self.active = snap.active
+        self.last_active = snap.last_active
+        self.p = snap.player
+        self.revision = snap.revision
+        self.fence = snap.fence
+        self.recent = snap.recent
+        self.streams = snap.streams
+        self.counted_events = dict.fromkeys(snap.counted_events)
+        self.counted_plays = dict.fromkeys(snap.counted_plays)
+        self.play_floor = snap.play_floor
 
     def tick(self, now_ms: int) -> Outcome | None:
         t: _Txn | None = None
@@ -292,8 +279,9 @@ class DeviceGroupEntity(Entity):
         rec = t.record()
         if not rec:
             return Outcome(reply=reply)
-        effects = self._listener_effects(self.p["ctx"], t.p["ctx"], seen_snapshot)
-        self.apply(rec)
+        effects = self._listener_effects(self.p["context_uri"], t.p["context_uri"], seen_snapshot)
+        wire = rec.to_wire()
+        self._apply(rec)
         events = []
         if t.reason is not None:
             cl = self.cluster(t.reason, t.now)
@@ -301,7 +289,7 @@ class DeviceGroupEntity(Entity):
             if reply_cluster:
                 reply = dict(cl, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                              heartbeat_timeout_ms=self.heartbeat_timeout_ms)
-        return Outcome(reply=reply, records=[rec], events=events, effects=effects)
+        return Outcome(reply=reply, records=[wire], events=events, effects=effects)
 
     def _listener_effects(self, old_ctx: str | None, new_ctx: str | None,
                           seen_snapshot: str | None = None) -> list[Command]:
@@ -411,8 +399,8 @@ class DeviceGroupEntity(Entity):
         if t.active == did:                 # pause at the extrapolated position; anyone may resume
             p = t.p
             if p["playing"]:
-                p["position"] = extrapolate(p, t.now)
-                p["ts"] = t.now
+                p["position_ms"] = extrapolate(p, t.now)
+                p["timestamp_ms"] = t.now
                 p["playing"] = False
             t.active = None
 
@@ -472,18 +460,18 @@ class DeviceGroupEntity(Entity):
             "devices": [self._device_object(d) for d in self.devices.values()],
             "player": {
                 "track": self._track_meta(p["uri"]) if has_item else None,
-                "context": ({"uri": p["ctx"], "index": context_index(p, order)}
-                            if (p["ctx"] is not None or p["tracks"]) else None),
+                "context": ({"uri": p["context_uri"], "index": context_index(p, order)}
+                            if (p["context_uri"] is not None or p["tracks"]) else None),
                 "queue": list(p["queue"]),
                 "shuffle": p["shuffle"],
                 "repeat": p["repeat"],
                 "is_playing": p["playing"],
-                "position_as_of_timestamp": p["position"],
-                "timestamp": p["ts"],
+                "position_as_of_timestamp": p["position_ms"],
+                "timestamp": p["timestamp_ms"],
                 "playback_speed": 1.0 if p["playing"] else 0.0,
-                "duration": p["dur"],
+                "duration": p["duration_ms"],
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
-                "playback_id": p["pid"] if has_item else None,
+                "playback_id": p["playback_id"] if has_item else None,
             },
             "revision": self.revision,
             "reason": reason,
@@ -511,8 +499,8 @@ class DeviceGroupEntity(Entity):
             out["repeat_state"] = p["repeat"]
             out["shuffle_state"] = p["shuffle"]
         out.update({
-            "context": self._context_object(p["ctx"]),
-            "timestamp": p["ts"],
+            "context": self._context_object(p["context_uri"]),
+            "timestamp": p["timestamp_ms"],
             "progress_ms": extrapolate(p, now) if has_item else None,
             "is_playing": p["playing"],
             "item": self._track_object(p["uri"]) if has_item else None,
@@ -657,15 +645,15 @@ class DeviceGroupEntity(Entity):
         require(self.env.catalog, uri)
         if did not in self.devices:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
-        if pb is not None and pb > self.p["pid"]:
+        if pb is not None and pb > self.p["playback_id"]:
             raise _err(ErrorCode.BAD_REQUEST, f"unknown playback_id {pb}")
         if self.devices[did]["online"]:
             self._seen[did] = cmd.now_ms
         p = self.p
         if pb is not None:
             key: Any = pb
-        elif did == self.active and uri == p["uri"] and p["pid"]:
-            key = p["pid"]                      # a report on the current play: its playback id
+        elif did == self.active and uri == p["uri"] and p["playback_id"]:
+            key = p["playback_id"]                      # a report on the current play: its playback id
         else:
             key = "e:" + eid
         if eid in self.counted_events:
@@ -674,7 +662,7 @@ class DeviceGroupEntity(Entity):
             return Outcome(reply={"counted": False, "duplicate": True, "stream_count": self.streams.get(uri, 0)})
         if ms < STREAM_THRESHOLD_MS:
             return Outcome(reply={"counted": False, "duplicate": False, "stream_count": self.streams.get(uri, 0)})
-        ctx = p["ctx"] if key == p["pid"] else None
+        ctx = p["context_uri"] if key == p["playback_id"] else None
         cu = a.get("context_uri")
         if ctx is None and isinstance(cu, str):
             try:
@@ -683,7 +671,7 @@ class DeviceGroupEntity(Entity):
             except SyncopateError:
                 pass
         t = _Txn(self, cmd.now_ms)
-        t.listen = {"ev": eid, "pk": key, "st": uri, "rp": [cmd.now_ms, uri, ctx]}
+        t.play = CountedPlay(eid, key, uri, cmd.now_ms, ctx)
         out = self._commit(t)
         out.reply = {"counted": True, "duplicate": False, "stream_count": self.streams[uri]}
         return out
@@ -706,8 +694,8 @@ class DeviceGroupEntity(Entity):
         self._settle(t)
         p = t.p
         if p["uri"] is not None:
-            p["position"] = extrapolate(p, t.now)      # the new device starts where the old one is
-            p["ts"] = t.now
+            p["position_ms"] = extrapolate(p, t.now)      # the new device starts where the old one is
+            p["timestamp_ms"] = t.now
             if play:
                 p["playing"] = True
         self._activate(t, did)
@@ -737,24 +725,24 @@ class DeviceGroupEntity(Entity):
                 raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {p['uri']}")
             p["playing"] = True
             if pos_ms:
-                if pos_ms >= p["dur"]:
+                if pos_ms >= p["duration_ms"]:
                     skip_or_end(p, self._oc.get(p), self._dur, t.now)
                 else:
-                    p["position"] = pos_ms
+                    p["position_ms"] = pos_ms
         else:
             if p["uri"] is None:
                 raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing to resume: give context_uri or uris")
             if p["playing"] and target == t.active and pos_ms is None:
                 raise _err(ErrorCode.NOT_PAUSED, "already playing")
-            p["position"] = extrapolate(p, t.now)
-            p["ts"] = t.now
+            p["position_ms"] = extrapolate(p, t.now)
+            p["timestamp_ms"] = t.now
             p["playing"] = True
             if pos_ms is not None:
-                if pos_ms >= p["dur"]:
+                if pos_ms >= p["duration_ms"]:
                     order = self._oc.get(p)
                     skip_or_end(p, order, self._dur, t.now)
                 else:
-                    p["position"] = pos_ms
+                    p["position_ms"] = pos_ms
         self._activate(t, target)
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t, seen_snapshot=a.get("context_snapshot_id"))
@@ -832,8 +820,8 @@ class DeviceGroupEntity(Entity):
         p = t.p
         if not p["playing"]:
             raise _err(ErrorCode.ALREADY_PAUSED, "already paused")
-        p["position"] = extrapolate(p, t.now)
-        p["ts"] = t.now
+        p["position_ms"] = extrapolate(p, t.now)
+        p["timestamp_ms"] = t.now
         p["playing"] = False
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
@@ -862,11 +850,11 @@ class DeviceGroupEntity(Entity):
         p = t.p
         if p["uri"] is None:
             raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing is playing")
-        if pos_ms >= p["dur"]:
+        if pos_ms >= p["duration_ms"]:
             skip_or_end(p, self._oc.get(p), self._dur, t.now)     # past the end: the next track
         else:
-            p["position"] = pos_ms
-            p["ts"] = t.now
+            p["position_ms"] = pos_ms
+            p["timestamp_ms"] = t.now
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
@@ -924,7 +912,7 @@ class DeviceGroupEntity(Entity):
         if not isinstance(ctx, str):
             raise _err(ErrorCode.INVALID_FIELD, "context_uri is required")
         tracks = self._entries(a.get("entries"), "entries")
-        if ctx != self.p["ctx"]:           # no longer playing it: stop listening
+        if ctx != self.p["context_uri"]:           # no longer playing it: stop listening
             pl = _playlist_id(ctx)
             eff = [Command(PLAYLIST, pl, "remove_listener", {"user_id": self.id}, SYSTEM)] if pl else []
             return Outcome(effects=eff)
