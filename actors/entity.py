@@ -126,11 +126,12 @@ class Entity:
 
     def __init_subclass__(cls, **kw) -> None:
         super().__init_subclass__(**kw)
-        ops = dict(cls.ops)
-        for fn in list(cls.__dict__.values()):
-            for make in getattr(fn, "_ops", ()):
-                spec = make(fn)
-                ops[spec.name] = spec
+        ops: dict[str, OpSpec] = {}
+        for klass in reversed(cls.__mro__):          # mixins' ops too (actors/devicegroup_*.py)
+            for fn in list(vars(klass).values()):
+                for make in getattr(fn, "_ops", ()):
+                    spec = make(fn)
+                    ops[spec.name] = spec
         cls.ops = ops
 
     def __init__(self, entity_id: str, env: "Env") -> None:
