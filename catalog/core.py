@@ -298,5 +298,5 @@ def require(catalog: Catalog | None, uri: Any, kind: str = "track") -> Track | A
         return None
     found = getattr(catalog, f"{kind}_by_uri")(uri)       # track_by_uri, album_by_uri, artist_by_uri
     if found is None:
-        raise SyncopateError(ErrorCode.UNKNOWN_URI, f"no such {kind}: {uri}", uri=uri)
+        raise SyncopateError(ErrorCode.UNKNOWN_URI, f"unknown {kind}: {uri}", uri=uri)
     return found
