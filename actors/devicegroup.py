@@ -11,183 +11,57 @@ timestamp, playback_speed); a track that runs out while playing is advanced lazi
 of the next command, and by `tick()` (every TICK_MS while active) so devices get the new track
 and its prefetch list without asking. The advance is computed at the exact end time of each track,
 so it does not depend on when it runs. See docs/connect.md for shapes, timings and errors.
+
+The ops live with their idea: devices and registration (actors/devicegroup_devices.py), playback
+commands (actors/devicegroup_playback.py), listening events (actors/devicegroup_listening.py); the
+working copy and the timings in actors/devicegroup_txn.py, what is persisted in
+actors/devicegroup_records.py. This module is the entity: the contract, the helpers every op shares,
+the cluster and the reads.
 """
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
-from actors.entity import SYSTEM, Command, Entity, Env, Event, Outcome
+from actors.args import Args, int_arg
+from actors.devicegroup_devices import DeviceOps
+from actors.devicegroup_listening import ListeningOps
+from actors.devicegroup_playback import PlaybackOps
+from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
+from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
+    API_BASE,
+    COUNTED_WINDOW,
+    DEVICE_STATE_CHANGED,
+    DEVICES_DISAPPEARED,
+    HEARTBEAT_INTERVAL_MS,
+    HEARTBEAT_TIMEOUT_MS,
+    OFFLINE_GRACE_MS,
+    PLAYER_CHANGED,
+    PLAYER_STATE_CHANGED,
+    RECENT_MAX,
+    TICK_MS,
+    _err,
+    _playlist_id,
+    _Txn,
+)
+from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, op
 from actors.player_state import (
-    REPEAT_STATES,
     OrderCache,
-    change_context,
     context_index,
     ended_at,
     extrapolate,
     has_next,
     has_prev,
-    load_context,
     new_player,
-    set_shuffle,
     settle,
-    skip_next,
-    skip_or_end,
-    skip_prev,
     upcoming,
 )
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.messages import DEVICE_GROUP, PLAYLIST, MessageType
-from protocols.uris import parse_uri
-
-# -- timings and bounds (docs/connect.md) ---------------------------------------------------------
-HEARTBEAT_INTERVAL_MS = 10_000     # what devices are told to send
-HEARTBEAT_TIMEOUT_MS = 30_000      # silent this long -> offline (3 missed heartbeats)
-OFFLINE_GRACE_MS = 300_000         # offline this long -> removed from the device list
-TICK_MS = 1_000
-STREAM_THRESHOLD_MS = 30_000       # a play counts as a stream once ms_played reaches this
-RECENT_MAX = 50
-COUNTED_WINDOW = 1_000             # counted event ids / play keys remembered (exactly-once window)
-MAX_DEVICES = 50
-MAX_QUEUE = 1_000
-MAX_CONTEXT = 10_000               # a playlist holds at most 10,000 items
-API_BASE = "https://api.spotify.com/v1"
-
-# -- push reasons -----------------------------------------------------------------------------------
-NEW_DEVICE = "new_device"
-DEVICE_STATE_CHANGED = "device_state_changed"
-DEVICES_DISAPPEARED = "devices_disappeared"
-VOLUME_CHANGED = "volume_changed"
-PLAYER_STATE_CHANGED = "player_state_changed"
-_REASON_RANK = {PLAYER_STATE_CHANGED: 0, VOLUME_CHANGED: 1, DEVICE_STATE_CHANGED: 2, NEW_DEVICE: 3,
-                DEVICES_DISAPPEARED: 4}
-
-CONTROL_OPS = frozenset({"transfer", "play", "pause", "next", "previous", "seek", "repeat", "shuffle",
-                         "volume", "queue_add"})          # premium only
-FENCED_OPS = CONTROL_OPS | {"update_device"}              # refused when args.revision < last transfer
-SYSTEM_OPS = frozenset({"disconnect", "context_changed"})
-PLAYER_CHANGED = MessageType.PLAYER_CHANGED.value
+from protocols.messages import DEVICE_GROUP, PLAYLIST
+from protocols.wire import ConnAddress
 
 
-def _err(code: ErrorCode, msg: str, **details) -> SyncopateError:
-    return SyncopateError(code, msg, **details)
-
-
-# -- argument helpers: missing/mistyped -> INVALID_FIELD, out of range -> BAD_REQUEST ----------------
-def _arg_str(a: dict, name: str, *, required: bool = True, max_len: int = 128) -> str | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if not isinstance(v, str) or not v or len(v) > max_len:
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a string of 1 to {max_len} characters")
-    return v
-
-
-def _arg_int(a: dict, name: str, *, required: bool = True, lo: int | None = None,
-             hi: int | None = None) -> int | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be an integer")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise _err(ErrorCode.BAD_REQUEST, f"{name} must be {rng}")
-    return v
-
-
-def _arg_bool(a: dict, name: str, *, required: bool = False) -> bool | None:
-    v = a.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if isinstance(v, str) and v.lower() in ("true", "false"):   # REST query strings
-        return v.lower() == "true"
-    if not isinstance(v, bool):
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be true or false")
-    return v
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
-
-
-def _conn(value: Any) -> list | None:
-    """A connection as stored on a device: [gateway_id, connection_id]; accepts "gw/conn" too."""
-    if isinstance(value, str) and "/" in value:
-        return value.split("/", 1)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return [value[0], value[1]]
-    return None
-
-
-def _playlist_id(uri: str | None) -> str | None:
-    if uri and uri.startswith("spotify:playlist:"):
-        return uri[len("spotify:playlist:"):]
-    return None
-
-
-class _Txn:
-    """The working copy one command (or tick) changes; `record()` is the difference."""
-    __slots__ = ("active", "devs", "e", "fenced", "last_active", "listen", "now", "p", "reason")
-
-    def __init__(self, e: DeviceGroupEntity, now: int) -> None:
-        self.e = e
-        self.now = now
-        self.p = dict(e.p)
-        self.devs: dict[str, dict | None] = {}
-        self.active = e.active
-        self.last_active = e.last_active
-        self.reason: str | None = None
-        self.listen: dict | None = None
-        self.fenced = False
-
-    def dev(self, did: str) -> dict | None:
-        if did in self.devs:
-            return self.devs[did]
-        return self.e.devices.get(did)
-
-    def edit(self, did: str) -> dict:
-        d = self.devs.get(did)
-        if d is None:
-            d = self.devs[did] = dict(self.e.devices[did])
-        return d
-
-    def set_reason(self, reason: str) -> None:
-        if self.reason is None or _REASON_RANK[reason] > _REASON_RANK[self.reason]:
-            self.reason = reason
-
-    def record(self) -> dict:
-        e = self.e
-        rec: dict[str, Any] = {}
-        old = e.p
-        pd = {k: v for k, v in self.p.items() if not (old[k] is v or old[k] == v)}
-        if pd:
-            rec["p"] = pd
-        if self.devs:
-            rec["d"] = self.devs
-        if self.active != e.active:
-            rec["a"] = self.active
-        if self.last_active != e.last_active:
-            rec["la"] = self.last_active
-        if self.reason is not None:
-            rec["r"] = e.revision + 1
-            if self.fenced or (self.active is not None and self.active != e.active):
-                rec["f"] = e.revision + 1          # a new active device: older revisions are fenced off
-        if self.listen:
-            rec.update(self.listen)
-        return rec
-
-
-class DeviceGroupEntity(Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS
@@ -219,24 +93,21 @@ class DeviceGroupEntity(Entity):
         self._meta: dict[str, dict] = {}
 
     # == contract ===================================================================================
-    def handle(self, cmd: Command) -> Outcome:
-        fn = _OPS.get(cmd.op)
-        if fn is None:
-            raise _err(ErrorCode.BAD_REQUEST, f"unknown devicegroup op {cmd.op!r}")
-        if not isinstance(cmd.args, dict):
-            raise _err(ErrorCode.INVALID_FIELD, "args must be an object")
+    # Entity.handle: the op table is the @op declarations below (docs/connect.md)
+    def authorize(self, cmd: Command, spec: OpSpec) -> str | None:
         pr = cmd.principal
-        if cmd.op in SYSTEM_OPS:
-            if not pr.system:
-                raise _err(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
-        elif not pr.system:
+        if not pr.system:
             if pr.user_id != self.id:
                 raise _err(ErrorCode.FORBIDDEN, "a user controls only their own devices")
-            if cmd.op in CONTROL_OPS and not pr.premium:
+            if spec.control and not pr.premium:
                 raise _err(ErrorCode.PREMIUM_REQUIRED, "playback control requires Spotify Premium")
-        if cmd.op in FENCED_OPS:
+        if spec.fenced:
             self._check_fence(cmd.args)
-        out = fn(self, cmd)
+        return "system" if pr.system else "user"
+
+    def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
+        out = spec.fn(self, cmd, a)
+        pr = cmd.principal
         if cmd.origin is not None and not pr.system:     # any command from a device is a sign of life
             did = self._sender(cmd)
             if did is not None and self.devices[did]["online"]:
@@ -244,34 +115,34 @@ class DeviceGroupEntity(Entity):
         return out
 
     def apply(self, rec: dict) -> None:
-        p = rec.get("p")
-        if p:
-            self.p = {**self.p, **p}
-        d = rec.get("d")
-        if d:
-            for did, dev in d.items():
-                if dev is None:
-                    self.devices.pop(did, None)
-                    self._seen.pop(did, None)
-                else:
-                    self.devices[did] = dev
-        if "a" in rec:
-            self.active = rec["a"]
-        if "la" in rec:
-            self.last_active = rec["la"]
-        if "r" in rec:
-            self.revision = rec["r"]
-        if "f" in rec:
-            self.fence = rec["f"]
-        if "ev" in rec:
-            self._window(self.counted_events, rec["ev"])
-            key = rec["pk"]
-            evicted = self._window(self.counted_plays, key)
+        self._apply(GroupChange.from_wire(rec))
+
+    def _apply(self, rec: GroupChange) -> None:
+        if rec.player:
+            self.p = {**self.p, **rec.player}
+        for did, dev in rec.devices.items():
+            if dev is None:
+                self.devices.pop(did, None)
+                self._seen.pop(did, None)
+            else:
+                self.devices[did] = dev
+        if rec.active is not KEEP:
+            self.active = rec.active
+        if rec.last_active is not KEEP:
+            self.last_active = rec.last_active
+        if rec.revision is not None:
+            self.revision = rec.revision
+        if rec.fence is not None:
+            self.fence = rec.fence
+        if rec.play is not None:
+            play = rec.play
+            self._window(self.counted_events, play.event_id)
+            evicted = self._window(self.counted_plays, play.play_key)
             if isinstance(evicted, int) and not isinstance(evicted, bool) and evicted > self.play_floor:
                 self.play_floor = evicted
-            uri = rec["st"]
+            uri = play.track_uri
             self.streams[uri] = self.streams.get(uri, 0) + 1
-            self.recent.append(rec["rp"])
+            self.recent.append(play.recent())
             if len(self.recent) > RECENT_MAX:
                 del self.recent[: len(self.recent) - RECENT_MAX]
 
@@ -285,25 +156,24 @@ class DeviceGroupEntity(Entity):
         return None
 
     def snapshot(self) -> dict:
-        return {"v": 1, "devices": dict(self.devices), "active": self.active,
-                "last_active": self.last_active, "p": dict(self.p), "revision": self.revision,
-                "fence": self.fence, "recent": list(self.recent), "streams": dict(self.streams),
-                "counted_events": list(self.counted_events), "counted_plays": list(self.counted_plays),
-                "play_floor": self.play_floor}
+        return GroupSnapshot(dict(self.devices), self.active, self.last_active, dict(self.p), self.revision,
+                             self.fence, list(self.recent), dict(self.streams), list(self.counted_events),
+                             list(self.counted_plays), self.play_floor).to_wire()
 
     def restore(self, data: dict) -> None:
         self._reset()
-        self.devices = dict(data["devices"])
-        self.active = data["active"]
-        self.last_active = data["last_active"]
-        self.p = {**new_player(), **data["p"]}
-        self.revision = data["revision"]
-        self.fence = data["fence"]
-        self.recent = list(data["recent"])
-        self.streams = dict(data["streams"])
-        self.counted_events = dict.fromkeys(data["counted_events"])
-        self.counted_plays = dict.fromkeys(data["counted_plays"])
-        self.play_floor = data["play_floor"]
+        snap = GroupSnapshot.from_wire(data)
+        self.devices = snap.devices
+        self.active = snap.active
+        self.last_active = snap.last_active
+        self.p = snap.player
+        self.revision = snap.revision
+        self.fence = snap.fence
+        self.recent = snap.recent
+        self.streams = snap.streams
+        self.counted_events = dict.fromkeys(snap.counted_events)
+        self.counted_plays = dict.fromkeys(snap.counted_plays)
+        self.play_floor = snap.play_floor
 
     def tick(self, now_ms: int) -> Outcome | None:
         t: _Txn | None = None
@@ -340,8 +210,9 @@ class DeviceGroupEntity(Entity):
         rec = t.record()
         if not rec:
             return Outcome(reply=reply)
-        effects = self._listener_effects(self.p["ctx"], t.p["ctx"], seen_snapshot)
-        self.apply(rec)
+        effects = self._listener_effects(self.p["context_uri"], t.p["context_uri"], seen_snapshot)
+        wire = rec.to_wire()
+        self._apply(rec)
         events = []
         if t.reason is not None:
             cl = self.cluster(t.reason, t.now)
@@ -349,7 +220,7 @@ class DeviceGroupEntity(Entity):
             if reply_cluster:
                 reply = dict(cl, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                              heartbeat_timeout_ms=self.heartbeat_timeout_ms)
-        return Outcome(reply=reply, records=[rec], events=events, effects=effects)
+        return Outcome(reply=reply, records=[wire], events=events, effects=effects)
 
     def _listener_effects(self, old_ctx: str | None, new_ctx: str | None,
                           seen_snapshot: str | None = None) -> list[Command]:
@@ -369,11 +240,9 @@ class DeviceGroupEntity(Entity):
         return out
 
     def _check_fence(self, a: dict) -> None:
-        rev = a.get("revision")
+        rev = int_arg(a, "revision")
         if rev is None:
             return
-        if not isinstance(rev, int) or isinstance(rev, bool):
-            raise _err(ErrorCode.INVALID_FIELD, "revision must be an integer")
         if rev < self.fence:
             raise _err(ErrorCode.CONFLICT,
                        f"revision {rev} predates the last transfer (revision {self.fence}); "
@@ -391,15 +260,6 @@ class DeviceGroupEntity(Entity):
             return cat.track_by_uri(uri)
         except SyncopateError:
             return None
-
-    def _require_track(self, uri: Any, what: str = "uri"):
-        if not isinstance(uri, str):
-            raise _err(ErrorCode.INVALID_URI, f"{what} must be a Spotify track uri")
-        parse_uri(uri, "track")
-        t = self._track(uri)
-        if t is None:
-            raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {uri}")
-        return t
 
     def _settle(self, t: _Txn) -> bool:
         end = ended_at(t.p)
@@ -419,7 +279,7 @@ class DeviceGroupEntity(Entity):
     def _sender(self, cmd: Command) -> str | None:
         """The registered device that sent this command (by its websocket, else the token's device)."""
         if cmd.origin is not None:
-            o = list(cmd.origin)
+            o = ConnAddress.parse(cmd.origin)
             for did, d in self.devices.items():
                 if d["conn"] == o:
                     return did
@@ -470,8 +330,8 @@ class DeviceGroupEntity(Entity):
         if t.active == did:                 # pause at the extrapolated position; anyone may resume
             p = t.p
             if p["playing"]:
-                p["position"] = extrapolate(p, t.now)
-                p["ts"] = t.now
+                p["position_ms"] = extrapolate(p, t.now)
+                p["timestamp_ms"] = t.now
                 p["playing"] = False
             t.active = None
 
@@ -531,18 +391,18 @@ class DeviceGroupEntity(Entity):
             "devices": [self._device_object(d) for d in self.devices.values()],
             "player": {
                 "track": self._track_meta(p["uri"]) if has_item else None,
-                "context": ({"uri": p["ctx"], "index": context_index(p, order)}
-                            if (p["ctx"] is not None or p["tracks"]) else None),
+                "context": ({"uri": p["context_uri"], "index": context_index(p, order)}
+                            if (p["context_uri"] is not None or p["tracks"]) else None),
                 "queue": list(p["queue"]),
                 "shuffle": p["shuffle"],
                 "repeat": p["repeat"],
                 "is_playing": p["playing"],
-                "position_as_of_timestamp": p["position"],
-                "timestamp": p["ts"],
+                "position_as_of_timestamp": p["position_ms"],
+                "timestamp": p["timestamp_ms"],
                 "playback_speed": 1.0 if p["playing"] else 0.0,
-                "duration": p["dur"],
+                "duration": p["duration_ms"],
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
-                "playback_id": p["pid"] if has_item else None,
+                "playback_id": p["playback_id"] if has_item else None,
             },
             "revision": self.revision,
             "reason": reason,
@@ -570,8 +430,8 @@ class DeviceGroupEntity(Entity):
             out["repeat_state"] = p["repeat"]
             out["shuffle_state"] = p["shuffle"]
         out.update({
-            "context": self._context_object(p["ctx"]),
-            "timestamp": p["ts"],
+            "context": self._context_object(p["context_uri"]),
+            "timestamp": p["timestamp_ms"],
             "progress_ms": extrapolate(p, now) if has_item else None,
             "is_playing": p["playing"],
             "item": self._track_object(p["uri"]) if has_item else None,
@@ -580,520 +440,40 @@ class DeviceGroupEntity(Entity):
         })
         return out
 
-    # == device ops =================================================================================
-    def _op_register(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        did = _arg_str(a, "device_id")
-        name = _arg_str(a, "name", required=False)
-        dtype = _arg_str(a, "type", required=False, max_len=32)
-        vol = _arg_int(a, "volume_percent", required=False, lo=0, hi=100)
-        sv = _arg_bool(a, "supports_volume")
-        restricted = _arg_bool(a, "is_restricted")
-        t = _Txn(self, cmd.now_ms)
-        old = t.dev(did)
-        conn = list(cmd.origin) if cmd.origin is not None else None
-        if old is None:
-            if len(self.devices) >= MAX_DEVICES:
-                raise _err(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_DEVICES} devices per user")
-            d = {"id": did, "name": name or did, "type": dtype or "unknown",
-                 "volume_percent": 100 if vol is None else vol,
-                 "supports_volume": True if sv is None else sv,
-                 "is_restricted": False if restricted is None else restricted,
-                 "online": True, "off_since": None, "conn": conn}
-            t.set_reason(NEW_DEVICE)
-        else:
-            d = dict(old)
-            for k, v in (("name", name), ("type", dtype), ("volume_percent", vol),
-                         ("supports_volume", sv), ("is_restricted", restricted)):
-                if v is not None:
-                    d[k] = v
-            t.set_reason(NEW_DEVICE if not old["online"] else DEVICE_STATE_CHANGED)
-            d.update(online=True, off_since=None, conn=conn)
-        t.devs[did] = d
-        self._settle(t)
-        self._pick_up(t, did)
-        out = self._commit(t, reply_cluster=True)
-        self._seen[did] = cmd.now_ms
-        return out
-
-    @staticmethod
-    def _pick_up(t: _Txn, did: str) -> None:
-        """The device that was active when it dropped off comes back: it is the active device again
-        (paused where it was), unless another device took over meanwhile."""
-        if t.active is None and t.last_active == did and t.p["uri"] is not None:
-            t.active = did
-            t.fenced = True
-
-    def _op_heartbeat(self, cmd: Command) -> Outcome:
-        conns = cmd.args.get("conns")
-        if conns is not None and cmd.principal.system:
-            # the gateway vouches for every live connection of this user on it (one command)
-            if not isinstance(conns, list):
-                raise _err(ErrorCode.INVALID_FIELD, "conns must be a list of \"gateway/connection\"")
-            live = [c for c in (_conn(x) for x in conns) if c is not None]
-            seen = [did for did, d in self.devices.items() if d["online"] and d["conn"] in live]
-            for did in seen:
-                self._seen[did] = cmd.now_ms
-            return Outcome(reply={"devices": seen, "revision": self.revision, "server_time_ms": cmd.now_ms})
-        did = _arg_str(cmd.args, "device_id")
-        d = self.devices.get(did)
-        if d is None:
-            raise _err(ErrorCode.NOT_FOUND, f"device not found: {did} (register again)")
-        if d["online"]:
-            self._seen[did] = cmd.now_ms
-            return Outcome(reply={"revision": self.revision, "server_time_ms": cmd.now_ms})
-        t = _Txn(self, cmd.now_ms)             # an offline device is heard from again: revive it
-        e = t.edit(did)
-        e.update(online=True, off_since=None)
-        if cmd.origin is not None:
-            e["conn"] = list(cmd.origin)
-        t.set_reason(DEVICE_STATE_CHANGED)
-        self._settle(t)
-        self._pick_up(t, did)
-        out = self._commit(t)
-        self._seen[did] = cmd.now_ms
-        out.reply = {"revision": self.revision, "server_time_ms": cmd.now_ms}
-        return out
-
-    def _op_update_device(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        did = _arg_str(a, "device_id")
-        vol = _arg_int(a, "volume_percent", required=False, lo=0, hi=100)
-        name = _arg_str(a, "name", required=False)
-        if vol is None and name is None:
-            raise _err(ErrorCode.INVALID_FIELD, "nothing to update: give volume_percent or name")
-        t = _Txn(self, cmd.now_ms)
-        d = t.dev(did)
-        if d is None:
-            raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
-        if vol is not None and not d["supports_volume"]:
-            raise _err(ErrorCode.VOLUME_CONTROL_DISALLOW, f"device {did} has no volume control")
-        e = t.edit(did)
-        if vol is not None:
-            e["volume_percent"] = vol
-        if name is not None:
-            e["name"] = name
-        t.set_reason(VOLUME_CHANGED if vol is not None and vol != d["volume_percent"] else DEVICE_STATE_CHANGED)
-        self._settle(t)
-        out = self._commit(t)
-        if d["online"]:
-            self._seen[did] = cmd.now_ms
-        return out
-
-    def _op_disconnect(self, cmd: Command) -> Outcome:
-        """Gateway notice: a websocket closed. {device_id?, conn?: "gateway/connection"} (or the
-        command's origin). A notice about a connection the device no longer uses is ignored."""
-        a = cmd.args
-        did = a.get("device_id")
-        conn = _conn(a.get("conn", a.get("connection")))
-        if conn is None and cmd.origin is not None:
-            conn = list(cmd.origin)
-        if did is not None:
-            if not isinstance(did, str):
-                raise _err(ErrorCode.INVALID_FIELD, "device_id must be a string")
-            d = self.devices.get(did)
-            if d is None or not d["online"]:
-                return Outcome()
-            if conn is not None and d["conn"] is not None and conn != d["conn"]:
-                return Outcome()            # the device already reconnected on another connection
-            targets = [did]
-        else:
-            if conn is None:
-                raise _err(ErrorCode.INVALID_FIELD, "device_id or the connection is required")
-            targets = [i for i, d in self.devices.items() if d["online"] and d["conn"] == conn]
-            if not targets:
-                return Outcome()
-        t = _Txn(self, cmd.now_ms)
-        self._settle(t)
-        for i in targets:
-            self._go_offline(t, i)
-        t.set_reason(DEVICE_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_progress(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        eid = _arg_str(a, "event_id")
-        did = _arg_str(a, "device_id")
-        uri = a.get("uri")
-        self._require_track(uri)
-        ms = _arg_int(a, "ms_played", lo=0)
-        pb = _arg_int(a, "playback_id", required=False, lo=1)
-        if did not in self.devices:
-            raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
-        if pb is not None and pb > self.p["pid"]:
-            raise _err(ErrorCode.BAD_REQUEST, f"unknown playback_id {pb}")
-        if self.devices[did]["online"]:
-            self._seen[did] = cmd.now_ms
-        p = self.p
-        if pb is not None:
-            key: Any = pb
-        elif did == self.active and uri == p["uri"] and p["pid"]:
-            key = p["pid"]                      # a report on the current play: its playback id
-        else:
-            key = "e:" + eid
-        if eid in self.counted_events:
-            return Outcome(reply={"counted": False, "duplicate": True, "stream_count": self.streams.get(uri, 0)})
-        if key in self.counted_plays or (isinstance(key, int) and key <= self.play_floor):
-            return Outcome(reply={"counted": False, "duplicate": True, "stream_count": self.streams.get(uri, 0)})
-        if ms < STREAM_THRESHOLD_MS:
-            return Outcome(reply={"counted": False, "duplicate": False, "stream_count": self.streams.get(uri, 0)})
-        ctx = p["ctx"] if key == p["pid"] else None
-        cu = a.get("context_uri")
-        if ctx is None and isinstance(cu, str):
-            try:
-                if parse_uri(cu)[0] in ("playlist", "album", "artist", "show"):
-                    ctx = cu
-            except SyncopateError:
-                pass
-        t = _Txn(self, cmd.now_ms)
-        t.listen = {"ev": eid, "pk": key, "st": uri, "rp": [cmd.now_ms, uri, ctx]}
-        out = self._commit(t)
-        out.reply = {"counted": True, "duplicate": False, "stream_count": self.streams[uri]}
-        return out
-
-    # == player ops =================================================================================
-    def _op_transfer(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        ids = a.get("device_ids")
-        if not isinstance(ids, list) or len(ids) != 1 or not isinstance(ids[0], str):
-            raise _err(ErrorCode.BAD_REQUEST, "device_ids must hold exactly one device id")
-        play = _arg_bool(a, "play")
-        did = ids[0]
-        t = _Txn(self, cmd.now_ms)
-        d = t.dev(did)
-        if d is None:
-            raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
-        if not d["online"]:
-            raise _err(ErrorCode.BAD_REQUEST, f"device {did} is offline", device_id=did)
-        self._controllable(t, cmd, did)
-        self._settle(t)
-        p = t.p
-        if p["uri"] is not None:
-            p["position"] = extrapolate(p, t.now)      # the new device starts where the old one is
-            p["ts"] = t.now
-            if play:
-                p["playing"] = True
-        self._activate(t, did)
-        t.fenced = True
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_play(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        pos_ms = _arg_int(a, "position_ms", required=False, lo=0)
-        offset = a.get("offset")
-        new_items = a.get("context_uri") is not None or a.get("uris") is not None
-        if new_items:
-            ctx, tracks = self._play_items(a)
-            start = self._offset(offset, tracks)
-        elif offset is not None:
-            raise _err(ErrorCode.BAD_REQUEST, "offset needs context_uri or uris")
-        t = _Txn(self, cmd.now_ms)
-        target = self._target(t, cmd, fallback=True)
-        self._controllable(t, cmd, target)
-        self._settle(t)
-        p = t.p
-        order = None
-        if new_items:
-            load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd))
-            if self._track(p["uri"]) is None:
-                raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {p['uri']}")
-            p["playing"] = True
-            if pos_ms:
-                if pos_ms >= p["dur"]:
-                    skip_or_end(p, self._oc.get(p), self._dur, t.now)
-                else:
-                    p["position"] = pos_ms
-        else:
-            if p["uri"] is None:
-                raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing to resume: give context_uri or uris")
-            if p["playing"] and target == t.active and pos_ms is None:
-                raise _err(ErrorCode.NOT_PAUSED, "already playing")
-            p["position"] = extrapolate(p, t.now)
-            p["ts"] = t.now
-            p["playing"] = True
-            if pos_ms is not None:
-                if pos_ms >= p["dur"]:
-                    order = self._oc.get(p)
-                    skip_or_end(p, order, self._dur, t.now)
-                else:
-                    p["position"] = pos_ms
-        self._activate(t, target)
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t, seen_snapshot=a.get("context_snapshot_id"))
-
-    def _play_items(self, a: dict) -> tuple[str | None, list]:
-        ctx, uris = a.get("context_uri"), a.get("uris")
-        if ctx is not None and uris is not None:
-            raise _err(ErrorCode.BAD_REQUEST, "give context_uri or uris, not both")
-        if ctx is not None:
-            kind, ident = parse_uri(ctx)
-            if kind == "playlist":
-                tracks = self._entries(a.get("context_entries"), "context_entries")
-            elif kind == "album":
-                cat = self.env.catalog
-                found = cat.album_tracks(ident) if cat is not None else []
-                if not found:
-                    raise _err(ErrorCode.UNKNOWN_URI, f"no such album: {ctx}")
-                tracks = [[str(i), tr.uri] for i, tr in enumerate(found)]
-            elif kind == "track":
-                raise _err(ErrorCode.INVALID_URI, "context_uri must be an album or playlist; use uris for tracks")
-            else:
-                raise _err(ErrorCode.CONTEXT_DISALLOW, f"{kind} contexts are not supported")
-            if not tracks:
-                raise _err(ErrorCode.BAD_REQUEST, f"{ctx} has no tracks")
-            return ctx, tracks
-        if not isinstance(uris, list) or not uris:
-            raise _err(ErrorCode.BAD_REQUEST, "uris must be a non-empty list of track uris")
-        if len(uris) > MAX_CONTEXT:
-            raise _err(ErrorCode.BAD_REQUEST, f"at most {MAX_CONTEXT} uris")
-        for u in uris:
-            self._require_track(u)
-        return None, [[str(i), u] for i, u in enumerate(uris)]
-
-    @staticmethod
-    def _entries(entries: Any, name: str) -> list:
-        if not isinstance(entries, list):
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} (the playlist's [[entry_id, uri], ...]) is required")
-        if len(entries) > MAX_CONTEXT:
-            raise _err(ErrorCode.BAD_REQUEST, f"at most {MAX_CONTEXT} entries")
-        out = []
-        for e in entries:
-            if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[1], str) \
-                    or not isinstance(e[0], (str, int)) or isinstance(e[0], bool):
-                raise _err(ErrorCode.INVALID_FIELD, f"{name} items must be [entry_id, uri]")
-            out.append([e[0], e[1]])
-        return out
-
-    @staticmethod
-    def _offset(offset: Any, tracks: list) -> int | None:
-        if offset is None:
-            return None
-        if not isinstance(offset, dict):
-            raise _err(ErrorCode.INVALID_FIELD, "offset must be {position} or {uri}")
-        if "position" in offset:
-            pos = _arg_int(offset, "position", lo=0)
-            if pos >= len(tracks):
-                raise _err(ErrorCode.BAD_REQUEST, f"offset.position {pos} is past the end of the context")
-            return pos
-        if "uri" in offset:
-            u = offset["uri"]
-            if not isinstance(u, str):
-                raise _err(ErrorCode.INVALID_URI, "offset.uri must be a track uri")
-            parse_uri(u, "track")
-            for i, e in enumerate(tracks):
-                if e[1] == u:
-                    return i
-            raise _err(ErrorCode.BAD_REQUEST, f"offset.uri {u} is not in the context")
-        raise _err(ErrorCode.INVALID_FIELD, "offset must be {position} or {uri}")
-
-    def _op_pause(self, cmd: Command) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        p = t.p
-        if not p["playing"]:
-            raise _err(ErrorCode.ALREADY_PAUSED, "already paused")
-        p["position"] = extrapolate(p, t.now)
-        p["ts"] = t.now
-        p["playing"] = False
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_next(self, cmd: Command) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        if not skip_next(t.p, self._oc.get(t.p), self._dur, t.now, auto=False):
-            raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_previous(self, cmd: Command) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        if not skip_prev(t.p, self._oc.get(t.p), self._dur, t.now):
-            raise _err(ErrorCode.NO_PREV_TRACK, "no previous track")
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_seek(self, cmd: Command) -> Outcome:
-        pos_ms = _arg_int(cmd.args, "position_ms", lo=0)
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        p = t.p
-        if p["uri"] is None:
-            raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing is playing")
-        if pos_ms >= p["dur"]:
-            skip_or_end(p, self._oc.get(p), self._dur, t.now)     # past the end: the next track
-        else:
-            p["position"] = pos_ms
-            p["ts"] = t.now
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_repeat(self, cmd: Command) -> Outcome:
-        state = cmd.args.get("state")
-        if state is None:
-            raise _err(ErrorCode.INVALID_FIELD, "state is required")
-        if state not in REPEAT_STATES:
-            raise _err(ErrorCode.BAD_REQUEST, "state must be track, context or off")
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        t.p["repeat"] = state
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_shuffle(self, cmd: Command) -> Outcome:
-        state = _arg_bool(cmd.args, "state", required=True)
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        if state != t.p["shuffle"]:
-            set_shuffle(t.p, self._oc.get(t.p), state, self._seed(cmd))
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_volume(self, cmd: Command) -> Outcome:
-        vol = _arg_int(cmd.args, "volume_percent", lo=0, hi=100)
-        t = _Txn(self, cmd.now_ms)
-        did = self._target(t, cmd)
-        if not t.dev(did)["supports_volume"]:
-            raise _err(ErrorCode.VOLUME_CONTROL_DISALLOW, f"device {did} has no volume control")
-        self._controllable(t, cmd, did)
-        self._settle(t)
-        t.edit(did)["volume_percent"] = vol
-        t.set_reason(VOLUME_CHANGED)
-        return self._commit(t)
-
-    def _op_queue_add(self, cmd: Command) -> Outcome:
-        uri = cmd.args.get("uri")
-        if uri is None:
-            raise _err(ErrorCode.INVALID_FIELD, "uri is required")
-        self._require_track(uri)
-        t = _Txn(self, cmd.now_ms)
-        self._active_target(t, cmd)
-        self._settle(t)
-        if len(t.p["queue"]) >= MAX_QUEUE:
-            raise _err(ErrorCode.LIMIT_EXCEEDED, f"the queue holds at most {MAX_QUEUE} tracks")
-        t.p["queue"] = t.p["queue"] + [uri]
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-    def _op_context_changed(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        ctx = a.get("context_uri")
-        if not isinstance(ctx, str):
-            raise _err(ErrorCode.INVALID_FIELD, "context_uri is required")
-        tracks = self._entries(a.get("entries"), "entries")
-        if ctx != self.p["ctx"]:           # no longer playing it: stop listening
-            pl = _playlist_id(ctx)
-            eff = [Command(PLAYLIST, pl, "remove_listener", {"user_id": self.id}, SYSTEM)] if pl else []
-            return Outcome(effects=eff)
-        if tracks == self.p["tracks"]:
-            return Outcome()
-        t = _Txn(self, cmd.now_ms)
-        self._settle(t)
-        change_context(t.p, self._oc.get(t.p), tracks)
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
     # == reads ======================================================================================
-    def _op_subscribe(self, cmd: Command) -> Outcome:
+    @op("subscribe", role="user")
+    def _op_subscribe(self, cmd: Command, a: Args) -> Outcome:
         """The gateway subscribes a connection to this group (the host then routes our pushes to
         its gateway). Every push carries the whole cluster, so the answer is simply the current
         cluster (reason null), whatever `since` says."""
         return Outcome(reply=self.cluster(None, cmd.now_ms))
 
-    def _op_state(self, cmd: Command) -> Outcome:
+    @op("unsubscribe", role="user")
+    def _op_unsubscribe(self, cmd: Command, a: Args) -> Outcome:
+        return Outcome()                        # the host handles it when it has an origin
+
+    @op("state", role="user")
+    def _op_state(self, cmd: Command, a: Args) -> Outcome:
         if self.active is None:
             return Outcome(reply=None)
         return Outcome(reply=self._playing_object(self._view(cmd.now_ms), cmd.now_ms, full=True))
 
-    def _op_currently_playing(self, cmd: Command) -> Outcome:
+    @op("currently_playing", role="user")
+    def _op_currently_playing(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         if self.active is None or p["uri"] is None:
             return Outcome(reply=None)
         return Outcome(reply=self._playing_object(p, cmd.now_ms, full=False))
 
-    def _op_devices(self, cmd: Command) -> Outcome:
+    @op("devices", role="user")
+    def _op_devices(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply={"devices": [self._device_object(d) for d in self.devices.values() if d["online"]]})
 
-    def _op_queue(self, cmd: Command) -> Outcome:
+    @op("queue", role="user")
+    def _op_queue(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         order = self._oc.get(p)
         return Outcome(reply={
             "currently_playing": self._track_object(p["uri"]) if p["uri"] is not None else None,
             "queue": [self._track_object(u) for u in upcoming(p, order, 20, prefetch=False)],
         })
-
-    def _op_recently_played(self, cmd: Command) -> Outcome:
-        a = cmd.args
-        limit = _arg_int(a, "limit", required=False, lo=1, hi=50) or 20
-        before = _arg_int(a, "before", required=False, lo=0)
-        after = _arg_int(a, "after", required=False, lo=0)
-        if before is not None and after is not None:
-            raise _err(ErrorCode.BAD_REQUEST, "give before or after, not both")
-        rows = self.recent                                    # oldest first
-        if after is not None:
-            sel = [r for r in rows if r[0] > after][:limit]   # the ones right after the cursor
-            more = len([r for r in rows if r[0] > after]) > limit
-            sel.reverse()
-        else:
-            cand = [r for r in rows if before is None or r[0] < before]
-            sel = cand[-limit:][::-1]                         # newest first
-            more = len(cand) > limit
-        items = [{"track": self._track_object(r[1]), "played_at": _iso(r[0]),
-                  "context": self._context_object(r[2])} for r in sel]
-        cursors = {"after": str(sel[0][0]), "before": str(sel[-1][0])} if sel else None
-        nxt = None
-        if sel and more:
-            nxt = (f"{self.api_base}/me/player/recently-played?after={sel[0][0]}&limit={limit}" if after is not None
-                   else f"{self.api_base}/me/player/recently-played?before={sel[-1][0]}&limit={limit}")
-        return Outcome(reply={"href": None, "items": items, "limit": limit, "next": nxt, "cursors": cursors,
-                              "total": len(rows)})
-
-    def _op_stream_counts(self, cmd: Command) -> Outcome:
-        uris = cmd.args.get("uris")
-        if uris is None:
-            counts = dict(self.streams)
-        else:
-            if not isinstance(uris, list) or len(uris) > 1000:
-                raise _err(ErrorCode.INVALID_FIELD, "uris must be a list of at most 1000 track uris")
-            for u in uris:
-                if not isinstance(u, str):
-                    raise _err(ErrorCode.INVALID_URI, "uris must be track uris")
-                parse_uri(u, "track")
-            counts = {u: self.streams.get(u, 0) for u in uris}
-        return Outcome(reply={"user_id": self.id, "counts": counts, "total": sum(self.streams.values())})
-
-
-_OPS = {
-    "register": DeviceGroupEntity._op_register,
-    "heartbeat": DeviceGroupEntity._op_heartbeat,
-    "update_device": DeviceGroupEntity._op_update_device,
-    "progress": DeviceGroupEntity._op_progress,
-    "disconnect": DeviceGroupEntity._op_disconnect,
-    "context_changed": DeviceGroupEntity._op_context_changed,
-    "subscribe": DeviceGroupEntity._op_subscribe,
-    "unsubscribe": lambda self, cmd: Outcome(),      # the host handles it when it has an origin
-    "state": DeviceGroupEntity._op_state,
-    "devices": DeviceGroupEntity._op_devices,
-    "currently_playing": DeviceGroupEntity._op_currently_playing,
-    "transfer": DeviceGroupEntity._op_transfer,
-    "play": DeviceGroupEntity._op_play,
-    "pause": DeviceGroupEntity._op_pause,
-    "next": DeviceGroupEntity._op_next,
-    "previous": DeviceGroupEntity._op_previous,
-    "seek": DeviceGroupEntity._op_seek,
-    "repeat": DeviceGroupEntity._op_repeat,
-    "shuffle": DeviceGroupEntity._op_shuffle,
-    "volume": DeviceGroupEntity._op_volume,
-    "queue": DeviceGroupEntity._op_queue,
-    "queue_add": DeviceGroupEntity._op_queue_add,
-    "recently_played": DeviceGroupEntity._op_recently_played,
-    "stream_counts": DeviceGroupEntity._op_stream_counts,
-}

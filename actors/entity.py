@@ -12,11 +12,24 @@ Rules an entity follows:
 - Time comes in the command (`cmd.now_ms`, the server clock); randomness from the command too.
 - `self.version` is maintained by the host: the number of the last committed log entry. A mutating
   command becomes entry `self.version + 1`; pushes carry it.
+
+Ops are declared once, on the method that runs them: `@op("seek", args={"position_ms": Int(lo=0,
+required=True)}, control=True, fenced=True)`. The class collects them (`Entity.ops`, name -> OpSpec)
+and one `Entity.handle` dispatches for every entity, in this order: unknown op -> UNKNOWN_MESSAGE_TYPE
+(the code the gateway answers for a message type it does not know, so "no such operation" is one
+code whoever notices it; BAD_REQUEST stays the code of a known op sent out of range); args not an
+object -> INVALID_FIELD; a system op from a user -> FORBIDDEN; then the entity's `authorize` (its
+roles: the owner of a per-user entity, a playlist's editors, premium for control ops, the transfer
+fence); then the declared arguments are parsed (actors/args.py) and the op runs with them. The docs'
+op tables are checked against the registry (tests/test_op_registry.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
+
+from actors.args import Args, Field, parse
+from protocols.errors import ErrorCode, SyncopateError
 
 
 @dataclass(frozen=True)
@@ -76,12 +89,50 @@ class Outcome:
     effects: list[Command] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class OpSpec:
+    """One op of an entity: its name, the role it needs (the entity's `authorize` reads it), its
+    argument schema and its flags. `system`: internal (effects, gateway notices) only; `control`: a
+    playback command (premium only); `fenced`: refused when `args.revision` predates the last transfer."""
+    name: str
+    fn: Callable
+    args: dict[str, Field] | None = None
+    role: str | None = None
+    system: bool = False
+    control: bool = False
+    fenced: bool = False
+
+    def flags(self) -> tuple[str, ...]:
+        return tuple(f for f in ("system", "control", "fenced") if getattr(self, f))
+
+
+def op(name: str, *, args: dict[str, Field] | None = None, role: str | None = None, system: bool = False,
+       control: bool = False, fenced: bool = False):
+    """Declare the decorated method as op `name` (stack it to serve one method under two names)."""
+    def deco(fn):
+        fn.__dict__.setdefault("_ops", []).append(
+            lambda f: OpSpec(name, f, args, role, system, control, fenced))
+        return fn
+    return deco
+
+
 class Entity:
     kind: ClassVar[str] = ""
+    ops: ClassVar[dict[str, OpSpec]] = {}
     snapshot_every: ClassVar[int] = 500       # write a snapshot (compaction) after this many records
     tick_ms: ClassVar[int | None] = None      # call tick() this often while active (heartbeats)
     per_user: ClassVar[bool] = False          # the entity id is a user id (session, device group): a push
                                               # addressed to a connection is checked against that user
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        ops: dict[str, OpSpec] = {}
+        for klass in reversed(cls.__mro__):          # mixins' ops too (actors/devicegroup_*.py)
+            for fn in list(vars(klass).values()):
+                for make in getattr(fn, "_ops", ()):
+                    spec = make(fn)
+                    ops[spec.name] = spec
+        cls.ops = ops
 
     def __init__(self, entity_id: str, env: "Env") -> None:
         self.id = entity_id
@@ -92,8 +143,26 @@ class Entity:
     def key(self) -> str:
         return f"{self.kind}:{self.id}"
 
-    def handle(self, cmd: Command) -> Outcome:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def handle(self, cmd: Command) -> Outcome:
+        spec = self.ops.get(cmd.op)
+        if spec is None:
+            raise SyncopateError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"{self.kind} has no op {cmd.op!r}")
+        if not isinstance(cmd.args, dict):
+            raise SyncopateError(ErrorCode.INVALID_FIELD, "args must be an object")
+        if spec.system and not cmd.principal.system:
+            raise SyncopateError(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
+        role = self.authorize(cmd, spec)
+        a = parse(spec.args, cmd.args)
+        a.role = role
+        return self.run(spec, cmd, a)
+
+    def authorize(self, cmd: Command, spec: OpSpec) -> str | None:
+        """Refuse (raise) a sender the op's role does not admit; the answer is the sender's role."""
+        return None
+
+    def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
+        """Run the op (an entity wraps it with what every op of it shares)."""
+        return spec.fn(self, cmd, a)
 
     def apply(self, record: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

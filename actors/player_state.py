@@ -5,20 +5,26 @@ the time `at` of every change (the server clock), and the shuffle seed (taken fr
 stored in the state, so a replay reproduces the same order).
 
 The player dict (every value msgpack-able; lists are never mutated in place, they are replaced, so
-a shallow copy is a safe working copy and `old is new` tells whether a field changed):
+a shallow copy is a safe working copy and `old is new` tells whether a field changed). It is also
+what a device group persists (actors/devicegroup_records.py; records before version 2 used the
+short names in brackets, and are read back):
 
-  ctx       context uri (playlist / album) or None (a list of `uris` was played)
-  tracks    the context's entries in their natural order: [[entry_id, uri], ...]
-  pos       position in the *play order* of the last context entry played (-1: before the first)
-  on        True when the current item is order[pos]; False when it came from the user queue or
-            its entry was removed from the playlist while it played ("detached"). Either way the
-            next context track is order[pos + 1] and `previous` goes back to order[pos].
-  uri       the current item's track uri (None: nothing loaded); dur its duration_ms
-  queue     the user queue (track uris), played before the context continues
-  shuffle   bool; seed and anchor define the shuffled order (see compute_order)
-  repeat    "off" | "context" | "track"
-  playing   bool; position / ts: position_as_of_timestamp and its timestamp (server ms)
-  pid       playback id: +1 every time an item starts (a listening report can name it)
+  context_uri   context uri (playlist / album) or None (a list of `uris` was played)       [ctx]
+  tracks        the context's entries in their natural order: [[entry_id, uri], ...]
+  order_pos     index in the *play order* of the last context entry played (-1: before the first) [pos]
+  in_order      True when the current item is order[order_pos]; False when it came from the user
+                queue or its entry was removed from the playlist while it played ("detached").
+                Either way the next context track is order[order_pos + 1] and `previous` goes back
+                to order[order_pos].                                                          [on]
+  uri           the current item's track uri (None: nothing loaded)
+  duration_ms   its duration                                                                  [dur]
+  queue         the user queue (track uris), played before the context continues
+  shuffle       bool; seed and anchor define the shuffled order (see compute_order)
+  repeat        "off" | "context" | "track"
+  playing       bool: the position advances with the server clock
+  position_ms   position_as_of_timestamp, in ms into the item                            [position]
+  timestamp_ms  the server time position_ms was taken at                                      [ts]
+  playback_id   +1 every time an item starts (a listening report can name it)                [pid]
 
 Play order: unshuffled, the natural order. Shuffled: the anchor entry (the track playing when
 shuffle was switched on, or the offset of a play) first, then every other entry sorted by
@@ -38,9 +44,14 @@ Resolve = Callable[[str], int]
 
 
 def new_player() -> dict:
-    return {"ctx": None, "tracks": [], "pos": -1, "on": False, "uri": None, "dur": 0,
-            "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
-            "playing": False, "position": 0, "ts": 0, "pid": 0}
+    return {"context_uri": None, "tracks": [], "order_pos": -1, "in_order": False, "uri": None,
+            "duration_ms": 0, "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
+            "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0}
+
+
+# the names records before version 2 stored (actors/devicegroup_records.py reads them back)
+LEGACY_NAMES = {"ctx": "context_uri", "pos": "order_pos", "on": "in_order", "dur": "duration_ms",
+                "position": "position_ms", "ts": "timestamp_ms", "pid": "playback_id"}
 
 
 # -- position ----------------------------------------------------------------------------------
@@ -48,17 +59,17 @@ def extrapolate(p: dict, now: int) -> int:
     """position_as_of_timestamp + (now - timestamp) * speed, capped at the duration."""
     if p["uri"] is None:
         return 0
-    pos = p["position"]
+    pos = p["position_ms"]
     if p["playing"]:
-        pos += max(0, now - p["ts"])       # a clock that went backwards never rewinds
-    return min(pos, p["dur"])
+        pos += max(0, now - p["timestamp_ms"])       # a clock that went backwards never rewinds
+    return min(pos, p["duration_ms"])
 
 
 def ended_at(p: dict) -> int | None:
     """Server time at which the current item ends, if it is playing."""
     if not p["playing"] or p["uri"] is None:
         return None
-    return p["ts"] + max(0, p["dur"] - p["position"])
+    return p["timestamp_ms"] + max(0, p["duration_ms"] - p["position_ms"])
 
 
 # -- order ------------------------------------------------------------------------------------
@@ -101,8 +112,8 @@ class OrderCache:
 
 def context_index(p: dict, order) -> int | None:
     """Natural index in the context of the current item, if it is a context entry."""
-    if p["on"] and 0 <= p["pos"] < len(order):
-        return order[p["pos"]]
+    if p["in_order"] and 0 <= p["order_pos"] < len(order):
+        return order[p["order_pos"]]
     return None
 
 
@@ -111,7 +122,7 @@ def _next_pos(p: dict, order) -> int | None:
     n = len(order)
     if n == 0:
         return None
-    cand = p["pos"] + 1
+    cand = p["order_pos"] + 1
     if cand < n:
         return cand
     return 0 if p["repeat"] == "context" else None
@@ -119,7 +130,7 @@ def _next_pos(p: dict, order) -> int | None:
 
 def _prev_pos(p: dict, order) -> int | None:
     n = len(order)
-    cand = p["pos"] - 1 if p["on"] else p["pos"]
+    cand = p["order_pos"] - 1 if p["in_order"] else p["order_pos"]
     if cand >= 0 and cand < n:
         return cand
     return n - 1 if (p["repeat"] == "context" and n) else None
@@ -136,10 +147,10 @@ def has_prev(p: dict, order) -> bool:
 def load(p: dict, uri: str, dur: int, at: int, position: int = 0) -> None:
     """Start an item (a new playback id)."""
     p["uri"] = uri
-    p["dur"] = dur
-    p["position"] = max(0, min(position, dur))
-    p["ts"] = at
-    p["pid"] = p["pid"] + 1
+    p["duration_ms"] = dur
+    p["position_ms"] = max(0, min(position, dur))
+    p["timestamp_ms"] = at
+    p["playback_id"] = p["playback_id"] + 1
 
 
 def skip_next(p: dict, order, resolve: Resolve, at: int, *, auto: bool) -> bool:
@@ -148,32 +159,29 @@ def skip_next(p: dict, order, resolve: Resolve, at: int, *, auto: bool) -> bool:
     auto=True is the current track ending by itself: repeat "track" plays it again. A user's
     `next` (auto=False) moves on even with repeat "track", as Spotify's clients do."""
     if auto and p["repeat"] == "track" and p["uri"] is not None:
-        load(p, p["uri"], p["dur"], at)
+        load(p, p["uri"], p["duration_ms"], at)
         return True
     q = p["queue"]
     if q:
         p["queue"] = q[1:]
-        p["on"] = False
+        p["in_order"] = False
         load(p, q[0], resolve(q[0]), at)
         return True
-    nxt = _next_pos(p, order)
-    if nxt is None:
-        return False
-    p["pos"] = nxt
-    p["on"] = True
-    uri = p["tracks"][order[nxt]][1]
-    load(p, uri, resolve(uri), at)
-    return True
+    return _enter(p, order, _next_pos(p, order), resolve, at)
 
 
 def skip_prev(p: dict, order, resolve: Resolve, at: int) -> bool:
-    prv = _prev_pos(p, order) if p["uri"] is not None else None
-    if prv is None:
+    return _enter(p, order, _prev_pos(p, order) if p["uri"] is not None else None, resolve, at)
+
+
+def _enter(p: dict, order, k: int | None, resolve: Resolve, at: int, position: int = 0) -> bool:
+    """Start order[k], the context entry at play-order index k; False (nothing changed) for None."""
+    if k is None:
         return False
-    p["pos"] = prv
-    p["on"] = True
-    uri = p["tracks"][order[prv]][1]
-    load(p, uri, resolve(uri), at)
+    p["order_pos"] = k
+    p["in_order"] = True
+    uri = p["tracks"][order[k]][1]
+    load(p, uri, resolve(uri), at, position)
     return True
 
 
@@ -181,13 +189,10 @@ def end_of_context(p: dict, order, resolve: Resolve, at: int) -> None:
     """The last track ended with repeat off: rewind to the first track of the order, paused."""
     p["playing"] = False
     if len(order):
-        p["pos"] = 0
-        p["on"] = True
-        uri = p["tracks"][order[0]][1]
-        load(p, uri, resolve(uri), at)
+        _enter(p, order, 0, resolve, at)
     else:                                   # a detached item in an emptied context: stop on it
-        p["position"] = 0
-        p["ts"] = at
+        p["position_ms"] = 0
+        p["timestamp_ms"] = at
 
 
 def skip_or_end(p: dict, order, resolve: Resolve, at: int) -> None:
@@ -209,8 +214,8 @@ def settle(p: dict, order, resolve: Resolve, now: int) -> bool:
         changed = True
     # only reachable with zero-length items on repeat: stop rather than spin
     p["playing"] = False
-    p["position"] = 0
-    p["ts"] = now
+    p["position_ms"] = 0
+    p["timestamp_ms"] = now
     return True
 
 
@@ -223,7 +228,7 @@ def upcoming(p: dict, order, k: int, *, prefetch: bool) -> list[str]:
         return [p["uri"]]
     out = list(p["queue"][:k])
     n = len(order)
-    pos = p["pos"]
+    pos = p["order_pos"]
     steps = 0
     while len(out) < k and steps < n:
         pos += 1
@@ -240,21 +245,17 @@ def upcoming(p: dict, order, k: int, *, prefetch: bool) -> list[str]:
 def load_context(p: dict, ctx: str | None, tracks: list, start: int | None, position: int, at: int,
                  resolve: Resolve, seed: int) -> None:
     """Play `tracks` (natural order) from natural index `start` (None: the order's first)."""
-    p["ctx"] = ctx
+    p["context_uri"] = ctx
     p["tracks"] = tracks
     p["seed"] = seed
     p["anchor"] = tracks[start][0] if (p["shuffle"] and start is not None) else None
     order = compute_order(tracks, p["shuffle"], seed, p["anchor"])
-    pos = 0 if (start is None or p["shuffle"]) else start
-    p["pos"] = pos
-    p["on"] = True
-    uri = tracks[order[pos]][1]
-    load(p, uri, resolve(uri), at, position)
+    _enter(p, order, 0 if (start is None or p["shuffle"]) else start, resolve, at, position)
 
 
 def _ref_index(p: dict, order) -> int | None:
     """Natural index of order[pos] (the last context entry played), if any."""
-    return order[p["pos"]] if 0 <= p["pos"] < len(order) else None
+    return order[p["order_pos"]] if 0 <= p["order_pos"] < len(order) else None
 
 
 def set_shuffle(p: dict, order, on: bool, seed: int) -> None:
@@ -267,7 +268,7 @@ def set_shuffle(p: dict, order, on: bool, seed: int) -> None:
     if ref is None:                    # nothing played from the context yet (pos -1)
         return
     new = compute_order(p["tracks"], on, p["seed"], p["anchor"])
-    p["pos"] = new.index(ref)
+    p["order_pos"] = new.index(ref)
 
 
 def change_context(p: dict, old_order, new_tracks: list) -> None:
@@ -284,14 +285,14 @@ def change_context(p: dict, old_order, new_tracks: list) -> None:
     for k in range(len(new_order) - 1, -1, -1):       # first occurrence wins
         where[new_tracks[new_order[k]][0]] = k
     if ref_eid is not None and ref_eid in where:
-        p["pos"] = where[ref_eid]
+        p["order_pos"] = where[ref_eid]
         return
-    start = p["pos"] + 1 if p["pos"] >= 0 else 0
+    start = p["order_pos"] + 1 if p["order_pos"] >= 0 else 0
     for k in range(start, len(old_order)):
         eid = old_tracks[old_order[k]][0]
         if eid in where:
-            p["pos"] = where[eid] - 1
+            p["order_pos"] = where[eid] - 1
             break
     else:
-        p["pos"] = len(new_order) - 1
-    p["on"] = False
+        p["order_pos"] = len(new_order) - 1
+    p["in_order"] = False

@@ -86,11 +86,12 @@ import base64
 import hashlib
 from collections import OrderedDict, deque
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any
 
 import pycrdt
 
-from actors.entity import SYSTEM, Command, Entity, Env, Event, Outcome, Principal
+from actors.args import Args, Bool, Int, int_arg
+from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.playlist_doc import (
     META_KEYS,
     MISSING,
@@ -109,13 +110,10 @@ from actors.playlist_validate import (
     OWNER_META,
     ROLES,
     bad,
-    check_track,
     description_value,
     entry_problem,
     meta_problem,
     name_value,
-    opt_bool,
-    opt_int,
     uri_list,
     user_id_value,
 )
@@ -125,6 +123,7 @@ from protocols.access import role as access_role
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.limits import MAX_FRAME_BYTES
 from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
+from catalog import require
 from protocols.uris import BASE62, make_uri, parse_uri
 
 CHANGED = MessageType.PLAYLIST_CHANGED.value
@@ -377,14 +376,14 @@ class PlaylistEntity(Entity):
     # ==========================================================================================
     # dispatch
     # ==========================================================================================
-    def handle(self, cmd: Command) -> Outcome:
-        fn = self._OPS.get(cmd.op)
-        if fn is None:
-            raise SyncopateError(ErrorCode.BAD_REQUEST, f"playlist has no op {cmd.op!r}")
-        if cmd.op in self._SYSTEM_OPS and not cmd.principal.system:
-            raise SyncopateError(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
-        if not isinstance(cmd.args, dict):
-            raise bad("args must be an object")
+    # Entity.handle: the op table is the @op declarations below (docs/playlist-document.md)
+    def authorize(self, cmd: Command, spec: OpSpec) -> str | None:
+        """The op's role: "view" (NOT_FOUND for whom a private playlist is hidden), "edit" (owner and
+        editors), "owner"; the answer is the sender's role. Follow checks the user it follows for."""
+        check = {"view": self._view, "edit": self._edit, "owner": self._owner_only}.get(spec.role)
+        return check(cmd.principal) if check is not None else None
+
+    def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
         self._close_gap()
         if self._floor is None:
             self._floor = (self.version, self.snapshot_id())
@@ -395,7 +394,7 @@ class PlaylistEntity(Entity):
         self.doc.tomb_log = []
         self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
         before = self.policy()
-        out = fn(self, cmd)
+        out = spec.fn(self, cmd, a)
         if out.records:
             after = self.policy()
             if after != before:
@@ -404,15 +403,14 @@ class PlaylistEntity(Entity):
         return out
 
     # -- create / read -----------------------------------------------------------------------------
-    def _op_create(self, cmd: Command) -> Outcome:
+    @op("create", args={"public": Bool(), "collaborative": Bool()})
+    def _op_create(self, cmd: Command, a: Args) -> Outcome:
         if self.owner is not None:
             raise SyncopateError(ErrorCode.CONFLICT, f"playlist {self.id} already exists")
-        a = cmd.args
         owner = user_id_value(a.get("owner"), "owner") if cmd.principal.system else cmd.principal.user_id
         name = name_value(a.get("name"))
         desc = description_value(a.get("description"))
-        public = opt_bool(a, "public")
-        collab = opt_bool(a, "collaborative")
+        public, collab = a["public"], a["collaborative"]
         meta = {"name": name, "description": desc, "public": True if public is None else public,
                 "collaborative": bool(collab)}
         self.doc.set_meta(meta)
@@ -426,24 +424,23 @@ class PlaylistEntity(Entity):
                                    args={"playlist_id": self.id}, principal=SYSTEM))
         return out
 
-    def _op_get(self, cmd: Command) -> Outcome:
-        self._view(cmd.principal)
+    @op("get", role="view")
+    def _op_get(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply=self.playlist_object())
 
-    def _op_items(self, cmd: Command) -> Outcome:
-        self._view(cmd.principal)
-        offset = opt_int(cmd.args, "offset", 0, 0)
-        limit = opt_int(cmd.args, "limit", MAX_PAGE, 1, MAX_PAGE)
+    @op("items", role="view", args={"offset": Int(lo=0, default=0), "limit": Int(lo=1, hi=MAX_PAGE, default=MAX_PAGE)})
+    def _op_items(self, cmd: Command, a: Args) -> Outcome:
+        offset, limit = a["offset"], a["limit"]
         ents = self.doc.entries
         return Outcome(reply={"total": len(ents), "snapshot_id": self.snapshot_id(), "offset": offset,
                               "limit": limit, "items": [e.item() for e in ents[offset:offset + limit]]})
 
-    def _op_entries(self, cmd: Command) -> Outcome:
-        self._view(cmd.principal)
+    @op("entries", role="view")
+    def _op_entries(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply={"entries": self.entry_rows(), "snapshot_id": self.snapshot_id()})
 
-    def _op_subscribe(self, cmd: Command) -> Outcome:
-        self._view(cmd.principal)
+    @op("subscribe", role="view")
+    def _op_subscribe(self, cmd: Command, a: Args) -> Outcome:
         since = cmd.args.get("since")
         base = {"version": self.version, "snapshot_id": self.snapshot_id(), "access": self.policy()}
         if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
@@ -456,20 +453,21 @@ class PlaylistEntity(Entity):
         return Outcome(reply={"mode": "full", **base, "playlist": self.playlist_object(),
                               "items": [e.item() for e in self.doc.entries]})
 
-    def _op_unsubscribe(self, cmd: Command) -> Outcome:
+    @op("unsubscribe")
+    def _op_unsubscribe(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply=None)
 
     # -- details -----------------------------------------------------------------------------------
-    def _op_update_details(self, cmd: Command) -> Outcome:
-        role = self._edit(cmd.principal)
-        a = cmd.args
+    @op("update_details", role="edit", args={"public": Bool(), "collaborative": Bool()})
+    def _op_update_details(self, cmd: Command, a: Args) -> Outcome:
+        role = a.role
         changes: dict[str, Any] = {}
         if a.get("name") is not None:
             changes["name"] = name_value(a["name"])
         if "description" in a and a["description"] is not None:
             changes["description"] = description_value(a["description"])
         for k in ("public", "collaborative"):
-            v = opt_bool(a, k)
+            v = a[k]
             if v is not None:
                 changes[k] = v
         changes = {k: v for k, v in changes.items() if self.doc.meta.get(k, MISSING) != v}
@@ -482,13 +480,13 @@ class PlaylistEntity(Entity):
     # -- tracks ------------------------------------------------------------------------------------
     def _check_uris(self, uris: list[str]) -> None:
         for u in uris:
-            check_track(self.catalog, u)
+            require(self.catalog, u)
 
-    def _op_add(self, cmd: Command) -> Outcome:
-        self._edit(cmd.principal)
+    @op("add", role="edit")
+    def _op_add(self, cmd: Command, a: Args) -> Outcome:
         uris = uri_list(cmd.args)
         n = len(self.doc.entries)
-        pos = opt_int(cmd.args, "position", n, 0, n)
+        pos = int_arg(a, "position", default=n, lo=0, hi=n)
         self._check_uris(uris)
         if n + len(uris) > self.max_entries:
             raise SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
@@ -497,8 +495,8 @@ class PlaylistEntity(Entity):
         self.doc.insert(pos, ents)
         return self._commit(delta=insert_ops([(pos + i, e) for i, e in enumerate(ents)]), tracks_changed=True)
 
-    def _op_replace(self, cmd: Command) -> Outcome:
-        self._edit(cmd.principal)
+    @op("replace", role="edit")
+    def _op_replace(self, cmd: Command, a: Args) -> Outcome:
         uris = uri_list(cmd.args, allow_empty=True)
         self._check_uris(uris)
         if len(uris) > self.max_entries:
@@ -510,9 +508,8 @@ class PlaylistEntity(Entity):
         return self._commit(delta=delete_ops(old) + insert_ops(list(enumerate(ents))),
                             tracks_changed=bool(old or ents))
 
-    def _op_reorder(self, cmd: Command) -> Outcome:
-        self._edit(cmd.principal)
-        a = cmd.args
+    @op("reorder", role="edit")
+    def _op_reorder(self, cmd: Command, a: Args) -> Outcome:
         for k in ("range_start", "insert_before"):
             if a.get(k) is None:
                 raise bad(f"{k} is required")
@@ -520,9 +517,9 @@ class PlaylistEntity(Entity):
         n = len(seq)
         if n == 0:
             raise bad("the playlist is empty", ErrorCode.BAD_REQUEST)
-        start = opt_int(a, "range_start", 0, 0, n - 1)
-        length = opt_int(a, "range_length", 1, 1, n - start)
-        before = opt_int(a, "insert_before", 0, 0, n)
+        start = int_arg(a, "range_start", default=0, lo=0, hi=n - 1)
+        length = int_arg(a, "range_length", default=1, lo=1, hi=n - start)
+        before = int_arg(a, "insert_before", default=0, lo=0, hi=n)
         if start <= before <= start + length:
             return self._commit(delta=[], tracks_changed=False)       # nothing moves
         by_id = self.doc.by_id
@@ -554,9 +551,8 @@ class PlaylistEntity(Entity):
         return self._commit(delta=delete_ops(removed) + insert_ops([(target + i, e) for i, e in enumerate(copies)]),
                             tracks_changed=True)
 
-    def _op_remove(self, cmd: Command) -> Outcome:
-        self._edit(cmd.principal)
-        a = cmd.args
+    @op("remove", role="edit")
+    def _op_remove(self, cmd: Command, a: Args) -> Outcome:
         spec = a.get("tracks") if a.get("tracks") is not None else a.get("items")
         if not isinstance(spec, list) or not spec:
             raise bad("tracks must be a non-empty list of {uri, positions?}")
@@ -604,7 +600,8 @@ class PlaylistEntity(Entity):
         return self._commit(delta=delete_ops(removed), tracks_changed=True)
 
     # -- followers, collaborators, listeners ---------------------------------------------------------
-    def _op_follow(self, cmd: Command) -> Outcome:
+    @op("follow")
+    def _op_follow(self, cmd: Command, a: Args) -> Outcome:
         user = self._user(cmd)
         self._view(Principal(user_id=user))
         if user in self.followers:
@@ -617,7 +614,8 @@ class PlaylistEntity(Entity):
                                    args={"playlist_id": self.id}, principal=SYSTEM))
         return out
 
-    def _op_unfollow(self, cmd: Command) -> Outcome:
+    @op("unfollow")
+    def _op_unfollow(self, cmd: Command, a: Args) -> Outcome:
         user = self._user(cmd)
         self._exists()
         if user not in self.followers:
@@ -631,13 +629,13 @@ class PlaylistEntity(Entity):
                                    args={"playlist_id": self.id}, principal=SYSTEM))
         return out
 
-    def _op_collaborators(self, cmd: Command) -> Outcome:
-        self._owner_only(cmd.principal)
+    @op("collaborators", role="owner")
+    def _op_collaborators(self, cmd: Command, a: Args) -> Outcome:
         return Outcome(reply={"owner": self.owner, "collaborators": [
             {"user_id": u, "role": r} for u, r in sorted(self.collaborators.items())]})
 
-    def _op_set_collaborator(self, cmd: Command) -> Outcome:
-        self._owner_only(cmd.principal)
+    @op("set_collaborator", role="owner")
+    def _op_set_collaborator(self, cmd: Command, a: Args) -> Outcome:
         user = user_id_value(cmd.args.get("user_id"))
         role = cmd.args.get("role")
         if role not in ROLES:
@@ -650,8 +648,8 @@ class PlaylistEntity(Entity):
         return self._commit(records=[{"t": "collab", "user": user, "role": role}],
                             delta=[{"op": "collaborator", "user_id": user, "role": role}], tracks_changed=False)
 
-    def _op_remove_collaborator(self, cmd: Command) -> Outcome:
-        self._owner_only(cmd.principal)
+    @op("remove_collaborator", role="owner")
+    def _op_remove_collaborator(self, cmd: Command, a: Args) -> Outcome:
         user = user_id_value(cmd.args.get("user_id"))
         if user not in self.collaborators:
             return self._commit(delta=[], tracks_changed=False)
@@ -659,7 +657,8 @@ class PlaylistEntity(Entity):
         return self._commit(records=[{"t": "collab", "user": user, "role": None}],
                             delta=[{"op": "collaborator", "user_id": user, "role": None}], tracks_changed=False)
 
-    def _op_add_listener(self, cmd: Command) -> Outcome:
+    @op("add_listener", system=True)
+    def _op_add_listener(self, cmd: Command, a: Args) -> Outcome:
         self._exists()
         user = user_id_value(cmd.args.get("user_id"))
         seen = cmd.args.get("snapshot_id")
@@ -676,7 +675,8 @@ class PlaylistEntity(Entity):
         out.effects.extend(catch_up)
         return out
 
-    def _op_remove_listener(self, cmd: Command) -> Outcome:
+    @op("remove_listener", system=True)
+    def _op_remove_listener(self, cmd: Command, a: Args) -> Outcome:
         user = user_id_value(cmd.args.get("user_id"))
         if user not in self.listeners:
             return Outcome(reply={"ok": True})
@@ -685,8 +685,9 @@ class PlaylistEntity(Entity):
                             tracks_changed=False, event=False, reply={"ok": True})
 
     # -- Yjs ----------------------------------------------------------------------------------------
-    def _op_yjs_sync(self, cmd: Command) -> Outcome:
-        role = self._view(cmd.principal)
+    @op("yjs_sync", role="view")
+    def _op_yjs_sync(self, cmd: Command, a: Args) -> Outcome:
+        role = a.role
         sv = cmd.args.get("state_vector") or b"\x00"
         if not isinstance(sv, (bytes, bytearray)):
             raise bad("state_vector must be bytes")
@@ -706,8 +707,9 @@ class PlaylistEntity(Entity):
                               "readonly": role not in ("owner", "editor", "system"),
                               "snapshot_id": self.snapshot_id(), "access": self.policy()})
 
-    def _op_yjs_update(self, cmd: Command) -> Outcome:
-        role = self._edit(cmd.principal)
+    @op("yjs_update", role="edit")
+    def _op_yjs_update(self, cmd: Command, a: Args) -> Outcome:
+        role = a.role
         update = cmd.args.get("update")
         if not isinstance(update, (bytes, bytearray)) or not update:
             raise bad("update must be non-empty bytes")
@@ -1016,14 +1018,3 @@ class PlaylistEntity(Entity):
             self._remember(v, sid, d)
         self._full_since = None
         self._unrecorded_at = None
-
-    _OPS: ClassVar[dict] = {
-        "create": _op_create, "get": _op_get, "items": _op_items, "entries": _op_entries,
-        "subscribe": _op_subscribe, "unsubscribe": _op_unsubscribe,
-        "update_details": _op_update_details, "add": _op_add, "replace": _op_replace,
-        "reorder": _op_reorder, "remove": _op_remove, "follow": _op_follow, "unfollow": _op_unfollow,
-        "collaborators": _op_collaborators, "set_collaborator": _op_set_collaborator,
-        "remove_collaborator": _op_remove_collaborator, "add_listener": _op_add_listener,
-        "remove_listener": _op_remove_listener, "yjs_sync": _op_yjs_sync, "yjs_update": _op_yjs_update,
-    }
-    _SYSTEM_OPS: ClassVar[frozenset] = frozenset({"add_listener", "remove_listener"})

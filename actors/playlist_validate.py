@@ -1,5 +1,7 @@
 """Validation for the playlist entity: command arguments, metadata values, and entries written by
-Yjs clients. Pure functions; every refusal is a SyncopateError (or, for Yjs values, a reason)."""
+Yjs clients. Pure functions; every refusal is a SyncopateError (or, for Yjs values, a reason).
+Plain arguments (integers, booleans) are actors/args.py's, as in every entity; a track's existence
+is catalog.require's."""
 from __future__ import annotations
 
 import math
@@ -7,8 +9,8 @@ import re
 from typing import Any
 
 from actors.playlist_doc import MISSING, Entry
+from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.uris import parse_uri
 
 MAX_ENTRIES = 10_000          # entries per playlist (Spotify's limit)
 MAX_URIS = 100                # uris per add / replace, tracks per remove
@@ -24,30 +26,6 @@ ENTRY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 def bad(message: str, code: ErrorCode = ErrorCode.INVALID_FIELD, **details) -> SyncopateError:
     return SyncopateError(code, message, **details)
-
-
-def opt_int(args: dict, key: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
-    v = args.get(key, None)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and v.lstrip("-").isdigit():
-            v = int(v)
-        else:
-            raise bad(f"{key} must be an integer")
-    if lo is not None and v < lo or hi is not None and v > hi:
-        rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-        raise bad(f"{key} must be in {rng}, got {v}", ErrorCode.BAD_REQUEST)
-    return v
-
-
-def opt_bool(args: dict, key: str) -> bool | None:
-    v = args.get(key, None)
-    if v is None:
-        return None
-    if not isinstance(v, bool):
-        raise bad(f"{key} must be a boolean")
-    return v
 
 
 def name_value(v: Any) -> str:
@@ -106,15 +84,6 @@ def uri_list(args: dict, key: str = "uris", *, allow_empty: bool = False) -> lis
     return v
 
 
-def check_track(catalog: Any, uri: str) -> None:
-    """INVALID_URI when malformed (or not a track), UNKNOWN_URI when not in the catalog (whose
-    track_by_uri itself refuses malformed uris with INVALID_URI)."""
-    if catalog is None:
-        parse_uri(uri, "track")
-    elif catalog.track_by_uri(uri) is None:
-        raise SyncopateError(ErrorCode.UNKNOWN_URI, f"no such track: {uri}")
-
-
 def entry_problem(e: Entry, *, user_id: str | None, now_ms: int, catalog: Any,
                   template: Entry | None) -> tuple[ErrorCode, str] | None:
     """Why an entry written by a Yjs client is invalid, or None.
@@ -139,7 +108,7 @@ def entry_problem(e: Entry, *, user_id: str | None, now_ms: int, catalog: Any,
             return ErrorCode.INVALID_FIELD, f"entry {e.id} copies an existing entry id with different content"
         return None
     try:
-        check_track(catalog, e.uri)
+        require(catalog, e.uri)
     except SyncopateError as err:
         return err.code, err.message
     if user_id is not None and e.added_by != user_id:

@@ -22,11 +22,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from actors.entity import Command, Entity, Env, Event, Outcome, Principal
+from actors.args import Args, Conn, Int, Str, address, invalid, list_arg, out_of_range
+from actors.entity import Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.library import TYPE_CODE, TYPES, Library
+from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION, MessageType
 from protocols.uris import make_uri, parse_uri, require_id
+from protocols.wire import ConnAddress
 
 # -- timings and limits (docs/sessions.md) ----------------------------------------------------------
 HEARTBEAT_INTERVAL_MS = 15_000        # what the gateway should send per connection
@@ -58,8 +61,8 @@ class SessionEntity(Entity):
     def __init__(self, entity_id: str, env: Env) -> None:
         super().__init__(entity_id, env)
         self.library = Library()
-        # conn -> [device_id, client, gateway, connected_since, last_seen]
-        self.conns: dict[str, list] = {}
+        # connection -> [device_id, client, gateway, connected_since, last_seen]
+        self.conns: dict[ConnAddress, list] = {}
         self.revoked: dict[str, int] = {}          # device id -> revoked at (ms), oldest first
         self.log: deque = deque()                  # (version, [[op, tcode, id, ts], ...])
         self.log_items = 0
@@ -72,30 +75,27 @@ class SessionEntity(Entity):
     # ==========================================================================================
     # dispatch
     # ==========================================================================================
-    def handle(self, cmd: Command) -> Outcome:
-        fn = self._OPS.get(cmd.op)
-        if fn is None:
-            raise _err(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"session has no op {cmd.op!r}")
-        if cmd.op in self._SYSTEM_OPS:
-            if not cmd.principal.system:
-                raise _err(ErrorCode.FORBIDDEN, f"{cmd.op} is an internal operation")
-        elif not (cmd.principal.system or cmd.principal.user_id == self.id):
+    # Entity.handle: the op table is the @op declarations below (docs/sessions.md)
+    def authorize(self, cmd: Command, spec: OpSpec) -> str | None:
+        if not (cmd.principal.system or cmd.principal.user_id == self.id):
             raise _err(ErrorCode.FORBIDDEN, "a user reads and changes only their own session")
-        args = cmd.args if isinstance(cmd.args, dict) else {}
-        out = fn(self, cmd, args)
+        return "system" if cmd.principal.system else "user"
+
+    def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
+        out = spec.fn(self, cmd, a)
         if cmd.origin and self.conns:
             # any request from a connection shows it is alive (soft state, like a heartbeat)
-            self._seen(f"{cmd.origin[0]}/{cmd.origin[1]}", cmd.now_ms)
+            self._seen(ConnAddress.parse(cmd.origin), cmd.now_ms)
         return out
 
     # ==========================================================================================
     # presence
     # ==========================================================================================
-    def _op_connect(self, cmd: Command, args: dict) -> Outcome:
-        conn = _str_arg(args, "conn", required=True, max_len=200)
-        device_id = _str_arg(args, "device_id", max_len=200)
-        client = _str_arg(args, "client", max_len=32) or "app"
-        gateway = _str_arg(args, "gateway", max_len=200) or conn.split("/", 1)[0]
+    @op("connect", system=True, args={"conn": Conn(required=True), "device_id": Str(max_len=200),
+                                      "client": Str(max_len=32, default="app"), "gateway": Str(max_len=200)})
+    def _op_connect(self, cmd: Command, args: Args) -> Outcome:
+        conn, device_id, client = args["conn"], args["device_id"], args["client"]
+        gateway = args["gateway"] or conn.gateway
         if device_id is not None and self._is_revoked(device_id, args.get("iat")):
             raise _err(ErrorCode.SESSION_ENDED, "this device was signed out", device_id=device_id)
         old = self.conns.get(conn)
@@ -105,7 +105,7 @@ class SessionEntity(Entity):
         if old is None and len(self.conns) >= MAX_CONNECTIONS:
             raise _err(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_CONNECTIONS} open connections per user")
         v = self.version + 1
-        rec = ["conn", v, conn, device_id, client, gateway, cmd.now_ms]
+        rec = ["conn", v, str(conn), device_id, client, gateway, cmd.now_ms]
         self._apply(rec)
         return Outcome(reply=self._connect_reply(v), records=[rec],
                        events=[self._presence_event("connected", [conn], device_id)])
@@ -113,42 +113,47 @@ class SessionEntity(Entity):
     def _connect_reply(self, version: int) -> dict:
         return {"version": version, "connections": self._public_conns(None)}
 
-    def _op_disconnect(self, cmd: Command, args: dict) -> Outcome:
-        conn = _str_arg(args, "conn", required=True, max_len=200)
+    @op("disconnect", system=True, args={"conn": Conn(required=True)})
+    def _op_disconnect(self, cmd: Command, args: Args) -> Outcome:
+        conn = args["conn"]
         if conn not in self.conns:
             return Outcome(reply={"removed": False})
         device_id = self.conns[conn][0]
-        rec = ["disc", self.version + 1, [conn], "disconnected"]
+        rec = ["disc", self.version + 1, [str(conn)], "disconnected"]
         self._apply(rec)
         return Outcome(reply={"removed": True}, records=[rec],
                        events=[self._presence_event("disconnected", [conn], device_id)])
 
-    def _op_heartbeat(self, cmd: Command, args: dict) -> Outcome:
+    @op("heartbeat", system=True)
+    def _op_heartbeat(self, cmd: Command, args: Args) -> Outcome:
         """`{conn}` -> `{known}`, or `{conns: [...]}` (all of a user's connections on one gateway
         in one command) -> `{unknown: [...]}`. An unknown connection expired here (or never
         connected): the gateway re-sends `connect`. Soft state: no record, no version."""
         if "conns" in args:
-            conns = _list_arg(args.get("conns"), "conns")
+            conns = list_arg(args.get("conns"), "conns")
             if len(conns) > MAX_CONNECTIONS or not all(isinstance(c, str) for c in conns):
-                raise _err(ErrorCode.INVALID_FIELD, f"conns must be at most {MAX_CONNECTIONS} connection ids")
-            unknown = [c for c in conns if not self._seen(c, cmd.now_ms)]
+                raise invalid(f"conns must be at most {MAX_CONNECTIONS} connection ids")
+            # answered in the gateway's own spelling: it looks the unknown ones up by name
+            unknown = [c for c in conns if not self._seen(address(c), cmd.now_ms)]
             return Outcome(reply={"unknown": unknown})
-        conn = _str_arg(args, "conn", required=True, max_len=200)
+        conn = Conn(required=True).parse(args, "conn")
         return Outcome(reply={"known": self._seen(conn, cmd.now_ms)})
 
-    def _seen(self, conn: str, now_ms: int) -> bool:
-        c = self.conns.get(conn)
+    def _seen(self, conn: ConnAddress | None, now_ms: int) -> bool:
+        c = self.conns.get(conn) if conn is not None else None
         if c is None:
             return False
         if now_ms > c[4]:
             c[4] = now_ms
         return True
 
-    def _op_list_connections(self, cmd: Command, args: dict) -> Outcome:
+    @op("list_connections", role="user")
+    def _op_list_connections(self, cmd: Command, args: Args) -> Outcome:
         return Outcome(reply={"connections": self._public_conns(cmd.origin), "version": self.version})
 
-    def _op_end_connection(self, cmd: Command, args: dict) -> Outcome:
-        device_id = _str_arg(args, "device_id", required=True, max_len=200)
+    @op("end_connection", role="user", args={"device_id": Str(max_len=200, required=True)})
+    def _op_end_connection(self, cmd: Command, args: Args) -> Outcome:
+        device_id = args["device_id"]
         v = self.version + 1
         closing = [c for c, info in self.conns.items() if info[0] == device_id]
         rec = ["end", v, device_id, cmd.now_ms]
@@ -157,14 +162,15 @@ class SessionEntity(Entity):
         # presence first, then the goodbye: session.ended is the last frame a closed connection gets
         events = [self._presence_event("signed_out", closing, device_id)]
         events += [Event(type=MessageType.SESSION_ENDED.value,
-                         payload={"reason": "signed_out", "device_id": device_id, "by_device": by, "conn": c},
+                         payload={"reason": "signed_out", "device_id": device_id, "by_device": by, "conn": str(c)},
                          to=f"conn:{c}", close=True)
                    for c in closing]
         return Outcome(reply={"device_id": device_id, "closed": len(closing), "version": v},
                        records=[rec], events=events)
 
-    def _op_check_device(self, cmd: Command, args: dict) -> Outcome:
-        device_id = _str_arg(args, "device_id", required=True, max_len=200)
+    @op("check_device", role="user", args={"device_id": Str(max_len=200, required=True)})
+    def _op_check_device(self, cmd: Command, args: Args) -> Outcome:
+        device_id = args["device_id"]
         at = self.revoked.get(device_id)
         return Outcome(reply={"revoked": self._is_revoked(device_id, args.get("iat")), "revoked_at": at})
 
@@ -188,7 +194,7 @@ class SessionEntity(Entity):
         dead = [c for c, info in self.conns.items() if now_ms - info[4] > self.timeout_ms]
         if not dead:
             return None
-        rec = ["disc", self.version + 1, dead, "timeout"]
+        rec = ["disc", self.version + 1, [str(c) for c in dead], "timeout"]
         devices = {self.conns[c][0] for c in dead}
         self._apply(rec)
         return Outcome(records=[rec],
@@ -198,26 +204,27 @@ class SessionEntity(Entity):
         return not self.conns
 
     def _public_conns(self, origin) -> list[dict]:
-        cur = f"{origin[0]}/{origin[1]}" if origin else None
+        cur = ConnAddress.parse(origin) if origin else None
         out = []
         for conn, (device_id, client, gateway, since, seen) in self.conns.items():
-            d = {"conn": conn, "device_id": device_id, "client": client, "gateway": gateway,
+            d = {"conn": str(conn), "device_id": device_id, "client": client, "gateway": gateway,
                  "connected_since": since, "last_seen": seen}
             if origin is not None:
                 d["current"] = conn == cur
             out.append(d)
         return out
 
-    def _presence_event(self, reason: str, conns: list[str], device_id: str | None) -> Event:
+    def _presence_event(self, reason: str, conns: list[ConnAddress], device_id: str | None) -> Event:
         return Event(type=MessageType.SESSION_CHANGED.value,
-                     payload={"reason": reason, "conns": conns, "device_id": device_id,
+                     payload={"reason": reason, "conns": [str(c) for c in conns], "device_id": device_id,
                               "connections": self._public_conns(None)},
                      to=self.id)
 
     # ==========================================================================================
     # library
     # ==========================================================================================
-    def _op_library_save(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_save", role="user")
+    def _op_library_save(self, cmd: Command, args: Args) -> Outcome:
         items = self._parse_items(args, check_catalog=True)
         now = cmd.now_ms
         changes, seen = [], set()
@@ -234,7 +241,8 @@ class SessionEntity(Entity):
             changes.append(["s", TYPE_CODE[kind], ident, base[kind]])
         return self._library_change(cmd, changes, follow_effects=True)
 
-    def _op_library_remove(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_remove", role="user")
+    def _op_library_remove(self, cmd: Command, args: Args) -> Outcome:
         items = self._parse_items(args, check_catalog=False)
         changes, seen = [], set()
         for kind, ident, uri in items:
@@ -247,17 +255,19 @@ class SessionEntity(Entity):
                 self._check_known(kind, ident, uri)  # absent: fine, unless the id is unknown
         return self._library_change(cmd, changes, follow_effects=True)
 
-    def _op_library_contains(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_contains", role="user")
+    def _op_library_contains(self, cmd: Command, args: Args) -> Outcome:
         items = self._parse_items(args, check_catalog=False)
         return Outcome(reply=[self.library[k].get(i) is not None for k, i, _ in items])
 
-    def _op_library_list(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_list", role="user", args={"offset": Int(lo=0, default=0),
+                                           "limit": Int(lo=1, hi=MAX_PAGE, default=DEFAULT_PAGE)})
+    def _op_library_list(self, cmd: Command, args: Args) -> Outcome:
         kind = self._list_type(args.get("type"))
-        offset = _int_arg(args, "offset", 0, lo=0)
-        limit = _int_arg(args, "limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE)
+        offset, limit = args["offset"], args["limit"]
         after = args.get("after")
         if after is not None and (not isinstance(after, str) or len(after) > 64):
-            raise _err(ErrorCode.INVALID_FIELD, "after must be an id")
+            raise invalid("after must be an id")
         coll = self.library[kind]
         total = len(coll)
         reply: dict[str, Any] = {"type": kind, "total": total, "limit": limit,
@@ -280,16 +290,17 @@ class SessionEntity(Entity):
         reply["items"] = [{"uri": make_uri(kind, i), "id": i, "added_at": ts} for i, ts in rows]
         return Outcome(reply=reply)
 
-    def _op_library_follow_playlist(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_follow_playlist", system=True)
+    @op("playlist_created", system=True)
+    def _op_library_follow_playlist(self, cmd: Command, args: Args) -> Outcome:
         pid = self._playlist_arg(args)
         if self.library["playlist"].get(pid) is not None:
             return Outcome(reply={"changed": False, "library_version": self.version})
         ts = max(cmd.now_ms, self.library["playlist"].newest_ts() or 0)
         return self._library_change(cmd, [["s", TYPE_CODE["playlist"], pid, ts]], follow_effects=False)
 
-    _op_playlist_created = _op_library_follow_playlist
-
-    def _op_library_unfollow_playlist(self, cmd: Command, args: dict) -> Outcome:
+    @op("library_unfollow_playlist", system=True)
+    def _op_library_unfollow_playlist(self, cmd: Command, args: Args) -> Outcome:
         pid = self._playlist_arg(args)
         if self.library["playlist"].get(pid) is None:
             return Outcome(reply={"changed": False, "library_version": self.version})
@@ -328,14 +339,14 @@ class SessionEntity(Entity):
             kind = args.get("type")
             if kind not in TYPES:
                 raise self._type_error(kind)
-            ids = _list_arg(args.get("ids"), "ids")
+            ids = list_arg(args.get("ids"), "ids")
             uris = [make_uri(kind, require_id(i, f"{kind} id")) for i in ids]
         else:
-            uris = _list_arg(uris, "uris")
+            uris = list_arg(uris, "uris")
         if not uris:
-            raise _err(ErrorCode.BAD_REQUEST, "uris: at least one uri is required")
+            raise out_of_range("uris: at least one uri is required")
         if len(uris) > MAX_URIS:
-            raise _err(ErrorCode.BAD_REQUEST, f"at most {MAX_URIS} uris per call", limit=MAX_URIS)
+            raise out_of_range(f"at most {MAX_URIS} uris per call", limit=MAX_URIS)
         out = []
         for uri in uris:
             if isinstance(uri, str):
@@ -351,17 +362,8 @@ class SessionEntity(Entity):
         return out
 
     def _check_known(self, kind: str, ident: str, uri: str) -> None:
-        cat = self.env.catalog if self.env is not None else None
-        if cat is None or kind == "playlist":       # playlists: the playlist entity knows them
-            return
-        if kind == "track":
-            found = cat.track_by_uri(uri)
-        elif kind == "album":
-            found = cat.album_by_uri(uri)
-        else:
-            found = cat.artist(ident)
-        if found is None:
-            raise _err(ErrorCode.UNKNOWN_URI, f"unknown {kind}: {uri}", uri=uri)
+        if kind != "playlist":                      # playlists: the playlist entity knows them
+            require(self.env.catalog if self.env is not None else None, uri, kind)
 
     def _list_type(self, kind: Any) -> str:
         if kind in TYPES:
@@ -375,7 +377,7 @@ class SessionEntity(Entity):
     def _type_error(kind: Any) -> SyncopateError:
         if kind in UNSUPPORTED_TYPES:
             return _err(ErrorCode.BAD_REQUEST, f"unsupported type: {kind}")
-        return _err(ErrorCode.INVALID_FIELD, f"type must be one of {', '.join(TYPES)}")
+        return invalid(f"type must be one of {', '.join(TYPES)}")
 
     @staticmethod
     def _playlist_arg(args: dict) -> str:
@@ -387,13 +389,12 @@ class SessionEntity(Entity):
     # ==========================================================================================
     # resume and subscribe
     # ==========================================================================================
-    def _op_resume(self, cmd: Command, args: dict) -> Outcome:
-        since = args.get("since")
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-            raise _err(ErrorCode.INVALID_FIELD, "since must be a version (an integer >= 0)")
-        return Outcome(reply=self._resume(since))
+    @op("resume", role="user", args={"since": Int(lo=0, required=True)})
+    def _op_resume(self, cmd: Command, args: Args) -> Outcome:
+        return Outcome(reply=self._resume(args["since"]))
 
-    def _op_subscribe(self, cmd: Command, args: dict) -> Outcome:
+    @op("subscribe", role="user")
+    def _op_subscribe(self, cmd: Command, args: Args) -> Outcome:
         """The gateway subscribes each of the user's connections (the host then routes this
         entity's pushes to it). With `since`, answers like resume; without, a summary."""
         since = args.get("since")
@@ -440,12 +441,13 @@ class SessionEntity(Entity):
             self._log(v, rec[2])
         elif tag == "conn":
             _, _, conn, device_id, client, gateway, now = rec
+            conn = ConnAddress.parse(conn)
             old = self.conns.get(conn)
             since = old[3] if old is not None and old[0] == device_id else now
             self.conns[conn] = [device_id, client, gateway, since, now]
         elif tag == "disc":
             for conn in rec[2]:
-                self.conns.pop(conn, None)
+                self.conns.pop(ConnAddress.parse(conn), None)
         elif tag == "end":
             _, _, device_id, now = rec
             self.revoked.pop(device_id, None)
@@ -469,7 +471,7 @@ class SessionEntity(Entity):
         return {"f": SNAPSHOT_FORMAT,
                 "v": self.version,
                 "lib": self.library.dump(),
-                "conns": [[c, *info] for c, info in self.conns.items()],
+                "conns": [[str(c), *info] for c, info in self.conns.items()],
                 "revoked": [[d, at] for d, at in self.revoked.items()],
                 "log": [[v, ch] for v, ch in self.log],
                 "floor": self.log_floor}
@@ -478,7 +480,7 @@ class SessionEntity(Entity):
         if data.get("f") != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown session snapshot format {data.get('f')!r}")
         self.library = Library.load(data.get("lib"))
-        self.conns = {c[0]: list(c[1:]) for c in data.get("conns", ())}
+        self.conns = {ConnAddress.parse(c[0]): list(c[1:]) for c in data.get("conns", ())}
         self.revoked = {d: at for d, at in data.get("revoked", ())}
         self.log = deque((v, ch) for v, ch in data.get("log", ()))
         self.log_items = sum(len(ch) for _, ch in self.log)
@@ -487,60 +489,8 @@ class SessionEntity(Entity):
         self._restored = True
         self._grace_until = None
 
-    # -- the op table -------------------------------------------------------------------------
-    _OPS = {
-        "connect": _op_connect,
-        "disconnect": _op_disconnect,
-        "heartbeat": _op_heartbeat,
-        "list_connections": _op_list_connections,
-        "end_connection": _op_end_connection,
-        "check_device": _op_check_device,
-        "resume": _op_resume,
-        "subscribe": _op_subscribe,
-        "library_save": _op_library_save,
-        "library_remove": _op_library_remove,
-        "library_contains": _op_library_contains,
-        "library_list": _op_library_list,
-        "library_follow_playlist": _op_library_follow_playlist,
-        "library_unfollow_playlist": _op_library_unfollow_playlist,
-        "playlist_created": _op_playlist_created,
-    }
-    _SYSTEM_OPS = frozenset({"connect", "disconnect", "heartbeat", "library_follow_playlist",
-                             "library_unfollow_playlist", "playlist_created"})
-
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _public_changes(changes: list) -> list[dict]:
     return [{"op": _OP_NAME[op], "uri": make_uri(TYPES[tcode], ident), "added_at": ts}
             for op, tcode, ident, ts in changes]
-
-
-def _str_arg(args: dict, name: str, required: bool = False, max_len: int = 200) -> str | None:
-    v = args.get(name)
-    if v is None:
-        if required:
-            raise _err(ErrorCode.INVALID_FIELD, f"{name} is required")
-        return None
-    if not isinstance(v, str) or not v or len(v) > max_len:
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a non-empty string of at most {max_len} characters")
-    return v
-
-
-def _int_arg(args: dict, name: str, default: int, lo: int, hi: int | None = None) -> int:
-    v = args.get(name, default)
-    if v is None:
-        v = default
-    if isinstance(v, str) and v.isdigit():
-        v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be an integer {rng}")
-    return v
-
-
-def _list_arg(v: Any, name: str) -> list:
-    if isinstance(v, str):
-        return [s for s in (p.strip() for p in v.split(",")) if s]
-    if not isinstance(v, (list, tuple)):
-        raise _err(ErrorCode.INVALID_FIELD, f"{name} must be a list")
-    return list(v)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import parse_uri
@@ -156,13 +156,6 @@ class Catalog:
     def artist_by_uri(self, uri: str) -> Artist | None:
         return self._artists.get(parse_uri(uri, "artist")[1])
 
-    def require_track(self, uri: str) -> Track:
-        """For commands that use a track: malformed -> INVALID_URI, unknown -> UNKNOWN_URI."""
-        track = self.track_by_uri(uri)
-        if track is None:
-            raise SyncopateError(ErrorCode.UNKNOWN_URI, f"no such track: {uri}")
-        return track
-
     def album_tracks(self, album_id: str) -> list[Track]:
         album = self._albums.get(album_id)
         return [self._tracks[t] for t in album.track_ids] if album else []
@@ -292,3 +285,18 @@ class Catalog:
 def _followers(artist: Artist) -> int:
     """A plausible follower count that grows steeply with popularity (deterministic)."""
     return int(10 ** (2 + artist.popularity / 20)) + int(artist.id[:4], 36) % 997
+
+
+def require(catalog: Catalog | None, uri: Any, kind: str = "track") -> Track | Album | Artist | None:
+    """The one "does it exist" check of every entity: not a string, malformed or not a `kind` uri ->
+    INVALID_URI; well-formed but not in the catalog -> UNKNOWN_URI. Without a catalog (pure tests of
+    an entity's logic) only the shape is checked, and the answer is None."""
+    if not isinstance(uri, str):
+        raise SyncopateError(ErrorCode.INVALID_URI, f"{uri!r} is not a Spotify {kind} uri")
+    parse_uri(uri, kind)
+    if catalog is None:
+        return None
+    found = getattr(catalog, f"{kind}_by_uri")(uri)       # track_by_uri, album_by_uri, artist_by_uri
+    if found is None:
+        raise SyncopateError(ErrorCode.UNKNOWN_URI, f"unknown {kind}: {uri}", uri=uri)
+    return found

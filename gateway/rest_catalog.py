@@ -52,27 +52,26 @@ async def get_track(request: web.Request) -> web.Response:
     return json_response(cat.track_object(_found(cat.track(tid), "track", tid), base_url(request)))
 
 
-async def get_tracks(request: web.Request) -> web.Response:
-    cat, base = ctx(request).catalog, base_url(request)
-    out = []
-    for tid in _ids(request, 50):
-        track = cat.track(tid)
-        out.append(cat.track_object(track, base) if track else None)
-    return json_response({"tracks": out})
+def _several(key: str, max_items: int, lookup: str, render):
+    """GET /v1/{tracks,albums,artists}?ids=: the objects in the order asked, null for an id the
+    catalog does not hold. `render(catalog, obj, base_url)` is the kind's Spotify object."""
+    async def handler(request: web.Request) -> web.Response:
+        cat, base = ctx(request).catalog, base_url(request)
+        find = getattr(cat, lookup)
+        found = [find(i) for i in _ids(request, max_items)]
+        return json_response({key: [render(cat, x, base) if x else None for x in found]})
+    handler.__name__ = f"get_{key}"
+    return handler
+
+
+get_tracks = _several("tracks", 50, "track", lambda cat, t, base: cat.track_object(t, base))
+get_albums = _several("albums", 20, "album", lambda cat, a, base: cat.album_object(a, base_url=base))
+get_artists = _several("artists", 50, "artist", lambda cat, a, base: cat.artist_object(a, base))
 
 
 async def get_album(request: web.Request) -> web.Response:
     cat, aid = ctx(request).catalog, require_id(request.match_info["id"], "album id")
     return json_response(cat.album_object(_found(cat.album(aid), "album", aid), base_url=base_url(request)))
-
-
-async def get_albums(request: web.Request) -> web.Response:
-    cat, base = ctx(request).catalog, base_url(request)
-    out = []
-    for aid in _ids(request, 20):
-        album = cat.album(aid)
-        out.append(cat.album_object(album, base_url=base) if album else None)
-    return json_response({"albums": out})
 
 
 async def get_album_tracks(request: web.Request) -> web.Response:
@@ -88,15 +87,6 @@ async def get_album_tracks(request: web.Request) -> web.Response:
 async def get_artist(request: web.Request) -> web.Response:
     cat, aid = ctx(request).catalog, require_id(request.match_info["id"], "artist id")
     return json_response(cat.artist_object(_found(cat.artist(aid), "artist", aid), base_url(request)))
-
-
-async def get_artists(request: web.Request) -> web.Response:
-    cat, base = ctx(request).catalog, base_url(request)
-    out = []
-    for aid in _ids(request, 50):
-        artist = cat.artist(aid)
-        out.append(cat.artist_object(artist, base) if artist else None)
-    return json_response({"artists": out})
 
 
 async def get_artist_albums(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from catalog import Album, Artist, Catalog, Track
+from catalog import Album, Artist, Catalog, Track, require
 from catalog.generate import make_id
 from gateway import rest_catalog
 from gateway.http import CTX, error_response
@@ -102,7 +102,7 @@ def test_lookups(cat):
     assert isinstance(al, Album) and cat.album_by_uri(al.uri) is al and t.id in al.track_ids
     ar = cat.artist(t.artist_ids[0])
     assert isinstance(ar, Artist) and cat.artist_by_uri(ar.uri) is ar
-    assert cat.require_track(t.uri) is t
+    assert require(cat, t.uri) is t and require(cat, al.uri, "album") is al and require(None, t.uri) is None
     unknown = "0" * 22
     assert cat.track(unknown) is None and cat.album(unknown) is None and cat.artist(unknown) is None
     assert cat.track_by_uri(f"spotify:track:{unknown}") is None
@@ -120,9 +120,9 @@ def test_track_by_uri_malformed(cat, uri):
     assert ei.value.code is ErrorCode.INVALID_URI
 
 
-def test_require_track_unknown(cat):
+def test_require_unknown(cat):
     with pytest.raises(SyncopateError) as ei:
-        cat.require_track("spotify:track:" + "0" * 22)
+        require(cat, "spotify:track:" + "0" * 22)
     assert ei.value.code is ErrorCode.UNKNOWN_URI
 
 

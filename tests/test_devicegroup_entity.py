@@ -447,10 +447,10 @@ def test_repeat_semantics():
     h.refuse("INVALID_FIELD", "repeat")
     h.do("repeat", state="track")
     assert h.cluster()["next_tracks"] == [turi(1)]
-    pid = h.e.p["pid"]
+    pid = h.e.p["playback_id"]
     h.advance(DUR + 1_000)
     h.tick()
-    assert h.e.p["uri"] == turi(1) and h.e.p["pid"] == pid + 1 and h.state()["progress_ms"] == 1_000
+    assert h.e.p["uri"] == turi(1) and h.e.p["playback_id"] == pid + 1 and h.state()["progress_ms"] == 1_000
     h.do("next")                                       # a user skip moves on even with repeat track
     assert h.e.p["uri"] == turi(2)
     h.do("repeat", state="context")
@@ -460,8 +460,8 @@ def test_repeat_semantics():
     h.do("repeat", state="off")
     h.advance(2 * DUR + 5)                             # both end: back to the first, paused
     h.tick()
-    assert h.e.p["uri"] == turi(1) and not h.e.p["playing"] and h.e.p["position"] == 0
-    assert h.e.p["ts"] == T0 + 4 * DUR + 1_000            # exactly when the last track ended
+    assert h.e.p["uri"] == turi(1) and not h.e.p["playing"] and h.e.p["position_ms"] == 0
+    assert h.e.p["timestamp_ms"] == T0 + 4 * DUR + 1_000            # exactly when the last track ended
     h.check_replay()
 
 
@@ -491,7 +491,7 @@ def test_shuffle_is_deterministic_from_the_command_seed_and_replays():
     c = playing_album()
     c.do("shuffle", state=True)
     seed = c.e.p["seed"]
-    assert any("seed" in r.get("p", {}) for entry in c.log for r in entry)
+    assert any("seed" in r.get("player", {}) for entry in c.log for r in entry)
     assert c.replayed().p["seed"] == seed
     c.refuse("INVALID_FIELD", "shuffle", state="yes")
     c.refuse("INVALID_FIELD", "shuffle")
@@ -611,7 +611,7 @@ def test_heartbeat_expiry_via_tick_then_removal_and_pick_up_on_reconnect():
         h.do("heartbeat", device_id="d1")
     assert h.tick() is not None                    # d0 silent 30 s: offline, playback paused
     assert not h.e.devices["d0"]["online"] and h.e.devices["d1"]["online"]
-    assert h.e.active is None and not h.e.p["playing"] and h.e.p["position"] == 30_000
+    assert h.e.active is None and not h.e.p["playing"] and h.e.p["position_ms"] == 30_000
     assert h.cluster()["reason"] == "device_state_changed"
     # d0 comes back with its id: it is the active device again, paused where it was
     out = h.do("register", origin=("gw1", "c0b"), device_id="d0")
@@ -743,7 +743,7 @@ def test_listening_events_count_exactly_once():
     h.do("next")
     assert h.do("progress", event_id="ev2", device_id="d0", uri=turi(0), ms_played=35_000).reply["duplicate"]
     # reports naming the playback id, and reports from a device that is no longer active
-    pid = h.e.p["pid"]
+    pid = h.e.p["playback_id"]
     h.do("transfer", device_ids=["d1"])
     assert h.do("progress", event_id="ev4", device_id="d0", uri=turi(1), ms_played=31_000,
                 playback_id=pid).reply["counted"]
@@ -768,10 +768,10 @@ def test_counted_window_is_bounded_and_playback_ids_below_the_floor_never_count_
     h = setup()
     h.do("play", uris=[turi(1)], device_id="d0")
     h.do("repeat", state="track")
-    first_pid = h.e.p["pid"]
+    first_pid = h.e.p["playback_id"]
     for i in range(1_005):
         h.do("progress", event_id=f"ev{i}", device_id="d0", uri=turi(1), ms_played=30_000,
-             playback_id=h.e.p["pid"])
+             playback_id=h.e.p["playback_id"])
         h.advance(DUR)
         h.tick()                                     # repeat track: a new play, a new playback id
     assert len(h.e.counted_events) == 1_000 and len(h.e.counted_plays) == 1_000
@@ -811,7 +811,7 @@ def test_recently_played_cursor_paging():
 # == errors leave state unchanged, replay reproduces ============================================================
 def test_unknown_op_and_bad_args():
     h = setup()
-    h.refuse("BAD_REQUEST", "explode")
+    h.refuse("UNKNOWN_MESSAGE_TYPE", "explode")                  # one code for an unknown op, every entity
     h.refuse("INVALID_FIELD", "register")
     h.refuse("INVALID_FIELD", "register", device_id="")
     h.refuse("BAD_REQUEST", "register", device_id="d7", volume_percent=500)
@@ -898,7 +898,7 @@ def test_random_sequences_refusals_are_clean_and_replay_reproduces(steps):
             assert rt(h.e.snapshot()) == before and len(h.log) == n_log
         # invariants
         p = h.e.p
-        assert -1 <= p["pos"] < max(1, len(p["tracks"]))
+        assert -1 <= p["order_pos"] < max(1, len(p["tracks"]))
         assert h.e.active is None or h.e.devices[h.e.active]["online"]
         assert not p["playing"] or h.e.active is not None
     h.check_replay()

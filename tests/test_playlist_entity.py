@@ -53,7 +53,7 @@ def test_missing_playlist_and_bad_args():
     assert h.err("create", name="").code == ErrorCode.INVALID_FIELD
     assert h.err("create", name="x", public="yes").code == ErrorCode.INVALID_FIELD
     h.do("create", name="x")
-    assert h.err("nope").code == ErrorCode.BAD_REQUEST
+    assert h.err("nope").code == ErrorCode.UNKNOWN_MESSAGE_TYPE      # one code for an unknown op, every entity
     assert h.err("items", limit=101).code == ErrorCode.BAD_REQUEST
     assert h.err("items", limit=0).code == ErrorCode.BAD_REQUEST
     assert h.err("add", uris=[]).code == ErrorCode.BAD_REQUEST

@@ -1,0 +1,147 @@
+"""A data dir written by the code before the typed records (commit e3f2686) still loads.
+
+tests/data/legacy-e3f2686.sqlite was written by tests/data/make_legacy_store.py running that commit's
+EntityHost over a SQLiteStore: device group and session snapshots in the old forms (short player
+names, p/d/a/la/r/f records, connection addresses as lists and strings) plus records after them.
+Today's code must answer exactly what the old code answered at the end (tests/data/*.json), keep
+working on top of it, and read the mix of old and new records after a restart."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from actors.devicegroup import DeviceGroupEntity
+from actors.devicegroup_records import GroupChange, GroupSnapshot
+from actors.entity import SYSTEM, Command, Env, Principal
+from actors.host import EntityHost
+from actors.session import SessionEntity
+from catalog import Catalog
+from protocols.messages import DEVICE_GROUP, SESSION
+from protocols.wire import ConnAddress
+from storage.sqlite import SQLiteStore
+
+DATA = Path(__file__).resolve().parent / "data"
+FIXTURE = json.loads((DATA / "legacy-e3f2686.json").read_text())
+USER = "alice"
+
+
+class Run:
+    def __init__(self, db: Path, now_s: float) -> None:
+        self.store = SQLiteStore(db)
+        self.clock = [now_s]
+        self.host = EntityHost("h0", self.store, {DEVICE_GROUP: DeviceGroupEntity, SESSION: SessionEntity},
+                               Env(catalog=Catalog.from_dict(FIXTURE["catalog"])), dispatch=lambda c: None,
+                               clock=lambda: self.clock[0], idle_timeout_s=3600)
+
+    async def __aenter__(self) -> "Run":
+        await self.store.start()
+        await self.host.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.host.close(passivate=False)
+        await self.store.close()
+
+    async def call(self, kind, op, principal=Principal(USER), origin=None, **args):
+        reply = (await self.host.call(Command(kind, USER, op, args, principal, origin=origin)))[0]
+        self.clock[0] += 1.5
+        return reply
+
+    def entity(self, kind):
+        return self.host.slots[f"{kind}:{USER}"].entity
+
+    async def reads(self) -> dict:
+        """The reads of make_legacy_store.py, in its order."""
+        return {
+            "cluster": await self.call(DEVICE_GROUP, "subscribe"),
+            "stream_counts": await self.call(DEVICE_GROUP, "stream_counts"),
+            "recent": [[it["track"]["uri"], it["played_at"], (it["context"] or {}).get("uri")]
+                       for it in (await self.call(DEVICE_GROUP, "recently_played"))["items"]],
+            "connections": await self.call(SESSION, "list_connections"),
+            "library": {k: await self.call(SESSION, "library_list", type=k) for k in ("track", "album", "artist")},
+            "resume": await self.call(SESSION, "resume", since=0),
+            "revoked": await self.call(SESSION, "check_device", device_id="d5"),
+        }
+
+
+def _stored(db: Path):
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT key, data FROM records ORDER BY key, seq").fetchall()
+        snaps = con.execute("SELECT key, data FROM snapshots").fetchall()
+    finally:
+        con.close()
+    unpack = lambda b: msgpack.unpackb(b, raw=False, strict_map_key=False)  # noqa: E731
+    return [(k, unpack(d)) for k, d in rows], {k: unpack(d) for k, d in snaps}
+
+
+def test_the_fixture_holds_the_old_forms():
+    records, snaps = _stored(DATA / "legacy-e3f2686.sqlite")
+    group = [r for k, entry in records if k == f"{DEVICE_GROUP}:{USER}" for r in entry["recs"]]
+    assert group and all("v" not in r for r in group)
+    assert {"p", "a", "la", "r", "f"} <= set().union(*group) and any("ev" in r for r in group)
+    assert snaps[f"{DEVICE_GROUP}:{USER}"]["state"]["v"] == 1 and "pos" in snaps[f"{DEVICE_GROUP}:{USER}"]["state"]["p"]
+    session = [r[0] for k, entry in records if k == f"{SESSION}:{USER}" for r in entry["recs"]]
+    assert {"conn", "disc", "end", "lib"} <= set(session)
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A copy of the old data dir (the test writes to it)."""
+    path = tmp_path / "store.sqlite"
+    shutil.copy(DATA / "legacy-e3f2686.sqlite", path)
+    return path
+
+
+async def test_a_data_dir_of_the_old_code_loads_with_the_same_state(db):
+    expected = FIXTURE["expected"]
+    async with Run(db, expected["read_at_s"]) as run:
+        got = await run.reads()
+        assert got == {k: v for k, v in expected.items() if k != "read_at_s"}
+        group = run.entity(DEVICE_GROUP)
+        assert group.devices["d1"]["conn"] == ConnAddress("gw1", "c1")
+        assert isinstance(group.devices["d1"]["conn"], ConnAddress)
+        assert group.p["order_pos"] == 0 and group.p["in_order"] and group.p["position_ms"] == 20_000
+        assert set(run.entity(SESSION).conns) == {ConnAddress("gw1", "s0"), ConnAddress("gw1", "s2"),
+                                                  ConnAddress("gw3", "s9")}
+        # keep going on top of it: the new records are version 2, the old ones stay as they are
+        await run.call(DEVICE_GROUP, "pause")
+        await run.call(DEVICE_GROUP, "register", origin=ConnAddress("gw2", "c7"), device_id="d7")
+        await run.call(DEVICE_GROUP, "disconnect", principal=SYSTEM, conn="gw1/c0")
+        await run.call(SESSION, "disconnect", principal=SYSTEM, conn="gw1/s0")
+        after = {"group": group.snapshot(), "session": run.entity(SESSION).snapshot()}
+        end = run.clock[0]
+    records, _ = await asyncio.to_thread(_stored, db)
+    group_recs = [r for k, entry in records if k == f"{DEVICE_GROUP}:{USER}" for r in entry["recs"]]
+    assert [r.get("v") for r in group_recs][-3:] == [2, 2, 2] and any("v" not in r for r in group_recs)
+    async with Run(db, end) as run:      # old snapshot, old records, new records
+        await run.call(DEVICE_GROUP, "state")
+        await run.call(SESSION, "list_connections")
+        assert run.entity(DEVICE_GROUP).snapshot() == after["group"]
+        assert run.entity(SESSION).snapshot() == after["session"]
+        assert run.entity(DEVICE_GROUP).devices["d7"]["conn"] == ConnAddress("gw2", "c7")
+        assert not run.entity(DEVICE_GROUP).devices["d0"]["online"]
+
+
+def test_old_and_new_records_mean_the_same_change():
+    old = {"p": {"pos": 3, "on": True, "position": 1_000, "ts": 5, "pid": 2, "dur": 9, "ctx": "spotify:album:x"},
+           "d": {"d0": {"id": "d0", "conn": "gw/c1"}, "d1": None}, "a": None, "la": "d0", "r": 4, "f": 4,
+           "ev": "e1", "pk": 2, "st": "spotify:track:t", "rp": [5, "spotify:track:t", None]}
+    change = GroupChange.from_wire(old)
+    assert change.player == {"order_pos": 3, "in_order": True, "position_ms": 1_000, "timestamp_ms": 5,
+                             "playback_id": 2, "duration_ms": 9, "context_uri": "spotify:album:x"}
+    assert change.devices == {"d0": {"id": "d0", "conn": ConnAddress("gw", "c1")}, "d1": None}
+    assert change.active is None and change.last_active == "d0" and change.revision == change.fence == 4
+    assert change.play.recent() == [5, "spotify:track:t", None] and change.play.play_key == 2
+    wire = msgpack.unpackb(msgpack.packb(change.to_wire()), raw=False)
+    assert wire["v"] == 2 and wire["devices"]["d0"]["conn"] == ["gw", "c1"] and wire["active"] is None
+    assert GroupChange.from_wire(wire) == change
+    assert "active" not in GroupChange(revision=1).to_wire()         # unchanged is absent, None is a value
+    snap = DeviceGroupEntity(USER, Env()).snapshot()
+    assert GroupSnapshot.from_wire(msgpack.unpackb(msgpack.packb(snap), raw=False)).to_wire() == snap
