@@ -80,9 +80,11 @@ class Listener:
                 return status, data
             await asyncio.sleep(0.1)             # back-off between retries (not synchronisation)
 
-    async def ok(self, method: str, path: str, body=None, **kw) -> dict | None:
+    async def ok(self, method: str, path: str, body=None, *, expect: int | None = None, **kw) -> dict | None:
+        """A call that must succeed with Spotify's status: 200 with a body for a read, 204 for a command."""
         status, data = await self.rest(method, path, body, **kw)
-        assert status in (200, 204), (method, path, status, data)
+        want = expect if expect is not None else (200 if method == "GET" else 204)
+        assert status == want, (method, path, status, data)
         return data
 
     async def converge(self, rev: int, timeout: float = 20.0) -> dict:

@@ -58,6 +58,28 @@ def outcome(data, encoding):
     return env
 
 
+def envelope_refusal(value: dict) -> ErrorCode | None:
+    """The code decode_frame gives a plain object, in the order it checks the envelope's fields
+    (protocols/codec.py): the id, the type's type, the type's name, the payload, the op id."""
+    from protocols.messages import CLIENT_TYPES
+    from protocols.codec import _valid_id
+    rid = value.get("id")
+    if rid is not None and not _valid_id(rid):
+        return ErrorCode.INVALID_FIELD
+    mtype = value.get("type")
+    if not isinstance(mtype, str):
+        return ErrorCode.INVALID_FIELD
+    if mtype not in {t.value for t in CLIENT_TYPES}:          # unknown, or server -> client only
+        return ErrorCode.UNKNOWN_MESSAGE_TYPE
+    payload = value.get("payload", {})
+    if payload is not None and not isinstance(payload, dict):
+        return ErrorCode.INVALID_FIELD
+    op_id = value.get("op_id")
+    if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
+        return ErrorCode.INVALID_FIELD
+    return None
+
+
 def check_against_oracle(value, got):
     """What decode_frame must do with the frame `value` was packed into."""
     if not plain(value):
@@ -65,7 +87,7 @@ def check_against_oracle(value, got):
     elif not isinstance(value, dict):
         assert isinstance(got, SyncopateError) and got.code == ErrorCode.MALFORMED_FRAME, (value, got)
     elif isinstance(got, SyncopateError):
-        assert got.code in (ErrorCode.INVALID_FIELD, ErrorCode.UNKNOWN_MESSAGE_TYPE), (value, got)
+        assert got.code == envelope_refusal(value), (value, got)
     else:
         assert got.payload == (value.get("payload") or {}) and got.id == value.get("id")
 
