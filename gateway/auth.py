@@ -122,7 +122,7 @@ class Auth:
 
     def _encode(self, claims: dict, ttl_s: int, now: float | None) -> str:
         now = time.time() if now is None else now
-        claims.update(iat=int(now), exp=int(now + ttl_s))
+        claims.update(iat=int(now), exp=int(now + ttl_s), jti=secrets.token_urlsafe(9))   # jti: each token unique
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str | None) -> Principal:
