@@ -160,7 +160,7 @@ button{{margin:1rem .5rem 0 0;padding:.6rem 1.4rem;border-radius:2rem;border:0;f
 </style></head><body><main>{body}</main></body></html>"""
     return web.Response(text=doc, status=status, content_type="text/html", charset="utf-8",
                         headers={**NO_STORE, "X-Frame-Options": "DENY",
-                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"})
+                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
 
 def _login_form(req: dict, q, error: str | None = None, status: int = 200) -> web.Response:

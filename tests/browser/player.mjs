@@ -1,0 +1,92 @@
+// The web player in a real browser: two users (two browser contexts) sign in through the OAuth login
+// page, edit one collaborative playlist and each sees the other's edit within a second; the first
+// transfers playback to a websocket device and back. Screenshots of each main view go to docs/screenshots/.
+// Run by tests/browser/test_web_player.py: node player.mjs CONFIG_JSON
+import { chromium } from "playwright-core";
+
+const cfg = JSON.parse(process.argv[2]);
+const LIVE_MS = 1000;          // "each sees the other's edit within a second"
+const shot = (page, name) => page.screenshot({ path: `${cfg.screenshots}/${name}.png` });
+
+const browser = await chromium.launch({
+  executablePath: cfg.chromium,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+});
+const log = (...a) => console.log(new Date().toISOString(), ...a);
+try {
+  async function signedIn(user, password, screenshot) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.on("pageerror", (e) => log(`[${user}] page error:`, e.message));
+    await page.goto(cfg.url + "/");
+    await page.locator("#signin").click();
+    await page.locator("#username").waitFor();
+    if (screenshot) await shot(page, "login");
+    await page.locator("#username").fill(user);
+    await page.locator("#password").fill(password);
+    await page.getByRole("button", { name: "Agree" }).click();
+    await page.locator(`#me[data-user="${user}"]`).waitFor({ timeout: 10000 });
+    await page.locator("#conn.online").waitFor({ timeout: 10000 });
+    return page;
+  }
+
+  const a = await signedIn(cfg.alice, cfg.password, true);
+  const b = await signedIn(cfg.bob, cfg.password, false);
+  log("both signed in");
+
+  // the web player is a Connect device of its own
+  await a.locator("#devices li", { hasText: "Web Player (Chromium) (this browser)" }).waitFor();
+  await a.locator("#devices li", { hasText: cfg.speaker }).waitFor();
+
+  // both open the collaborative playlist
+  for (const p of [a, b]) {
+    await p.locator("button.playlist-link", { hasText: cfg.playlist_name }).click();
+    await p.locator("#playlist-name", { hasText: cfg.playlist_name }).waitFor();
+    await p.locator("#playlist-rows li").first().waitFor();
+  }
+
+  // alice adds a track from search: bob sees it within a second
+  await a.locator("#search").fill(cfg.query);
+  await a.getByRole("button", { name: "Search" }).click();
+  const result = a.locator("#results li", { hasText: cfg.track_name }).first();
+  await result.waitFor();
+  await shot(a, "search");
+  await result.getByRole("button", { name: "Add to playlist" }).click();
+  const t0 = Date.now();
+  await b.locator("#playlist-rows li", { hasText: cfg.track_name }).waitFor({ timeout: LIVE_MS });
+  log(`bob saw alice's add after ${Date.now() - t0} ms`);
+  await a.locator("#playlist-rows li", { hasText: cfg.track_name }).waitFor({ timeout: LIVE_MS });
+
+  // bob moves the first entry down and removes alice's track: alice sees both within a second
+  const firstBefore = await b.locator("#playlist-rows li").first().textContent();
+  await b.locator("#playlist-rows li").first().getByRole("button", { name: "Down" }).click();
+  const t1 = Date.now();
+  await a.locator("#playlist-rows li").nth(1).filter({ hasText: firstBefore.split(" — ")[0] }).waitFor({ timeout: LIVE_MS });
+  log(`alice saw bob's move after ${Date.now() - t1} ms`);
+  await b.locator("#playlist-rows li", { hasText: cfg.track_name }).getByRole("button", { name: "Remove" }).click();
+  const t2 = Date.now();
+  await a.locator("#playlist-rows li", { hasText: cfg.track_name }).waitFor({ state: "detached", timeout: LIVE_MS });
+  log(`alice saw bob's remove after ${Date.now() - t2} ms`);
+  await shot(b, "playlist");
+
+  // alice plays the playlist here, transfers to the websocket device and back
+  await a.locator("#playlist-rows li").first().getByRole("button", { name: "Play" }).click();
+  await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
+  await a.locator("#playpause[title=Pause]").waitFor();
+  await shot(a, "player");
+  await a.locator("#devices li", { hasText: cfg.speaker }).getByRole("button", { name: "Transfer here" }).click();
+  await a.locator("#active-device", { hasText: `Playing on ${cfg.speaker}` }).waitFor({ timeout: 5000 });
+  log("transferred to the speaker");
+  await a.locator("#devices li", { hasText: "(this browser)" }).getByRole("button", { name: "Transfer here" }).click();
+  await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
+  log("transferred back");
+
+  // a refusal is shown in words
+  await b.locator("#next").click();
+  await b.locator("#status", { hasText: /./ }).waitFor({ timeout: 5000 });
+  log("error shown:", await b.locator("#status").textContent());
+  await shot(a, "devices");
+  console.log("OK");
+} finally {
+  await browser.close();
+}
