@@ -110,6 +110,7 @@ function signedOut() {
   st.token = st.refresh = null;
   clearTimeout(st.refreshTimer);
   if (st.ws) { st.ws.onclose = null; st.ws.close(); st.ws = null; }
+  leavePresence();
   $("#app").hidden = $("#player").hidden = $("#signout").hidden = true;
   $("#login").hidden = false;
   $("#me").textContent = "";
@@ -336,6 +337,7 @@ async function openPlaylist(id, again = false) {
     const answer = await send("subscribe", { entity: `playlist:${id}` });
     await loadPlaylistState(answer);
     $("#playlist-view").hidden = false;
+    if (presence.id !== id || !presence.ws) joinPresence(id);
   } catch (err) { say("The playlist could not be opened: " + explain(err)); }
 }
 
@@ -390,7 +392,94 @@ function addToPlaylist(uri) {
   return edit("playlist.add", { uris: [uri] });
 }
 
-function closePlaylist() { st.playlist = null; $("#playlist-view").hidden = true; }
+function closePlaylist() { st.playlist = null; leavePresence(); presence.id = null; $("#playlist-view").hidden = true; }
+
+// -- presence: who has the playlist open, through Yjs awareness on /v1/yjs/playlists/{id} -----------
+// The awareness protocol of y-protocols (lib0 encoding), so stock Yjs editors show up here and see
+// this page. The document sync messages on the same socket are ignored: edits come over /v1/ws.
+const AWARE = 1, QUERY_AWARENESS = 3, AWARE_RENEW_MS = 15000, AWARE_TIMEOUT_MS = 30000;
+const presence = { ws: null, id: null, clientId: crypto.getRandomValues(new Uint32Array(1))[0] >>> 1, clock: 0,
+  states: new Map(), timer: null };
+
+function varUint(out, n) { while (n > 127) { out.push(128 | (n & 127)); n = Math.floor(n / 128); } out.push(n); }
+function varBytes(out, bytes) { varUint(out, bytes.length); for (const b of bytes) out.push(b); }
+function readerOf(buf) {
+  let i = 0;
+  const u = () => { let n = 0, mult = 1; for (;;) { const b = buf[i++]; n += (b & 127) * mult; mult *= 128; if (b < 128) return n; if (i > buf.length) throw new Error("eof"); } };
+  const bytes = () => { const len = u(); const v = buf.subarray(i, i + len); i += len; return v; };
+  return { u, bytes, done: () => i >= buf.length };
+}
+
+function announce(state) {
+  if (!presence.ws || presence.ws.readyState !== WebSocket.OPEN) return;
+  const update = [];
+  varUint(update, 1); varUint(update, presence.clientId); varUint(update, ++presence.clock);
+  varBytes(update, new TextEncoder().encode(JSON.stringify(state)));
+  const msg = []; varUint(msg, AWARE); varBytes(msg, update);
+  presence.ws.send(new Uint8Array(msg));
+}
+
+function onAwareness(update) {
+  const r = readerOf(update);
+  const n = r.u();
+  for (let k = 0; k < n; k++) {
+    const client = r.u(), clock = r.u(), json = new TextDecoder().decode(r.bytes());
+    if (client === presence.clientId) continue;
+    const state = JSON.parse(json);
+    if (state === null) presence.states.delete(client);
+    else presence.states.set(client, { state, seen: Date.now() });
+  }
+  renderPresence();
+}
+
+function renderPresence() {
+  const now = Date.now();
+  for (const [c, v] of presence.states) if (now - v.seen > AWARE_TIMEOUT_MS) presence.states.delete(c);
+  const names = [...new Set([...presence.states.values()].map((v) => v.state && v.state.user && v.state.user.name).filter(Boolean))];
+  $("#presence").textContent = names.length ? `Here now: ${names.join(", ")}` : "Only you are here";
+}
+
+function joinPresence(id) {
+  leavePresence();
+  presence.id = id;
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/yjs/playlists/${encodeURIComponent(id)}?token=${encodeURIComponent(st.token)}`);
+  ws.binaryType = "arraybuffer";
+  presence.ws = ws;
+  let joined = false;
+  const me = { user: { name: (st.user && (st.user.display_name || st.user.id)) || "someone", id: st.user && st.user.id } };
+  ws.onmessage = (ev) => {
+    const buf = new Uint8Array(ev.data);
+    try {
+      const r = readerOf(buf);
+      const type = r.u();
+      if (!joined) {              // the server speaks once this socket has joined: announce, then ask
+        joined = true;
+        announce(me);
+        ws.send(new Uint8Array([QUERY_AWARENESS]));
+      }
+      if (type === AWARE) onAwareness(r.bytes());
+    } catch { /* a sync message this page does not read */ }
+  };
+  ws.onclose = () => {
+    if (presence.ws !== ws) return;
+    presence.ws = null;
+    if (st.playlist && st.playlist.id === id && st.token) setTimeout(() => { if (st.playlist && st.playlist.id === id) joinPresence(id); }, 2000);
+  };
+  clearInterval(presence.timer);
+  presence.timer = setInterval(() => { announce(me); renderPresence(); }, AWARE_RENEW_MS);
+  renderPresence();
+}
+
+function leavePresence() {
+  clearInterval(presence.timer);
+  if (presence.ws) {
+    try { announce(null); } catch { /* closing anyway */ }
+    const ws = presence.ws;
+    presence.ws = null;
+    ws.close();
+  }
+  presence.states.clear();
+}
 
 // -- wiring ---------------------------------------------------------------------------------------
 function wire() {

@@ -45,6 +45,11 @@ try {
     await p.locator("#playlist-rows li").first().waitFor();
   }
 
+  // presence: each sees the other in the playlist (Yjs awareness)
+  await a.locator("#presence", { hasText: "Here now: Bob" }).waitFor({ timeout: 5000 });
+  await b.locator("#presence", { hasText: "Here now: Alice" }).waitFor({ timeout: 5000 });
+  log("presence shown");
+
   // alice adds a track from search: bob sees it within a second
   await a.locator("#search").fill(cfg.query);
   await a.getByRole("button", { name: "Search" }).click();
