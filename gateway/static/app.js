@@ -178,6 +178,7 @@ async function onFrame(f) {
     st.offset = f.payload.server_time_ms - Date.now();
     st.backoff = 500;
     setConn(true);
+    $("#conn").dataset.connects = String(Number($("#conn").dataset.connects || 0) + 1);
     say("");
     await register();
     if (st.playlist) openPlaylist(st.playlist.id, true);

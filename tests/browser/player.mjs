@@ -3,6 +3,11 @@
 // transfers playback to a websocket device and back. Screenshots of each main view go to docs/screenshots/.
 // Run by tests/browser/test_web_player.py: node player.mjs CONFIG_JSON
 import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+
+const stdin = createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+async function ask(what) { console.log(what); const { value } = await lines.next(); return value; }   // the Python side acts
 
 const cfg = JSON.parse(process.argv[2]);
 const LIVE_MS = 1000;          // "each sees the other's edit within a second"
@@ -86,6 +91,25 @@ try {
   await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
   log("transferred back");
 
+  // a transfer made elsewhere (REST, by the Python side) shows live
+  if ((await ask("TRANSFER")) !== "TRANSFERRED") throw new Error("the test did not transfer");
+  await a.locator("#active-device", { hasText: `Playing on ${cfg.speaker}` }).waitFor({ timeout: LIVE_MS });
+  log("a transfer from elsewhere shown");
+  await a.locator("#devices li", { hasText: "(this browser)" }).getByRole("button", { name: "Transfer here" }).click();
+  await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
+
+  // the server drops the page's socket: it reconnects by itself and keeps working
+  const connects = Number(await a.locator("#conn").getAttribute("data-connects"));
+  if ((await ask("DROP")) !== "DROPPED") throw new Error("the test did not drop the socket");
+  await a.locator(`#conn.online[data-connects="${connects + 1}"]`).waitFor({ timeout: 10000 });
+  log("reconnected");
+  // the server paused playback when the active device dropped; back, it is the active device again
+  await a.locator("#playpause[title=Play]").waitFor({ timeout: 5000 });
+  await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
+  await a.locator("#playpause").click();
+  await a.locator("#playpause[title=Pause]").waitFor({ timeout: 5000 });
+  log("resumed after the reconnect");
+
   // a refusal is shown in words
   await b.locator("#next").click();
   await b.locator("#status", { hasText: /./ }).waitFor({ timeout: 5000 });
@@ -93,5 +117,6 @@ try {
   await shot(a, "devices");
   console.log("OK");
 } finally {
+  stdin.close();
   await browser.close();
 }

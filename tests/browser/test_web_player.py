@@ -72,16 +72,34 @@ async def test_web_player_in_chromium(server, unique):
                "query": pick.name, "track_name": pick.name, "speaker": "Kitchen Speaker",
                "chromium": CHROMIUM, "screenshots": str(shots)}
         proc = await asyncio.create_subprocess_exec(node, str(HERE / "player.mjs"), json.dumps(cfg), cwd=str(HERE),
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        lines: list[str] = []
+        dropped = 0
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 90)
+            async with asyncio.timeout(90):
+                while raw := await proc.stdout.readline():
+                    line = raw.decode().rstrip()
+                    lines.append(line)
+                    if line == "DROP":          # the script asks: close alice's page socket from the server
+                        dropped = _drop_web_sockets(server, alice)
+                        proc.stdin.write(b"DROPPED\n")
+                        await proc.stdin.drain()
+                    elif line == "TRANSFER":    # a transfer from elsewhere: REST, to the speaker
+                        r = await http.put(f"{server.url}/v1/me/player", headers=ha,
+                                           json={"device_ids": ["speaker-1"], "play": True})
+                        assert r.status == 204, await r.text()
+                        proc.stdin.write(b"TRANSFERRED\n")
+                        await proc.stdin.drain()
+                await proc.wait()
         except TimeoutError:
             proc.kill()
             raise
         finally:
             beat.cancel()
-        text = out.decode()
+        text = "\n".join(lines)
         print(text)
+        assert dropped == 1, dropped
         assert proc.returncode == 0 and text.rstrip().endswith("OK"), text
         # the speaker saw playback arrive and leave again
         got = await speaker.wait_for(lambda c: c["active_device_id"] == "speaker-1")
@@ -90,6 +108,14 @@ async def test_web_player_in_chromium(server, unique):
         sizes = await asyncio.to_thread(lambda: {p: (shots / f"{p}.png").stat().st_size for p in SHOTS})
         assert all(n > 10_000 for n in sizes.values()), sizes
         await speaker.ws.close()
+
+
+def _drop_web_sockets(server, user: str) -> int:
+    """Close the user's web player app sockets as a failing gateway would (1012: service restart)."""
+    conns = [c for c in server.gateway.hub.conns.values() if c.principal.user_id == user and c.client == "web"]
+    for c in conns:
+        c.close(1012, "test: dropped")
+    return len(conns)
 
 
 SHOTS = ("login", "player", "playlist", "search", "devices")
