@@ -83,6 +83,19 @@ try {
   await a.locator("#playlist-rows li").first().getByRole("button", { name: "Play" }).click();
   await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
   await a.locator("#playpause[title=Pause]").waitFor();
+  // the controls act through the server and show its answer (pushes)
+  const firstTrack = await a.locator("#now-name").textContent();
+  await a.locator("#next").click();
+  await a.locator("#now-name").filter({ hasNotText: firstTrack }).waitFor({ timeout: 5000 });
+  await a.locator("#prev").click();
+  await a.locator("#now-name", { hasText: firstTrack }).waitFor({ timeout: 5000 });
+  await a.locator("#shuffle").click();
+  await a.locator('#shuffle[aria-pressed="true"]').waitFor({ timeout: 5000 });
+  await a.locator("#repeat").click();
+  await a.locator("#repeat", { hasText: "Repeat: context" }).waitFor({ timeout: 5000 });
+  await a.locator("#seek").evaluate((el) => { el.value = "60000"; el.dispatchEvent(new Event("change")); });
+  await a.locator("#pos", { hasText: /^1:0\d$/ }).waitFor({ timeout: 5000 });
+  log("next, previous, shuffle, repeat, seek");
   await shot(a, "player");
   await a.locator("#devices li", { hasText: cfg.speaker }).getByRole("button", { name: "Transfer here" }).click();
   await a.locator("#active-device", { hasText: `Playing on ${cfg.speaker}` }).waitFor({ timeout: 5000 });
