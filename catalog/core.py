@@ -266,7 +266,7 @@ class Catalog:
                 "copyrights": [],
                 "external_ids": {},
                 "genres": [],
-                "label": None,
+                "label": self._artists[album.artist_ids[0]].name if album.artist_ids else "Independent",
                 "popularity": album.popularity,
                 "tracks": {
                     "href": f"{page}?offset=0&limit={limit}",

@@ -1,4 +1,5 @@
-"""REST middlewares: Spotify's error shape for every failure, bearer auth, per-user rate limit."""
+"""REST middlewares: Spotify's error shape for every failure, bearer auth, scopes (gateway/scopes.py),
+per-user rate limit."""
 from __future__ import annotations
 
 import logging
@@ -6,14 +7,17 @@ import time
 
 from aiohttp import web
 
+from gateway import scopes
 from gateway.auth import bearer
 from gateway.http import CTX, IDEMPOTENCY_KEY, OP_ID, PRINCIPAL, error_response
 from gateway.ratelimit import TokenBucket
 from protocols.errors import ErrorCode, SyncopateError
 
 log = logging.getLogger("syncopate.rest")
-OPEN_PATHS = ("/healthz", "/metrics")
+OPEN_PATHS = ("/healthz", "/metrics", "/", "/authorize", "/api/token", "/favicon.ico")
+OPEN_PREFIXES = ("/web/",)                        # the web player's static files
 SELF_AUTH_PREFIXES = ("/v1/ws", "/v1/yjs/")      # websockets authenticate themselves (header or ?token=)
+OPERATOR_PREFIX = "/admin/"                      # operator tokens only (gateway/rest_users.py)
 
 
 @web.middleware
@@ -56,10 +60,23 @@ def auth(buckets: dict):
     @web.middleware
     async def middleware(request: web.Request, handler):
         path = request.path
-        if path in OPEN_PATHS or path.startswith(SELF_AUTH_PREFIXES):
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await handler(request)
         ctx = request.app[CTX]
+        if path.startswith(SELF_AUTH_PREFIXES):
+            # the socket checks its token itself; only users' tokens may open one
+            token = bearer(request.headers.get("Authorization")) or request.query.get("token")
+            if token:
+                p = ctx.auth.verify(token)
+                if p.app_only or p.operator:
+                    raise SyncopateError(ErrorCode.UNAUTHORIZED, "a websocket needs a user token")
+            return await handler(request)
         principal = ctx.auth.verify(bearer(request.headers.get("Authorization")))
+        if path.startswith(OPERATOR_PREFIX) != principal.operator:
+            raise SyncopateError(ErrorCode.UNAUTHORIZED if principal.operator else ErrorCode.FORBIDDEN,
+                                 "an operator token is for the /admin API only" if principal.operator
+                                 else "the /admin API needs an operator token (syncopate user|app ...)")
+        scopes.enforce(scopes.rest_rule(request.method, path), principal)
         bucket = buckets.get(principal.user_id)
         if bucket is None:
             if len(buckets) > 100_000:

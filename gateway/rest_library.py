@@ -14,7 +14,7 @@ Classic surface (tekore 6):
   GET        /v1/me/tracks?limit=&offset=   saved-track paging object, newest first
   GET        /v1/me/tracks/contains?ids=    -> [bool, ...]
   the same for /v1/me/albums (items {added_at, album})
-  PUT/DELETE /v1/me/following?type=artist&ids=   -> 204 / 200, empty body
+  PUT/DELETE /v1/me/following?type=artist&ids=   -> 204, empty body
   GET        /v1/me/following?type=artist&limit=&after=   {"artists": cursor paging object}
   GET        /v1/me/following/contains?type=artist&ids=
   PUT/DELETE /v1/playlists/{id}/followers   the playlist entity's follow/unfollow (it tells the
@@ -204,7 +204,7 @@ async def unfollow_artists(request: web.Request) -> web.Response:
     kind = _artist_type(request)
     ids = await _items(request, "ids", MAX_TYPED_IDS, body=True)
     await _session(request, "library_remove", {"type": kind, "ids": ids}, mutation=True)
-    return _empty(200)
+    return _empty(204)
 
 
 async def following_contains(request: web.Request) -> web.Response:

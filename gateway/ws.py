@@ -19,6 +19,7 @@ from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, Connection
 from gateway.ratelimit import TokenBucket
+from gateway.scopes import check_ws
 from protocols import codec
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
@@ -228,6 +229,7 @@ class WsSession:
 
     def _dispatch(self, env, t0: float) -> None:
         conn, ctx = self.conn, self.ctx
+        check_ws(conn.principal, env.type.value, env.payload)     # the token's scopes (gateway/scopes.py)
         if env.type == T.PING:
             conn.send({"id": env.id, "type": T.PONG.value, "payload": {"server_time_ms": int(time.time() * 1000)}})
             return

@@ -1,4 +1,4 @@
-"""The `syncopate` command: serve, token, simulate, bench."""
+"""The `syncopate` command: serve, token, user, app, simulate, bench."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,95 @@ def _token(args) -> int:
     auth = Auth(load_secret(args.data_dir, args.secret_file))
     print(auth.mint(args.user, product=args.product, ttl_s=args.ttl, device_id=args.device))
     return 0
+
+
+# -- user and app: through the running server's /admin API (docs/oauth.md) ------------------------
+# Through the server, not offline on the store: a host holds an active account in memory, so a
+# change written beside it would not be seen (and fencing would refuse the host's next write).
+# The operator token is minted here from the signing key, like `syncopate token`.
+
+def _admin(args, method: str, path: str, body: dict | None = None) -> dict:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from gateway.auth import Auth, load_secret
+    token = Auth(load_secret(args.data_dir, args.secret_file)).mint_operator()
+    req = urllib.request.Request(args.server.rstrip("/") + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read())["error"]["message"]
+        except Exception:
+            msg = exc.reason
+        raise SystemExit(f"syncopate: {method} {path}: {exc.code} {msg}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"syncopate: no server at {args.server} ({exc.reason}); start it with `syncopate serve`") from None
+
+
+def _read_password(args) -> str:
+    """From the terminal (asked twice) or, when stdin is not a terminal, its first line: never argv."""
+    import getpass
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            raise SystemExit("syncopate: the passwords differ")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    return pw
+
+
+def _user_body(args) -> dict:
+    import secrets as _secrets
+
+    from actors.account import hash_password
+    body = {k: getattr(args, k) for k in ("display_name", "country", "product", "email")
+            if getattr(args, k, None) is not None}
+    if args.password:
+        try:
+            body["password_hash"] = hash_password(_read_password(args), _secrets.token_bytes(16))
+        except ValueError as exc:
+            raise SystemExit(f"syncopate: {exc}") from None
+    return body
+
+
+def _print(obj) -> None:
+    import json
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _user(args) -> int:
+    if args.action == "add":
+        _print(_admin(args, "POST", "/admin/users", {"id": args.id, **_user_body(args)}))
+    elif args.action == "set":
+        _print(_admin(args, "PATCH", f"/admin/users/{args.id}", _user_body(args)))
+    else:
+        _print(_admin(args, "GET", f"/admin/users?offset={args.offset}&limit={args.limit}"))
+    return 0
+
+
+def _app(args) -> int:
+    if args.action == "add":
+        _print(_admin(args, "POST", "/admin/apps", {"name": args.name, "redirect_uris": args.redirect_uri,
+                                                     "public": args.public}))
+    elif args.action == "set":
+        body = {"redirect_uris": args.redirect_uri} if args.redirect_uri else {}
+        if args.name:
+            body["name"] = args.name
+        _print(_admin(args, "PATCH", f"/admin/apps/{args.client_id}", body))
+    else:
+        _print(_admin(args, "GET", f"/admin/apps?offset={args.offset}&limit={args.limit}"))
+    return 0
+
+
+def _admin_options(p) -> None:
+    p.add_argument("--server", default="http://127.0.0.1:8080", help="the running server's URL")
+    p.add_argument("--data-dir", default="./var", help="where secret.key is (to mint the operator token)")
+    p.add_argument("--secret-file", help="token signing key file (default: <data-dir>/secret.key)")
 
 
 class _Removed(argparse.Action):
@@ -87,6 +176,42 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
     t.add_argument("--device", help="bind the token to a device id (session sign-out revokes it)")
     t.set_defaults(fn=_token)
+
+    u = sub.add_parser("user", help="add, change or list accounts (through the running server)")
+    usub = u.add_subparsers(dest="action", required=True)
+    for action in ("add", "set"):
+        a = usub.add_parser(action)
+        a.add_argument("id")
+        a.add_argument("--display-name")
+        a.add_argument("--country", help="ISO 3166-1 alpha-2 (default on add: US)")
+        a.add_argument("--product", choices=["premium", "free"])
+        a.add_argument("--email")
+        a.add_argument("--password", action="store_true",
+                       help="set the sign-in password: asked on the terminal, or the first line of stdin")
+        _admin_options(a)
+    a = usub.add_parser("list")
+    a.add_argument("--offset", type=int, default=0)
+    a.add_argument("--limit", type=int, default=50)
+    _admin_options(a)
+    u.set_defaults(fn=_user)
+
+    ap = sub.add_parser("app", help="register or list OAuth client apps (through the running server)")
+    asub = ap.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("add")
+    a.add_argument("name")
+    a.add_argument("--redirect-uri", action="append", required=True, help="exact redirect URI (repeatable)")
+    a.add_argument("--public", action="store_true", help="a public client (PKCE, no secret)")
+    _admin_options(a)
+    a = asub.add_parser("set")
+    a.add_argument("client_id")
+    a.add_argument("--name")
+    a.add_argument("--redirect-uri", action="append", help="replaces the redirect URIs (repeatable)")
+    _admin_options(a)
+    a = asub.add_parser("list")
+    a.add_argument("--offset", type=int, default=0)
+    a.add_argument("--limit", type=int, default=50)
+    _admin_options(a)
+    ap.set_defaults(fn=_app)
 
     try:
         from simulations.cli import add_parsers

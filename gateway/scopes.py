@@ -1,0 +1,147 @@
+"""Which OAuth scopes each REST route and each websocket message needs: ONE table, applied in the
+REST middleware (gateway/middleware.py) and at websocket dispatch (gateway/ws.py).
+
+Scopes are Spotify's names (docs/oauth.md). A rule is "any one of these scopes" (Spotify's
+playlist modifications accept playlist-modify-public or -private; the entity still enforces who may
+change which playlist) and whether the route needs a user: an app-only token (client credentials)
+reaches only the catalog and public reads. A missing scope is Spotify's 403 "Insufficient client
+scope"; a user route called with an app-only token is 401 ("This endpoint needs a user token").
+
+REST rules match on the method and the request path (regular expressions, first match wins), not
+on handler names, so the REST modules carry no auth code and can be refactored freely.
+A /v1/ path that no rule names needs a user and no scope (DEFAULT_REST);
+tests/test_oauth.py::test_every_route_is_classified checks every registered route has a rule.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from protocols.errors import ErrorCode, SyncopateError
+from protocols.messages import MessageType as T
+
+SCOPES = ("user-read-private", "user-read-email", "user-read-playback-state", "user-modify-playback-state",
+          "user-read-currently-playing", "streaming", "app-remote-control", "playlist-read-private",
+          "playlist-read-collaborative", "playlist-modify-private", "playlist-modify-public",
+          "user-library-read", "user-library-modify", "user-follow-read", "user-follow-modify",
+          "user-read-recently-played", "user-read-playback-position", "user-top-read", "ugc-image-upload")
+ALL_SCOPES = frozenset(SCOPES)
+
+
+@dataclass(frozen=True)
+class Rule:
+    any_of: tuple[str, ...] = ()     # empty: no scope needed
+    user: bool = True                # False: an app-only (client credentials) token may call it
+
+
+PUBLIC = Rule(user=False)
+USER = Rule()
+MODIFY_PLAYLIST = Rule(("playlist-modify-public", "playlist-modify-private"))
+READ_STATE = Rule(("user-read-playback-state",))
+MODIFY_PLAYBACK = Rule(("user-modify-playback-state",))
+LIB_READ, LIB_MODIFY = Rule(("user-library-read",)), Rule(("user-library-modify",))
+DEVICE = Rule(("streaming", "app-remote-control"))
+DEFAULT_REST = USER
+
+_ID = r"[^/]+"
+_W = ("PUT", "POST", "DELETE")
+_LIB = r"/v1/me/(?:library|tracks|albums|shows|episodes|audiobooks)"
+
+# (methods, path regex, rule): first match wins. Paths without their trailing slash.
+REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p + r"$"), r) for m, p, r in [
+    (("GET",), r"/v1/(?:tracks|albums|artists)(?:/.*)?", PUBLIC),
+    (("GET",), r"/v1/(?:search|browse/.*|markets|recommendations.*|audio-features.*|audio-analysis/.*)", PUBLIC),
+    (("GET",), rf"/v1/users/{_ID}", PUBLIC),
+    (("GET",), rf"/v1/users/{_ID}/playlists", PUBLIC),
+    (("GET",), rf"/v1/playlists/{_ID}(?:/tracks|/items|/followers/contains)?", PUBLIC),
+    (("GET",), rf"/v1/playlists/{_ID}/collaborators", USER),
+    (("GET",), r"/v1/me", USER),
+    (("GET",), r"/v1/me/playlists", Rule(("playlist-read-private",))),
+    (("POST",), r"/v1/me/playlists", MODIFY_PLAYLIST),
+    (("POST",), rf"/v1/users/{_ID}/playlists", MODIFY_PLAYLIST),
+    (("PUT",), rf"/v1/playlists/{_ID}", MODIFY_PLAYLIST),
+    (_W, rf"/v1/playlists/{_ID}/(?:tracks|items|followers|collaborators/{_ID})", MODIFY_PLAYLIST),
+    (("GET",), r"/v1/me/library/contains", Rule(("user-library-read", "user-follow-read", "playlist-read-private"))),
+    (("PUT", "DELETE"), r"/v1/me/library", Rule(("user-library-modify", "user-follow-modify", "playlist-modify-public",
+                                                 "playlist-modify-private"))),
+    (("GET",), _LIB + r"(?:/contains)?", LIB_READ),
+    (("PUT", "DELETE"), _LIB, LIB_MODIFY),
+    (("GET",), r"/v1/me/following(?:/contains)?", Rule(("user-follow-read",))),
+    (("PUT", "DELETE"), r"/v1/me/following", Rule(("user-follow-modify",))),
+    (("GET",), r"/v1/me/player(?:/devices)?", READ_STATE),
+    (("GET",), r"/v1/me/player/queue", Rule(("user-read-currently-playing", "user-read-playback-state"))),
+    (("GET",), r"/v1/me/player/currently-playing", Rule(("user-read-currently-playing", "user-read-playback-state"))),
+    (("GET",), r"/v1/me/player/(?:recently-played|stream-counts)", Rule(("user-read-recently-played",))),
+    (_W, r"/v1/me/player(?:/.*)?", MODIFY_PLAYBACK),
+    (("GET", "DELETE"), r"/v1/me/sessions(?:/.*)?", USER),
+]]
+
+# websocket request type -> rule (types absent here: ping, auth, unsubscribe need none)
+WS_RULES: dict[str, Rule] = {t.value: r for t, r in {
+    T.PLAYLIST_CREATE: MODIFY_PLAYLIST, T.PLAYLIST_UPDATE_DETAILS: MODIFY_PLAYLIST, T.PLAYLIST_ADD: MODIFY_PLAYLIST,
+    T.PLAYLIST_REORDER: MODIFY_PLAYLIST, T.PLAYLIST_REPLACE: MODIFY_PLAYLIST, T.PLAYLIST_REMOVE: MODIFY_PLAYLIST,
+    T.PLAYLIST_FOLLOW: MODIFY_PLAYLIST, T.PLAYLIST_UNFOLLOW: MODIFY_PLAYLIST,
+    T.PLAYLIST_SET_COLLABORATOR: MODIFY_PLAYLIST, T.PLAYLIST_REMOVE_COLLABORATOR: MODIFY_PLAYLIST,
+    T.PLAYLIST_GET: USER, T.PLAYLIST_ITEMS: USER, T.PLAYLIST_COLLABORATORS: USER,
+    T.DEVICE_REGISTER: DEVICE, T.DEVICE_HEARTBEAT: DEVICE, T.DEVICE_UPDATE: DEVICE, T.DEVICE_PROGRESS: DEVICE,
+    T.PLAYER_STATE: READ_STATE, T.PLAYER_DEVICES: READ_STATE, T.PLAYER_QUEUE: READ_STATE,
+    T.PLAYER_CURRENTLY_PLAYING: Rule(("user-read-currently-playing", "user-read-playback-state")),
+    T.PLAYER_RECENTLY_PLAYED: Rule(("user-read-recently-played",)),
+    T.PLAYER_TRANSFER: MODIFY_PLAYBACK, T.PLAYER_PLAY: MODIFY_PLAYBACK, T.PLAYER_PAUSE: MODIFY_PLAYBACK,
+    T.PLAYER_NEXT: MODIFY_PLAYBACK, T.PLAYER_PREVIOUS: MODIFY_PLAYBACK, T.PLAYER_SEEK: MODIFY_PLAYBACK,
+    T.PLAYER_REPEAT: MODIFY_PLAYBACK, T.PLAYER_SHUFFLE: MODIFY_PLAYBACK, T.PLAYER_VOLUME: MODIFY_PLAYBACK,
+    T.PLAYER_QUEUE_ADD: MODIFY_PLAYBACK,
+    T.LIBRARY_SAVE: LIB_MODIFY, T.LIBRARY_REMOVE: LIB_MODIFY, T.LIBRARY_CONTAINS: LIB_READ, T.LIBRARY_LIST: LIB_READ,
+    T.SESSION_LIST: USER, T.SESSION_END: USER, T.SESSION_RESUME: USER,
+}.items()}
+# subscribe, by entity kind
+SUBSCRIBE_RULES: dict[str, Rule] = {"devicegroup": READ_STATE, "playlist": USER, "session": USER}
+
+
+def rest_rule(method: str, path: str) -> Rule | None:
+    """The rule for a request, or None for paths outside /v1/ (open or authenticated elsewhere)."""
+    if not path.startswith("/v1/") and path != "/v1":
+        return None
+    path = path.rstrip("/") or "/"
+    for methods, pattern, rule in REST_RULES:
+        if method in methods and pattern.match(path):
+            return rule
+    return DEFAULT_REST
+
+
+def ws_rule(msg_type: str, payload) -> Rule:
+    if msg_type == T.SUBSCRIBE.value:
+        key = payload.get("entity") if isinstance(payload, dict) else None
+        kind = key.partition(":")[0] if isinstance(key, str) else ""
+        return SUBSCRIBE_RULES.get(kind, USER)
+    return WS_RULES.get(msg_type, USER if msg_type not in (T.PING.value, T.AUTH.value, T.UNSUBSCRIBE.value)
+                        else PUBLIC)
+
+
+def enforce(rule: Rule | None, principal) -> None:
+    """Raise Spotify's refusal when `principal` (gateway.auth.TokenPrincipal) may not use `rule`."""
+    if rule is None:
+        return
+    scopes = getattr(principal, "scopes", ALL_SCOPES)
+    if rule.user and getattr(principal, "app_only", False):
+        raise SyncopateError(ErrorCode.UNAUTHORIZED, "This endpoint needs a user token, not an app-only one")
+    if rule.any_of and not scopes.intersection(rule.any_of):
+        raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
+
+
+def check_ws(principal, msg_type: str, payload) -> None:
+    """The websocket dispatch check (one call in gateway/ws.py)."""
+    enforce(ws_rule(msg_type, payload), principal)
+
+
+def parse_scope(raw: str | None) -> frozenset:
+    """A space-separated scope string; unknown names are refused (OAuth's invalid_scope)."""
+    names = frozenset(x for x in (raw or "").split() if x)
+    unknown = names - ALL_SCOPES
+    if unknown:
+        raise ValueError(f"unknown scope {sorted(unknown)[0]!r}")
+    return names
+
+
+def scope_string(scopes) -> str:
+    return " ".join(s for s in SCOPES if s in scopes)
