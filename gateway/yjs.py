@@ -31,6 +31,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from actors.entity import SYSTEM, Command
+from gateway import scopes
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY, Connection
@@ -122,6 +123,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         await ctx.check_session(principal)
         if not 0 < len(pid) <= 64:
             raise SyncopateError(ErrorCode.NOT_FOUND, "no such playlist")
+        scopes.enforce(scopes.USER, principal)       # an app-only token has no user to edit as
         ctx.hub.admit(principal)
     except SyncopateError as err:
         return error_response(err)
@@ -179,6 +181,13 @@ class YjsSession:
         self.bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.aware_bucket = TokenBucket(ctx.config.ws_rate, ctx.config.ws_burst)
         self.cache: AwarenessCache | None = None     # only once access is granted
+        # The token's scopes cap the role: without a playlist-modify scope the socket is read-only
+        # whatever the playlist allows (gateway/scopes.py, as for the REST and websocket edits).
+        try:
+            scopes.enforce(scopes.MODIFY_PLAYLIST, conn.principal)
+            self.scope_writes = True
+        except SyncopateError:
+            self.scope_writes = False
         self._expiry: asyncio.TimerHandle | None = None
         conn.on_push = self.on_push
         conn.on_access = self.on_access
@@ -193,7 +202,7 @@ class YjsSession:
         def joined(reply: Reply) -> None:
             if reply.ok:
                 # membership is in place (subscriptions.join) before the next push is read
-                self.readonly = bool(reply.payload.get("readonly"))
+                self.readonly = bool(reply.payload.get("readonly")) or not self.scope_writes
                 self.cache = self.ctx.yjs_awareness.setdefault(self.key, AwarenessCache())
                 self.conn.send_frame(yjs.sync_step1(reply.payload["state_vector"]))
                 aw = self.cache.frame()
@@ -323,7 +332,7 @@ class YjsSession:
     def on_access(self, conn: Connection, key: str, level: str) -> None:
         """Live authorization: a viewer promoted to editor becomes writable, an editor demoted to
         viewer read-only, without reconnecting."""
-        self.readonly = level != "write"
+        self.readonly = level != "write" or not self.scope_writes
 
     def on_ended(self, conn: Connection, key: str, err: SyncopateError) -> None:
         self.conn.send_frame(yjs.permission_denied(err.message))

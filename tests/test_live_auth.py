@@ -177,3 +177,21 @@ async def test_an_expired_token_closes_the_socket_and_a_renewed_one_keeps_it(ser
     assert pong["type"] == "result"
     assert not renewed.closed.is_set()
     await renewed.close()
+
+
+async def test_a_yjs_token_without_a_playlist_modify_scope_reads_but_does_not_edit(server, cat, http, users, ynode):
+    mint, url = server.auth.mint, server.url
+    o = mint(users["owner"])
+    uris = track_uris(cat, 60, 3)
+    pid = (await create(http, url, o, name="Scoped", public=False))["id"]
+    await add(http, url, pid, o, uris[:1])
+    base = ybase(url)
+    narrow = mint(users["owner"], scope=frozenset({"playlist-read-private"}))
+    y = await Y(ynode, "n", users["owner"]).open(base, pid, narrow)
+    full = await Y(ynode, "f", users["owner"]).open(base, pid, o)
+    await y.wait(synced=True, length=1)
+    refused = await y.insert(y.entry(uris[1]))                 # the owner's role, but not the token's scope
+    marker = await full.insert(full.entry(uris[2]))            # sent after it, on a full token
+    await y.wait(has_ids=marker)                               # it still reads, live
+    ids = await entry_ids(http, url, pid, o)
+    assert marker[0] in ids and refused[0] not in ids
