@@ -71,6 +71,9 @@ RELAY = "relay"                # system op: push {type, payload} to the entity's
 # payload (the change is not applied twice; the client re-reads if it needs the value). Decided so:
 # the cache used to hold 1,024 full replies per entity, one per request, whatever their size.
 OPS_REMEMBERED = 1024
+OP_RETRY_WINDOW_S = 300.0      # and only for this long: a retry comes within seconds, not hours (an
+                               # op id older than this is applied again if retried). Without it the
+                               # caches of a fixed population kept filling for as long as it ran.
 OP_REPLY_MAX_BYTES = 4096
 OP_REPLY_BUDGET_BYTES = 64 << 10
 ACKS_CARRIED = 4096            # acknowledged effect ids carried by the next log entry (beyond: re-sent, harmless)
@@ -120,6 +123,7 @@ class Slot:
     dead: bool = False                   # evicted: in-memory state may be ahead of the store
     ops: OrderedDict = field(default_factory=OrderedDict)   # (user, op_id) -> (version, packed reply | None)
     ops_bytes: int = 0
+    ops_at: dict = field(default_factory=dict)                 # (user, op_id) -> when remembered (host clock)
     ops_with_reply: deque = field(default_factory=deque)     # keys with a remembered reply, oldest first
     outbox: dict = field(default_factory=dict)               # effect op id -> OutEffect (unacknowledged)
     acks: list = field(default_factory=list)                  # effect ids acknowledged since the last entry
@@ -397,6 +401,7 @@ class EntityHost:
             loaded = await self.store.load(slot.key)
         entity = self.kinds[slot.kind](slot.entity_id, self.env)
         slot.ops.clear()
+        slot.ops_at.clear()
         slot.ops_bytes = 0
         slot.ops_with_reply.clear()
         slot.outbox.clear()
@@ -455,11 +460,15 @@ class EntityHost:
         if rb is not None and len(rb) > OP_REPLY_MAX_BYTES:
             rb = None
         slot.ops[key] = (version, rb)
+        now = self.clock()
+        slot.ops_at[key] = now
         if rb is not None:
             slot.ops_bytes += len(rb)
             slot.ops_with_reply.append(key)
-        while len(slot.ops) > OPS_REMEMBERED:
-            _, (_, gone) = slot.ops.popitem(last=False)
+        cutoff = now - OP_RETRY_WINDOW_S
+        while slot.ops and (len(slot.ops) > OPS_REMEMBERED or slot.ops_at.get(next(iter(slot.ops)), now) < cutoff):
+            k, (_, gone) = slot.ops.popitem(last=False)      # oldest first: insertion order is time order
+            slot.ops_at.pop(k, None)
             if gone is not None:
                 slot.ops_bytes -= len(gone)
         while slot.ops_bytes > OP_REPLY_BUDGET_BYTES and slot.ops_with_reply:

@@ -267,3 +267,20 @@ async def test_the_op_cache_is_bounded_in_bytes_and_a_large_reply_is_answered_by
     assert (await host.call(cmd("add", n=1, op_id="m199", pad="y" * 3000)))[0]["pad"] == "y" * 3000   # recent: full
     assert (await host.call(cmd("add", n=1, op_id="m0", pad="y" * 3000))) == (None, 2)               # old: version
     assert (await host.call(cmd("get")))[0]["total"] == 201
+
+
+async def test_op_ids_are_remembered_for_the_retry_window_only():
+    from actors.host import OP_RETRY_WINDOW_S
+    now = {"t": 1000.0}
+    host = EntityHost("h0", MemoryStore(), {"counter": Counter}, Env(), idle_timeout_s=3600,
+                      clock=lambda: now["t"])
+    await host.start()
+    first, v1 = await host.call(cmd("add", eid="w", n=1, op_id="op-1"))
+    assert await host.call(cmd("add", eid="w", n=1, op_id="op-1")) == (first, v1)      # a retry: answered
+    now["t"] += OP_RETRY_WINDOW_S + 1
+    await host.call(cmd("add", eid="w", n=5, op_id="op-2"))                            # prunes the window
+    slot = host.slots["counter:w"]
+    assert [k[1] for k in slot.ops] == ["op-2"] and set(slot.ops_at) == set(slot.ops)
+    _, v3 = await host.call(cmd("add", eid="w", n=1, op_id="op-1"))                   # long after: a new op
+    assert v3 == v1 + 2
+    await host.close(passivate=False)
