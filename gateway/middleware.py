@@ -14,7 +14,7 @@ from gateway.ratelimit import TokenBucket
 from protocols.errors import ErrorCode, SyncopateError
 
 log = logging.getLogger("syncopate.rest")
-OPEN_PATHS = ("/healthz", "/metrics", "/", "/authorize", "/api/token", "/favicon.ico")
+OPEN_PATHS = ("/healthz", "/metrics", "/", "/authorize", "/api/token", "/favicon.ico", "/v1/openapi.json")
 OPEN_PREFIXES = ("/web/",)                        # the web player's static files
 SELF_AUTH_PREFIXES = ("/v1/ws", "/v1/yjs/")      # websockets authenticate themselves (header or ?token=)
 OPERATOR_PREFIX = "/admin/"                      # operator tokens only (gateway/rest_users.py)

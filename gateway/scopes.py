@@ -74,6 +74,7 @@ REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p +
     (("GET",), r"/v1/me/player/(?:recently-played|stream-counts)", Rule(("user-read-recently-played",))),
     (_W, r"/v1/me/player(?:/.*)?", MODIFY_PLAYBACK),
     (("GET", "DELETE"), r"/v1/me/sessions(?:/.*)?", USER),
+    (("GET",), r"/v1/openapi\.json", PUBLIC),        # open: no token at all (gateway/middleware.py OPEN_PATHS)
 ]]
 
 # websocket request type -> rule (types absent here: ping, auth, unsubscribe need none)
