@@ -276,3 +276,13 @@ async def test_non_plain_msgpack_values_are_refused_before_the_host(server, http
     await ws.close()
     await other.close()
 
+
+
+async def test_a_client_chosen_name_never_becomes_a_metric_label(server, http):
+    # label values are a closed set: random client names would make metric series without bound
+    ws = await http.ws_connect(f"{server.url}/v1/ws?token={token('dora')}&client=zz-random-label-9")
+    assert (await recv_json(ws))["type"] == "hello"
+    text = await (await http.get(f"{server.url}/metrics")).text()
+    assert "zz-random-label-9" not in text
+    assert 'syncopate_connections{client="other"} 1.0' in text
+    await ws.close()
