@@ -392,6 +392,7 @@ class PlaylistEntity(Entity):
             self._full_since = self.version
         self.doc.gen += 1
         self.doc.trash = []
+        self.doc.added = []
         self.doc.tomb_log = []
         self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
         before = self.policy()
@@ -873,11 +874,12 @@ class PlaylistEntity(Entity):
         Yjs has no move: a move deletes the entry's Y.Map item and inserts a copy. A client that
         deletes the entry without having seen the move deletes the old item, which is already
         deleted here: in Yjs terms a no-op, and the copy would survive. The document remembers
-        every moved-away item with the item of the copy its move wrote (PlaylistDoc.tomb). For an
-        entry X one of whose moved-away items the update's delete set covers:
+        every moved-away item with its successors, the items of the copies its moves wrote and of
+        every later copy (PlaylistDoc.tomb, settle). For an entry X one of whose moved-away items
+        the update's delete set covers:
 
         - the update also inserts a valid copy of X: a move (concurrent moves keep one copy);
-        - the sender held the copy that moved that item away (its item id is below the sender's
+        - the sender held a successor of that item (its item id is below the sender's
           state: the state vector of its SyncStep1 on this connection, merged with what the update
           itself implies): it saw that move and merely knows the old item is gone (a SyncStep2
           carries the client's whole delete set, and a client repeats the deletes of its own moves);
@@ -956,6 +958,7 @@ class PlaylistEntity(Entity):
         self._unrecorded_at = self.version
         self.doc.gen += 1
         self.doc.trash = []
+        self.doc.added = []
         if t == "y":
             self.doc.actor = record.get("by")
             for u in record["u"]:

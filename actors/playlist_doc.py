@@ -23,7 +23,7 @@ inserts know the clocks they write; remote ones are read out of the integrated u
 (`scan_update`, protocols/lib0.py: a bounded, linear decoder of Yjs v1 updates, which also yields
 an update's delete set).
 The `tomb` remembers recently moved-away items (deleted while the entry lived on as a copy) with
-the copies their moves wrote, so that the entity can tell a late delete of a moved entry from a
+their successors (the copies their moves wrote, and every later copy: settle), so that the entity can tell a late delete of a moved entry from a
 client merely knowing the move (PlaylistEntity._concurrent_deletes).
 
 Speed: pycrdt (yrs) finds an array index by walking the item list (~9 ns per item), so inserting k
@@ -232,6 +232,7 @@ class PlaylistDoc:
         # in the current command ([client, clock, s_client, s_clock]: it stores them in the record)
         self.tomb: OrderedDict[tuple[int, int], tuple[str, list[tuple[int, int]]]] = OrderedDict()
         self._tomb_clocks: dict[int, list[int]] = {}
+        self._tomb_ids: dict[str, list[tuple[int, int]]] = {}     # entry id -> its items in `tomb`
         self.tomb_log: list[list[int]] = []
         # Yjs items outside the schema (see classify): client -> sorted [[start, end), ...]
         self.foreign: dict[int, list[list[int]]] = {}
@@ -239,6 +240,7 @@ class PlaylistDoc:
         self.gen = 0                                   # bumped by the entity per command
         self._updates: list[bytes] = []
         self.trash: list[Entry] = []                   # entries removed since the entity last cleared it
+        self.added: list[Entry] = []                   # entries inserted since then (may be dead again)
         self._local = False
         self._raw: list = []
         if update:
@@ -414,20 +416,46 @@ class PlaylistDoc:
         count: dict[str, int] = {}
         for e in want:
             count[e.id] = count.get(e.id, 0) + 1
+        ambiguous = []
         for e in want:
             items = found.get(e.id)
             if items and len(items) == 1 and count[e.id] == 1:
                 e.yid = items[0]
+            elif items:
+                ambiguous.append(e)
+        # several new copies of one id (concurrent moves in one update): looked up now, while they
+        # all live - a correction may delete the losers next, and settle() needs every copy's item,
+        # live and on replay alike
+        if ambiguous:
+            for e, p in zip(ambiguous, self.positions(ambiguous)):
+                e.yid = self.item_id(p)
 
     def settle(self) -> None:
         """End of a command (or of a replayed record): remember the Y.Map items of entries that
-        were moved away in it (deleted while a copy with the same id and content lives on) and
-        that copy's item, so that a late delete of such an item can still be traced to its entry,
-        and told apart from a client merely knowing the move."""
-        trash = self.trash
-        if not trash:
-            return
+        were moved away in it (deleted while a copy with the same id and content lives on), with
+        the copies of the entry written in it, so that a late delete of such an item can still be
+        traced to its entry, and told apart from a client merely knowing the move.
+
+        Every copy of an entry written later is a successor of its moved-away items too, whichever
+        command brings it: a client's copy does not always arrive with the delete of the item it
+        moved (yrs holds an update back until what it depends on arrives, and integrates it with a
+        later one; one update may carry several clients' moves). Its author holds the copy, so its
+        later SyncStep2 - whose delete set shows that item deleted - is not taken for a delete.
+        Derived from the document alone, so replay rebuilds the same successors."""
+        added, trash = self.added, self.trash
         by_id = self.by_id
+        copies: dict[str, list[tuple[int, int]]] = {}     # entry id -> items of its valid copies written now
+        for e in added:
+            if e.yid is None or not isinstance(e.id, str):
+                continue
+            live = by_id.get(e.id)
+            if live is not None and live.same_content(e) and e.well_shaped():
+                copies.setdefault(e.id, []).append(e.yid)
+        if copies and self._tomb_ids:
+            for eid, items in copies.items():
+                for item in self._tomb_ids.get(eid, ()):
+                    succ = self.tomb[item][1]
+                    succ.extend(c for c in items if c not in succ)
         for e in trash:
             item = e.yid
             if item is None or not isinstance(e.id, str):
@@ -435,7 +463,8 @@ class PlaylistDoc:
             live = by_id.get(e.id)
             if live is None or live is e or not live.same_content(e):
                 continue
-            self.bury(item, e.id, [self.item_of(live)])
+            first = self.item_of(live)
+            self.bury(item, e.id, [first, *(c for c in copies.get(e.id, ()) if c != first and c != item)])
 
     def bury(self, item: tuple[int, int], entry_id: str, successors: list[tuple[int, int]]) -> None:
         tomb = self.tomb
@@ -443,12 +472,17 @@ class PlaylistDoc:
             return
         tomb[item] = (entry_id, successors)
         bisect.insort(self._tomb_clocks.setdefault(item[0], []), item[1])
+        self._tomb_ids.setdefault(entry_id, []).append(item)
         if len(tomb) > TOMB_SIZE:
-            (client, clock), _ = tomb.popitem(last=False)
+            (client, clock), (eid, _) = tomb.popitem(last=False)
             clocks = self._tomb_clocks[client]
             del clocks[bisect.bisect_left(clocks, clock)]
             if not clocks:
                 del self._tomb_clocks[client]
+            items = self._tomb_ids[eid]
+            items.remove((client, clock))
+            if not items:
+                del self._tomb_ids[eid]
 
     def add_successor(self, item: tuple[int, int], successor: tuple[int, int]) -> None:
         """Another move of the moved-away `item` (a concurrent one) wrote the copy `successor`."""
@@ -519,6 +553,7 @@ class PlaylistDoc:
             for i, e in enumerate(entries[:-1]):
                 e.yid = (client, clock + 5 + i)
         self.entries[index:index] = entries
+        self.added.extend(entries)
         for e in entries:
             e.alive = True
             self._index_add(e)
@@ -736,6 +771,7 @@ class PlaylistDoc:
                         elif "insert" in op:
                             new = [self._read_value(txn, v) for v in op["insert"]]
                             self.entries[pos:pos] = new
+                            self.added.extend(new)
                             for e in new:
                                 self._index_add(e)
                             change.inserted.extend(new)
