@@ -42,9 +42,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-from pycrdt import _pycrdt as Y
-
+from actors.crdt_adapter import CrdtDoc, merge_updates
 from protocols.lib0 import (  # noqa: F401 - decode_state_vector, scan_update, UpdateScan: re-exported
     MalformedError,
     UpdateScan,
@@ -62,7 +60,6 @@ META_KEYS = ("name", "description", "public", "collaborative")
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 GRAVEYARD_SIZE = 4096          # recently deleted entries remembered (an undo re-inserts a copy)
 TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
-_LOCAL_ORIGIN = 0x5E17E5        # origin of server-side transactions
 
 
 # -- the Yjs binary codec: protocols/lib0.py ------------------------------------------------------------
@@ -197,6 +194,17 @@ class Change:
         return not (self.inserted or self.deleted or self.edited or self.meta or self.foreign)
 
 
+class Written:
+    """What one command wrote (PlaylistDoc.finish): its Yjs updates exactly as integrated (the
+    records store them) and the successors that its moves added to already moved-away items
+    ([client, clock, s_client, s_clock]: stored with them, replay re-adds them)."""
+    __slots__ = ("moves", "updates")
+
+    def __init__(self, updates: list[bytes], moves: list[list[int]]) -> None:
+        self.updates = updates
+        self.moves = moves
+
+
 class PlaylistDoc:
     def __init__(self, update: bytes | None = None, client_id: int | None = None,
                  rows: list | None = None) -> None:
@@ -206,16 +214,7 @@ class PlaylistDoc:
         snapshotted) spares reading the entries back out of the document."""
         self.client_id = client_id if client_id is not None else fresh_client_id()
         while True:
-            self.ydoc = Y.Doc(self.client_id, None, None)
-            txn = self.ydoc.create_transaction()
-            try:
-                self.tracks = self.ydoc.get_or_insert_array(txn, "tracks")
-                self.meta_map = self.ydoc.get_or_insert_map(txn, "meta")
-                if update:
-                    self.ydoc.apply_update(txn, update)
-                txn.commit()
-            finally:
-                txn.drop()
+            self.crdt = CrdtDoc(self.client_id, update)
             taken = decode_state_vector(self.state_vector()) if update else {}
             if self.client_id not in taken or client_id is not None:
                 break
@@ -236,38 +235,85 @@ class PlaylistDoc:
         self.tomb_log: list[list[int]] = []
         # Yjs items outside the schema (see classify): client -> sorted [[start, end), ...]
         self.foreign: dict[int, list[list[int]]] = {}
-        self.actor: str | None = None                  # the user whose command is being applied
-        self.gen = 0                                   # bumped by the entity per command
+        # per command (begin .. finish): who applies it, its generation (entries it wrote carry it),
+        # the updates it integrated, the entries it removed and inserted
+        self.actor: str | None = None
+        self.gen = 0
         self._updates: list[bytes] = []
-        self.trash: list[Entry] = []                   # entries removed since the entity last cleared it
-        self.added: list[Entry] = []                   # entries inserted since then (may be dead again)
+        self.trash: list[Entry] = []
+        self.added: list[Entry] = []
         self._local = False
         self._raw: list = []
         if update:
             self._load_mirror(rows, update)
-        self._subs = [self.ydoc.observe(self._on_txn),
-                      self.tracks.observe_deep(self._on_tracks),
-                      self.meta_map.observe(self._on_meta)]
+        self.crdt.observe(lambda u: self._updates.append(u), self._on_tracks, self._on_meta)
+
+    # -- a command's bookkeeping -------------------------------------------------------------------
+    def begin(self, actor: str | None) -> None:
+        """Start a command (or a replayed record) applied by `actor` (None: the system)."""
+        self.gen += 1
+        self.actor = actor
+        self.trash = []
+        self.added = []
+        self.tomb_log = []
+
+    def mark(self) -> int:
+        """A point in the current command's updates (see since)."""
+        return len(self._updates)
+
+    def since(self, mark: int) -> bytes:
+        """The updates integrated after `mark`, merged into one (b"" if none)."""
+        return merge_updates(self._updates[mark:]) if len(self._updates) > mark else b""
+
+    def finish(self) -> Written:
+        """End the command: remember its moved-away items (settle) and hand over what it wrote."""
+        self.settle()
+        out = Written(self._updates, self.tomb_log)
+        self._updates = []
+        self.tomb_log = []
+        return out
+
+    def is_new(self, e: Entry) -> bool:
+        """Written by the current command."""
+        return e.gen == self.gen
+
+    def removed(self) -> list[Entry]:
+        """The entries the current command removed that existed before it."""
+        return [e for e in self.trash if e.gen != self.gen]
+
+    # -- snapshot ------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The document's part of the entity's snapshot: its full update, the mirror's rows (with
+        item ids), the graveyard, the moved-away items with their successors, the foreign items."""
+        return {"doc": self.full_update(),
+                "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.entries],
+                "graveyard": [[*e.row(), who] for e, who in self.graveyard.values() if e.id not in self.by_id],
+                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.tomb.items()],
+                "foreign": [[c, a, b] for c, ranges in self.foreign.items() for a, b in ranges]}
+
+    @classmethod
+    def restore(cls, data: dict) -> PlaylistDoc:
+        """A document from `snapshot()`'s keys (with a fresh server client id)."""
+        doc = cls(data["doc"], rows=data.get("rows"))
+        for eid, uri, by, at, who in data.get("graveyard", ()):
+            doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
+        for client, clock, eid, succ in data.get("tomb", ()):
+            doc.bury((client, clock), eid, [(c, k) for c, k in succ])
+        if "foreign" in data:
+            for c, a, b in data["foreign"]:
+                doc.foreign.setdefault(c, []).append([a, b])
+        else:       # a snapshot from before `foreign` was kept: read it off the document itself
+            doc.classify(scan_update(data["doc"], structs=True))
+        return doc
 
     # -- observers -------------------------------------------------------------------------------
-    def _on_txn(self, event) -> None:
-        self._updates.append(event.update)
-
-    def _on_tracks(self, events) -> None:
-        if self._local:
-            return
-        for ev in events:
-            path = ev.path
-            if not path:
-                self._raw.append(("d", ev.delta))
-            elif len(path) == 1 and hasattr(ev, "keys"):
-                self._raw.append(("k", path[0], ev.keys))
-            else:
-                self._raw.append(("x", path[0]))
-
-    def _on_meta(self, event) -> None:
+    def _on_tracks(self, changes: list) -> None:
         if not self._local:
-            self._raw.append(("m", event.keys))
+            self._raw.extend(changes)
+
+    def _on_meta(self, keys: dict) -> None:
+        if not self._local:
+            self._raw.append(("m", keys))
 
     # -- reading ---------------------------------------------------------------------------------------
     def _load_mirror(self, snap_rows: list | None = None, update: bytes | None = None) -> None:
@@ -276,16 +322,14 @@ class PlaylistDoc:
         so JSON values are the stored values. Rows may carry the entry's Y.Map item id
         ([id, uri, added_by, added_at, client, clock]); without them, the item ids are read out of
         the document's update (scan_update)."""
-        txn = self.ydoc.create_transaction()
-        try:
-            if snap_rows is not None and len(snap_rows) == self.tracks.len(txn):
+        crdt = self.crdt
+        with crdt.read() as txn:
+            if snap_rows is not None and len(snap_rows) == crdt.tracks_len(txn):
                 rows = snap_rows
             else:
-                rows = orjson.loads(self.tracks.to_json(txn))
-            for k in self.meta_map.keys(txn):
-                self.meta[k] = _plain(self.meta_map.get(txn, k))
-        finally:
-            txn.drop()
+                rows = crdt.tracks_json(txn)
+            for k, v in crdt.meta_items(txn):
+                self.meta[k] = _plain(v)
         entries = []
         users: dict[str, str] = {}
         for r in rows:
@@ -307,31 +351,24 @@ class PlaylistDoc:
             self._attach_items(entries, [scan_update(update)])
 
     def _read_value(self, txn, value) -> Entry:
-        if not isinstance(value, Y.Map):
+        fields = self.crdt.entry_fields(txn, value)
+        if fields is None:
             return Entry(None, None, None, None, is_map=False, gen=self.gen)
         vals = dict.fromkeys(ENTRY_KEYS, MISSING)
         extra = None
-        for k in value.keys(txn):
+        for k, v in fields.items():
             if k in ENTRY_KEYSET:
-                vals[k] = _plain(value.get(txn, k))
+                vals[k] = _plain(v)
             else:
                 extra = extra or set()
                 extra.add(k)
         return Entry(vals["id"], vals["uri"], vals["added_by"], vals["added_at"], extra=extra, gen=self.gen)
 
     def state_vector(self) -> bytes:
-        txn = self.ydoc.create_transaction()
-        try:
-            return self.ydoc.get_state(txn)
-        finally:
-            txn.drop()
+        return self.crdt.state_vector()
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
-        txn = self.ydoc.create_transaction()
-        try:
-            return self.ydoc.get_update(txn, state_vector or b"\x00")
-        finally:
-            txn.drop()
+        return self.crdt.diff(state_vector)
 
     def full_update(self) -> bytes:
         return self.diff(None)
@@ -345,17 +382,7 @@ class PlaylistDoc:
 
     def item_id(self, pos: int) -> tuple[int, int]:
         """The Yjs item id (client, clock) of the entry at `pos` (walks the list: use sparingly)."""
-        txn = self.ydoc.create_transaction()
-        try:
-            sticky = self.tracks.sticky_index(txn, pos, 0)
-        finally:
-            txn.drop()
-        item = orjson.loads(sticky.to_json_string())["item"]
-        return item["client"], item["clock"]
-
-    def drain(self) -> list[bytes]:
-        out, self._updates = self._updates, []
-        return out
+        return self.crdt.item_id(pos)
 
     def positions(self, entries: list[Entry], hints: list[int] | None = None) -> list[int]:
         """Current positions of live `entries` (see `locate`)."""
@@ -443,17 +470,20 @@ class PlaylistDoc:
         later SyncStep2 - whose delete set shows that item deleted - is not taken for a delete.
         Derived from the document alone, so replay rebuilds the same successors."""
         added, trash = self.added, self.trash
-        by_id = self.by_id
+        by_id, tomb_ids = self.by_id, self._tomb_ids
+        if not trash and not tomb_ids:
+            return
+        gone = {e.id for e in trash if isinstance(e.id, str)}
         copies: dict[str, list[tuple[int, int]]] = {}     # entry id -> items of its valid copies written now
         for e in added:
-            if e.yid is None or not isinstance(e.id, str):
+            if e.yid is None or not (e.id in tomb_ids or e.id in gone):
                 continue
             live = by_id.get(e.id)
             if live is not None and live.same_content(e) and e.well_shaped():
                 copies.setdefault(e.id, []).append(e.yid)
-        if copies and self._tomb_ids:
+        if copies and tomb_ids:
             for eid, items in copies.items():
-                for item in self._tomb_ids.get(eid, ()):
+                for item in tomb_ids.get(eid, ()):
                     succ = self.tomb[item][1]
                     succ.extend(c for c in items if c not in succ)
         for e in trash:
@@ -518,17 +548,12 @@ class PlaylistDoc:
         return [first, *self.dups.get(entry_id, ())]
 
     # -- local (server) edits -------------------------------------------------------------------------
-    def _txn(self):
-        return self.ydoc.create_transaction_with_origin(_LOCAL_ORIGIN)
-
     def _run(self, fn) -> None:
         self._local = True
-        txn = self._txn()
         try:
-            fn(txn)
-            txn.commit()
+            with self.crdt.write() as txn:
+                fn(txn)
         finally:
-            txn.drop()
             self._local = False
 
     def insert(self, index: int, entries: list[Entry]) -> None:
@@ -537,25 +562,20 @@ class PlaylistDoc:
             return
         last = entries[-1]
 
-        def native(txn):
-            m = self.tracks.insert_map_prelim(txn, index)
-            m.insert(txn, "id", last.id)
-            m.insert(txn, "uri", last.uri)
-            m.insert(txn, "added_by", last.added_by)
-            m.insert(txn, "added_at", float(last.added_at))
-
-        self._run(native)
+        self._run(lambda txn: self.crdt.insert_map(txn, index, [
+            ("id", last.id), ("uri", last.uri), ("added_by", last.added_by), ("added_at", float(last.added_at))]))
         client, clock, left = first_struct(self._updates[-1])
         last.yid = (client, clock)
         if len(entries) > 1:
             update = encode_entry_chain(client, clock + 5, left, (client, clock), entries[:-1])
-            self._run(lambda txn: self.ydoc.apply_update(txn, update))
+            self._run(lambda txn: self.crdt.apply(txn, update))
             for i, e in enumerate(entries[:-1]):
                 e.yid = (client, clock + 5 + i)
         self.entries[index:index] = entries
         self.added.extend(entries)
         for e in entries:
             e.alive = True
+            e.gen = self.gen
             self._index_add(e)
 
     def delete_positions(self, positions: Iterable[int]) -> list[Entry]:
@@ -572,7 +592,7 @@ class PlaylistDoc:
 
         def remove(txn):
             for start, length in runs:
-                self.tracks.remove_range(txn, start, length)
+                self.crdt.remove_range(txn, start, length)
 
         self._run(remove)
         removed: list[Entry] = []
@@ -590,13 +610,7 @@ class PlaylistDoc:
         if not changes and not remove:
             return
 
-        def write(txn):
-            for k, v in changes.items():
-                self.meta_map.insert(txn, k, v)
-            for k in remove:
-                self.meta_map.remove(txn, k)
-
-        self._run(write)
+        self._run(lambda txn: self.crdt.set_meta(txn, changes, remove))
         for k, v in changes.items():
             self.meta[k] = v
         for k in remove:
@@ -607,14 +621,8 @@ class PlaylistDoc:
         remove = list(remove)
         e = self.entries[pos]
 
-        def write(txn):
-            m = self.tracks.get(txn, pos)
-            for k, v in changes.items():
-                m.insert(txn, k, float(v) if k == "added_at" else v)
-            for k in remove:
-                m.remove(txn, k)
-
-        self._run(write)
+        values = {k: float(v) if k == "added_at" else v for k, v in changes.items()}
+        self._run(lambda txn: self.crdt.set_entry(txn, pos, values, remove))
         for k, v in changes.items():
             if k == "id" and v != e.id:
                 self._index_rekey(e, v)
@@ -628,7 +636,7 @@ class PlaylistDoc:
         """Delete these Yjs items, whatever they are (content outside the schema: see classify)."""
         if ranges:
             update = encode_delete_update(ranges)
-            self._run(lambda txn: self.ydoc.apply_update(txn, update))
+            self._run(lambda txn: self.crdt.apply(txn, update))
 
     # -- remote updates ------------------------------------------------------------------------------
     def apply_remote(self, update: bytes) -> Change:
@@ -636,12 +644,8 @@ class PlaylistDoc:
         A malformed update raises ValueError and changes nothing."""
         self._raw = []
         n_updates = len(self._updates)
-        txn = self.ydoc.create_transaction()
-        try:
-            self.ydoc.apply_update(txn, update)
-            txn.commit()
-        finally:
-            txn.drop()
+        with self.crdt.write(local=False) as txn:
+            self.crdt.apply(txn, update)
         change = Change()
         raw, self._raw = self._raw, []
         # the transaction's own updates: what was integrated (with any held-back structs released)
@@ -744,15 +748,10 @@ class PlaylistDoc:
         return out
 
     def _roots(self) -> list[str]:
-        txn = self.ydoc.create_transaction()
-        try:
-            return list(self.ydoc.roots(txn))
-        finally:
-            txn.drop()
+        return self.crdt.roots()
 
     def _mirror(self, raw: list, change: Change) -> None:
-        txn = self.ydoc.create_transaction()
-        try:
+        with self.crdt.read() as txn:
             for item in sorted(raw, key=lambda it: it[0] != "d"):     # the array's delta first
                 tag = item[0]
                 if tag == "d":
@@ -812,5 +811,3 @@ class PlaylistDoc:
                             self.meta.pop(k, None)
                         else:
                             self.meta[k] = new
-        finally:
-            txn.drop()

@@ -176,7 +176,7 @@ def main() -> None:
     ents = b3.e._new_entries(b3.uris[:10_000], "alice", b3.now)
     t0, c0 = time.perf_counter(), time.thread_time()
     b3.e.doc.insert(0, ents)
-    b3.e.doc.drain()
+    b3.e.doc.finish()
     print(f"  one server-side insert of 10,000:  {(time.perf_counter() - t0) * 1000:8.1f} ms "
           f"({(time.thread_time() - c0) * 1000:.1f} ms CPU)")
     # naive pycrdt for comparison: one Map insert per entry (each walks the list)

@@ -1269,7 +1269,7 @@ def test_bulk_add_is_linear():
     t = time.perf_counter()
     ents = e._new_entries(uris, "alice", T0)
     e.doc.insert(0, ents)
-    e.doc.drain()
+    e.doc.finish()
     took = time.perf_counter() - t
     assert len(e.doc.entries) == 10_000
     assert took < 1.0, took
