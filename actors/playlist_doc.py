@@ -36,30 +36,25 @@ yrs integrates those by item id, without walking. 10,000 entries: ~60 ms instead
 """
 from __future__ import annotations
 
-import bisect
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 from actors.crdt_adapter import CrdtDoc, merge_updates
+from actors.playlist_merge import Foreign, MovedItems
+from actors.playlist_validate import ENTRY_KEYS, ENTRY_KEYSET, META_KEYS, MISSING  # noqa: F401 - re-exported
 from protocols.lib0 import (  # noqa: F401 - decode_state_vector, scan_update, UpdateScan: re-exported
     MalformedError,
     UpdateScan,
     decode_state_vector,
-    ROOT,
     encode_delete_update,
     encode_map_chain,
     first_struct,
     scan_update,
 )
 
-ENTRY_KEYS = ("id", "uri", "added_by", "added_at")
-ENTRY_KEYSET = frozenset(ENTRY_KEYS)
-META_KEYS = ("name", "description", "public", "collaborative")
-MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 GRAVEYARD_SIZE = 4096          # recently deleted entries remembered (an undo re-inserts a copy)
-TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
 
 
 # -- the Yjs binary codec: protocols/lib0.py ------------------------------------------------------------
@@ -225,16 +220,8 @@ class PlaylistDoc:
         self.meta: dict[str, Any] = {}
         # recently deleted entries, and who deleted them: id -> (entry, deleter user id)
         self.graveyard: OrderedDict[str, tuple[Entry, str | None]] = OrderedDict()
-        # Y.Map items of entries that were moved away (deleted while the entry id lived on in another
-        # copy): (client, clock) -> (entry id, [items of the copies that moves of it wrote]),
-        # oldest first; per client, the sorted clocks. `tomb_log`: successors added by the entity
-        # in the current command ([client, clock, s_client, s_clock]: it stores them in the record)
-        self.tomb: OrderedDict[tuple[int, int], tuple[str, list[tuple[int, int]]]] = OrderedDict()
-        self._tomb_clocks: dict[int, list[int]] = {}
-        self._tomb_ids: dict[str, list[tuple[int, int]]] = {}     # entry id -> its items in `tomb`
-        self.tomb_log: list[list[int]] = []
-        # Yjs items outside the schema (see classify): client -> sorted [[start, end), ...]
-        self.foreign: dict[int, list[list[int]]] = {}
+        self.tomb = MovedItems()                       # moved-away items and their successors
+        self.foreign = Foreign()                       # Yjs items outside the schema
         # per command (begin .. finish): who applies it, its generation (entries it wrote carry it),
         # the updates it integrated, the entries it removed and inserted
         self.actor: str | None = None
@@ -255,7 +242,7 @@ class PlaylistDoc:
         self.actor = actor
         self.trash = []
         self.added = []
-        self.tomb_log = []
+        self.tomb.log = []
 
     def mark(self) -> int:
         """A point in the current command's updates (see since)."""
@@ -267,10 +254,10 @@ class PlaylistDoc:
 
     def finish(self) -> Written:
         """End the command: remember its moved-away items (settle) and hand over what it wrote."""
-        self.settle()
-        out = Written(self._updates, self.tomb_log)
+        self.tomb.settle(self.added, self.trash, self.by_id, self.item_of)
+        out = Written(self._updates, self.tomb.log)
         self._updates = []
-        self.tomb_log = []
+        self.tomb.log = []
         return out
 
     def is_new(self, e: Entry) -> bool:
@@ -289,7 +276,7 @@ class PlaylistDoc:
                 "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.entries],
                 "graveyard": [[*e.row(), who] for e, who in self.graveyard.values() if e.id not in self.by_id],
                 "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.tomb.items()],
-                "foreign": [[c, a, b] for c, ranges in self.foreign.items() for a, b in ranges]}
+                "foreign": [[c, a, b] for c, ranges in self.foreign.ranges.items() for a, b in ranges]}
 
     @classmethod
     def restore(cls, data: dict) -> PlaylistDoc:
@@ -298,12 +285,12 @@ class PlaylistDoc:
         for eid, uri, by, at, who in data.get("graveyard", ()):
             doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
         for client, clock, eid, succ in data.get("tomb", ()):
-            doc.bury((client, clock), eid, [(c, k) for c, k in succ])
+            doc.tomb.bury((client, clock), eid, [(c, k) for c, k in succ])
         if "foreign" in data:
             for c, a, b in data["foreign"]:
-                doc.foreign.setdefault(c, []).append([a, b])
+                doc.foreign.ranges.setdefault(c, []).append([a, b])
         else:       # a snapshot from before `foreign` was kept: read it off the document itself
-            doc.classify(scan_update(data["doc"], structs=True))
+            doc.foreign.classify(scan_update(data["doc"], structs=True))
         return doc
 
     # -- observers -------------------------------------------------------------------------------
@@ -457,89 +444,13 @@ class PlaylistDoc:
             for e, p in zip(ambiguous, self.positions(ambiguous)):
                 e.yid = self.item_id(p)
 
-    def settle(self) -> None:
-        """End of a command (or of a replayed record): remember the Y.Map items of entries that
-        were moved away in it (deleted while a copy with the same id and content lives on), with
-        the copies of the entry written in it, so that a late delete of such an item can still be
-        traced to its entry, and told apart from a client merely knowing the move.
-
-        Every copy of an entry written later is a successor of its moved-away items too, whichever
-        command brings it: a client's copy does not always arrive with the delete of the item it
-        moved (yrs holds an update back until what it depends on arrives, and integrates it with a
-        later one; one update may carry several clients' moves). Its author holds the copy, so its
-        later SyncStep2 - whose delete set shows that item deleted - is not taken for a delete.
-        Derived from the document alone, so replay rebuilds the same successors."""
-        added, trash = self.added, self.trash
-        by_id, tomb_ids = self.by_id, self._tomb_ids
-        if not trash and not tomb_ids:
-            return
-        gone = {e.id for e in trash if isinstance(e.id, str)}
-        copies: dict[str, list[tuple[int, int]]] = {}     # entry id -> items of its valid copies written now
-        for e in added:
-            if e.yid is None or not (e.id in tomb_ids or e.id in gone):
-                continue
-            live = by_id.get(e.id)
-            if live is not None and live.same_content(e) and e.well_shaped():
-                copies.setdefault(e.id, []).append(e.yid)
-        if copies and tomb_ids:
-            for eid, items in copies.items():
-                for item in tomb_ids.get(eid, ()):
-                    succ = self.tomb[item][1]
-                    succ.extend(c for c in items if c not in succ)
-        for e in trash:
-            item = e.yid
-            if item is None or not isinstance(e.id, str):
-                continue
-            live = by_id.get(e.id)
-            if live is None or live is e or not live.same_content(e):
-                continue
-            first = self.item_of(live)
-            self.bury(item, e.id, [first, *(c for c in copies.get(e.id, ()) if c != first and c != item)])
-
-    def bury(self, item: tuple[int, int], entry_id: str, successors: list[tuple[int, int]]) -> None:
-        tomb = self.tomb
-        if item in tomb:
-            return
-        tomb[item] = (entry_id, successors)
-        bisect.insort(self._tomb_clocks.setdefault(item[0], []), item[1])
-        self._tomb_ids.setdefault(entry_id, []).append(item)
-        if len(tomb) > TOMB_SIZE:
-            (client, clock), (eid, _) = tomb.popitem(last=False)
-            clocks = self._tomb_clocks[client]
-            del clocks[bisect.bisect_left(clocks, clock)]
-            if not clocks:
-                del self._tomb_clocks[client]
-            items = self._tomb_ids[eid]
-            items.remove((client, clock))
-            if not items:
-                del self._tomb_ids[eid]
+    def moved_items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
+        """Entries some of whose moved-away items lie in these delete ranges (MovedItems.items_in)."""
+        return self.tomb.items_in(deletes)
 
     def add_successor(self, item: tuple[int, int], successor: tuple[int, int]) -> None:
         """Another move of the moved-away `item` (a concurrent one) wrote the copy `successor`."""
-        found = self.tomb.get(item)
-        if found is not None and successor not in found[1]:
-            found[1].append(successor)
-            self.tomb_log.append([*item, *successor])
-
-    def moved_items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
-        """Entries some of whose moved-away items lie in these delete ranges: {entry id: [those
-        items]}. O(ranges * log(tomb) + hits)."""
-        out: dict[str, list[tuple[int, int]]] = {}
-        by_client = self._tomb_clocks
-        if not by_client:
-            return out
-        tomb = self.tomb
-        for client, clock, length in deletes:
-            clocks = by_client.get(client)
-            if not clocks:
-                continue
-            i = bisect.bisect_left(clocks, clock)
-            end = clock + length
-            while i < len(clocks) and clocks[i] < end:
-                item = (client, clocks[i])
-                out.setdefault(tomb[item][0], []).append(item)
-                i += 1
-        return out
+        self.tomb.add_successor(item, successor)
 
     def copies(self, entry_id: str) -> list[Entry]:
         first = self.by_id.get(entry_id)
@@ -661,91 +572,8 @@ class PlaylistDoc:
             if change.inserted:
                 self._attach_items(change.inserted, scans)
         for sc in scans:
-            change.foreign.extend(self.classify(sc))
+            change.foreign.extend(self.foreign.classify(sc))
         return change
-
-    def classify(self, scan: UpdateScan) -> list[tuple[int, int, int]]:
-        """Items of an integrated update that lie outside the schema - in a root other than `tracks`
-        (as a sequence) and `meta` (as keys), or nested in such an item, or placed next to one
-        (an item without parent info shares its origin's, or right origin's, parent) - are added to
-        `foreign`; returns those that are not deleted already.
-
-        `foreign` (client -> sorted [start, end) clock ranges) remembers them for good (snapshot, and
-        rebuilt the same way on replay): a later item chained to a deleted foreign item is foreign too."""
-        structs = scan.structs
-        if not structs:
-            return []
-        index: dict[int, tuple[list[int], list[int]]] = {}
-        for i, st in enumerate(structs):
-            starts = index.setdefault(st[0], ([], []))
-            starts[0].append(st[1])
-            starts[1].append(i)
-        verdict: list[bool | None] = [None] * len(structs)
-        foreign = self.foreign
-
-        def lookup(item: tuple[int, int]):
-            """(index of the update's struct holding item, None) or (None, known verdict)."""
-            c, k = item
-            got = index.get(c)
-            if got is not None:
-                j = bisect.bisect_right(got[0], k) - 1
-                if j >= 0:
-                    st = structs[got[1][j]]
-                    if k < st[1] + st[2]:
-                        return got[1][j], None
-            ranges = foreign.get(c)
-            if ranges:
-                j = bisect.bisect_right(ranges, [k, float("inf")]) - 1
-                if j >= 0 and k < ranges[j][1]:
-                    return None, True
-            return None, False                    # outside the update and not foreign: the schema's
-
-        for i in range(len(structs)):
-            # follow the chain of references iteratively (a chain may be thousands long)
-            chain = []
-            j = i
-            result = None
-            seen = set()
-            while result is None:
-                if verdict[j] is not None:
-                    result = verdict[j]
-                    break
-                if j in seen:                     # a reference cycle: yrs never integrates it
-                    result = False
-                    break
-                seen.add(j)
-                chain.append(j)
-                how, ref = structs[j][3], structs[j][4]
-                if how == ROOT:
-                    name, sub = ref
-                    result = not ((name == "tracks" and not sub) or (name == "meta" and sub))
-                    break
-                nxt, known = lookup(ref)
-                if nxt is None:
-                    result = known
-                    break
-                j = nxt
-            for j in chain:
-                verdict[j] = result
-        out = []
-        added = False
-        for st, bad in zip(structs, verdict):
-            if bad:
-                foreign.setdefault(st[0], []).append([st[1], st[1] + st[2]])
-                added = True
-                if not st[5]:
-                    out.append((st[0], st[1], st[2]))
-        if added:
-            for c, ranges in foreign.items():
-                ranges.sort()
-                merged = [ranges[0]]
-                for r in ranges[1:]:
-                    if r[0] <= merged[-1][1]:
-                        merged[-1][1] = max(merged[-1][1], r[1])
-                    else:
-                        merged.append(r)
-                foreign[c] = merged
-        return out
 
     def _roots(self) -> list[str]:
         return self.crdt.roots()

@@ -13,14 +13,26 @@ validates Yjs edits" and "Concurrent moves and deletes").
 - over the entry limit, the update's new entries are refused whole;
 - content outside the schema is deleted.
 
-The document's bookkeeping that this relies on (the mirror, the graveyard of deleted entries, the
-moved-away items and their successors, foreign items) is PlaylistDoc's (actors/playlist_doc.py).
+The bookkeeping this relies on is kept with the document (actors/playlist_doc.py: the mirror, the
+graveyard of deleted entries) and defined here: the moved-away items and their successors
+(MovedItems) and the items outside the schema (Foreign), which PlaylistDoc keeps up to date in
+every command and on replay.
 """
 from __future__ import annotations
 
-from actors.playlist_doc import META_KEYS, MISSING, Change, Entry, PlaylistDoc, UpdateScan, decode_state_vector
-from actors.playlist_validate import OWNER_META, entry_problem, meta_problem
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from actors.playlist_validate import META_KEYS, MISSING, OWNER_META, entry_problem, meta_problem
 from protocols.errors import ErrorCode
+from protocols.lib0 import ROOT, UpdateScan, decode_state_vector
+
+if TYPE_CHECKING:
+    from actors.playlist_doc import Change, Entry, PlaylistDoc
+
+TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
 
 
 class Correction:
@@ -219,3 +231,189 @@ class Correction:
             reject(ErrorCode.INVALID_FIELD, "content outside the playlist schema (only the roots "
                    "`tracks` and `meta`) was deleted")
 
+
+class MovedItems(OrderedDict):
+    """The Y.Map items of entries that were moved away (deleted while the entry id lived on in
+    another copy), oldest first, the last TOMB_SIZE: (client, clock) -> (entry id, [successors]),
+    the successors being the items of the copies its moves wrote and of every later copy of the
+    entry (settle). Indexed per client (sorted clocks: items_in) and per entry id. `log`: the
+    successors that moves added in the current command ([client, clock, s_client, s_clock]: the
+    entity stores them in the record; replay re-adds them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clocks: dict[int, list[int]] = {}
+        self._ids: dict[str, list[tuple[int, int]]] = {}
+        self.log: list[list[int]] = []
+
+    def settle(self, added: list[Entry], trash: list[Entry], by_id: dict[str, Entry], item_of) -> None:
+        """End of a command (or of a replayed record): remember the Y.Map items of entries that
+        were moved away in it (deleted while a copy with the same id and content lives on), with
+        the copies of the entry written in it, so that a late delete of such an item can still be
+        traced to its entry, and told apart from a client merely knowing the move.
+
+        Every copy of an entry written later is a successor of its moved-away items too, whichever
+        command brings it: a client's copy does not always arrive with the delete of the item it
+        moved (yrs holds an update back until what it depends on arrives, and integrates it with a
+        later one; one update may carry several clients' moves). Its author holds the copy, so its
+        later SyncStep2 - whose delete set shows that item deleted - is not taken for a delete.
+        Derived from the document alone, so replay rebuilds the same successors."""
+        tomb_ids = self._ids
+        if not trash and not tomb_ids:
+            return
+        gone = {e.id for e in trash if isinstance(e.id, str)}
+        copies: dict[str, list[tuple[int, int]]] = {}     # entry id -> items of its valid copies written now
+        for e in added:
+            if e.yid is None or not (e.id in tomb_ids or e.id in gone):
+                continue
+            live = by_id.get(e.id)
+            if live is not None and live.same_content(e) and e.well_shaped():
+                copies.setdefault(e.id, []).append(e.yid)
+        if copies and tomb_ids:
+            for eid, items in copies.items():
+                for item in tomb_ids.get(eid, ()):
+                    succ = self[item][1]
+                    succ.extend(c for c in items if c not in succ)
+        for e in trash:
+            item = e.yid
+            if item is None or not isinstance(e.id, str):
+                continue
+            live = by_id.get(e.id)
+            if live is None or live is e or not live.same_content(e):
+                continue
+            first = item_of(live)
+            self.bury(item, e.id, [first, *(c for c in copies.get(e.id, ()) if c != first and c != item)])
+
+    def bury(self, item: tuple[int, int], entry_id: str, successors: list[tuple[int, int]]) -> None:
+        if item in self:
+            return
+        self[item] = (entry_id, successors)
+        bisect.insort(self._clocks.setdefault(item[0], []), item[1])
+        self._ids.setdefault(entry_id, []).append(item)
+        if len(self) > TOMB_SIZE:
+            (client, clock), (eid, _) = self.popitem(last=False)
+            clocks = self._clocks[client]
+            del clocks[bisect.bisect_left(clocks, clock)]
+            if not clocks:
+                del self._clocks[client]
+            items = self._ids[eid]
+            items.remove((client, clock))
+            if not items:
+                del self._ids[eid]
+
+    def add_successor(self, item: tuple[int, int], successor: tuple[int, int]) -> None:
+        """Another move of the moved-away `item` (a concurrent one) wrote the copy `successor`."""
+        found = self.get(item)
+        if found is not None and successor not in found[1]:
+            found[1].append(successor)
+            self.log.append([*item, *successor])
+
+    def items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
+        """Entries some of whose moved-away items lie in these delete ranges: {entry id: [those
+        items]}. O(ranges * log(tomb) + hits)."""
+        out: dict[str, list[tuple[int, int]]] = {}
+        by_client = self._clocks
+        if not by_client:
+            return out
+        tomb = self
+        for client, clock, length in deletes:
+            clocks = by_client.get(client)
+            if not clocks:
+                continue
+            i = bisect.bisect_left(clocks, clock)
+            end = clock + length
+            while i < len(clocks) and clocks[i] < end:
+                item = (client, clocks[i])
+                out.setdefault(tomb[item][0], []).append(item)
+                i += 1
+        return out
+
+
+class Foreign:
+    """The Yjs items outside the playlist's schema seen so far (content the corrections delete)."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[int, list[list[int]]] = {}      # client -> sorted [[start, end), ...]
+
+    def classify(self, scan: UpdateScan) -> list[tuple[int, int, int]]:
+        """Items of an integrated update that lie outside the schema - in a root other than `tracks`
+        (as a sequence) and `meta` (as keys), or nested in such an item, or placed next to one
+        (an item without parent info shares its origin's, or right origin's, parent) - are added to
+        `ranges`; returns those that are not deleted already.
+
+        `ranges` (client -> sorted [start, end) clock ranges) remembers them for good (snapshot, and
+        rebuilt the same way on replay): a later item chained to a deleted foreign item is foreign too."""
+        structs = scan.structs
+        if not structs:
+            return []
+        index: dict[int, tuple[list[int], list[int]]] = {}
+        for i, st in enumerate(structs):
+            starts = index.setdefault(st[0], ([], []))
+            starts[0].append(st[1])
+            starts[1].append(i)
+        verdict: list[bool | None] = [None] * len(structs)
+        foreign = self.ranges
+
+        def lookup(item: tuple[int, int]):
+            """(index of the update's struct holding item, None) or (None, known verdict)."""
+            c, k = item
+            got = index.get(c)
+            if got is not None:
+                j = bisect.bisect_right(got[0], k) - 1
+                if j >= 0:
+                    st = structs[got[1][j]]
+                    if k < st[1] + st[2]:
+                        return got[1][j], None
+            ranges = foreign.get(c)
+            if ranges:
+                j = bisect.bisect_right(ranges, [k, float("inf")]) - 1
+                if j >= 0 and k < ranges[j][1]:
+                    return None, True
+            return None, False                    # outside the update and not foreign: the schema's
+
+        for i in range(len(structs)):
+            # follow the chain of references iteratively (a chain may be thousands long)
+            chain = []
+            j = i
+            result = None
+            seen = set()
+            while result is None:
+                if verdict[j] is not None:
+                    result = verdict[j]
+                    break
+                if j in seen:                     # a reference cycle: yrs never integrates it
+                    result = False
+                    break
+                seen.add(j)
+                chain.append(j)
+                how, ref = structs[j][3], structs[j][4]
+                if how == ROOT:
+                    name, sub = ref
+                    result = not ((name == "tracks" and not sub) or (name == "meta" and sub))
+                    break
+                nxt, known = lookup(ref)
+                if nxt is None:
+                    result = known
+                    break
+                j = nxt
+            for j in chain:
+                verdict[j] = result
+        out = []
+        added = False
+        for st, bad in zip(structs, verdict):
+            if bad:
+                foreign.setdefault(st[0], []).append([st[1], st[1] + st[2]])
+                added = True
+                if not st[5]:
+                    out.append((st[0], st[1], st[2]))
+        if added:
+            for c, ranges in foreign.items():
+                ranges.sort()
+                merged = [ranges[0]]
+                for r in ranges[1:]:
+                    if r[0] <= merged[-1][1]:
+                        merged[-1][1] = max(merged[-1][1], r[1])
+                    else:
+                        merged.append(r)
+                foreign[c] = merged
+        return out
