@@ -5,9 +5,9 @@ observers' events translated into plain values, so nothing else depends on their
 Why the private layer: the public wrappers open a transaction per call and turn every event value
 into a Python wrapper; the playlist reads and writes in bulk inside one explicit transaction
 (a 10,000-entry load, a 100-entry add) and reads event values lazily. The private layer's
-signatures change between releases (Doc's constructor took only a client id before 0.14; it takes
-(client_id, skip_gc, guid) now), hence the pin in pyproject.toml: a newer pycrdt is adopted by
-changing this module alone, once tests/test_playlist_*.py pass with it.
+signatures are not kept stable between releases (Doc's constructor has taken a client id alone;
+it takes (client_id, skip_gc, guid) in 0.14), hence the pin in pyproject.toml: a newer pycrdt is
+adopted by changing this module alone, once tests/test_playlist_*.py pass with it.
 
 Schema (docs/playlist-document.md): root `tracks` (Y.Array of Y.Map), root `meta` (Y.Map).
 """
