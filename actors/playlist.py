@@ -74,9 +74,9 @@ are reverted, and when the entries would exceed 10,000 every new entry of the up
 deleted it (a Yjs undo); from anyone else it is a move concurrent with a delete, and the delete
 wins (CONFLICT in `rejected`). In the other arrival order - the move (a Yjs client's, or a REST
 reorder) first - the delete reaches only the old, already deleted Y.Map item; when the sender had
-not seen the move (it did not hold the copy the move wrote: its SyncStep1 state vector on that
-connection and the update itself tell), the entry's live copy is deleted too, in the same
-correction: the delete wins in both orders (see _concurrent_deletes). Records and events carry
+not seen the move (it held no copy written by or after the move: its SyncStep1 state vector on
+that connection and the update itself tell), the entry's live copy is deleted too, in the same
+correction: the delete wins in both orders (actors/playlist_merge.py). Records and events carry
 update + correction; the sender's reply carries the correction, so every replica converges on the
 valid document.
 """
@@ -690,7 +690,7 @@ class PlaylistEntity(Entity):
             raise bad("state_vector is not a Yjs state vector", ErrorCode.BAD_REQUEST) from None
         if cmd.origin is not None and cmd.args.get("state_vector") is not None:
             # the client's SyncStep1: its SyncStep2 (the next update from this connection) is
-            # computed from this state (see _concurrent_deletes)
+            # computed from this state (see playlist_merge)
             self._peer_sv[cmd.origin] = bytes(sv)
             self._peer_sv.move_to_end(cmd.origin)
             if len(self._peer_sv) > PEER_STATES:

@@ -22,9 +22,10 @@ Item ids: every entry knows the Yjs item id (client, clock) of its Y.Map (`Entry
 inserts know the clocks they write; remote ones are read out of the integrated update
 (`scan_update`, protocols/lib0.py: a bounded, linear decoder of Yjs v1 updates, which also yields
 an update's delete set).
-The `tomb` remembers recently moved-away items (deleted while the entry lived on as a copy) with
-their successors (the copies their moves wrote, and every later copy: settle), so that the entity can tell a late delete of a moved entry from a
-client merely knowing the move (PlaylistEntity._concurrent_deletes).
+The `tomb` (playlist_merge.MovedItems) remembers recently moved-away items (deleted while the
+entry lived on as a copy) with their successors (the copies their moves wrote, and every later
+copy), so that the merge policy can tell a late delete of a moved entry from a client merely
+knowing the move (playlist_merge.Correction.concurrent_deletes).
 
 Speed: pycrdt (yrs) finds an array index by walking the item list (~9 ns per item), so inserting k
 entries one by one at the end of an n-entry list costs k walks of n items (quadratic for bulk
