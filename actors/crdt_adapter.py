@@ -45,6 +45,7 @@ class CrdtDoc:
         finally:
             txn.drop()
         self._subs: list = []
+        self._local = False            # in a local write(): the content observers stay silent
 
     # -- transactions ---------------------------------------------------------------------------------
     @contextmanager
@@ -57,13 +58,17 @@ class CrdtDoc:
 
     @contextmanager
     def write(self, local: bool = True) -> Iterator[Any]:
-        """A committed transaction; `local`: the server's own (origin LOCAL_ORIGIN)."""
+        """A committed transaction; `local`: the server's own (origin LOCAL_ORIGIN), which the
+        content observers do not report (the caller mirrors its own edits, and reading the events'
+        deltas would cost more than the edit)."""
         txn = self.doc.create_transaction_with_origin(LOCAL_ORIGIN) if local else self.doc.create_transaction()
+        self._local = local
         try:
             yield txn
             txn.commit()
         finally:
             txn.drop()
+            self._local = False
 
     def apply(self, txn, update: bytes) -> None:
         """Integrate a Yjs v1 update (a malformed one raises ValueError and changes nothing)."""
@@ -73,11 +78,13 @@ class CrdtDoc:
     def observe(self, on_update: Callable[[bytes], None], on_tracks: Callable[[list], None],
                 on_meta: Callable[[dict], None]) -> None:
         """on_update(the binary update of every committed transaction); on_tracks([change, ...]) per
-        transaction that changed `tracks`: ("d", delta) for the array itself (delta: [{"retain": n}
+        transaction (but a local write) that changed `tracks`: ("d", delta) for the array itself (delta: [{"retain": n}
         | {"delete": n} | {"insert": [value, ...]}], values read with `entry_fields`),
         ("k", index, {key: {"action", "oldValue"?, "newValue"?}}) for keys of the Y.Map at index,
         ("x", index) for anything nested deeper; on_meta({key: {...}}) for `meta`'s keys."""
         def tracks(events) -> None:
+            if self._local:
+                return
             out = []
             for ev in events:
                 path = ev.path
@@ -91,7 +98,7 @@ class CrdtDoc:
 
         self._subs = [self.doc.observe(lambda ev: on_update(ev.update)),
                       self.tracks.observe_deep(tracks),
-                      self.meta.observe(lambda ev: on_meta(ev.keys))]
+                      self.meta.observe(lambda ev: None if self._local else on_meta(ev.keys))]
 
     # -- reading ----------------------------------------------------------------------------------------
     def state_vector(self) -> bytes:

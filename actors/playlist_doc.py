@@ -230,7 +230,6 @@ class PlaylistDoc:
         self._updates: list[bytes] = []
         self.trash: list[Entry] = []
         self.added: list[Entry] = []
-        self._local = False
         self._raw: list = []
         if update:
             self._load_mirror(rows, update)
@@ -296,12 +295,10 @@ class PlaylistDoc:
 
     # -- observers -------------------------------------------------------------------------------
     def _on_tracks(self, changes: list) -> None:
-        if not self._local:
-            self._raw.extend(changes)
+        self._raw.extend(changes)
 
     def _on_meta(self, keys: dict) -> None:
-        if not self._local:
-            self._raw.append(("m", keys))
+        self._raw.append(("m", keys))
 
     # -- reading ---------------------------------------------------------------------------------------
     def _load_mirror(self, snap_rows: list | None = None, update: bytes | None = None) -> None:
@@ -461,12 +458,9 @@ class PlaylistDoc:
 
     # -- local (server) edits -------------------------------------------------------------------------
     def _run(self, fn) -> None:
-        self._local = True
-        try:
-            with self.crdt.write() as txn:
-                fn(txn)
-        finally:
-            self._local = False
+        """A local (server) transaction: the observers do not report it (the edits mirror themselves)."""
+        with self.crdt.write() as txn:
+            fn(txn)
 
     def insert(self, index: int, entries: list[Entry]) -> None:
         """Insert well-formed entries at `index` (see the module docstring for the method)."""
