@@ -74,9 +74,9 @@ are reverted, and when the entries would exceed 10,000 every new entry of the up
 deleted it (a Yjs undo); from anyone else it is a move concurrent with a delete, and the delete
 wins (CONFLICT in `rejected`). In the other arrival order - the move (a Yjs client's, or a REST
 reorder) first - the delete reaches only the old, already deleted Y.Map item; when the sender had
-not seen the move (it did not hold the copy the move wrote: its SyncStep1 state vector on that
-connection and the update itself tell), the entry's live copy is deleted too, in the same
-correction: the delete wins in both orders (see _concurrent_deletes). Records and events carry
+not seen the move (it held no copy written by or after the move: its SyncStep1 state vector on
+that connection and the update itself tell), the entry's live copy is deleted too, in the same
+correction: the delete wins in both orders (actors/playlist_merge.py). Records and events carry
 update + correction; the sender's reply carries the correction, so every replica converges on the
 valid document.
 """
@@ -88,9 +88,9 @@ from collections import OrderedDict, deque
 from operator import attrgetter
 from typing import Any
 
-import pycrdt
 
 from actors.args import Args, Bool, Int, int_arg
+from actors.crdt_adapter import merge_updates
 from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.playlist_doc import (
     META_KEYS,
@@ -99,11 +99,11 @@ from actors.playlist_doc import (
     Entry,
     PlaylistDoc,
     MalformedError,
-    UpdateScan,
     decode_state_vector,
     locate,
     scan_update,
 )
+from actors.playlist_merge import Correction
 from actors.playlist_validate import (
     MAX_ENTRIES,
     MAX_PAGE,
@@ -111,8 +111,6 @@ from actors.playlist_validate import (
     ROLES,
     bad,
     description_value,
-    entry_problem,
-    meta_problem,
     name_value,
     uri_list,
     user_id_value,
@@ -287,21 +285,20 @@ class PlaylistEntity(Entity):
             if not any(i in self.doc.by_id for i in ids):
                 break
             salt += 1
-        gen = self.doc.gen
-        return [Entry(i, u, user, now_ms, gen=gen) for i, u in zip(ids, uris)]
+        return [Entry(i, u, user, now_ms) for i, u in zip(ids, uris)]
 
     # ==========================================================================================
     # commit: records, event, history, effects
     # ==========================================================================================
     def _commit(self, *, records: list | None = None, delta: list, tracks_changed: bool,
                 reply: dict | None = None, event: bool = True) -> Outcome:
-        self.doc.settle()
-        updates = self.doc.drain()
+        written = self.doc.finish()
+        updates = written.updates
         records = list(records or ())
         if updates:
             rec = {"t": "y", "u": updates, "by": self.doc.actor}
-            if self.doc.tomb_log:
-                rec["m"] = self.doc.tomb_log       # moves of already moved-away items (see _correct)
+            if written.moves:
+                rec["m"] = written.moves           # moves of already moved-away items (playlist_merge)
             records.append(rec)
         if not records:
             out = {"snapshot_id": self.snapshot_id()}
@@ -315,7 +312,7 @@ class PlaylistEntity(Entity):
         out.update(reply or {})
         events, effects = [], []
         if event:
-            merged = (updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)) if updates else None
+            merged = merge_updates(updates) if updates else None
             events.append(Event(type=CHANGED, payload={"snapshot_id": sid, "total": len(self.doc.entries),
                                                       "delta": delta, "update": merged}))
         self._remember(v, sid, delta)
@@ -360,12 +357,12 @@ class PlaylistEntity(Entity):
                                  f"the current snapshot_id is {current}", snapshot_id=current)
         order = list(map(_ID, self.doc.entries))
         for _, _, delta, _ in reversed(items[idx + 1:]):
-            for op in reversed(delta):
-                kind = op["op"]
+            for step in reversed(delta):
+                kind = step["op"]
                 if kind == "insert":
-                    del order[op["index"]:op["index"] + len(op.get("items") or op["entry_ids"])]
+                    del order[step["index"]:step["index"] + len(step.get("items") or step["entry_ids"])]
                 elif kind == "delete":
-                    order[op["index"]:op["index"]] = op["entry_ids"]
+                    order[step["index"]:step["index"]] = step["entry_ids"]
         return order, False
 
     def _conflict(self, what: str) -> SyncopateError:
@@ -389,10 +386,7 @@ class PlaylistEntity(Entity):
             self._floor = (self.version, self.snapshot_id())
         if self._full_since is None:
             self._full_since = self.version
-        self.doc.gen += 1
-        self.doc.trash = []
-        self.doc.tomb_log = []
-        self.doc.actor = None if cmd.principal.system else cmd.principal.user_id
+        self.doc.begin(None if cmd.principal.system else cmd.principal.user_id)
         before = self.policy()
         out = spec.fn(self, cmd, a)
         if out.records:
@@ -546,7 +540,7 @@ class PlaylistEntity(Entity):
             return self._commit(delta=[], tracks_changed=False)
         removed = [(p, self.doc.entries[p].id) for p in ps]
         self.doc.delete_positions(ps)
-        copies = [e.copy(gen=self.doc.gen) for e in moved]
+        copies = [e.copy() for e in moved]
         self.doc.insert(target, copies)
         return self._commit(delta=delete_ops(removed) + insert_ops([(target + i, e) for i, e in enumerate(copies)]),
                             tracks_changed=True)
@@ -698,7 +692,7 @@ class PlaylistEntity(Entity):
             raise bad("state_vector is not a Yjs state vector", ErrorCode.BAD_REQUEST) from None
         if cmd.origin is not None and cmd.args.get("state_vector") is not None:
             # the client's SyncStep1: its SyncStep2 (the next update from this connection) is
-            # computed from this state (see _concurrent_deletes)
+            # computed from this state (see playlist_merge)
             self._peer_sv[cmd.origin] = bytes(sv)
             self._peer_sv.move_to_end(cmd.origin)
             if len(self._peer_sv) > PEER_STATES:
@@ -724,207 +718,28 @@ class PlaylistEntity(Entity):
             scan = scan_update(update)
         except MalformedError as exc:
             raise bad(f"not a Yjs update: {exc.message}", ErrorCode.BAD_REQUEST) from None
-        # items of moved entries that this update deletes (already deleted here: see _concurrent_deletes)
-        moved = doc.moved_items_in(scan.deletes) if doc.tomb else {}
+        # items of moved entries that this update deletes (already deleted here: see
+        # playlist_merge.Correction.concurrent_deletes)
+        moved = doc.moved_items_in(scan.deletes)
         try:
             change = doc.apply_remote(update)
         except ValueError as exc:
             raise bad(f"not a Yjs update: {exc}", ErrorCode.BAD_REQUEST) from None
-        n_client = len(doc._updates)
-        rejected = self._correct(change, cmd, role, before, moved, scan)
+        mark = doc.mark()
+        rejected = Correction(doc, user=cmd.principal.user_id, role=role, now_ms=cmd.now_ms, catalog=self.catalog,
+                              max_entries=self.max_entries,
+                              peer_sv=self._peer_sv.get(cmd.origin) if cmd.origin is not None else None
+                              ).run(change, moved, scan)
         delta = self._net_delta(before, meta_before, change)
-        updates = doc._updates
-        correction = (updates[n_client] if len(updates) == n_client + 1 else
-                      pycrdt.merge_updates(*updates[n_client:])) if len(updates) > n_client else b""
+        correction = doc.since(mark)
         tracks_changed = any(op["op"] in ("insert", "delete") for op in delta)
         return self._commit(delta=delta, tracks_changed=tracks_changed,
                             reply={"update": correction, "rejected": rejected})
 
-    def _correct(self, change: Change, cmd: Command, role: str, before: list[Entry],
-                 moved: dict[str, list[tuple[int, int]]] | None = None,
-                 scan: UpdateScan | None = None) -> list[dict]:
-        """Validate what a client's update changed and undo what is invalid (see module doc).
-        `moved`: entries some of whose moved-away items the update deletes (see _concurrent_deletes)."""
-        doc = self.doc
-        rejected: list[dict] = []
-
-        def reject(code, message):
-            rejected.append({"code": code.value if isinstance(code, ErrorCode) else code, "message": message})
-
-        # -- meta: revert invalid or forbidden changes --------------------------------------------
-        if change.meta:
-            restore, drop = {}, []
-            for k, (action, old, new) in change.meta.items():
-                if k not in META_KEYS:
-                    if action != "delete":
-                        drop.append(k)
-                        reject(ErrorCode.INVALID_FIELD, f"unknown meta key {k!r}")
-                    continue
-                problem = "meta keys may not be deleted" if action == "delete" else meta_problem(k, new)
-                if problem is None and k in OWNER_META and role not in ("owner", "system"):
-                    problem = f"only the owner changes {k}"
-                    code = ErrorCode.FORBIDDEN
-                else:
-                    code = ErrorCode.INVALID_FIELD
-                if problem is not None:
-                    reject(code, problem)
-                    if old is MISSING or meta_problem(k, old) is not None:
-                        drop.append(k)
-                    else:
-                        restore[k] = old
-            doc.set_meta(restore, drop)
-        # -- edits of existing entries: entries are immutable -------------------------------------
-        for e, keys in change.edited:
-            if not e.alive:
-                continue
-            restore, drop = {}, []
-            for k, (action, old, new) in keys.items():
-                if old is MISSING:
-                    drop.append(k)
-                else:
-                    restore[k] = old
-            if restore or drop:
-                reject(ErrorCode.FORBIDDEN, f"entry {restore.get('id', e.id)} is immutable")
-                doc.set_entry_fields(doc.positions([e])[0], restore, drop)
-        # -- new entries ---------------------------------------------------------------------------
-        new = [e for e in change.inserted if e.alive]
-        net_new, bad_entries = self._check_new(new, change, cmd, role, reject) if new else ([], set())
-        # -- a delete of a moved entry, concurrent with the move: the delete wins -------------------
-        if moved:
-            # ids this update copies validly (moves, even if another copy is kept): not deletes;
-            # the copies are further successors of the moved-away items the update deletes
-            copied: dict[str, list[Entry]] = {}
-            for e in new:
-                if id(e) not in bad_entries and e.id in moved:
-                    copied.setdefault(e.id, []).append(e)
-            for eid, copies in copied.items():
-                for item in moved[eid]:
-                    for c in copies:
-                        if c.yid is not None:
-                            doc.add_successor(item, c.yid)
-            if scan is not None:
-                # copies the update writes that yrs holds back (they wait for missing items): a move
-                for eid in scan.ids.keys() & moved.keys():
-                    if not any(e.id == eid for e in new):
-                        copied[eid] = []
-            victims = self._concurrent_deletes(moved, scan, cmd.origin, copied)
-            if victims:
-                doc.delete_positions(doc.positions(victims))
-        # -- the limit: refuse the update's new entries whole ----------------------------------------
-        if new and len(doc.entries) > self.max_entries:
-            over = [e for e in net_new if e.alive]
-            reject(ErrorCode.LIMIT_EXCEEDED, f"a playlist holds at most {self.max_entries} items; "
-                   f"{len(over)} new entries refused")
-            doc.delete_positions(doc.positions(over))
-        self._junk(change, reject)
-        return rejected
-
-    def _check_new(self, new: list[Entry], change: Change, cmd: Command, role: str,
-                   reject) -> tuple[list[Entry], set[int]]:
-        """Validate the update's new entries (deleting invalid ones) and keep one copy per id.
-        Returns the entries that are new to the playlist (not copies of existing ones) and the
-        (python) ids of the invalid ones."""
-        doc = self.doc
-        deleted_now = {e.id: e for e in change.deleted if isinstance(e.id, str) and e.well_shaped()}
-        new_set = {id(e) for e in new}
-        fresh: dict[str, Entry] = {}        # valid brand-new ids of this update
-        bad_entries: list[Entry] = []
-        net_new: list[Entry] = []
-        user = None if role == "system" else cmd.principal.user_id
-        for e in new:
-            template, resurrect = None, False
-            if isinstance(e.id, str):
-                template = next((c for c in doc.copies(e.id) if id(c) not in new_set), None) \
-                    or deleted_now.get(e.id) or fresh.get(e.id)
-                resurrect = template is None and e.id in doc.graveyard
-                if resurrect:
-                    template, deleter = doc.graveyard[e.id]
-                    if user is not None and deleter != user:
-                        # a copy of an entry someone else deleted: a move concurrent with the
-                        # delete (delete wins); the deleter's own undo is accepted
-                        reject(ErrorCode.CONFLICT, f"entry {e.id} was deleted by another user")
-                        bad_entries.append(e)
-                        continue
-            problem = entry_problem(e, user_id=user, now_ms=cmd.now_ms, catalog=self.catalog, template=template)
-            if problem is not None:
-                reject(problem[0], problem[1])
-                bad_entries.append(e)
-            elif template is None:
-                fresh[e.id] = e
-                net_new.append(e)
-            elif resurrect:
-                net_new.append(e)
-        if bad_entries:
-            doc.delete_positions(doc.positions(bad_entries))
-        # -- one entry per id: keep the copy with the greatest Yjs item id --------------------------
-        losers: list[Entry] = []
-        for eid in {e.id for e in new if e.alive}:
-            copies = doc.copies(eid)
-            if len(copies) > 1:
-                ranked = sorted(((doc.item_of(c, p), c) for p, c in zip(doc.positions(copies), copies)),
-                                key=lambda x: x[0])
-                losers.extend(c for _, c in ranked[:-1])
-        if losers:
-            doc.delete_positions(doc.positions(losers))
-        return net_new, {id(e) for e in bad_entries}
-
-    def _concurrent_deletes(self, moved: dict[str, list[tuple[int, int]]], scan: UpdateScan | None,
-                            origin: Any, copied: dict[str, list[Entry]]) -> list[Entry]:
-        """The live copies that a client's update deletes without knowing it.
-
-        Yjs has no move: a move deletes the entry's Y.Map item and inserts a copy. A client that
-        deletes the entry without having seen the move deletes the old item, which is already
-        deleted here: in Yjs terms a no-op, and the copy would survive. The document remembers
-        every moved-away item with the item of the copy its move wrote (PlaylistDoc.tomb). For an
-        entry X one of whose moved-away items the update's delete set covers:
-
-        - the update also inserts a valid copy of X: a move (concurrent moves keep one copy);
-        - the sender held the copy that moved that item away (its item id is below the sender's
-          state: the state vector of its SyncStep1 on this connection, merged with what the update
-          itself implies): it saw that move and merely knows the old item is gone (a SyncStep2
-          carries the client's whole delete set, and a client repeats the deletes of its own moves);
-        - otherwise the sender deleted X without having seen the move, concurrently: the delete
-          wins, and X's live copy (wherever later moves took it) is deleted too - the same outcome
-          as when the delete arrives before the move (whose copy is then refused, CONFLICT).
-        """
-        doc = self.doc
-        known: dict[int, int] | None = None
-        victims: list[Entry] = []
-        for eid, items in moved.items():
-            if eid in copied:
-                continue
-            live = doc.by_id.get(eid)
-            if live is None or live.gen == doc.gen:
-                continue
-            if known is None:
-                known = scan.known() if scan is not None else {}
-                sv = self._peer_sv.get(origin) if origin is not None else None
-                if sv:
-                    for client, clock in decode_state_vector(sv).items():
-                        if clock > known.get(client, 0):
-                            known[client] = clock
-            # explained when, for each moved-away item it deletes, the sender held a copy one of
-            # that item's moves wrote
-            if all(any(k < known.get(c, 0) for c, k in doc.tomb[item][1]) for item in items):
-                continue
-            victims.append(live)
-        return victims
-
-    def _junk(self, change: Change, reject) -> None:
-        """Content outside the schema (another root's, keys on `tracks`, a sequence in `meta`, and
-        what nests in or chains off it) is deleted in the same correction: a Yjs root can't be
-        removed, but its items can. Refusing the update instead would not converge: Yjs has no
-        acknowledgements, so every later update of that client would wait for the refused clocks."""
-        if change.foreign:
-            self.doc.delete_items(change.foreign)
-            reject(ErrorCode.INVALID_FIELD, "content outside the playlist schema (only the roots "
-                   "`tracks` and `meta`) was deleted")
-
     def _net_delta(self, before: list[Entry], meta_before: dict, change: Change) -> list[dict]:
         """The command's net effect for app clients: deleted pre-existing entries, then surviving
         new ones (entries written and corrected in the same command never show)."""
-        gen = self.doc.gen
-        gone = [e for e in self.doc.trash if e.gen != gen]
+        gone = self.doc.removed()
         removed = list(zip(locate(before, gone), (e.id for e in gone)))
         new = [e for e in change.inserted if e.alive]
         added = list(zip(self.doc.positions(new), new))
@@ -956,16 +771,13 @@ class PlaylistEntity(Entity):
         if self._unrecorded_at is not None and self._unrecorded_at != self.version:
             self._close_gap()                 # the previous entry ended without one
         self._unrecorded_at = self.version
-        self.doc.gen += 1
-        self.doc.trash = []
         if t == "y":
-            self.doc.actor = record.get("by")
+            self.doc.begin(record.get("by"))
             for u in record["u"]:
                 self.doc.apply_remote(u)
-            self.doc.settle()
+            self.doc.finish()
             for c, k, sc, sk in record.get("m", ()):
                 self.doc.add_successor((c, k), (sc, sk))
-            self.doc.drain()
         elif t == "create":
             self.owner, self.created_at = record["owner"], record.get("at", 0)
         elif t == "collab":
@@ -981,29 +793,15 @@ class PlaylistEntity(Entity):
 
     def snapshot(self) -> Any:
         self._close_gap()
-        return {"v": 1, "doc": self.doc.full_update(),
+        return {"v": 1, **self.doc.snapshot(),        # doc, rows, graveyard, tomb, foreign
                 "history": [[v, sid, compact_delta(d)] for v, sid, d, _ in self._history],
                 "floor": list(self._floor) if self._floor is not None else None,
-                "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.doc.entries],
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
-                "listeners": sorted(self.listeners),
-                "graveyard": [[*e.row(), who] for e, who in self.doc.graveyard.values()
-                              if e.id not in self.doc.by_id],
-                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.doc.tomb.items()],
-                "foreign": [[c, a, b] for c, ranges in self.doc.foreign.items() for a, b in ranges]}
+                "listeners": sorted(self.listeners)}
 
     def restore(self, data: Any) -> None:
-        self.doc = PlaylistDoc(data["doc"], rows=data.get("rows"))
-        for eid, uri, by, at, who in data.get("graveyard", ()):
-            self.doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
-        for client, clock, eid, succ in data.get("tomb", ()):
-            self.doc.bury((client, clock), eid, [(c, k) for c, k in succ])
-        if "foreign" in data:
-            for c, a, b in data["foreign"]:
-                self.doc.foreign.setdefault(c, []).append([a, b])
-        else:       # a snapshot from before `foreign` was kept: read it off the document itself
-            self.doc.classify(scan_update(data["doc"], structs=True))
+        self.doc = PlaylistDoc.restore(data)
         self.owner = data.get("owner")
         self.created_at = data.get("at", 0)
         self.collaborators = dict(data.get("collaborators", {}))

@@ -22,9 +22,10 @@ Item ids: every entry knows the Yjs item id (client, clock) of its Y.Map (`Entry
 inserts know the clocks they write; remote ones are read out of the integrated update
 (`scan_update`, protocols/lib0.py: a bounded, linear decoder of Yjs v1 updates, which also yields
 an update's delete set).
-The `tomb` remembers recently moved-away items (deleted while the entry lived on as a copy) with
-the copies their moves wrote, so that the entity can tell a late delete of a moved entry from a
-client merely knowing the move (PlaylistEntity._concurrent_deletes).
+The `tomb` (playlist_merge.MovedItems) remembers recently moved-away items (deleted while the
+entry lived on as a copy) with their successors (the copies their moves wrote, and every later
+copy), so that the merge policy can tell a late delete of a moved entry from a client merely
+knowing the move (playlist_merge.Correction.concurrent_deletes).
 
 Speed: pycrdt (yrs) finds an array index by walking the item list (~9 ns per item), so inserting k
 entries one by one at the end of an n-entry list costs k walks of n items (quadratic for bulk
@@ -36,33 +37,25 @@ yrs integrates those by item id, without walking. 10,000 entries: ~60 ms instead
 """
 from __future__ import annotations
 
-import bisect
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-from pycrdt import _pycrdt as Y
-
+from actors.crdt_adapter import CrdtDoc, merge_updates
+from actors.playlist_merge import Foreign, MovedItems
+from actors.playlist_validate import ENTRY_KEYS, ENTRY_KEYSET, META_KEYS, MISSING  # noqa: F401 - re-exported
 from protocols.lib0 import (  # noqa: F401 - decode_state_vector, scan_update, UpdateScan: re-exported
     MalformedError,
     UpdateScan,
     decode_state_vector,
-    ROOT,
     encode_delete_update,
     encode_map_chain,
     first_struct,
     scan_update,
 )
 
-ENTRY_KEYS = ("id", "uri", "added_by", "added_at")
-ENTRY_KEYSET = frozenset(ENTRY_KEYS)
-META_KEYS = ("name", "description", "public", "collaborative")
-MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 GRAVEYARD_SIZE = 4096          # recently deleted entries remembered (an undo re-inserts a copy)
-TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
-_LOCAL_ORIGIN = 0x5E17E5        # origin of server-side transactions
 
 
 # -- the Yjs binary codec: protocols/lib0.py ------------------------------------------------------------
@@ -197,6 +190,17 @@ class Change:
         return not (self.inserted or self.deleted or self.edited or self.meta or self.foreign)
 
 
+class Written:
+    """What one command wrote (PlaylistDoc.finish): its Yjs updates exactly as integrated (the
+    records store them) and the successors that its moves added to already moved-away items
+    ([client, clock, s_client, s_clock]: stored with them, replay re-adds them)."""
+    __slots__ = ("moves", "updates")
+
+    def __init__(self, updates: list[bytes], moves: list[list[int]]) -> None:
+        self.updates = updates
+        self.moves = moves
+
+
 class PlaylistDoc:
     def __init__(self, update: bytes | None = None, client_id: int | None = None,
                  rows: list | None = None) -> None:
@@ -206,16 +210,7 @@ class PlaylistDoc:
         snapshotted) spares reading the entries back out of the document."""
         self.client_id = client_id if client_id is not None else fresh_client_id()
         while True:
-            self.ydoc = Y.Doc(self.client_id, None, None)
-            txn = self.ydoc.create_transaction()
-            try:
-                self.tracks = self.ydoc.get_or_insert_array(txn, "tracks")
-                self.meta_map = self.ydoc.get_or_insert_map(txn, "meta")
-                if update:
-                    self.ydoc.apply_update(txn, update)
-                txn.commit()
-            finally:
-                txn.drop()
+            self.crdt = CrdtDoc(self.client_id, update)
             taken = decode_state_vector(self.state_vector()) if update else {}
             if self.client_id not in taken or client_id is not None:
                 break
@@ -226,46 +221,84 @@ class PlaylistDoc:
         self.meta: dict[str, Any] = {}
         # recently deleted entries, and who deleted them: id -> (entry, deleter user id)
         self.graveyard: OrderedDict[str, tuple[Entry, str | None]] = OrderedDict()
-        # Y.Map items of entries that were moved away (deleted while the entry id lived on in another
-        # copy): (client, clock) -> (entry id, [items of the copies that moves of it wrote]),
-        # oldest first; per client, the sorted clocks. `tomb_log`: successors added by the entity
-        # in the current command ([client, clock, s_client, s_clock]: it stores them in the record)
-        self.tomb: OrderedDict[tuple[int, int], tuple[str, list[tuple[int, int]]]] = OrderedDict()
-        self._tomb_clocks: dict[int, list[int]] = {}
-        self.tomb_log: list[list[int]] = []
-        # Yjs items outside the schema (see classify): client -> sorted [[start, end), ...]
-        self.foreign: dict[int, list[list[int]]] = {}
-        self.actor: str | None = None                  # the user whose command is being applied
-        self.gen = 0                                   # bumped by the entity per command
+        self.tomb = MovedItems()                       # moved-away items and their successors
+        self.foreign = Foreign()                       # Yjs items outside the schema
+        # per command (begin .. finish): who applies it, its generation (entries it wrote carry it),
+        # the updates it integrated, the entries it removed and inserted
+        self.actor: str | None = None
+        self.gen = 0
         self._updates: list[bytes] = []
-        self.trash: list[Entry] = []                   # entries removed since the entity last cleared it
-        self._local = False
+        self.trash: list[Entry] = []
+        self.added: list[Entry] = []
         self._raw: list = []
         if update:
             self._load_mirror(rows, update)
-        self._subs = [self.ydoc.observe(self._on_txn),
-                      self.tracks.observe_deep(self._on_tracks),
-                      self.meta_map.observe(self._on_meta)]
+        self.crdt.observe(lambda u: self._updates.append(u), self._on_tracks, self._on_meta)
+
+    # -- a command's bookkeeping -------------------------------------------------------------------
+    def begin(self, actor: str | None) -> None:
+        """Start a command (or a replayed record) applied by `actor` (None: the system)."""
+        self.gen += 1
+        self.actor = actor
+        self.trash = []
+        self.added = []
+        self.tomb.log = []
+
+    def mark(self) -> int:
+        """A point in the current command's updates (see since)."""
+        return len(self._updates)
+
+    def since(self, mark: int) -> bytes:
+        """The updates integrated after `mark`, merged into one (b"" if none)."""
+        return merge_updates(self._updates[mark:]) if len(self._updates) > mark else b""
+
+    def finish(self) -> Written:
+        """End the command: remember its moved-away items (settle) and hand over what it wrote."""
+        self.tomb.settle(self.added, self.trash, self.by_id, self.item_of)
+        out = Written(self._updates, self.tomb.log)
+        self._updates = []
+        self.tomb.log = []
+        return out
+
+    def is_new(self, e: Entry) -> bool:
+        """Written by the current command."""
+        return e.gen == self.gen
+
+    def removed(self) -> list[Entry]:
+        """The entries the current command removed that existed before it."""
+        return [e for e in self.trash if e.gen != self.gen]
+
+    # -- snapshot ------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The document's part of the entity's snapshot: its full update, the mirror's rows (with
+        item ids), the graveyard, the moved-away items with their successors, the foreign items."""
+        return {"doc": self.full_update(),
+                "rows": [e.row() if e.yid is None else [*e.row(), *e.yid] for e in self.entries],
+                "graveyard": [[*e.row(), who] for e, who in self.graveyard.values() if e.id not in self.by_id],
+                "tomb": [[c, k, eid, [list(x) for x in succ]] for (c, k), (eid, succ) in self.tomb.items()],
+                "foreign": [[c, a, b] for c, ranges in self.foreign.ranges.items() for a, b in ranges]}
+
+    @classmethod
+    def restore(cls, data: dict) -> PlaylistDoc:
+        """A document from `snapshot()`'s keys (with a fresh server client id)."""
+        doc = cls(data["doc"], rows=data.get("rows"))
+        for eid, uri, by, at, who in data.get("graveyard", ()):
+            doc.graveyard[eid] = (Entry(eid, uri, by, at), who)
+        for client, clock, eid, succ in data.get("tomb", ()):
+            doc.tomb.bury((client, clock), eid, [(c, k) for c, k in succ])
+        if "foreign" in data:
+            for c, a, b in data["foreign"]:
+                doc.foreign.ranges.setdefault(c, []).append([a, b])
+        else:       # a snapshot from before `foreign` was kept: read it off the document itself
+            doc.foreign.classify(scan_update(data["doc"], structs=True))
+        return doc
 
     # -- observers -------------------------------------------------------------------------------
-    def _on_txn(self, event) -> None:
-        self._updates.append(event.update)
+    def _on_tracks(self, changes: list) -> None:
+        self._raw.extend(changes)
 
-    def _on_tracks(self, events) -> None:
-        if self._local:
-            return
-        for ev in events:
-            path = ev.path
-            if not path:
-                self._raw.append(("d", ev.delta))
-            elif len(path) == 1 and hasattr(ev, "keys"):
-                self._raw.append(("k", path[0], ev.keys))
-            else:
-                self._raw.append(("x", path[0]))
-
-    def _on_meta(self, event) -> None:
-        if not self._local:
-            self._raw.append(("m", event.keys))
+    def _on_meta(self, keys: dict) -> None:
+        self._raw.append(("m", keys))
 
     # -- reading ---------------------------------------------------------------------------------------
     def _load_mirror(self, snap_rows: list | None = None, update: bytes | None = None) -> None:
@@ -274,16 +307,14 @@ class PlaylistDoc:
         so JSON values are the stored values. Rows may carry the entry's Y.Map item id
         ([id, uri, added_by, added_at, client, clock]); without them, the item ids are read out of
         the document's update (scan_update)."""
-        txn = self.ydoc.create_transaction()
-        try:
-            if snap_rows is not None and len(snap_rows) == self.tracks.len(txn):
+        crdt = self.crdt
+        with crdt.read() as txn:
+            if snap_rows is not None and len(snap_rows) == crdt.tracks_len(txn):
                 rows = snap_rows
             else:
-                rows = orjson.loads(self.tracks.to_json(txn))
-            for k in self.meta_map.keys(txn):
-                self.meta[k] = _plain(self.meta_map.get(txn, k))
-        finally:
-            txn.drop()
+                rows = crdt.tracks_json(txn)
+            for k, v in crdt.meta_items(txn):
+                self.meta[k] = _plain(v)
         entries = []
         users: dict[str, str] = {}
         for r in rows:
@@ -305,31 +336,24 @@ class PlaylistDoc:
             self._attach_items(entries, [scan_update(update)])
 
     def _read_value(self, txn, value) -> Entry:
-        if not isinstance(value, Y.Map):
+        fields = self.crdt.entry_fields(txn, value)
+        if fields is None:
             return Entry(None, None, None, None, is_map=False, gen=self.gen)
         vals = dict.fromkeys(ENTRY_KEYS, MISSING)
         extra = None
-        for k in value.keys(txn):
+        for k, v in fields.items():
             if k in ENTRY_KEYSET:
-                vals[k] = _plain(value.get(txn, k))
+                vals[k] = _plain(v)
             else:
                 extra = extra or set()
                 extra.add(k)
         return Entry(vals["id"], vals["uri"], vals["added_by"], vals["added_at"], extra=extra, gen=self.gen)
 
     def state_vector(self) -> bytes:
-        txn = self.ydoc.create_transaction()
-        try:
-            return self.ydoc.get_state(txn)
-        finally:
-            txn.drop()
+        return self.crdt.state_vector()
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
-        txn = self.ydoc.create_transaction()
-        try:
-            return self.ydoc.get_update(txn, state_vector or b"\x00")
-        finally:
-            txn.drop()
+        return self.crdt.diff(state_vector)
 
     def full_update(self) -> bytes:
         return self.diff(None)
@@ -343,17 +367,7 @@ class PlaylistDoc:
 
     def item_id(self, pos: int) -> tuple[int, int]:
         """The Yjs item id (client, clock) of the entry at `pos` (walks the list: use sparingly)."""
-        txn = self.ydoc.create_transaction()
-        try:
-            sticky = self.tracks.sticky_index(txn, pos, 0)
-        finally:
-            txn.drop()
-        item = orjson.loads(sticky.to_json_string())["item"]
-        return item["client"], item["clock"]
-
-    def drain(self) -> list[bytes]:
-        out, self._updates = self._updates, []
-        return out
+        return self.crdt.item_id(pos)
 
     def positions(self, entries: list[Entry], hints: list[int] | None = None) -> list[int]:
         """Current positions of live `entries` (see `locate`)."""
@@ -414,68 +428,27 @@ class PlaylistDoc:
         count: dict[str, int] = {}
         for e in want:
             count[e.id] = count.get(e.id, 0) + 1
+        ambiguous = []
         for e in want:
             items = found.get(e.id)
             if items and len(items) == 1 and count[e.id] == 1:
                 e.yid = items[0]
+            elif items:
+                ambiguous.append(e)
+        # several new copies of one id (concurrent moves in one update): looked up now, while they
+        # all live - a correction may delete the losers next, and settle() needs every copy's item,
+        # live and on replay alike
+        if ambiguous:
+            for e, p in zip(ambiguous, self.positions(ambiguous)):
+                e.yid = self.item_id(p)
 
-    def settle(self) -> None:
-        """End of a command (or of a replayed record): remember the Y.Map items of entries that
-        were moved away in it (deleted while a copy with the same id and content lives on) and
-        that copy's item, so that a late delete of such an item can still be traced to its entry,
-        and told apart from a client merely knowing the move."""
-        trash = self.trash
-        if not trash:
-            return
-        by_id = self.by_id
-        for e in trash:
-            item = e.yid
-            if item is None or not isinstance(e.id, str):
-                continue
-            live = by_id.get(e.id)
-            if live is None or live is e or not live.same_content(e):
-                continue
-            self.bury(item, e.id, [self.item_of(live)])
-
-    def bury(self, item: tuple[int, int], entry_id: str, successors: list[tuple[int, int]]) -> None:
-        tomb = self.tomb
-        if item in tomb:
-            return
-        tomb[item] = (entry_id, successors)
-        bisect.insort(self._tomb_clocks.setdefault(item[0], []), item[1])
-        if len(tomb) > TOMB_SIZE:
-            (client, clock), _ = tomb.popitem(last=False)
-            clocks = self._tomb_clocks[client]
-            del clocks[bisect.bisect_left(clocks, clock)]
-            if not clocks:
-                del self._tomb_clocks[client]
+    def moved_items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
+        """Entries some of whose moved-away items lie in these delete ranges (MovedItems.items_in)."""
+        return self.tomb.items_in(deletes)
 
     def add_successor(self, item: tuple[int, int], successor: tuple[int, int]) -> None:
         """Another move of the moved-away `item` (a concurrent one) wrote the copy `successor`."""
-        found = self.tomb.get(item)
-        if found is not None and successor not in found[1]:
-            found[1].append(successor)
-            self.tomb_log.append([*item, *successor])
-
-    def moved_items_in(self, deletes: Iterable[tuple[int, int, int]]) -> dict[str, list[tuple[int, int]]]:
-        """Entries some of whose moved-away items lie in these delete ranges: {entry id: [those
-        items]}. O(ranges * log(tomb) + hits)."""
-        out: dict[str, list[tuple[int, int]]] = {}
-        by_client = self._tomb_clocks
-        if not by_client:
-            return out
-        tomb = self.tomb
-        for client, clock, length in deletes:
-            clocks = by_client.get(client)
-            if not clocks:
-                continue
-            i = bisect.bisect_left(clocks, clock)
-            end = clock + length
-            while i < len(clocks) and clocks[i] < end:
-                item = (client, clocks[i])
-                out.setdefault(tomb[item][0], []).append(item)
-                i += 1
-        return out
+        self.tomb.add_successor(item, successor)
 
     def copies(self, entry_id: str) -> list[Entry]:
         first = self.by_id.get(entry_id)
@@ -484,18 +457,10 @@ class PlaylistDoc:
         return [first, *self.dups.get(entry_id, ())]
 
     # -- local (server) edits -------------------------------------------------------------------------
-    def _txn(self):
-        return self.ydoc.create_transaction_with_origin(_LOCAL_ORIGIN)
-
     def _run(self, fn) -> None:
-        self._local = True
-        txn = self._txn()
-        try:
+        """A local (server) transaction: the observers do not report it (the edits mirror themselves)."""
+        with self.crdt.write() as txn:
             fn(txn)
-            txn.commit()
-        finally:
-            txn.drop()
-            self._local = False
 
     def insert(self, index: int, entries: list[Entry]) -> None:
         """Insert well-formed entries at `index` (see the module docstring for the method)."""
@@ -503,24 +468,20 @@ class PlaylistDoc:
             return
         last = entries[-1]
 
-        def native(txn):
-            m = self.tracks.insert_map_prelim(txn, index)
-            m.insert(txn, "id", last.id)
-            m.insert(txn, "uri", last.uri)
-            m.insert(txn, "added_by", last.added_by)
-            m.insert(txn, "added_at", float(last.added_at))
-
-        self._run(native)
+        self._run(lambda txn: self.crdt.insert_map(txn, index, [
+            ("id", last.id), ("uri", last.uri), ("added_by", last.added_by), ("added_at", float(last.added_at))]))
         client, clock, left = first_struct(self._updates[-1])
         last.yid = (client, clock)
         if len(entries) > 1:
             update = encode_entry_chain(client, clock + 5, left, (client, clock), entries[:-1])
-            self._run(lambda txn: self.ydoc.apply_update(txn, update))
+            self._run(lambda txn: self.crdt.apply(txn, update))
             for i, e in enumerate(entries[:-1]):
                 e.yid = (client, clock + 5 + i)
         self.entries[index:index] = entries
+        self.added.extend(entries)
         for e in entries:
             e.alive = True
+            e.gen = self.gen
             self._index_add(e)
 
     def delete_positions(self, positions: Iterable[int]) -> list[Entry]:
@@ -537,7 +498,7 @@ class PlaylistDoc:
 
         def remove(txn):
             for start, length in runs:
-                self.tracks.remove_range(txn, start, length)
+                self.crdt.remove_range(txn, start, length)
 
         self._run(remove)
         removed: list[Entry] = []
@@ -555,13 +516,7 @@ class PlaylistDoc:
         if not changes and not remove:
             return
 
-        def write(txn):
-            for k, v in changes.items():
-                self.meta_map.insert(txn, k, v)
-            for k in remove:
-                self.meta_map.remove(txn, k)
-
-        self._run(write)
+        self._run(lambda txn: self.crdt.set_meta(txn, changes, remove))
         for k, v in changes.items():
             self.meta[k] = v
         for k in remove:
@@ -572,14 +527,8 @@ class PlaylistDoc:
         remove = list(remove)
         e = self.entries[pos]
 
-        def write(txn):
-            m = self.tracks.get(txn, pos)
-            for k, v in changes.items():
-                m.insert(txn, k, float(v) if k == "added_at" else v)
-            for k in remove:
-                m.remove(txn, k)
-
-        self._run(write)
+        values = {k: float(v) if k == "added_at" else v for k, v in changes.items()}
+        self._run(lambda txn: self.crdt.set_entry(txn, pos, values, remove))
         for k, v in changes.items():
             if k == "id" and v != e.id:
                 self._index_rekey(e, v)
@@ -593,7 +542,7 @@ class PlaylistDoc:
         """Delete these Yjs items, whatever they are (content outside the schema: see classify)."""
         if ranges:
             update = encode_delete_update(ranges)
-            self._run(lambda txn: self.ydoc.apply_update(txn, update))
+            self._run(lambda txn: self.crdt.apply(txn, update))
 
     # -- remote updates ------------------------------------------------------------------------------
     def apply_remote(self, update: bytes) -> Change:
@@ -601,12 +550,8 @@ class PlaylistDoc:
         A malformed update raises ValueError and changes nothing."""
         self._raw = []
         n_updates = len(self._updates)
-        txn = self.ydoc.create_transaction()
-        try:
-            self.ydoc.apply_update(txn, update)
-            txn.commit()
-        finally:
-            txn.drop()
+        with self.crdt.write(local=False) as txn:
+            self.crdt.apply(txn, update)
         change = Change()
         raw, self._raw = self._raw, []
         # the transaction's own updates: what was integrated (with any held-back structs released)
@@ -622,102 +567,14 @@ class PlaylistDoc:
             if change.inserted:
                 self._attach_items(change.inserted, scans)
         for sc in scans:
-            change.foreign.extend(self.classify(sc))
+            change.foreign.extend(self.foreign.classify(sc))
         return change
 
-    def classify(self, scan: UpdateScan) -> list[tuple[int, int, int]]:
-        """Items of an integrated update that lie outside the schema - in a root other than `tracks`
-        (as a sequence) and `meta` (as keys), or nested in such an item, or placed next to one
-        (an item without parent info shares its origin's, or right origin's, parent) - are added to
-        `foreign`; returns those that are not deleted already.
-
-        `foreign` (client -> sorted [start, end) clock ranges) remembers them for good (snapshot, and
-        rebuilt the same way on replay): a later item chained to a deleted foreign item is foreign too."""
-        structs = scan.structs
-        if not structs:
-            return []
-        index: dict[int, tuple[list[int], list[int]]] = {}
-        for i, st in enumerate(structs):
-            starts = index.setdefault(st[0], ([], []))
-            starts[0].append(st[1])
-            starts[1].append(i)
-        verdict: list[bool | None] = [None] * len(structs)
-        foreign = self.foreign
-
-        def lookup(item: tuple[int, int]):
-            """(index of the update's struct holding item, None) or (None, known verdict)."""
-            c, k = item
-            got = index.get(c)
-            if got is not None:
-                j = bisect.bisect_right(got[0], k) - 1
-                if j >= 0:
-                    st = structs[got[1][j]]
-                    if k < st[1] + st[2]:
-                        return got[1][j], None
-            ranges = foreign.get(c)
-            if ranges:
-                j = bisect.bisect_right(ranges, [k, float("inf")]) - 1
-                if j >= 0 and k < ranges[j][1]:
-                    return None, True
-            return None, False                    # outside the update and not foreign: the schema's
-
-        for i in range(len(structs)):
-            # follow the chain of references iteratively (a chain may be thousands long)
-            chain = []
-            j = i
-            result = None
-            seen = set()
-            while result is None:
-                if verdict[j] is not None:
-                    result = verdict[j]
-                    break
-                if j in seen:                     # a reference cycle: yrs never integrates it
-                    result = False
-                    break
-                seen.add(j)
-                chain.append(j)
-                how, ref = structs[j][3], structs[j][4]
-                if how == ROOT:
-                    name, sub = ref
-                    result = not ((name == "tracks" and not sub) or (name == "meta" and sub))
-                    break
-                nxt, known = lookup(ref)
-                if nxt is None:
-                    result = known
-                    break
-                j = nxt
-            for j in chain:
-                verdict[j] = result
-        out = []
-        added = False
-        for st, bad in zip(structs, verdict):
-            if bad:
-                foreign.setdefault(st[0], []).append([st[1], st[1] + st[2]])
-                added = True
-                if not st[5]:
-                    out.append((st[0], st[1], st[2]))
-        if added:
-            for c, ranges in foreign.items():
-                ranges.sort()
-                merged = [ranges[0]]
-                for r in ranges[1:]:
-                    if r[0] <= merged[-1][1]:
-                        merged[-1][1] = max(merged[-1][1], r[1])
-                    else:
-                        merged.append(r)
-                foreign[c] = merged
-        return out
-
     def _roots(self) -> list[str]:
-        txn = self.ydoc.create_transaction()
-        try:
-            return list(self.ydoc.roots(txn))
-        finally:
-            txn.drop()
+        return self.crdt.roots()
 
     def _mirror(self, raw: list, change: Change) -> None:
-        txn = self.ydoc.create_transaction()
-        try:
+        with self.crdt.read() as txn:
             for item in sorted(raw, key=lambda it: it[0] != "d"):     # the array's delta first
                 tag = item[0]
                 if tag == "d":
@@ -736,6 +593,7 @@ class PlaylistDoc:
                         elif "insert" in op:
                             new = [self._read_value(txn, v) for v in op["insert"]]
                             self.entries[pos:pos] = new
+                            self.added.extend(new)
                             for e in new:
                                 self._index_add(e)
                             change.inserted.extend(new)
@@ -776,5 +634,3 @@ class PlaylistDoc:
                             self.meta.pop(k, None)
                         else:
                             self.meta[k] = new
-        finally:
-            txn.drop()

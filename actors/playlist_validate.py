@@ -8,9 +8,19 @@ import math
 import re
 from typing import Any
 
-from actors.playlist_doc import MISSING, Entry
+from typing import TYPE_CHECKING
+
 from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
+
+if TYPE_CHECKING:
+    from actors.playlist_doc import Entry
+
+# the document's schema (docs/playlist-document.md)
+ENTRY_KEYS = ("id", "uri", "added_by", "added_at")
+ENTRY_KEYSET = frozenset(ENTRY_KEYS)
+META_KEYS = ("name", "description", "public", "collaborative")
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()     # a key not set
 
 MAX_ENTRIES = 10_000          # entries per playlist (Spotify's limit)
 MAX_URIS = 100                # uris per add / replace, tracks per remove

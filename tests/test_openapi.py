@@ -15,10 +15,8 @@ import base64
 import json
 import re
 import secrets
-import uuid
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 import pytest
-from pycrdt import Array, Doc, Map, Text, UndoManager
+from pycrdt import Array, Doc, Map, Text, UndoManager, merge_updates
 
 from actors.entity import SYSTEM, Command, Env, Principal
 from actors.playlist import PlaylistEntity
@@ -1065,7 +1065,7 @@ def test_bulk_add_is_linear():
     t = time.perf_counter()
     ents = e._new_entries(uris, "alice", T0)
     e.doc.insert(0, ents)
-    e.doc.drain()
+    e.doc.finish()
     took = time.perf_counter() - t
     assert len(e.doc.entries) == 10_000
     assert took < 1.0, took
@@ -1195,3 +1195,40 @@ def test_create_pushes_the_first_policy():
     h = Harness()
     out = h.do("create", name="New", public=False)
     assert access_events(out) == [{"owner": "alice", "public": False, "collaborative": False, "roles": {}}]
+
+
+@pytest.mark.parametrize("delivery", ["held_back", "merged"])
+@pytest.mark.parametrize("alice_wins", [True, False])
+def test_a_move_whose_copy_comes_apart_from_its_delete_is_still_a_move(delivery, alice_wins):
+    """alice and ed move the same entry. ed's copy reaches the server in another command than
+    its delete of the moved-away item (held back by yrs until the update it depends on arrives;
+    or merged with alice's move in one update, as a client holding both would send them), and
+    ed reconnects without having received anything: its SyncStep2's delete set shows the
+    original deleted, but ed holds its own copy, a successor of that item. Exactly one copy
+    survives, the one with the greatest item id (the client id decides: both are first writes)."""
+    h = make(4)
+    h.do("set_collaborator", user_id="ed", role="editor")
+    a = Client(h, "alice", client_id=2000 if alice_wins else 1000)
+    b = Client(h, "ed", client_id=1000 if alice_wins else 2000)
+    a.sync()
+    b.sync()
+    h.events.clear()
+    x = h.ids()[1]
+    if delivery == "held_back":
+        u1 = b.edit_offline(lambda c: c.tracks.append(c.entry("n1", T(9))))
+        u2 = b.edit_offline(move_id(x, 4))             # after n1: yrs holds it until u1 arrives
+        a.edit(move_id(x, 0))
+        assert not h.do("yjs_update", "ed", origin=b.origin, update=u2).records
+        h.do("yjs_update", "ed", origin=b.origin, update=u1)      # releases the copy: no delete set
+    else:
+        ua = a.edit_offline(move_id(x, 0))
+        ub = b.edit_offline(move_id(x, 3))
+        h.do("yjs_update", "ed", origin=b.origin, update=merge_updates(ua, ub))
+    assert h.ids().count(x) == 1
+    b.sync()                      # ed's whole delete set; it never received alice's copy
+    ids = h.ids()
+    assert ids.count(x) == 1, ids
+    assert ids.index(x) == (0 if alice_wins else len(ids) - 1)
+    assert h.e.doc.by_id[x].yid[0] == 2000
+    settle(h, a, b)
+    assert state_of(h.reload()) == state_of(h.e)

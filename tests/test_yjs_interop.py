@@ -669,3 +669,146 @@ async def ray_items(http, url, pid, token):
         out += [{"entry_id": it["entry_id"], "uri": it["track"]["uri"]} for it in page["items"]]
         page_url = page["next"]
     return out
+
+
+# == (i) a move made offline, concurrent with another move (or a delete) of the same entry =========
+async def offline_move_against(http, url, pid, token, online: list[Y], offline: Y, eid: str, to_online: int,
+                               to_offline: int) -> list[str]:
+    """Every client synced; `offline` disconnects; the first of `online` moves `eid` to
+    `to_online` and the server takes it; `offline` moves `eid` to `to_offline`, then reconnects
+    (its move reaches the server in its SyncStep2, with its whole delete set). Returns the
+    converged order (converge: every replica and REST hold it, no duplicate)."""
+    start = await entry_ids(http, url, pid, token)
+    for y in (*online, offline):
+        await y.wait(synced=True, ids=start)
+    await offline.do("disconnect")
+    await offline.wait(connected=False)
+    await online[0].do("move", id=eid, to=to_online)
+    moved = await until_server(http, url, pid, token, lambda ids: ids != start)
+    for y in online:
+        await y.wait(ids=moved)
+    await offline.do("move", id=eid, to=to_offline)
+    await offline.do("connect")
+    await offline.wait(synced=True)
+    return await converge(http, url, pid, token, [*online, offline])
+
+
+@pytest.mark.parametrize("offline_wins", [True, False], ids=["offline-copy-wins", "online-copy-wins"])
+async def test_an_offline_move_concurrent_with_a_move_keeps_exactly_one_copy(server, cat, http, users, ynode,
+                                                                             offline_wins):
+    """The offline client's SyncStep2 deletes the moved-away item too; that is its own move, not a
+    delete: one copy survives, the one whose Yjs item id is greatest (the docs' rule), i.e. the copy
+    of the client with the greater client id (both copies are items of their writer)."""
+    mint = server.auth.mint
+    o = mint(users["owner"])
+    pid = await shared_playlist(http, server.url, mint, users, uris=track_uris(cat, 900, 5))
+    base = ybase(server.url)
+    a = await Y(ynode, "a", users["owner"]).open(base, pid, o)
+    b = await Y(ynode, "b", users["editor"]).open(base, pid, mint(users["editor"]))
+    r = (await a.wait(synced=True, length=5))["ids"]
+    ids = {y: (await y.wait(synced=True, ids=r))["client_id"] for y in (a, b)}
+    hi, lo = (a, b) if ids[a] > ids[b] else (b, a)
+    offline, online = (hi, lo) if offline_wins else (lo, hi)
+    final = await offline_move_against(http, server.url, pid, o, [online], offline, r[2], to_online=0,
+                                       to_offline=4)
+    assert sorted(final) == sorted(r) and final.count(r[2]) == 1, final
+    # the winner's copy is where its move put it
+    assert final.index(r[2]) == (4 if offline_wins else 0), (final, ids)
+    got = await get_json(http, f"{server.url}/v1/playlists/{pid}/items?limit=100", o)
+    assert [it["entry_id"] for it in got["items"]] == final
+
+
+async def test_an_offline_move_concurrent_with_moves_of_three_clients_keeps_one_copy(server, cat, http, users,
+                                                                                      ynode):
+    mint = server.auth.mint
+    o = mint(users["owner"])
+    pid = await shared_playlist(http, server.url, mint, users, uris=track_uris(cat, 920, 6))
+    base = ybase(server.url)
+    a = await Y(ynode, "a", users["owner"]).open(base, pid, o)
+    b = await Y(ynode, "b", users["editor"]).open(base, pid, mint(users["editor"]))
+    c = await Y(ynode, "c", users["editor"]).open(base, pid, mint(users["editor"]))
+    r = (await a.wait(synced=True, length=6))["ids"]
+    # c offline; a moves r1; b moves it again (having seen a's move); c moves it offline
+    start = r
+    await c.wait(synced=True, ids=start)
+    await c.do("disconnect")
+    await c.wait(connected=False)
+    await a.do("move", id=r[1], to=5)
+    after_a = await until_server(http, server.url, pid, o, lambda ids: ids != start)
+    await b.wait(ids=after_a)
+    await b.do("move", id=r[1], to=0)
+    after_b = await until_server(http, server.url, pid, o, lambda ids: ids != after_a)
+    await a.wait(ids=after_b)
+    await c.do("move", id=r[1], to=3)
+    await c.do("connect")
+    await c.wait(synced=True)
+    final = await converge(http, server.url, pid, o, [a, b, c])
+    assert sorted(final) == sorted(r) and final.count(r[1]) == 1, final
+    # and a second offline round, with the roles turned: b offline against a and c
+    await b.do("disconnect")
+    await b.wait(connected=False)
+    await c.do("move", id=r[4], to=0)
+    moved = await until_server(http, server.url, pid, o, lambda ids: ids != final)
+    await a.wait(ids=moved)
+    await b.do("move", id=r[4], to=5)
+    await b.do("connect")
+    await b.wait(synced=True)
+    final = await converge(http, server.url, pid, o, [a, b, c])
+    assert sorted(final) == sorted(r) and final.count(r[4]) == 1, final
+
+
+async def test_a_rest_delete_concurrent_with_an_offline_move_wins(server, cat, http, users, ynode):
+    mint = server.auth.mint
+    o = mint(users["owner"])
+    pid = await shared_playlist(http, server.url, mint, users, uris=track_uris(cat, 940, 4))
+    b = await Y(ynode, "b", users["editor"]).open(ybase(server.url), pid, mint(users["editor"]))
+    r = (await b.wait(synced=True, length=4))["ids"]
+    await b.do("disconnect")
+    await b.wait(connected=False)
+    page = await get_json(http, f"{server.url}/v1/playlists/{pid}/items?limit=100", o)
+    uri = page["items"][1]["track"]["uri"]
+    st, _ = await rest(http, "DELETE", f"{server.url}/v1/playlists/{pid}/items", o,
+                       json={"tracks": [{"uri": uri, "positions": [1]}]})
+    assert st == 200
+    await b.do("move", id=r[1], to=3)
+    await b.do("connect")
+    await b.wait(synced=True)
+    final = await converge(http, server.url, pid, o, [b])
+    assert final == [r[0], r[2], r[3]], final
+
+
+@pytest.mark.parametrize("first", ["loser", "winner"])
+async def test_offline_moves_arriving_merged_then_their_movers_reconnect_keep_one_copy(server, cat, http, users,
+                                                                                       ynode, first):
+    """Two offline moves of one entry reach the server merged into ONE update: the SyncStep2 of a
+    third client whose document holds both (restored from a copy persisted while both edited, as
+    y-indexeddb keeps one per browser). Then the movers reconnect, having received nothing: each
+    SyncStep2's delete set shows the original deleted, and the loser's author holds only its own
+    copy. Its move is still a move: exactly one copy, the winner's (the greatest item id)."""
+    import base64
+    from pycrdt import merge_updates
+    mint = server.auth.mint
+    o = mint(users["owner"])
+    pid = await shared_playlist(http, server.url, mint, users, uris=track_uris(cat, 960, 5))
+    base = ybase(server.url)
+    a = await Y(ynode, "a", users["owner"]).open(base, pid, o)
+    b = await Y(ynode, "b", users["editor"]).open(base, pid, mint(users["editor"]))
+    r = (await a.wait(synced=True, length=5))["ids"]
+    ids = {y: (await y.wait(synced=True, ids=r))["client_id"] for y in (a, b)}
+    for y in (a, b):
+        await y.do("disconnect")
+        await y.wait(connected=False)
+    await a.do("move", id=r[2], to=0)
+    await b.do("move", id=r[2], to=4)
+    saved = [base64.b64decode((await y.do("save"))["update_b64"]) for y in (a, b)]
+    c = await Y(ynode, "c", users["editor"]).open(base, pid, mint(users["editor"]),
+                                                   load_b64=base64.b64encode(merge_updates(*saved)).decode())
+    await c.wait(synced=True)
+    await until_server(http, server.url, pid, o, lambda got: got != r)
+    winner, loser = (a, b) if ids[a] > ids[b] else (b, a)
+    for y in ((loser, winner) if first == "loser" else (winner, loser)):
+        await y.do("connect")
+        await y.wait(synced=True)
+    final = await converge(http, server.url, pid, o, [a, b, c])
+    assert sorted(final) == sorted(r) and final.count(r[2]) == 1, final
+    assert final.index(r[2]) == (0 if winner is a else 4), (final, ids)
