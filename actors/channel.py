@@ -13,13 +13,14 @@ leave the host in release order and arrive in that order, with no sequence numbe
 Frame: 4-byte big-endian length + msgpack body (protocols/wire.py: pack_body / unpack_body, which
 refuse every msgpack extension type).
   handshake:                     actors/channel_auth.py (mutual challenge-response, 4 KiB frames)
-  gateway -> host:               [["c", token, <bytes: pack_body(command_to_wire(cmd))>], ...]
+  gateway -> host:               [["c", token, command_to_wire(cmd)], ...]
   host -> gateway:               [host_item_to_wire(item), ...]   ("r" replies, "p" pushes, "g" gaps)
 
-A command travels as its own packed bytes inside the frame, so one command the host cannot decode
-(a client-forged extension type in its args, a mistyped field) is answered MALFORMED_FRAME for its
-token and the stream, with every other client's commands on it, stays up. A frame that does not
-decode at all closes the stream: it came from an authenticated gateway, so it is a bug there.
+A frame is decoded once. An extension type anywhere in it (a client-forged value that got past the
+gateway's decoder: it can't, but the host does not rely on that) decodes to a marker, and only then
+are the commands searched: one holding a marker is answered MALFORMED_FRAME for its token and the
+stream, with every other client's commands on it, stays up; a marker outside any command makes the
+frame undecodable, which closes the stream (it came from an authenticated gateway: a bug there).
 
 Budgets on the host side: a frame never exceeds `max_frame` (batches are split); one item over
 `max_item` is replaced (a reply by LIMIT_EXCEEDED, a push by a Gap so the gateway resubscribes);
@@ -36,8 +37,8 @@ from typing import Any
 from actors.channel_auth import HANDSHAKE_TIMEOUT_S, ChannelAuth
 from actors.entity import Command
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, command_from_wire, host_item_to_wire,
-                            pack_body, unpack_body)
+from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, command_from_wire, holds_forged,
+                            host_item_to_wire, pack_body, unpack_body, unpack_commands)
 
 log = logging.getLogger("syncopate.channel")
 HEADER = struct.Struct(">I")
@@ -112,18 +113,25 @@ def encode_host_items(items: list, *, max_item: int = MAX_ITEM, metrics: Any = N
     return parts
 
 
-def decode_requests(frame: Any) -> tuple[list[tuple[int, Command]], list[tuple[int, SyncopateError]]]:
-    """A gateway frame -> (decoded commands, refusals for the items that did not decode)."""
+def decode_requests(frame: Any, forged: bool = False) -> tuple[list[tuple[int, Command]], list[tuple[int, SyncopateError]]]:
+    """A gateway frame -> (decoded commands, refusals for the items that did not decode). `forged`:
+    the frame held a msgpack extension type (wire.unpack_commands): the commands holding one are
+    refused for their token; one outside any command makes the whole frame undecodable."""
     if not isinstance(frame, list):
         raise WireError("a command frame is a list")
     good: list[tuple[int, Command]] = []
     bad: list[tuple[int, SyncopateError]] = []
     for item in frame:
-        token = item[1] if isinstance(item, list) and len(item) == 3 else None
+        ok_shape = type(item) is list and len(item) == 3 and item[0] == "c"
+        if forged and holds_forged(item if not ok_shape else item[:2]):
+            raise WireError("an extension type outside any command")
+        token = item[1] if ok_shape else (item[1] if type(item) is list and len(item) == 3 else None)
         try:
-            if not isinstance(item, list) or len(item) != 3 or item[0] != "c" or not isinstance(item[2], bytes):
-                raise WireError("a command item is [\"c\", token, bytes]")
-            good.append((token, command_from_wire(unpack_body(item[2]))))
+            if not ok_shape or type(item[2]) is not list:
+                raise WireError("a command item is [\"c\", token, <command>]")
+            if forged and holds_forged(item[2]):
+                raise WireError("a msgpack extension type in the command")
+            good.append((token, command_from_wire(item[2])))
         except Exception as exc:
             err = exc if isinstance(exc, SyncopateError) else WireError(f"undecodable command: {type(exc).__name__}")
             if isinstance(token, int) and not isinstance(token, bool):
@@ -134,16 +142,17 @@ def decode_requests(frame: Any) -> tuple[list[tuple[int, Command]], list[tuple[i
 
 
 def encode_requests(requests: list[tuple[int, Command]], max_frame: int = MAX_FRAME) -> tuple[list[bytes], list]:
-    """The gateway's side: (frames, [(token, SyncopateError)] for commands that cannot be sent)."""
+    """The gateway's side: (frames, [(token, SyncopateError)] for commands that cannot be sent). Each
+    command is packed once, on its own (so one too large or unencodable is refused alone), and the
+    frames are the packed items joined under an array header."""
     from protocols.wire import command_to_wire
     parts, refused = [], []
     for token, cmd in requests:
         try:
-            inner = pack_body(command_to_wire(cmd))
+            b = pack_body(["c", token, command_to_wire(cmd)])
         except Exception as exc:
             refused.append((token, SyncopateError(ErrorCode.MALFORMED_FRAME, f"command not encodable: {exc}")))
             continue
-        b = pack_body(["c", token, inner])
         if len(b) + 5 > max_frame:
             refused.append((token, SyncopateError(ErrorCode.FRAME_TOO_LARGE, "the command is too large")))
             continue
@@ -157,6 +166,15 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     if n > MAX_FRAME:
         raise ValueError(f"channel frame of {n} bytes")
     return unpack(await reader.readexactly(n))
+
+
+async def read_command_frame(reader: asyncio.StreamReader) -> tuple[Any, bool]:
+    """A gateway -> host frame: (frame, forged) as wire.unpack_commands decodes it."""
+    head = await reader.readexactly(HEADER.size)
+    (n,) = HEADER.unpack(head)
+    if n > MAX_FRAME:
+        raise ValueError(f"channel frame of {n} bytes")
+    return unpack_commands(await reader.readexactly(n))
 
 
 # -- host side -------------------------------------------------------------------------------------
@@ -224,7 +242,7 @@ class ChannelServer:
             self.writers[gateway_id] = writer
             while True:
                 # WireError (an undecodable frame) ends the stream: see the module docstring.
-                requests, refused = decode_requests(await read_frame(reader))
+                requests, refused = decode_requests(*await read_command_frame(reader))
                 if refused:
                     self.host.metrics.malformed_commands += len(refused)
                     self.send(gateway_id, [answer(token, Reply.fail(err)) for token, err in refused])

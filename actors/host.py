@@ -85,8 +85,16 @@ MAX_MAILBOX = 1_000            # commands waiting for one entity; beyond it refu
 MAX_PENDING = 50_000           # outcomes handled and not yet released, host-wide; beyond it refused (OVERLOADED)
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    # one Packer, reused (packb builds one per call); the host packs on its event loop only
+    try:
+        return _PACKER.pack(obj)
+    except BaseException:
+        _PACKER.reset()
+        raise
 
 
 def unpack(data: bytes) -> Any:

@@ -38,7 +38,8 @@ class Connection:
 
     def __init__(self, conn_id: str, principal: Principal, *, encoding: str, client: str, device_id: str | None,
                  send_raw: Callable[[Any], Any], close: Callable[[int, str], Any],
-                 max_queued_bytes: int = 16 << 20, on_overflow: Callable[["Connection"], None] | None = None) -> None:
+                 max_queued_bytes: int = 16 << 20, on_overflow: Callable[["Connection"], None] | None = None,
+                 send_many: Callable[[list], Any] | None = None) -> None:
         self.id = conn_id
         self.principal = principal
         self.encoding = encoding
@@ -49,6 +50,7 @@ class Connection:
         self.max_queued_bytes = max_queued_bytes
         self.abort_after_s = 10.0
         self._send_raw = send_raw
+        self._send_many = send_many          # several queued frames in one socket write (gateway/wsframes.py)
         self._close = close
         self._queue: deque = deque()
         self.queued_bytes = 0
@@ -84,11 +86,22 @@ class Connection:
 
     async def _write(self) -> None:
         while self._queue and not self.closed:
-            frame = self._queue.popleft()
-            self.queued_bytes -= frame_size(frame)
+            if self._send_many is not None:
+                # everything queued so far goes in one write (a bounded batch): one system call
+                batch = []
+                while self._queue and len(batch) < 64:
+                    frame = self._queue.popleft()
+                    self.queued_bytes -= frame_size(frame)
+                    batch.append(frame)
+                send = self._send_many(batch)
+            else:
+                frame = self._queue.popleft()
+                self.queued_bytes -= frame_size(frame)
+                batch = (frame,)
+                send = self._send_raw(frame)
             try:
-                await self._send_raw(frame)      # awaits the socket's drain: backpressure per connection
-                self.frames_out += 1
+                await send                       # awaits the socket's drain: backpressure per connection
+                self.frames_out += len(batch)
             except Exception:
                 self.closed = True
                 return
@@ -150,6 +163,7 @@ class Hub:
         self.gateway_id = gateway_id
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
+        self._ops = itertools.count(1)
         self.conns: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
         self._reserved: dict[str, int] = {}          # admitted, upgrade in progress (not yet added)
@@ -159,6 +173,11 @@ class Hub:
 
     def new_id(self) -> str:
         return f"c{self._prefix}{next(self._ids)}"
+
+    def new_op_id(self) -> str:
+        """An op id for a command the client sent without one: unique across this gateway's restarts
+        (the random prefix) and cheap (no urandom call per command, as uuid4 made)."""
+        return f"g{self._prefix}.{next(self._ops)}"
 
     def admit(self, principal: Principal) -> None:
         """Refuse a socket beyond the user's budget, before the upgrade (HTTP 429). An admitted socket

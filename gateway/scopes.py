@@ -110,13 +110,18 @@ def rest_rule(method: str, path: str) -> Rule | None:
     return DEFAULT_REST
 
 
+_WS_OPEN = frozenset({T.PING.value, T.AUTH.value, T.UNSUBSCRIBE.value})
+
+
 def ws_rule(msg_type: str, payload) -> Rule:
     if msg_type == T.SUBSCRIBE.value:
         key = payload.get("entity") if isinstance(payload, dict) else None
         kind = key.partition(":")[0] if isinstance(key, str) else ""
         return SUBSCRIBE_RULES.get(kind, USER)
-    return WS_RULES.get(msg_type, USER if msg_type not in (T.PING.value, T.AUTH.value, T.UNSUBSCRIBE.value)
-                        else PUBLIC)
+    rule = WS_RULES.get(msg_type)
+    if rule is not None:
+        return rule
+    return PUBLIC if msg_type in _WS_OPEN else USER
 
 
 def enforce(rule: Rule | None, principal) -> None:
@@ -126,7 +131,7 @@ def enforce(rule: Rule | None, principal) -> None:
     scopes = getattr(principal, "scopes", ALL_SCOPES)
     if rule.user and getattr(principal, "app_only", False):
         raise SyncopateError(ErrorCode.UNAUTHORIZED, "This endpoint needs a user token, not an app-only one")
-    if rule.any_of and not scopes.intersection(rule.any_of):
+    if rule.any_of and scopes is not ALL_SCOPES and scopes.isdisjoint(rule.any_of):
         raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
 
 

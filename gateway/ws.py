@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from aiohttp import WSMsgType, web
 
@@ -19,6 +18,7 @@ from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, Connection
 from gateway.ratelimit import TokenBucket
+from gateway.wsframes import FrameWriter
 from gateway.scopes import check_ws
 from protocols import codec
 from protocols import messages as m
@@ -61,6 +61,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     device_id = device_id[:64] if device_id else None
     conn = ctx.new_connection(principal, encoding=codec.JSON, client=client, device_id=device_id,
                               send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
+                              send_many=FrameWriter(ws).write,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     # the metric's label is one of a few known kinds: a client-chosen string would let one client
     # create metric series (memory) without bound
@@ -260,7 +261,7 @@ class WsSession:
         # Every command carries an op id: one the client chose, or one the gateway gives it, so a
         # retry of a command whose answer was lost (TIMEOUT, HOST_UNAVAILABLE: the error names the
         # op id) is answered from the log instead of being applied a second time.
-        op_id = env.op_id or uuid.uuid4().hex
+        op_id = env.op_id or ctx.hub.new_op_id()
         if env.type == T.PLAYLIST_CREATE and "id" not in args:
             # a client may choose one (offline creation); else a retry with the same op id must
             # reach the same entity, so the id derives from it

@@ -36,6 +36,7 @@ from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY, Connection
 from gateway.ratelimit import TokenBucket
+from gateway.wsframes import FrameWriter
 from gateway.ws import authenticate
 from protocols import yjs
 from protocols.errors import ErrorCode, SyncopateError
@@ -135,7 +136,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         ctx.hub.release(principal)
         raise
     conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
-                              send_raw=ws.send_bytes,
+                              send_raw=ws.send_bytes, send_many=FrameWriter(ws).write,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     session = YjsSession(ctx, conn, pid)
     ctx.metrics.connections.labels("yjs").inc()

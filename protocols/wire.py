@@ -218,8 +218,59 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise WireError(f"extension type {code} on the channel")
 
 
+_PACKER = msgpack.Packer(use_bin_type=True, default=_default)
+
+
 def pack_body(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, default=_default)
+    # One Packer, reused (msgpack.packb builds a new one per call: measurable per item on the hot
+    # path). Single-threaded use only: every caller is on its process's event loop.
+    try:
+        return _PACKER.pack(obj)
+    except BaseException:
+        _PACKER.reset()              # nothing half-packed may prefix the next frame
+        raise
+
+
+class Forged:
+    """What a msgpack extension type decodes to in a command frame: a marker, never a value. A frame
+    that holds one is looked at command by command (`unpack_commands`), and a command that holds one
+    is refused for its token alone."""
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def unpack_commands(body: bytes) -> tuple[Any, bool]:
+    """A gateway -> host frame: (the decoded frame, whether it held an extension type anywhere). One
+    decode for the whole frame; only a forged frame (never one a correct gateway sends: every client
+    value passed protocols/decode.py) pays for a search of its commands."""
+    seen: list[int] = []
+
+    def hook(code: int, data: bytes) -> Forged:
+        seen.append(code)
+        return Forged(code)
+
+    try:
+        frame = msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=hook, timestamp=2)
+    except Exception as exc:  # msgpack raises several types for malformed input
+        raise WireError(f"undecodable channel frame: {type(exc).__name__}") from None
+    return frame, bool(seen)
+
+
+def holds_forged(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is Forged:
+            return True
+        if t is list:
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v.values())
+            stack.extend(v.keys())
+    return False
 
 
 def unpack_body(body: bytes) -> Any:

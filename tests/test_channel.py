@@ -269,7 +269,7 @@ async def raw_gateway(server, addr, gateway_id="raw"):
 
 
 def command_item(token, cmd):
-    return ["c", token, pack_body(command_to_wire(cmd))]
+    return ["c", token, command_to_wire(cmd)]
 
 
 async def test_a_forged_extension_type_in_args_is_refused_and_the_stream_stays_up(wired):
