@@ -173,7 +173,10 @@ def main_args(a) -> int:
             target = Target.from_url(a.url, _secret(a))
         else:
             own = OwnServer(store=a.store, faults=FaultSpec(), hosts=a.hosts,
-                            gateway_config={"ws_rate": 1000.0, "ws_burst": 2000.0}).start()
+                            # the shared fan-out client opens all its sockets (200 in W1) with ONE user's
+                            # token: over the default socket budget per user (50), which is for real users
+                            gateway_config={"ws_rate": 1000.0, "ws_burst": 2000.0,
+                                            "max_sockets_per_user": 10_000}).start()
             target = own.target()
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(t.uri for t in target.catalog.tracks))
