@@ -290,7 +290,7 @@ SHAPES = {
     "siblings, the last one too deep": (lambda n: {"a": [deep(29)] * n + [deep(40)]}, 200),
     "many small maps": (lambda n: {"a": [{"x": 1, "y": [None, True]}] * n}, 1000),
 }
-LINEAR_BOUND = 20        # for k = 8: a linear decoder measures ~8 (up to ~14 seen), a quadratic one ~64
+LINEAR_BOUND = 24        # for k = 8: a linear decoder measures ~8 (up to ~20 seen on a loaded machine), a quadratic one ~64
 
 
 @pytest.mark.parametrize("encoding", [JSON, MSGPACK])

@@ -155,4 +155,4 @@ def test_many_short_varints_scan_linearly():
         assert len(yjs.parse_frame(frame)) == n
         return time.perf_counter() - t0
     small, big = min(timed(5_000) for _ in range(3)), min(timed(50_000) for _ in range(3))
-    assert big < small * 10 * 2.5
+    assert big < small * 10 * 3.5          # linear: ~10x; quadratic: ~100x
