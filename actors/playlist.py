@@ -50,14 +50,7 @@ Ops (cmd.args; replies; every mutation answers at least {"snapshot_id"}):
   add_listener {user_id} / remove_listener {user_id}                   (system only) -> {ok}
 
 Event (every mutation): playlist.changed {snapshot_id, total, delta: [op, ...], update: bytes|None}
-  delta ops, applied in order to the previous state:
-    {"op": "delete", "index": i, "entry_ids": [...]}     (a run; deletes come first, descending)
-    {"op": "insert", "index": i, "items": [{entry_id, uri, added_by, added_at}, ...]}
-    {"op": "details", "changes": {name?, description?, public?, collaborative?}}
-    {"op": "followers", "total": n}
-    {"op": "collaborator", "user_id": u, "role": "editor" | "viewer" | None}
-  A move (reorder, or a Yjs client's delete + insert of a copy) is a delete and an insert of the
-  same entry id.
+  (delta ops: actors/playlist_history.py)
 
 Roles: a private playlist is NOT_FOUND for everyone but its owner and collaborators. The owner and
 editors edit tracks, name and description; only the owner changes public, collaborative and
@@ -84,8 +77,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections import OrderedDict, deque
-from operator import attrgetter
+from collections import OrderedDict
 from typing import Any
 
 
@@ -103,6 +95,7 @@ from actors.playlist_doc import (
     locate,
     scan_update,
 )
+from actors.playlist_history import History, delete_ops, insert_ops, snapshot_id_of
 from actors.playlist_merge import Correction
 from actors.playlist_validate import (
     MAX_ENTRIES,
@@ -122,58 +115,12 @@ from protocols.errors import ErrorCode, SyncopateError
 from protocols.limits import MAX_FRAME_BYTES
 from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION, MessageType
 from catalog import require
-from protocols.uris import BASE62, make_uri, parse_uri
+from protocols.uris import make_uri, parse_uri
 
 CHANGED = MessageType.PLAYLIST_CHANGED.value
 ACCESS = MessageType.PLAYLIST_ACCESS.value
-_ID = attrgetter("id")
-HISTORY_VERSIONS = 128          # recent changes kept for snapshot_id transforms and resubscribes
-HISTORY_WEIGHT = 20_000         # ... and at most this many entry references in them
 MAX_UPDATE_BYTES = MAX_FRAME_BYTES       # what the gateway's frames can carry (protocols/limits.py)
 PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
-
-
-def _b62(n: int) -> str:
-    out = []
-    while True:
-        n, r = divmod(n, 62)
-        out.append(BASE62[r])
-        if not n:
-            return "".join(reversed(out))
-
-
-def _runs(positions: list[int]) -> list[tuple[int, int]]:
-    """Sorted positions -> [(start, length)] ascending."""
-    runs: list[tuple[int, int]] = []
-    for p in positions:
-        if runs and runs[-1][0] + runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((p, 1))
-    return runs
-
-
-def delete_ops(removed: list[tuple[int, str]]) -> list[dict]:
-    """[(old position, entry id)] -> delete runs, descending, each valid after the previous."""
-    removed = sorted(removed)
-    ids = dict(removed)
-    return [{"op": "delete", "index": s, "entry_ids": [ids[p] for p in range(s, s + n)]}
-            for s, n in reversed(_runs([p for p, _ in removed]))]
-
-
-def compact_delta(delta: list[dict]) -> list[dict]:
-    """A delta as the durable history keeps it: inserts name their entry ids only (what a
-    snapshot_id transform needs), not the items."""
-    return [{"op": "insert", "index": op["index"], "entry_ids": [x["entry_id"] for x in op["items"]]}
-            if op["op"] == "insert" and "items" in op else op for op in delta]
-
-
-def insert_ops(added: list[tuple[int, Entry]]) -> list[dict]:
-    """[(new position, entry)] -> insert runs, ascending."""
-    added = sorted(added, key=lambda x: x[0])
-    by = {p: e for p, e in added}
-    return [{"op": "insert", "index": s, "items": [by[p].item() for p in range(s, s + n)]}
-            for s, n in _runs([p for p, _ in added])]
 
 
 class PlaylistEntity(Entity):
@@ -188,11 +135,7 @@ class PlaylistEntity(Entity):
         self.collaborators: dict[str, str] = {}
         self.followers: set[str] = set()
         self.listeners: set[str] = set()
-        self._history: deque = deque()        # (version, snapshot_id, delta, weight)
-        self._weight = 0
-        self._floor: tuple[int, str] | None = None   # (version, snapshot_id) before the first history item
-        self._full_since: int | None = None   # history items after this version hold full deltas (items)
-        self._unrecorded_at: int | None = None   # replaying an entry without an "h" record (older log)
+        self._history = History()             # snapshot_id transforms, subscribe {since} (playlist_history)
         # origin (gateway, connection) -> the state vector of that Yjs client's last SyncStep1: what
         # it held when it computed its SyncStep2 (not persisted: a restarted host resyncs sockets)
         self._peer_sv: OrderedDict[Any, bytes] = OrderedDict()
@@ -212,11 +155,8 @@ class PlaylistEntity(Entity):
         return make_uri("playlist", self.id)
 
     def snapshot_id(self, version: int | None = None) -> str:
-        """Opaque, changes with every version: base62(version << 48 | 48-bit hash of id, version
-        and the document's state vector)."""
-        v = self.version if version is None else version
-        h = hashlib.blake2b(self.doc.state_vector() + f"|{self.id}|{v}".encode(), digest_size=6).digest()
-        return _b62((v << 48) | int.from_bytes(h, "big"))
+        """Opaque, changes with every version (playlist_history.snapshot_id_of)."""
+        return snapshot_id_of(self.id, self.version if version is None else version, self.doc.state_vector())
 
     def policy(self) -> dict:
         """Who may do what (protocols/access.py): the shared rule's input, as sent to gateways."""
@@ -307,7 +247,7 @@ class PlaylistEntity(Entity):
         v = self.version + 1
         sid = self.snapshot_id(v)
         # the history behind snapshot_id transforms, durable: replay rebuilds it (see apply)
-        records.append({"t": "h", "v": v, "sid": sid, "d": compact_delta(delta)})
+        records.append(self._history.commit(v, sid, delta))
         out = {"snapshot_id": sid}
         out.update(reply or {})
         events, effects = [], []
@@ -315,7 +255,6 @@ class PlaylistEntity(Entity):
             merged = merge_updates(updates) if updates else None
             events.append(Event(type=CHANGED, payload={"snapshot_id": sid, "total": len(self.doc.entries),
                                                       "delta": delta, "update": merged}))
-        self._remember(v, sid, delta)
         if tracks_changed and self.listeners:
             rows = self.entry_rows()
             for u in sorted(self.listeners):
@@ -323,47 +262,12 @@ class PlaylistEntity(Entity):
                                        args={"context_uri": self.uri, "entries": rows, "snapshot_id": sid}))
         return Outcome(reply=out, records=records, events=events, effects=effects)
 
-    def _remember(self, version: int, sid: str, delta: list) -> None:
-        w = 1 + sum(len(op.get("items") or op.get("entry_ids") or ()) for op in delta)
-        self._history.append((version, sid, delta, w))
-        self._weight += w
-        while self._history and (len(self._history) > HISTORY_VERSIONS or self._weight > HISTORY_WEIGHT):
-            ov, osid, _, ow = self._history.popleft()
-            self._weight -= ow
-            self._floor = (ov, osid)
-
     def _view_at(self, snapshot_id: Any) -> tuple[list, bool]:
-        """The entries as of `snapshot_id`: (self.doc.entries, True) when it is the current one (or
-        None; the list must not be mutated), else (entry ids in that snapshot's order, False): the
-        current order with the recent changes undone. Unknown or too old -> CONFLICT naming the
-        current snapshot_id."""
+        """The entries as of `snapshot_id` (History.view_at): (self.doc.entries, True) when current,
+        else (entry ids in that snapshot's order, False); unknown or too old -> CONFLICT."""
         if snapshot_id is None:
             return self.doc.entries, True
-        current = self.snapshot_id()
-        if snapshot_id == current:
-            return self.doc.entries, True
-        if not isinstance(snapshot_id, str):
-            raise bad("snapshot_id must be a string")
-        items = list(self._history)
-        idx = None
-        for i in range(len(items) - 1, -1, -1):
-            if items[i][1] == snapshot_id:
-                idx = i
-                break
-        if idx is None and self._floor is not None and self._floor[1] == snapshot_id:
-            idx = -1
-        if idx is None:
-            raise SyncopateError(ErrorCode.CONFLICT, f"snapshot_id {snapshot_id} is unknown or too old; "
-                                 f"the current snapshot_id is {current}", snapshot_id=current)
-        order = list(map(_ID, self.doc.entries))
-        for _, _, delta, _ in reversed(items[idx + 1:]):
-            for step in reversed(delta):
-                kind = step["op"]
-                if kind == "insert":
-                    del order[step["index"]:step["index"] + len(step.get("items") or step["entry_ids"])]
-                elif kind == "delete":
-                    order[step["index"]:step["index"]] = step["entry_ids"]
-        return order, False
+        return self._history.view_at(snapshot_id, self.snapshot_id(), self.doc.entries)
 
     def _conflict(self, what: str) -> SyncopateError:
         current = self.snapshot_id()
@@ -381,11 +285,7 @@ class PlaylistEntity(Entity):
         return check(cmd.principal) if check is not None else None
 
     def run(self, spec: OpSpec, cmd: Command, a: Args) -> Outcome:
-        self._close_gap()
-        if self._floor is None:
-            self._floor = (self.version, self.snapshot_id())
-        if self._full_since is None:
-            self._full_since = self.version
+        self._history.begin(self.version, self.snapshot_id)
         self.doc.begin(None if cmd.principal.system else cmd.principal.user_id)
         before = self.policy()
         out = spec.fn(self, cmd, a)
@@ -437,13 +337,9 @@ class PlaylistEntity(Entity):
     def _op_subscribe(self, cmd: Command, a: Args) -> Outcome:
         since = cmd.args.get("since")
         base = {"version": self.version, "snapshot_id": self.snapshot_id(), "access": self.policy()}
-        if isinstance(since, int) and not isinstance(since, bool) and since <= self.version:
-            floor = self._floor[0] if self._floor is not None else self.version
-            # restored history carries entry ids only (enough for transforms): app clients get
-            # deltas from what this activation handled itself
-            if since >= max(floor, self._full_since if self._full_since is not None else self.version):
-                deltas = [{"version": v, "snapshot_id": s, "delta": d} for v, s, d, _ in self._history if v > since]
-                return Outcome(reply={"mode": "deltas", **base, "deltas": deltas})
+        deltas = self._history.since(since, self.version)
+        if deltas is not None:
+            return Outcome(reply={"mode": "deltas", **base, "deltas": deltas})
         return Outcome(reply={"mode": "full", **base, "playlist": self.playlist_object(),
                               "items": [e.item() for e in self.doc.entries]})
 
@@ -753,24 +649,10 @@ class PlaylistEntity(Entity):
     # ==========================================================================================
     # replay, snapshot, restore
     # ==========================================================================================
-    def _close_gap(self) -> None:
-        """An entry replayed without a history record (written before they existed): the changes
-        before it can't be transformed through it, so the history restarts after it."""
-        if self._unrecorded_at is not None:
-            self._unrecorded_at = None
-            self._history.clear()
-            self._weight = 0
-            self._floor = (self.version, self.snapshot_id())
-
     def apply(self, record: Any) -> None:
-        t = record["t"]
-        if t == "h":
-            self._unrecorded_at = None
-            self._remember(record["v"], record["sid"], record["d"])
+        if self._history.replay(record, self.version, self.snapshot_id):
             return
-        if self._unrecorded_at is not None and self._unrecorded_at != self.version:
-            self._close_gap()                 # the previous entry ended without one
-        self._unrecorded_at = self.version
+        t = record["t"]
         if t == "y":
             self.doc.begin(record.get("by"))
             for u in record["u"]:
@@ -789,13 +671,11 @@ class PlaylistEntity(Entity):
             (self.followers.add if record["on"] else self.followers.discard)(record["user"])
         elif t == "listen":
             (self.listeners.add if record["on"] else self.listeners.discard)(record["user"])
-        self._full_since = None
 
     def snapshot(self) -> Any:
-        self._close_gap()
+        self._history.close_gap(self.version, self.snapshot_id)
         return {"v": 1, **self.doc.snapshot(),        # doc, rows, graveyard, tomb, foreign
-                "history": [[v, sid, compact_delta(d)] for v, sid, d, _ in self._history],
-                "floor": list(self._floor) if self._floor is not None else None,
+                **self._history.snapshot(),           # history, floor
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
                 "listeners": sorted(self.listeners)}
@@ -807,12 +687,4 @@ class PlaylistEntity(Entity):
         self.collaborators = dict(data.get("collaborators", {}))
         self.followers = set(data.get("followers", ()))
         self.listeners = set(data.get("listeners", ()))
-        self._history.clear()
-        self._weight = 0
-        # snapshots before the history was kept have none: old snapshot_ids are unknown (CONFLICT)
-        floor = data.get("floor")
-        self._floor = (floor[0], floor[1]) if floor else None
-        for v, sid, d in data.get("history", ()):
-            self._remember(v, sid, d)
-        self._full_since = None
-        self._unrecorded_at = None
+        self._history.restore(data)
