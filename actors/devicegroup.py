@@ -29,7 +29,6 @@ from actors.devicegroup_listening import ListeningOps
 from actors.devicegroup_playback import PlaybackOps
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
-    API_BASE,
     COUNTED_WINDOW,
     DEVICE_STATE_CHANGED,
     DEVICES_DISAPPEARED,
@@ -71,7 +70,6 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         cfg = env.config or {}
         self.heartbeat_timeout_ms = int(cfg.get("connect_heartbeat_timeout_ms", HEARTBEAT_TIMEOUT_MS))
         self.offline_grace_ms = int(cfg.get("connect_offline_grace_ms", OFFLINE_GRACE_MS))
-        self.api_base = cfg.get("api_base_url", API_BASE)
         self._reset()
 
     def _reset(self) -> None:
@@ -90,7 +88,6 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         # soft state, never persisted: liveness is not durable (unknown after activation = now)
         self._seen: dict[str, int] = {}
         self._oc = OrderCache()
-        self._meta: dict[str, dict] = {}
 
     # == contract ===================================================================================
     # Entity.handle: the op table is the @op declarations below (docs/connect.md)
@@ -342,55 +339,24 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         h = hashlib.blake2b(f"{self.id}:{self.revision}:{cmd.now_ms}:{cmd.op_id}".encode(), digest_size=4)
         return int.from_bytes(h.digest(), "big")
 
-    # == shapes =====================================================================================
-    def _device_object(self, d: dict) -> dict:
-        return {"id": d["id"], "is_active": d["id"] == self.active, "is_private_session": False,
-                "is_restricted": d["is_restricted"], "name": d["name"], "type": d["type"],
-                "volume_percent": d["volume_percent"], "supports_volume": d["supports_volume"],
-                "is_online": d["online"]}
-
-    def _track_meta(self, uri: str) -> dict:
-        m = self._meta.get(uri)
-        if m is not None:
-            return m
-        t = self._track(uri)
-        if t is None:
-            m = {"uri": uri, "id": None, "name": None, "duration_ms": 0, "artists": [], "album": None}
-        else:
-            obj = self.env.catalog.track_object(t)
-            alb = obj.get("album") or {}
-            m = {"uri": uri, "id": t.id, "name": t.name, "duration_ms": t.duration_ms,
-                 "artists": [{"name": x.get("name"), "uri": x.get("uri")} for x in obj.get("artists", ())],
-                 "album": {"name": alb.get("name"), "uri": alb.get("uri"), "images": alb.get("images", [])}}
-        if len(self._meta) >= 64:
-            self._meta.clear()
-        self._meta[uri] = m
-        return m
-
-    def _track_object(self, uri: str) -> dict:
-        t = self._track(uri)
-        if t is None:
-            return {"uri": uri, "type": "track", "name": None, "duration_ms": 0, "artists": [], "album": None}
-        return self.env.catalog.track_object(t)
-
-    def _context_object(self, ctx: str | None) -> dict | None:
-        if ctx is None:
-            return None
-        kind, ident = ctx.split(":")[1], ctx.split(":")[-1]
-        return {"type": kind, "uri": ctx, "href": f"{self.api_base}/{kind}s/{ident}",
-                "external_urls": {"spotify": f"https://open.spotify.com/{kind}/{ident}"}}
+    # == domain values (gateway/presenters.py turns them into what clients read) ==================
+    def _device_value(self, d: dict) -> dict:
+        return {"id": d["id"], "name": d["name"], "type": d["type"], "volume_percent": d["volume_percent"],
+                "supports_volume": d["supports_volume"], "is_restricted": d["is_restricted"],
+                "online": d["online"], "active": d["id"] == self.active}
 
     def cluster(self, reason: str | None, now: int) -> dict:
-        """The whole device group as pushed to every device (docs/connect.md)."""
+        """The whole device group as pushed to every device (docs/connect.md): `player.track_uri`
+        and the devices as domain values (the gateway presents them)."""
         p = self.p
         order = self._oc.get(p)
         active = self.active
         has_item = p["uri"] is not None
         return {
             "active_device_id": active,
-            "devices": [self._device_object(d) for d in self.devices.values()],
+            "devices": [self._device_value(d) for d in self.devices.values()],
             "player": {
-                "track": self._track_meta(p["uri"]) if has_item else None,
+                "track_uri": p["uri"] if has_item else None,
                 "context": ({"uri": p["context_uri"], "index": context_index(p, order)}
                             if (p["context_uri"] is not None or p["tracks"]) else None),
                 "queue": list(p["queue"]),
@@ -410,7 +376,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
             "next_tracks": upcoming(p, order, 2, prefetch=True) if has_item else list(p["queue"][:2]),
         }
 
-    def _playing_object(self, p: dict, now: int, *, full: bool) -> dict:
+    def _playing(self, p: dict, now: int, *, full: bool) -> dict:
         order = self._oc.get(p)
         has_item = p["uri"] is not None
         dis = {}
@@ -426,18 +392,12 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
             dis["skipping_prev"] = True
         out: dict[str, Any] = {}
         if full:
-            out["device"] = self._device_object(self.devices[self.active])
-            out["repeat_state"] = p["repeat"]
-            out["shuffle_state"] = p["shuffle"]
-        out.update({
-            "context": self._context_object(p["context_uri"]),
-            "timestamp": p["timestamp_ms"],
-            "progress_ms": extrapolate(p, now) if has_item else None,
-            "is_playing": p["playing"],
-            "item": self._track_object(p["uri"]) if has_item else None,
-            "currently_playing_type": "track" if has_item else "unknown",
-            "actions": {"disallows": dis},
-        })
+            out["device"] = self._device_value(self.devices[self.active])
+            out["repeat"] = p["repeat"]
+            out["shuffle"] = p["shuffle"]
+        out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
+                    "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
+                    "uri": p["uri"], "disallows": dis})
         return out
 
     # == reads ======================================================================================
@@ -456,24 +416,24 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
     def _op_state(self, cmd: Command, a: Args) -> Outcome:
         if self.active is None:
             return Outcome(reply=None)
-        return Outcome(reply=self._playing_object(self._view(cmd.now_ms), cmd.now_ms, full=True))
+        return Outcome(reply=self._playing(self._view(cmd.now_ms), cmd.now_ms, full=True))
 
     @op("currently_playing", role="user")
     def _op_currently_playing(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         if self.active is None or p["uri"] is None:
             return Outcome(reply=None)
-        return Outcome(reply=self._playing_object(p, cmd.now_ms, full=False))
+        return Outcome(reply=self._playing(p, cmd.now_ms, full=False))
 
     @op("devices", role="user")
     def _op_devices(self, cmd: Command, a: Args) -> Outcome:
-        return Outcome(reply={"devices": [self._device_object(d) for d in self.devices.values() if d["online"]]})
+        return Outcome(reply={"devices": [self._device_value(d) for d in self.devices.values() if d["online"]]})
 
     @op("queue", role="user")
     def _op_queue(self, cmd: Command, a: Args) -> Outcome:
         p = self._view(cmd.now_ms)
         order = self._oc.get(p)
         return Outcome(reply={
-            "currently_playing": self._track_object(p["uri"]) if p["uri"] is not None else None,
-            "queue": [self._track_object(u) for u in upcoming(p, order, 20, prefetch=False)],
+            "currently_playing": p["uri"],
+            "queue": upcoming(p, order, 20, prefetch=False),
         })

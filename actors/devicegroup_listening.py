@@ -10,7 +10,6 @@ from actors.devicegroup_records import CountedPlay
 from actors.devicegroup_txn import (
     STREAM_THRESHOLD_MS,
     _err,
-    _iso,
     _Txn,
 )
 from actors.entity import Command, Outcome, op
@@ -75,15 +74,9 @@ class ListeningOps:
             cand = [r for r in rows if before is None or r[0] < before]
             sel = cand[-limit:][::-1]                         # newest first
             more = len(cand) > limit
-        items = [{"track": self._track_object(r[1]), "played_at": _iso(r[0]),
-                  "context": self._context_object(r[2])} for r in sel]
-        cursors = {"after": str(sel[0][0]), "before": str(sel[-1][0])} if sel else None
-        nxt = None
-        if sel and more:
-            nxt = (f"{self.api_base}/me/player/recently-played?after={sel[0][0]}&limit={limit}" if after is not None
-                   else f"{self.api_base}/me/player/recently-played?before={sel[-1][0]}&limit={limit}")
-        return Outcome(reply={"href": None, "items": items, "limit": limit, "next": nxt, "cursors": cursors,
-                              "total": len(rows)})
+        plays = [{"uri": r[1], "played_at_ms": r[0], "context_uri": r[2]} for r in sel]
+        return Outcome(reply={"plays": plays, "limit": limit, "more": bool(sel) and more,
+                              "direction": "after" if after is not None else "before", "total": len(rows)})
 
     @op("stream_counts", role="user")
     def _op_stream_counts(self, cmd: Command, a: Args) -> Outcome:

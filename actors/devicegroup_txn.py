@@ -2,7 +2,6 @@
 command (actors/devicegroup.py describes how a command becomes one record)."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from actors.devicegroup_records import CountedPlay, GroupChange
@@ -23,7 +22,6 @@ COUNTED_WINDOW = 1_000             # counted event ids / play keys remembered (e
 MAX_DEVICES = 50
 MAX_QUEUE = 1_000
 MAX_CONTEXT = 10_000               # a playlist holds at most 10,000 items
-API_BASE = "https://api.spotify.com/v1"
 
 # -- push reasons -----------------------------------------------------------------------------------
 NEW_DEVICE = "new_device"
@@ -39,10 +37,6 @@ PLAYER_CHANGED = MessageType.PLAYER_CHANGED.value
 
 def _err(code: ErrorCode, msg: str, **details) -> SyncopateError:
     return SyncopateError(code, msg, **details)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
 def _playlist_id(uri: str | None) -> str | None:

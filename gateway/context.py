@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from actors.entity import SYSTEM, Command, Principal
+from gateway import presenters
 from gateway.auth import Auth
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Connection, Hub
@@ -49,7 +50,10 @@ class GatewayContext:
         self.config = config
         self.metrics = metrics
         self.health = health
-        self.subscriptions = Subscriptions(gateway_id, hub, dispatcher)
+        # the device group's domain values as the websocket has always carried them (gateway/presenters.py)
+        self.ws_replies = presenters.ws_replies(catalog)
+        self.subscriptions = Subscriptions(gateway_id, hub, dispatcher, pushes=presenters.ws_pushes(catalog),
+                                           states=presenters.ws_states(catalog))
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
 

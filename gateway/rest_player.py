@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import presenters
 from gateway.http import (
     add_route,
     base_url,
@@ -49,7 +50,6 @@ from gateway.http import (
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP
 
-SPOTIFY_API = "https://api.spotify.com/v1"
 MAX_DEVICE_ID = 128
 MAX_STREAM_COUNT_URIS = 1000
 PLAY_FIELDS = ("context_uri", "uris", "offset", "position_ms")
@@ -118,17 +118,6 @@ def _query_str(request: web.Request, name: str) -> str:
     return raw
 
 
-def _rebase(obj: Any, base: str) -> Any:
-    """Point every href / next at this server (the entity renders Spotify's own address)."""
-    if isinstance(obj, dict):
-        return {k: (base + v[len(SPOTIFY_API):] if k in ("href", "next") and isinstance(v, str)
-                    and v.startswith(SPOTIFY_API) else _rebase(v, base))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rebase(v, base) for v in obj]
-    return obj
-
-
 def _device(d: dict) -> dict:
     out = {k: v for k, v in d.items() if k not in _NOT_SPOTIFY}
     t = out.get("type")
@@ -137,34 +126,39 @@ def _device(d: dict) -> dict:
     return out
 
 
-def _answer(request: web.Request, reply: Any) -> web.Response:
+def _answer(reply: Any) -> web.Response:
     if reply is None:
         return no_content()
-    return json_response(_rebase(reply, base_url(request)))
+    return json_response(reply)
+
+
+def _present(request: web.Request, fn, reply: Any) -> Any:
+    """The entity's domain value as Spotify's object, hrefs pointing at this server."""
+    return fn(ctx(request).catalog, reply, base_url(request))
 
 
 # -- reads --------------------------------------------------------------------------------------
 
 async def get_state(request: web.Request) -> web.Response:
-    reply = await _group(request, "state")
+    reply = _present(request, presenters.playing, await _group(request, "state"))
     if reply is not None:
         if reply.get("device"):
             reply["device"] = _device(reply["device"])
         reply.setdefault("smart_shuffle", False)     # not supported; real payloads carry it
-    return _answer(request, reply)
+    return _answer(reply)
 
 
 async def get_devices(request: web.Request) -> web.Response:
     reply = await _group(request, "devices")
-    return json_response({"devices": [_device(d) for d in reply["devices"]]})
+    return json_response({"devices": [_device(d) for d in presenters.devices(reply)["devices"]]})
 
 
 async def get_currently_playing(request: web.Request) -> web.Response:
-    return _answer(request, await _group(request, "currently_playing"))
+    return _answer(_present(request, presenters.playing, await _group(request, "currently_playing")))
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    return _answer(request, await _group(request, "queue"))
+    return _answer(_present(request, presenters.queue, await _group(request, "queue")))
 
 
 async def recently_played(request: web.Request) -> web.Response:
@@ -173,9 +167,9 @@ async def recently_played(request: web.Request) -> web.Response:
         v = _query_int(request, name, required=False)
         if v is not None:
             args[name] = v
-    reply = await _group(request, "recently_played", args)
+    reply = _present(request, presenters.recently_played, await _group(request, "recently_played", args))
     reply["href"] = str(request.url)
-    return _answer(request, reply)
+    return _answer(reply)
 
 
 async def stream_counts(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, Callable
 
 from actors.entity import Command
@@ -39,10 +40,16 @@ MAX_RETRIES = 40                 # resubscribe attempts (backoff 0.1 s doubling 
 
 
 class Subscriptions:
-    def __init__(self, gateway_id: str, hub: Hub, dispatcher) -> None:
+    def __init__(self, gateway_id: str, hub: Hub, dispatcher, *,
+                 pushes: dict[str, Callable[[Any], Any]] | None = None,
+                 states: dict[str, Callable[[Any], Any]] | None = None) -> None:
         self.gateway_id = gateway_id
         self.hub = hub
         self.dispatcher = dispatcher
+        # presenters (gateway/presenters.py): push type -> payload as clients read it; entity kind ->
+        # its subscribe answer as clients read it (the subscribe result, a resync push)
+        self.pushes = pushes or {}
+        self.states = states or {}
         self.members: dict[str, set[Connection]] = {}
         # per connection: entity key -> last version delivered (watermark); key -> version answered
         self._wm: dict[Connection, dict[str, int]] = {}
@@ -76,12 +83,13 @@ class Subscriptions:
         cmd.origin = self.address(conn)
         key = cmd.key
         self._joining[(conn.id, key)] = True
+        present = self.states.get(cmd.kind) if cmd.op == "subscribe" else None
 
         def answered(reply: Reply) -> None:
             wanted = self._joining.pop((conn.id, key), True)
             if reply.ok and not wanted and not conn.closed:
                 if on_reply is not None:        # it left before the answer came: answered, not a member
-                    on_reply(reply)
+                    on_reply(reply if present is None else Reply(reply.version, present(reply.payload)))
                 return
             if reply.ok and conn.closed:
                 self._unsubscribe(key, conn)      # the host added interest for a socket now gone
@@ -92,6 +100,8 @@ class Subscriptions:
                     # cannot happen for a correct entity (it refuses instead); never follow without access
                     self.leave(conn, key)
                     reply = Reply.fail(SyncopateError(ErrorCode.FORBIDDEN, "no access"))
+            if present is not None and reply.ok:
+                reply = Reply(reply.version, present(reply.payload))
             if on_reply is not None:
                 on_reply(reply)
 
@@ -166,21 +176,28 @@ class Subscriptions:
             conn.send({"type": ENDED, "entity": key, "error": err.to_wire()})
 
     # -- pushes ------------------------------------------------------------------------------------
+    def _presented(self, push: Push) -> Push:
+        fn = self.pushes.get(push.type)
+        return push if fn is None else replace(push, payload=fn(push.payload))
+
     def route(self, push: Push) -> None:
         if push.conn is not None:
             conn = self.hub.get(push.conn.conn, push.user) if push.conn.gateway == self.gateway_id else None
             if conn is not None:
-                self._send(conn, push, {})
+                self._send(conn, self._presented(push), {})
                 if push.close:
                     conn.close(CLOSE_SESSION_ENDED, "session ended")
             return
         members = self.members.get(push.key)
         if members:
             frames: dict[str, Any] = {}
+            shown = push
             for conn in list(members):
                 if push.user is not None and conn.principal.user_id != push.user:
                     continue
-                self._deliver(conn, push, frames)
+                if shown is push:                 # presented once per push, for every socket
+                    shown = self._presented(push)
+                self._deliver(conn, shown, frames)
                 if push.close:
                     conn.close(CLOSE_SESSION_ENDED, "session ended")
         if push.type == ACCESS and isinstance(push.payload, dict):
@@ -250,6 +267,8 @@ class Subscriptions:
                 self._resyncing.discard((conn.id, key))
                 return
             if reply.ok:
+                if kind in self.states:
+                    reply = Reply(reply.version, self.states[kind](reply.payload))
                 self._resyncing.discard((conn.id, key))
                 self._wm[conn][key] = max(reply.version, self._wm[conn].get(key, 0))
                 self._answered.setdefault(conn, {})[key] = self._wm[conn][key]

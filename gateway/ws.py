@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -217,13 +218,15 @@ class WsSession:
         self.inflight += 1
         self.inflight_subscribes += subscribe
 
-    def _answer(self, rid, t0: float, op_id: str | None = None, subscribe: bool = False):
+    def _answer(self, rid, t0: float, op_id: str | None = None, subscribe: bool = False,
+                present: Callable[[Any], Any] | None = None):
         def callback(reply: Reply):
             self.inflight -= 1
             self.inflight_subscribes -= subscribe
             self.ctx.metrics.request_seconds.labels("ws").observe(time.perf_counter() - t0)
             if reply.ok:
-                self.conn.send(codec.result(rid, reply.payload, reply.version))
+                payload = reply.payload if present is None else present(reply.payload)
+                self.conn.send(codec.result(rid, payload, reply.version))
             else:
                 err = reply.error
                 if op_id is not None and err.retryable and "op_id" not in err.details:
@@ -277,7 +280,8 @@ class WsSession:
             args.pop("context_snapshot_id", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()
-        answer = self._answer(env.id, t0, op_id)
+        present = self.ctx.ws_replies.get(route.op) if route.kind == m.DEVICE_GROUP else None
+        answer = self._answer(env.id, t0, op_id, present=present)
         if env.type == T.DEVICE_REGISTER:
             # The host registers this gateway's interest while handling the register itself, so a
             # device registering beside others misses none of their pushes; the device follows its

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from actors.devicegroup import HEARTBEAT_TIMEOUT_MS, OFFLINE_GRACE_MS, DeviceGroupEntity
 from actors.entity import SYSTEM, Command, Env, Principal
 from actors.player_state import compute_order
+from gateway import presenters
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import DEVICE_GROUP
 from tests.support.catalog import CatalogBuilder
@@ -163,10 +164,10 @@ def test_register_returns_whole_cluster_and_pushes():
     out = h.do("register", origin=("gw1", "c0"), device_id="d0", name="Laptop", type="computer",
                volume_percent=40, supports_volume=True, is_restricted=False)
     cl = out.reply
-    assert cl["devices"][0] == {"id": "d0", "is_active": False, "is_private_session": False, "is_restricted": False,
+    assert cl["devices"][0] == {"id": "d0", "active": False, "is_restricted": False,
                                 "name": "Laptop", "type": "computer", "volume_percent": 40,
-                                "supports_volume": True, "is_online": True}
-    assert cl["active_device_id"] is None and cl["player"]["track"] is None
+                                "supports_volume": True, "online": True}
+    assert cl["active_device_id"] is None and cl["player"]["track_uri"] is None
     assert cl["reason"] == "new_device" and cl["revision"] == 1 and cl["server_time_ms"] == h.now
     assert cl["heartbeat_interval_ms"] == 10_000
     assert len(out.events) == 1 and out.events[0].type == "player.changed"
@@ -215,17 +216,19 @@ def test_update_device_volume_and_name():
 def test_play_album_state_and_extrapolation_with_controlled_clock():
     h = playing_album()
     s = h.state()
-    assert s["device"]["id"] == "d0" and s["device"]["is_active"]
-    assert s["item"]["uri"] == turi(0) and s["progress_ms"] == 0 and s["is_playing"]
-    assert s["context"]["type"] == "album" and s["context"]["uri"] == album_uri(0)
-    assert s["currently_playing_type"] == "track" and s["repeat_state"] == "off" and s["shuffle_state"] is False
-    assert s["actions"]["disallows"] == {"resuming": True, "skipping_prev": True}
+    assert s["device"]["id"] == "d0" and s["device"]["active"]
+    assert s["uri"] == turi(0) and s["progress_ms"] == 0 and s["is_playing"]
+    assert s["context_uri"] == album_uri(0)
+    assert s["uri"] is not None and s["repeat"] == "off" and s["shuffle"] is False
+    assert s["disallows"] == {"resuming": True, "skipping_prev": True}
     h.advance(12_345)
     assert h.state()["progress_ms"] == 12_345
     cl = h.cluster()
     assert cl["player"]["position_as_of_timestamp"] == 0 and cl["player"]["timestamp"] == T0
     assert cl["player"]["playback_speed"] == 1.0 and cl["player"]["duration"] == DUR
-    assert cl["player"]["track"]["name"] == "Song 0" and cl["player"]["track"]["artists"][0]["name"] == "Artist 0"
+    assert cl["player"]["track_uri"] == turi(0)
+    track = presenters.cluster(h.e.env.catalog, cl)["player"]["track"]      # as devices read it
+    assert track["name"] == "Song 0" and track["artists"][0]["name"] == "Artist 0"
     assert cl["player"]["context"] == {"uri": album_uri(0), "index": 0}
     assert cl["next_tracks"] == [turi(1), turi(2)]
     assert cl["active_device_id"] == "d0" and cl["player"]["volume_percent"] == 50
@@ -246,10 +249,10 @@ def test_play_offsets_and_position():
     h = setup()
     h.do("play", context_uri=album_uri(1), offset={"position": 3}, position_ms=5_000, device_id="d1")
     s = h.state()
-    assert s["item"]["uri"] == turi(13) and s["progress_ms"] == 5_000 and s["device"]["id"] == "d1"
+    assert s["uri"] == turi(13) and s["progress_ms"] == 5_000 and s["device"]["id"] == "d1"
     h.do("play", uris=[turi(2), turi(4), turi(6)], offset={"uri": turi(4)})
     s = h.state()
-    assert s["item"]["uri"] == turi(4) and s["context"] is None
+    assert s["uri"] == turi(4) and s["context_uri"] is None
     assert h.cluster()["player"]["context"] == {"uri": None, "index": 1}
     h.refuse("BAD_REQUEST", "play", uris=[turi(2)], offset={"position": 5})
     h.refuse("BAD_REQUEST", "play", uris=[turi(2)], offset={"uri": turi(3)})
@@ -285,12 +288,12 @@ def test_lazy_advance_at_track_end_is_exact_and_tick_commits_it():
     h = playing_album()
     h.advance(DUR + 2_500)                       # track 0 ended 2.5 s ago
     s = h.state()                                # a read settles a view, without committing
-    assert s["item"]["uri"] == turi(1) and s["progress_ms"] == 2_500
+    assert s["uri"] == turi(1) and s["progress_ms"] == 2_500
     assert h.e.p["uri"] == turi(0)
     out = h.tick()
     assert out is not None and out.events[0].payload["reason"] == "player_state_changed"
     p = h.cluster()["player"]
-    assert p["track"]["uri"] == turi(1) and p["timestamp"] == T0 + DUR and p["position_as_of_timestamp"] == 0
+    assert p["track_uri"] == turi(1) and p["timestamp"] == T0 + DUR and p["position_as_of_timestamp"] == 0
     assert h.cluster()["next_tracks"] == [turi(2), turi(3)]
     assert h.tick() is None                      # nothing more to do
     # several tracks at once (tracks 7 and 8 are 10 s and 40 s)
@@ -306,7 +309,7 @@ def test_command_after_track_end_acts_on_the_settled_track():
     h.advance(DUR + 30_000)
     h.do("pause")
     p = h.cluster()["player"]
-    assert p["track"]["uri"] == turi(1) and p["position_as_of_timestamp"] == 30_000 and not p["is_playing"]
+    assert p["track_uri"] == turi(1) and p["position_as_of_timestamp"] == 30_000 and not p["is_playing"]
     h.check_replay()
 
 
@@ -318,7 +321,7 @@ def test_transfer_keeps_position_and_play_state():
     cl = h.cluster()
     assert cl["active_device_id"] == "d1" and cl["player"]["is_playing"]
     assert cl["player"]["position_as_of_timestamp"] == 42_000 and cl["player"]["timestamp"] == h.now
-    assert [d["is_active"] for d in cl["devices"]] == [False, True]
+    assert [d["active"] for d in cl["devices"]] == [False, True]
     h.advance(1_000)
     assert h.state()["progress_ms"] == 43_000 and h.state()["device"]["id"] == "d1"
     h.do("pause")
@@ -375,8 +378,8 @@ def test_queue_plays_before_context_and_previous_returns_to_context():
     h.do("queue_add", uri=turi(25))
     h.do("queue_add", uri=turi(26))
     q = h.do("queue").reply
-    assert q["currently_playing"]["uri"] == turi(0)
-    assert [t["uri"] for t in q["queue"]][:4] == [turi(25), turi(26), turi(1), turi(2)]
+    assert q["currently_playing"] == turi(0)
+    assert q["queue"][:4] == [turi(25), turi(26), turi(1), turi(2)]
     assert h.cluster()["next_tracks"] == [turi(25), turi(26)]
     h.do("next")
     assert h.e.p["uri"] == turi(25) and h.cluster()["player"]["queue"] == [turi(26)]
@@ -410,7 +413,7 @@ def test_next_previous_at_the_ends():
     h.do("next")
     assert h.e.p["uri"] == turi(3)
     h.refuse("NO_NEXT_TRACK", "next")
-    assert h.state()["actions"]["disallows"].get("skipping_next")
+    assert h.state()["disallows"].get("skipping_next")
     h.do("previous")
     assert h.e.p["uri"] == turi(2)
     h.do("repeat", state="context")
@@ -432,10 +435,10 @@ def test_seek_rules():
     h.refuse("INVALID_FIELD", "seek")
     h.do("seek", position_ms=DUR + 1)                  # past the end: next track
     s = h.state()
-    assert s["item"]["uri"] == turi(2) and s["progress_ms"] == 0 and s["is_playing"]
+    assert s["uri"] == turi(2) and s["progress_ms"] == 0 and s["is_playing"]
     h.do("seek", position_ms=DUR)                      # past the end of the last: back to the first, paused
     s = h.state()
-    assert s["item"]["uri"] == turi(1) and not s["is_playing"] and s["progress_ms"] == 0
+    assert s["uri"] == turi(1) and not s["is_playing"] and s["progress_ms"] == 0
     h.check_replay()
 
 
@@ -553,7 +556,7 @@ def test_free_tier_can_read_and_register_but_not_control():
                      ("repeat", {"state": "off"}), ("shuffle", {"state": True}), ("volume", {"volume_percent": 1}),
                      ("transfer", {"device_ids": ["d1"]}), ("queue_add", {"uri": turi(3)})]:
         h.refuse("PREMIUM_REQUIRED", op, product="free", **args)
-    assert h.do("state", product="free").reply["item"]["uri"] == turi(0)
+    assert h.do("state", product="free").reply["uri"] == turi(0)
     assert h.do("devices", product="free").reply["devices"]
     h.do("register", product="free", origin=("gw1", "c5"), device_id="d5")
     h.do("heartbeat", product="free", device_id="d5")
@@ -567,7 +570,7 @@ def test_active_device_disconnect_pauses_at_extrapolated_position_and_anyone_res
     cl = h.cluster()
     assert cl["active_device_id"] is None and not cl["player"]["is_playing"]
     assert cl["player"]["position_as_of_timestamp"] == 20_000 and cl["reason"] == "device_state_changed"
-    assert [d["is_online"] for d in cl["devices"]] == [False, True]
+    assert [d["online"] for d in cl["devices"]] == [False, True]
     assert [d["id"] for d in h.do("devices").reply["devices"]] == ["d1"]
     assert h.state() is None
     h.advance(10_000)
@@ -698,12 +701,12 @@ def test_context_changed_keeps_the_current_entry_and_position():
            ["e2", turi(2)], ["e3", turi(3)], ["e5", turi(5)]]
     h.sys("context_changed", context_uri=pl_uri(1), entries=new)
     s = h.state()
-    assert s["item"]["uri"] == turi(2) and s["progress_ms"] == 33_000
+    assert s["uri"] == turi(2) and s["progress_ms"] == 33_000
     assert h.cluster()["player"]["context"]["index"] == 5 and h.cluster()["next_tracks"] == [turi(3), turi(5)]
     # the playing entry is removed: it keeps playing, and the next one is the entry that followed it
     h.sys("context_changed", context_uri=pl_uri(1), entries=[e for e in new if e[0] != "e2"])
     s = h.state()
-    assert s["item"]["uri"] == turi(2) and s["progress_ms"] == 33_000
+    assert s["uri"] == turi(2) and s["progress_ms"] == 33_000
     assert h.cluster()["player"]["context"]["index"] is None
     h.do("next")
     assert h.e.p["uri"] == turi(3)
@@ -721,9 +724,9 @@ def test_context_changed_while_shuffled_keeps_order_of_the_others():
     before = h.do("queue").reply["queue"]
     h.sys("context_changed", context_uri=pl_uri(1), entries=entries(8) + [["new", turi(25)]])
     cur = h.e.p["uri"]
-    after = [t["uri"] for t in h.do("queue").reply["queue"]]
+    after = list(h.do("queue").reply["queue"])
     assert h.e.p["uri"] == cur
-    assert [u for u in after if u != turi(25)] == [t["uri"] for t in before]
+    assert [u for u in after if u != turi(25)] == before
     h.check_replay()
 
 
@@ -793,14 +796,16 @@ def test_recently_played_cursor_paging():
         h.do("progress", event_id=f"e{i}", device_id="d1", uri=turi(i % 10), ms_played=30_000,
              context_uri=album_uri(0))
     assert len(h.e.recent) == 50
-    page = h.do("recently_played", limit=20).reply
+    def rp(**kw):             # the page as clients read it (gateway/presenters.py)
+        return presenters.recently_played(h.e.env.catalog, h.do("recently_played", **kw).reply, presenters.WS_BASE)
+    page = rp(limit=20)
     assert page["items"][0]["played_at"].endswith("Z")
     assert page["cursors"] == {"after": str(times[-1]), "before": str(times[-20])}
     assert page["items"][0]["track"]["uri"] == turi(59 % 10) and page["next"]
     assert page["items"][0]["context"]["uri"] == album_uri(0)
-    older = h.do("recently_played", limit=50, before=int(page["cursors"]["before"])).reply
+    older = rp(limit=50, before=int(page["cursors"]["before"]))
     assert len(older["items"]) == 30 and older["next"] is None
-    newer = h.do("recently_played", after=times[-5]).reply
+    newer = rp(after=times[-5])
     assert len(newer["items"]) == 4 and newer["items"][0]["played_at"] > newer["items"][-1]["played_at"]
     h.refuse("BAD_REQUEST", "recently_played", limit=51)
     h.refuse("BAD_REQUEST", "recently_played", limit=0)
@@ -951,6 +956,6 @@ async def test_through_the_host_restart_keeps_acknowledged_state():
     after = await call(h2, "state")
     assert after == before and after["progress_ms"] == 43_500 and after["device"]["id"] == "d2"
     assert rt(h2.slots[f"{DEVICE_GROUP}:{USER}"].entity.snapshot()) == snap_before
-    dup = await call(h2, "progress", event_id="x1", device_id="d2", uri=after["item"]["uri"], ms_played=31_000)
+    dup = await call(h2, "progress", event_id="x1", device_id="d2", uri=after["uri"], ms_played=31_000)
     assert dup["duplicate"]
     await h2.close(passivate=False)
