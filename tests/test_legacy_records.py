@@ -21,6 +21,7 @@ from actors.entity import SYSTEM, Command, Env, Principal
 from actors.host import EntityHost
 from actors.session import SessionEntity
 from catalog import Catalog
+from gateway import presenters
 from protocols.messages import DEVICE_GROUP, SESSION
 from protocols.wire import ConnAddress
 from storage.sqlite import SQLiteStore
@@ -56,12 +57,15 @@ class Run:
         return self.host.slots[f"{kind}:{USER}"].entity
 
     async def reads(self) -> dict:
-        """The reads of make_legacy_store.py, in its order."""
+        """The reads of make_legacy_store.py, in its order, as clients see them: the old code built
+        the websocket shapes in the entity; the gateway's presenters build them now."""
+        cat = self.host.env.catalog
         return {
-            "cluster": await self.call(DEVICE_GROUP, "subscribe"),
+            "cluster": presenters.ws_states(cat)[DEVICE_GROUP](await self.call(DEVICE_GROUP, "subscribe")),
             "stream_counts": await self.call(DEVICE_GROUP, "stream_counts"),
             "recent": [[it["track"]["uri"], it["played_at"], (it["context"] or {}).get("uri")]
-                       for it in (await self.call(DEVICE_GROUP, "recently_played"))["items"]],
+                       for it in presenters.ws_replies(cat)["recently_played"](
+                           await self.call(DEVICE_GROUP, "recently_played"))["items"]],
             "connections": await self.call(SESSION, "list_connections"),
             "library": {k: await self.call(SESSION, "library_list", type=k) for k in ("track", "album", "artist")},
             "resume": await self.call(SESSION, "resume", since=0),
