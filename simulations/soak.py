@@ -29,6 +29,8 @@ def fit(points: list[tuple[float, float]]) -> float:
 def analyse(report: dict, warmup_s: float) -> list[dict]:
     by: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for s in (report.get("resources") or {}).get("samples") or []:
+        if float(s["rss_mb"]) <= 0:
+            continue                  # a process sampled as it died (a killed host): no memory to fit
         by.setdefault((s["label"], str(s.get("pids"))), []).append((float(s["t"]), float(s["rss_mb"])))
     rows = []
     for (label, pids), pts in sorted(by.items()):
