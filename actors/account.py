@@ -27,6 +27,7 @@ from typing import Any
 
 from actors.entity import Command, Entity, Outcome
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.messages import SESSION
 
 ACCOUNT = "account"
 APP = "app"
@@ -193,9 +194,16 @@ class AccountEntity(Entity):
             recs.append(["pw", check_password_record(args["password_hash"])])
         if not recs:
             raise _err("nothing to change")
+        before = self.profile.get("product")
         for r in recs:
             self.apply(r)
-        return Outcome(reply=self._me(), records=recs)
+        effects = []
+        if self.profile.get("product") != before:
+            # live authorization: the user's open sockets take the new product at once (the session
+            # entity pushes it to them); tokens minted from here on carry it too
+            effects.append(Command(SESSION, self.id, "product_changed", {"product": self.profile["product"]},
+                                   op_id=f"{self.key}@{self.version + 1}:product"))
+        return Outcome(reply=self._me(), records=recs, effects=effects)
 
     def _op_me(self, cmd: Command, args: dict) -> Outcome:
         if not (cmd.principal.system or cmd.principal.user_id == self.id):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from actors.args import Args, Conn, Int, Str, address, invalid, list_arg, out_of_range
+from actors.args import Args, Choice, Conn, Int, Str, address, invalid, list_arg, out_of_range
 from actors.entity import Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.library import TYPE_CODE, TYPES, Library
 from catalog import require
@@ -123,6 +123,15 @@ class SessionEntity(Entity):
         self._apply(rec)
         return Outcome(reply={"removed": True}, records=[rec],
                        events=[self._presence_event("disconnected", [conn], device_id)])
+
+    @op("product_changed", system=True, args={"product": Choice(("premium", "free"), required=True)})
+    def _op_product_changed(self, cmd: Command, args: Args) -> Outcome:
+        """The account's product changed (an effect of the account entity): every open connection of
+        the user hears it now, so a downgrade applies to sockets opened on a premium token without
+        waiting for that token to expire. Nothing is stored here: the account holds the product."""
+        return Outcome(reply={"product": args["product"]},
+                       events=[Event(type=MessageType.SESSION_CHANGED.value,
+                                     payload={"reason": "product", "product": args["product"]}, to=self.id)])
 
     @op("heartbeat", system=True)
     def _op_heartbeat(self, cmd: Command, args: Args) -> Outcome:

@@ -1,6 +1,7 @@
 """GatewayContext: what REST handlers and the websocket handler use to reach the cluster."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,15 @@ class GatewayContext:
 
     # -- device-bound tokens ----------------------------------------------------------------------
     def note_push(self, push: Push) -> None:
-        """Watch the pushes this gateway routes for sign-outs, so later requests are refused at once."""
+        """Watch the pushes this gateway routes for sign-outs, so later requests are refused at once,
+        and for product changes, which every local socket of the user takes at once (live
+        authorization: a downgraded user's premium socket is free from this push on)."""
+        if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
+                and push.payload.get("reason") == "product" and push.payload.get("product") in ("premium", "free"):
+            uid = push.key.partition(":")[2]
+            for conn in self.hub.user_conns(uid):
+                conn.principal = dataclasses.replace(conn.principal, product=push.payload["product"])
+            return
         if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
                 and push.payload.get("reason") == "signed_out" and push.payload.get("device_id"):
             uid = push.key.partition(":")[2]

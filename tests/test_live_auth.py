@@ -195,3 +195,28 @@ async def test_a_yjs_token_without_a_playlist_modify_scope_reads_but_does_not_ed
     await y.wait(has_ids=marker)                               # it still reads, live
     ids = await entry_ids(http, url, pid, o)
     assert marker[0] in ids and refused[0] not in ids
+
+
+async def test_a_downgrade_reaches_the_open_socket_at_once(server, http, users):
+    """A premium user downgraded to free (the account's product changed by an operator) loses
+    playback control on the socket opened with a premium token, within the second, without a new
+    token: the account tells the session, the session tells every gateway, the gateway changes the
+    socket's principal."""
+    from actors.entity import SYSTEM
+    uid = users["owner"]
+    ctx = server.gateway.ctx
+    await ctx.call("account", uid, "create", {"display_name": "Down", "product": "premium"}, principal=SYSTEM)
+    ws = await WsClient(http, server.url, server.auth.mint(uid, product="premium")).open()
+    try:
+        res = await ws.request("player.pause", {})
+        assert res["type"] == "error" and res["error"]["code"] == "NO_ACTIVE_DEVICE", res   # premium: allowed
+        mark = ws.mark()
+        t0 = time.monotonic()
+        await ctx.call("account", uid, "update", {"product": "free"}, principal=SYSTEM)
+        note = await ws.wait(lambda f: f.get("type") == "session.changed"
+                             and (f.get("payload") or {}).get("reason") == "product", since=mark, timeout=1.0)
+        assert note["payload"]["product"] == "free" and time.monotonic() - t0 < 1.0
+        res = await ws.request("player.pause", {})
+        assert res["type"] == "error" and res["error"]["code"] == "PREMIUM_REQUIRED", res
+    finally:
+        await ws.close()
