@@ -55,7 +55,8 @@ from actors.player_state import (
     settle,
     upcoming,
 )
-from protocols.errors import ErrorCode, SyncopateError
+from catalog import find_track
+from protocols.errors import ErrorCode
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
@@ -250,13 +251,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         return t.duration_ms if t is not None else 0
 
     def _track(self, uri: str):
-        cat = self.env.catalog
-        if cat is None or not isinstance(uri, str):
-            return None
-        try:
-            return cat.track_by_uri(uri)
-        except SyncopateError:
-            return None
+        return find_track(self.env.catalog, uri)
 
     def _settle(self, t: _Txn) -> bool:
         end = ended_at(t.p)

@@ -300,3 +300,14 @@ def require(catalog: Catalog | None, uri: Any, kind: str = "track") -> Track | A
     if found is None:
         raise SyncopateError(ErrorCode.UNKNOWN_URI, f"unknown {kind}: {uri}", uri=uri)
     return found
+
+
+def find_track(catalog: Catalog | None, uri: Any) -> Track | None:
+    """The track a stored uri names, or None (no catalog, not a string, malformed, or gone from the
+    catalog): for reading state back, where `require` would refuse a command."""
+    if catalog is None or not isinstance(uri, str):
+        return None
+    try:
+        return catalog.track_by_uri(uri)
+    except SyncopateError:
+        return None

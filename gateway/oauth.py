@@ -183,26 +183,29 @@ def _login_form(req: dict, q, error: str | None = None, status: int = 200) -> we
     return _page("Sign in - Syncopate", body, status)
 
 
-async def authorize_page(request: web.Request) -> web.Response:
-    q = request.query
+async def _checked(request: web.Request, q) -> dict | web.Response:
+    """The authorize request, checked: its parameters, or the error page (an unknown client or
+    redirect uri: never redirected), or a redirect carrying the OAuth error (raised)."""
     try:
-        req = await _check_authorize(request, q)
+        return await _check_authorize(request, q)
     except _Bad as exc:
         return _page("Error - Syncopate", f'<h1>Something went wrong</h1><p class="error">{html.escape(str(exc))}</p>', 400)
     except OAuthError as exc:
         _redirect(q["redirect_uri"], {"error": exc.error, "error_description": exc.description, "state": q.get("state")})
-    return _login_form(req, q)
+
+
+async def authorize_page(request: web.Request) -> web.Response:
+    q = request.query
+    req = await _checked(request, q)
+    return req if isinstance(req, web.Response) else _login_form(req, q)
 
 
 async def authorize_submit(request: web.Request) -> web.Response:
     form = await request.post()
     q = {k: v for k, v in form.items() if isinstance(v, str)}
-    try:
-        req = await _check_authorize(request, q)
-    except _Bad as exc:
-        return _page("Error - Syncopate", f'<h1>Something went wrong</h1><p class="error">{html.escape(str(exc))}</p>', 400)
-    except OAuthError as exc:
-        _redirect(q["redirect_uri"], {"error": exc.error, "error_description": exc.description, "state": q.get("state")})
+    req = await _checked(request, q)
+    if isinstance(req, web.Response):
+        return req
     if q.get("action") != "allow":
         _redirect(req["redirect_uri"], {"error": "access_denied", "state": req["state"]})
     uid, password = q.get("username", ""), q.get("password", "")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Callable
 
-from protocols.errors import SyncopateError
+from catalog import find_track
 from protocols.messages import DEVICE_GROUP, MessageType
 
 WS_BASE = "https://api.spotify.com/v1"
@@ -28,13 +28,7 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
-def _track(cat: Any, uri: Any):
-    if cat is None or not isinstance(uri, str):
-        return None
-    try:
-        return cat.track_by_uri(uri)
-    except SyncopateError:
-        return None
+_track = find_track
 
 
 def device_object(d: dict) -> dict:
