@@ -125,12 +125,18 @@ class RayServer:
         return [f"http://{self.spec.host}:{p}" for p in self.ports]
 
     def supervise_once(self, timeout: float = 30.0) -> None:
-        """Make sure every gateway listens (Ray restarts a dead actor, not its listener)."""
+        """Make sure every gateway listens and the events consumer consumes (Ray restarts a dead
+        actor, not what it started)."""
         import ray
         try:
             self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
         except Exception as exc:
             log.warning("gateway supervision: %s", exc)
+        if self.events is not None:
+            try:
+                ray.get(self.events.ready.remote(), timeout=timeout)
+            except Exception as exc:
+                log.warning("events consumer supervision: %s", exc)
 
     def kill_host(self, i: int) -> None:
         import ray
