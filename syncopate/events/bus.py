@@ -119,7 +119,10 @@ class SQLiteLog:
     async def publish(self, events: list[dict]) -> None:
         now = int(time.time() * 1000)
         rows = [(_pack(e), now) for e in events]
-        await self._run(self._tx, lambda db: db.executemany("INSERT INTO log (data, at_ms) VALUES (?, ?)", rows))
+        def insert(db):
+            for row in rows:
+                db.execute("INSERT INTO log (data, at_ms) VALUES (?, ?)", row)
+        await self._run(self._tx, insert)
         if self._nudge is not None:
             self._nudge.set()
 

@@ -1,7 +1,7 @@
 """The consumer of the counts group: event bus -> durable counts, exactly once.
 
-One step: take the entries a dead consumer left pending for CLAIM_IDLE_MS (claim), else new entries
-(read); apply them in ONE transaction of the counts store (events by key, plays counted once,
+One step: take the entries a dead consumer left pending for CLAIM_IDLE_MS (claim, looked for at most
+once a second), else new entries (read); apply them in ONE transaction of the counts store (events by key, plays counted once,
 counts); then acknowledge them. The ack comes strictly after the commit:
 
   crash before the commit   nothing changed; the entries stay pending and are claimed again
@@ -27,7 +27,8 @@ from syncopate.events.bus import Delivery
 log = logging.getLogger("syncopate.events")
 
 CLAIM_IDLE_MS = 5_000          # an entry held this long without an ack: its consumer is presumed dead
-BATCH = 200
+CLAIM_EVERY_S = 1.0            # look for such entries at most this often (a claim is a transaction of its own)
+BATCH = 500
 
 
 class Consumer:
@@ -41,6 +42,7 @@ class Consumer:
         self.lag_ms: list[int] | None = [] if keep_lag else None
         self.applied = self.streams = self.duplicates = self.redelivered = 0
         self._stop = asyncio.Event()
+        self._next_claim = 0.0
 
     def _hook(self, point: str, batch: list[Delivery]) -> None:
         fn = self.hooks.get(point)
@@ -49,7 +51,10 @@ class Consumer:
 
     async def step(self) -> int:
         """One batch; returns how many entries it handled (0: nothing to do within block_ms)."""
-        batch = await self.bus.claim(self.name, self.claim_idle_ms, self.batch)
+        batch = []
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + min(CLAIM_EVERY_S, self.claim_idle_ms / 2000)
+            batch = await self.bus.claim(self.name, self.claim_idle_ms, self.batch)
         if not batch:
             batch = await self.bus.read(self.name, self.batch, self.block_ms)
         if not batch:

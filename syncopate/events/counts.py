@@ -54,6 +54,29 @@ _EV_COLS = ("key, user_id, play_id, track_uri, day, played_at_ms, ms_played, str
             " context_uri, device_id, received_ms, source")
 
 
+def _chunks(xs: list, n: int):
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
+
+
+def _new_streams(events: list[ListeningEvent], new_keys: set) -> list[tuple]:
+    """The ev_counted rows of the streams among the newly recorded events (one per play)."""
+    out, seen = [], set()
+    for ev in events:
+        if ev.stream and ev.key in new_keys and ev.play_id not in seen:
+            seen.add(ev.play_id)
+            out.append((ev.play_id, ev.user_id, ev.track_uri, ev.day, ev.played_at_ms + ev.ms_played,
+                        ev.context_uri, int(ev.private)))
+    return out
+
+
+def _tally(rows) -> dict:
+    out: dict = {}
+    for uri, day in rows:
+        out[(uri, day)] = out.get((uri, day), 0) + 1
+    return out
+
+
 def _recent_page(rows: list, limit: int, direction: str, total: int) -> dict:
     more = len(rows) > limit
     rows = rows[:limit]
@@ -119,25 +142,29 @@ class SQLiteCounts:
         return await self._run(self._apply, events, before_commit)
 
     def _apply(self, events: list[ListeningEvent], before_commit) -> Applied:
-        db, p, out = self._db, self.p, Applied()
+        db, p = self._db, self.p
         db.execute("BEGIN IMMEDIATE")
         try:
-            for ev in events:
-                cur = db.execute(f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES ({','.join('?' * 15)})"
-                                 " ON CONFLICT (key) DO NOTHING", _row(ev))
-                if cur.rowcount == 0:
-                    out.duplicates += 1
-                    continue
-                out.events += 1
-                if not ev.stream:
-                    continue
-                cur = db.execute(f"INSERT INTO {p}ev_counted VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (play_id) DO NOTHING",
-                                 (ev.play_id, ev.user_id, ev.track_uri, ev.day, ev.played_at_ms + ev.ms_played,
-                                  ev.context_uri, int(ev.private)))
-                if cur.rowcount:
-                    out.streams += 1
-                    db.execute(f"INSERT INTO {p}ev_counts VALUES (?, ?, 1) ON CONFLICT (track_uri, day)"
-                               " DO UPDATE SET streams = streams + 1", (ev.track_uri, ev.day))
+            out = Applied()
+            # Three statements for the whole batch: the events new by key (a row whose key is
+            # already there, or earlier in the same batch, is skipped), the plays new by play id
+            # among their streams, and one increment per (track, day) of those.
+            for part in _chunks(events, 500):
+                rows = [_row(ev) for ev in part]
+                new = {r[0] for r in db.execute(
+                    f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES {','.join(['(' + ','.join('?' * 15) + ')'] * len(rows))}"
+                    " ON CONFLICT (key) DO NOTHING RETURNING key", [v for r in rows for v in r]).fetchall()}
+                out.events += len(new)
+                out.duplicates += len(part) - len(new)
+                plays = _new_streams(part, new)
+                if plays:
+                    counted = db.execute(
+                        f"INSERT INTO {p}ev_counted VALUES {','.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(plays))}"
+                        " ON CONFLICT (play_id) DO NOTHING RETURNING track_uri, day", [v for r in plays for v in r]).fetchall()
+                    out.streams += len(counted)
+                    for (uri, day), n in _tally(counted).items():
+                        db.execute(f"INSERT INTO {p}ev_counts VALUES (?, ?, ?) ON CONFLICT (track_uri, day)"
+                                   " DO UPDATE SET streams = streams + excluded.streams", (uri, day, n))
             if before_commit is not None:
                 before_commit()            # fault injection (tests): a crash with the transaction open
         except BaseException:
@@ -256,27 +283,30 @@ class PostgresCounts:
     async def apply(self, events: list[ListeningEvent], before_commit=None) -> Applied:
         p = self.p
 
+        def values(n_rows: int, width: int) -> str:
+            return ",".join("(" + ",".join(f"${r * width + i + 1}" for i in range(width)) + ")" for r in range(n_rows))
+
         async def run(c):
             out = Applied()
             async with c.transaction():
-                for ev in events:
-                    ok = await c.fetchval(f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES "
-                                          f"({','.join(f'${i}' for i in range(1, 16))}) ON CONFLICT (key) DO NOTHING"
-                                          " RETURNING 1", *_row(ev))
-                    if ok is None:
-                        out.duplicates += 1
-                        continue
-                    out.events += 1
-                    if not ev.stream:
-                        continue
-                    ok = await c.fetchval(f"INSERT INTO {p}ev_counted VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                                          " ON CONFLICT (play_id) DO NOTHING RETURNING 1",
-                                          ev.play_id, ev.user_id, ev.track_uri, ev.day, ev.played_at_ms + ev.ms_played,
-                                          ev.context_uri, int(ev.private))
-                    if ok is not None:
-                        out.streams += 1
-                        await c.execute(f"INSERT INTO {p}ev_counts VALUES ($1, $2, 1) ON CONFLICT (track_uri, day)"
-                                        f" DO UPDATE SET streams = {p}ev_counts.streams + 1", ev.track_uri, ev.day)
+                # the same three statements per batch as on SQLite
+                for part in _chunks(events, 500):
+                    rows = [_row(ev) for ev in part]
+                    new = {r[0] for r in await c.fetch(
+                        f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES {values(len(rows), 15)}"
+                        " ON CONFLICT (key) DO NOTHING RETURNING key", *[v for r in rows for v in r])}
+                    out.events += len(new)
+                    out.duplicates += len(part) - len(new)
+                    plays = _new_streams(part, new)
+                    if plays:
+                        counted = await c.fetch(f"INSERT INTO {p}ev_counted VALUES {values(len(plays), 7)}"
+                                                " ON CONFLICT (play_id) DO NOTHING RETURNING track_uri, day",
+                                                *[v for r in plays for v in r])
+                        out.streams += len(counted)
+                        tally = _tally((r[0], r[1]) for r in counted)
+                        await c.executemany(f"INSERT INTO {p}ev_counts VALUES ($1, $2, $3) ON CONFLICT (track_uri, day)"
+                                            f" DO UPDATE SET streams = {p}ev_counts.streams + excluded.streams",
+                                            [(u, d, n) for (u, d), n in tally.items()])
                 if before_commit is not None:
                     before_commit()
             return out
