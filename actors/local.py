@@ -11,6 +11,7 @@ import logging
 from typing import Callable
 
 from actors.batching import Batcher
+from actors.devicegroup_events import EVENTBUS
 from actors.entity import Command, Entity, Env
 from actors.host import EntityHost
 from actors.placement import owner
@@ -23,8 +24,10 @@ class LocalCluster:
     def __init__(self, store: Store, kinds: dict[str, type[Entity]], env: Env, *, hosts: int = 1,
                  idle_timeout_s: float = 600.0, clock=None, publisher=None) -> None:
         self.store = store
-        # EVENTBUS effects (accepted listening events) to the event bus (syncopate/events/publish.py)
-        self._dispatch = publisher.wrap(self.tell) if publisher is not None else self.tell
+        # EVENTBUS effects (accepted listening events) to the event bus (syncopate/events/publish.py).
+        # Without a publisher (entity tests, the scale model) they are taken over and dropped: that
+        # cluster has no pipeline.
+        self._dispatch = publisher.wrap(self.tell) if publisher is not None else self._no_pipeline
         self.n_hosts = hosts
         self.gateways: dict[str, Callable[[int, str, list], None]] = {}
         self.transports: list[LocalTransport] = []
@@ -60,6 +63,11 @@ class LocalCluster:
                 fut.set_result(reply)
         self.host_for(cmd.key).enqueue(cmd, done)
         return fut
+
+    def _no_pipeline(self, cmd: Command):
+        if cmd.kind == EVENTBUS:
+            return None
+        return self.tell(cmd)
 
     def _to_gateway(self, host: int, gateway_id: str, items: list) -> None:
         receive = self.gateways.get(gateway_id)

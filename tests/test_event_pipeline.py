@@ -323,3 +323,22 @@ async def test_uploads_reach_the_counts_through_the_outbox_even_when_the_bus_fai
         await host.close(passivate=False)
         await bus.close()
         await counts.close()
+
+
+async def test_a_malformed_publish_effect_is_refused_not_retried(tmp_path):
+    from actors.devicegroup_events import EVENTBUS
+    from actors.entity import SYSTEM
+    from protocols.errors import ErrorCode
+    bus = SQLiteLog(tmp_path / "events.db")
+    await bus.start()
+    try:
+        pub = Publisher(bus)
+        for cmd in (Command(EVENTBUS, "u1", "nope", {"events": []}, SYSTEM),
+                    Command(EVENTBUS, "u1", "publish", {"events": "x"}, SYSTEM)):
+            reply = await pub.publish(cmd)
+            assert reply.error.code == ErrorCode.BAD_REQUEST and not reply.error.retryable
+        assert await bus.backlog() == 0
+        ok = await pub.publish(Command(EVENTBUS, "u1", "publish", {"events": [event("u1", 0, 1)]}, SYSTEM))
+        assert ok.error is None and await bus.backlog() == 1
+    finally:
+        await bus.close()

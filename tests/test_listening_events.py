@@ -271,3 +271,22 @@ def test_another_user_cannot_upload_into_my_device_group(g):
     with pytest.raises(SyncopateError) as ei:
         g.d.command("upload_events", {"events": [ev("x")]}, principal=Principal("mallory"))
     assert ei.value.code == ErrorCode.FORBIDDEN
+
+
+def test_the_play_limit_refuses_new_plays_but_still_answers_duplicates(g, monkeypatch):
+    import actors.devicegroup_events as dge
+    monkeypatch.setattr(dge, "MAX_PLAYS_KEPT", 3)
+    h = T0 - 3_600_000
+    res = g.upload(*[ev(f"l{i}", i, h + i * DUR) for i in range(4)], ev("l0-again", 0, h))
+    assert g.statuses(res) == [("accepted", None)] * 3 + [("refused", "play_limit"), ("duplicate", None)]
+
+
+def test_a_snapshot_keeps_the_plays_and_the_private_session(g):
+    h = T0 - 3_600_000
+    g.do("private_session", enabled=True)
+    g.upload(ev("a", 0, h), ev("b", 1, h + DUR, ms=10_000))
+    e2 = DeviceGroupEntity(USER, Env(catalog=CAT))
+    e2.restore(rt(g.e.snapshot()))
+    assert rt(e2.snapshot()) == rt(g.e.snapshot())
+    assert e2.p["private_session"] and e2.plays.match(turi(0), h + 1_000).play_id == g.e.plays.match(turi(0), h).play_id
+    assert e2.plays.overlapping(h + 10_000, h + 20_000, "phone")       # the device's interval is known again
