@@ -132,7 +132,7 @@ class SQLiteLog:
             self._nudge = asyncio.Event()
         while True:
             self._nudge.clear()
-            out = await self._run(self._tx, lambda db: self._read(db, consumer, count))
+            out = await self._run(self._read_if_any, consumer, count)
             left = deadline - time.monotonic()
             if out or left <= 0:
                 return out
@@ -142,6 +142,14 @@ class SQLiteLog:
                 await asyncio.wait_for(self._nudge.wait(), min(left, self.POLL_S))
             except asyncio.TimeoutError:
                 pass
+
+    def _read_if_any(self, consumer: str, count: int) -> list[Delivery]:
+        # A look without the write lock first: an idle poll must not contend with the publishers.
+        db = self._db
+        (last,) = db.execute("SELECT last_id FROM cursors WHERE grp = ?", (self.group,)).fetchone()
+        if db.execute("SELECT 1 FROM log WHERE id > ? LIMIT 1", (last,)).fetchone() is None:
+            return []
+        return self._tx(lambda db: self._read(db, consumer, count))
 
     def _read(self, db, consumer: str, count: int) -> list[Delivery]:
         (last,) = db.execute("SELECT last_id FROM cursors WHERE grp = ?", (self.group,)).fetchone()
