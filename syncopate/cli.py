@@ -146,7 +146,13 @@ def _events(args) -> int:
     import asyncio
     import json
 
+    from pathlib import Path
+
     from syncopate.events.reconcile import reconcile
+    if not args.postgres_dsn and not (Path(args.data_dir) / "eventcounts.db").exists():
+        print(f"syncopate: no event pipeline under {args.data_dir} (no eventcounts.db); give the server's "
+              f"--data-dir, or --postgres-dsn", file=sys.stderr)
+        return 2
     report = asyncio.run(reconcile(args.data_dir, args.redis_url, args.postgres_dsn, args.prefix))
     if args.json:
         print(json.dumps(report, sort_keys=True))

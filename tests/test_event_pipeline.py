@@ -342,3 +342,10 @@ async def test_a_malformed_publish_effect_is_refused_not_retried(tmp_path):
         assert ok.error is None and await bus.backlog() == 1
     finally:
         await bus.close()
+
+
+def test_reconcile_of_a_data_dir_without_a_pipeline_says_so(tmp_path, capsys):
+    from syncopate.cli import main
+    assert main(["events", "reconcile", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no event pipeline" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
