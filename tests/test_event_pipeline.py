@@ -3,8 +3,8 @@ and Redis Streams on the real Redis with a stream per test) -> the consumer grou
 per-day counts, exactly once across redeliveries and consumer crashes; reconcile.
 
 Crashes: a hook at the consumer's crash points raises (the consumer is dropped with its entries
-pending, as a killed process leaves them), and one test SIGKILLs a real consumer process between
-the commit and the ack."""
+pending, as a killed process leaves them), and a real consumer process is SIGKILLed at each of them:
+between receiving and committing, and between the commit and the ack."""
 from __future__ import annotations
 
 import asyncio
@@ -218,24 +218,27 @@ import asyncio, sys, threading
 from syncopate.events.bus import RedisStreamLog, SQLiteLog
 from syncopate.events.consumer import Consumer
 from syncopate.events.counts import PostgresCounts, SQLiteCounts
-kind, a, b, marker = sys.argv[1:5]
+kind, a, b, marker, point = sys.argv[1:6]
 async def main():
     if kind == "sqlite":
         bus, counts = SQLiteLog(a), SQLiteCounts(b)
     else:
         stream, prefix = b.split("|")
-        bus, counts = RedisStreamLog(a, stream=stream, group="g" + prefix), PostgresCounts(sys.argv[5], prefix=prefix + "_")
+        bus, counts = RedisStreamLog(a, stream=stream, group="g" + prefix), PostgresCounts(sys.argv[6], prefix=prefix + "_")
     await bus.start(); await counts.start()
-    def committed(batch):
+    def hold(batch):
         open(marker, "w").write(str(len(batch)))
-        threading.Event().wait()          # hold here (committed, not acknowledged) until killed
-    await Consumer(bus, counts, "doomed", batch=7, hooks={"committed": committed}).step()
+        threading.Event().wait()          # hold here until killed
+    await Consumer(bus, counts, "doomed", batch=7, hooks={point: hold}).step()
 asyncio.run(main())
 """
 
 
 @pytest.mark.ray      # drives a subprocess with blocking waits from the test's thread
-def test_a_consumer_process_killed_between_commit_and_ack(pipe, tmp_path, unique):
+@pytest.mark.parametrize("point", ["received", "committed"])
+def test_a_consumer_process_killed_mid_batch(pipe, tmp_path, unique, point):
+    """SIGKILL between receiving and committing ("received") and between the commit and the ack
+    ("committed"): the counts end exact either way."""
     bus, counts = pipe
     loop = asyncio.new_event_loop()
     try:
@@ -251,24 +254,25 @@ def test_a_consumer_process_killed_between_commit_and_ack(pipe, tmp_path, unique
         run(bus2.start())
         run(counts2.start())
         run(bus2.publish([event("u1", i, i % 2) for i in range(20)]))
-        marker = tmp_path / "committed"
-        proc = subprocess.Popen([sys.executable, "-c", KILLED, *argv, str(marker), POSTGRES_DSN], cwd=ROOT,
+        marker = tmp_path / "reached"
+        proc = subprocess.Popen([sys.executable, "-c", KILLED, *argv, str(marker), point, POSTGRES_DSN], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             deadline = time.monotonic() + 60
             while not marker.exists() or not marker.read_text():
-                assert proc.poll() is None, "the consumer process ended before its commit"
-                assert time.monotonic() < deadline, "the consumer process never committed"
+                assert proc.poll() is None, f"the consumer process ended before {point}"
+                assert time.monotonic() < deadline, f"the consumer process never reached {point}"
                 time.sleep(0.02)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         assert marker.read_text() == "7"
-        assert sum(n for d in run(counts2.stream_counts()).values() for n in d.values()) == 7
+        committed = 7 if point == "committed" else 0
+        assert sum(n for d in run(counts2.stream_counts()).values() for n in d.values()) == committed
         assert run(bus2.pending()) == 7
         rescue = Consumer(bus2, counts2, "rescue", claim_idle_ms=0, block_ms=50)
         run(rescue.drain())
-        assert rescue.redelivered == 7 and rescue.duplicates == 7
+        assert rescue.redelivered == 7 and rescue.duplicates == committed
         assert {u: sum(d.values()) for u, d in run(counts2.stream_counts()).items()} == {turi(0): 10, turi(1): 10}
         assert run(reconcile("", bus=bus2, counts=counts2))["differences"] == []
         run(bus2.close())
