@@ -42,8 +42,11 @@ class GatewayConfig:
 
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
-                 config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None) -> None:
+                 config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
+                 events: Any = None) -> None:
         self.gateway_id = gateway_id
+        # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
+        self.events = events
         self.dispatcher = dispatcher
         self.hub = hub
         self.auth = auth

@@ -140,6 +140,41 @@ OWN_SCHEMAS = {
                                     "description": "Streams per track uri (the asked uris, or every streamed one)."},
                          "total": {"type": "integer", "minimum": 0, "description": "All the user's streams."}}},
     "OpenApiDocument": {EXT: True, "type": "object", "required": ["openapi", "info", "paths"]},
+    "ListeningEventUpload": {EXT: True, "type": "object", "required": ["events"], "additionalProperties": False,
+                             "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 200, "items": {
+                                 "type": "object", "required": ["event_id", "device_id", "uri", "played_at_ms", "ms_played"],
+                                 "properties": {
+                                     "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                                                  "description": "The client's id of the event (unique per user)."},
+                                     "device_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                                                   "description": "The device that played it."},
+                                     "uri": {"type": "string", "description": "The track's Spotify uri."},
+                                     "context_uri": {"type": ["string", "null"],
+                                                     "description": "The playlist, album, artist or show it was played from."},
+                                     "played_at_ms": {"type": "integer", "minimum": 1,
+                                                      "description": "Client time the play started (unix ms): at most "
+                                                                     "2 minutes ahead of the server, at most 30 days old."},
+                                     "ms_played": {"type": "integer", "minimum": 0,
+                                                   "description": "How long it played; at most the track's duration + 2 s."},
+                                     "market": {"type": ["string", "null"], "pattern": "^[A-Z]{2}$",
+                                                "description": "The market at play time (ISO 3166-1 alpha-2)."},
+                                     "private": {"type": "boolean",
+                                                 "description": "Played in a private session (default false)."}}}}}},
+    "ListeningEventResults": {EXT: True, "type": "object", "required": ["results", "accepted", "duplicate", "refused"],
+                              "properties": {
+                                  "results": {"type": "array", "items": {
+                                      "type": "object", "required": ["event_id", "status"], "properties": {
+                                          "event_id": {"type": ["string", "null"]},
+                                          "status": {"type": "string", "enum": ["accepted", "duplicate", "refused"]},
+                                          "reason": {"type": "string", "enum": [
+                                              "invalid_event", "unknown_track", "ms_played_exceeds_duration",
+                                              "overlapping_play", "concurrent_plays", "time_in_future", "time_too_old",
+                                              "event_id_reused", "play_limit"]},
+                                          "message": {"type": "string"},
+                                          "play_id": {"type": "string", "description": "The play the event belongs to."},
+                                          "stream": {"type": "boolean", "description": "ms_played >= 30 s"}}}},
+                                  "accepted": {"type": "integer"}, "duplicate": {"type": "integer"},
+                                  "refused": {"type": "integer"}}},
 }
 
 # -- our own operations ------------------------------------------------------------------------------
@@ -174,6 +209,20 @@ OWN_PATHS = {
         "parameters": [{"name": "uris", "in": "query", "required": False, "schema": {"type": "string"},
                         "description": "Comma-separated track uris, at most 1000; without it every streamed track."}],
         "responses": {"200": _json(_ref("StreamCounts"), "The counts")}}},
+    "/v1/me/player/events": {"post": {
+        "operationId": "upload-listening-events", "tags": ["Player"], "summary": "Upload listening events",
+        "description": "Offline batch upload (docs/events.md): each event is accepted, a duplicate of a play already "
+                       "recorded (same track, start within 5 s), or refused with a stable reason. One play counts "
+                       "as one stream (30 s) whatever the event ids and devices. Needs the streaming scope.",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ListeningEventUpload")}}},
+        "responses": {"200": _json(_ref("ListeningEventResults"), "One result per event, in order")}}},
+    "/v1/me/player/private-session": {"put": {
+        "operationId": "set-private-session", "tags": ["Player"], "summary": "Turn the private session on or off",
+        "description": "For the user's whole device group (devices show `is_private_session`): plays are counted "
+                       "for royalties but kept out of recently played and recommendations.",
+        "parameters": [{"name": "state", "in": "query", "required": True,
+                        "schema": {"type": "string", "enum": ["true", "false"]}}],
+        "responses": {"204": {"description": "Set"}}}},
     "/v1/me/sessions": {"get": {
         "operationId": "get-sessions", "tags": ["Sessions"], "summary": "The user's open connections",
         "description": "Every open websocket connection of the user, on every gateway (docs/sessions.md).",

@@ -28,7 +28,7 @@ log = logging.getLogger("syncopate.gateway")
 
 class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
-                 config: GatewayConfig | None = None) -> None:
+                 config: GatewayConfig | None = None, events: Any = None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
         self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
@@ -41,7 +41,7 @@ class GatewayServer:
         self.transport.on_lost = self.dispatcher.host_lost
         self.metrics = GatewayMetrics(gateway_id)
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
-                                  self.metrics, health=self.health)
+                                  self.metrics, health=self.health, events=events)
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

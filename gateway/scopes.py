@@ -72,6 +72,7 @@ REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p +
     (("GET",), r"/v1/me/player/queue", Rule(("user-read-currently-playing", "user-read-playback-state"))),
     (("GET",), r"/v1/me/player/currently-playing", Rule(("user-read-currently-playing", "user-read-playback-state"))),
     (("GET",), r"/v1/me/player/(?:recently-played|stream-counts)", Rule(("user-read-recently-played",))),
+    (("POST",), r"/v1/me/player/events", DEVICE),    # offline upload: what a playing device does
     (_W, r"/v1/me/player(?:/.*)?", MODIFY_PLAYBACK),
     (("GET", "DELETE"), r"/v1/me/sessions(?:/.*)?", USER),
     (("GET",), r"/v1/openapi\.json", PUBLIC),        # open: no token at all (gateway/middleware.py OPEN_PATHS)
@@ -85,6 +86,7 @@ WS_RULES: dict[str, Rule] = {t.value: r for t, r in {
     T.PLAYLIST_SET_COLLABORATOR: MODIFY_PLAYLIST, T.PLAYLIST_REMOVE_COLLABORATOR: MODIFY_PLAYLIST,
     T.PLAYLIST_GET: USER, T.PLAYLIST_ITEMS: USER, T.PLAYLIST_COLLABORATORS: USER,
     T.DEVICE_REGISTER: DEVICE, T.DEVICE_HEARTBEAT: DEVICE, T.DEVICE_UPDATE: DEVICE, T.DEVICE_PROGRESS: DEVICE,
+    T.DEVICE_EVENTS: DEVICE, T.PLAYER_PRIVATE_SESSION: MODIFY_PLAYBACK,
     T.PLAYER_STATE: READ_STATE, T.PLAYER_DEVICES: READ_STATE, T.PLAYER_QUEUE: READ_STATE,
     T.PLAYER_CURRENTLY_PLAYING: Rule(("user-read-currently-playing", "user-read-playback-state")),
     T.PLAYER_RECENTLY_PLAYED: Rule(("user-read-recently-played",)),

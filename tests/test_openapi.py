@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import secrets
+import time
 from urllib.parse import urlencode
 
 import orjson
@@ -406,6 +407,14 @@ async def test_every_operation_answers_as_described(server, http, unique):
         await api.call("get", "/v1/me/player/recently-played", me, query={"limit": "5"}, expect=200)
         await api.call("get", "/v1/me/player/stream-counts", me, query={"uris": uris[0]}, expect=200)
         await api.call("get", "/v1/me/player/stream-counts", me, query={"uris": "spotify:album:x"}, expect=400)
+        # listening events (docs/events.md): an offline upload, the private session
+        played = int(time.time() * 1000) - 3_600_000
+        await api.call("post", "/v1/me/player/events", me, body={"events": [
+            {"event_id": "ev1", "device_id": "phone", "uri": uris[0], "played_at_ms": played, "ms_played": 45_000}]},
+            expect=200)
+        await api.call("post", "/v1/me/player/events", me, body={"events": []}, expect=400)
+        await api.call("put", "/v1/me/player/private-session", me, query={"state": "true"}, expect=204)
+        await api.call("put", "/v1/me/player/private-session", me, query={"state": "maybe"}, expect=400)
         # sessions: the device's connection is listed; signing another device out
         await api.call("get", "/v1/me/sessions", me, expect=200)
         await api.call("delete", "/v1/me/sessions/{device_id}", me, path={"device_id": "old-phone"}, expect=200)
