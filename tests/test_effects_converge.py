@@ -63,7 +63,7 @@ async def call(http, srv, method, path, user, **kw):
         return r.status, (await r.json() if body else None)
 
 
-async def until(check, what: str, timeout: float = 10.0):
+async def until(check, what: str, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
         got = await check()
