@@ -62,6 +62,9 @@ class SQLiteStore(Store):
         # commit crosses the mark: a tail-latency spike on the ack path). A background thread
         # with its own connection checkpoints instead (start()).
         db.execute("PRAGMA wal_autocheckpoint=0")
+        # Deleted content is overwritten with zeros, not left in free pages: an erased user's bytes
+        # (and a compacted log's) must not stay readable in the file (docs/data-rights.md).
+        db.execute("PRAGMA secure_delete=ON")
         db.execute("BEGIN IMMEDIATE")
         for stmt in SCHEMA:
             db.execute(stmt)
@@ -78,7 +81,9 @@ class SQLiteStore(Store):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("INSERT INTO owners(key, epoch) VALUES (?, 1) ON CONFLICT(key) DO UPDATE"
+            # a key with no owners row starts above the epoch floor (erase(): storage.base)
+            row = db.execute("INSERT INTO owners(key, epoch) VALUES (?, 1 + coalesce((SELECT CAST(v AS INTEGER)"
+                             " FROM meta WHERE k='epoch_floor'), 0)) ON CONFLICT(key) DO UPDATE"
                              " SET epoch = epoch + 1 RETURNING epoch", (key,)).fetchone()
             db.execute("COMMIT")
         except BaseException:
@@ -140,6 +145,34 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
             raise
 
+    def _erase(self, key: str, epoch: int) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            r = db.execute("SELECT epoch FROM owners WHERE key=?", (key,)).fetchone()
+            if r is None:
+                db.execute("COMMIT")
+                return False
+            if r[0] != epoch:
+                raise stale(key, epoch, r[0])
+            db.execute("DELETE FROM records WHERE key=?", (key,))
+            db.execute("DELETE FROM snapshots WHERE key=?", (key,))
+            db.execute("DELETE FROM owners WHERE key=?", (key,))
+            db.execute("INSERT INTO meta(k, v) VALUES ('epoch_floor', ?) ON CONFLICT(k) DO UPDATE"
+                       " SET v = CAST(max(CAST(v AS INTEGER), CAST(excluded.v AS INTEGER)) AS TEXT)", (str(epoch),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        # The WAL still holds the pages as they were before the delete: checkpoint them into the
+        # (zeroed) file and truncate it. Best effort: a reader in another process can keep old
+        # frames alive until its next checkpoint (docs/data-rights.md).
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass
+        return True
+
     # -- loop side --------------------------------------------------------------------------
     async def start(self) -> None:
         await self._run(self._open)
@@ -180,6 +213,9 @@ class SQLiteStore(Store):
 
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         await self._run(self._write_snapshot, key, epoch, snapshot)
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        return await self._run(self._erase, key, epoch)
 
     async def ping(self) -> bool:
         return await self._run(lambda: self._db.execute("SELECT 1").fetchone()[0] == 1)
