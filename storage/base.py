@@ -108,6 +108,11 @@ class Store(abc.ABC):
         False). True when something was erased. Deleted bytes are overwritten where the backend
         allows it (SQLite secure_delete, docs/data-rights.md)."""
 
+    async def purge(self) -> None:
+        """Make deleted bytes unreadable where the backend keeps old page images beside its live
+        data (SQLite: checkpoint the WAL and truncate it). Called after an erase or a compaction
+        that forgets a user (actors/maintenance.py); a no-op elsewhere (docs/data-rights.md)."""
+
     async def ping(self) -> bool:
         """Health: True when the backend answers."""
         return True

@@ -164,14 +164,17 @@ class SQLiteStore(Store):
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        # The WAL still holds the pages as they were before the delete: checkpoint them into the
+        self._purge()
+        return True
+
+    def _purge(self) -> None:
+        # The WAL still holds the pages as they were before a delete: checkpoint them into the
         # (zeroed) file and truncate it. Best effort: a reader in another process can keep old
         # frames alive until its next checkpoint (docs/data-rights.md).
         try:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError:
             pass
-        return True
 
     # -- loop side --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -216,6 +219,9 @@ class SQLiteStore(Store):
 
     async def erase(self, key: str, epoch: int) -> bool:
         return await self._run(self._erase, key, epoch)
+
+    async def purge(self) -> None:
+        await self._run(self._purge)
 
     async def ping(self) -> bool:
         return await self._run(lambda: self._db.execute("SELECT 1").fetchone()[0] == 1)

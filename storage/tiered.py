@@ -225,6 +225,9 @@ class TieredStore(Store):
             raise unavailable(self.name, exc) from exc
         return erased
 
+    async def purge(self) -> None:
+        await self.pg.purge()
+
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         await self.pg.write_snapshot(key, epoch, snapshot)     # raises STALE_EPOCH: cache untouched
         try:

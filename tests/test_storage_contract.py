@@ -23,6 +23,7 @@ from storage.postgres import PostgresStore
 from storage.redis import RedisStore, connect
 from storage.sqlite import SQLiteStore
 from storage.tiered import TieredStore
+from tests.support.store_bytes import postgres_bytes, redis_bytes, sqlite_bytes
 
 PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SYNCOPATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -90,20 +91,10 @@ class Env:
             parts += [sn.data for sn in m._snapshots.values()]
             return b"|".join(parts)
         if self.kind == "sqlite":
-            def read() -> bytes:
-                out = b""
-                for suffix in ("", "-wal"):
-                    f = self.path.with_name(self.path.name + suffix)
-                    if f.exists():
-                        out += f.read_bytes()
-                return out
-            return await asyncio.to_thread(read)
+            return await sqlite_bytes(self.path)
         out = b""
         if self.kind in ("postgres", "tiered"):
-            async with (await self.admin())._pool.acquire() as conn:
-                for table in ("owners", "records", "snapshots", "meta"):
-                    for row in await conn.fetch(f"SELECT * FROM {self.prefix}{table}"):
-                        out += b"|".join(v if isinstance(v, bytes) else str(v).encode() for v in row.values())
+            out += await postgres_bytes(await self.admin(), self.prefix)
         if self.kind in ("redis", "tiered"):
             r = RedisStore(REDIS_URL, prefix=self.prefix)
             try:
@@ -129,24 +120,6 @@ class Env:
             r = RedisStore(REDIS_URL, prefix=self.prefix)
             await r.drop()
             await r.close()
-
-
-async def redis_bytes(client, prefix: str) -> bytes:
-    """Every key under `prefix` and its value, whatever its type (no DUMP: RDB compression would
-    hide what a scan looks for)."""
-    out = b""
-    async for k in client.scan_iter(match=prefix + "*", count=1000):
-        t = (await client.type(k)).decode()
-        out += k + b"="
-        if t == "string":
-            out += await client.get(k) or b""
-        elif t == "hash":
-            out += b"|".join(a + b":" + b for a, b in (await client.hgetall(k)).items())
-        elif t == "zset":
-            out += b"|".join(await client.zrange(k, 0, -1))
-        else:
-            raise AssertionError(f"unexpected Redis type {t} for {k!r}")
-    return out
 
 
 @pytest.fixture(params=BACKENDS)
