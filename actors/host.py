@@ -57,6 +57,7 @@ from actors.commit import GroupCommit, Pending
 from actors.entity import Command, Entity, Env, Event, Outcome
 from actors.host_metrics import Metrics
 from actors.outbox import OutEffect, Outbox
+from actors.maintenance import MAINTENANCE_OPS, Maintenance
 from actors.residency import Residency
 from actors.slot import RECOVER, RELAY, TICK, UNSUBSCRIBE, Sink, Slot, pack, unpack
 from protocols.errors import ErrorCode, SyncopateError
@@ -81,7 +82,7 @@ def _overloaded(what: str) -> SyncopateError:
     return SyncopateError(ErrorCode.OVERLOADED, f"{what}; retry later")
 
 
-class EntityHost(GroupCommit, Outbox, Residency):
+class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
     """Many entities in one event loop; the only place they are written from (see the module doc)."""
 
     def __init__(self, host_id: str, store: Store, kinds: dict[str, type[Entity]], env: Env, *,
@@ -271,6 +272,11 @@ class EntityHost(GroupCommit, Outbox, Residency):
                         break
                     continue
                 cmd, sink = slot.mailbox.popleft()
+                if cmd.op in MAINTENANCE_OPS:
+                    # erase / compact (actors/maintenance.py): awaited here, so the commands behind
+                    # it wait, as during an activation
+                    await self._maintain(slot, cmd, sink)
+                    continue
                 self._handle(slot, cmd, sink)
         finally:
             slot.draining = False
