@@ -275,7 +275,9 @@ def _security(method: str, path: str) -> tuple[list, dict]:
     rule = scopes.rest_rule(method.upper(), _concrete(path))
     if rule is None:
         return [], {}
-    if rule.any_of:
+    if rule.all_of:
+        sec = [{"oauth2": list(rule.all_of)}]          # one requirement: every scope of it
+    elif rule.any_of:
         sec = [{"oauth2": [s]} for s in rule.any_of]
     else:
         sec = [{"oauth2": []}]
