@@ -38,6 +38,7 @@ The host in parts (one class, EntityHost, over one state; each part a module):
   actors/outbox.py     effects to other entities until acknowledged
   actors/residency.py  snapshots, passivation under the budgets, ticks
   actors/opcache.py    op ids applied, per sender (idempotency)
+  actors/maintenance.py  ERASE and COMPACT of one entity's storage (user data rights)
   actors/slot.py       the per-entity record (Slot) and the log/snapshot packing
 
 No Ray and no aiohttp here: actors/ray_host.py adapts this class to a Ray actor; tests and the
