@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.account import ACCOUNT
-from actors.entity import Command, Principal
+from actors.entity import SYSTEM, Command, Principal
 from actors.erasure import ERASURE, REGISTRY
 from gateway.erasure import Deletion, pseudonym
 from gateway.http import add_route, ctx, json_body, json_response, principal
@@ -142,6 +142,12 @@ class DataRights:
         owned, followed, collaborating = [], [], []
         roles = {x["playlist_id"]: x["role"] for x in session["collaborating"]}
         for pid, doc in zip(ids, await asyncio.gather(*(self._playlist(p, pid) for pid in ids))):
+            if doc is None and pid in roles:
+                # a former collaborator who can no longer read the playlist: their own entries in it
+                mine = await self._own_entries(uid, pid)
+                if mine:
+                    collaborating.append({"id": pid, "role": roles[pid], "accessible": False, "items": mine})
+                continue
             if doc is None:
                 continue
             if doc["owner"]["id"] == uid:
@@ -160,17 +166,31 @@ class DataRights:
                 "sessions": {"connections": session["connections"],
                              "signed_out_devices": session["signed_out_devices"]}}
 
+    async def _own_entries(self, uid: str, pid: str) -> list[dict]:
+        """The entries `uid` added to a playlist they can no longer read (read by the system, and
+        only theirs leave: the rest of the playlist is someone else's)."""
+        try:
+            rows = await self._read_items(SYSTEM, pid)
+        except SyncopateError as err:
+            if err.code == ErrorCode.NOT_FOUND:
+                return []
+            raise
+        return [i for i in rows if i["added_by"] == uid]
+
+    async def _read_items(self, p: Principal, pid: str) -> list[dict]:
+        items: list = []
+        while True:
+            page = await self.ctx.call(PLAYLIST, pid, "items", {"offset": len(items), "limit": PAGE}, principal=p)
+            items += page["items"]
+            if len(items) >= page["total"] or not page["items"]:
+                return items
+
     async def _playlist(self, p: Principal, pid: str) -> dict | None:
         """The playlist and all its entries, read with the user's own rights (None: no longer
         visible to them, e.g. a private playlist they were removed from)."""
         try:
             doc = await self.ctx.call(PLAYLIST, pid, "get", {}, principal=p)
-            items: list = []
-            while True:
-                page = await self.ctx.call(PLAYLIST, pid, "items", {"offset": len(items), "limit": PAGE}, principal=p)
-                items += page["items"]
-                if len(items) >= page["total"] or not page["items"]:
-                    break
+            items = await self._read_items(p, pid)
         except SyncopateError as err:
             if err.code == ErrorCode.NOT_FOUND:
                 return None

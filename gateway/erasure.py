@@ -137,6 +137,13 @@ class Deletion:
         await self._do(DIRECTORY, "users", COMPACT, {"forget": user})
         # Step 6.
         self._step("done")
-        done = await self._do(ERASURE, REGISTRY, "done", {"user_id": user, "pseudonym": pseudonym(self._secret, user)})
+        try:
+            done = await self._do(ERASURE, REGISTRY, "done",
+                                  {"user_id": user, "pseudonym": pseudonym(self._secret, user)})
+        except SyncopateError as err:
+            if err.code != ErrorCode.NOT_FOUND:
+                raise
+            # another runner (a gateway resuming it, see gateway/data_rights.py) finished it first
+            done = {"deletion_id": begun["deletion_id"], "finished_ms": begun["started_ms"]}
         await self._do(ERASURE, REGISTRY, COMPACT, {"forget": user})
         return Receipt(done["deletion_id"], begun["started_ms"], done["finished_ms"], anonymised, deleted, erased)

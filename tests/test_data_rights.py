@@ -343,3 +343,31 @@ async def _crash_and_resume(backend, step, http, unique, blockbuster):
         assert_absent(s["zed"], await backend.raw())
     finally:
         await stop(srv, blockbuster)
+
+
+async def test_export_of_a_former_collaborator_and_two_concurrent_deletions(sqlite_backend, http, unique, blockbuster):
+    """A collaborator removed from a private playlist can't read it, but their entries are theirs:
+    the export lists only those. Then two runners of one deletion at once (a gateway resuming a
+    deletion another still runs) both complete and leave nothing."""
+    srv = await start(sqlite_backend, blockbuster)
+    try:
+        s = await scenario(http, srv, unique)
+        st, _ = await rest(http, "DELETE", f"{srv.url}/v1/playlists/{s['shared']}/collaborators/{s['zed']}", s["b"])
+        assert st == 200, _
+        st, body = await export(http, srv, s["z"])
+        assert st == 200, body
+        [former] = body["playlists"]["collaborating"]
+        assert former["id"] == s["shared"] and former["role"] is None and former["accessible"] is False
+        assert [(i["uri"], i["added_by"]) for i in former["items"]] == [(s["u"][4], s["zed"])]
+        assert "name" not in former                       # nothing else of bob's playlist
+
+        rights = srv.gateway.ctx.data_rights
+        from gateway.erasure import Deletion
+        runs = [Deletion(rights._reply, rights.secret) for _ in range(2)]
+        receipts = await asyncio.gather(*(d.run(s["zed"]) for d in runs))
+        assert receipts[0].deletion_id == receipts[1].deletion_id
+        assert_absent(s["zed"], await sqlite_backend.raw())
+        st, items = await rest(http, "GET", f"{srv.url}/v1/playlists/{s['shared']}/tracks", s["b"])
+        assert [i["added_by"]["id"] for i in items["items"]] == [s["bob"], ANONYMOUS]
+    finally:
+        await stop(srv, blockbuster)
