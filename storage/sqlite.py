@@ -30,8 +30,9 @@ class SQLiteStore(Store):
     name = "sqlite"
     durable = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, secure_delete: bool = True) -> None:
         self.path = str(path)
+        self.secure_delete = secure_delete       # off only to measure what it costs (simulations.bench_store)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
 
@@ -64,7 +65,7 @@ class SQLiteStore(Store):
         db.execute("PRAGMA wal_autocheckpoint=0")
         # Deleted content is overwritten with zeros, not left in free pages: an erased user's bytes
         # (and a compacted log's) must not stay readable in the file (docs/data-rights.md).
-        db.execute("PRAGMA secure_delete=ON")
+        db.execute(f"PRAGMA secure_delete={'ON' if self.secure_delete else 'OFF'}")
         db.execute("BEGIN IMMEDIATE")
         for stmt in SCHEMA:
             db.execute(stmt)
