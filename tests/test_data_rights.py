@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 
+import aiohttp
 import orjson
 import pytest
 
@@ -206,8 +207,9 @@ async def test_export_then_delete_leaves_no_byte_of_the_user(backend, http, uniq
         for token in (s["z"], tok(srv, s["zed"], device_id="zphone")):
             st, err = await rest(http, "GET", f"{srv.url}/v1/me", token)
             assert st == 401 and err["error"]["status"] == 401, (st, err)
-        with pytest.raises(Exception):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await Device(http, srv.url, s["z"], "again").connect()
+        assert refused.value.status == 401
 
         # the Yjs client converges on the anonymised document and keeps editing it
         after = await y.wait(expr=f"s.tracks.length === 2 && s.tracks[1].added_by === {orjson.dumps(ANONYMOUS).decode()}")
