@@ -15,18 +15,21 @@ The steps, each idempotent:
        their own:      retired (NOT_FOUND to all; live subscriptions end), unfollowed in the
                        followers' libraries, dropped from collaborators' indexes, then ERASE
   4. ERASE devicegroup, session, account of the user (records, snapshots, owners rows)
-  5. directory users: remove, COMPACT
+  5. directory users: remove, COMPACT; then ERASE the user's entities again (a late effect may
+                               have written one since step 4)
   6. registry.done             the user id leaves the registry; a tombstone keyed by a pseudonym
                                (HMAC of the id) keeps refusing old tokens; COMPACT the registry
 
 `call(cmd)` runs one command and answers its reply (raises SyncopateError): the gateway's
 dispatcher in the server, a LocalCluster's host in tests. `fault(step)` is a test hook called
-before each step (a test raises from it to crash the deletion there).
+before each step (a test raises from it to crash the deletion there, or returns an awaitable the
+deletion waits for: a late write at that point).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -75,13 +78,15 @@ class Deletion:
     async def _do(self, kind: str, ident: str, op: str, args: dict | None = None, op_id: str | None = None) -> Any:
         return await self._call(Command(kind, ident, op, dict(args or {}), SYSTEM, op_id=op_id))
 
-    def _step(self, name: str) -> None:
+    async def _step(self, name: str) -> None:
         if self.fault is not None:
-            self.fault(name)
+            r = self.fault(name)
+            if inspect.isawaitable(r):
+                await r
 
     async def begin(self, user: str) -> dict:
         """Step 1: the durable record (a pending deletion of the user is answered as it is)."""
-        self._step("begin")
+        await self._step("begin")
         return await self._do(ERASURE, REGISTRY, "begin",
                               {"user_id": user, "deletion_id": secrets.token_urlsafe(18)})
 
@@ -93,10 +98,10 @@ class Deletion:
         begun = await self.begin(user)
         plan = begun["plan"]
         # Step 2. Socket closing is repeated on a resume: a crash may have come before it.
-        self._step("sockets")
+        await self._step("sockets")
         sess = await self._do(SESSION, user, "account_deleted")
         if plan is None:
-            self._step("plan")
+            await self._step("plan")
             dg = await self._do(DEVICE_GROUP, user, "export")
             ids = list(sess["playlists"]) + list(sess["collaborating"])
             ctx_uri = dg.get("context_uri")
@@ -106,7 +111,7 @@ class Deletion:
         anonymised = deleted = erased = 0
         # Step 3.
         for pid in plan:
-            self._step(f"playlist:{pid}")
+            await self._step(f"playlist:{pid}")
             try:
                 r = await self._do(PLAYLIST, pid, "forget_user", {"user_id": user, "anonymous_id": ANONYMOUS})
             except SyncopateError as err:
@@ -120,23 +125,28 @@ class Deletion:
                 for c in r["collaborators"]:
                     await self._do(SESSION, c, "playlist_role", {"playlist_id": pid, "role": None},
                                    op_id=f"erasure:{pid}:role")
-                self._step(f"erase:{pid}")
+                await self._step(f"erase:{pid}")
                 erased += (await self._do(PLAYLIST, pid, ERASE))["erased"]
                 deleted += 1
             else:
-                self._step(f"compact:{pid}")
+                await self._step(f"compact:{pid}")
                 await self._do(PLAYLIST, pid, COMPACT, {"forget": user})
                 anonymised += 1
         # Step 4.
         for kind in (DEVICE_GROUP, SESSION, ACCOUNT):
-            self._step(f"erase:{kind}")
+            await self._step(f"erase:{kind}")
             erased += (await self._do(kind, user, ERASE))["erased"]
         # Step 5.
-        self._step("directory")
+        await self._step("directory")
         await self._do(DIRECTORY, "users", "remove", {"id": user})
         await self._do(DIRECTORY, "users", COMPACT, {"forget": user})
+        # The sweep: an effect that was on its way to one of the user's entities (sent before step 3
+        # took the user out of a playlist, delivered after step 4) may have written it again.
+        await self._step("sweep")
+        for kind in (DEVICE_GROUP, SESSION, ACCOUNT):
+            erased += (await self._do(kind, user, ERASE))["erased"]
         # Step 6.
-        self._step("done")
+        await self._step("done")
         try:
             done = await self._do(ERASURE, REGISTRY, "done",
                                   {"user_id": user, "pseudonym": pseudonym(self._secret, user)})

@@ -373,3 +373,25 @@ async def test_export_of_a_former_collaborator_and_two_concurrent_deletions(sqli
         assert [i["added_by"]["id"] for i in items["items"]] == [s["bob"], ANONYMOUS]
     finally:
         await stop(srv, blockbuster)
+
+
+async def test_a_late_effect_to_an_erased_entity_is_swept(sqlite_backend, http, unique, blockbuster):
+    """An effect that reaches the user's session after its erase (here: a role change sent by a
+    playlist, delivered between step 4 and the sweep) writes it again; the sweep erases it."""
+    srv = await start(sqlite_backend, blockbuster)
+    try:
+        s = await scenario(http, srv, unique)
+        rights = srv.gateway.ctx.data_rights
+        late = []
+
+        async def write_late():
+            late.append(await srv.gateway.ctx.call("session", s["zed"], "playlist_role",
+                                                   {"playlist_id": s["shared"], "role": "viewer"}))
+
+        rights.fault = lambda name: write_late() if name == "directory" else None
+        st, receipt = await rest(http, "DELETE", f"{srv.url}/v1/me", s["z"], json={"confirm_user_id": s["zed"]})
+        assert st == 200, receipt
+        assert late == [{"changed": True}]               # it did write the erased session again
+        assert_absent(s["zed"], await sqlite_backend.raw())
+    finally:
+        await stop(srv, blockbuster)
