@@ -106,7 +106,22 @@ class DataRights:
             deletion = Deletion(self._reply, self.secret, fault=self.fault)
             self.pending.add(uid)
             task = self._running[uid] = asyncio.get_running_loop().create_task(self._delete(deletion, uid))
+            task.add_done_callback(self._finished)
         return task
+
+    @staticmethod
+    def _finished(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # the registry still has it pending: the poll resumes it (after RESUME_AFTER_MS)
+            log.warning("a deletion failed and will be resumed: %r", task.exception())
+
+    async def stop(self) -> None:
+        """Gateway shutdown: deletions in flight stop where they are (as in a crash); the registry's
+        pending record has the next gateway resume them."""
+        tasks = list(self._running.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _reply(self, cmd: Command) -> Any:
         reply, _ = await self.ctx.call_versioned(cmd)

@@ -75,6 +75,7 @@ class GatewayServer:
             self._heartbeat.cancel()
         if getattr(self, "_rights", None):
             self._rights.cancel()
+        await self.ctx.data_rights.stop()
         for conn in list(self.hub.conns.values()):
             conn.close(1001, "server shutting down")
         if self._runner is not None:
