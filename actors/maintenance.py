@@ -1,7 +1,9 @@
 """Host-level maintenance of one entity's storage, for user data rights (docs/data-rights.md):
 
 - `ERASE` (system): erase the entity's key from the store (records, snapshot, owners row:
-  Store.erase) and drop it from memory: its op cache, outbox and subscribers' interest go with it.
+  Store.erase) and drop it from memory: its op cache and subscribers' interest go with it. An
+  entity whose outbox still holds effects is refused (OVERLOADED, retryable): they are delivered
+  first (a device group's listening events reach the royalty pipeline before it goes).
   The next message activates it afresh, as a phantom (nothing stored). `{}` -> `{erased: bool}`
   (False: nothing was stored; erasing again is a no-op).
 - `COMPACT` (system): write a snapshot now, so the log entries up to it are dropped from the store,
@@ -71,6 +73,12 @@ class Maintenance:
         sink(Reply(slot.committed if slot.entity is not None else 0, reply))
 
     async def _erase_slot(self, slot: Slot) -> dict:
+        if slot.outbox:
+            # Its effects are still on their way (e.g. a device group's listening events to the
+            # pipeline, which pays royalties on them): erasing now would lose them. Refused, to be
+            # retried once they are delivered.
+            raise SyncopateError(ErrorCode.OVERLOADED, f"{slot.key} has {len(slot.outbox)} effects on their way; "
+                                 "retry once they are delivered")
         erased = False
         if not slot.phantom:
             # The one await: the store removes everything of the key in one transaction. If it
@@ -78,10 +86,6 @@ class Maintenance:
             # retry) and the slot stays as it was.
             erased = await self.store.erase(slot.key, slot.epoch)
             await self.store.purge()
-        for fx in slot.outbox.values():
-            if fx.timer is not None:
-                fx.timer.cancel()
-        slot.outbox.clear()          # its effects are erased with it: no recovery re-sends them
         slot.acks.clear()
         slot.ops.clear()
         self.interest.pop(slot.key, None)

@@ -27,6 +27,7 @@ deletion waits for: a late write at that point).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import inspect
@@ -46,6 +47,7 @@ from protocols.messages import DEVICE_GROUP, PLAYLIST, SESSION
 ANONYMOUS = "@deleted-user"
 
 Call = Callable[[Command], Awaitable[Any]]
+RETRY_S = 30.0
 
 
 def pseudonym(secret: bytes, user_id: str) -> str:
@@ -76,7 +78,19 @@ class Deletion:
         self.fault = fault
 
     async def _do(self, kind: str, ident: str, op: str, args: dict | None = None, op_id: str | None = None) -> Any:
-        return await self._call(Command(kind, ident, op, dict(args or {}), SYSTEM, op_id=op_id))
+        """One step's command; a retryable refusal (a host restarting, an entity whose effects are
+        still on their way: ERASE) is retried with backoff for RETRY_S, then raised (the deletion
+        stays pending and is resumed)."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + RETRY_S, 0.02
+        while True:
+            try:
+                return await self._call(Command(kind, ident, op, dict(args or {}), SYSTEM, op_id=op_id))
+            except SyncopateError as err:
+                if not err.retryable or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)          # backoff between retries, not a synchronisation
+            delay = min(delay * 2, 1.0)
 
     async def _step(self, name: str) -> None:
         if self.fault is not None:

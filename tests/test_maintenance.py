@@ -10,6 +10,7 @@ from actors.entity import SYSTEM, Command, Env, Principal
 from actors.host import EntityHost
 from actors.maintenance import COMPACT, ERASE
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.wire import Reply
 from storage.memory import MemoryStore
 from tests.toy import Counter
 
@@ -56,14 +57,25 @@ async def test_erase_removes_the_entity_and_what_follows_finds_it_empty(host):
     assert host.store.keys() == set()
 
 
-async def test_erase_drops_unacknowledged_effects(host):
-    """The erased entity's outbox goes with it: no re-send, no recovery writes it back."""
+async def test_erase_waits_for_the_outbox(host):
+    """An entity whose effects are still on their way is not erased (they would be lost: a device
+    group's listening events, say): refused retryably, erased once they are acknowledged."""
     sent = []
-    host._dispatch = lambda cmd: sent.append(cmd) or asyncio.get_running_loop().create_future()  # never answered
+
+    def dispatch(cmd):
+        fut = asyncio.get_running_loop().create_future()
+        sent.append(fut)
+        return fut
+    host._dispatch = dispatch
     await host.call(add(1, tell=["c2"]))
-    assert [c.entity_id for c in sent] == ["c2"] and host.slots["counter:c1"].outbox
-    await host.call(sys(ERASE))
-    assert "counter:c1" not in host.slots and "counter:c1" not in host.store.keys()
+    assert len(sent) == 1 and host.slots["counter:c1"].outbox
+    with pytest.raises(SyncopateError) as err:
+        await host.call(sys(ERASE))
+    assert err.value.code is ErrorCode.OVERLOADED and err.value.retryable
+    assert host.store.keys() == {"counter:c1"}                   # nothing erased
+    # the acknowledgement's callback is scheduled before the erase command's mailbox drain
+    sent[0].set_result(Reply(1, {"total": 1}))
+    assert (await host.call(sys(ERASE)))[0] == {"erased": True}
     assert host.store.keys() == set()
 
 
