@@ -177,9 +177,25 @@ class DataRights:
                 "playlists": {"owned": owned, "followed": followed, "collaborating": collaborating},
                 "devices": devices["devices"], "player": devices["state"],
                 "recently_played": devices["recently_played"],
-                "listening": {"stream_counts": devices["stream_counts"], "counted_events": devices["counted_events"]},
+                "listening": {"stream_counts": devices["stream_counts"], "counted_events": devices["counted_events"],
+                              "counted_plays": await self._counted_plays(uid)},
                 "sessions": {"connections": session["connections"],
                              "signed_out_devices": session["signed_out_devices"]}}
+
+    async def _counted_plays(self, uid: str) -> list[dict] | None:
+        """The user's plays the event pipeline counted (docs/events.md), outside private sessions,
+        newest first: every page of its recently played. None without a pipeline."""
+        reader = self.ctx.events
+        if reader is None:
+            return None
+        plays: list[dict] = []
+        before = None
+        while True:
+            page = await reader.recently_played(uid, 50, before, None)
+            plays += page["plays"]
+            if not page["more"] or not page["plays"]:
+                return plays
+            before = page["plays"][-1]["played_at_ms"]
 
     async def _own_entries(self, uid: str, pid: str) -> list[dict]:
         """The entries `uid` added to a playlist they can no longer read (read by the system, and

@@ -154,6 +154,11 @@ async def scenario(http, srv, unique: str) -> dict:
                        json={"context_uri": f"spotify:playlist:{shared}"})
     assert st == 204, _
     await dev.call("device.progress", {"event_id": "ev1", "device_id": "zphone", "uri": u[3], "ms_played": 45_000})
+
+    async def counted():          # the event pipeline applies it shortly after (docs/events.md)
+        st, page = await rest(http, "GET", f"{url}/v1/me/player/recently-played", z)
+        return st == 200 and len(page["items"]) == 1
+    await eventually(counted, timeout=10, what="the play counted by the event pipeline")
     return {"zed": zed, "bob": bob, "carol": carol, "z": z, "b": b, "c": c, "u": u, "album": album,
             "own": own, "shared": shared, "theirs": theirs, "dev": dev}
 
@@ -180,6 +185,7 @@ def check_export(body: dict, s: dict) -> None:
     assert body["player"]["context_uri"] == f"spotify:playlist:{s['shared']}" and body["player"]["uri"] == u[3]
     assert [p["uri"] for p in body["recently_played"]] == [u[3]]
     assert body["listening"]["stream_counts"] == {u[3]: 1}
+    assert [p["uri"] for p in body["listening"]["counted_plays"]] == [u[3]]        # the event pipeline's
     assert [c["device_id"] for c in body["sessions"]["connections"]] == ["zphone"]
 
 
