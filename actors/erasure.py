@@ -18,7 +18,8 @@ Ops (system only)
   plan {user_id, playlists}      -> {plan}        (once; a second plan is answered with the first)
   done {user_id, pseudonym}      -> {deletion_id, finished_ms}   (the user id leaves the state; the
                                    deletion then compacts this entity: actors/maintenance.py)
-  status {after?}                -> {pending: [user ids], tombstones: {pseudonym: ms}, version}
+  status {after?}                -> {pending: [user ids], started_ms: {user id: ms}, tombstones:
+                                   {pseudonym: ms}, version}
                                    (the tombstones added after version `after`: gateways poll
                                    incrementally)
 
@@ -121,6 +122,7 @@ class ErasureRegistry(Entity):
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise _err("after must be a version (an integer >= 0)")
         return Outcome(reply={"pending": sorted(self.pending), "version": self.version,
+                              "started_ms": {u: p["started_ms"] for u, p in self.pending.items()},
                               "tombstones": {k: at for k, (at, v) in self.tombstones.items() if v > after}})
 
     def _public(self, p: dict) -> dict:

@@ -85,8 +85,10 @@ class DataRights:
         while True:
             try:
                 st = await self.refresh()
+                now = int(time.time() * 1000)
                 for uid in st["pending"]:
-                    if uid not in self._running and (first or await self._stale(uid)):
+                    stale = now - st["started_ms"].get(uid, now) > RESUME_AFTER_MS
+                    if uid not in self._running and (first or stale):
                         self._start(uid)
                 first = False
             except SyncopateError as err:
@@ -94,10 +96,6 @@ class DataRights:
             except Exception:
                 log.exception("erasure registry poll failed")
             await asyncio.sleep(POLL_S)
-
-    async def _stale(self, uid: str) -> bool:
-        begun = await self.ctx.call(ERASURE, REGISTRY, "begin", {"user_id": uid})
-        return int(time.time() * 1000) - begun["started_ms"] > RESUME_AFTER_MS
 
     # -- deleting ------------------------------------------------------------------------------------
     def _start(self, uid: str) -> asyncio.Task:

@@ -402,3 +402,31 @@ async def test_a_late_effect_to_an_erased_entity_is_swept(sqlite_backend, http, 
         assert_absent(s["zed"], await sqlite_backend.raw())
     finally:
         await stop(srv, blockbuster)
+
+
+async def test_a_failed_deletion_is_resumed_by_the_poll_of_a_live_gateway(sqlite_backend, http, unique, blockbuster,
+                                                                          monkeypatch):
+    """No restart: the deletion fails once in the middle; the gateway's registry poll picks the
+    pending deletion up again (here at once: RESUME_AFTER_MS = 0) and completes it."""
+    import gateway.data_rights as dr
+    monkeypatch.setattr(dr, "RESUME_AFTER_MS", 0)
+    srv = await start(sqlite_backend, blockbuster)
+    try:
+        s = await scenario(http, srv, unique)
+        rights = srv.gateway.ctx.data_rights
+        failures = []
+
+        def fault(name: str) -> None:
+            if name == "erase:session" and not failures:
+                failures.append(name)
+                raise Crash("once")
+        rights.fault = fault
+        st, _ = await rest(http, "DELETE", f"{srv.url}/v1/me", s["z"], json={"confirm_user_id": s["zed"]})
+        assert st == 500 and failures == ["erase:session"]
+
+        async def finished() -> bool:
+            return not (await rights.refresh())["pending"] and not rights._running
+        await eventually(finished, timeout=30, what="the deletion resumed by the poll")
+        assert_absent(s["zed"], await sqlite_backend.raw())
+    finally:
+        await stop(srv, blockbuster)

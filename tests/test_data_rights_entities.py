@@ -176,6 +176,7 @@ def test_registry_drives_one_deletion_and_keeps_only_a_pseudonym():
     assert _reg_do(r, "plan", user_id=ZED, playlists=["p1", "p2", "p1"]).reply == {"plan": ["p1", "p2"]}
     assert _reg_do(r, "plan", user_id=ZED, playlists=["p9"]).reply == {"plan": ["p1", "p2"]}   # once
     assert _reg_do(r, "status").reply["pending"] == [ZED]
+    assert _reg_do(r, "status").reply["started_ms"] == {ZED: 1000}
     done = _reg_do(r, "done", now=2000, user_id=ZED, pseudonym="a" * 64)
     assert done.reply == {"deletion_id": "d" * 20, "finished_ms": 2000}
     st = _reg_do(r, "status").reply
