@@ -61,11 +61,12 @@ from actors.player_state import (
 from catalog import find_track
 from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
+from actors.devicegroup_rights import RightsOps
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
 
-class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOps, Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS

@@ -60,6 +60,8 @@ class GatewayContext:
                                            states=presenters.ws_states(catalog))
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
+        from gateway.data_rights import DataRights
+        self.data_rights = DataRights(self)   # export, deletion, refusing deleted users' tokens
 
     def new_connection(self, principal: Principal, **kw) -> Connection:
         conn = Connection(self.hub.new_id(), principal, max_queued_bytes=self.config.max_queued_bytes,
@@ -79,6 +81,10 @@ class GatewayContext:
                 conn.principal = dataclasses.replace(conn.principal, product=push.payload["product"])
             return
         if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
+                and push.payload.get("reason") == "account_deleted":
+            self.data_rights.account_deleted(push.key.partition(":")[2])
+            return
+        if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
                 and push.payload.get("reason") == "signed_out" and push.payload.get("device_id"):
             uid = push.key.partition(":")[2]
             now = int(time.time() * 1000)
@@ -94,7 +100,9 @@ class GatewayContext:
 
         While this gateway follows the user's session entity (a local connection subscribes to it)
         it sees every sign-out as a push and answers from memory; otherwise it asks the entity.
-        Tokens without a device id can't be signed out one device at a time; they expire."""
+        Tokens without a device id can't be signed out one device at a time; they expire. Every
+        token of a deleted user is refused (gateway/data_rights.py)."""
+        self.data_rights.check(principal)
         dev = principal.device_id
         if not dev:
             return

@@ -175,6 +175,35 @@ OWN_SCHEMAS = {
                                           "stream": {"type": "boolean", "description": "ms_played >= 30 s"}}}},
                                   "accepted": {"type": "integer"}, "duplicate": {"type": "integer"},
                                   "refused": {"type": "integer"}}},
+    "DataExport": {EXT: True, "type": "object", "description": "Everything the server holds about the user "
+                   "(docs/data-rights.md).",
+                   "required": ["format", "user_id", "exported_at_ms", "account", "library", "playlists", "devices",
+                                "player", "recently_played", "listening", "sessions"], "properties": {
+                       "format": {"type": "integer", "const": 1},
+                       "user_id": {"type": "string"}, "exported_at_ms": {"type": "integer"},
+                       "account": {"type": ["object", "null"], "description": "Profile and app grants; null for a "
+                                   "user with no account (a token minted by `syncopate token`)."},
+                       "library": {"type": "object", "description": "Saved tracks, albums, followed artists: "
+                                   "[{id, uri, added_at}] per type."},
+                       "playlists": {"type": "object", "required": ["owned", "followed", "collaborating"],
+                                     "properties": {k: {"type": "array", "items": {"type": "object"}}
+                                                    for k in ("owned", "followed", "collaborating")}},
+                       "devices": {"type": "array", "items": {"type": "object"}},
+                       "player": {"type": ["object", "null"]},
+                       "recently_played": {"type": "array", "items": {"type": "object"}},
+                       "listening": {"type": "object"}, "sessions": {"type": "object"}}},
+    "DeletionRequest": {EXT: True, "type": "object", "required": ["confirm_user_id"], "additionalProperties": False,
+                        "properties": {"confirm_user_id": {"type": "string", "description": "The caller's own user "
+                                                           "id: a stray call deletes nothing."}}},
+    "DeletionReceipt": {EXT: True, "type": "object", "additionalProperties": False,
+                        "required": ["deletion_id", "started_ms", "finished_ms", "playlists_anonymised",
+                                     "playlists_deleted", "entities_erased"], "properties": {
+                            "deletion_id": {"type": "string", "description": "The receipt's id; the audit record "
+                                            "keeps it and the times, nothing that names the user."},
+                            "started_ms": {"type": "integer"}, "finished_ms": {"type": "integer"},
+                            "playlists_anonymised": {"type": "integer", "minimum": 0},
+                            "playlists_deleted": {"type": "integer", "minimum": 0},
+                            "entities_erased": {"type": "integer", "minimum": 0}}},
 }
 
 # -- our own operations ------------------------------------------------------------------------------
@@ -223,6 +252,19 @@ OWN_PATHS = {
         "parameters": [{"name": "state", "in": "query", "required": True,
                         "schema": {"type": "string", "enum": ["true", "false"]}}],
         "responses": {"204": {"description": "Set"}}}},
+    "/v1/me/data-export": {"get": {
+        "operationId": "get-data-export", "tags": ["Users"], "summary": "Export all your data",
+        "description": "Everything the server holds about the caller, as JSON: account, library, playlists owned, "
+                       "followed and collaborated on (with their entries), devices and playback, recently played, "
+                       "stream counts, sessions (docs/data-rights.md).",
+        "responses": {"200": _json(_ref("DataExport"), "The export")}}},
+    "/v1/me": {"delete": {
+        "operationId": "delete-current-user", "tags": ["Users"], "summary": "Delete your account and data",
+        "description": "Erases the caller's entities and records in every store, anonymises their entries in other "
+                       "people's playlists, deletes their own playlists, closes their sockets and refuses their "
+                       "tokens. Idempotent; a crash mid-way is resumed (docs/data-rights.md).",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DeletionRequest")}}},
+        "responses": {"200": _json(_ref("DeletionReceipt"), "Deleted")}}},
     "/v1/me/sessions": {"get": {
         "operationId": "get-sessions", "tags": ["Sessions"], "summary": "The user's open connections",
         "description": "Every open websocket connection of the user, on every gateway (docs/sessions.md).",
@@ -275,7 +317,9 @@ def _security(method: str, path: str) -> tuple[list, dict]:
     rule = scopes.rest_rule(method.upper(), _concrete(path))
     if rule is None:
         return [], {}
-    if rule.any_of:
+    if rule.all_of:
+        sec = [{"oauth2": list(rule.all_of)}]          # one requirement: every scope of it
+    elif rule.any_of:
         sec = [{"oauth2": [s]} for s in rule.any_of]
     else:
         sec = [{"oauth2": []}]

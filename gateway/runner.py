@@ -56,6 +56,7 @@ class GatewayServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
         await self.dispatcher.start()
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        self._rights = asyncio.create_task(self.ctx.data_rights.watch())   # deleted users; resumes deletions
         self._runner = GatewayRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -72,6 +73,9 @@ class GatewayServer:
     async def stop(self) -> None:
         if getattr(self, "_heartbeat", None):
             self._heartbeat.cancel()
+        if getattr(self, "_rights", None):
+            self._rights.cancel()
+        await self.ctx.data_rights.stop()
         for conn in list(self.hub.conns.values()):
             conn.close(1001, "server shutting down")
         if self._runner is not None:

@@ -24,7 +24,8 @@ SCOPES = ("user-read-private", "user-read-email", "user-read-playback-state", "u
           "user-read-currently-playing", "streaming", "app-remote-control", "playlist-read-private",
           "playlist-read-collaborative", "playlist-modify-private", "playlist-modify-public",
           "user-library-read", "user-library-modify", "user-follow-read", "user-follow-modify",
-          "user-read-recently-played", "user-read-playback-position", "user-top-read", "ugc-image-upload")
+          "user-read-recently-played", "user-read-playback-position", "user-top-read", "ugc-image-upload",
+          "user-data-rights")     # our extension: export and delete the account (docs/data-rights.md)
 ALL_SCOPES = frozenset(SCOPES)
 
 
@@ -32,6 +33,7 @@ ALL_SCOPES = frozenset(SCOPES)
 class Rule:
     any_of: tuple[str, ...] = ()     # empty: no scope needed
     user: bool = True                # False: an app-only (client credentials) token may call it
+    all_of: tuple[str, ...] = ()     # and every one of these
 
 
 PUBLIC = Rule(user=False)
@@ -41,6 +43,7 @@ READ_STATE = Rule(("user-read-playback-state",))
 MODIFY_PLAYBACK = Rule(("user-modify-playback-state",))
 LIB_READ, LIB_MODIFY = Rule(("user-library-read",)), Rule(("user-library-modify",))
 DEVICE = Rule(("streaming", "app-remote-control"))
+DATA_RIGHTS = Rule(all_of=("user-read-private", "user-data-rights"))   # export / delete the account
 DEFAULT_REST = USER
 
 _ID = r"[^/]+"
@@ -56,6 +59,8 @@ REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p +
     (("GET",), rf"/v1/playlists/{_ID}(?:/tracks|/items|/followers/contains)?", PUBLIC),
     (("GET",), rf"/v1/playlists/{_ID}/collaborators", USER),
     (("GET",), r"/v1/me", USER),
+    (("GET",), r"/v1/me/data-export", DATA_RIGHTS),
+    (("DELETE",), r"/v1/me", DATA_RIGHTS),
     (("GET",), r"/v1/me/playlists", Rule(("playlist-read-private",))),
     (("POST",), r"/v1/me/playlists", MODIFY_PLAYLIST),
     (("POST",), rf"/v1/users/{_ID}/playlists", MODIFY_PLAYLIST),
@@ -134,6 +139,8 @@ def enforce(rule: Rule | None, principal) -> None:
     if rule.user and getattr(principal, "app_only", False):
         raise SyncopateError(ErrorCode.UNAUTHORIZED, "This endpoint needs a user token, not an app-only one")
     if rule.any_of and scopes is not ALL_SCOPES and scopes.isdisjoint(rule.any_of):
+        raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
+    if rule.all_of and scopes is not ALL_SCOPES and not scopes.issuperset(rule.all_of):
         raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
 
 

@@ -89,7 +89,8 @@ def test_extensions_and_only_they_are_marked():
     marked = {(m, p) for p, m, op in operations() if op.get(EXT)}
     for must in [("get", "/v1/me/sessions"), ("delete", "/v1/me/sessions/{device_id}"),
                  ("get", "/v1/me/player/stream-counts"), ("get", "/v1/playlists/{playlist_id}/collaborators"),
-                 ("put", "/v1/playlists/{playlist_id}/collaborators/{user_id}"), ("get", "/v1/ws")]:
+                 ("put", "/v1/playlists/{playlist_id}/collaborators/{user_id}"), ("get", "/v1/ws"),
+                 ("get", "/v1/me/data-export"), ("delete", "/v1/me")]:
         assert must in marked, must
     # our fields on Spotify's objects are marked too
     item = DOC["components"]["schemas"]["PlaylistTrackObject"]["properties"]["entry_id"]
@@ -106,7 +107,9 @@ def test_security_is_the_enforced_scope_rule():
         if path.startswith(("/v1/ws", "/v1/yjs/")):
             assert named == [], path
             continue
-        assert named == sorted(rule.any_of), (m, path)
+        assert named == sorted(rule.any_of or rule.all_of), (m, path)
+        if rule.all_of:           # every scope at once: one requirement naming them all
+            assert op["security"] == [{"oauth2": list(rule.all_of)}], (m, path)
         assert op["x-syncopate-app-token"] is (not rule.user), (m, path)
         for code in ("401", "403", "429"):
             assert code in op["responses"], (m, path, code)
@@ -421,6 +424,12 @@ async def test_every_operation_answers_as_described(server, http, unique):
         await api.call("delete", "/v1/me/sessions/{device_id}", me, path={"device_id": "x" * 201}, expect=400)
     finally:
         await dev.close()
+
+    # data rights: the export; a deletion refused, and one done (a user of its own: gone after it)
+    await api.call("get", "/v1/me/data-export", me, expect=200)
+    await api.call("delete", "/v1/me", me, body={"confirm_user_id": other}, expect=403)
+    gone = unique + "gone"
+    await api.call("delete", "/v1/me", gone, body={"confirm_user_id": gone}, expect=200)
 
     # the websockets, and this document
     await handshake(api, "/v1/ws", {}, full)
