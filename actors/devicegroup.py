@@ -42,6 +42,7 @@ from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and d
     PLAYER_STATE_CHANGED,
     RECENT_MAX,
     TICK_MS,
+    TRACK_UNAVAILABLE,
     _err,
     _playlist_id,
     _Txn,
@@ -59,6 +60,7 @@ from actors.player_state import (
     upcoming,
 )
 from catalog import find_track
+from catalog.markets import is_market
 from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
 from actors.devicegroup_rights import RightsOps
@@ -224,6 +226,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         events = []
         if t.reason is not None:
             cl = self.cluster(t.reason, t.now)
+            if t.note is not None:
+                cl["unavailable"] = t.note
             events.append(Event(PLAYER_CHANGED, cl))
             if reply_cluster:
                 reply = dict(cl, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
@@ -263,11 +267,52 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
     def _track(self, uri: str):
         return find_track(self.env.catalog, uri)
 
+    def _ok(self, p: dict):
+        """May `uri` play for this user now: in the catalog and licensed in the player's market
+        (docs/rights.md). None without a catalog (pure tests of the state machine): everything may."""
+        cat = self.env.catalog
+        if cat is None:
+            return None
+        market = p.get("market")
+
+        def ok(uri: str) -> bool:
+            tr = find_track(cat, uri)
+            return tr is not None and tr.playable_in(market)
+        return ok
+
+    def _unavailable(self, p: dict, uri: str) -> dict | None:
+        """Why `uri` may not play ({uri, reason: removed | market, market}), or None if it may."""
+        if self.env.catalog is None:
+            return None
+        tr = self._track(uri)
+        if tr is None:
+            return {"uri": uri, "reason": "removed", "market": p.get("market")}
+        if not tr.playable_in(p.get("market")):
+            return {"uri": uri, "reason": "market", "market": p.get("market")}
+        return None
+
+    def _refuse_unavailable(self, p: dict, uri: str) -> None:
+        why = self._unavailable(p, uri)
+        if why is not None:
+            where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
+            raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", **why)
+
+    def _txn(self, cmd: Command) -> _Txn:
+        """The working copy of a playback command, with the market the gateway resolved for the user
+        (args.market; set by the gateway alone, GatewayContext.prepare)."""
+        t = _Txn(self, cmd.now_ms)
+        market = cmd.args.get("market")
+        if market is not None:
+            if not is_market(market):
+                raise _err(ErrorCode.INVALID_FIELD, "market must be an ISO 3166-1 alpha-2 code")
+            t.p["market"] = market
+        return t
+
     def _settle(self, t: _Txn) -> bool:
         end = ended_at(t.p)
         if end is None or t.now < end:
             return False
-        return settle(t.p, self._oc.get(t.p), self._dur, t.now)
+        return settle(t.p, self._oc.get(t.p), self._dur, t.now, self._ok(t.p))
 
     def _view(self, now: int) -> dict:
         """The player as of `now` without committing (reads)."""
@@ -275,7 +320,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         end = ended_at(p)
         if end is not None and now >= end:
             p = dict(p)
-            settle(p, self._oc.get(p), self._dur, now)
+            settle(p, self._oc.get(p), self._dur, now, self._ok(p))
         return p
 
     def _sender(self, cmd: Command) -> str | None:
@@ -381,7 +426,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             "revision": self.revision,
             "reason": reason,
             "server_time_ms": now,
-            "next_tracks": upcoming(p, order, 2, prefetch=True) if has_item else list(p["queue"][:2]),
+            "next_tracks": upcoming(p, order, 2, prefetch=True, ok=self._ok(p)) if has_item else list(p["queue"][:2]),
         }
 
     def _playing(self, p: dict, now: int, *, full: bool) -> dict:
@@ -394,9 +439,10 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             dis["resuming"] = True
         if not has_item:
             dis["seeking"] = True
-        if not has_next(p, order):
+        ok = self._ok(p)
+        if not has_next(p, order, ok):
             dis["skipping_next"] = True
-        if not has_prev(p, order):
+        if not has_prev(p, order, ok):
             dis["skipping_prev"] = True
         out: dict[str, Any] = {}
         if full:
@@ -443,5 +489,5 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         order = self._oc.get(p)
         return Outcome(reply={
             "currently_playing": p["uri"],
-            "queue": upcoming(p, order, 20, prefetch=False),
+            "queue": upcoming(p, order, 20, prefetch=False, ok=self._ok(p)),
         })

@@ -10,6 +10,7 @@ from actors.devicegroup_txn import (
     MAX_CONTEXT,
     MAX_QUEUE,
     PLAYER_STATE_CHANGED,
+    TRACK_UNAVAILABLE,
     VOLUME_CHANGED,
     _err,
     _playlist_id,
@@ -19,6 +20,7 @@ from actors.entity import SYSTEM, Command, Outcome, op
 from actors.player_state import (
     REPEAT_STATES,
     change_context,
+    end_of_context,
     extrapolate,
     load_context,
     set_shuffle,
@@ -40,7 +42,7 @@ class PlaybackOps:
             raise _err(ErrorCode.BAD_REQUEST, "device_ids must hold exactly one device id")
         play = a["play"]
         did = ids[0]
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         d = t.dev(did)
         if d is None:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
@@ -69,20 +71,24 @@ class PlaybackOps:
             start = self._offset(offset, tracks)
         elif offset is not None:
             raise _err(ErrorCode.BAD_REQUEST, "offset needs context_uri or uris")
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         target = self._target(t, cmd, fallback=True)
         self._controllable(t, cmd, target)
         self._settle(t)
         p = t.p
         order = None
+        ok = self._ok(p)
         if new_items:
-            load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd))
+            if not load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd), ok):
+                # the track asked for (offset), or every track of the context, may not play here
+                self._refuse_unavailable(p, tracks[start][1] if start is not None else tracks[0][1])
+                raise _err(ErrorCode.TRACK_UNAVAILABLE, "no track of the context is available")
             if self._track(p["uri"]) is None:
                 raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {p['uri']}")
             p["playing"] = True
             if pos_ms:
                 if pos_ms >= p["duration_ms"]:
-                    skip_or_end(p, self._oc.get(p), self._dur, t.now)
+                    skip_or_end(p, self._oc.get(p), self._dur, t.now, ok)
                 else:
                     p["position_ms"] = pos_ms
         else:
@@ -90,13 +96,14 @@ class PlaybackOps:
                 raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing to resume: give context_uri or uris")
             if p["playing"] and target == t.active and pos_ms is None:
                 raise _err(ErrorCode.NOT_PAUSED, "already playing")
+            self._refuse_unavailable(p, p["uri"])       # taken down (or market changed) while paused
             p["position_ms"] = extrapolate(p, t.now)
             p["timestamp_ms"] = t.now
             p["playing"] = True
             if pos_ms is not None:
                 if pos_ms >= p["duration_ms"]:
                     order = self._oc.get(p)
-                    skip_or_end(p, order, self._dur, t.now)
+                    skip_or_end(p, order, self._dur, t.now, ok)
                 else:
                     p["position_ms"] = pos_ms
         self._activate(t, target)
@@ -185,14 +192,15 @@ class PlaybackOps:
     @op("next", role="user", control=True, fenced=True)
     @op("previous", role="user", control=True, fenced=True)
     def _op_skip(self, cmd: Command, a: Args) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
         self._settle(t)
         order = self._oc.get(t.p)
+        ok = self._ok(t.p)
         if cmd.op == "next":
-            if not skip_next(t.p, order, self._dur, t.now, auto=False):
+            if not skip_next(t.p, order, self._dur, t.now, auto=False, ok=ok):
                 raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
-        elif not skip_prev(t.p, order, self._dur, t.now):
+        elif not skip_prev(t.p, order, self._dur, t.now, ok):
             raise _err(ErrorCode.NO_PREV_TRACK, "no previous track")
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
@@ -200,14 +208,14 @@ class PlaybackOps:
     @op("seek", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0, required=True)})
     def _op_seek(self, cmd: Command, a: Args) -> Outcome:
         pos_ms = a["position_ms"]
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
         self._settle(t)
         p = t.p
         if p["uri"] is None:
             raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing is playing")
         if pos_ms >= p["duration_ms"]:
-            skip_or_end(p, self._oc.get(p), self._dur, t.now)     # past the end: the next track
+            skip_or_end(p, self._oc.get(p), self._dur, t.now, self._ok(p))     # past the end: the next track
         else:
             p["position_ms"] = pos_ms
             p["timestamp_ms"] = t.now
@@ -253,8 +261,9 @@ class PlaybackOps:
     def _op_queue_add(self, cmd: Command, a: Args) -> Outcome:
         uri = a["uri"]
         require(self.env.catalog, uri)
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
+        self._refuse_unavailable(t.p, uri)
         self._settle(t)
         if len(t.p["queue"]) >= MAX_QUEUE:
             raise _err(ErrorCode.LIMIT_EXCEEDED, f"the queue holds at most {MAX_QUEUE} tracks")
@@ -280,3 +289,32 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
+
+    @op("catalog_changed", system=True)
+    def _op_catalog_changed(self, cmd: Command, a: Args) -> Outcome:
+        """A catalog reload (docs/rights.md "Takedowns"): the gateway tells each device group it
+        follows. If the current track may no longer play here (removed, or its market withdrawn),
+        playback moves to the next track that may, as it was (playing or paused), or stops when
+        none is left; the push carries `unavailable: {uri, reason, market}` and reason
+        track_unavailable. Anything else (queued or upcoming tracks) is skipped when reached."""
+        t = _Txn(self, cmd.now_ms)
+        self._settle(t)
+        p = t.p
+        if p["uri"] is None:
+            return self._commit(t)
+        why = self._unavailable(p, p["uri"])
+        if why is None:
+            return self._commit(t)
+        ok = self._ok(p)
+        order = self._oc.get(p)
+        if not skip_next(p, order, self._dur, t.now, auto=False, ok=ok):
+            end_of_context(p, order, self._dur, t.now, ok)
+            if p["uri"] == why["uri"]:                  # nothing playable left: stop on nothing
+                p["uri"] = None
+                p["duration_ms"] = 0
+                p["position_ms"] = 0
+                p["timestamp_ms"] = t.now
+                p["playing"] = False
+        t.note = why
+        t.set_reason(TRACK_UNAVAILABLE)
+        return self._commit(t)

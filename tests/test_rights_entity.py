@@ -1,0 +1,177 @@
+"""Rights in the device group (docs/rights.md): a track not licensed in the user's market is refused
+when asked for and skipped inside a context and the queue; a catalog reload that takes the playing
+track down moves playback on (and says why). On the real EntityHost with a controlled clock."""
+from __future__ import annotations
+
+import pytest
+
+from actors.devicegroup import DeviceGroupEntity
+from actors.entity import SYSTEM, Env, Principal
+from catalog.core import Catalog
+from protocols.errors import ErrorCode, SyncopateError
+from tests.support.catalog import CatalogBuilder
+from tests.support.entities import EntityDriver
+
+USER = "alice"
+T0 = 1_700_000_000_000
+DUR = 100_000
+ALBUM = "a" + "0" * 21
+ARTIST = "r" + "0" * 21
+SE_ONLY = {"SE", "NO"}          # tracks 2 and 4 of the album: licensed in SE and NO only
+
+
+def tid(i: int) -> str:
+    return f"t{i:021d}"
+
+
+def turi(i: int) -> str:
+    return f"spotify:track:{tid(i)}"
+
+
+def build(removed: set[int] = frozenset(), markets: dict[int, set] | None = None) -> Catalog:
+    markets = {2: SE_ONLY, 4: SE_ONLY} if markets is None else markets
+    b = CatalogBuilder()
+    b.artist(ARTIST, "Artist")
+    b.album(ALBUM, [ARTIST], "Album")
+    for i in range(6):
+        if i not in removed:
+            b.track(tid(i), ALBUM, name=f"Song {i}", duration_ms=DUR, markets=markets.get(i))
+    return b.build()
+
+
+class G:
+    def __init__(self) -> None:
+        self.cat = build()
+        self.env = Env(catalog=self.cat, config={"connect_heartbeat_timeout_ms": 10**12,
+                                                 "connect_offline_grace_ms": 10**12})
+        self.d = EntityDriver(DeviceGroupEntity, USER, self.env, now_ms=T0)
+        self.d.command("register", {"device_id": "d0", "name": "Laptop", "type": "computer"},
+                       principal=Principal(USER), origin=("gw1", "c0"))
+
+    def do(self, op, market="US", **args):
+        if market is not None:
+            args["market"] = market
+        return self.d.command(op, args, principal=Principal(USER))
+
+    def refuse(self, code, op, **args):
+        before = self.d.e.snapshot()
+        n = len(self.d.entries())
+        with pytest.raises(SyncopateError) as ei:
+            self.do(op, **args)
+        assert ei.value.code == ErrorCode(code), ei.value
+        assert self.d.e.snapshot() == before and len(self.d.entries()) == n
+        return ei.value
+
+    @property
+    def p(self):
+        return self.d.e.p
+
+    def cluster(self):
+        return self.d.pushes[-1].payload
+
+
+def test_a_track_not_licensed_in_the_market_is_refused_with_the_reason():
+    g = G()
+    err = g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", uris=[turi(2)])
+    assert err.details == {"uri": turi(2), "reason": "market", "market": "US"}
+    assert err.status == 403
+    # an offset naming it inside a context is refused too (the listener asked for that track)
+    g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", context_uri=f"spotify:album:{ALBUM}",
+             offset={"position": 2})
+    # in Sweden it plays
+    g.do("play", market="SE", device_id="d0", uris=[turi(2)])
+    assert g.p["uri"] == turi(2) and g.p["market"] == "SE"
+
+
+def test_a_market_that_is_not_a_code_is_refused():
+    g = G()
+    g.refuse("INVALID_FIELD", "play", market="usa", device_id="d0", uris=[turi(0)])
+
+
+def test_inside_a_context_unplayable_tracks_are_skipped_by_next_and_by_auto_advance():
+    g = G()
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 1})
+    assert g.p["uri"] == turi(1)
+    assert g.cluster()["next_tracks"] == [turi(3), turi(5)]     # the prefetch skips them too
+    g.do("next")
+    assert g.p["uri"] == turi(3)                                # 2 skipped
+    g.d.now += DUR                                              # 3 ends by itself
+    g.d.tick()
+    assert g.p["uri"] == turi(5) and g.p["playing"]             # 4 skipped
+    assert g.do("queue", market=None).reply["queue"] == []
+    g.do("previous")
+    assert g.p["uri"] == turi(3)
+    # the user queue is skipped over as well; a queued unplayable track is refused up front
+    g.refuse("TRACK_UNAVAILABLE", "queue_add", uri=turi(4))
+
+
+def test_a_context_without_offset_starts_at_its_first_playable_track():
+    g = G()
+    g.do("play", device_id="d0", uris=[turi(2), turi(4), turi(1)])
+    assert g.p["uri"] == turi(1)
+    g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", uris=[turi(2), turi(4)])
+
+
+def test_the_market_follows_the_user_and_is_replayed():
+    g = G()
+    g.do("play", market="SE", device_id="d0", context_uri=f"spotify:album:{ALBUM}")
+    g.d.now += 1000
+    g.do("next", market="US")          # the user's country changed: the next skip uses the new one
+    assert g.p["market"] == "US" and g.p["uri"] == turi(1)
+    g.do("next")
+    assert g.p["uri"] == turi(3)
+    e2 = DeviceGroupEntity(USER, g.env)
+    for _, recs in g.d.entries():
+        for r in recs:
+            e2.apply(r)
+    assert e2.p == g.p
+
+
+def _takedown(g: G, cat: Catalog):
+    g.cat.replace_with(cat)
+    return g.d.command("catalog_changed", {}, principal=SYSTEM)
+
+
+def test_a_takedown_of_the_playing_track_moves_a_playing_group_on_and_says_why():
+    g = G()
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 1})
+    g.d.now += 5000
+    out = _takedown(g, build(removed={1}))
+    assert g.p["uri"] == turi(3) and g.p["playing"]
+    push = out.events[-1].payload
+    assert push["reason"] == "track_unavailable"
+    assert push["unavailable"] == {"uri": turi(1), "reason": "removed", "market": "US"}
+    assert push["player"]["track_uri"] == turi(3)
+
+
+def test_a_market_withdrawn_from_the_playing_track_reaches_the_group():
+    g = G()
+    g.do("play", device_id="d0", uris=[turi(0), turi(1)])
+    out = _takedown(g, build(markets={0: {"SE"}, 2: SE_ONLY, 4: SE_ONLY}))
+    assert out.events[-1].payload["unavailable"]["reason"] == "market"
+    assert g.p["uri"] == turi(1)
+
+
+def test_a_takedown_with_nothing_left_to_play_stops_and_resume_is_refused():
+    g = G()
+    g.do("play", device_id="d0", uris=[turi(0)])
+    out = _takedown(g, build(removed={0}))
+    assert out.events[-1].payload["reason"] == "track_unavailable"
+    assert g.p["uri"] is None and not g.p["playing"]
+    g.refuse("NO_SPECIFIC_TRACK", "play")
+
+
+def test_a_paused_track_taken_down_cannot_be_resumed():
+    g = G()
+    g.do("play", device_id="d0", uris=[turi(0)])
+    g.do("pause")
+    g.cat.replace_with(build(markets={0: {"SE"}}))       # reloaded, the group not told yet
+    g.refuse("TRACK_UNAVAILABLE", "play")
+
+
+def test_a_reload_that_leaves_the_playing_track_alone_changes_nothing():
+    g = G()
+    g.do("play", device_id="d0", uris=[turi(0), turi(1)])
+    n = len(g.d.entries())
+    out = _takedown(g, build(removed={5}))
+    assert out.events == [] and len(g.d.entries()) == n
