@@ -422,6 +422,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
                 "duration": p["duration_ms"],
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
                 "playback_id": p["playback_id"] if has_item else None,
+                "market": p["market"],
             },
             "revision": self.revision,
             "reason": reason,
@@ -451,7 +452,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             out["shuffle"] = p["shuffle"]
         out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
                     "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
-                    "uri": p["uri"], "disallows": dis})
+                    "uri": p["uri"], "disallows": dis, "market": p["market"]})
         return out
 
     # == reads ======================================================================================
@@ -490,4 +491,5 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         return Outcome(reply={
             "currently_playing": p["uri"],
             "queue": upcoming(p, order, 20, prefetch=False, ok=self._ok(p)),
+            "market": p["market"],
         })

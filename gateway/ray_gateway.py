@@ -57,6 +57,15 @@ class GatewayActor:
         return await self.server.start(self.listen.get("host", "127.0.0.1"), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
 
+    async def reload_catalog(self, path: str) -> int:
+        """After every host reloaded (RayServer.reload_catalog): this gateway's catalog, then the
+        device groups of its devices are told (GatewayContext.catalog_changed). Answers how many."""
+        from catalog import Catalog
+        await self.ensure_started()
+        new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
+        self.server.ctx.catalog.replace_with(new)
+        return await self.server.ctx.catalog_changed()
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()

@@ -278,6 +278,7 @@ class WsSession:
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
             args.pop("context_entries", None)
             args.pop("context_snapshot_id", None)
+            args.pop("market", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()
         present = self.ctx.ws_replies.get(route.op) if route.kind == m.DEVICE_GROUP else None

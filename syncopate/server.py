@@ -138,6 +138,18 @@ class RayServer:
             except Exception as exc:
                 log.warning("events consumer supervision: %s", exc)
 
+    def reload_catalog(self, timeout: float = 120.0) -> int:
+        """Reload the catalog file (docs/rights.md "Takedowns"; `kill -HUP` of `syncopate serve`):
+        every host first, then every gateway, which tells the device groups of its devices. A bad
+        file changes nothing: the driver loads it first and refuses it. A host restarted later
+        builds its catalog from the same file, so it agrees."""
+        import ray
+        path = _catalog_file(self.spec)
+        from catalog import Catalog
+        Catalog.from_file(path)          # refuse a bad file before any process takes it
+        ray.get([h.reload_catalog.remote(path) for h in self.hosts], timeout=timeout)
+        return sum(ray.get([g.reload_catalog.remote(path) for g in self.gateways], timeout=timeout))
+
     def kill_host(self, i: int) -> None:
         import ray
         ray.kill(self.hosts[i], no_restart=False)
@@ -171,11 +183,19 @@ class RayServer:
 
     def serve_forever(self) -> None:
         import signal
-        stop = []
+        stop, reload = [], []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        signal.signal(signal.SIGHUP, lambda *a: reload.append(1))
         try:
             while not stop:
                 time.sleep(1.0)
+                if reload:
+                    reload.clear()
+                    try:
+                        told = self.reload_catalog()
+                        log.info("catalog reloaded; %d device groups told", told)
+                    except Exception as exc:          # a bad file: keep serving the old catalog
+                        log.error("catalog reload refused: %s", exc)
                 self.supervise_once()
         except KeyboardInterrupt:
             pass
@@ -204,7 +224,7 @@ class LocalServer:
         # file I/O and catalog generation off the event loop
         secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
-        env = await loop.run_in_executor(None, build_env, spec.actor_spec())
+        env = await loop.run_in_executor(None, lambda: build_env(spec.actor_spec()))   # actor_spec resolves a path
         from syncopate.events.publish import Publisher
         from syncopate.events.service import LocalEvents
         self.events = await LocalEvents(spec.data_dir, spec.redis_url, spec.postgres_dsn, spec.prefix).start()
@@ -222,7 +242,23 @@ class LocalServer:
     def url(self) -> str:
         return f"http://{self.spec.host}:{self.port}"
 
+    async def reload_catalog(self) -> int:
+        """Reload the catalog file: the hosts and the gateway share one Catalog object here, which
+        takes the new content in place; then the gateway tells its device groups. Answers how many."""
+        from catalog import Catalog
+        path = _catalog_file(self.spec)
+        new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
+        self.gateway.ctx.catalog.replace_with(new)
+        return await self.gateway.ctx.catalog_changed()
+
     async def stop(self) -> None:
         await self.gateway.stop()
         await self.cluster.close()
         await self.events.close()
+
+
+def _catalog_file(spec: ServerSpec) -> str:
+    if not spec.catalog:
+        raise ValueError("the server runs the generated catalog: there is no catalog file to reload "
+                         "(serve with --catalog FILE)")
+    return spec.catalog
