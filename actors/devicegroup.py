@@ -294,8 +294,11 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
     def _refuse_unavailable(self, p: dict, uri: str) -> None:
         why = self._unavailable(p, uri)
         if why is not None:
+            # `restriction`, not `reason`: a REST error's `reason` is Spotify's player reason (clients
+            # look it up in their enums), and the details join that body
             where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
-            raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", **why)
+            raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
+                       restriction=why["reason"], market=why["market"])
 
     def _txn(self, cmd: Command) -> _Txn:
         """The working copy of a playback command, with the market the gateway resolved for the user

@@ -14,6 +14,8 @@ from gateway.auth import Auth
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Connection, Hub
 from gateway.markets import UserMarkets
+from gateway.stream_sign import StreamSigner
+from gateway.streams import StreamManifests
 from gateway.metrics import GatewayMetrics
 from gateway.subscriptions import Subscriptions
 from protocols import messages as m
@@ -41,13 +43,14 @@ class GatewayConfig:
     max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
     max_inflight_per_socket: int = 256   # requests awaiting their answer per app socket (RATE_LIMITED beyond)
     max_inflight_subscribes_per_socket: int = 4   # a full answer of a 10,000-entry playlist is ~1.5 MB
+    stream_url_ttl_s: int = 300          # life of a signed stream URL (refreshed at 80%, gateway/streams.py)
     extra: dict = field(default_factory=dict)
 
 
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
                  config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
-                 events: Any = None) -> None:
+                 events: Any = None, signer: StreamSigner | None = None) -> None:
         self.gateway_id = gateway_id
         # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
         self.events = events
@@ -60,8 +63,11 @@ class GatewayContext:
         self.health = health
         # the device group's domain values as the websocket has always carried them (gateway/presenters.py)
         self.ws_replies = presenters.ws_replies(catalog)
+        self.signer = signer                     # stream URLs (gateway/stream_sign.py); None: no manifests
+        self.streams = StreamManifests(self)
         self.subscriptions = Subscriptions(gateway_id, hub, dispatcher, pushes=presenters.ws_pushes(catalog),
-                                           states=presenters.ws_states(catalog))
+                                           states=presenters.ws_states(catalog),
+                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal})
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights

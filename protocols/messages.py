@@ -71,6 +71,7 @@ class MessageType(str, Enum):
     PLAYER_QUEUE_ADD = "player.queue_add"
     PLAYER_RECENTLY_PLAYED = "player.recently_played"
     PLAYER_CHANGED = "player.changed"            # push: the whole device group ("cluster")
+    STREAM_MANIFEST = "stream.manifest"          # push: fresh signed stream URLs for the active device
     # -- user session and library (issue 5) ---------------------------------------------------
     LIBRARY_SAVE = "library.save"
     LIBRARY_REMOVE = "library.remove"

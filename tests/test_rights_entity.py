@@ -73,7 +73,7 @@ class G:
 def test_a_track_not_licensed_in_the_market_is_refused_with_the_reason():
     g = G()
     err = g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", uris=[turi(2)])
-    assert err.details == {"uri": turi(2), "reason": "market", "market": "US"}
+    assert err.details == {"uri": turi(2), "restriction": "market", "market": "US"}
     assert err.status == 403
     # an offset naming it inside a context is refused too (the listener asked for that track)
     g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", context_uri=f"spotify:album:{ALBUM}",

@@ -119,11 +119,12 @@ async def test_playing_an_unplayable_track_is_refused_over_rest_and_ws(server, h
     try:
         await dev.register()
         st, body = await put(http, server, tok, "me/player/play?device_id=d0", {"uris": [turi(1)]})
-        assert st == 403 and body["error"]["status"] == 403
+        assert st == 403 and body["error"]["status"] == 403 and "reason" not in body["error"]
+        assert body["error"]["restriction"] == "market"
         assert "not available in market US" in body["error"]["message"]
         with pytest.raises(WsError) as ei:
             await dev.call("player.play", {"device_id": "d0", "uris": [turi(1)]})
-        assert ei.value.code == "TRACK_UNAVAILABLE" and ei.value.error["details"]["reason"] == "market"
+        assert ei.value.code == "TRACK_UNAVAILABLE" and ei.value.error["details"]["restriction"] == "market"
         # a client can't claim another market: the gateway sets it from the account
         with pytest.raises(WsError):
             await dev.call("player.play", {"device_id": "d0", "uris": [turi(1)], "market": "SE"})
