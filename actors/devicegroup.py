@@ -32,6 +32,7 @@ from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
+    AUTOPLAY_BATCH,
     COUNTED_WINDOW,
     DEVICE_STATE_CHANGED,
     DEVICES_DISAPPEARED,
@@ -315,7 +316,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         end = ended_at(t.p)
         if end is None or t.now < end:
             return False
-        return settle(t.p, self._oc.get(t.p), self._dur, t.now, self._ok(t.p))
+        return settle(t.p, self._oc.get(t.p), self._dur, t.now, self._ok(t.p), self._related)
 
     def _view(self, now: int) -> dict:
         """The player as of `now` without committing (reads)."""
@@ -323,8 +324,39 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         end = ended_at(p)
         if end is not None and now >= end:
             p = dict(p)
-            settle(p, self._oc.get(p), self._dur, now, self._ok(p))
+            settle(p, self._oc.get(p), self._dur, now, self._ok(p), self._related)
         return p
+
+    def _related(self, p: dict) -> list:
+        """Autoplay's continuation of an ended context (docs/rights.md "Autoplay"): up to
+        AUTOPLAY_BATCH tracks related to the last one played: the same artist's most popular, then
+        its album neighbours (the tracks after it, then before), then the catalog's most popular;
+        none already in the ended context, all playable in the market. Entries are
+        [f"ap{playback_id}.{i}", uri]: unique, so a shuffled order and a replay find them again."""
+        cat = self.env.catalog
+        last = find_track(cat, p["uri"]) if p["uri"] else None
+        if cat is None or last is None:
+            return []
+        market = p.get("market")
+        seen = {uri for _, uri in p["tracks"]}
+        seen.add(last.uri)
+        out: list[str] = []
+
+        def take(tracks) -> None:
+            for tr in tracks:
+                if len(out) >= AUTOPLAY_BATCH:
+                    return
+                if tr.uri not in seen and tr.playable_in(market):
+                    seen.add(tr.uri)
+                    out.append(tr.uri)
+
+        for aid in last.artist_ids[:1]:
+            take(cat.artist_top_tracks(aid, limit=50))
+        album = cat.album_tracks(last.album_id)
+        k = next((i for i, tr in enumerate(album) if tr.id == last.id), 0)
+        take(album[k + 1:] + album[:k][::-1])
+        take(cat.popular(200))
+        return [[f"ap{p['playback_id']}.{i}", uri] for i, uri in enumerate(out)]
 
     def _sender(self, cmd: Command) -> str | None:
         """The registered device that sent this command (by its websocket, else the token's device)."""
@@ -426,6 +458,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
                 "playback_id": p["playback_id"] if has_item else None,
                 "market": p["market"],
+                "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]},
             },
             "revision": self.revision,
             "reason": reason,
@@ -444,7 +477,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         if not has_item:
             dis["seeking"] = True
         ok = self._ok(p)
-        if not has_next(p, order, ok):
+        if not has_next(p, order, ok) and not (p["autoplay"] and self._related(p)):
             dis["skipping_next"] = True
         if not has_prev(p, order, ok):
             dis["skipping_prev"] = True
@@ -455,7 +488,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             out["shuffle"] = p["shuffle"]
         out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
                     "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
-                    "uri": p["uri"], "disallows": dis, "market": p["market"]})
+                    "uri": p["uri"], "disallows": dis, "market": p["market"],
+                    "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]}})
         return out
 
     # == reads ======================================================================================

@@ -20,6 +20,7 @@ from actors.entity import SYSTEM, Command, Outcome, op
 from actors.player_state import (
     REPEAT_STATES,
     change_context,
+    continue_autoplay,
     end_of_context,
     extrapolate,
     load_context,
@@ -79,6 +80,7 @@ class PlaybackOps:
         order = None
         ok = self._ok(p)
         if new_items:
+            p["autoplaying"], p["autoplay_from"] = False, None       # the listener chose what plays
             if not load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd), ok):
                 # the track asked for (offset), or every track of the context, may not play here
                 self._refuse_unavailable(p, tracks[start][1] if start is not None else tracks[0][1])
@@ -198,7 +200,8 @@ class PlaybackOps:
         order = self._oc.get(t.p)
         ok = self._ok(t.p)
         if cmd.op == "next":
-            if not skip_next(t.p, order, self._dur, t.now, auto=False, ok=ok):
+            if not skip_next(t.p, order, self._dur, t.now, auto=False, ok=ok) \
+                    and not continue_autoplay(t.p, self._dur, t.now, ok, self._related):
                 raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
         elif not skip_prev(t.p, order, self._dur, t.now, ok):
             raise _err(ErrorCode.NO_PREV_TRACK, "no previous track")
@@ -268,6 +271,16 @@ class PlaybackOps:
         if len(t.p["queue"]) >= MAX_QUEUE:
             raise _err(ErrorCode.LIMIT_EXCEEDED, f"the queue holds at most {MAX_QUEUE} tracks")
         t.p["queue"] = t.p["queue"] + [uri]
+        t.set_reason(PLAYER_STATE_CHANGED)
+        return self._commit(t)
+
+    @op("autoplay", role="user", args={"state": Bool(required=True)})
+    def _op_autoplay(self, cmd: Command, a: Args) -> Outcome:
+        """Autoplay on or off (an extension: Spotify has no public API for it; docs/rights.md). A
+        setting of the group, not playback control: free users may set it."""
+        t = self._txn(cmd)
+        self._settle(t)
+        t.p["autoplay"] = a["state"]
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 

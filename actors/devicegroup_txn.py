@@ -22,6 +22,7 @@ COUNTED_WINDOW = 1_000             # counted event ids / play keys remembered (e
 MAX_DEVICES = 50
 MAX_QUEUE = 1_000
 MAX_CONTEXT = 10_000               # a playlist holds at most 10,000 items
+AUTOPLAY_BATCH = 10                # related tracks autoplay continues with at a time
 
 # -- push reasons -----------------------------------------------------------------------------------
 NEW_DEVICE = "new_device"

@@ -28,7 +28,9 @@ short names in brackets, and are read back):
   timestamp_ms  the server time position_ms was taken at                                      [ts]
   playback_id   +1 every time an item starts (a listening report can name it)                [pid]
   market        the user's market the gateway resolved with the last command (None: unknown)
-  autoplay      bool: when the context ends, continue with related tracks (docs/rights.md)
+  autoplay      bool (setting): when the context ends, continue with related tracks (docs/rights.md)
+  autoplaying   bool: the tracks playing are autoplay's, not a context the listener chose
+  autoplay_from the context uri that ended into autoplay (None: a list of uris, or not autoplaying)
 
 Play order: unshuffled, the natural order. Shuffled: the anchor entry (the track playing when
 shuffle was switched on, or the offset of a play) first, then every other entry sorted by
@@ -46,13 +48,15 @@ MAX_SETTLE_STEPS = 500          # bound on tracks auto-advanced in one settle (a
 
 Resolve = Callable[[str], int]
 Ok = Callable[[str], bool] | None
+More = Callable[[dict], list] | None     # autoplay: the entries to continue an ended context with
 
 
 def new_player() -> dict:
     return {"context_uri": None, "tracks": [], "order_pos": -1, "in_order": False, "uri": None,
             "duration_ms": 0, "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
             "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0,
-            "private_session": False, "market": None}
+            "private_session": False, "market": None, "autoplay": False, "autoplaying": False,
+            "autoplay_from": None}
 
 
 # the names records before version 2 stored (actors/devicegroup_records.py reads them back)
@@ -243,7 +247,26 @@ def skip_or_end(p: dict, order, resolve: Resolve, at: int, ok: Ok = None) -> Non
         end_of_context(p, order, resolve, at, ok)
 
 
-def settle(p: dict, order, resolve: Resolve, now: int, ok: Ok = None) -> bool:
+def continue_autoplay(p: dict, resolve: Resolve, at: int, ok: Ok, more: More) -> bool:
+    """The context ended: with autoplay on, play the related entries `more(p)` gives (a new,
+    uri-less context, marked autoplaying) from their first, keeping the play state. False (nothing
+    changed) when autoplay is off or there is nothing to continue with."""
+    if more is None or not p.get("autoplay"):
+        return False
+    entries = more(p)
+    if not entries:
+        return False
+    came_from = p["autoplay_from"] if p.get("autoplaying") else p["context_uri"]
+    trial = dict(p)
+    if not load_context(trial, None, entries, None, 0, at, resolve, p["seed"], ok):
+        return False
+    p.update(trial)
+    p["autoplaying"] = True
+    p["autoplay_from"] = came_from
+    return True
+
+
+def settle(p: dict, order, resolve: Resolve, now: int, ok: Ok = None, more: More = None) -> bool:
     """Advance lazily past every item that ended by `now` (each next item starts exactly when the
     previous one ended, so the result does not depend on when settle runs). True if changed."""
     changed = False
@@ -252,7 +275,10 @@ def settle(p: dict, order, resolve: Resolve, now: int, ok: Ok = None) -> bool:
         if end is None or now < end:
             return changed
         if not skip_next(p, order, resolve, end, auto=True, ok=ok):
-            end_of_context(p, order, resolve, end, ok)
+            if continue_autoplay(p, resolve, end, ok, more):
+                order = compute_order(p["tracks"], p["shuffle"], p["seed"], p["anchor"])
+            else:
+                end_of_context(p, order, resolve, end, ok)
         changed = True
     # only reachable with zero-length items on repeat: stop rather than spin
     p["playing"] = False

@@ -93,6 +93,7 @@ class Catalog:
         self._artist_albums = {aid: tuple(sorted(albs, key=lambda a: (a.release_date, a.id), reverse=True))
                                for aid, albs in by_artist.items()}
         self._appears_on: dict[str, tuple[Album, ...]] | None = None
+        self._popular: tuple[Track, ...] | None = None
         self._search = None
         self._lock = threading.Lock()
 
@@ -193,6 +194,12 @@ class Catalog:
         albums = self.artist_albums(artist_id) + self.artist_appears_on(artist_id)
         tracks = {t.id: t for al in albums for t in self.album_tracks(al.id) if artist_id in t.artist_ids}
         return sorted(tracks.values(), key=lambda t: (-t.popularity, t.id))[:limit]
+
+    def popular(self, limit: int = 100) -> list[Track]:
+        """The catalog's most popular tracks, ties by id (autoplay's last resort)."""
+        if self._popular is None:
+            self._popular = tuple(sorted(self._tracks.values(), key=lambda t: (-t.popularity, t.id))[:1000])
+        return list(self._popular[:limit])
 
     # -- search ---------------------------------------------------------------------------------
     def search(self, q: str, types, limit: int = 20, offset: int = 0) -> dict[str, tuple[list, int]]:

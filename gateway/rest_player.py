@@ -16,6 +16,7 @@ Nothing here holds state.
   PUT  /v1/me/player/shuffle?state=true|false                                                        -> 204
   GET  /v1/me/player/queue               {currently_playing, queue: [track]}
   POST /v1/me/player/queue?uri=          add a track to the user queue                               -> 204
+  PUT  /v1/me/player/autoplay?state=true|false   extension: autoplay on / off (docs/rights.md)     -> 204
   GET  /v1/me/player/recently-played?limit=1..50&after=|before=   cursor paging, newest first (from the
                                          event pipeline's record when the gateway has one: docs/events.md)
   GET  /v1/me/player/stream-counts?uris=a,b   the operator query: {user_id, counts: {uri: n}, total}
@@ -81,6 +82,7 @@ def setup(app: web.Application) -> None:
     add_route(app, "PUT", "/v1/me/player/shuffle", shuffle)
     add_route(app, "GET", "/v1/me/player/queue", get_queue)
     add_route(app, "POST", "/v1/me/player/queue", queue_add)
+    add_route(app, "PUT", "/v1/me/player/autoplay", autoplay)
     add_route(app, "GET", "/v1/me/player/recently-played", recently_played)
     add_route(app, "GET", "/v1/me/player/stream-counts", stream_counts)
 
@@ -245,11 +247,20 @@ async def volume(request: web.Request) -> web.Response:
     return no_content()
 
 
-async def shuffle(request: web.Request) -> web.Response:
-    raw = _query_str(request, "state").lower()
+def _query_bool(request: web.Request, name: str) -> bool:
+    raw = _query_str(request, name).lower()
     if raw not in ("true", "false"):
-        raise SyncopateError(ErrorCode.INVALID_FIELD, "state must be true or false")
-    await _group(request, "shuffle", {"state": raw == "true"}, command=True)
+        raise SyncopateError(ErrorCode.INVALID_FIELD, f"{name} must be true or false")
+    return raw == "true"
+
+
+async def shuffle(request: web.Request) -> web.Response:
+    await _group(request, "shuffle", {"state": _query_bool(request, "state")}, command=True)
+    return no_content()
+
+
+async def autoplay(request: web.Request) -> web.Response:
+    await _group(request, "autoplay", {"state": _query_bool(request, "state")}, command=True)
     return no_content()
 
 

@@ -11,6 +11,10 @@ it. While the device is the active player and playing, a timer at `refresh_at` (
 life) sends it a `stream.manifest` push with fresh URLs for the same tracks; the next
 `player.changed` replaces the timer. A paused player's URLs are allowed to lapse: the resume's push
 carries new ones.
+
+A push that leaves the tracks as they were (volume, seek, pause) reuses the connection's last
+manifest while it is fresh (before its refresh_at): signing nine URLs is most of the cost of a push
+to the active device, and these pushes are most of the pushes.
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ class StreamManifests:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._timers: dict[str, asyncio.TimerHandle] = {}      # connection id -> its refresh
+        self._last: dict[str, tuple[tuple, dict]] = {}         # connection id -> (what it covers, manifest)
         self.refreshed = 0
+        self.reused = 0
 
     def personal(self, conn: Connection, payload: Any) -> Any | None:
         """The payload this connection alone gets (with `stream`), or None: the shared one."""
@@ -38,11 +44,22 @@ class StreamManifests:
         device = conn.registered_device
         if signer is None or device is None or not isinstance(payload, dict) \
                 or payload.get("active_device_id") != device:
+            self._last.pop(conn.id, None)
             return None
         p = conn.principal
-        man = signer.manifest(self.ctx.catalog, payload, p.user_id, device, p.product)
-        if man is None:
-            return None
+        player = payload.get("player") or {}
+        covers = ((player.get("track") or {}).get("uri"), tuple(payload.get("next_tracks") or ())[:2],
+                  player.get("market"), p.product, device)
+        last = self._last.get(conn.id)
+        if last is not None and last[0] == covers and time.time() < last[1]["refresh_at"]:
+            man = last[1]
+            self.reused += 1
+        else:
+            man = signer.manifest(self.ctx.catalog, payload, p.user_id, device, p.product)
+            if man is None:
+                self._last.pop(conn.id, None)
+                return None
+            self._last[conn.id] = (covers, man)
         if (payload.get("player") or {}).get("is_playing"):
             self._schedule(conn, payload, man["refresh_at"])
         return {**payload, "stream": man}
@@ -67,13 +84,18 @@ class StreamManifests:
         if man is None:
             return
         self.refreshed += 1
+        last = self._last.get(conn.id)
+        if last is not None:
+            self._last[conn.id] = (last[0], man)
         conn.send(codec.push(STREAM_MANIFEST, f"{DEVICE_GROUP}:{p.user_id}", 0, man))
         self._schedule(conn, cluster, man["refresh_at"])
 
     def drop(self, conn: Connection) -> None:
         self._cancel(conn)
+        self._last.pop(conn.id, None)
 
     def close(self) -> None:
         for h in self._timers.values():
             h.cancel()
         self._timers.clear()
+        self._last.clear()

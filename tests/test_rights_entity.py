@@ -175,3 +175,89 @@ def test_a_reload_that_leaves_the_playing_track_alone_changes_nothing():
     n = len(g.d.entries())
     out = _takedown(g, build(removed={5}))
     assert out.events == [] and len(g.d.entries()) == n
+
+
+# == autoplay ======================================================================================
+A2, B1, ARTIST_B = "b" + "0" * 21, "c" + "0" * 21, "s" + "0" * 21
+
+
+def autoplay_catalog() -> Catalog:
+    """Artist R: album ALBUM (tracks 0-2) and A2 (10-12; 11 SE-only); artist S: album B1 (20-22)."""
+    b = CatalogBuilder()
+    b.artist(ARTIST, "R")
+    b.artist(ARTIST_B, "S")
+    b.album(ALBUM, [ARTIST], "One")
+    b.album(A2, [ARTIST], "Two")
+    b.album(B1, [ARTIST_B], "Other")
+    for i in range(3):
+        b.track(tid(i), ALBUM, duration_ms=DUR, popularity=10 + i)
+    for i, pop in zip((10, 11, 12), (30, 90, 50)):
+        b.track(tid(i), A2, duration_ms=DUR, popularity=pop, markets={"SE"} if i == 11 else None)
+    for i, pop in zip((20, 21, 22), (60, 80, 70)):
+        b.track(tid(i), B1, duration_ms=DUR, popularity=pop)
+    return b.build()
+
+
+def ap_group() -> G:
+    g = G()
+    g.cat.replace_with(autoplay_catalog())
+    return g
+
+
+def test_without_autoplay_the_end_of_a_context_rewinds_paused():
+    g = ap_group()
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 2})
+    g.d.now += DUR
+    g.d.tick()
+    assert g.p["uri"] == turi(0) and not g.p["playing"] and not g.p["autoplaying"]
+
+
+def test_autoplay_continues_with_the_artist_then_popular_tracks_playable_here():
+    g = ap_group()
+    g.do("autoplay", market=None, state=True)
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 2})
+    g.d.now += DUR
+    out = g.d.tick()
+    p = g.p
+    assert p["playing"] and p["autoplaying"] and p["autoplay_from"] == f"spotify:album:{ALBUM}"
+    assert p["context_uri"] is None
+    # the same artist's most popular (11 is not licensed in US), then the catalog's most popular
+    assert [u for _, u in p["tracks"]] == [turi(12), turi(10), turi(21), turi(22), turi(20)]
+    assert p["uri"] == turi(12)
+    push = out.events[-1].payload
+    assert push["player"]["autoplay"] == {"enabled": True, "active": True, "from": f"spotify:album:{ALBUM}"}
+    # in Sweden 11 is playable, and first (the artist's most popular)
+    g2 = ap_group()
+    g2.do("autoplay", market=None, state=True)
+    g2.do("play", market="SE", device_id="d0", uris=[turi(0)])
+    g2.d.now += DUR
+    g2.d.tick()
+    assert g2.p["uri"] == turi(11) and g2.p["autoplay_from"] is None and g2.p["autoplaying"]
+
+
+def test_next_at_the_end_of_a_context_goes_on_into_autoplay_and_a_new_play_ends_it():
+    g = ap_group()
+    g.do("play", device_id="d0", uris=[turi(2)])
+    g.refuse("NO_NEXT_TRACK", "next")
+    g.do("autoplay", market=None, state=True)
+    assert "skipping_next" not in g.do("state", market=None).reply["disallows"]
+    g.do("next")
+    assert g.p["autoplaying"] and g.p["uri"] == turi(12)
+    g.do("play", device_id="d0", uris=[turi(0)])
+    assert not g.p["autoplaying"] and g.p["autoplay_from"] is None
+    g.do("autoplay", market=None, state=False)
+    g.refuse("NO_NEXT_TRACK", "next")
+
+
+def test_autoplay_is_a_setting_a_free_user_may_change_and_it_is_replayed():
+    g = ap_group()
+    g.d.command("autoplay", {"state": True}, principal=Principal(USER, "free"))
+    assert g.p["autoplay"] is True
+    g.do("play", device_id="d0", uris=[turi(2)])
+    g.d.now += DUR
+    g.d.tick()
+    e2 = DeviceGroupEntity(USER, g.env)
+    for _, recs in g.d.entries():
+        for r in recs:
+            e2.apply(r)
+    assert e2.p == g.p

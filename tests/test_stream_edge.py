@@ -246,3 +246,16 @@ async def test_tampered_expired_and_other_devices_urls_are_refused(server, http,
         assert st == 403 and orjson.loads(body)["error"]["why"] == "malformed"
     finally:
         await devs[0].close()
+
+
+async def test_a_push_that_keeps_the_tracks_reuses_the_fresh_manifest(server, http, unique):
+    tok, devs, push = await playing(http, server, unique, n=1)
+    try:
+        await devs[0].call("player.volume", {"volume_percent": 30})
+        vol = await devs[0].wait_for(lambda c: c["reason"] == "volume_changed" and c.get("stream"))
+        assert vol["stream"] == push["stream"]                      # same URLs: nothing re-signed
+        await devs[0].call("player.next", {})
+        nxt = await devs[0].wait_for(lambda c: c.get("stream") and c["stream"]["tracks"][0]["uri"] != turi(0))
+        assert nxt["stream"]["tracks"][0]["urls"] != push["stream"]["tracks"][0]["urls"]
+    finally:
+        await devs[0].close()
