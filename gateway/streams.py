@@ -3,7 +3,9 @@
 When a `player.changed` push reaches the connection of the group's active device (it became the
 active player by play, next, transfer, or its track changed), this gateway adds `stream` to that
 connection's copy of the payload: the manifest gateway/stream_sign.py builds from the cluster,
-signed for this user and this device, bitrates by the socket's (live) product. Other devices get the
+signed for this user and this device, bitrates by the socket's (live) product. "This device" is
+the device the socket's token belongs to (its `sid`: what the edge can check against the token
+that fetches), else, for a token without one, the Connect device id the socket registered. Other devices get the
 shared frame, without URLs: a URL is for the device that plays.
 
 Refresh: the entity has no clock and signs nothing, so the gateway that pushes to the device drives
@@ -47,15 +49,16 @@ class StreamManifests:
             self._last.pop(conn.id, None)
             return None
         p = conn.principal
+        bound = p.device_id or device          # who the URLs are for: the token's device, else the registered one
         player = payload.get("player") or {}
         covers = ((player.get("track") or {}).get("uri"), tuple(payload.get("next_tracks") or ())[:2],
-                  player.get("market"), p.product, device)
+                  player.get("market"), p.product, bound)
         last = self._last.get(conn.id)
         if last is not None and last[0] == covers and time.time() < last[1]["refresh_at"]:
             man = last[1]
             self.reused += 1
         else:
-            man = signer.manifest(self.ctx.catalog, payload, p.user_id, device, p.product)
+            man = signer.manifest(self.ctx.catalog, payload, p.user_id, bound, p.product)
             if man is None:
                 self._last.pop(conn.id, None)
                 return None
@@ -80,7 +83,7 @@ class StreamManifests:
         if conn.closed or conn.closing or signer is None or conn.registered_device is None:
             return
         p = conn.principal                 # the product now: a downgrade lowers the bitrates at once
-        man = signer.manifest(self.ctx.catalog, cluster, p.user_id, conn.registered_device, p.product)
+        man = signer.manifest(self.ctx.catalog, cluster, p.user_id, p.device_id or conn.registered_device, p.product)
         if man is None:
             return
         self.refreshed += 1
