@@ -13,8 +13,10 @@ and its prefetch list without asking. The advance is computed at the exact end t
 so it does not depend on when it runs. See docs/connect.md for shapes, timings and errors.
 
 The ops live with their idea: devices and registration (actors/devicegroup_devices.py), playback
-commands (actors/devicegroup_playback.py), listening reports (actors/devicegroup_listening.py), offline
-uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py); the
+commands (actors/devicegroup_playback.py), markets, takedowns and autoplay
+(actors/devicegroup_entitlements.py), listening reports (actors/devicegroup_listening.py), offline
+uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py),
+the data export (actors/devicegroup_rights.py); the
 working copy and the timings in actors/devicegroup_txn.py, what is persisted in
 actors/devicegroup_records.py. This module is the entity: the contract, the helpers every op shares,
 the cluster and the reads.
@@ -26,13 +28,14 @@ from typing import Any
 
 from actors.args import Args, int_arg
 from actors.devicegroup_devices import DeviceOps
+from actors.devicegroup_entitlements import EntitlementOps
 from actors.devicegroup_events import EventOps
 from actors.devicegroup_listening import ListeningOps
 from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
+from actors.devicegroup_rights import RightsOps
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
-    AUTOPLAY_BATCH,
     COUNTED_WINDOW,
     DEVICE_STATE_CHANGED,
     DEVICES_DISAPPEARED,
@@ -43,7 +46,6 @@ from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and d
     PLAYER_STATE_CHANGED,
     RECENT_MAX,
     TICK_MS,
-    TRACK_UNAVAILABLE,
     _err,
     _playlist_id,
     _Txn,
@@ -61,15 +63,13 @@ from actors.player_state import (
     upcoming,
 )
 from catalog import find_track
-from catalog.markets import is_market
 from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
-from actors.devicegroup_rights import RightsOps
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
 
-class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOps, Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, EventOps, RightsOps, Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS
@@ -268,50 +268,6 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
     def _track(self, uri: str):
         return find_track(self.env.catalog, uri)
 
-    def _ok(self, p: dict):
-        """May `uri` play for this user now: in the catalog and licensed in the player's market
-        (docs/rights.md). None without a catalog (pure tests of the state machine): everything may."""
-        cat = self.env.catalog
-        if cat is None:
-            return None
-        market = p.get("market")
-
-        def ok(uri: str) -> bool:
-            tr = find_track(cat, uri)
-            return tr is not None and tr.playable_in(market)
-        return ok
-
-    def _unavailable(self, p: dict, uri: str) -> dict | None:
-        """Why `uri` may not play ({uri, reason: removed | market, market}), or None if it may."""
-        if self.env.catalog is None:
-            return None
-        tr = self._track(uri)
-        if tr is None:
-            return {"uri": uri, "reason": "removed", "market": p.get("market")}
-        if not tr.playable_in(p.get("market")):
-            return {"uri": uri, "reason": "market", "market": p.get("market")}
-        return None
-
-    def _refuse_unavailable(self, p: dict, uri: str) -> None:
-        why = self._unavailable(p, uri)
-        if why is not None:
-            # `restriction`, not `reason`: a REST error's `reason` is Spotify's player reason (clients
-            # look it up in their enums), and the details join that body
-            where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
-            raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
-                       restriction=why["reason"], market=why["market"])
-
-    def _txn(self, cmd: Command) -> _Txn:
-        """The working copy of a playback command, with the market the gateway resolved for the user
-        (args.market; set by the gateway alone, GatewayContext.prepare)."""
-        t = _Txn(self, cmd.now_ms)
-        market = cmd.args.get("market")
-        if market is not None:
-            if not is_market(market):
-                raise _err(ErrorCode.INVALID_FIELD, "market must be an ISO 3166-1 alpha-2 code")
-            t.p["market"] = market
-        return t
-
     def _settle(self, t: _Txn) -> bool:
         end = ended_at(t.p)
         if end is None or t.now < end:
@@ -326,37 +282,6 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             p = dict(p)
             settle(p, self._oc.get(p), self._dur, now, self._ok(p), self._related)
         return p
-
-    def _related(self, p: dict) -> list:
-        """Autoplay's continuation of an ended context (docs/rights.md "Autoplay"): up to
-        AUTOPLAY_BATCH tracks related to the last one played: the same artist's most popular, then
-        its album neighbours (the tracks after it, then before), then the catalog's most popular;
-        none already in the ended context, all playable in the market. Entries are
-        [f"ap{playback_id}.{i}", uri]: unique, so a shuffled order and a replay find them again."""
-        cat = self.env.catalog
-        last = find_track(cat, p["uri"]) if p["uri"] else None
-        if cat is None or last is None:
-            return []
-        market = p.get("market")
-        seen = {uri for _, uri in p["tracks"]}
-        seen.add(last.uri)
-        out: list[str] = []
-
-        def take(tracks) -> None:
-            for tr in tracks:
-                if len(out) >= AUTOPLAY_BATCH:
-                    return
-                if tr.uri not in seen and tr.playable_in(market):
-                    seen.add(tr.uri)
-                    out.append(tr.uri)
-
-        for aid in last.artist_ids[:1]:
-            take(cat.artist_top_tracks(aid, limit=50))
-        album = cat.album_tracks(last.album_id)
-        k = next((i for i, tr in enumerate(album) if tr.id == last.id), 0)
-        take(album[k + 1:] + album[:k][::-1])
-        take(cat.popular(200))
-        return [[f"ap{p['playback_id']}.{i}", uri] for i, uri in enumerate(out)]
 
     def _sender(self, cmd: Command) -> str | None:
         """The registered device that sent this command (by its websocket, else the token's device)."""

@@ -10,7 +10,6 @@ from actors.devicegroup_txn import (
     MAX_CONTEXT,
     MAX_QUEUE,
     PLAYER_STATE_CHANGED,
-    TRACK_UNAVAILABLE,
     VOLUME_CHANGED,
     _err,
     _playlist_id,
@@ -21,7 +20,6 @@ from actors.player_state import (
     REPEAT_STATES,
     change_context,
     continue_autoplay,
-    end_of_context,
     extrapolate,
     load_context,
     set_shuffle,
@@ -274,16 +272,6 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    @op("autoplay", role="user", args={"state": Bool(required=True)})
-    def _op_autoplay(self, cmd: Command, a: Args) -> Outcome:
-        """Autoplay on or off (an extension: Spotify has no public API for it; docs/rights.md). A
-        setting of the group, not playback control: free users may set it."""
-        t = self._txn(cmd)
-        self._settle(t)
-        t.p["autoplay"] = a["state"]
-        t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
     @op("context_changed", system=True)
     def _op_context_changed(self, cmd: Command, a: Args) -> Outcome:
         ctx = a.get("context_uri")
@@ -300,34 +288,4 @@ class PlaybackOps:
         self._settle(t)
         change_context(t.p, self._oc.get(t.p), tracks)
         t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t)
-
-
-    @op("catalog_changed", system=True)
-    def _op_catalog_changed(self, cmd: Command, a: Args) -> Outcome:
-        """A catalog reload (docs/rights.md "Takedowns"): the gateway tells each device group it
-        follows. If the current track may no longer play here (removed, or its market withdrawn),
-        playback moves to the next track that may, as it was (playing or paused), or stops when
-        none is left; the push carries `unavailable: {uri, reason, market}` and reason
-        track_unavailable. Anything else (queued or upcoming tracks) is skipped when reached."""
-        t = _Txn(self, cmd.now_ms)
-        self._settle(t)
-        p = t.p
-        if p["uri"] is None:
-            return self._commit(t)
-        why = self._unavailable(p, p["uri"])
-        if why is None:
-            return self._commit(t)
-        ok = self._ok(p)
-        order = self._oc.get(p)
-        if not skip_next(p, order, self._dur, t.now, auto=False, ok=ok):
-            end_of_context(p, order, self._dur, t.now, ok)
-            if p["uri"] == why["uri"]:                  # nothing playable left: stop on nothing
-                p["uri"] = None
-                p["duration_ms"] = 0
-                p["position_ms"] = 0
-                p["timestamp_ms"] = t.now
-                p["playing"] = False
-        t.note = why
-        t.set_reason(TRACK_UNAVAILABLE)
         return self._commit(t)

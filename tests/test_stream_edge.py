@@ -259,3 +259,10 @@ async def test_a_push_that_keeps_the_tracks_reuses_the_fresh_manifest(server, ht
         assert nxt["stream"]["tracks"][0]["urls"] != push["stream"]["tracks"][0]["urls"]
     finally:
         await devs[0].close()
+
+
+async def test_the_stream_key_must_not_be_the_token_key(tmp_path_factory):
+    d, cat, key = await asyncio.to_thread(_files, tmp_path_factory)
+    spec = ServerSpec(data_dir=str(d), port=0, hosts=1, secret_file=str(key), stream_secret_file=str(key))
+    with pytest.raises(ValueError, match="stream URL key"):
+        await LocalServer(spec, store=MemoryStore()).start()
