@@ -261,3 +261,28 @@ def test_autoplay_is_a_setting_a_free_user_may_change_and_it_is_replayed():
         for r in recs:
             e2.apply(r)
     assert e2.p == g.p
+
+
+def test_a_live_play_is_recorded_with_the_market_it_played_in():
+    from protocols.listening import ListeningEvent
+    g = G()
+    g.do("play", market="SE", device_id="d0", uris=[turi(2)])
+    g.d.now += 40_000
+    g.d.command("progress", {"event_id": "e1", "device_id": "d0", "uri": turi(2), "ms_played": 35_000},
+                principal=Principal(USER))
+    pub = [ListeningEvent.from_wire(w) for c in g.d.effects if "events" in c.args for w in c.args["events"]]
+    assert [(e.track_uri, e.market, e.source) for e in pub] == [(turi(2), "SE", "live")]
+
+
+def test_an_uploaded_play_without_a_market_takes_the_groups_and_one_with_keeps_its_own():
+    from protocols.listening import ListeningEvent
+    g = G()
+    g.do("play", market="SE", device_id="d0", uris=[turi(0)])
+    h = T0 - 3_600_000
+    evs = [{"event_id": "u1", "device_id": "d0", "uri": turi(0), "played_at_ms": h, "ms_played": 60_000},
+           {"event_id": "u2", "device_id": "d0", "uri": turi(3), "played_at_ms": h + 200_000, "ms_played": 60_000,
+            "market": "NO"}]
+    out = g.d.command("upload_events", {"events": evs}, principal=Principal(USER))
+    assert [r["status"] for r in out.reply["results"]] == ["accepted", "accepted"]
+    pub = [ListeningEvent.from_wire(w) for c in g.d.effects if "events" in c.args for w in c.args["events"]]
+    assert [(e.event_id, e.market) for e in pub] == [("u1", "SE"), ("u2", "NO")]
