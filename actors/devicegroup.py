@@ -13,8 +13,10 @@ and its prefetch list without asking. The advance is computed at the exact end t
 so it does not depend on when it runs. See docs/connect.md for shapes, timings and errors.
 
 The ops live with their idea: devices and registration (actors/devicegroup_devices.py), playback
-commands (actors/devicegroup_playback.py), listening reports (actors/devicegroup_listening.py), offline
-uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py); the
+commands (actors/devicegroup_playback.py), markets, takedowns and autoplay
+(actors/devicegroup_entitlements.py), listening reports (actors/devicegroup_listening.py), offline
+uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py),
+the data export (actors/devicegroup_rights.py); the
 working copy and the timings in actors/devicegroup_txn.py, what is persisted in
 actors/devicegroup_records.py. This module is the entity: the contract, the helpers every op shares,
 the cluster and the reads.
@@ -26,11 +28,13 @@ from typing import Any
 
 from actors.args import Args, int_arg
 from actors.devicegroup_devices import DeviceOps
+from actors.devicegroup_entitlements import EntitlementOps
 from actors.devicegroup_events import EventOps
 from actors.devicegroup_listening import ListeningOps
 from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
+from actors.devicegroup_rights import RightsOps
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
     COUNTED_WINDOW,
     DEVICE_STATE_CHANGED,
@@ -61,12 +65,11 @@ from actors.player_state import (
 from catalog import find_track
 from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
-from actors.devicegroup_rights import RightsOps
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
 
-class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOps, Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, EventOps, RightsOps, Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS
@@ -224,6 +227,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         events = []
         if t.reason is not None:
             cl = self.cluster(t.reason, t.now)
+            if t.note is not None:
+                cl["unavailable"] = t.note
             events.append(Event(PLAYER_CHANGED, cl))
             if reply_cluster:
                 reply = dict(cl, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
@@ -267,7 +272,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         end = ended_at(t.p)
         if end is None or t.now < end:
             return False
-        return settle(t.p, self._oc.get(t.p), self._dur, t.now)
+        return settle(t.p, self._oc.get(t.p), self._dur, t.now, self._ok(t.p), self._related)
 
     def _view(self, now: int) -> dict:
         """The player as of `now` without committing (reads)."""
@@ -275,7 +280,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         end = ended_at(p)
         if end is not None and now >= end:
             p = dict(p)
-            settle(p, self._oc.get(p), self._dur, now)
+            settle(p, self._oc.get(p), self._dur, now, self._ok(p), self._related)
         return p
 
     def _sender(self, cmd: Command) -> str | None:
@@ -377,11 +382,13 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
                 "duration": p["duration_ms"],
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
                 "playback_id": p["playback_id"] if has_item else None,
+                "market": p["market"],
+                "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]},
             },
             "revision": self.revision,
             "reason": reason,
             "server_time_ms": now,
-            "next_tracks": upcoming(p, order, 2, prefetch=True) if has_item else list(p["queue"][:2]),
+            "next_tracks": upcoming(p, order, 2, prefetch=True, ok=self._ok(p)) if has_item else list(p["queue"][:2]),
         }
 
     def _playing(self, p: dict, now: int, *, full: bool) -> dict:
@@ -394,9 +401,10 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             dis["resuming"] = True
         if not has_item:
             dis["seeking"] = True
-        if not has_next(p, order):
+        ok = self._ok(p)
+        if not has_next(p, order, ok) and not (p["autoplay"] and self._related(p)):
             dis["skipping_next"] = True
-        if not has_prev(p, order):
+        if not has_prev(p, order, ok):
             dis["skipping_prev"] = True
         out: dict[str, Any] = {}
         if full:
@@ -405,7 +413,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
             out["shuffle"] = p["shuffle"]
         out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
                     "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
-                    "uri": p["uri"], "disallows": dis})
+                    "uri": p["uri"], "disallows": dis, "market": p["market"],
+                    "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]}})
         return out
 
     # == reads ======================================================================================
@@ -443,5 +452,6 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOp
         order = self._oc.get(p)
         return Outcome(reply={
             "currently_playing": p["uri"],
-            "queue": upcoming(p, order, 20, prefetch=False),
+            "queue": upcoming(p, order, 20, prefetch=False, ok=self._ok(p)),
+            "market": p["market"],
         })

@@ -130,7 +130,8 @@ class EventOps:
             return refuse(R_PLAY_LIMIT, f"{MAX_PLAYS_KEPT} plays in {MAX_AGE_MS // 86_400_000} days")
         play_id = m.play_id if m is not None else play_id_for(self.id, s.event_id, start)
         ev = ListeningEvent(self.id, s.event_id, play_id, s.device_id, s.track_uri, s.context_uri, start,
-                            s.ms_played, now, product, s.market, s.private or self.p["private_session"], stream,
+                            s.ms_played, now, product, s.market or self.p["market"],   # else the group's (docs/rights.md)
+                            s.private or self.p["private_session"], stream,
                             "upload", m.start if m is not None else start)
         out.update(status=ACCEPTED, play_id=play_id, stream=stream)
         return out, ev

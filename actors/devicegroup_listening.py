@@ -68,7 +68,7 @@ class ListeningOps:
         t = _Txn(self, cmd.now_ms)
         t.play = CountedPlay(eid, key, uri, cmd.now_ms, ctx, private)
         ev = ListeningEvent(self.id, eid, m.play_id if m is not None else play_id_for(self.id, eid, start), did,
-                            uri, ctx, start, ms, cmd.now_ms, cmd.principal.product, None, private, True, "live",
+                            uri, ctx, start, ms, cmd.now_ms, cmd.principal.product, p["market"], private, True, "live",
                             m.start if m is not None else start)
         t.events = [ev.to_wire()]
         out = self._commit(t)

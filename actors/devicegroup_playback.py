@@ -19,6 +19,7 @@ from actors.entity import SYSTEM, Command, Outcome, op
 from actors.player_state import (
     REPEAT_STATES,
     change_context,
+    continue_autoplay,
     extrapolate,
     load_context,
     set_shuffle,
@@ -40,7 +41,7 @@ class PlaybackOps:
             raise _err(ErrorCode.BAD_REQUEST, "device_ids must hold exactly one device id")
         play = a["play"]
         did = ids[0]
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         d = t.dev(did)
         if d is None:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
@@ -69,20 +70,25 @@ class PlaybackOps:
             start = self._offset(offset, tracks)
         elif offset is not None:
             raise _err(ErrorCode.BAD_REQUEST, "offset needs context_uri or uris")
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         target = self._target(t, cmd, fallback=True)
         self._controllable(t, cmd, target)
         self._settle(t)
         p = t.p
         order = None
+        ok = self._ok(p)
         if new_items:
-            load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd))
+            p["autoplaying"], p["autoplay_from"] = False, None       # the listener chose what plays
+            if not load_context(p, ctx, tracks, start, 0, t.now, self._dur, self._seed(cmd), ok):
+                # the track asked for (offset), or every track of the context, may not play here
+                self._refuse_unavailable(p, tracks[start][1] if start is not None else tracks[0][1])
+                raise _err(ErrorCode.TRACK_UNAVAILABLE, "no track of the context is available")
             if self._track(p["uri"]) is None:
                 raise _err(ErrorCode.UNKNOWN_URI, f"no such track: {p['uri']}")
             p["playing"] = True
             if pos_ms:
                 if pos_ms >= p["duration_ms"]:
-                    skip_or_end(p, self._oc.get(p), self._dur, t.now)
+                    skip_or_end(p, self._oc.get(p), self._dur, t.now, ok)
                 else:
                     p["position_ms"] = pos_ms
         else:
@@ -90,13 +96,14 @@ class PlaybackOps:
                 raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing to resume: give context_uri or uris")
             if p["playing"] and target == t.active and pos_ms is None:
                 raise _err(ErrorCode.NOT_PAUSED, "already playing")
+            self._refuse_unavailable(p, p["uri"])       # taken down (or market changed) while paused
             p["position_ms"] = extrapolate(p, t.now)
             p["timestamp_ms"] = t.now
             p["playing"] = True
             if pos_ms is not None:
                 if pos_ms >= p["duration_ms"]:
                     order = self._oc.get(p)
-                    skip_or_end(p, order, self._dur, t.now)
+                    skip_or_end(p, order, self._dur, t.now, ok)
                 else:
                     p["position_ms"] = pos_ms
         self._activate(t, target)
@@ -185,14 +192,16 @@ class PlaybackOps:
     @op("next", role="user", control=True, fenced=True)
     @op("previous", role="user", control=True, fenced=True)
     def _op_skip(self, cmd: Command, a: Args) -> Outcome:
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
         self._settle(t)
         order = self._oc.get(t.p)
+        ok = self._ok(t.p)
         if cmd.op == "next":
-            if not skip_next(t.p, order, self._dur, t.now, auto=False):
+            if not skip_next(t.p, order, self._dur, t.now, auto=False, ok=ok) \
+                    and not continue_autoplay(t.p, self._dur, t.now, ok, self._related):
                 raise _err(ErrorCode.NO_NEXT_TRACK, "no next track")
-        elif not skip_prev(t.p, order, self._dur, t.now):
+        elif not skip_prev(t.p, order, self._dur, t.now, ok):
             raise _err(ErrorCode.NO_PREV_TRACK, "no previous track")
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
@@ -200,14 +209,14 @@ class PlaybackOps:
     @op("seek", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0, required=True)})
     def _op_seek(self, cmd: Command, a: Args) -> Outcome:
         pos_ms = a["position_ms"]
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
         self._settle(t)
         p = t.p
         if p["uri"] is None:
             raise _err(ErrorCode.NO_SPECIFIC_TRACK, "nothing is playing")
         if pos_ms >= p["duration_ms"]:
-            skip_or_end(p, self._oc.get(p), self._dur, t.now)     # past the end: the next track
+            skip_or_end(p, self._oc.get(p), self._dur, t.now, self._ok(p))     # past the end: the next track
         else:
             p["position_ms"] = pos_ms
             p["timestamp_ms"] = t.now
@@ -253,8 +262,9 @@ class PlaybackOps:
     def _op_queue_add(self, cmd: Command, a: Args) -> Outcome:
         uri = a["uri"]
         require(self.env.catalog, uri)
-        t = _Txn(self, cmd.now_ms)
+        t = self._txn(cmd)
         self._active_target(t, cmd)
+        self._refuse_unavailable(t.p, uri)
         self._settle(t)
         if len(t.p["queue"]) >= MAX_QUEUE:
             raise _err(ErrorCode.LIMIT_EXCEEDED, f"the queue holds at most {MAX_QUEUE} tracks")
@@ -279,4 +289,3 @@ class PlaybackOps:
         change_context(t.p, self._oc.get(t.p), tracks)
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
-

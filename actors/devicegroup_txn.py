@@ -22,6 +22,7 @@ COUNTED_WINDOW = 1_000             # counted event ids / play keys remembered (e
 MAX_DEVICES = 50
 MAX_QUEUE = 1_000
 MAX_CONTEXT = 10_000               # a playlist holds at most 10,000 items
+AUTOPLAY_BATCH = 10                # related tracks autoplay continues with at a time
 
 # -- push reasons -----------------------------------------------------------------------------------
 NEW_DEVICE = "new_device"
@@ -29,8 +30,9 @@ DEVICE_STATE_CHANGED = "device_state_changed"
 DEVICES_DISAPPEARED = "devices_disappeared"
 VOLUME_CHANGED = "volume_changed"
 PLAYER_STATE_CHANGED = "player_state_changed"
+TRACK_UNAVAILABLE = "track_unavailable"     # a takedown moved playback off its track (docs/rights.md)
 _REASON_RANK = {PLAYER_STATE_CHANGED: 0, VOLUME_CHANGED: 1, DEVICE_STATE_CHANGED: 2, NEW_DEVICE: 3,
-                DEVICES_DISAPPEARED: 4}
+                DEVICES_DISAPPEARED: 4, TRACK_UNAVAILABLE: 5}
 
 PLAYER_CHANGED = MessageType.PLAYER_CHANGED.value
 
@@ -47,7 +49,7 @@ def _playlist_id(uri: str | None) -> str | None:
 
 class _Txn:
     """The working copy one command (or tick) changes; `record()` is the difference."""
-    __slots__ = ("active", "devs", "e", "events", "fenced", "last_active", "now", "p", "play", "reason")
+    __slots__ = ("active", "devs", "e", "events", "fenced", "last_active", "note", "now", "p", "play", "reason")
 
     def __init__(self, e: DeviceGroupEntity, now: int) -> None:
         self.e = e
@@ -60,6 +62,7 @@ class _Txn:
         self.play: CountedPlay | None = None
         self.events: list = []             # ListeningEvent wire forms (a live report's play)
         self.fenced = False
+        self.note: dict | None = None      # pushed with the cluster, not stored (a takedown's why)
 
     def dev(self, did: str) -> dict | None:
         if did in self.devs:

@@ -1,8 +1,10 @@
 """The playback state machine of a device group: pure functions over one small player dict.
 
 No catalog, no clock, no randomness of its own: the caller passes `resolve(uri) -> duration_ms`,
-the time `at` of every change (the server clock), and the shuffle seed (taken from the command and
-stored in the state, so a replay reproduces the same order).
+`ok(uri) -> bool` (may it play here: the user's market, docs/rights.md; None = every item may), the
+time `at` of every change (the server clock), and the shuffle seed (taken from the command and
+stored in the state, so a replay reproduces the same order). Navigation steps over the items `ok`
+refuses: in a context, and in the user queue, as Spotify skips tracks not playable in the market.
 
 The player dict (every value msgpack-able; lists are never mutated in place, they are replaced, so
 a shallow copy is a safe working copy and `old is new` tells whether a field changed). It is also
@@ -25,6 +27,10 @@ short names in brackets, and are read back):
   position_ms   position_as_of_timestamp, in ms into the item                            [position]
   timestamp_ms  the server time position_ms was taken at                                      [ts]
   playback_id   +1 every time an item starts (a listening report can name it)                [pid]
+  market        the user's market the gateway resolved with the last command (None: unknown)
+  autoplay      bool (setting): when the context ends, continue with related tracks (docs/rights.md)
+  autoplaying   bool: the tracks playing are autoplay's, not a context the listener chose
+  autoplay_from the context uri that ended into autoplay (None: a list of uris, or not autoplaying)
 
 Play order: unshuffled, the natural order. Shuffled: the anchor entry (the track playing when
 shuffle was switched on, or the offset of a play) first, then every other entry sorted by
@@ -41,13 +47,16 @@ REPEAT_STATES = ("off", "context", "track")
 MAX_SETTLE_STEPS = 500          # bound on tracks auto-advanced in one settle (all-zero-length contexts)
 
 Resolve = Callable[[str], int]
+Ok = Callable[[str], bool] | None
+More = Callable[[dict], list] | None     # autoplay: the entries to continue an ended context with
 
 
 def new_player() -> dict:
     return {"context_uri": None, "tracks": [], "order_pos": -1, "in_order": False, "uri": None,
             "duration_ms": 0, "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
             "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0,
-            "private_session": False}
+            "private_session": False, "market": None, "autoplay": False, "autoplaying": False,
+            "autoplay_from": None}
 
 
 # the names records before version 2 stored (actors/devicegroup_records.py reads them back)
@@ -119,30 +128,50 @@ def context_index(p: dict, order) -> int | None:
 
 
 # -- navigation ---------------------------------------------------------------------------------
-def _next_pos(p: dict, order) -> int | None:
+def _entry_ok(p: dict, order, k: int, ok: Ok) -> bool:
+    return ok is None or ok(p["tracks"][order[k]][1])
+
+
+def _next_pos(p: dict, order, ok: Ok = None) -> int | None:
+    """The play-order index of the next context entry `ok` allows (wrapping once with repeat context)."""
     n = len(order)
-    if n == 0:
-        return None
-    cand = p["order_pos"] + 1
-    if cand < n:
-        return cand
-    return 0 if p["repeat"] == "context" else None
+    cand = p["order_pos"]
+    for _ in range(n):
+        cand += 1
+        if cand >= n:
+            if p["repeat"] != "context":
+                return None
+            cand = 0
+        if _entry_ok(p, order, cand, ok):
+            return cand
+    return None
 
 
-def _prev_pos(p: dict, order) -> int | None:
+def _prev_pos(p: dict, order, ok: Ok = None) -> int | None:
     n = len(order)
     cand = p["order_pos"] - 1 if p["in_order"] else p["order_pos"]
-    if cand >= 0 and cand < n:
-        return cand
-    return n - 1 if (p["repeat"] == "context" and n) else None
+    for _ in range(n):
+        if cand < 0 or cand >= n:
+            if not (p["repeat"] == "context" and n):
+                return None
+            cand = n - 1
+        if _entry_ok(p, order, cand, ok):
+            return cand
+        cand -= 1
+    return None
 
 
-def has_next(p: dict, order) -> bool:
-    return bool(p["queue"]) or _next_pos(p, order) is not None
+def _queue_ok(p: dict, ok: Ok) -> list:
+    q = p["queue"]
+    return q if ok is None else [u for u in q if ok(u)]
 
 
-def has_prev(p: dict, order) -> bool:
-    return p["uri"] is not None and _prev_pos(p, order) is not None
+def has_next(p: dict, order, ok: Ok = None) -> bool:
+    return bool(_queue_ok(p, ok)) or _next_pos(p, order, ok) is not None
+
+
+def has_prev(p: dict, order, ok: Ok = None) -> bool:
+    return p["uri"] is not None and _prev_pos(p, order, ok) is not None
 
 
 def load(p: dict, uri: str, dur: int, at: int, position: int = 0) -> None:
@@ -154,25 +183,32 @@ def load(p: dict, uri: str, dur: int, at: int, position: int = 0) -> None:
     p["playback_id"] = p["playback_id"] + 1
 
 
-def skip_next(p: dict, order, resolve: Resolve, at: int, *, auto: bool) -> bool:
+def skip_next(p: dict, order, resolve: Resolve, at: int, *, auto: bool, ok: Ok = None) -> bool:
     """Move to the next item; False (nothing changed) at the end of the context with repeat off.
 
-    auto=True is the current track ending by itself: repeat "track" plays it again. A user's
-    `next` (auto=False) moves on even with repeat "track", as Spotify's clients do."""
-    if auto and p["repeat"] == "track" and p["uri"] is not None:
+    auto=True is the current track ending by itself: repeat "track" plays it again (if it still
+    may). A user's `next` (auto=False) moves on even with repeat "track", as Spotify's clients do.
+    Queue items `ok` refuses are dropped on the way."""
+    if auto and p["repeat"] == "track" and p["uri"] is not None and (ok is None or ok(p["uri"])):
         load(p, p["uri"], p["duration_ms"], at)
         return True
     q = p["queue"]
-    if q:
-        p["queue"] = q[1:]
-        p["in_order"] = False
-        load(p, q[0], resolve(q[0]), at)
-        return True
-    return _enter(p, order, _next_pos(p, order), resolve, at)
+    while q:
+        head, q = q[0], q[1:]
+        if ok is None or ok(head):
+            p["queue"] = q
+            p["in_order"] = False
+            load(p, head, resolve(head), at)
+            return True
+    k = _next_pos(p, order, ok)
+    if k is None:
+        return False
+    p["queue"] = q
+    return _enter(p, order, k, resolve, at)
 
 
-def skip_prev(p: dict, order, resolve: Resolve, at: int) -> bool:
-    return _enter(p, order, _prev_pos(p, order) if p["uri"] is not None else None, resolve, at)
+def skip_prev(p: dict, order, resolve: Resolve, at: int, ok: Ok = None) -> bool:
+    return _enter(p, order, _prev_pos(p, order, ok) if p["uri"] is not None else None, resolve, at)
 
 
 def _enter(p: dict, order, k: int | None, resolve: Resolve, at: int, position: int = 0) -> bool:
@@ -186,23 +222,51 @@ def _enter(p: dict, order, k: int | None, resolve: Resolve, at: int, position: i
     return True
 
 
-def end_of_context(p: dict, order, resolve: Resolve, at: int) -> None:
-    """The last track ended with repeat off: rewind to the first track of the order, paused."""
+def first_ok(p: dict, order, ok: Ok = None) -> int | None:
+    """The play-order index of the first context entry `ok` allows."""
+    for k in range(len(order)):
+        if _entry_ok(p, order, k, ok):
+            return k
+    return None
+
+
+def end_of_context(p: dict, order, resolve: Resolve, at: int, ok: Ok = None) -> None:
+    """The last track ended with repeat off: rewind to the first playable track of the order, paused."""
     p["playing"] = False
-    if len(order):
-        _enter(p, order, 0, resolve, at)
+    k = first_ok(p, order, ok)
+    if k is not None:
+        _enter(p, order, k, resolve, at)
     else:                                   # a detached item in an emptied context: stop on it
         p["position_ms"] = 0
         p["timestamp_ms"] = at
 
 
-def skip_or_end(p: dict, order, resolve: Resolve, at: int) -> None:
+def skip_or_end(p: dict, order, resolve: Resolve, at: int, ok: Ok = None) -> None:
     """Seek past the end: go to the next track, or end the context (repeat off)."""
-    if not skip_next(p, order, resolve, at, auto=False):
-        end_of_context(p, order, resolve, at)
+    if not skip_next(p, order, resolve, at, auto=False, ok=ok):
+        end_of_context(p, order, resolve, at, ok)
 
 
-def settle(p: dict, order, resolve: Resolve, now: int) -> bool:
+def continue_autoplay(p: dict, resolve: Resolve, at: int, ok: Ok, more: More) -> bool:
+    """The context ended: with autoplay on, play the related entries `more(p)` gives (a new,
+    uri-less context, marked autoplaying) from their first, keeping the play state. False (nothing
+    changed) when autoplay is off or there is nothing to continue with."""
+    if more is None or not p.get("autoplay"):
+        return False
+    entries = more(p)
+    if not entries:
+        return False
+    came_from = p["autoplay_from"] if p.get("autoplaying") else p["context_uri"]
+    trial = dict(p)
+    if not load_context(trial, None, entries, None, 0, at, resolve, p["seed"], ok):
+        return False
+    p.update(trial)
+    p["autoplaying"] = True
+    p["autoplay_from"] = came_from
+    return True
+
+
+def settle(p: dict, order, resolve: Resolve, now: int, ok: Ok = None, more: More = None) -> bool:
     """Advance lazily past every item that ended by `now` (each next item starts exactly when the
     previous one ended, so the result does not depend on when settle runs). True if changed."""
     changed = False
@@ -210,8 +274,11 @@ def settle(p: dict, order, resolve: Resolve, now: int) -> bool:
         end = ended_at(p)
         if end is None or now < end:
             return changed
-        if not skip_next(p, order, resolve, end, auto=True):
-            end_of_context(p, order, resolve, end)
+        if not skip_next(p, order, resolve, end, auto=True, ok=ok):
+            if continue_autoplay(p, resolve, end, ok, more):
+                order = compute_order(p["tracks"], p["shuffle"], p["seed"], p["anchor"])
+            else:
+                end_of_context(p, order, resolve, end, ok)
         changed = True
     # only reachable with zero-length items on repeat: stop rather than spin
     p["playing"] = False
@@ -220,14 +287,14 @@ def settle(p: dict, order, resolve: Resolve, now: int) -> bool:
     return True
 
 
-def upcoming(p: dict, order, k: int, *, prefetch: bool) -> list[str]:
+def upcoming(p: dict, order, k: int, *, prefetch: bool, ok: Ok = None) -> list[str]:
     """The next k item uris: for prefetch the repeat-track item repeats; otherwise the user queue,
-    then the context (wrapping once with repeat context)."""
+    then the context (wrapping once with repeat context); items `ok` refuses are left out."""
     if k <= 0:
         return []
     if prefetch and p["repeat"] == "track" and p["uri"] is not None:
         return [p["uri"]]
-    out = list(p["queue"][:k])
+    out = list(_queue_ok(p, ok)[:k])
     n = len(order)
     pos = p["order_pos"]
     steps = 0
@@ -237,21 +304,33 @@ def upcoming(p: dict, order, k: int, *, prefetch: bool) -> list[str]:
             if p["repeat"] != "context":
                 break
             pos = 0
-        out.append(p["tracks"][order[pos]][1])
         steps += 1
+        if _entry_ok(p, order, pos, ok):
+            out.append(p["tracks"][order[pos]][1])
     return out
 
 
 # -- loading, shuffle, context changes ---------------------------------------------------------
 def load_context(p: dict, ctx: str | None, tracks: list, start: int | None, position: int, at: int,
-                 resolve: Resolve, seed: int) -> None:
-    """Play `tracks` (natural order) from natural index `start` (None: the order's first)."""
+                 resolve: Resolve, seed: int, ok: Ok = None) -> bool:
+    """Play `tracks` (natural order) from natural index `start` (None: the order's first playable
+    entry). False (p half-changed: the caller refuses the command) when `ok` refuses the entry
+    asked for, or, without `start`, every entry."""
     p["context_uri"] = ctx
     p["tracks"] = tracks
     p["seed"] = seed
     p["anchor"] = tracks[start][0] if (p["shuffle"] and start is not None) else None
     order = compute_order(tracks, p["shuffle"], seed, p["anchor"])
-    _enter(p, order, 0 if (start is None or p["shuffle"]) else start, resolve, at, position)
+    if start is not None:
+        k = 0 if p["shuffle"] else start
+        if not _entry_ok(p, order, k, ok):
+            return False
+    else:
+        k = first_ok(p, order, ok)
+        if k is None:
+            return False
+    _enter(p, order, k, resolve, at, position)
+    return True
 
 
 def _ref_index(p: dict, order) -> int | None:

@@ -165,6 +165,15 @@ class HostActor:
             futs.append(fut)
         return list(await asyncio.gather(*futs))
 
+    async def reload_catalog(self, path: str) -> int:
+        """A catalog reload (docs/rights.md): this host's entities see the new catalog from their next
+        command on (the Env's catalog is replaced in place). Answers the track count."""
+        from catalog import Catalog
+        host = await self._ensure()
+        new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
+        host.env.catalog.replace_with(new)
+        return len(new)
+
     async def ping(self) -> str:
         return (await self._ensure()).incarnation
 

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from catalog.markets import available_list, playable_in
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import parse_uri
 
@@ -66,6 +67,10 @@ class Track:
     track_number: int
     explicit: bool = False
     popularity: int = 0
+    markets: frozenset | None = None   # None: every market (catalog/markets.py); else where it is licensed
+
+    def playable_in(self, market: str | None) -> bool:
+        return playable_in(self.markets, market)
 
 
 class Catalog:
@@ -88,6 +93,7 @@ class Catalog:
         self._artist_albums = {aid: tuple(sorted(albs, key=lambda a: (a.release_date, a.id), reverse=True))
                                for aid, albs in by_artist.items()}
         self._appears_on: dict[str, tuple[Album, ...]] | None = None
+        self._popular: tuple[Track, ...] | None = None
         self._search = None
         self._lock = threading.Lock()
 
@@ -116,6 +122,12 @@ class Catalog:
 
     def __setstate__(self, state):
         self.__init__(*state)
+
+    def replace_with(self, other: "Catalog") -> None:
+        """A catalog reload (docs/rights.md "Takedowns"): this object takes `other`'s content in place,
+        so every holder of it (the entities' Env, the gateway's presenters) sees the new catalog at
+        once. Runs on the event loop between two turns: no coroutine sees half of each."""
+        self.__init__(list(other._artists.values()), list(other._albums.values()), list(other._tracks.values()))
 
     # -- lookups ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -183,6 +195,12 @@ class Catalog:
         tracks = {t.id: t for al in albums for t in self.album_tracks(al.id) if artist_id in t.artist_ids}
         return sorted(tracks.values(), key=lambda t: (-t.popularity, t.id))[:limit]
 
+    def popular(self, limit: int = 100) -> list[Track]:
+        """The catalog's most popular tracks, ties by id (autoplay's last resort)."""
+        if self._popular is None:
+            self._popular = tuple(sorted(self._tracks.values(), key=lambda t: (-t.popularity, t.id))[:1000])
+        return list(self._popular[:limit])
+
     # -- search ---------------------------------------------------------------------------------
     def search(self, q: str, types, limit: int = 20, offset: int = 0) -> dict[str, tuple[list, int]]:
         """{type: (items, total)} for each requested type; see catalog/search.py for semantics."""
@@ -218,10 +236,10 @@ class Catalog:
                 out.append(self.artist_object(artist, base_url, full=False))
         return out
 
-    def simplified_track_object(self, track: Track, base_url: str = SPOTIFY_API) -> dict:
-        return {
+    def simplified_track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None) -> dict:
+        obj = {
             "artists": self._artists_of(track.artist_ids, base_url),
-            "available_markets": [],
+            "available_markets": available_list(track.markets),
             "disc_number": 1,
             "duration_ms": track.duration_ms,
             "explicit": track.explicit,
@@ -235,19 +253,37 @@ class Catalog:
             "type": "track",
             "uri": track.uri,
         }
+        if market is not None:
+            # Spotify: with a market, `is_playable` (+ `restrictions` when not) instead of the list
+            del obj["available_markets"]
+            obj["is_playable"] = track.playable_in(market)
+            if not obj["is_playable"]:
+                obj["restrictions"] = {"reason": "market"}
+        return obj
 
-    def track_object(self, track: Track, base_url: str = SPOTIFY_API) -> dict:
-        obj = self.simplified_track_object(track, base_url)
-        obj["album"] = self.album_object(self._albums[track.album_id], full=False, base_url=base_url)
+    def track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None) -> dict:
+        obj = self.simplified_track_object(track, base_url, market)
+        obj["album"] = self.album_object(self._albums[track.album_id], full=False, base_url=base_url, market=market)
         obj["external_ids"] = {}
         obj["popularity"] = track.popularity
         return obj
 
-    def album_object(self, album: Album, full: bool = True, base_url: str = SPOTIFY_API) -> dict:
+    def album_markets(self, album: Album) -> frozenset | None:
+        """Where any track of the album plays (None: one of its tracks is unrestricted)."""
+        out: set = set()
+        for tid in album.track_ids:
+            m = self._tracks[tid].markets
+            if m is None:
+                return None
+            out |= m
+        return frozenset(out)
+
+    def album_object(self, album: Album, full: bool = True, base_url: str = SPOTIFY_API,
+                     market: str | None = None) -> dict:
         obj = {
             "album_type": album.album_type,
             "artists": self._artists_of(album.artist_ids, base_url),
-            "available_markets": [],
+            "available_markets": available_list(self.album_markets(album)),
             "external_urls": {"spotify": f"{OPEN_URL}/album/{album.id}"},
             "href": f"{base_url}/albums/{album.id}",
             "id": album.id,
@@ -270,7 +306,7 @@ class Catalog:
                 "popularity": album.popularity,
                 "tracks": {
                     "href": f"{page}?offset=0&limit={limit}",
-                    "items": [self.simplified_track_object(self._tracks[t], base_url)
+                    "items": [self.simplified_track_object(self._tracks[t], base_url, market)
                               for t in album.track_ids[:limit]],
                     "limit": limit,
                     "next": f"{page}?offset={limit}&limit={limit}" if n > limit else None,
@@ -279,6 +315,9 @@ class Catalog:
                     "total": n,
                 },
             })
+        if market is not None:
+            del obj["available_markets"]
+            obj["is_playable"] = playable_in(self.album_markets(album), market)
         return obj
 
 

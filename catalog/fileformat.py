@@ -4,7 +4,11 @@
      "artists": [{"id", "name", "genres"?, "popularity"?}],
      "albums":  [{"id", "name", "artist_ids", "release_date", "album_type"?, "popularity"?}],
      "tracks":  [{"id", "name", "artist_ids", "album_id", "duration_ms", "track_number",
-                  "explicit"?, "popularity"?}]}
+                  "explicit"?, "popularity"?, "available_markets"?}]}
+
+`available_markets` (a list of ISO 3166-1 alpha-2 codes) is where the track is licensed; a track
+without it plays in every market, so files written before markets existed load unchanged
+(catalog/markets.py, docs/rights.md). `[]` is a track taken down everywhere.
 
 Validation is all-or-nothing and stops at the first bad entry with a ValueError that names the
 file, the list and index, the field and the entry itself, so an operator can fix it without a
@@ -22,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from catalog.core import ALBUM_TYPES, Album, Artist, Catalog, Track
+from catalog.markets import is_market
 from protocols.uris import is_id
 
 FORMAT = "syncopate-catalog"
@@ -33,7 +38,7 @@ _FIELDS = {
     "artists": ({"id", "name"}, {"genres", "popularity"}),
     "albums": ({"id", "name", "artist_ids", "release_date"}, {"album_type", "popularity"}),
     "tracks": ({"id", "name", "artist_ids", "album_id", "duration_ms", "track_number"},
-               {"explicit", "popularity"}),
+               {"explicit", "popularity", "available_markets"}),
 }
 
 
@@ -151,6 +156,7 @@ def load_dict(data, source: str = "catalog") -> Catalog:
                        "popularity": e.int("popularity", 0, 100) if "popularity" in raw else None}
 
     tracks: list[Track] = []
+    market_sets: dict[frozenset, frozenset] = {}   # one object per distinct set (releases share one)
     seen: set[str] = set()
     best: dict[str, int] = {}   # artist or album id -> highest track popularity
     for i, raw in enumerate(data["tracks"]):
@@ -169,8 +175,17 @@ def load_dict(data, source: str = "catalog") -> Catalog:
         if not isinstance(explicit, bool):
             e.fail(f"explicit must be true or false, got {explicit!r}")
         popularity = e.int("popularity", 0, 100, default=0)
+        markets = None
+        if "available_markets" in raw:
+            codes = raw["available_markets"]
+            if not isinstance(codes, list) or not all(is_market(c) for c in codes):
+                e.fail("available_markets must be a list of ISO 3166-1 alpha-2 codes (e.g. \"SE\")")
+            if len(set(codes)) != len(codes):
+                e.fail("available_markets repeats a market")
+            fs = frozenset(codes)
+            markets = market_sets.setdefault(fs, fs)
         track = Track(tid, "spotify:track:" + tid, e.name(), e.ids("artist_ids", artists, "artist"),
-                      album_id, e.int("duration_ms", 1, MAX_DURATION_MS), number, explicit, popularity)
+                      album_id, e.int("duration_ms", 1, MAX_DURATION_MS), number, explicit, popularity, markets)
         albums[album_id]["tracks"][number] = tid
         for key in (album_id, *track.artist_ids):
             best[key] = max(best.get(key, 0), popularity)
@@ -200,8 +215,14 @@ def dump_dict(catalog: Catalog) -> dict:
         "albums": [{"id": a.id, "name": a.name, "artist_ids": list(a.artist_ids),
                     "release_date": a.release_date, "album_type": a.album_type, "popularity": a.popularity}
                    for a in catalog.albums],
-        "tracks": [{"id": t.id, "name": t.name, "artist_ids": list(t.artist_ids), "album_id": t.album_id,
-                    "duration_ms": t.duration_ms, "track_number": t.track_number, "explicit": t.explicit,
-                    "popularity": t.popularity}
-                   for t in catalog.tracks],
+        "tracks": [_track_entry(t) for t in catalog.tracks],
     }
+
+
+def _track_entry(t: Track) -> dict:
+    out = {"id": t.id, "name": t.name, "artist_ids": list(t.artist_ids), "album_id": t.album_id,
+           "duration_ms": t.duration_ms, "track_number": t.track_number, "explicit": t.explicit,
+           "popularity": t.popularity}
+    if t.markets is not None:
+        out["available_markets"] = sorted(t.markets)
+    return out

@@ -13,6 +13,12 @@ singles of 1-6 tracks, which is how Spotify reports EPs too, 12% compilations of
 ~300 artists (3% of the track count), every artist with at least one album, ~12% of tracks
 with a featured artist, 12% explicit, durations 90-420 s (triangular, mode 200 s), popularity
 skewed low per artist with per-track noise.
+
+Markets (docs/rights.md): RESTRICTED_SHARE (10%) of the albums are region-restricted, every track of
+such an album sharing its markets: half of them available only in one licensing region
+(catalog/markets.REGIONS), half everywhere except one region. Drawn from a second generator,
+`random.Random(f"syncopate-markets:{seed}")`, so everything else is exactly what it was before
+markets existed (same names, durations, popularity).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from hashlib import blake2b
 
 from protocols.uris import BASE62
 from catalog.core import Album, Artist, Catalog, Track
+from catalog.markets import ALL_MARKETS, REGIONS
 
 _ID_TABLE = bytes(ord(BASE62[i % 62]) for i in range(256))
 
@@ -67,6 +74,17 @@ COMPILATIONS = ("Greatest Hits", "The Best of {a}", "Anthology", "Essentials", "
 
 # (album_type, share, min tracks, max tracks): mean ~9.9 tracks an album
 ALBUM_MIX = (("album", 0.60, 9, 16), ("single", 0.28, 1, 6), ("compilation", 0.12, 8, 16))
+RESTRICTED_SHARE = 0.10     # albums (and so ~tracks) that are region-restricted
+
+
+def _market_sets(seed: int) -> tuple[random.Random, list[frozenset]]:
+    """The restriction generator and the sets it picks from: each region alone, and everything but it."""
+    sets = []
+    for name in sorted(REGIONS):
+        region = frozenset(REGIONS[name])
+        sets.append(region)
+        sets.append(ALL_MARKETS - region)
+    return random.Random(f"syncopate-markets:{seed}"), sets
 
 
 def make_id(seed: int, kind: str, index: int) -> str:
@@ -170,7 +188,9 @@ def generate(seed: int = 0, tracks: int = 10_000) -> Catalog:
     albums: list[Album] = []
     out_tracks: list[Track] = []
     t_index = 0
+    mrng, market_sets = _market_sets(seed)
     for i, (kind, n) in enumerate(shapes):
+        markets = mrng.choice(market_sets) if mrng.random() < RESTRICTED_SHARE else None
         # every artist gets at least one album; the rest go to random artists
         main = artists[i] if i < n_artists else artists[rng.randrange(n_artists)]
         album_artists = (main.id,)
@@ -195,7 +215,7 @@ def generate(seed: int = 0, tracks: int = 10_000) -> Catalog:
             duration = int(rng.triangular(90_000, 420_000, 200_000))
             popularity = _clamp(base_pop - 10 + 25 * rng.random() - 3 * k)
             out_tracks.append(Track(tid, "spotify:track:" + tid, name, credit, album_id, duration,
-                                    k + 1, rng.random() < 0.12, popularity))
+                                    k + 1, rng.random() < 0.12, popularity, markets))
             track_ids.append(tid)
         if kind == "single":
             album_name = names[0].split(" - ")[0]

@@ -25,7 +25,7 @@ log = logging.getLogger("syncopate.gateway")
 MODULES = ("gateway.rest_catalog", "gateway.rest_playlists", "gateway.rest_player", "gateway.rest_events",
            "gateway.rest_library",
            "gateway.rest_sessions", "gateway.yjs", "gateway.rest_users", "gateway.oauth", "gateway.web",
-           "gateway.rest_openapi", "gateway.data_rights")
+           "gateway.rest_openapi", "gateway.data_rights", "gateway.edge")
 
 
 # The HTTP parser's limits. aiohttp's LineTooLong carries only the limit it hit, not which line it

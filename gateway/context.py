@@ -1,6 +1,7 @@
 """GatewayContext: what REST handlers and the websocket handler use to reach the cluster."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -12,6 +13,9 @@ from gateway import presenters
 from gateway.auth import Auth
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Connection, Hub
+from gateway.markets import UserMarkets
+from gateway.stream_sign import StreamSigner
+from gateway.streams import StreamManifests
 from gateway.metrics import GatewayMetrics
 from gateway.subscriptions import Subscriptions
 from protocols import messages as m
@@ -22,6 +26,8 @@ from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
 MAX_TOKEN_TTL_S = 30 * 86400     # gateway/auth.py refuses tokens that live longer
+# device-group commands that may start a track: they carry the user's market (docs/rights.md)
+MARKET_OPS = frozenset({"play", "transfer", "next", "previous", "seek", "queue_add", "autoplay"})
 
 
 @dataclass
@@ -37,13 +43,14 @@ class GatewayConfig:
     max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
     max_inflight_per_socket: int = 256   # requests awaiting their answer per app socket (RATE_LIMITED beyond)
     max_inflight_subscribes_per_socket: int = 4   # a full answer of a 10,000-entry playlist is ~1.5 MB
+    stream_url_ttl_s: int = 300          # life of a signed stream URL (refreshed at 80%, gateway/streams.py)
     extra: dict = field(default_factory=dict)
 
 
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
                  config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
-                 events: Any = None) -> None:
+                 events: Any = None, signer: StreamSigner | None = None) -> None:
         self.gateway_id = gateway_id
         # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
         self.events = events
@@ -56,12 +63,16 @@ class GatewayContext:
         self.health = health
         # the device group's domain values as the websocket has always carried them (gateway/presenters.py)
         self.ws_replies = presenters.ws_replies(catalog)
+        self.signer = signer                     # stream URLs (gateway/stream_sign.py); None: no manifests
+        self.streams = StreamManifests(self)
         self.subscriptions = Subscriptions(gateway_id, hub, dispatcher, pushes=presenters.ws_pushes(catalog),
-                                           states=presenters.ws_states(catalog))
+                                           states=presenters.ws_states(catalog),
+                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal})
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights
         self.data_rights = DataRights(self)   # export, deletion, refusing deleted users' tokens
+        self.markets = UserMarkets(self)
 
     def new_connection(self, principal: Principal, **kw) -> Connection:
         conn = Connection(self.hub.new_id(), principal, max_queued_bytes=self.config.max_queued_bytes,
@@ -135,15 +146,31 @@ class GatewayContext:
         return await self.dispatcher.call(cmd)
 
     def needs_prepare(self, cmd: Command) -> bool:
+        """Does `cmd` need `prepare` (an await) before it goes? A playback command whose user's
+        market is in memory takes it here, synchronously, and goes on the fast path."""
+        if cmd.kind != m.DEVICE_GROUP:
+            return False
+        if cmd.op in MARKET_OPS and not cmd.principal.system:
+            market = self.markets.cached(cmd.principal.user_id)
+            if market is None:
+                return True
+            cmd.args["market"] = market
+        return self._playlist_play(cmd)
+
+    @staticmethod
+    def _playlist_play(cmd: Command) -> bool:
         return cmd.kind == m.DEVICE_GROUP and cmd.op == "play" and isinstance(cmd.args.get("context_uri"), str) \
             and cmd.args["context_uri"].startswith("spotify:playlist:")
 
     async def prepare(self, cmd: Command) -> None:
-        """Cross-entity reads the entity itself can't do (it has no I/O): a playlist play context is
-        resolved here, with the caller's own rights, into the entries the device group plays."""
+        """Cross-entity reads the entity itself can't do (it has no I/O): the user's market of a
+        playback command (the account's country), and a playlist play context, resolved here with
+        the caller's own rights into the entries the device group plays."""
         cmd.args.pop("context_entries", None)       # only this method may set them, never a client
         cmd.args.pop("context_snapshot_id", None)
-        if not self.needs_prepare(cmd):
+        if cmd.kind == m.DEVICE_GROUP and cmd.op in MARKET_OPS and not cmd.principal.system:
+            cmd.args["market"] = await self.markets.get(cmd.principal)     # never the client's
+        if not self._playlist_play(cmd):
             return
         _, pid = parse_uri(cmd.args["context_uri"], "playlist")
         try:
@@ -154,6 +181,22 @@ class GatewayContext:
             raise
         cmd.args["context_entries"] = reply["entries"]
         cmd.args["context_snapshot_id"] = reply["snapshot_id"]
+
+    async def catalog_changed(self) -> int:
+        """After a catalog reload (docs/rights.md "Takedowns"): tell the device group of every user
+        with a device registered on this gateway (a group that plays has one: a device that goes
+        silent goes offline and pauses), so a track taken down stops or is skipped at once. Each
+        gateway tells its own; the op is idempotent. Answers how many groups were told."""
+        users = sorted({c.principal.user_id for c in self.hub.conns.values() if c.registered_device})
+
+        async def one(uid: str) -> None:
+            try:
+                await self.call(m.DEVICE_GROUP, uid, "catalog_changed", {})
+            except SyncopateError as err:
+                log.warning("catalog_changed for %s failed: %s", uid, err)
+        # all at once: the groups are independent, and one slow host must not hold the others up
+        await asyncio.gather(*(one(u) for u in users))
+        return len(users)
 
     def tell(self, kind: str, entity_id: str, op: str, args: dict, origin: tuple[str, str] | None = None) -> None:
         """System notice to an entity (connection closed, ...); failures are logged, not raised."""

@@ -265,6 +265,16 @@ OWN_PATHS = {
                        "tokens. Idempotent; a crash mid-way is resumed (docs/data-rights.md).",
         "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DeletionRequest")}}},
         "responses": {"200": _json(_ref("DeletionReceipt"), "Deleted")}}},
+    "/v1/me/player/autoplay": {"put": {
+        "operationId": "set-autoplay", "tags": ["Player"], "summary": "Turn autoplay on or off",
+        "description": "When a context ends with autoplay on, playback continues with related tracks (the same "
+                       "artist, then album neighbours, then popular), playable in the user's market; the playback "
+                       "state marks them (`autoplay: {enabled, active, from}`). Spotify has no public API for it "
+                       "(docs/rights.md). A setting, not playback control: free users may change it.",
+        "parameters": [{"name": "state", "in": "query", "required": True,
+                        "schema": {"type": "string", "enum": ["true", "false"]}},
+                       {"name": "device_id", "in": "query", "required": False, "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "Done"}}}},
     "/v1/me/sessions": {"get": {
         "operationId": "get-sessions", "tags": ["Sessions"], "summary": "The user's open connections",
         "description": "Every open websocket connection of the user, on every gateway (docs/sessions.md).",

@@ -11,6 +11,10 @@ the websocket payloads have always carried, so they do not change.
   devices(r)                       {devices: [device]}
   queue(cat, q, base)              {currently_playing, queue: [track]}
   recently_played(cat, r, base)    cursor page, newest first (href null: REST sets the request's)
+
+Markets (docs/rights.md): with a `market` (REST: the request's `market` parameter; the websocket:
+the market the device group plays in, which its replies carry) track objects carry `is_playable`
+and, when not, `restrictions: {reason: "market"}` instead of `available_markets`.
 """
 from __future__ import annotations
 
@@ -38,23 +42,28 @@ def device_object(d: dict) -> dict:
             "is_online": d["online"]}
 
 
-def track_meta(cat: Any, uri: str) -> dict:
-    """The cluster's compact track: names and uris, no hrefs."""
+def track_meta(cat: Any, uri: str, market: str | None = None) -> dict:
+    """The cluster's compact track: names and uris, no hrefs; `is_playable` in the group's market."""
     t = _track(cat, uri)
     if t is None:
-        return {"uri": uri, "id": None, "name": None, "duration_ms": 0, "artists": [], "album": None}
+        return {"uri": uri, "id": None, "name": None, "duration_ms": 0, "artists": [], "album": None,
+                "is_playable": False}
     obj = cat.track_object(t)
     alb = obj.get("album") or {}
     return {"uri": uri, "id": t.id, "name": t.name, "duration_ms": t.duration_ms,
             "artists": [{"name": x.get("name"), "uri": x.get("uri")} for x in obj.get("artists", ())],
-            "album": {"name": alb.get("name"), "uri": alb.get("uri"), "images": alb.get("images", [])}}
+            "album": {"name": alb.get("name"), "uri": alb.get("uri"), "images": alb.get("images", [])},
+            "is_playable": t.playable_in(market)}
 
 
-def track_object(cat: Any, uri: str, base: str) -> dict:
+def track_object(cat: Any, uri: str, base: str, market: str | None = None) -> dict:
     t = _track(cat, uri)
     if t is None:
-        return {"uri": uri, "type": "track", "name": None, "duration_ms": 0, "artists": [], "album": None}
-    return cat.track_object(t, base)
+        out = {"uri": uri, "type": "track", "name": None, "duration_ms": 0, "artists": [], "album": None}
+        if market is not None:       # gone from the catalog: not playable anywhere
+            out.update(is_playable=False, restrictions={"reason": "market"})
+        return out
+    return cat.track_object(t, base, market)
 
 
 def context_object(ctx: str | None, base: str) -> dict | None:
@@ -75,13 +84,14 @@ def cluster(cat: Any, c: Any) -> Any:
             v = [device_object(d) for d in v]
         elif k == "player":
             uri = v["track_uri"]
-            v = {"track": track_meta(cat, uri) if uri is not None else None,
+            v = {"track": track_meta(cat, uri, v.get("market")) if uri is not None else None,
                  **{pk: pv for pk, pv in v.items() if pk != "track_uri"}}
         out[k] = v
     return out
 
 
-def playing(cat: Any, p: Any, base: str) -> Any:
+def playing(cat: Any, p: Any, base: str, market: str | None = None) -> Any:
+    """`market`: the request's (REST); the websocket passes the group's own (`p["market"]`)."""
     if p is None:
         return None
     out: dict[str, Any] = {}
@@ -95,7 +105,7 @@ def playing(cat: Any, p: Any, base: str) -> Any:
         "timestamp": p["timestamp"],
         "progress_ms": p["progress_ms"],
         "is_playing": p["is_playing"],
-        "item": track_object(cat, uri, base) if uri is not None else None,
+        "item": track_object(cat, uri, base, market) if uri is not None else None,
         "currently_playing_type": "track" if uri is not None else "unknown",
         "actions": {"disallows": dict(p["disallows"])},
     })
@@ -106,10 +116,10 @@ def devices(r: dict) -> dict:
     return {"devices": [device_object(d) for d in r["devices"]]}
 
 
-def queue(cat: Any, q: dict, base: str) -> dict:
+def queue(cat: Any, q: dict, base: str, market: str | None = None) -> dict:
     cur = q["currently_playing"]
-    return {"currently_playing": track_object(cat, cur, base) if cur is not None else None,
-            "queue": [track_object(cat, u, base) for u in q["queue"]]}
+    return {"currently_playing": track_object(cat, cur, base, market) if cur is not None else None,
+            "queue": [track_object(cat, u, base, market) for u in q["queue"]]}
 
 
 def recently_played(cat: Any, r: dict, base: str) -> dict:
@@ -128,13 +138,17 @@ def recently_played(cat: Any, r: dict, base: str) -> dict:
 
 # -- the websocket ---------------------------------------------------------------------------------
 
+def _market(r: Any) -> str | None:
+    return r.get("market") if isinstance(r, dict) else None
+
+
 def ws_replies(cat: Any) -> dict[str, Callable[[Any], Any]]:
     """Device-group op -> presenter of its websocket answer (ops not named answer as they are)."""
     return {
-        "state": lambda r: playing(cat, r, WS_BASE),
-        "currently_playing": lambda r: playing(cat, r, WS_BASE),
+        "state": lambda r: playing(cat, r, WS_BASE, _market(r)),
+        "currently_playing": lambda r: playing(cat, r, WS_BASE, _market(r)),
         "devices": devices,
-        "queue": lambda r: queue(cat, r, WS_BASE),
+        "queue": lambda r: queue(cat, r, WS_BASE, _market(r)),
         "recently_played": lambda r: recently_played(cat, r, WS_BASE),
         "register": lambda r: cluster(cat, r),
     }

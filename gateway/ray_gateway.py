@@ -44,6 +44,8 @@ class GatewayActor:
         # Both keys are read from their files: the spec carries paths only (gateway/auth.py).
         token_secret = await loop.run_in_executor(None, read_secret, self.spec["secret_file"])
         channel_secret = await loop.run_in_executor(None, read_secret, self.spec["channel_secret_file"])
+        stream_file = self.spec.get("stream_secret_file")
+        stream_secret = await loop.run_in_executor(None, read_secret, stream_file) if stream_file else None
         cfg = GatewayConfig(**self.spec.get("gateway", {}))
         from syncopate.events.counts import make_counts
         # recently played and the stream counts read the event pipeline's store (docs/events.md)
@@ -51,11 +53,21 @@ class GatewayActor:
         await self.events.start()
         self.server = GatewayServer(
             self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive),
-            Auth(token_secret), env.catalog, cfg, events=self.events)
+            Auth(token_secret), env.catalog, cfg, events=self.events,
+            stream_secret=stream_secret)
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
         return await self.server.start(self.listen.get("host", "127.0.0.1"), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
+
+    async def reload_catalog(self, path: str) -> int:
+        """After every host reloaded (RayServer.reload_catalog): this gateway's catalog, then the
+        device groups of its devices are told (GatewayContext.catalog_changed). Answers how many."""
+        from catalog import Catalog
+        await self.ensure_started()
+        new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
+        self.server.ctx.catalog.replace_with(new)
+        return await self.server.ctx.catalog_changed()
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -2,8 +2,10 @@
 
 Status codes follow Spotify: a malformed id (anything but 22 base62 characters) is 400
 INVALID_URI; a well-formed id the catalog does not hold is 404 NOT_FOUND on the single-object
-endpoints and a `null` entry on the multi-id ones (`?ids=`), in the order asked. `market` and
-`include_external` are accepted and ignored: every track is available everywhere. Every `href`,
+endpoints and a `null` entry on the multi-id ones (`?ids=`), in the order asked. Without `market`
+track and album objects carry `available_markets`; with `market=XX` or `market=from_token` they
+carry `is_playable` (and `restrictions: {reason: "market"}` when not), as Spotify's do
+(docs/rights.md). `include_external` is accepted and ignored. Every `href`,
 `next` and `previous` is absolute and points at this server, so clients that follow them
 (spotipy's `next()`, tekore's `all_items`) stay here. Authentication is the gateway
 middleware's job; handlers only read.
@@ -15,6 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.http import add_route, base_url, ctx, int_param, json_response, list_param, paging
+from gateway.markets import request_market
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import require_id
 
@@ -49,29 +52,33 @@ def _ids(request: web.Request, max_items: int) -> list[str]:
 
 async def get_track(request: web.Request) -> web.Response:
     cat, tid = ctx(request).catalog, require_id(request.match_info["id"], "track id")
-    return json_response(cat.track_object(_found(cat.track(tid), "track", tid), base_url(request)))
+    market = await request_market(request)
+    return json_response(cat.track_object(_found(cat.track(tid), "track", tid), base_url(request), market))
 
 
 def _several(key: str, max_items: int, lookup: str, render):
     """GET /v1/{tracks,albums,artists}?ids=: the objects in the order asked, null for an id the
-    catalog does not hold. `render(catalog, obj, base_url)` is the kind's Spotify object."""
+    catalog does not hold. `render(catalog, obj, base_url, market)` is the kind's Spotify object."""
     async def handler(request: web.Request) -> web.Response:
         cat, base = ctx(request).catalog, base_url(request)
         find = getattr(cat, lookup)
         found = [find(i) for i in _ids(request, max_items)]
-        return json_response({key: [render(cat, x, base) if x else None for x in found]})
+        market = await request_market(request)
+        return json_response({key: [render(cat, x, base, market) if x else None for x in found]})
     handler.__name__ = f"get_{key}"
     return handler
 
 
-get_tracks = _several("tracks", 50, "track", lambda cat, t, base: cat.track_object(t, base))
-get_albums = _several("albums", 20, "album", lambda cat, a, base: cat.album_object(a, base_url=base))
-get_artists = _several("artists", 50, "artist", lambda cat, a, base: cat.artist_object(a, base))
+get_tracks = _several("tracks", 50, "track", lambda cat, t, base, m: cat.track_object(t, base, m))
+get_albums = _several("albums", 20, "album", lambda cat, a, base, m: cat.album_object(a, base_url=base, market=m))
+get_artists = _several("artists", 50, "artist", lambda cat, a, base, m: cat.artist_object(a, base))
 
 
 async def get_album(request: web.Request) -> web.Response:
     cat, aid = ctx(request).catalog, require_id(request.match_info["id"], "album id")
-    return json_response(cat.album_object(_found(cat.album(aid), "album", aid), base_url=base_url(request)))
+    market = await request_market(request)
+    return json_response(cat.album_object(_found(cat.album(aid), "album", aid), base_url=base_url(request),
+                                          market=market))
 
 
 async def get_album_tracks(request: web.Request) -> web.Response:
@@ -80,7 +87,8 @@ async def get_album_tracks(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 20, 1, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, MAX_PAGE_OFFSET)
     base = base_url(request)
-    items = [cat.simplified_track_object(cat.track(t), base) for t in album.track_ids[offset:offset + limit]]
+    market = await request_market(request)
+    items = [cat.simplified_track_object(cat.track(t), base, market) for t in album.track_ids[offset:offset + limit]]
     return json_response(paging(request, items, len(album.track_ids), offset, limit))
 
 
@@ -109,9 +117,10 @@ async def get_artist_albums(request: web.Request) -> web.Response:
     if "appears_on" in groups:
         entries += [(a, "appears_on") for a in cat.artist_appears_on(aid)]
     base = base_url(request)
+    market = await request_market(request)
     items = []
     for album, group in entries[offset:offset + limit]:
-        obj = cat.album_object(album, full=False, base_url=base)
+        obj = cat.album_object(album, full=False, base_url=base, market=market)
         obj["album_group"] = group
         items.append(obj)
     extra = urlencode({"include_groups": raw_groups}) if raw_groups else ""
@@ -122,7 +131,8 @@ async def get_artist_top_tracks(request: web.Request) -> web.Response:
     cat, aid = ctx(request).catalog, require_id(request.match_info["id"], "artist id")
     _found(cat.artist(aid), "artist", aid)
     base = base_url(request)
-    return json_response({"tracks": [cat.track_object(t, base) for t in cat.artist_top_tracks(aid)]})
+    market = await request_market(request)
+    return json_response({"tracks": [cat.track_object(t, base, market) for t in cat.artist_top_tracks(aid)]})
 
 
 async def search(request: web.Request) -> web.Response:
@@ -138,9 +148,10 @@ async def search(request: web.Request) -> web.Response:
         raise SyncopateError(ErrorCode.BAD_REQUEST, "missing q")
     limit = int_param(request, "limit", 20, 0, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, SEARCH_MAX_OFFSET)
+    market = await request_market(request)
     render = {
-        "track": lambda t: cat.track_object(t, base),
-        "album": lambda a: cat.album_object(a, full=False, base_url=base),
+        "track": lambda t: cat.track_object(t, base, market),
+        "album": lambda a: cat.album_object(a, full=False, base_url=base, market=market),
         "artist": lambda a: cat.artist_object(a, base),
     }
     out = {}

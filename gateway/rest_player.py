@@ -16,6 +16,7 @@ Nothing here holds state.
   PUT  /v1/me/player/shuffle?state=true|false                                                        -> 204
   GET  /v1/me/player/queue               {currently_playing, queue: [track]}
   POST /v1/me/player/queue?uri=          add a track to the user queue                               -> 204
+  PUT  /v1/me/player/autoplay?state=true|false   extension: autoplay on / off (docs/rights.md)     -> 204
   GET  /v1/me/player/recently-played?limit=1..50&after=|before=   cursor paging, newest first (from the
                                          event pipeline's record when the gateway has one: docs/events.md)
   GET  /v1/me/player/stream-counts?uris=a,b   the operator query: {user_id, counts: {uri: n}, total}
@@ -25,7 +26,10 @@ are checked here for type (a non-integer `position_ms` is 400 INVALID_FIELD) and
 range and meaning; every refusal is Spotify's error shape with the entity's reason (NO_ACTIVE_DEVICE
 404, PREMIUM_REQUIRED 403, ALREADY_PAUSED 403, ...) and changes nothing. An `Idempotency-Key` header on
 a command becomes its op id: a retry with the same key is applied once and answered with the first
-answer. `market` and `additional_types` are accepted and ignored. Hrefs in answers point at this server.
+answer. `market` (a code or `from_token`) makes the track objects of the state, currently-playing, queue
+and recently-played answers carry `is_playable` / `restrictions` (docs/rights.md); `additional_types`
+is accepted and ignored. A play of a track not licensed in the user's market is 403 (TRACK_UNAVAILABLE,
+Spotify's error shape). Hrefs in answers point at this server.
 Device objects follow Spotify's DeviceObject: device types are spelled as Spotify does (`computer` ->
 `Computer`, `car` -> `Automobile`, `tv` -> `TV`; unknown types as registered) and our `is_online` is
 left out (only online devices are listed); the playback state carries `smart_shuffle: false`.
@@ -37,6 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import presenters
+from gateway.markets import MARKET, request_market
 from gateway.http import (
     add_route,
     base_url,
@@ -77,6 +82,7 @@ def setup(app: web.Application) -> None:
     add_route(app, "PUT", "/v1/me/player/shuffle", shuffle)
     add_route(app, "GET", "/v1/me/player/queue", get_queue)
     add_route(app, "POST", "/v1/me/player/queue", queue_add)
+    add_route(app, "PUT", "/v1/me/player/autoplay", autoplay)
     add_route(app, "GET", "/v1/me/player/recently-played", recently_played)
     add_route(app, "GET", "/v1/me/player/stream-counts", stream_counts)
 
@@ -134,13 +140,17 @@ def _answer(reply: Any) -> web.Response:
 
 
 def _present(request: web.Request, fn, reply: Any) -> Any:
-    """The entity's domain value as Spotify's object, hrefs pointing at this server."""
-    return fn(ctx(request).catalog, reply, base_url(request))
+    """The entity's domain value as Spotify's object, hrefs pointing at this server, track objects
+    in the request's market (request_market ran first)."""
+    if fn is presenters.recently_played:
+        return fn(ctx(request).catalog, reply, base_url(request))
+    return fn(ctx(request).catalog, reply, base_url(request), request.get(MARKET))
 
 
 # -- reads --------------------------------------------------------------------------------------
 
 async def get_state(request: web.Request) -> web.Response:
+    await request_market(request)
     reply = _present(request, presenters.playing, await _group(request, "state"))
     if reply is not None:
         if reply.get("device"):
@@ -155,10 +165,12 @@ async def get_devices(request: web.Request) -> web.Response:
 
 
 async def get_currently_playing(request: web.Request) -> web.Response:
+    await request_market(request)
     return _answer(_present(request, presenters.playing, await _group(request, "currently_playing")))
 
 
 async def get_queue(request: web.Request) -> web.Response:
+    await request_market(request)
     return _answer(_present(request, presenters.queue, await _group(request, "queue")))
 
 
@@ -235,11 +247,20 @@ async def volume(request: web.Request) -> web.Response:
     return no_content()
 
 
-async def shuffle(request: web.Request) -> web.Response:
-    raw = _query_str(request, "state").lower()
+def _query_bool(request: web.Request, name: str) -> bool:
+    raw = _query_str(request, name).lower()
     if raw not in ("true", "false"):
-        raise SyncopateError(ErrorCode.INVALID_FIELD, "state must be true or false")
-    await _group(request, "shuffle", {"state": raw == "true"}, command=True)
+        raise SyncopateError(ErrorCode.INVALID_FIELD, f"{name} must be true or false")
+    return raw == "true"
+
+
+async def shuffle(request: web.Request) -> web.Response:
+    await _group(request, "shuffle", {"state": _query_bool(request, "state")}, command=True)
+    return no_content()
+
+
+async def autoplay(request: web.Request) -> web.Response:
+    await _group(request, "autoplay", {"state": _query_bool(request, "state")}, command=True)
     return no_content()
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, mutation_op_id, request_json,
                           paging, principal)
+from gateway.markets import MARKET, request_market
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION
 from protocols.uris import keyed_id, parse_uri
@@ -58,7 +59,8 @@ def item_object(request: web.Request, row: dict) -> dict:
     """An entry row {entry_id, uri, added_by, added_at} -> Spotify's playlist track object."""
     catalog = ctx(request).catalog
     track = catalog.track_by_uri(row["uri"])
-    obj = catalog.track_object(track, base_url=base_url(request)) if track is not None else None
+    obj = catalog.track_object(track, base_url=base_url(request), market=request.get(MARKET)) \
+        if track is not None else None
     if obj is not None:
         obj = {**obj, "episode": False, "track": True}
     return {"added_at": iso(row.get("added_at")), "added_by": user_object(request, str(row.get("added_by"))),
@@ -87,10 +89,12 @@ def playlist_object(request: web.Request, pl: dict, items_page: dict | None = No
 
 
 async def _items_page(request: web.Request, pid: str, offset: int, limit: int, path: str) -> dict:
+    market = await request_market(request)        # item tracks carry is_playable in it (docs/rights.md)
     reply = await ctx(request).call(PLAYLIST, pid, "items", {"offset": offset, "limit": limit},
                                     principal=principal(request))
     items = [item_object(request, row) for row in reply["items"]]
-    return paging(request, items, reply["total"], offset, limit, path=path)
+    extra = f"market={request.query['market']}" if market is not None else ""
+    return paging(request, items, reply["total"], offset, limit, path=path, extra_query=extra)
 
 
 def _pid(request: web.Request) -> str:

@@ -98,6 +98,8 @@ async def set_user(request: web.Request) -> web.Response:
     body = _fields(await json_body(request, required=True), USER_FIELDS)
     acc = await ctx(request).call(ACCOUNT, request.match_info["user_id"], "update", body,
                                   op_id=f"admin-{uuid.uuid4().hex}")
+    # this gateway takes a new country at once; the others within gateway/markets.MARKET_TTL_S
+    ctx(request).markets.forget(request.match_info["user_id"])
     return json_response(acc)
 
 

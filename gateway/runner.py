@@ -20,6 +20,7 @@ from gateway.context import GatewayConfig, GatewayContext
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.stream_sign import StreamSigner
 from protocols.messages import DEVICE_GROUP, SESSION
 from protocols.wire import Push, Reply
 
@@ -28,7 +29,8 @@ log = logging.getLogger("syncopate.gateway")
 
 class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
-                 config: GatewayConfig | None = None, events: Any = None) -> None:
+                 config: GatewayConfig | None = None, events: Any = None,
+                 stream_secret: str | None = None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
         self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
@@ -40,8 +42,9 @@ class GatewayServer:
         self.transport.on_reset = self.dispatcher.host_restarted
         self.transport.on_lost = self.dispatcher.host_lost
         self.metrics = GatewayMetrics(gateway_id)
+        signer = StreamSigner(stream_secret, config.stream_url_ttl_s) if stream_secret else None
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
-                                  self.metrics, health=self.health, events=events)
+                                  self.metrics, health=self.health, events=events, signer=signer)
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -71,6 +74,7 @@ class GatewayServer:
         return self.port
 
     async def stop(self) -> None:
+        self.ctx.streams.close()
         if getattr(self, "_heartbeat", None):
             self._heartbeat.cancel()
         if getattr(self, "_rights", None):

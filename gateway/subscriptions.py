@@ -42,7 +42,8 @@ MAX_RETRIES = 40                 # resubscribe attempts (backoff 0.1 s doubling 
 class Subscriptions:
     def __init__(self, gateway_id: str, hub: Hub, dispatcher, *,
                  pushes: dict[str, Callable[[Any], Any]] | None = None,
-                 states: dict[str, Callable[[Any], Any]] | None = None) -> None:
+                 states: dict[str, Callable[[Any], Any]] | None = None,
+                 personal: dict[str, Callable[[Connection, Any], Any]] | None = None) -> None:
         self.gateway_id = gateway_id
         self.hub = hub
         self.dispatcher = dispatcher
@@ -50,6 +51,9 @@ class Subscriptions:
         # its subscribe answer as clients read it (the subscribe result, a resync push)
         self.pushes = pushes or {}
         self.states = states or {}
+        # push type -> (connection, presented payload) -> that connection's own payload, or None for
+        # the shared frame (the active device's stream manifest, gateway/streams.py)
+        self.personal = personal or {}
         self.members: dict[str, set[Connection]] = {}
         # per connection: entity key -> last version delivered (watermark); key -> version answered
         self._wm: dict[Connection, dict[str, int]] = {}
@@ -225,6 +229,12 @@ class Subscriptions:
         if conn.on_push is not None:
             conn.on_push(conn, push)
             return
+        own = self.personal.get(push.type)
+        if own is not None:
+            payload = own(conn, push.payload)
+            if payload is not None:
+                conn.send_frame(codec.encode_ws(codec.push(push.type, push.key, push.version, payload), conn.encoding))
+                return
         frame = frames.get(conn.encoding)
         if frame is None:
             frame = frames[conn.encoding] = codec.encode_ws(

@@ -10,6 +10,7 @@ from aiohttp import web
 STATIC = Path(__file__).parent / "static"
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                                      "media-src 'self' blob:; "
                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'"}
 
 

@@ -144,6 +144,7 @@ class WsSession:
             return
         self.ctx.metrics.errors.labels(ErrorCode.TOKEN_EXPIRED.value).inc()
         self.subs.drop(conn)
+        self.ctx.streams.drop(conn)
         conn.send({"type": T.AUTH_EXPIRED.value, "error": SyncopateError(
             ErrorCode.TOKEN_EXPIRED, "the access token expired; reconnect with a new one").to_wire()})
         conn.close(CLOSE_TOKEN_EXPIRED, "token expired")
@@ -165,6 +166,7 @@ class WsSession:
         if self._expiry is not None:
             self._expiry.cancel()
         self.subs.drop(conn)
+        ctx.streams.drop(conn)
         ctx.hub.remove(conn)
         uid = conn.principal.user_id
         ctx.tell(m.SESSION, uid, "disconnect", {"conn": str(self.origin)})
@@ -278,6 +280,7 @@ class WsSession:
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
             args.pop("context_entries", None)
             args.pop("context_snapshot_id", None)
+            args.pop("market", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()
         present = self.ctx.ws_replies.get(route.op) if route.kind == m.DEVICE_GROUP else None

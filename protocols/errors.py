@@ -52,6 +52,10 @@ class ErrorCode(str, Enum):
     REMOTE_CONTROL_DISALLOW = "REMOTE_CONTROL_DISALLOW"
     CONTEXT_DISALLOW = "CONTEXT_DISALLOW"
     UNKNOWN = "UNKNOWN"
+    # -- rights (docs/rights.md) ---------------------------------------------------------------
+    TRACK_UNAVAILABLE = "TRACK_UNAVAILABLE"      # not licensed in the user's market, or taken down
+    STREAM_URL_REFUSED = "STREAM_URL_REFUSED"    # the edge: forged, expired or another device's URL
+    RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -91,6 +95,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.REMOTE_CONTROL_DISALLOW: 403,
     ErrorCode.CONTEXT_DISALLOW: 403,
     ErrorCode.UNKNOWN: 400,
+    ErrorCode.TRACK_UNAVAILABLE: 403,
+    ErrorCode.STREAM_URL_REFUSED: 403,
+    ErrorCode.RANGE_NOT_SATISFIABLE: 416,
 }
 
 # Spotify's own `reason` values (player errors). Spotify sends `error.reason` only for these, and

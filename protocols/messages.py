@@ -70,7 +70,9 @@ class MessageType(str, Enum):
     PLAYER_QUEUE = "player.queue"
     PLAYER_QUEUE_ADD = "player.queue_add"
     PLAYER_RECENTLY_PLAYED = "player.recently_played"
+    PLAYER_AUTOPLAY = "player.autoplay"          # extension: autoplay on / off (docs/rights.md)
     PLAYER_CHANGED = "player.changed"            # push: the whole device group ("cluster")
+    STREAM_MANIFEST = "stream.manifest"          # push: fresh signed stream URLs for the active device
     # -- user session and library (issue 5) ---------------------------------------------------
     LIBRARY_SAVE = "library.save"
     LIBRARY_REMOVE = "library.remove"
@@ -138,6 +140,7 @@ ROUTES: dict[MessageType, Route] = {
     MessageType.PLAYER_QUEUE: _r(DEVICE_GROUP, "queue"),
     MessageType.PLAYER_QUEUE_ADD: _r(DEVICE_GROUP, "queue_add"),
     MessageType.PLAYER_RECENTLY_PLAYED: _r(DEVICE_GROUP, "recently_played"),
+    MessageType.PLAYER_AUTOPLAY: _r(DEVICE_GROUP, "autoplay"),
     MessageType.LIBRARY_SAVE: _r(SESSION, "library_save"),
     MessageType.LIBRARY_REMOVE: _r(SESSION, "library_remove"),
     MessageType.LIBRARY_CONTAINS: _r(SESSION, "library_contains"),

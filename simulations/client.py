@@ -442,6 +442,24 @@ class SimClient:
             res.attempts = attempt
             return res
 
+    async def fetch_first_chunk(self, stream: dict, timeout: float = 10.0) -> tuple[int, float, int]:
+        """Fetch the first chunk a stream manifest names (gateway/stream_sign.py) from the edge, as a
+        player starting a track does: (status, perf_counter at its first body byte, bytes read)."""
+        fc = stream["first_chunk"]
+        base = self.base_url() if callable(self.base_url) else self.base_url
+        http = self._http
+        if http is None:
+            raise ClientError("CONNECTION_LOST", "not connected")
+        headers = {"Authorization": f"Bearer {self.token}", "Range": fc["range"]}
+        if self.device_id:
+            headers["X-Syncopate-Device"] = self.device_id
+        async with http.get(base.rstrip("/") + fc["url"], headers=headers,
+                            timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            first = await r.content.readany()
+            at = time.perf_counter()
+            rest = await r.read()
+            return r.status, at, len(first) + len(rest)
+
     async def ping(self, timeout: float = 10.0) -> float:
         res = await self.request("ping", {}, timeout=timeout)
         return res.ms

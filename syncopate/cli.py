@@ -18,6 +18,7 @@ def _serve(args) -> int:
                       postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=hosts,
                       gateways=args.gateways, catalog=args.catalog, secret_file=args.secret_file,
                       channel_secret_file=args.channel_secret_file, channel_bind=args.channel_bind,
+                      stream_secret_file=args.stream_secret_file,
                       idle_timeout_s=args.idle_timeout, log_level=args.log_level)
     if args.redis_url and not args.postgres_dsn:
         print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--channel-secret-file",
                    help="host channel key file (default: <data-dir>/channel.key, created 0600); "
                         "on a cluster, present on every node at the same path")
+    s.add_argument("--stream-secret-file",
+                   help="stream URL signing key file (default: <data-dir>/stream.key, created 0600; docs/rights.md)")
     s.add_argument("--channel-bind", metavar="ADDR",
                    help="address the hosts' channel listens on (default: 127.0.0.1; with --ray-address, "
                         "'node': the IP Ray reports for each host's node)")

@@ -30,6 +30,7 @@ class ServerSpec:
     catalog: str | None = None
     secret_file: str | None = None          # token signing key; default <data-dir>/secret.key
     channel_secret_file: str | None = None  # host channel key; default <data-dir>/channel.key
+    stream_secret_file: str | None = None   # stream URL key (docs/rights.md); default <data-dir>/stream.key
     channel_bind: str | None = None         # host channel address; default 127.0.0.1, "node" on a cluster
     idle_timeout_s: float = 600.0
     prefix: str = "syncopate_"
@@ -38,14 +39,15 @@ class ServerSpec:
     limits: dict = field(default_factory=dict)
     kinds: str = "actors.kinds:default_kinds"       # "module:function" returning {kind: Entity class}
 
-    def actor_spec(self, secret_file: str | None = None, channel_secret_file: str | None = None) -> dict:
+    def actor_spec(self, secret_file: str | None = None, channel_secret_file: str | None = None,
+                   stream_secret_file: str | None = None) -> dict:
         # Paths, never the secrets: actor arguments live in Ray's GCS and its tools show them.
         # On a multi-node cluster the files must exist on every node at these paths (a shared
         # mount, or copied there with mode 0600); an actor that can't read them fails to start.
         return {"data_dir": str(Path(self.data_dir).resolve()), "redis_url": self.redis_url,
                 "postgres_dsn": self.postgres_dsn, "catalog": self.catalog, "idle_timeout_s": self.idle_timeout_s,
                 "prefix": self.prefix, "log_level": self.log_level, "secret_file": secret_file,
-                "channel_secret_file": channel_secret_file,
+                "channel_secret_file": channel_secret_file, "stream_secret_file": stream_secret_file,
                 "channel_bind": self.channel_bind or ("node" if self.ray_address else "127.0.0.1"),
                 "gateway": self.gateway, "limits": self.limits, "kinds": self.kinds}
 
@@ -79,11 +81,15 @@ class RayServer:
         from actors.ray_host import HostActor, check_channel_bind, gateway_name, host_name
         from gateway.auth import CHANNEL_SECRET_FILE, Auth, read_secret, secret_path
         from gateway.ray_gateway import GatewayActor
+        from gateway.stream_sign import STREAM_SECRET_FILE
 
         spec = self.spec
         Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
         secret_file = secret_path(spec.data_dir, spec.secret_file)
         channel_file = secret_path(spec.data_dir, spec.channel_secret_file, CHANNEL_SECRET_FILE)
+        stream_file = secret_path(spec.data_dir, spec.stream_secret_file, STREAM_SECRET_FILE)
+        if read_secret(stream_file) == read_secret(secret_file):
+            raise ValueError("the stream URL key must not be the token signing key")
         # Checked here, so a bad key or address stops `serve` instead of every actor's start.
         self.secret = read_secret(secret_file)      # the driver's copy: tools mint tokens with it
         self.secret_file = str(secret_file)
@@ -95,7 +101,7 @@ class RayServer:
         if spec.channel_bind and spec.channel_bind != "node":
             check_channel_bind(spec.channel_bind)
         init_ray(spec.ray_address)
-        aspec = spec.actor_spec(str(secret_file), str(channel_file))
+        aspec = spec.actor_spec(str(secret_file), str(channel_file), str(stream_file))
         strategy = "SPREAD" if spec.ray_address else "DEFAULT"
         self.hosts = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
                                         num_cpus=0, scheduling_strategy=strategy, max_concurrency=10_000)
@@ -138,6 +144,18 @@ class RayServer:
             except Exception as exc:
                 log.warning("events consumer supervision: %s", exc)
 
+    def reload_catalog(self, timeout: float = 120.0) -> int:
+        """Reload the catalog file (docs/rights.md "Takedowns"; `kill -HUP` of `syncopate serve`):
+        every host first, then every gateway, which tells the device groups of its devices. A bad
+        file changes nothing: the driver loads it first and refuses it. A host restarted later
+        builds its catalog from the same file, so it agrees."""
+        import ray
+        path = _catalog_file(self.spec)
+        from catalog import Catalog
+        Catalog.from_file(path)          # refuse a bad file before any process takes it
+        ray.get([h.reload_catalog.remote(path) for h in self.hosts], timeout=timeout)
+        return sum(ray.get([g.reload_catalog.remote(path) for g in self.gateways], timeout=timeout))
+
     def kill_host(self, i: int) -> None:
         import ray
         ray.kill(self.hosts[i], no_restart=False)
@@ -171,11 +189,19 @@ class RayServer:
 
     def serve_forever(self) -> None:
         import signal
-        stop = []
+        stop, reload = [], []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+        signal.signal(signal.SIGHUP, lambda *a: reload.append(1))
         try:
             while not stop:
                 time.sleep(1.0)
+                if reload:
+                    reload.clear()
+                    try:
+                        told = self.reload_catalog()
+                        log.info("catalog reloaded; %d device groups told", told)
+                    except Exception as exc:          # a bad file: keep serving the old catalog
+                        log.error("catalog reload refused: %s", exc)
                 self.supervise_once()
         except KeyboardInterrupt:
             pass
@@ -197,14 +223,19 @@ class LocalServer:
         from gateway.auth import Auth, load_secret
         from gateway.context import GatewayConfig
         from gateway.runner import GatewayServer
+        from gateway.stream_sign import STREAM_SECRET_FILE
         from storage.factory import make_store
 
         spec = self.spec
         loop = asyncio.get_running_loop()
         # file I/O and catalog generation off the event loop
         secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
+        stream_secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.stream_secret_file,
+                                                   STREAM_SECRET_FILE)
+        if stream_secret == secret:
+            raise ValueError("the stream URL key must not be the token signing key")
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
-        env = await loop.run_in_executor(None, build_env, spec.actor_spec())
+        env = await loop.run_in_executor(None, lambda: build_env(spec.actor_spec()))   # actor_spec resolves a path
         from syncopate.events.publish import Publisher
         from syncopate.events.service import LocalEvents
         self.events = await LocalEvents(spec.data_dir, spec.redis_url, spec.postgres_dsn, spec.prefix).start()
@@ -212,7 +243,8 @@ class LocalServer:
                                     publisher=Publisher(self.events.bus))
         await self.cluster.start()
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
-                                     env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts)
+                                     env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts,
+                                     stream_secret=stream_secret)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
         self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it
@@ -222,7 +254,23 @@ class LocalServer:
     def url(self) -> str:
         return f"http://{self.spec.host}:{self.port}"
 
+    async def reload_catalog(self) -> int:
+        """Reload the catalog file: the hosts and the gateway share one Catalog object here, which
+        takes the new content in place; then the gateway tells its device groups. Answers how many."""
+        from catalog import Catalog
+        path = _catalog_file(self.spec)
+        new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
+        self.gateway.ctx.catalog.replace_with(new)
+        return await self.gateway.ctx.catalog_changed()
+
     async def stop(self) -> None:
         await self.gateway.stop()
         await self.cluster.close()
         await self.events.close()
+
+
+def _catalog_file(spec: ServerSpec) -> str:
+    if not spec.catalog:
+        raise ValueError("the server runs the generated catalog: there is no catalog file to reload "
+                         "(serve with --catalog FILE)")
+    return spec.catalog

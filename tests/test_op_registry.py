@@ -81,7 +81,7 @@ def test_the_flags_are_the_ones_the_device_group_enforced():
     control = {"transfer", "play", "pause", "next", "previous", "seek", "repeat", "shuffle", "volume", "queue_add"}
     assert {n for n, s in ops.items() if s.control} == control
     assert {n for n, s in ops.items() if s.fenced} == control | {"update_device"}
-    assert {n for n, s in ops.items() if s.system} == {"disconnect", "context_changed"}
+    assert {n for n, s in ops.items() if s.system} == {"disconnect", "context_changed", "catalog_changed"}
     assert {n for n, s in PlaylistEntity.ops.items() if s.system} == {"add_listener", "remove_listener", "forget_user"}
 
 

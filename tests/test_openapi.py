@@ -405,6 +405,7 @@ async def test_every_operation_answers_as_described(server, http, unique):
         await api.call("put", "/v1/me/player/repeat", me, query={"state": "context"}, expect=204)
         await api.call("put", "/v1/me/player/volume", me, query={"volume_percent": "40"}, expect=204)
         await api.call("put", "/v1/me/player/shuffle", me, query={"state": "true"}, expect=204)
+        await api.call("put", "/v1/me/player/autoplay", me, query={"state": "true"}, expect=204)
         await api.call("post", "/v1/me/player/queue", me, query={"uri": uris[5]}, expect=204)
         await api.call("get", "/v1/me/player/queue", me, expect=200)
         await api.call("get", "/v1/me/player/recently-played", me, query={"limit": "5"}, expect=200)

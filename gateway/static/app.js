@@ -26,6 +26,7 @@ const st = {
   token: null, refresh: null, expiresAt: 0, user: null, ws: null, nextId: 1, pending: new Map(),
   offset: 0, cluster: null, deviceId: null, playlist: null, entries: [], trackInfo: new Map(),
   backoff: 500, refreshTimer: null, heartbeat: null, registered: false,
+  stream: null, audioUri: null, audioUrl: null, audioLoad: 0,
 };
 
 // -- errors in words ---------------------------------------------------------------------------
@@ -186,6 +187,9 @@ async function onFrame(f) {
   }
   if (f.type === "player.changed" || (f.type === "resync" && f.entity?.startsWith("devicegroup:"))) {
     renderCluster(f.payload);
+    if (f.type === "player.changed") playAudio(f.payload);
+  } else if (f.type === "stream.manifest") {
+    st.stream = f.payload;               // fresh signed URLs for the same tracks (docs/rights.md)
   } else if (f.entity && st.playlist && f.entity === `playlist:${st.playlist.id}`) {
     if (f.type === "playlist.changed") applyDelta(f.payload.delta || []);
     else if (f.type === "resync") loadPlaylistState(f.payload);
@@ -209,6 +213,50 @@ async function register() {
     st.heartbeat = setInterval(() => send("device.heartbeat", { device_id: st.deviceId }).catch(() => {}),
       cluster.heartbeat_interval_ms || 10000);
   } catch (err) { say("This browser could not join your devices: " + explain(err)); }
+}
+
+// -- audio: this browser plays what the edge serves when it is the active device (docs/rights.md) --
+function audioEl() {
+  let a = $("#audio");
+  if (!a) {
+    a = document.createElement("audio"); a.id = "audio"; a.preload = "auto";
+    a.onloadedmetadata = () => { a.dataset.duration = String(a.duration); };   // decoded: what tests look for
+    document.body.append(a);
+  }
+  return a;
+}
+
+async function playAudio(c) {
+  const a = audioEl();
+  const p = c.player || {};
+  if (c.active_device_id !== st.deviceId || !p.track) {   // another device plays (or nothing): stay silent
+    a.pause();
+    return;
+  }
+  if (c.stream) st.stream = c.stream;
+  const cur = st.stream && st.stream.tracks.find((t) => t.current);
+  if (cur && cur.uri === p.track.uri && st.audioUri !== cur.uri) {
+    // The URL alone opens nothing: the edge wants this user's token and this device, so fetch it
+    // with them and hand the <audio> element the bytes.
+    const load = ++st.audioLoad;
+    const best = String(cur.bitrates[cur.bitrates.length - 1]);
+    try {
+      const r = await fetch(cur.urls[best], { headers: { Authorization: `Bearer ${st.token}` } });
+      if (!r.ok) throw { code: "STREAM", message: `the edge answered ${r.status}` };
+      const blob = await r.blob();
+      if (load !== st.audioLoad) return;          // a newer track started meanwhile
+      if (st.audioUrl) URL.revokeObjectURL(st.audioUrl);
+      st.audioUrl = URL.createObjectURL(blob);
+      st.audioUri = cur.uri;
+      delete a.dataset.duration;
+      a.src = st.audioUrl;
+      a.dataset.uri = cur.uri;
+    } catch (err) { say("Could not load the audio: " + explain(err)); return; }
+  }
+  if (st.audioUri !== p.track.uri) return;
+  const want = position() / 1000;
+  if (Math.abs(a.currentTime - want) > 1.5) a.currentTime = want;
+  if (p.is_playing) a.play().catch(() => {}); else a.pause();
 }
 
 // -- now playing and devices ---------------------------------------------------------------------

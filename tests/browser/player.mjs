@@ -83,6 +83,18 @@ try {
   await a.locator("#playlist-rows li").first().getByRole("button", { name: "Play" }).click();
   await a.locator("#active-device", { hasText: "Playing on Web Player (Chromium)" }).waitFor({ timeout: 5000 });
   await a.locator("#playpause[title=Pause]").waitFor();
+  // the page is the active player: it fetched the track from the edge with its signed URL, and the
+  // <audio> element decoded it (a WAV of the track's duration)
+  const audio = a.locator("#audio[data-uri][data-duration]");
+  try {
+    await audio.waitFor({ state: "attached", timeout: 15000 });
+  } catch (e) {
+    throw new Error(`no audio: status "${await a.locator("#status").textContent()}", audio element ` +
+      `${await a.locator("#audio").count()}, uri ${await a.locator("#audio").getAttribute("data-uri").catch(() => null)}`);
+  }
+  const seconds = Number(await audio.getAttribute("data-duration"));
+  if (!(seconds > 10)) throw new Error(`the audio decoded to ${seconds} s`);
+  log(`audio loaded: ${await audio.getAttribute("data-uri")}, ${seconds} s`);
   // the controls act through the server and show its answer (pushes)
   const firstTrack = await a.locator("#now-name").textContent();
   await a.locator("#next").click();

@@ -37,12 +37,16 @@ class CatalogBuilder:
         return ident
 
     def track(self, ident: str, album_id: str, artist_ids: Iterable[str] | None = None, *,
-              name: str | None = None, duration_ms: int = 200_000) -> str:
+              name: str | None = None, duration_ms: int = 200_000, markets: Iterable[str] | None = None,
+              popularity: int = 0) -> str:
+        """`markets`: where the track is licensed (None: every market, catalog/markets.py)."""
         alb = self._albums[album_id]
         alb["tracks"].append(ident)
         self._tracks.append({"id": ident, "name": name or f"Track {ident}", "album": album_id,
                              "artists": tuple(artist_ids) if artist_ids is not None else alb["artists"],
-                             "duration_ms": duration_ms, "number": len(alb["tracks"])})
+                             "duration_ms": duration_ms, "number": len(alb["tracks"]),
+                             "markets": frozenset(markets) if markets is not None else None,
+                             "popularity": popularity})
         return ident
 
     def build(self) -> Catalog:
@@ -50,7 +54,8 @@ class CatalogBuilder:
         albums = [Album(a["id"], f"spotify:album:{a['id']}", a["name"], a["artists"], tuple(a["tracks"]),
                         a["release_date"], a["album_type"]) for a in self._albums.values()]
         tracks = [Track(t["id"], f"spotify:track:{t['id']}", t["name"], t["artists"], t["album"],
-                        t["duration_ms"], t["number"]) for t in self._tracks]
+                        t["duration_ms"], t["number"], popularity=t["popularity"], markets=t["markets"])
+                  for t in self._tracks]
         return Catalog(artists, albums, tracks)
 
 

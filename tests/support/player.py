@@ -43,6 +43,7 @@ class Device:
         self.resyncs: list[dict] = []
         self.other: list[dict] = []           # every frame but answers: type, entity, version (diagnostics)
         self.stray: list[dict] = []           # answers to ids this device never sent (must stay empty)
+        self.manifests: list[dict] = []       # stream.manifest payloads (URL refreshes), in arrival order
         self.hello: dict | None = None
         self.cluster: dict | None = None      # the register answer
         self._waiting: dict[str, asyncio.Future] = {}
@@ -78,6 +79,8 @@ class Device:
                     self.pushes.append(f["payload"])
                 elif t == "resync" and str(f.get("entity", "")).startswith("devicegroup:"):
                     self.resyncs.append(f["payload"])
+                elif t == "stream.manifest":
+                    self.manifests.append(f["payload"])
                 self._changed.set()
         finally:
             self.closed.set()

@@ -1,0 +1,129 @@
+"""The device group's entitlements and autoplay (docs/rights.md): what may play for this user now (the
+catalog and the market the gateway resolved), the refusal when it may not, the takedown notice of
+a catalog reload, and autoplay's related tracks. A mixin of DeviceGroupEntity (actors/devicegroup.py);
+the state machine takes the check as a predicate (actors/player_state.py `ok`), so it stays pure."""
+from __future__ import annotations
+
+from actors.args import Args, Bool
+from actors.devicegroup_txn import AUTOPLAY_BATCH, PLAYER_STATE_CHANGED, TRACK_UNAVAILABLE, _err, _Txn
+from actors.entity import Command, Outcome, op
+from actors.player_state import end_of_context, skip_next
+from catalog import find_track
+from catalog.markets import is_market
+from protocols.errors import ErrorCode
+
+
+class EntitlementOps:
+    def _ok(self, p: dict):
+        """May `uri` play for this user now: in the catalog and licensed in the player's market
+        (docs/rights.md). None without a catalog (pure tests of the state machine): everything may."""
+        cat = self.env.catalog
+        if cat is None:
+            return None
+        market = p.get("market")
+
+        def ok(uri: str) -> bool:
+            tr = find_track(cat, uri)
+            return tr is not None and tr.playable_in(market)
+        return ok
+
+    def _unavailable(self, p: dict, uri: str) -> dict | None:
+        """Why `uri` may not play ({uri, reason: removed | market, market}), or None if it may."""
+        if self.env.catalog is None:
+            return None
+        tr = self._track(uri)
+        if tr is None:
+            return {"uri": uri, "reason": "removed", "market": p.get("market")}
+        if not tr.playable_in(p.get("market")):
+            return {"uri": uri, "reason": "market", "market": p.get("market")}
+        return None
+
+    def _refuse_unavailable(self, p: dict, uri: str) -> None:
+        why = self._unavailable(p, uri)
+        if why is not None:
+            # `restriction`, not `reason`: a REST error's `reason` is Spotify's player reason (clients
+            # look it up in their enums), and the details join that body
+            where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
+            raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
+                       restriction=why["reason"], market=why["market"])
+
+    def _txn(self, cmd: Command) -> _Txn:
+        """The working copy of a playback command, with the market the gateway resolved for the user
+        (args.market; set by the gateway alone, GatewayContext.prepare)."""
+        t = _Txn(self, cmd.now_ms)
+        market = cmd.args.get("market")
+        if market is not None:
+            if not is_market(market):
+                raise _err(ErrorCode.INVALID_FIELD, "market must be an ISO 3166-1 alpha-2 code")
+            t.p["market"] = market
+        return t
+
+    def _related(self, p: dict) -> list:
+        """Autoplay's continuation of an ended context (docs/rights.md "Autoplay"): up to
+        AUTOPLAY_BATCH tracks related to the last one played: the same artist's most popular, then
+        its album neighbours (the tracks after it, then before), then the catalog's most popular;
+        none already in the ended context, all playable in the market. Entries are
+        [f"ap{playback_id}.{i}", uri]: unique, so a shuffled order and a replay find them again."""
+        cat = self.env.catalog
+        last = find_track(cat, p["uri"]) if p["uri"] else None
+        if cat is None or last is None:
+            return []
+        market = p.get("market")
+        seen = {uri for _, uri in p["tracks"]}
+        seen.add(last.uri)
+        out: list[str] = []
+
+        def take(tracks) -> None:
+            for tr in tracks:
+                if len(out) >= AUTOPLAY_BATCH:
+                    return
+                if tr.uri not in seen and tr.playable_in(market):
+                    seen.add(tr.uri)
+                    out.append(tr.uri)
+
+        for aid in last.artist_ids[:1]:
+            take(cat.artist_top_tracks(aid, limit=50))
+        album = cat.album_tracks(last.album_id)
+        k = next((i for i, tr in enumerate(album) if tr.id == last.id), 0)
+        take(album[k + 1:] + album[:k][::-1])
+        take(cat.popular(200))
+        return [[f"ap{p['playback_id']}.{i}", uri] for i, uri in enumerate(out)]
+
+    @op("autoplay", role="user", args={"state": Bool(required=True)})
+    def _op_autoplay(self, cmd: Command, a: Args) -> Outcome:
+        """Autoplay on or off (an extension: Spotify has no public API for it; docs/rights.md). A
+        setting of the group, not playback control: free users may set it."""
+        t = self._txn(cmd)
+        self._settle(t)
+        t.p["autoplay"] = a["state"]
+        t.set_reason(PLAYER_STATE_CHANGED)
+        return self._commit(t)
+
+    @op("catalog_changed", system=True)
+    def _op_catalog_changed(self, cmd: Command, a: Args) -> Outcome:
+        """A catalog reload (docs/rights.md "Takedowns"): the gateway tells each device group it
+        follows. If the current track may no longer play here (removed, or its market withdrawn),
+        playback moves to the next track that may, as it was (playing or paused), or stops when
+        none is left; the push carries `unavailable: {uri, reason, market}` and reason
+        track_unavailable. Anything else (queued or upcoming tracks) is skipped when reached."""
+        t = _Txn(self, cmd.now_ms)
+        self._settle(t)
+        p = t.p
+        if p["uri"] is None:
+            return self._commit(t)
+        why = self._unavailable(p, p["uri"])
+        if why is None:
+            return self._commit(t)
+        ok = self._ok(p)
+        order = self._oc.get(p)
+        if not skip_next(p, order, self._dur, t.now, auto=False, ok=ok):
+            end_of_context(p, order, self._dur, t.now, ok)
+            if p["uri"] == why["uri"]:                  # nothing playable left: stop on nothing
+                p["uri"] = None
+                p["duration_ms"] = 0
+                p["position_ms"] = 0
+                p["timestamp_ms"] = t.now
+                p["playing"] = False
+        t.note = why
+        t.set_reason(TRACK_UNAVAILABLE)
+        return self._commit(t)
