@@ -18,7 +18,7 @@ def _serve(args) -> int:
                       postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=hosts,
                       gateways=args.gateways, catalog=args.catalog, secret_file=args.secret_file,
                       channel_secret_file=args.channel_secret_file, channel_bind=args.channel_bind,
-                      idle_timeout_s=args.idle_timeout, log_level=args.log_level)
+                      idle_timeout_s=args.idle_timeout, log_level=args.log_level, prefix=args.table_prefix)
     if args.redis_url and not args.postgres_dsn:
         print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
               file=sys.stderr)
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data-dir", default="./var")
     s.add_argument("--redis-url")
     s.add_argument("--postgres-dsn")
+    s.add_argument("--table-prefix", default="syncopate_",
+                   help="prefix of the store's tables / keys (several deployments can share one PostgreSQL)")
     s.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
     s.add_argument("--hosts", type=int, default=None,
                    help="entity host actors (default: 1 on SQLite, which has one writer at a time; 2 otherwise)")
