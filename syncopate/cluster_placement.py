@@ -9,9 +9,11 @@ a new id, and gets a gateway of its own). Each gateway listens on the address th
 `/healthz` with its node id and the hosts it reaches.
 
 Hosts: a hard anti-affinity where the cluster allows it: a STRICT_SPREAD placement group with one
-bundle per host when there are at least as many live nodes as hosts (no two hosts on one node; a
-host whose node dies waits for a node without one). With fewer nodes than hosts, STRICT_SPREAD
-can't be placed: SPREAD (best effort), with a warning.
+bundle per host when there are more live nodes than hosts. No two hosts then share a node, and the
+spare node is where Ray restarts the host of a node that died (its bundle moves there). With as
+many nodes as hosts, a STRICT_SPREAD bundle of a dead node would have nowhere to go and its host
+would stay down until a node joins: so with nodes <= hosts the hosts SPREAD (best effort: usually
+one a node; a dead node's host restarts beside another), with a warning saying so.
 """
 from __future__ import annotations
 
@@ -53,9 +55,10 @@ def place_hosts(cluster: str, n_hosts: int, timeout: float = 60.0) -> HostPlacem
     nodes = alive_nodes()
     if n_hosts < 2:
         return HostPlacement(["SPREAD"] * n_hosts)
-    if len(nodes) < n_hosts:
-        log.warning("%d hosts on %d live nodes: hosts spread best effort (SPREAD), some nodes run several; "
-                    "with at least %d nodes each host gets a node of its own", n_hosts, len(nodes), n_hosts)
+    if len(nodes) <= n_hosts:
+        log.warning("%d hosts on %d live nodes: hosts spread best effort (SPREAD), and a dead node's host restarts "
+                    "beside another; with %d nodes or more (a spare one) no two hosts ever share a node",
+                    n_hosts, len(nodes), n_hosts + 1)
         return HostPlacement(["SPREAD"] * n_hosts)
     pg = placement_group([dict(HOST_BUNDLE) for _ in range(n_hosts)], strategy="STRICT_SPREAD",
                          name=f"{cluster}-hosts")

@@ -28,7 +28,7 @@ print(json.dumps({v["Name"]: v["Address"]["NodeID"] for v in state.actor_table(N
 
 @pytest.fixture(scope="module")
 def nodes():
-    with RayNodes(cpus_per_node=1).start(2) as n:
+    with RayNodes(cpus_per_node=1).start(3) as n:
         yield n
 
 
@@ -78,19 +78,19 @@ def test_an_unchosen_listen_address_is_refused_on_a_cluster(nodes, tmp_path):
 
 
 def test_sqlite_on_an_asserted_shared_dir_is_checked_by_every_host(nodes, tmp_path):
-    """--shared-data-dir: each host (on both nodes: 3 hosts on 2 nodes spread best effort, with a
-    warning) finds the driver's marker, and a write through one node's gateway reads back through
-    the other's, from the one database file."""
-    srv = ServeProcess(nodes, tmp_path, hosts=3, postgres_dsn=None, args=["--shared-data-dir"]).start()
+    """--shared-data-dir: each host (2 hosts on 3 nodes: STRICT_SPREAD, so on two different nodes)
+    finds the driver's marker, and a write through one node's gateway reads back through another's,
+    from the one database file."""
+    srv = ServeProcess(nodes, tmp_path, hosts=2, postgres_dsn=None, args=["--shared-data-dir"]).start()
     try:
-        assert "3 hosts on 2 live nodes: hosts spread best effort (SPREAD)" in srv.output()
+        assert "spread best effort" not in srv.output()
         marker = json.loads((tmp_path / ".syncopate-shared-data-dir").read_text())
         assert len(marker["token"]) == 32
         placed = actor_nodes(nodes, srv)
         hosts = {k: v for k, v in placed.items() if re.fullmatch(r"host-\d+", k)}
-        assert len(hosts) == 3 and len(set(hosts.values())) == 2     # both nodes run hosts
-        assert len(srv.gateways) == 2
-        (a, b) = srv.gateways.values()
+        assert len(hosts) == 2 and len(set(hosts.values())) == 2     # two nodes, each host checked the dir
+        assert len(srv.gateways) == 3
+        a, b, _ = srv.gateways.values()
         tok = token(tmp_path, "shared-dir-user")
         from catalog import Catalog
         ids = Catalog.generated().track_ids[:3]       # the catalog the server generates too
@@ -102,18 +102,19 @@ def test_sqlite_on_an_asserted_shared_dir_is_checked_by_every_host(nodes, tmp_pa
         srv.stop()
 
 
-def test_a_gateway_per_node_with_its_own_healthz_and_hosts_on_distinct_nodes(nodes, tmp_path):
-    srv = ServeProcess(nodes, tmp_path, hosts=2).start()
+def test_a_gateway_per_node_with_its_own_healthz_also_for_a_node_that_joins(nodes, tmp_path):
+    """3 hosts on 3 nodes: no spare node for a strict spread, so SPREAD with a warning. A gateway
+    on each node, one for a node that joins, none left for a node that dies."""
+    srv = ServeProcess(nodes, tmp_path, hosts=3).start()
     try:
+        assert "3 hosts on 3 live nodes: hosts spread best effort (SPREAD)" in srv.output()
         live = {n.node_id for n in nodes.nodes if n.alive}
-        assert set(srv.gateways) == live and len(srv.urls) == 2
+        assert set(srv.gateways) == live and len(srv.urls) == 3
         for node_id, url in srv.gateways.items():
             status, h = get_json(f"{url}/healthz")
             assert status == 200 and h["ok"] is True
-            assert h["node_id"] == node_id and h["reachable_hosts"] == [0, 1]
+            assert h["node_id"] == node_id and h["reachable_hosts"] == [0, 1, 2]
         placed = actor_nodes(nodes, srv)
-        hosts = [v for k, v in placed.items() if re.fullmatch(r"host-\d+", k)]
-        assert len(hosts) == 2 and len(set(hosts)) == 2           # STRICT_SPREAD: one host a node
         gws = {k: v for k, v in placed.items() if k.startswith("gw-n")}
         assert sorted(gws.values()) == sorted(live)                 # each gateway pinned to its node
 
@@ -121,7 +122,7 @@ def test_a_gateway_per_node_with_its_own_healthz_and_hosts_on_distinct_nodes(nod
         joined = nodes.add_node()
         url = srv.wait_gateway(joined.node_id, timeout=90)
         status, h = get_json(f"{url}/healthz")
-        assert status == 200 and h["node_id"] == joined.node_id and h["reachable_hosts"] == [0, 1]
+        assert status == 200 and h["node_id"] == joined.node_id and h["reachable_hosts"] == [0, 1, 2]
 
         # that node dies: its gateway is forgotten, the others still answer
         nodes.kill_node(joined)
