@@ -206,6 +206,25 @@ class RayNodes:
             raise RuntimeError(f"cluster driver snippet failed ({out.returncode}): {out.stderr[-2000:]}")
         return out.stdout
 
+    def ray_pids(self, node: Node) -> list[int]:
+        """The node's own Ray processes (GCS on the head, raylet, agents, log monitor, idle workers):
+        not the workers running actors (`ray::HostActor...`), which are sampled as actors."""
+        if not node.alive:
+            return []
+        try:
+            kids = psutil.Process(node.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        out = []
+        for p in kids:
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
+            if cmd and (not cmd[0].startswith("ray::") or cmd[0].startswith("ray::IDLE")):
+                out.append(p.pid)
+        return out
+
     def workers(self) -> list[Node]:
         return [n for n in self.nodes if not n.head and n.alive]
 

@@ -7,7 +7,7 @@ import sys
 
 def _serve(args) -> int:
     from syncopate.cluster_store import StoreMismatch
-    from syncopate.server import RayServer, ServerSpec
+    from syncopate.server import ClusterJoinError, RayServer, ServerSpec
 
     from syncopate.logs import setup_logging
     setup_logging(args.log_level, "driver")
@@ -32,7 +32,7 @@ def _serve(args) -> int:
         return 2
     try:
         server = RayServer(spec, announce=lambda line: print(line, flush=True)).start()
-    except StoreMismatch as exc:       # also a host's refusal (Ray's error subclasses the cause)
+    except (StoreMismatch, ClusterJoinError) as exc:    # also a host's refusal (Ray's error subclasses the cause)
         print(f"syncopate serve: {exc}", file=sys.stderr)
         return 2
     store = "tiered (Redis over PostgreSQL)" if args.postgres_dsn and args.redis_url else \

@@ -58,9 +58,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs = dict(namespace="syncopate", include_dashboard=False, log_to_driver=True,
                   configure_logging=True, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **kwargs)
+        join_cluster(address, kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+class ClusterJoinError(ConnectionError):
+    """`serve --ray-address` could not join the cluster (a message for the operator)."""
+
+
+def join_cluster(address: str, kwargs: dict) -> None:
+    import ray
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        mode = os.environ.get("RAY_AUTH_MODE")
+        hint = ("" if mode == "token" else
+                " Ray 2.60 turns token authentication on at the head: set RAY_AUTH_MODE=token for `serve`, "
+                "with the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN.")
+        raise ClusterJoinError(f"could not join the Ray cluster at {address} ({exc}). Is it running and "
+                               f"reachable from here?{hint} See docs/operations.md.") from exc
 
 
 class RayServer:

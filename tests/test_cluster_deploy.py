@@ -136,3 +136,13 @@ def test_a_gateway_per_node_with_its_own_healthz_also_for_a_node_that_joins(node
             assert status == 200 and h["node_id"] == node_id
     finally:
         srv.stop()
+
+
+def test_joining_without_token_auth_says_what_ray_needs(nodes, tmp_path):
+    srv = ServeProcess(nodes, tmp_path, hosts=1)
+    env = nodes.env()
+    del env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"]
+    srv.spawn(env=env)
+    assert srv.wait_exit(120) == 2
+    out = srv.output()
+    assert f"could not join the Ray cluster at {nodes.address}" in out and "RAY_AUTH_MODE=token" in out

@@ -67,10 +67,10 @@ class ServeProcess:
             cmd += ["--postgres-dsn", self.postgres_dsn, "--table-prefix", self.prefix]
         return cmd + self.extra
 
-    def spawn(self) -> ServeProcess:
+    def spawn(self, env: dict | None = None) -> ServeProcess:
         """Start the process without waiting for it to serve (see wait_exit for a refused start)."""
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=self.nodes.env(), cwd=SOURCE_ROOT, text=True, bufsize=1,
+                                     env=env or self.nodes.env(), cwd=SOURCE_ROOT, text=True, bufsize=1,
                                      start_new_session=True)
         threading.Thread(target=self._read, name="serve-output", daemon=True).start()
         return self

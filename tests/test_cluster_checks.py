@@ -1,6 +1,7 @@
 """The deployment checks of `serve --ray-address` that need no cluster: the store must fit (SQLite only
-on an asserted shared data dir), the shared-dir marker each host verifies, the listen choice.
-The same refusals on a real multi-node cluster: tests/test_cluster_deploy.py."""
+on an asserted shared data dir), the shared-dir marker each host verifies, the listen choice; and
+the multi-node options of `syncopate simulate`. The same refusals on a real multi-node cluster:
+tests/test_cluster_deploy.py."""
 from __future__ import annotations
 
 import json
@@ -48,3 +49,13 @@ def test_serve_refuses_a_listen_choice_that_does_not_fit(tmp_path, capsys, argv,
     assert main(["serve", "--data-dir", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []                  # refused before anything was written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kill-node-at", "5"], "--kill-node-at needs --nodes 2 or more"),
+    (["--nodes", "1", "--kill-node-at", "5"], "--kill-node-at needs --nodes 2 or more"),
+    (["--nodes", "2", "--store", "sqlite"], "SQLite is refused on a cluster"),
+])
+def test_simulate_refuses_multi_node_options_that_do_not_fit(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["simulate", "collab", "--quiet", *argv])
