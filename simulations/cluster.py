@@ -39,6 +39,7 @@ from simulations.faults import free_port
 log = logging.getLogger("syncopate.sim.cluster")
 
 NODE_START_TIMEOUT_S = 60.0
+START_ATTEMPTS = 3
 SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -46,6 +47,12 @@ def ray_bin() -> str:
     """The `ray` script of this interpreter's environment."""
     cand = Path(sys.executable).with_name("ray")
     return str(cand) if cand.exists() else (shutil.which("ray") or "ray")
+
+
+class NodeStartFailed(Exception):
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass
@@ -77,6 +84,7 @@ class RayNodes:
         self._own_root = root is None
         self.port: int | None = None
         self.nodes: list[Node] = []
+        self.failed: list[Node] = []       # nodes whose start failed (started again), for their logs
         self.token_path = os.path.join(self.root, "auth_token")
         self.extra_env = dict(system_config_env or {})
         self._lock = threading.Lock()
@@ -125,9 +133,44 @@ class RayNodes:
         return self._start_node(head=False)
 
     def _start_node(self, *, head: bool) -> Node:
+        """Start a node; again (up to START_ATTEMPTS in all) when `ray start` gave up: Ray waits a fixed
+        30 s for a new raylet to register with the GCS, which a machine as loaded as this one's
+        shared cores (load average 30) can exceed."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_node_once(head=head)
+            except NodeStartFailed as exc:
+                self._discard(exc.node)
+                if attempt == START_ATTEMPTS:
+                    raise RuntimeError(str(exc)) from None
+                log.warning("ray node %d did not start (attempt %d of %d); starting it again",
+                            exc.node.index, attempt, START_ATTEMPTS)
+        raise AssertionError("unreachable")
+
+    def _discard(self, node: Node) -> None:
+        """Forget a node that failed to start, stopping whatever of it still runs (by pid)."""
+        self._scan(node)
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(10)
+        for p in node.procs.values():
+            try:
+                if p.is_running():
+                    p.kill()
+            except psutil.Error:
+                pass
+        node.killed = True
+        with self._lock:
+            self.failed.append(node)
+            self.nodes.remove(node)
+
+    def _start_node_once(self, *, head: bool) -> Node:
         with self._lock:
             index = len(self.nodes)
-        tdir = os.path.join(self.root, f"n{index}")
+            attempt = sum(1 for n in self.failed if n.index == index)
+        tdir = os.path.join(self.root, f"n{index}" + (f"-{attempt}" if attempt else ""))
+        if head and attempt:
+            self.port = free_port()         # the failed head's GCS port may linger
         os.makedirs(tdir, exist_ok=True)
         args = [ray_bin(), "start", "--block", "--disable-usage-stats", f"--num-cpus={self.cpus_per_node}",
                 f"--node-ip-address={self.ip}", f"--temp-dir={tdir}",
@@ -138,7 +181,7 @@ class RayNodes:
             args += ["--head", f"--port={self.port}", "--include-dashboard=false"]
         else:
             args += [f"--address={self.address}"]
-        log_path = os.path.join(self.root, f"node{index}.log")
+        log_path = os.path.join(self.root, f"node{index}" + (f"-{attempt}" if attempt else "") + ".log")
         logf = open(log_path, "wb")
         try:
             # its own process group: a terminal's ^C must not reach it before stop() does
@@ -156,13 +199,13 @@ class RayNodes:
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if node.proc.poll() is not None:
-                raise RuntimeError(f"ray node {node.index} exited ({node.proc.returncode}): {self._tail(node)}")
+                raise NodeStartFailed(node, f"ray node {node.index} exited ({node.proc.returncode}): {self._tail(node)}")
             self._scan(node)
             if node.raylet_pid and node.node_id and "Ray runtime started" in self._tail(node, 20_000):
                 log.info("ray node %d up (node id %s, raylet pid %d)", node.index, node.node_id[:12], node.raylet_pid)
                 return
             time.sleep(0.2)       # polling a child process's state: there is no event to wait on
-        raise TimeoutError(f"ray node {node.index} did not start in {NODE_START_TIMEOUT_S:.0f} s: {self._tail(node)}")
+        raise NodeStartFailed(node, f"ray node {node.index} did not start in {NODE_START_TIMEOUT_S:.0f} s: {self._tail(node)}")
 
     def _scan(self, node: Node) -> None:
         """Record the node's processes (descendants of its `ray start`), its raylet and node id."""

@@ -59,3 +59,24 @@ def test_serve_refuses_a_listen_choice_that_does_not_fit(tmp_path, capsys, argv,
 def test_simulate_refuses_multi_node_options_that_do_not_fit(argv, message):
     with pytest.raises(SystemExit, match=message):
         main(["simulate", "collab", "--quiet", *argv])
+
+
+def test_the_scale_model_takes_each_machines_ray_node_from_a_multi_node_run(tmp_path):
+    """calibrate() reads a --nodes run's per-node processes (the head's GCS is not a per-machine cost),
+    and the projection sizes machines after their Ray node and host processes."""
+    from simulations.scale_model import ASSUMPTIONS, calibrate, main, project
+    procs = {"ray node 0 (head: gcs, raylet, agents)": {"rss_mb_mean": 450.0, "cpu_pct_mean": 3.0},
+             "ray node 1 (raylet, agents)": {"rss_mb_mean": 100.0, "cpu_pct_mean": 1.0},
+             "ray node 2 (raylet, agents)": {"rss_mb_mean": 120.0, "cpu_pct_mean": 3.0},
+             "host-0": {"rss_mb_mean": 104.0}, "host-1": {"rss_mb_mean": 110.0}}
+    c = calibrate({"resources": {"processes": procs}})
+    assert (c["ray_node_mb"], c["ray_node_cores"], c["host_actor_idle_mb"]) == (110.0, 0.02, 104.0)
+
+    assert main(["--users", "60", "--playlists", "8", "--ops", "40", "--liked", "20", "--out", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "report.json").read_text())["measured"]
+    base = {k: v[0] for k, v in ASSUMPTIONS.items()}
+    lean = project(m, {**base, "ray_node_mb": 0.0, "host_actor_idle_mb": 0.0})["hosts"]
+    heavy = project(m, {**base, "ray_node_mb": 20_000.0, "host_actor_idle_mb": 2_000.0})["hosts"]
+    assert heavy["machine_gb_for_entities"] < lean["machine_gb_for_entities"]
+    assert heavy["machines_for_memory"] > lean["machines_for_memory"]
+    assert project(m, base, {"resources": {"processes": procs}})["assumptions"]["ray_node_mb"]["calibrated"]
