@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from simulations.cluster import SOURCE_ROOT, Node, RayNodes
 
@@ -44,7 +43,7 @@ class ServeProcess:
     """`python -m syncopate.cli serve --ray-address ...` against a RayNodes cluster."""
 
     def __init__(self, nodes: RayNodes, data_dir, *, hosts: int = 2, postgres_dsn: str | None = PG_DSN,
-                 prefix: str | None = None, host: str = "127.0.0.1", args: list[str] | None = None) -> None:
+                 prefix: str | None = None, host: str | None = "127.0.0.1", args: list[str] | None = None) -> None:
         self.nodes = nodes
         self.data_dir = str(data_dir)
         self.hosts = hosts
@@ -61,8 +60,9 @@ class ServeProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "syncopate.cli", "serve", "--ray-address", self.nodes.address,
-               "--host", self.host, "--port", "0", "--data-dir", self.data_dir, "--hosts", str(self.hosts),
-               "--log-level", "WARNING"]
+               "--port", "0", "--data-dir", self.data_dir, "--hosts", str(self.hosts), "--log-level", "WARNING"]
+        if self.host is not None:        # None: no --host at all (refused on a cluster)
+            cmd += ["--host", self.host]
         if self.postgres_dsn:
             cmd += ["--postgres-dsn", self.postgres_dsn, "--table-prefix", self.prefix]
         return cmd + self.extra
@@ -176,6 +176,3 @@ def drop_tables(dsn: str, prefix: str) -> None:
     if err:
         raise err[0]
 
-
-def repo_root() -> Path:
-    return Path(SOURCE_ROOT)
