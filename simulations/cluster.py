@@ -88,6 +88,7 @@ class RayNodes:
         self.token_path = os.path.join(self.root, "auth_token")
         self.extra_env = dict(system_config_env or {})
         self._lock = threading.Lock()
+        self._next_index = 0
 
     # -- the environment every process of this cluster runs with -----------------------------------
     def env(self) -> dict[str, str]:
@@ -119,6 +120,8 @@ class RayNodes:
             os.chmod(self.token_path, 0o600)
             self.port = free_port()
             self._start_node(head=True)
+            # One after the other: started together on 2 busy cores, each raylet took longer to
+            # register than Ray waits (30 s), and every one had to be started again.
             for _ in range(nodes - 1):
                 self.add_node()
         except BaseException:
@@ -166,11 +169,11 @@ class RayNodes:
 
     def _start_node_once(self, *, head: bool) -> Node:
         with self._lock:
-            index = len(self.nodes)
-            attempt = sum(1 for n in self.failed if n.index == index)
-        tdir = os.path.join(self.root, f"n{index}" + (f"-{attempt}" if attempt else ""))
-        if head and attempt:
-            self.port = free_port()         # the failed head's GCS port may linger
+            index = self._next_index        # every attempt its own: temp dir, log
+            self._next_index += 1
+        tdir = os.path.join(self.root, f"n{index}")
+        if head and index:
+            self.port = free_port()         # a head started again: the failed one's GCS port may linger
         os.makedirs(tdir, exist_ok=True)
         args = [ray_bin(), "start", "--block", "--disable-usage-stats", f"--num-cpus={self.cpus_per_node}",
                 f"--node-ip-address={self.ip}", f"--temp-dir={tdir}",
@@ -181,7 +184,7 @@ class RayNodes:
             args += ["--head", f"--port={self.port}", "--include-dashboard=false"]
         else:
             args += [f"--address={self.address}"]
-        log_path = os.path.join(self.root, f"node{index}" + (f"-{attempt}" if attempt else "") + ".log")
+        log_path = os.path.join(self.root, f"node{index}.log")
         logf = open(log_path, "wb")
         try:
             # its own process group: a terminal's ^C must not reach it before stop() does
