@@ -1,6 +1,6 @@
 """EntityHost: owns many entities in one event loop, and is the only place they are written from.
 
-Where a command goes (the whole write path is in this file):
+Where a command goes (this file: mailbox, activation, handling; the rest in the parts named below):
 
   enqueue(cmd)  ->  per-entity mailbox  ->  activate on first message (store.load; store.acquire only
                                             when something is stored or the entity is about to write)
@@ -32,6 +32,15 @@ Rejected alternative: await the commit inside handle() per command. That caps an
 command per fsync and makes concurrent commands on one entity interleave at the await; pipelining
 behind an output gate keeps the entity single-threaded and lets one fsync cover everything.
 
+The host in parts (one class, EntityHost, over one state; each part a module):
+  actors/host.py       entry points, interest, the per-entity mailbox, activation, handling
+  actors/commit.py     group commit and release (the output gate)
+  actors/outbox.py     effects to other entities until acknowledged
+  actors/residency.py  snapshots, passivation under the budgets, ticks
+  actors/opcache.py    op ids applied, per sender (idempotency)
+  actors/maintenance.py  ERASE and COMPACT of one entity's storage (user data rights)
+  actors/slot.py       the per-entity record (Slot) and the log/snapshot packing
+
 No Ray and no aiohttp here: actors/ray_host.py adapts this class to a Ray actor; tests and the
 in-process scale model use it directly.
 """
@@ -42,155 +51,41 @@ import heapq
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
-import msgpack
-
-from actors.entity import SYSTEM, Command, Entity, Env, Event, Outcome
+from actors.commit import GroupCommit, Pending
+from actors.entity import Command, Entity, Env, Event, Outcome
+from actors.host_metrics import Metrics
+from actors.outbox import OutEffect, Outbox
+from actors.maintenance import MAINTENANCE_OPS, Maintenance
+from actors.residency import Residency
+from actors.slot import RECOVER, RELAY, TICK, UNSUBSCRIBE, Sink, Slot, pack, unpack
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.wire import ConnAddress, Gap, Push, Reply, answer, command_from_wire, command_to_wire
-from storage.base import Append, Record, Snapshot, Store
+from protocols.wire import ConnAddress, Push, Reply, answer, command_from_wire, command_to_wire
+from storage.base import Store
 
 log = logging.getLogger("syncopate.host")
 
-# A reply sink receives the Reply of one command, exactly once.
-Sink = Callable[[Reply], None]
 # Hands an effect to its target. Returns an awaitable that resolves to the target's Reply (or raises)
 # once the target has handled it; or None: the dispatcher took it over (fire-and-forget, tests).
 Dispatch = Callable[[Command], "Awaitable[Reply | None] | None"]
-TICK = "__tick__"
-RECOVER = "__recover__"        # internal: activate the entity so its outbox is re-sent (unknown commit outcome)
-UNSUBSCRIBE = "unsubscribe"
-RELAY = "relay"                # system op: push {type, payload} to the entity's subscribers, store nothing
-
-# Idempotency memory, per entity: op ids with their version, and the reply while it is small. A reply
-# over OP_REPLY_MAX_BYTES is not kept in memory, and the oldest replies are dropped once the entity's
-# total passes OP_REPLY_BUDGET_BYTES: a retry of such an op is answered with its version and no
-# payload (the change is not applied twice; the client re-reads if it needs the value). Decided so:
-# the cache used to hold 1,024 full replies per entity, one per request, whatever their size.
-OPS_REMEMBERED = 1024
-OP_RETRY_WINDOW_S = 300.0      # and only for this long: a retry comes within seconds, not hours (an
-                               # op id older than this is applied again if retried). Without it the
-                               # caches of a fixed population kept filling for as long as it ran.
-OP_REPLY_MAX_BYTES = 4096
-OP_REPLY_BUDGET_BYTES = 64 << 10
-ACKS_CARRIED = 4096            # acknowledged effect ids carried by the next log entry (beyond: re-sent, harmless)
-EFFECT_BACKOFF_S = (0.02, 5.0)  # first retry, cap
 
 # Budgets (constructor parameters; these are the defaults).
 MAX_ACTIVE = 20_000            # entities in memory; over it the least recently used idle ones are passivated
 MAX_MAILBOX = 1_000            # commands waiting for one entity; beyond it refused at once (OVERLOADED)
 MAX_PENDING = 50_000           # outcomes handled and not yet released, host-wide; beyond it refused (OVERLOADED)
 
-
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def pack(obj: Any) -> bytes:
-    # one Packer, reused (packb builds one per call); the host packs on its event loop only
-    try:
-        return _PACKER.pack(obj)
-    except BaseException:
-        _PACKER.reset()
-        raise
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+__all__ = ["EntityHost", "Dispatch", "Sink", "MAX_ACTIVE", "MAX_MAILBOX", "MAX_PENDING", "pack", "unpack"]
 
 
 def _overloaded(what: str) -> SyncopateError:
     return SyncopateError(ErrorCode.OVERLOADED, f"{what}; retry later")
 
 
-@dataclass
-class OutEffect:
-    """One effect of a committed entry, until its target acknowledges it."""
-    cmd: Command
-    version: int                         # the source entry that carries it
-    durable: bool = True                 # in the log (False: an outcome without records carried it)
-    attempts: int = 0
-    sending: bool = False
-    timer: asyncio.TimerHandle | None = None
+class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
+    """Many entities in one event loop; the only place they are written from (see the module doc)."""
 
-
-@dataclass
-class Slot:
-    """One activated (or activating) entity."""
-    key: str
-    kind: str
-    entity_id: str
-    entity: Entity | None = None
-    epoch: int = 0
-    phantom: bool = False                # nothing stored and not owned: answers reads, is never written
-    want_owner: bool = False             # the next activation acquires even if nothing is stored
-    mailbox: deque = field(default_factory=deque)
-    draining: bool = False
-    dead: bool = False                   # evicted: in-memory state may be ahead of the store
-    ops: OrderedDict = field(default_factory=OrderedDict)   # (user, op_id) -> (version, packed reply | None)
-    ops_bytes: int = 0
-    ops_at: dict = field(default_factory=dict)                 # (user, op_id) -> when remembered (host clock)
-    ops_with_reply: deque = field(default_factory=deque)     # keys with a remembered reply, oldest first
-    outbox: dict = field(default_factory=dict)               # effect op id -> OutEffect (unacknowledged)
-    acks: list = field(default_factory=list)                  # effect ids acknowledged since the last entry
-    committed: int = 0                   # last version known durable
-    pushed: int = -1                     # version of the last fresh push to subscribers (-1: none yet)
-    snapshot_seq: int = 0
-    last_used: float = 0.0
-    next_tick: float = 0.0
-    inflight: int = 0                    # outcomes handled but not yet released
-    snapshotting: bool = False
-
-
-@dataclass
-class Pending:
-    slot: Slot
-    sink: Sink
-    reply: Reply
-    entry: bytes | None = None           # the log entry to commit (None: nothing to persist)
-    pushes: list = field(default_factory=list)       # Push items; gateways are chosen at release
-    effects: list = field(default_factory=list)      # OutEffect
-    interest: tuple | None = None        # ("+", ConnAddress) subscribe/follow, ("-", ConnAddress) unsubscribe
-    resend: int | None = None            # answered from the op cache: re-send that version's effects
-    included: bool = False               # its entry went into the store call of its batch
-
-
-class Metrics:
-    """Counters the adapters export (stats(): the gateway's /metrics; plain numbers in tests).
-    Budget counters have `budget` or `refused` in their names."""
-
-    def __init__(self) -> None:
-        self.commands = 0
-        self.activations = 0
-        self.phantoms = 0                 # activations that found nothing stored (not acquired)
-        self.passivations = 0
-        self.commits = 0
-        self.committed_entries = 0
-        self.commit_seconds = 0.0
-        self.activation_seconds = 0.0
-        self.unknown_commits = 0          # store.append raised: the outcome is unknown (Gap sent)
-        self.gaps_sent = 0
-        self.effects_sent = 0
-        self.effects_retried = 0
-        self.effects_acked = 0
-        self.refused_mailbox = 0          # MAX_MAILBOX reached
-        self.refused_pending = 0          # MAX_PENDING reached
-        self.refused_active = 0           # MAX_ACTIVE reached and nothing could be passivated in time
-        self.budget_passivations = 0      # LRU passivations to stay under MAX_ACTIVE or the memory budget
-        self.budget_memory_over = 0       # checks that found the process over its memory budget
-        self.budget_stream_closes = 0     # a gateway stream closed: its host-side buffer was over budget
-        self.budget_oversized_items = 0   # a reply or push over the item limit, replaced by an error / Gap
-        self.budget_frames_split = 0      # batches split to keep every frame under the frame limit
-        self.malformed_commands = 0       # command items that failed to decode (answered MALFORMED_FRAME)
-        self.errors: dict[str, int] = {}
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-class EntityHost:
     def __init__(self, host_id: str, store: Store, kinds: dict[str, type[Entity]], env: Env, *,
                  deliver: Callable[[str, list], None] | None = None,
                  dispatch: Dispatch | None = None,
@@ -378,6 +273,11 @@ class EntityHost:
                         break
                     continue
                 cmd, sink = slot.mailbox.popleft()
+                if cmd.op in MAINTENANCE_OPS:
+                    # erase / compact (actors/maintenance.py): awaited here, so the commands behind
+                    # it wait, as during an activation
+                    await self._maintain(slot, cmd, sink)
+                    continue
                 self._handle(slot, cmd, sink)
         finally:
             slot.draining = False
@@ -409,9 +309,6 @@ class EntityHost:
             loaded = await self.store.load(slot.key)
         entity = self.kinds[slot.kind](slot.entity_id, self.env)
         slot.ops.clear()
-        slot.ops_at.clear()
-        slot.ops_bytes = 0
-        slot.ops_with_reply.clear()
         slot.outbox.clear()
         slot.acks.clear()
         acked: set[str] = set()
@@ -422,10 +319,10 @@ class EntityHost:
             for row in snap.get("ops", ()):
                 if len(row) == 3:            # before replies were kept packed and keyed by sender
                     op_id, version, reply = row
-                    self._remember(slot, None, op_id, version, pack(reply))
+                    slot.ops.remember(None, op_id, version, pack(reply), self.clock())
                 else:
                     op_id, version, rb, by = row
-                    self._remember(slot, by, op_id, version, rb)
+                    slot.ops.remember(by, op_id, version, rb, self.clock())
             for version, w in snap.get("outbox", ()):
                 outbox[command_from_wire(w).op_id] = (version, w)
             entity.version = loaded.snapshot.seq
@@ -436,7 +333,7 @@ class EntityHost:
             entity.version = rec.seq
             if entry.get("op"):
                 rb = entry["rb"] if "rb" in entry else pack(entry.get("reply"))
-                self._remember(slot, entry.get("by"), entry["op"], rec.seq, rb)
+                slot.ops.remember(entry.get("by"), entry["op"], rec.seq, rb, self.clock())
             acked.update(entry.get("ack", ()))
             for w in entry.get("fx", ()):
                 outbox[command_from_wire(w).op_id] = (rec.seq, w)
@@ -460,46 +357,11 @@ class EntityHost:
                 fx = slot.outbox[op_id] = OutEffect(command_from_wire(w), version)
                 self._send_effect(slot, fx)
 
-    def _remember(self, slot: Slot, by: str | None, op_id: str, version: int, rb: bytes | None) -> None:
-        key = (by, op_id)
-        old = slot.ops.pop(key, None)
-        if old is not None and old[1] is not None:
-            slot.ops_bytes -= len(old[1])
-        if rb is not None and len(rb) > OP_REPLY_MAX_BYTES:
-            rb = None
-        slot.ops[key] = (version, rb)
-        now = self.clock()
-        slot.ops_at[key] = now
-        if rb is not None:
-            slot.ops_bytes += len(rb)
-            slot.ops_with_reply.append(key)
-        cutoff = now - OP_RETRY_WINDOW_S
-        while slot.ops and (len(slot.ops) > OPS_REMEMBERED or slot.ops_at.get(next(iter(slot.ops)), now) < cutoff):
-            k, (_, gone) = slot.ops.popitem(last=False)      # oldest first: insertion order is time order
-            slot.ops_at.pop(k, None)
-            if gone is not None:
-                slot.ops_bytes -= len(gone)
-        while slot.ops_bytes > OP_REPLY_BUDGET_BYTES and slot.ops_with_reply:
-            k = slot.ops_with_reply.popleft()
-            row = slot.ops.get(k)
-            if row is not None and row[1] is not None:
-                slot.ops_bytes -= len(row[1])
-                slot.ops[k] = (row[0], None)
-        if len(slot.ops_with_reply) > 2 * OPS_REMEMBERED:
-            # keys that lapsed from `ops` linger in the deque; rebuild it now and then
-            slot.ops_with_reply = deque(k for k, (_, r) in slot.ops.items() if r is not None)
-
-    def _cached(self, slot: Slot, cmd: Command) -> tuple[int, bytes | None] | None:
-        hit = slot.ops.get((cmd.principal.user_id, cmd.op_id))
-        if hit is None:
-            hit = slot.ops.get((None, cmd.op_id))     # a legacy entry, recorded before senders were
-        return hit
-
     def _handle(self, slot: Slot, cmd: Command, sink: Sink) -> None:
         entity = slot.entity
         self.metrics.commands += 1
         if cmd.op_id:
-            hit = self._cached(slot, cmd)
+            hit = slot.ops.lookup(cmd.principal.user_id, cmd.op_id)
             if hit is not None:
                 version, rb = hit
                 self._queue(Pending(slot, sink, Reply(version, unpack(rb) if rb is not None else None),
@@ -558,7 +420,7 @@ class EntityHost:
                 body["ack"], slot.acks = slot.acks, []
             entry = pack(body)
             if cmd.op_id:
-                self._remember(slot, cmd.principal.user_id, cmd.op_id, version, rb)
+                slot.ops.remember(cmd.principal.user_id, cmd.op_id, version, rb, self.clock())
         pushes = []
         fresh = entry is not None       # the push announces a new version (not re-sent state)
         for ev in outcome.events:
@@ -577,335 +439,6 @@ class EntityHost:
             pushes.append(Push(slot.key, version, ev.type, ev.payload, user, conn, ev.close, fresh))
         sub = ("+", cmd.origin) if (cmd.follow or cmd.op == "subscribe") and cmd.origin else None
         self._queue(Pending(slot, sink, Reply(version, outcome.reply), entry, pushes, effects, sub))
-
-    def _queue(self, p: Pending) -> None:
-        p.slot.inflight += 1
-        self._outstanding += 1
-        self._pending.append(p)
-        self._wake.set()
-
-    # -- group commit and release ---------------------------------------------------------------
-    async def _committer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[Pending]) -> None:
-        appends: dict[str, Append] = {}
-        slots: dict[str, Slot] = {}
-        for p in batch:
-            if p.entry is not None and not p.slot.dead:
-                a = appends.get(p.slot.key)
-                if a is None:
-                    a = appends[p.slot.key] = Append(p.slot.key, p.slot.epoch, [])
-                    slots[p.slot.key] = p.slot
-                a.records.append(Record(p.reply.version, p.entry))
-                p.included = True
-        failed: dict[str, SyncopateError] = {}
-        unknown = False
-        if appends:
-            items = list(appends.values())
-            t0 = time.perf_counter()
-            try:
-                # The one await of the write path. Commands keep arriving and being handled while
-                # it runs; their outcomes wait in self._pending for the next batch.
-                results = await self.store.append(items)
-            except Exception as exc:
-                # Not a per-item refusal: the transaction may or may not have committed (a timeout
-                # during COMMIT). Fail the outcomes (retryable: a retry is answered from the log if
-                # it did commit), and tell the interested gateways their subscribers may have a gap.
-                log.warning("store append raised (%s): outcome unknown", exc)
-                unknown = True
-                self.metrics.unknown_commits += 1
-                err = exc if isinstance(exc, SyncopateError) else SyncopateError(ErrorCode.STORE_UNAVAILABLE, str(exc))
-                results = [err] * len(items)
-            self.metrics.commits += 1
-            self.metrics.commit_seconds += time.perf_counter() - t0
-            for a, res in zip(items, results):
-                if res is None:
-                    self.metrics.committed_entries += len(a.records)
-                    slots[a.key].committed = max(slots[a.key].committed, a.records[-1].seq)
-                else:
-                    failed[a.key] = res
-        gapped: dict[str, set[str]] = {}
-        for p in batch:
-            p.slot.inflight -= 1
-            self._outstanding -= 1
-            err = failed.get(p.slot.key)
-            if err is None and p.slot.dead and not (p.included and p.entry is not None):
-                # Evicted after it was handled: a read (or a write left out of the append) may reflect
-                # in-memory state the store never got. A committed write is released below.
-                err = SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{p.slot.key} was evicted; retry")
-            if err is not None:
-                if unknown and p.slot.key in failed:
-                    # the gateways of connection-addressed pushes too: they may have no interest entry
-                    gapped.setdefault(p.slot.key, set()).update(
-                        push.conn.gateway for push in p.pushes if push.conn is not None)
-                self._evict(p.slot)
-                p.sink(Reply.fail(err))
-                continue
-            if p.interest is not None:
-                sign, addr = p.interest
-                if sign == "+":
-                    self._add_interest(p.slot.key, addr)    # only a successful subscribe adds interest
-                else:
-                    self._drop_interest(p.slot.key, addr)
-            p.sink(p.reply)
-            for push in p.pushes:
-                if push.conn is not None:
-                    self._deliver(push.conn.gateway, [push])
-                else:
-                    if push.fresh:
-                        # chain the subscribers' pushes: each names the version before it, so a
-                        # gateway whose member saw less knows it missed one (gateway/subscriptions.py)
-                        push.prev, p.slot.pushed = p.slot.pushed, push.version
-                    for gw in self.interest.get(push.key, ()):
-                        self._deliver(gw, [push])
-            for fx in p.effects:
-                p.slot.outbox[fx.cmd.op_id] = fx
-                self._send_effect(p.slot, fx)
-            if p.effects and p.slot.dead:
-                self._recover(p.slot)   # committed, but its slot is gone: the next activation sends them
-            if p.resend is not None:
-                # A retried op: whatever of its effects is still unacknowledged goes out again now.
-                for fx in list(p.slot.outbox.values()):
-                    if fx.version == p.resend and not fx.sending:
-                        if fx.timer is not None:
-                            fx.timer.cancel()
-                            fx.timer = None
-                        self._send_effect(p.slot, fx)
-        for key, extra in gapped.items():
-            slot = slots[key]
-            for gw in set(self.interest.get(key, ())) | extra:
-                self.metrics.gaps_sent += 1
-                self._deliver(gw, [Gap(key, slot.committed)])
-            # If it did commit, its effects are in the log: activate it again so they are sent.
-            self._recover(slot)
-        for key in {p.slot.key for p in batch if p.entry is not None}:
-            slot = self.slots.get(key)
-            if slot and slot.entity and not slot.dead and not slot.snapshotting \
-                    and slot.committed - slot.snapshot_seq >= slot.entity.snapshot_every:
-                # Compaction runs beside the committer, never in front of the next commit.
-                slot.snapshotting = True
-                self._spawn(self._snapshot(slot))
-
-    def _evict(self, slot: Slot) -> None:
-        if slot.dead:
-            return
-        slot.dead = True
-        if self.slots.get(slot.key) is slot:
-            del self.slots[slot.key]
-        if any(fx.durable for fx in slot.outbox.values()):
-            self._recover(slot)        # its unacknowledged effects are in the store: re-send from there
-
-    def _recover(self, slot: Slot) -> None:
-        """Activate `slot.key` again (with backoff while the store refuses), so that the outbox of
-        what is stored is re-sent even if no client sends it anything."""
-        if slot.key in self._recovering or self._closed:
-            return
-        self._recovering.add(slot.key)
-
-        async def run() -> None:
-            delay = EFFECT_BACKOFF_S[0]
-            try:
-                while not self._closed:
-                    try:
-                        await self.call(Command(slot.kind, slot.entity_id, RECOVER, {}, SYSTEM))
-                        return
-                    except SyncopateError as err:
-                        if not err.retryable:
-                            log.warning("recovery of %s refused: %s", slot.key, err)
-                            return
-                    # Backoff while the store (or the host's budgets) refuse.
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, EFFECT_BACKOFF_S[1])
-            finally:
-                self._recovering.discard(slot.key)
-
-        self._spawn(run())
-
-    # -- the outbox ------------------------------------------------------------------------------
-    def _send_effect(self, slot: Slot, fx: OutEffect) -> None:
-        fx.timer = None
-        if self._closed or fx.sending or slot.outbox.get(fx.cmd.op_id) is not fx:
-            return
-        if slot.dead and fx.durable:
-            return                    # the recovery's activation re-sends it from the store
-        fx.sending = True
-        self.metrics.effects_sent += 1
-        if fx.attempts:
-            self.metrics.effects_retried += 1
-        try:
-            res = self._dispatch(fx.cmd)
-        except Exception as exc:
-            log.warning("effect %s on %s: dispatch failed: %s", fx.cmd.op, fx.cmd.key, exc)
-            self._effect_retry(slot, fx)
-            return
-        if res is None:
-            self._effect_acked(slot, fx)     # a dispatcher that takes effects over (fire-and-forget)
-            return
-        fut = asyncio.ensure_future(res)
-        fut.add_done_callback(lambda f: self._effect_done(slot, fx, f))
-
-    def _effect_done(self, slot: Slot, fx: OutEffect, fut: asyncio.Future) -> None:
-        if fut.cancelled():
-            self._effect_retry(slot, fx)
-            return
-        exc = fut.exception()
-        reply = fut.result() if exc is None else None
-        err = exc if exc is not None else (reply.error if isinstance(reply, Reply) else None)
-        if err is None:
-            self._effect_acked(slot, fx)
-        elif isinstance(err, SyncopateError) and not err.retryable:
-            # The target decided (a refusal is an answer): retrying would get the same refusal.
-            log.warning("effect %s on %s refused: %s", fx.cmd.op, fx.cmd.key, err)
-            self._effect_acked(slot, fx)
-        else:
-            self._effect_retry(slot, fx)
-
-    def _effect_retry(self, slot: Slot, fx: OutEffect) -> None:
-        fx.sending = False
-        if self._closed or slot.outbox.get(fx.cmd.op_id) is not fx:
-            return
-        delay = min(EFFECT_BACKOFF_S[0] * (2 ** fx.attempts), EFFECT_BACKOFF_S[1])
-        fx.attempts += 1
-        fx.timer = asyncio.get_running_loop().call_later(delay, self._send_effect, slot, fx)
-
-    def _effect_acked(self, slot: Slot, fx: OutEffect) -> None:
-        fx.sending = False
-        if slot.outbox.pop(fx.cmd.op_id, None) is None:
-            return
-        self.metrics.effects_acked += 1
-        if fx.durable:
-            # Carried by the next log entry, so a re-activation does not send it again.
-            slot.acks.append(fx.cmd.op_id)
-            if len(slot.acks) > ACKS_CARRIED:
-                del slot.acks[:len(slot.acks) - ACKS_CARRIED]
-
-    # -- snapshots -------------------------------------------------------------------------------
-    async def _snapshot(self, slot: Slot) -> bool:
-        """Write a snapshot of the committed state. Only committed state may be snapshotted: when
-        uncommitted outcomes are in flight the in-memory entity is ahead of the log, so wait for
-        them (the snapshot would otherwise claim records that may still fail)."""
-        try:
-            while not slot.dead and slot.entity is not None and slot.committed != slot.entity.version:
-                await asyncio.sleep(0.001)
-            if slot.dead or slot.entity is None or slot.phantom:
-                return False
-            entity = slot.entity
-            seq = entity.version
-            data = pack({"state": entity.snapshot(),
-                         "ops": [[op, v, rb, by] for (by, op), (v, rb) in slot.ops.items()],
-                         # the unacknowledged effects: the log entries that carried them are dropped
-                         "outbox": [[fx.version, command_to_wire(fx.cmd)] for fx in slot.outbox.values()
-                                    if fx.version <= seq]})
-            try:
-                await self.store.write_snapshot(slot.key, slot.epoch, Snapshot(seq, data))
-            except SyncopateError as err:
-                if err.code == ErrorCode.STALE_EPOCH:
-                    self._evict(slot)
-                log.warning("snapshot of %s failed: %s", slot.key, err)
-                return False
-            slot.snapshot_seq = max(slot.snapshot_seq, seq)
-            return True
-        finally:
-            slot.snapshotting = False
-
-    # -- passivation and ticks -----------------------------------------------------------------------
-    def _passivable(self, slot: Slot) -> bool:
-        return not (slot.entity is None or slot.mailbox or slot.inflight or slot.draining or slot.dead
-                    or slot.snapshotting)
-
-    async def _passivate(self, slot: Slot, *, closing: bool = False) -> bool:
-        if not self._passivable(slot):
-            return False
-        if slot.outbox and not closing:
-            return False              # effects still on their way: they need this slot to retry
-        if slot.committed > slot.snapshot_seq and not await self._snapshot(slot):
-            return False
-        if slot.mailbox or slot.inflight or slot.draining:   # a command arrived during the snapshot
-            return False
-        if self.slots.get(slot.key) is slot:
-            del self.slots[slot.key]
-        self.metrics.passivations += 1
-        return True
-
-    async def passivate_idle(self, now: float | None = None) -> int:
-        now = self.clock() if now is None else now
-        n = 0
-        for slot in list(self.slots.values()):
-            if slot.entity is not None and now - slot.last_used >= self.idle_timeout_s and slot.entity.idle():
-                n += await self._passivate(slot)
-        return n
-
-    def _shed(self, excess: int | None = None) -> None:
-        """Over MAX_ACTIVE (or the memory budget: `excess` given): passivate least recently used idle
-        entities (in the background: each one writes its snapshot first). Entities with work in
-        flight, outboxes, or that refuse (idle()) stay."""
-        if self._shedding or self._closed:
-            return
-        if excess is None:
-            excess = len(self.slots) - self.max_active + 1
-        victims = []
-        for slot in self.slots.values():          # least recently used first
-            if len(victims) >= max(excess, 1) + 16:
-                break
-            if self._passivable(slot) and not slot.outbox and slot.entity.idle():
-                victims.append(slot)
-        if not victims:
-            return
-        self._shedding = True
-
-        async def run() -> None:
-            try:
-                for slot in victims:
-                    if await self._passivate(slot):
-                        self.metrics.budget_passivations += 1
-            finally:
-                self._shedding = False
-
-        self._spawn(run())
-
-    def run_ticks(self, now: float | None = None) -> None:
-        """Queue a tick for every entity whose tick is due (a heap of deadlines: O(due), not O(active))."""
-        now = self.clock() if now is None else now
-        while self._ticks and self._ticks[0][0] <= now:
-            _, key, sid = heapq.heappop(self._ticks)
-            slot = self.slots.get(key)
-            if slot is None or id(slot) != sid or slot.dead or slot.entity is None or slot.phantom:
-                continue                       # passivated or evicted since: its heap entry lapses
-            slot.next_tick = now + slot.entity.tick_ms / 1000
-            heapq.heappush(self._ticks, (slot.next_tick, key, sid))
-            slot.mailbox.append((Command(slot.kind, slot.entity_id, TICK), lambda reply: None))
-            if not slot.draining:
-                slot.draining = True
-                asyncio.get_running_loop().create_task(self._drain(slot))
-
-    async def _housekeeping(self) -> None:
-        sweep_every = max(0.5, min(30.0, self.idle_timeout_s / 4))
-        next_sweep = self.clock() + sweep_every
-        while True:
-            # Every 10 ms: ticks fall due spread over time, so each turn runs a few of them, never
-            # a burst of every active device group at once (which delayed commands by tens of ms).
-            await asyncio.sleep(0.01)
-            try:
-                self.run_ticks()
-                if len(self.slots) > self.max_active:
-                    self._shed()
-                elif self.max_memory is not None and self._memory is not None \
-                        and time.monotonic() >= self._next_memory_check:
-                    self._next_memory_check = time.monotonic() + 1.0
-                    if self._memory() > self.max_memory and self.slots:
-                        self.metrics.budget_memory_over += 1
-                        self._shed(max(1, len(self.slots) // 10))
-                if self.clock() >= next_sweep:
-                    next_sweep = self.clock() + sweep_every
-                    await self.passivate_idle()
-            except Exception:
-                log.exception("housekeeping failed")
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> dict:

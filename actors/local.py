@@ -11,6 +11,7 @@ import logging
 from typing import Callable
 
 from actors.batching import Batcher
+from actors.devicegroup_events import EVENTBUS
 from actors.entity import Command, Entity, Env
 from actors.host import EntityHost
 from actors.placement import owner
@@ -21,8 +22,12 @@ log = logging.getLogger("syncopate.local")
 
 class LocalCluster:
     def __init__(self, store: Store, kinds: dict[str, type[Entity]], env: Env, *, hosts: int = 1,
-                 idle_timeout_s: float = 600.0, clock=None) -> None:
+                 idle_timeout_s: float = 600.0, clock=None, publisher=None) -> None:
         self.store = store
+        # EVENTBUS effects (accepted listening events) to the event bus (syncopate/events/publish.py).
+        # Without a publisher (entity tests, the scale model) they are taken over and dropped: that
+        # cluster has no pipeline.
+        self._dispatch = publisher.wrap(self.tell) if publisher is not None else self._no_pipeline
         self.n_hosts = hosts
         self.gateways: dict[str, Callable[[int, str, list], None]] = {}
         self.transports: list[LocalTransport] = []
@@ -31,7 +36,7 @@ class LocalCluster:
             out = Batcher(lambda gw, items, i=i: self._to_gateway(i, gw, items))
             extra = {"clock": clock} if clock else {}
             self.hosts.append(EntityHost(f"host-{i}", store, kinds, env, deliver=out.add,
-                                         dispatch=self.tell, idle_timeout_s=idle_timeout_s, **extra))
+                                         dispatch=self._dispatch, idle_timeout_s=idle_timeout_s, **extra))
 
     async def start(self) -> None:
         await self.store.start()
@@ -59,6 +64,11 @@ class LocalCluster:
         self.host_for(cmd.key).enqueue(cmd, done)
         return fut
 
+    def _no_pipeline(self, cmd: Command):
+        if cmd.kind == EVENTBUS:
+            return None
+        return self.tell(cmd)
+
     def _to_gateway(self, host: int, gateway_id: str, items: list) -> None:
         receive = self.gateways.get(gateway_id)
         if receive is not None:
@@ -78,7 +88,7 @@ class LocalCluster:
         for t in old._tasks:
             t.cancel()
         new = EntityHost(old.host_id, self.store, old.kinds, old.env, deliver=Batcher(
-            lambda gw, items: self._to_gateway(i, gw, items)).add, dispatch=self.tell,
+            lambda gw, items: self._to_gateway(i, gw, items)).add, dispatch=self._dispatch,
             idle_timeout_s=old.idle_timeout_s, clock=old.clock)
         self.hosts[i] = new
         asyncio.get_running_loop().create_task(new.start())

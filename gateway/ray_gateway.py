@@ -55,9 +55,13 @@ class GatewayActor:
         token_secret = await loop.run_in_executor(None, read_secret, self.spec["secret_file"])
         channel_secret = await loop.run_in_executor(None, read_secret, self.spec["channel_secret_file"])
         cfg = GatewayConfig(**self.spec.get("gateway", {}))
+        from syncopate.events.counts import make_counts
+        # recently played and the stream counts read the event pipeline's store (docs/events.md)
+        self.events = make_counts(self.spec["data_dir"], self.spec.get("postgres_dsn"), self.spec.get("prefix", "syncopate_"))
+        await self.events.start()
         self.server = GatewayServer(
             self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive),
-            Auth(token_secret), env.catalog, cfg)
+            Auth(token_secret), env.catalog, cfg, events=self.events)
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
@@ -67,3 +71,4 @@ class GatewayActor:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
+            await self.events.close()

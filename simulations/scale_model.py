@@ -214,7 +214,7 @@ class Model:
 
     # -- storage sizes -----------------------------------------------------------------------------------
     def storage_sizes(self) -> None:
-        from actors.host import pack
+        from actors.slot import pack
         sizes: dict = {}
         for kind, keys in (("session", [f"session:{self.user(i)}" for i in range(0, self.a.users, max(1, self.a.users // 200))]),
                            ("devicegroup", [f"devicegroup:{self.user(i)}" for i in range(0, self.a.users, max(1, self.a.users // 200))]),

@@ -64,7 +64,9 @@ MIGRATIONS = {
 }
 
 SQL = {
-    "acquire": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 1) ON CONFLICT (key)"
+    # a key with no owners row starts above the epoch floor (erase(): storage.base)
+    "acquire": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 1 + coalesce((SELECT v::bigint FROM {p}meta"
+               " WHERE k = 'epoch_floor'), 0)) ON CONFLICT (key)"
                " DO UPDATE SET epoch = {p}owners.epoch + 1 RETURNING epoch",
     "last_seq": "SELECT coalesce(greatest((SELECT max(seq) FROM {p}records WHERE key = $1),"
                 " (SELECT seq FROM {p}snapshots WHERE key = $1)), -1)",
@@ -93,7 +95,17 @@ SQL = {
                 " del AS (DELETE FROM {p}records WHERE key = $1 AND seq <= $2"
                 "  AND EXISTS (SELECT 1 FROM own WHERE own.epoch = $3))"
                 " SELECT epoch FROM own",
+    # One statement: lock the owners row, delete everything of the key if the epoch is the owner's,
+    # raise the floor; answers the current epoch (NULL: no owners row, nothing stored).
+    "erase": "WITH own AS MATERIALIZED (SELECT epoch FROM {p}owners WHERE key = $1 FOR UPDATE),"
+             " r AS (DELETE FROM {p}records WHERE key = $1 AND EXISTS (SELECT 1 FROM own WHERE epoch = $2)),"
+             " s AS (DELETE FROM {p}snapshots WHERE key = $1 AND EXISTS (SELECT 1 FROM own WHERE epoch = $2)),"
+             " o AS (DELETE FROM {p}owners WHERE key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM own)),"
+             " f AS (INSERT INTO {p}meta (k, v) SELECT 'epoch_floor', $2::text FROM own WHERE epoch = $2"
+             "  ON CONFLICT (k) DO UPDATE SET v = greatest({p}meta.v::bigint, excluded.v::bigint)::text)"
+             " SELECT epoch FROM own",
 }
+
 
 def pgpass_password(dsn: str) -> str | None:
     """The password asyncpg would find for `dsn`, looked up once (call it on a thread).
@@ -262,6 +274,15 @@ class PostgresStore(Store):
             cur = await conn.fetchval(self._sql["snapshot"], key, snapshot.seq, epoch, snapshot.data)
         if cur != epoch:
             raise stale(key, epoch, cur)
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.fetchval(self._sql["erase"], key, epoch)
+        if cur is None:
+            return False
+        if cur != epoch:
+            raise stale(key, epoch, cur)
+        return True
 
     async def ping(self) -> bool:
         try:

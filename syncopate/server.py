@@ -86,6 +86,7 @@ class RayServer:
         self.cluster = cluster or f"s{uuid.uuid4().hex[:8]}"
         self.hosts: list = []
         self.gateways: list = []
+        self.events = None                      # the events consumer actor (syncopate/events/service.py)
         self.ports: list[int] = []
         self.node_gateways = None       # NodeGateways with gateways="per-node"
         self.host_placement = None
@@ -126,6 +127,10 @@ class RayServer:
                                         num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
                       .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)]
         ray.get([h.ready.remote() for h in self.hosts], timeout=timeout)
+        from syncopate.events.service import EventsActor
+        self.events = EventsActor.options(name=f"{self.cluster}-events", max_restarts=-1, max_task_retries=0,
+                                          num_cpus=0).remote(aspec)
+        ray.get(self.events.ready.remote(), timeout=timeout)
         if spec.gateways == "per-node":
             self._start_node_gateways(aspec, timeout)
             return self
@@ -193,15 +198,21 @@ class RayServer:
         return [f"http://{self.spec.host}:{p}" for p in self.ports]
 
     def supervise_once(self, timeout: float = 30.0) -> None:
-        """Make sure every gateway listens (Ray restarts a dead actor, not its listener)."""
+        """Make sure every gateway listens and the events consumer consumes (Ray restarts a dead
+        actor, not what it started)."""
         import ray
         if self.node_gateways is not None:
             self._supervise_node_gateways(timeout)
-            return
-        try:
-            self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
-        except Exception as exc:
-            log.warning("gateway supervision: %s", exc)
+        else:
+            try:
+                self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
+            except Exception as exc:
+                log.warning("gateway supervision: %s", exc)
+        if self.events is not None:
+            try:
+                ray.get(self.events.ready.remote(), timeout=timeout)
+            except Exception as exc:
+                log.warning("events consumer supervision: %s", exc)
 
     def kill_host(self, i: int) -> None:
         import ray
@@ -223,7 +234,12 @@ class RayServer:
                 ray.get(h.shutdown.remote(), timeout=30)
             except Exception as exc:
                 log.warning("host shutdown: %s", exc)
-        for a in self.gateways + self.hosts:
+        if self.events is not None:
+            try:
+                ray.get(self.events.shutdown.remote(), timeout=30)
+            except Exception as exc:
+                log.warning("events consumer shutdown: %s", exc)
+        for a in self.gateways + self.hosts + ([self.events] if self.events is not None else []):
             try:
                 ray.kill(a, no_restart=True)
             except Exception:
@@ -268,10 +284,14 @@ class LocalServer:
         secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
         env = await loop.run_in_executor(None, build_env, spec.actor_spec())
-        self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s)
+        from syncopate.events.publish import Publisher
+        from syncopate.events.service import LocalEvents
+        self.events = await LocalEvents(spec.data_dir, spec.redis_url, spec.postgres_dsn, spec.prefix).start()
+        self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s,
+                                    publisher=Publisher(self.events.bus))
         await self.cluster.start()
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
-                                     env.catalog, GatewayConfig(**spec.gateway))
+                                     env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
         self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it
@@ -284,3 +304,4 @@ class LocalServer:
     async def stop(self) -> None:
         await self.gateway.stop()
         await self.cluster.close()
+        await self.events.close()

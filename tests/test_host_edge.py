@@ -254,7 +254,7 @@ async def test_log_entries_written_before_senders_were_recorded_still_load_and_d
 
 
 async def test_the_op_cache_is_bounded_in_bytes_and_a_large_reply_is_answered_by_version(wired):
-    from actors.host import OP_REPLY_BUDGET_BYTES
+    from actors.opcache import OP_REPLY_BUDGET_BYTES
     host, delivered = wired
     big = "x" * 10_000
     assert (await host.call(cmd("add", n=1, op_id="big", pad=big)))[0]["pad"] == big
@@ -262,15 +262,15 @@ async def test_the_op_cache_is_bounded_in_bytes_and_a_large_reply_is_answered_by
     for i in range(200):
         await host.call(cmd("add", n=1, op_id=f"m{i}", pad="y" * 3000))
     slot = host.slots["counter:c1"]
-    assert slot.ops_bytes <= OP_REPLY_BUDGET_BYTES
-    assert sum(len(rb) for _, rb in slot.ops.values() if rb is not None) == slot.ops_bytes
+    assert slot.ops.bytes <= OP_REPLY_BUDGET_BYTES
+    assert sum(len(rb) for _, rb in slot.ops.entries.values() if rb is not None) == slot.ops.bytes
     assert (await host.call(cmd("add", n=1, op_id="m199", pad="y" * 3000)))[0]["pad"] == "y" * 3000   # recent: full
     assert (await host.call(cmd("add", n=1, op_id="m0", pad="y" * 3000))) == (None, 2)               # old: version
     assert (await host.call(cmd("get")))[0]["total"] == 201
 
 
 async def test_op_ids_are_remembered_for_the_retry_window_only():
-    from actors.host import OP_RETRY_WINDOW_S
+    from actors.opcache import OP_RETRY_WINDOW_S
     now = {"t": 1000.0}
     host = EntityHost("h0", MemoryStore(), {"counter": Counter}, Env(), idle_timeout_s=3600,
                       clock=lambda: now["t"])
@@ -280,7 +280,7 @@ async def test_op_ids_are_remembered_for_the_retry_window_only():
     now["t"] += OP_RETRY_WINDOW_S + 1
     await host.call(cmd("add", eid="w", n=5, op_id="op-2"))                            # prunes the window
     slot = host.slots["counter:w"]
-    assert [k[1] for k in slot.ops] == ["op-2"] and set(slot.ops_at) == set(slot.ops)
+    assert [k[1] for k in slot.ops.entries] == ["op-2"] and set(slot.ops.at) == set(slot.ops.entries)
     _, v3 = await host.call(cmd("add", eid="w", n=1, op_id="op-1"))                   # long after: a new op
     assert v3 == v1 + 2
     await host.close(passivate=False)

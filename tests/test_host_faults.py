@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-import actors.host as host_module
+import actors.outbox as outbox_module
 from actors.entity import Command, Env, Principal
 from actors.host import EntityHost
 from protocols.errors import ErrorCode, SyncopateError
@@ -173,7 +173,7 @@ async def test_a_target_whose_store_is_down_gets_the_effect_exactly_once_when_it
 
 
 async def test_a_retried_op_re_sends_its_unacknowledged_effects_at_once(pair, monkeypatch):
-    monkeypatch.setattr(host_module, "EFFECT_BACKOFF_S", (30.0, 30.0))   # the backoff alone would wait 30 s
+    monkeypatch.setattr(outbox_module, "EFFECT_BACKOFF_S", (30.0, 30.0))   # the backoff alone would wait 30 s
     pair.dst_store.down = True
     await pair.src.call(add("s", 7, op_id="o7", tell=["d"]))
     await wait_for(lambda: pair.src.metrics.effects_sent == 1 and not any(
