@@ -33,8 +33,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url", help="a running server (default: start one)")
     g.add_argument("--data-dir", help="with --url: the server's data dir (its secret.key signs the tokens)")
     g.add_argument("--secret-file", help="with --url: the file of the server's token signing secret")
-    g.add_argument("--store", choices=("sqlite", "postgres", "tiered"), default="sqlite",
-                   help="the store of the server this command starts (faults may imply one)")
+    g.add_argument("--store", choices=("sqlite", "postgres", "tiered"), default=None,
+                   help="the store of the server this command starts (default sqlite; postgres with --nodes; "
+                        "faults may imply one)")
+    g.add_argument("--nodes", type=int, default=0, metavar="N",
+                   help="start a local multi-node Ray cluster of N raylets (simulations/cluster.py) and serve on "
+                        "it: one gateway per node, hosts spread")
     g.add_argument("--postgres-dsn", default=None, help="PostgreSQL for --store postgres|tiered "
                    "(default $SYNCOPATE_TEST_POSTGRES or postgresql://postgres@127.0.0.1:5432/test)")
     g.add_argument("--hosts", type=int, default=2, help="entity hosts of the server this command starts")
@@ -52,6 +56,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     f.add_argument("--kill-gateway-at", type=float, metavar="SECONDS", help="ray.kill gateway 0 at SECONDS")
     f.add_argument("--restart-redis-at", type=float, metavar="SECONDS",
                    help="restart the warm-tier Redis at SECONDS (runs the tiered store on a redis-server of its own)")
+    f.add_argument("--kill-node-at", type=float, metavar="SECONDS",
+                   help="with --nodes: kill -9 the raylet of the worker node running the most hosts at SECONDS")
     f.add_argument("--cut-postgres", metavar="SECONDS:DURATION",
                    help="cut PostgreSQL off at SECONDS for DURATION (the store connects through a proxy)")
 
@@ -147,9 +153,17 @@ def _simulate(args) -> int:
             raise SystemExit("fault options need the server this command starts: drop --url")
         target = Target.from_url(args.url, _secret(args), catalog=catalog)
     else:
-        print(f"starting a server ({args.store}, {args.hosts} hosts) ...", file=sys.stderr, flush=True)
-        own = OwnServer(store=args.store, faults=faults, hosts=args.hosts, gateways=args.gateways,
-                        postgres_dsn=args.postgres_dsn or POSTGRES_DSN, catalog=args.catalog).start()
+        if args.nodes < 0 or (faults.kill_node_at is not None and args.nodes < 2):
+            raise SystemExit("--kill-node-at needs --nodes 2 or more (the head node is never killed)")
+        where = f" on {args.nodes} nodes" if args.nodes else ""
+        print(f"starting a server ({args.store or 'default store'}, {args.hosts} hosts{where}) ...",
+              file=sys.stderr, flush=True)
+        try:
+            own = OwnServer(store=args.store, faults=faults, hosts=args.hosts, gateways=args.gateways,
+                            postgres_dsn=args.postgres_dsn or POSTGRES_DSN, catalog=args.catalog,
+                            nodes=args.nodes).start()
+        except ValueError as exc:
+            raise SystemExit(f"syncopate simulate: {exc}") from None
         target = own.target()
         if catalog is not None:
             target.catalog = catalog

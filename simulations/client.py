@@ -414,9 +414,11 @@ class SimClient:
         return Result(body, version, sent, done)
 
     async def call(self, mtype: str, payload: dict | None = None, *, op_id: str | None = None,
-                   mutate: bool | None = None, retries: int = 8, timeout: float = 10.0,
+                   mutate: bool | None = None, retries: int = 30, timeout: float = 10.0,
                    retry_deadline_s: float = 90.0) -> Result:
-        """Request with retries on retryable failures, reusing one op id (mutations get one)."""
+        """Request with retries on retryable failures, reusing one op id (mutations get one).
+        30 attempts (backoff up to 2 s, jittered) outlast a node loss: Ray takes ~15 s to mark a
+        node dead and restart its hosts elsewhere (`--kill-node-at`); 8 did not."""
         if mutate is None:
             mutate = mtype in MUTATIONS
         if mutate and op_id is None:

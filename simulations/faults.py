@@ -53,6 +53,7 @@ class FaultSpec:
     kill_gateway_index: int = 0
     restart_redis_at: float | None = None
     cut_postgres: tuple[float, float] | None = None     # (at, duration)
+    kill_node_at: float | None = None                   # kill -9 a worker node's raylet (--nodes N)
 
     @classmethod
     def from_args(cls, args) -> FaultSpec:
@@ -61,11 +62,12 @@ class FaultSpec:
             cut = parse_cut(cut)
         return cls(kill_host_at=getattr(args, "kill_host_at", None),
                    kill_gateway_at=getattr(args, "kill_gateway_at", None),
-                   restart_redis_at=getattr(args, "restart_redis_at", None), cut_postgres=cut)
+                   restart_redis_at=getattr(args, "restart_redis_at", None), cut_postgres=cut,
+                   kill_node_at=getattr(args, "kill_node_at", None))
 
     def any(self) -> bool:
         return any(x is not None for x in (self.kill_host_at, self.kill_gateway_at, self.restart_redis_at,
-                                           self.cut_postgres))
+                                           self.cut_postgres, self.kill_node_at))
 
     @property
     def needs_redis(self) -> bool:
@@ -76,7 +78,8 @@ class FaultSpec:
         return self.cut_postgres is not None or self.restart_redis_at is not None
 
     def last_event_s(self) -> float:
-        ts = [t for t in (self.kill_host_at, self.kill_gateway_at, self.restart_redis_at) if t is not None]
+        ts = [t for t in (self.kill_host_at, self.kill_gateway_at, self.restart_redis_at, self.kill_node_at)
+              if t is not None]
         if self.cut_postgres:
             ts.append(self.cut_postgres[0] + self.cut_postgres[1])
         return max(ts) if ts else 0.0
@@ -91,7 +94,15 @@ class FaultSpec:
             out["restart_redis_at"] = self.restart_redis_at
         if self.cut_postgres is not None:
             out["cut_postgres"] = f"{self.cut_postgres[0]:g}:{self.cut_postgres[1]:g}"
+        if self.kill_node_at is not None:
+            out["kill_node_at"] = self.kill_node_at
         return out
+
+    def recovery_window_s(self) -> float:
+        """How long the load must outlast the last fault to see the recovery: a Ray host restart
+        takes ~3 s on the 2-core machine; a node loss ~15 s before Ray marks the node dead, then
+        the restart."""
+        return 35.0 if self.kill_node_at is not None else 8.0
 
 
 def parse_cut(text: str) -> tuple[float, float]:
@@ -291,6 +302,7 @@ class FaultInjector:
     server: object = None                 # a RayServer
     proxy: TcpProxy | None = None
     redis: OwnRedis | None = None
+    nodes: object = None                  # a simulations.cluster.RayNodes (--nodes N)
     results: list[dict] = field(default_factory=list)
     _tasks: list = field(default_factory=list)
 
@@ -303,6 +315,8 @@ class FaultInjector:
             raise ValueError("--restart-redis-at needs the harness's own redis-server (drop --url)")
         if self.spec.cut_postgres is not None and self.proxy is None:
             raise ValueError("--cut-postgres needs the harness's PostgreSQL proxy (drop --url)")
+        if self.spec.kill_node_at is not None and (self.nodes is None or not self.nodes.workers()):
+            raise ValueError("--kill-node-at needs a multi-node cluster the harness starts (--nodes 2 or more)")
 
     def start(self, rec) -> None:
         """Schedule every fault relative to now (the recorder's t = 0 is the load start)."""
@@ -316,6 +330,8 @@ class FaultInjector:
             self._tasks.append(loop.create_task(self._at(rec, s.restart_redis_at, self._restart_redis)))
         if s.cut_postgres is not None:
             self._tasks.append(loop.create_task(self._at(rec, s.cut_postgres[0], self._cut_postgres)))
+        if s.kill_node_at is not None:
+            self._tasks.append(loop.create_task(self._at(rec, s.kill_node_at, self._kill_node)))
 
     async def wait(self) -> None:
         if self._tasks:
@@ -384,6 +400,32 @@ class FaultInjector:
         rec.mark("fault_end", fault="cut_postgres")
         self.results.append({"kind": "cut_postgres", "at_s": round(t, 3), "duration_s": dur,
                              "restored_t": rec.now(), "connections_cut": self.proxy.connections_cut})
+
+
+    async def _kill_node(self, rec) -> None:
+        """kill -9 the raylet of the worker node that runs the most of the server's hosts."""
+        loop = asyncio.get_running_loop()
+        victim, actors = await loop.run_in_executor(None, self._pick_node)
+        t = rec.now()
+        rec.mark("fault", fault="kill_node", node=victim.node_id[:12], actors=actors)
+        await loop.run_in_executor(None, self.nodes.kill_node, victim)
+        self.results.append({"kind": "kill_node", "node": victim.node_id[:12], "actors": actors,
+                             "at_s": round(t, 3), "duration_s": None, "restored_t": None})
+
+    def _pick_node(self) -> tuple:
+        from ray._private.state import state
+        prefix = f"{self.server.cluster}-"
+        on: dict[str, list[str]] = {}
+        for info in state.actor_table(None).values():
+            name = info.get("Name") or ""
+            if name.startswith(prefix) and info.get("State") == "ALIVE":
+                on.setdefault(info["Address"]["NodeID"], []).append(name[len(prefix):])
+        workers = self.nodes.workers()
+
+        def hosts(n) -> int:
+            return sum(1 for a in on.get(n.node_id, ()) if a.startswith("host-"))
+        victim = max(workers, key=hosts)       # the first of the most loaded: deterministic
+        return victim, sorted(on.get(victim.node_id, ()))
 
 
 async def _listens(host: str, port: int) -> bool:

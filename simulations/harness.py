@@ -45,7 +45,6 @@ from simulations.resources import (
 )
 
 log = logging.getLogger("syncopate.sim")
-RECOVERY_WINDOW_S = 8.0        # load continues at least this long after the last fault
 
 
 @dataclass
@@ -96,6 +95,8 @@ class Target:
         out = {"url": self.url, "store": self.store}
         if self.server is not None:
             out.update(hosts=self.server.spec.hosts, gateways=self.server.spec.gateways, cluster=self.server.cluster)
+            if self.own is not None and self.own.nodes:
+                out["nodes"] = self.own.nodes
         return out
 
 
@@ -105,9 +106,15 @@ class OwnServer:
     def __init__(self, *, store: str = "sqlite", faults: FaultSpec | None = None, hosts: int = 2,
                  gateways: int = 1, postgres_dsn: str = POSTGRES_DSN, kinds: str | None = None,
                  data_dir: str | None = None, gateway_config: dict | None = None, log_level: str = "WARNING",
-                 idle_timeout_s: float = 600.0, catalog: str | None = None) -> None:
+                 idle_timeout_s: float = 600.0, catalog: str | None = None, nodes: int = 0) -> None:
         faults = faults or FaultSpec()
         self.catalog = catalog
+        if store is None:       # the default: SQLite on one machine, PostgreSQL on a cluster
+            store = "postgres" if nodes else "sqlite"
+        if nodes and store == "sqlite":
+            raise ValueError("--nodes: SQLite is refused on a cluster (each node's own file); use --store postgres|tiered")
+        self.nodes = nodes
+        self.cluster_nodes = None       # a simulations.cluster.RayNodes with nodes >= 1
         if faults.needs_redis:
             store = "tiered"
         elif faults.needs_postgres and store == "sqlite":
@@ -153,8 +160,26 @@ class OwnServer:
                           catalog=self.catalog)
         if self.kinds:
             spec.kinds = self.kinds
+        if self.nodes:
+            self._start_nodes(spec)
         self.server = RayServer(spec).start()
         return self
+
+    def _start_nodes(self, spec) -> None:
+        """A local multi-node cluster, this process its driver: one gateway per node, all on the
+        spec's port (SO_REUSEPORT), so a client whose node died reconnects to a live node's gateway
+        at the same address, as behind a load balancer."""
+        import os
+
+        from simulations.cluster import RayNodes
+        self.cluster_nodes = RayNodes(cpus_per_node=1).start(self.nodes)
+        env = self.cluster_nodes.env()
+        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):     # this process joins as a driver
+            os.environ[k] = env[k]
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        spec.ray_address = self.cluster_nodes.address
+        spec.gateways = "per-node"
+        spec.host = "127.0.0.1"         # every node is this machine
 
     def target(self) -> Target:
         t = Target.from_server(self.server, store=self.store)
@@ -162,11 +187,15 @@ class OwnServer:
             t.extra_pids["redis (own)"] = lambda: [p for p in [self.redis.pid] if p]
         if self.store in ("postgres", "tiered"):
             t.extra_pids["postgres (all backends)"] = postgres_pids
+        if self.cluster_nodes is not None:      # what a node costs besides the server's actors
+            for node in self.cluster_nodes.nodes:
+                label = f"ray node {node.index} ({'head: gcs, ' if node.head else ''}raylet, agents)"
+                t.extra_pids[label] = lambda node=node: self.cluster_nodes.ray_pids(node)
         t.own = self
         return t
 
     def injector(self, spec: FaultSpec) -> FaultInjector:
-        return FaultInjector(spec, server=self.server, proxy=self.proxy, redis=self.redis)
+        return FaultInjector(spec, server=self.server, proxy=self.proxy, redis=self.redis, nodes=self.cluster_nodes)
 
     def stop(self, *, drop: bool = True) -> None:
         if self.server is not None:
@@ -174,6 +203,10 @@ class OwnServer:
                 self.server.stop()
             except Exception as exc:  # noqa: BLE001 - best-effort cleanup
                 log.warning("server stop: %s", exc)
+        if self.cluster_nodes is not None:
+            import ray
+            ray.shutdown()
+            self.cluster_nodes.stop()
         if self.proxy is not None:
             self.proxy.stop()
         if self.redis is not None:
@@ -227,7 +260,7 @@ async def run_scenario(name: str, target: Target, params: dict | None = None, *,
         injector.check()
         # the load must outlast the last fault by enough to see the recovery (a Ray host restart
         # takes about 3 s on the 2-core machine)
-        seconds = max(seconds, faults.last_event_s() + RECOVERY_WINDOW_S)
+        seconds = max(seconds, faults.last_event_s() + faults.recovery_window_s())
     rec = Recorder()
     prog = Progress(seconds, cls.name, quiet=quiet)
     scen = cls(target, rec, params, seconds=seconds)

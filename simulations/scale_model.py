@@ -25,7 +25,9 @@ Measured:
 Then the capacity table: hosts, gateways, Redis and PostgreSQL at 500 M monthly users, 100 M
 concurrent at peak, 4 B playlists and 37,000 plays/s, from those measurements and the ASSUMPTIONS
 below (each printed with the table, each overridable with --assume NAME=VALUE). --live-report takes
-a live simulation's report.json to calibrate the gateway's CPU per frame and memory per connection.
+a live simulation's report.json to calibrate the gateway's CPU per frame and memory per connection,
+and, from a `simulate --nodes N` run, what each machine's Ray node and host processes take before
+any entity (ray_node_mb, ray_node_cores, host_actor_idle_mb).
 """
 from __future__ import annotations
 
@@ -81,6 +83,12 @@ ASSUMPTIONS: dict[str, tuple[float, str, str]] = {
     "log_tail_records": (5, "records", ("average log records per STORED entity not compacted into its snapshot "
                          "(passivation writes a snapshot and drops the records it covers, so at rest tails are short)")),
     "idle_group_share_stored": (1.0, "", "share of MAU with a stored device group"),
+    # per machine, measured on a 3-node local cluster (docs/performance.md, node loss; simulate --nodes 3)
+    "ray_node_mb": (110.0, "MB", ("RSS of a Ray worker node's own processes (raylet, agents) on every machine "
+                    "(overridden by --live-report of a --nodes run)")),
+    "ray_node_cores": (0.02, "cores", "CPU of a Ray worker node's own processes (overridden by --live-report of a --nodes run)"),
+    "host_actor_idle_mb": (105.0, "MB", ("RSS of a host actor before its entities (Ray worker, catalog, store pool), "
+                           "one per core (overridden by --live-report)")),
 }
 
 
@@ -420,8 +428,12 @@ def project(m: dict, assume: dict[str, float], live: dict | None = None) -> dict
     mem_bytes = (conc * mem["session"]["bytes_per_entity"] + conc * mem["devicegroup"]["bytes_per_entity"]
                  + active_playlists * mem["playlist"]["bytes_per_entity"])
     host_cores_needed = host_core_s / A["core_util_target"]
-    host_machines_cpu = host_cores_needed / A["host_machine_cores"]
-    host_machines_mem = mem_bytes / (A["host_machine_gb"] * 2**30 * A["mem_util_target"])
+    # every machine is a Ray node: its raylet and agents, and one host actor process a core, come first
+    host_cores_usable = A["host_machine_cores"] - A["ray_node_cores"]
+    host_gb_usable = (A["host_machine_gb"] * A["mem_util_target"]
+                      - (A["ray_node_mb"] + host_cores_usable * A["host_actor_idle_mb"]) / 1024)
+    host_machines_cpu = host_cores_needed / host_cores_usable
+    host_machines_mem = mem_bytes / (host_gb_usable * 2**30)
     host_machines = math.ceil(max(host_machines_cpu, host_machines_mem))
     # -- gateways --------------------------------------------------------------------------------------------
     pushes_per_cmd = A["devices_online_per_user"]
@@ -432,8 +444,10 @@ def project(m: dict, assume: dict[str, float], live: dict | None = None) -> dict
               + conns / A["ws_ping_interval_s"] * 2)          # websocket pings and pongs
     gw_cores = frames * A["gateway_cpu_ms_per_frame"] * 1e-3 / A["core_util_target"]
     gw_mem = conns * A["gateway_kb_per_conn"] * 1024
-    gw_machines = math.ceil(max(gw_cores / A["gateway_machine_cores"],
-                                gw_mem / (A["gateway_machine_gb"] * 2**30 * A["mem_util_target"])))
+    gw_cores_usable = A["gateway_machine_cores"] - A["ray_node_cores"]
+    gw_gb_usable = (A["gateway_machine_gb"] * A["mem_util_target"]
+                    - (A["ray_node_mb"] + gw_cores_usable * GATEWAY_IDLE_MB) / 1024)
+    gw_machines = math.ceil(max(gw_cores / gw_cores_usable, gw_mem / (gw_gb_usable * 2**30)))
     # -- storage ---------------------------------------------------------------------------------------------
     st = m["storage"]
     snap = {k: (v["snapshot_bytes_mean"] or 0) + A["pg_row_overhead_bytes"] for k, v in st.items()}
@@ -456,7 +470,7 @@ def project(m: dict, assume: dict[str, float], live: dict | None = None) -> dict
         "hosts": {"cores_busy": round(host_core_s), "cores_planned": round(host_cores_needed),
                   "host_actors": math.ceil(host_cores_needed), "machines_for_cpu": round(host_machines_cpu, 1),
                   "active_entity_memory_gb": round(mem_bytes / 2**30), "machines_for_memory": round(host_machines_mem, 1),
-                  "machines": host_machines},
+                  "machine_gb_for_entities": round(host_gb_usable, 1), "machines": host_machines},
         "gateways": {"connections": round(conns), "frames_per_s": round(frames), "cores_planned": round(gw_cores),
                      "memory_gb": round(gw_mem / 2**30), "machines": gw_machines},
         "postgres": {"records_per_s": round(records_per_s), "stored_tb": round(pg_bytes / 1e12, 1),
@@ -479,6 +493,14 @@ def calibrate(report: dict) -> dict:
     if gws and frames and dur:
         cpu_core_s = sum(g["cpu_pct_mean"] for g in gws) / 100 * dur
         out["gateway_cpu_ms_per_frame"] = round(cpu_core_s * 1000 / frames, 4)
+    # a --nodes run: each worker node's own Ray processes (the head also runs the GCS: not a per-machine cost)
+    nodes = [v for k, v in procs.items() if k.startswith("ray node") and "head" not in k]
+    if nodes:
+        out["ray_node_mb"] = round(sum(n["rss_mb_mean"] for n in nodes) / len(nodes), 1)
+        out["ray_node_cores"] = round(sum(n["cpu_pct_mean"] for n in nodes) / len(nodes) / 100, 3)
+    hosts = [v for k, v in procs.items() if k.startswith("host-")]
+    if hosts:
+        out["host_actor_idle_mb"] = round(min(h["rss_mb_mean"] for h in hosts), 1)
     conns = clients.get("clients")
     if gws and conns:
         idle = GATEWAY_IDLE_MB * len(gws)
@@ -509,7 +531,8 @@ def markdown(m: dict, proj: dict) -> str:
     h, g, p, r = proj["hosts"], proj["gateways"], proj["postgres"], proj["redis"]
     L += ["", "| tier | sizing |", "|---|---|",
           (f"| entity hosts | {h['cores_busy']:,} cores busy -> {h['host_actors']:,} host actors; active entities "
-           f"{h['active_entity_memory_gb']:,} GB; **{h['machines']:,} machines** (CPU needs {h['machines_for_cpu']}, "
+           f"{h['active_entity_memory_gb']:,} GB ({h['machine_gb_for_entities']:,} GB a machine once its Ray node and host "
+           f"processes are counted); **{h['machines']:,} machines** (CPU needs {h['machines_for_cpu']}, "
            f"memory {h['machines_for_memory']}) |"),
           (f"| gateways | {g['connections']:,} websockets, {g['frames_per_s']:,} frames/s, {g['cores_planned']:,} cores, "
            f"{g['memory_gb']:,} GB; **{g['machines']:,} machines** |"),
