@@ -278,8 +278,6 @@ class WsSession:
             if not isinstance(entity_id, str) or not 0 < len(entity_id) <= 64:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"payload.{route.id_field} must name the {route.kind}")
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
-            args.pop("context_entries", None)
-            args.pop("context_snapshot_id", None)
             args.pop("market", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()

@@ -498,6 +498,28 @@ async def test_playlist_context(user, catalog):
     assert e.http_status == 404
 
 
+async def test_a_private_playlist_of_another_user_is_not_a_play_context(server, http, user, catalog):
+    """The device group's host asks the playlist as the commanding user (actors/asks.py): a private
+    playlist the user can't read is 404, as a read of it is, and playback is unchanged."""
+    other = User(server, http, user.name + "-owner")
+    try:
+        owner_dev = await other.device("desk")
+        pid = new_playlist_id()
+        await owner_dev.call("playlist.create", {"id": pid, "name": "Mine", "public": False})
+        await owner_dev.call("playlist.add", {"id": pid, "uris": track_uris(catalog, 2)})
+        await user.device("laptop")
+        status, body = await user.raw("PUT", "me/player/play?device_id=laptop",
+                                      {"context_uri": f"spotify:playlist:{pid}"})
+        assert (status, body) == (404, {"error": {"status": 404, "message": f"playlist {pid} not found",
+                                                     "code": "NOT_FOUND"}})
+        status, _ = await user.raw("GET", "me/player")
+        assert status == 204                        # nothing was loaded
+        await sp_call(other.sp.start_playback, device_id="desk", context_uri=f"spotify:playlist:{pid}")
+        assert (await sp_call(other.sp.current_playback))["context"]["uri"] == f"spotify:playlist:{pid}"
+    finally:
+        await other.close()
+
+
 async def test_idempotency_key_applies_a_command_once(user, catalog):
     await user.device("laptop")
     await sp_call(user.sp.start_playback, device_id="laptop", uris=track_uris(catalog, 3))

@@ -12,6 +12,11 @@ What a test sees of one command (`Result`):
   events           the Pushes the host delivered for it (to any gateway), in order
   effects          the Commands the host dispatched for it (acknowledged at once)
 
+Asks (actors/asks.py: an op's read of another entity, made by the host before the op runs) are
+answered from what the test serves: `serve(kind, entity_id, op, payload)` (or a SyncopateError to
+refuse). The host routes asks the way it routes effects; a served (kind, id, op) is answered, and
+the asks a test made are in `asked`.
+
 Pushes reach only gateways that subscribed: the driver subscribes a watcher connection of its own
 (`WATCH`) with a real `subscribe` command (SYSTEM principal) as soon as the entity accepts one (a
 playlist only once it exists: like any subscriber, the watcher sees nothing of `create`).
@@ -39,9 +44,10 @@ import msgpack
 from actors.entity import SYSTEM, Command, Entity, Env, Principal
 from actors.host import EntityHost
 from protocols.errors import SyncopateError
-from protocols.wire import ConnAddress, Push
+from protocols.wire import ConnAddress, Push, Reply
 from storage.memory import MemoryStore
 
+_NOT_SERVED = object()
 WATCH = ConnAddress("driver-watch", "watcher")      # the driver's own subscriber
 BARRIER = ConnAddress("driver-barrier", "none")     # never subscribed: unsubscribing it is a no-op
 
@@ -103,6 +109,8 @@ class EntityDriver:
         self.store = store if store is not None else RecordingStore()
         self.pushes: list[Push] = []          # every push delivered, in order, once each
         self.effects: list[Command] = []      # every effect dispatched, in order
+        self.served: dict[tuple[str, str, str], Any] = {}   # (kind, id, op) -> answer to an ask
+        self.asked: list[Command] = []        # every ask the host made, in order
         self.e: Entity | None = None          # the entity the host activated last (see _make)
         self._seen: set[int] = set()
         self._loop = asyncio.new_event_loop()
@@ -126,7 +134,17 @@ class EntityDriver:
                 self._seen.add(id(it))
                 self.pushes.append(it)
 
-    def _dispatch(self, cmd: Command) -> None:
+    def serve(self, kind: str, entity_id: str, op: str, answer: Any) -> None:
+        """Answer the host's asks of (kind, entity_id, op) with `answer` (a SyncopateError refuses)."""
+        self.served[(kind, entity_id, op)] = answer
+
+    def _dispatch(self, cmd: Command):
+        answer = self.served.get((cmd.kind, cmd.entity_id, cmd.op), _NOT_SERVED)
+        if answer is not _NOT_SERVED:
+            self.asked.append(cmd)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(Reply.fail(answer) if isinstance(answer, SyncopateError) else Reply(1, answer))
+            return fut
         self.effects.append(cmd)
         return None                           # taken over: the host counts it acknowledged
 
