@@ -20,7 +20,7 @@ from gateway.auth import Auth, write_secret
 from protocols.errors import HTTP_STATUS, ErrorCode
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
-from tests.support.player import Device, assert_in_order, new_playlist_id, wait_version
+from tests.support.player import Device, WsError, assert_in_order, new_playlist_id, wait_version
 from tests.support.playlists import eventually
 
 SECRET = "player-rest-secret-0123456789-abcdefgh"
@@ -507,11 +507,14 @@ async def test_a_private_playlist_of_another_user_is_not_a_play_context(server, 
         pid = new_playlist_id()
         await owner_dev.call("playlist.create", {"id": pid, "name": "Mine", "public": False})
         await owner_dev.call("playlist.add", {"id": pid, "uris": track_uris(catalog, 2)})
-        await user.device("laptop")
+        lap = await user.device("laptop")
         status, body = await user.raw("PUT", "me/player/play?device_id=laptop",
                                       {"context_uri": f"spotify:playlist:{pid}"})
         assert (status, body) == (404, {"error": {"status": 404, "message": f"playlist {pid} not found",
                                                      "code": "NOT_FOUND"}})
+        with pytest.raises(WsError) as ei:          # the same over the websocket
+            await lap.call("player.play", {"context_uri": f"spotify:playlist:{pid}", "device_id": "laptop"})
+        assert (ei.value.code, ei.value.error["message"]) == ("NOT_FOUND", f"playlist {pid} not found")
         status, _ = await user.raw("GET", "me/player")
         assert status == 204                        # nothing was loaded
         await sp_call(other.sp.start_playback, device_id="desk", context_uri=f"spotify:playlist:{pid}")
