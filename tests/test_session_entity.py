@@ -69,7 +69,7 @@ class Harness:
     @staticmethod
     def _check(out):
         if out is not None and out.records:
-            assert out.records[0][1] == out.version      # records carry their version
+            assert out.records[0]["version"] == out.version      # records carry their version
         return out
 
     def run(self, op, args=None, principal=ALICE, origin=None):
@@ -178,7 +178,7 @@ def test_heartbeat_expiry_with_a_controlled_clock():
         if out is not None:
             break
     assert out is not None and h.now - T0 > CONNECTION_TIMEOUT_MS
-    assert out.records[0][0] == "disc"
+    assert out.records[0]["type"] == "disconnected" and out.records[0]["reason"] == "timeout"
     ev, = out.events
     assert ev.payload["reason"] == "timeout" and ev.payload["conns"] == ["gw1/c2"]
     assert ev.payload["device_id"] == "laptop"
