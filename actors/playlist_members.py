@@ -16,15 +16,7 @@ class MemberOps:
     def _op_follow(self, cmd: Command, a: Args) -> Outcome:
         user = self._user(cmd)
         self._view(Principal(user_id=user))
-        if user in self.followers:
-            return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
-        self.followers.add(user)
-        out = self._commit(records=[{"t": "follow", "user": user, "on": True}],
-                           delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
-                           reply={"followers": len(self.followers)})
-        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_follow_playlist",
-                                   args={"playlist_id": self.id}, principal=SYSTEM))
-        return out
+        return self._following(user, True)
 
     @op("unfollow")
     def _op_unfollow(self, cmd: Command, a: Args) -> Outcome:
@@ -32,12 +24,19 @@ class MemberOps:
         self._exists()
         if user not in self.followers:
             self._view(Principal(user_id=user))
+        return self._following(user, False)
+
+    def _following(self, user: str, on: bool) -> Outcome:
+        """`user` follows (on) or no longer follows the playlist: a record, and the follower's
+        library hears it (an effect); nothing when it already is so."""
+        if (user in self.followers) == on:
             return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
-        self.followers.discard(user)
-        out = self._commit(records=[{"t": "follow", "user": user, "on": False}],
+        (self.followers.add if on else self.followers.discard)(user)
+        out = self._commit(records=[{"t": "follow", "user": user, "on": on}],
                            delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
                            reply={"followers": len(self.followers)})
-        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_unfollow_playlist",
+        out.effects.append(Command(kind=SESSION, entity_id=user,
+                                   op="library_follow_playlist" if on else "library_unfollow_playlist",
                                    args={"playlist_id": self.id}, principal=SYSTEM))
         return out
 
