@@ -18,20 +18,16 @@ import tekore as tk
 
 from gateway.auth import Auth, write_secret
 from protocols.errors import HTTP_STATUS, ErrorCode
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
 from tests.support.player import Device, WsError, assert_in_order, new_playlist_id, wait_version
 from tests.support.playlists import eventually
+from tests.support.servers import memory_server
 
 SECRET = "player-rest-secret-0123456789-abcdefgh"
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("player")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "player",
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET))) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
