@@ -112,7 +112,9 @@ class EntityDriver:
         self.served: dict[tuple[str, str, str], Any] = {}   # (kind, id, op) -> answer to an ask
         self.asked: list[Command] = []        # every ask the host made, in order
         self.e: Entity | None = None          # the entity the host activated last (see _make)
-        self._seen: set[int] = set()
+        # id -> the push: holding it keeps its id from being reused by a later push (a test may clear
+        # `pushes`), and one push delivered to several gateways is kept once
+        self._seen: dict[int, Push] = {}
         self._loop = asyncio.new_event_loop()
         self.host: _Host | None = None
         self._watching = False
@@ -131,7 +133,7 @@ class EntityDriver:
     def _deliver(self, gateway: str, items: list) -> None:
         for it in items:
             if isinstance(it, Push) and id(it) not in self._seen:
-                self._seen.add(id(it))
+                self._seen[id(it)] = it
                 self.pushes.append(it)
 
     def serve(self, kind: str, entity_id: str, op: str, answer: Any) -> None:
@@ -235,6 +237,17 @@ class EntityDriver:
             await self.host.call(Command(self.kind, self.id, "unsubscribe", {}, SYSTEM, origin=BARRIER))
             res = self._since(mark, None, self.e.version)
             return res if (res.records or res.events) else None
+        return self._run(go())
+
+    def snapshot(self) -> tuple[Any, int]:
+        """Write the entity's snapshot now, as the host's compaction does (the store then drops the
+        records it covers); answers (the state written, as the store gives it back, its version)."""
+        async def go():
+            slot = self.host.slots.get(self.key)
+            assert slot is not None and slot.entity is not None, f"{self.key} is not active"
+            assert await self.host._snapshot(slot), f"the snapshot of {self.key} was not written"
+            loaded = await self.store.load(self.key)
+            return unpack(loaded.snapshot.data)["state"], loaded.snapshot.seq
         return self._run(go())
 
     # -- the committed log --------------------------------------------------------------------------
