@@ -698,25 +698,18 @@ def test_batched_heartbeats_and_requests_keep_connections_alive():
 # ================================================================================================
 # through the real gateway (in-process server, memory store): two connections of one user
 # ================================================================================================
-def session_kinds():
-    return {SessionEntity.kind: SessionEntity}
-
-
 SECRET = "session-entity-test-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    from storage.memory import MemoryStore
     from gateway.auth import write_secret
-    from syncopate.server import LocalServer, ServerSpec
+    from tests.support.servers import memory_server
 
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("sess")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      kinds="tests.test_session_entity:session_kinds")
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "sess", gateway={},
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
+                             kinds="tests.support.servers:session_kinds") as srv:
+        yield srv
 
 
 async def test_two_connections_see_each_others_library_changes_and_sign_out(server):

@@ -31,6 +31,12 @@ async def memory_server(tmp_path_factory, name: str, *, hosts: int = 1, gateway:
         await srv.stop()
 
 
+def session_kinds():
+    """A server's kinds (`ServerSpec.kinds="tests.support.servers:session_kinds"`): the session alone."""
+    from actors.session import SessionEntity
+    return {SessionEntity.kind: SessionEntity}
+
+
 def admin_headers(server) -> dict:
     """An operator token's header (the /admin API)."""
     return {"Authorization": f"Bearer {server.auth.mint_operator()}"}
