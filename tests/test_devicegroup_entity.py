@@ -16,7 +16,7 @@ from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Reply
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from tests.support.catalog import CatalogBuilder
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 T0 = 1_700_000_000_000
@@ -65,7 +65,7 @@ def rt(x):
     return msgpack.unpackb(msgpack.packb(x, use_bin_type=True), raw=False, strict_map_key=False)
 
 
-class H:
+class H(OnDriver):
     """One device group on the real EntityHost (tests/support/entities.py) with a controlled clock:
     `do` returns what the host released for the command (reply, records, events, effects); `log`,
     `events` and `effects` are everything committed, pushed and dispatched so far."""
@@ -79,18 +79,6 @@ class H:
         self.d = EntityDriver(DeviceGroupEntity, user, self.env, now_ms=T0)
         self.user = user
         self.base = rt(DeviceGroupEntity(user, self.env).snapshot())
-
-    @property
-    def e(self) -> DeviceGroupEntity:
-        return self.d.e
-
-    @property
-    def now(self) -> int:
-        return self.d.now
-
-    @now.setter
-    def now(self, ms: int) -> None:
-        self.d.now = ms
 
     @property
     def log(self) -> list:

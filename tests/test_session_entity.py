@@ -16,7 +16,7 @@ from actors.session import CHANGE_LOG_ITEMS, CONNECTION_TIMEOUT_MS, MAX_URIS, Se
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import BASE62
 from tests.support.catalog import catalog_with
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 ALICE = Principal(USER, device_id="phone")
@@ -42,25 +42,13 @@ def turi(i):
     return f"spotify:track:{TRACKS[i]}"
 
 
-class Harness:
+class Harness(OnDriver):
     """The session on the real EntityHost (tests/support/entities.py) with a controlled clock; `run`
     returns what the host released for the command, `entries` what it committed."""
 
     def __init__(self, catalog=CATALOG, now=T0):
         self.env = Env(catalog=catalog)
         self.d = EntityDriver(SessionEntity, USER, self.env, now_ms=now)
-
-    @property
-    def e(self) -> SessionEntity:
-        return self.d.e
-
-    @property
-    def now(self) -> int:
-        return self.d.now
-
-    @now.setter
-    def now(self, ms: int) -> None:
-        self.d.now = ms
 
     @property
     def entries(self) -> list[tuple[int, list]]:

@@ -99,6 +99,24 @@ def close_all() -> None:
         d.close()
 
 
+class OnDriver:
+    """What every entity harness of the tests shares over its driver `self.d`: the live entity and
+    the clock (ms)."""
+    d: "EntityDriver"
+
+    @property
+    def e(self) -> Entity:
+        return self.d.e
+
+    @property
+    def now(self) -> int:
+        return self.d.now
+
+    @now.setter
+    def now(self, ms: int) -> None:
+        self.d.now = ms
+
+
 class EntityDriver:
     def __init__(self, cls: type[Entity], entity_id: str, env: Env, *, now_ms: int,
                  store: RecordingStore | None = None) -> None:

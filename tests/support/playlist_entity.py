@@ -15,7 +15,7 @@ from actors.playlist_doc import PlaylistDoc, decode_state_vector
 from protocols.errors import SyncopateError
 from protocols.messages import PLAYLIST
 from tests.support.catalog import catalog_with
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 
 PID = "37i9dQZF1DXcBWIGoYBM5M"
@@ -46,7 +46,7 @@ class _Views:
         return [e.id for e in self.e.doc.entries]
 
 
-class Harness(_Views):
+class Harness(_Views, OnDriver):
     """One playlist on the real EntityHost over the memory store (tests/support/entities.py): the
     host runs every command (versions, the output gate, phantoms, log entries); `compact` writes a
     snapshot as the host's compaction does, `restart` kills the host and activates the playlist
@@ -59,14 +59,6 @@ class Harness(_Views):
         self.d = EntityDriver(PlaylistEntity, pid, self.env, now_ms=T0)
         self.snap = None
         self.snap_version = 0
-
-    @property
-    def e(self) -> PlaylistEntity:
-        return self.d.e
-
-    @property
-    def now(self) -> int:
-        return self.d.now
 
     @property
     def events(self) -> list:
