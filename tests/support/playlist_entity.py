@@ -38,7 +38,17 @@ def roundtrip(value):
     return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
 
 
-class _Views:
+class _Playlist:
+    """What both harnesses offer over their `do`."""
+
+    def reply(self, op: str, who: str | None = "alice", **args):
+        return self.do(op, who, **args).reply
+
+    def err(self, op: str, who: str | None = "alice", **args) -> SyncopateError:
+        with pytest.raises(SyncopateError) as ei:
+            self.do(op, who, **args)
+        return ei.value
+
     def uris(self) -> list[str]:
         return [e.uri for e in self.e.doc.entries]
 
@@ -46,7 +56,7 @@ class _Views:
         return [e.id for e in self.e.doc.entries]
 
 
-class Harness(_Views, OnDriver):
+class Harness(_Playlist, OnDriver):
     """One playlist on the real EntityHost over the memory store (tests/support/entities.py): the
     host runs every command (versions, the output gate, phantoms, log entries); `compact` writes a
     snapshot as the host's compaction does, `restart` kills the host and activates the playlist
@@ -73,14 +83,6 @@ class Harness(_Views, OnDriver):
         self.d.now += 1
         return self.d.command(op, args, principal=p, origin=origin)
 
-    def reply(self, op: str, who: str | None = "alice", **args):
-        return self.do(op, who, **args).reply
-
-    def err(self, op: str, who: str | None = "alice", **args) -> SyncopateError:
-        with pytest.raises(SyncopateError) as ei:
-            self.do(op, who, **args)
-        return ei.value
-
     def compact(self) -> None:
         self.snap, self.snap_version = self.d.snapshot()
 
@@ -91,7 +93,7 @@ class Harness(_Views, OnDriver):
         self.d.restart()
 
 
-class StoredFormsHarness(_Views):
+class StoredFormsHarness(_Playlist):
     """For the tests that write older stored forms on purpose (a snapshot or log entries as an
     older version stored them: `snap` and `log` are edited, then `restart`): drives the entity by
     hand the way actors/host.py does (version bump per record-bearing outcome, msgpack'd log
@@ -116,14 +118,6 @@ class StoredFormsHarness(_Views):
             self.log.append(roundtrip(out.records))
         self.events.extend(out.events)
         return out
-
-    def reply(self, op: str, who: str | None = "alice", **args):
-        return self.do(op, who, **args).reply
-
-    def err(self, op: str, who: str | None = "alice", **args) -> SyncopateError:
-        with pytest.raises(SyncopateError) as ei:
-            self.do(op, who, **args)
-        return ei.value
 
     def compact(self) -> None:
         self.snap = roundtrip(self.e.snapshot())
