@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.args import Args, Bool, Choice, Int, Uri, int_arg
+from actors.asks import Ask
 from actors.devicegroup_txn import (
     MAX_CONTEXT,
     MAX_QUEUE,
@@ -31,6 +32,16 @@ from catalog import require
 from protocols.errors import ErrorCode
 from protocols.messages import PLAYLIST
 from protocols.uris import parse_uri
+
+
+def play_context_ask(cmd: Command) -> Ask | None:
+    """`play` of a playlist context reads the playlist's entries from the playlist entity, as the
+    commanding user (actors/asks.py): a playlist hidden from the user is NOT_FOUND, as any read of it."""
+    ctx = cmd.args.get("context_uri")
+    if not isinstance(ctx, str) or not ctx.startswith("spotify:playlist:"):
+        return None
+    _, pid = parse_uri(ctx, "playlist")
+    return Ask(Command(PLAYLIST, pid, "entries", {}, cmd.principal), f"playlist {pid}")
 
 
 class PlaybackOps:
@@ -60,13 +71,14 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    @op("play", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0)})
+    @op("play", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0)}, ask=play_context_ask)
     def _op_play(self, cmd: Command, a: Args) -> Outcome:
         pos_ms = a["position_ms"]
         offset = a.get("offset")
+        asked = cmd.asked if isinstance(cmd.asked, dict) else {}     # the playlist's answer (play_context_ask)
         new_items = a.get("context_uri") is not None or a.get("uris") is not None
         if new_items:
-            ctx, tracks = self._play_items(a)
+            ctx, tracks = self._play_items(a, asked)
             start = self._offset(offset, tracks)
         elif offset is not None:
             raise _err(ErrorCode.BAD_REQUEST, "offset needs context_uri or uris")
@@ -108,16 +120,16 @@ class PlaybackOps:
                     p["position_ms"] = pos_ms
         self._activate(t, target)
         t.set_reason(PLAYER_STATE_CHANGED)
-        return self._commit(t, seen_snapshot=a.get("context_snapshot_id"))
+        return self._commit(t, seen_snapshot=asked.get("snapshot_id"))
 
-    def _play_items(self, a: dict) -> tuple[str | None, list]:
+    def _play_items(self, a: dict, asked: dict) -> tuple[str | None, list]:
         ctx, uris = a.get("context_uri"), a.get("uris")
         if ctx is not None and uris is not None:
             raise _err(ErrorCode.BAD_REQUEST, "give context_uri or uris, not both")
         if ctx is not None:
             kind, ident = parse_uri(ctx)
             if kind == "playlist":
-                tracks = self._entries(a.get("context_entries"), "context_entries")
+                tracks = self._entries(asked.get("entries"), "the asked playlist entries")
             elif kind == "album":
                 cat = self.env.catalog
                 found = cat.album_tracks(ident) if cat is not None else []

@@ -39,6 +39,7 @@ The host in parts (one class, EntityHost, over one state; each part a module):
   actors/residency.py  snapshots, passivation under the budgets, ticks
   actors/opcache.py    op ids applied, per sender (idempotency)
   actors/maintenance.py  ERASE and COMPACT of one entity's storage (user data rights)
+  actors/asks.py       an op's read of another entity, made before the op runs
   actors/slot.py       the per-entity record (Slot) and the log/snapshot packing
 
 No Ray and no aiohttp here: actors/ray_host.py adapts this class to a Ray actor; tests and the
@@ -54,6 +55,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
+from actors.asks import Asks, ask_for
 from actors.commit import GroupCommit, Pending
 from actors.entity import Command, Entity, Env, Event, Outcome
 from actors.host_metrics import Metrics
@@ -123,6 +125,9 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
         self._shedding = False
         self.metrics = Metrics()
         self._closed = False
+        # Cross-entity reads an op declares (actors/asks.py) go the way effects go; a host without a
+        # dispatch (one host holds everything) asks itself.
+        self.asks = Asks(dispatch or self._ask_here, self.enqueue, self._spawn, self.metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,6 +163,11 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    def _ask_here(self, cmd: Command) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.enqueue(cmd, lambda reply: fut.done() or fut.set_result(reply))
+        return fut
 
     # -- entry points ------------------------------------------------------------------------
     def enqueue(self, cmd: Command, sink: Sink) -> None:
@@ -371,6 +381,18 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
             # In mailbox order: a subscribe queued before it is released before the interest drops.
             self._queue(Pending(slot, sink, Reply(entity.version), interest=("-", cmd.origin)))
             return
+        try:
+            ask = ask_for(entity.ops.get(cmd.op), cmd)
+        except SyncopateError as err:
+            self._queue(Pending(slot, sink, Reply(entity.version, None, err)))
+            return
+        if ask is not None:
+            # The op reads another entity first (actors/asks.py). The command leaves the mailbox
+            # while the ask is out and comes back with the answer in cmd.asked; the slot counts
+            # it in flight meanwhile, so it is not passivated under it.
+            slot.inflight += 1
+            self.asks.start(ask, cmd, sink, done=lambda: self._asked(slot))
+            return
         cmd.now_ms = int(self.clock() * 1000)
         try:
             if cmd.op == RELAY and cmd.principal.system:
@@ -439,6 +461,9 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
             pushes.append(Push(slot.key, version, ev.type, ev.payload, user, conn, ev.close, fresh))
         sub = ("+", cmd.origin) if (cmd.follow or cmd.op == "subscribe") and cmd.origin else None
         self._queue(Pending(slot, sink, Reply(version, outcome.reply), entry, pushes, effects, sub))
+
+    def _asked(self, slot: Slot) -> None:
+        slot.inflight -= 1
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> dict:

@@ -20,6 +20,8 @@ class Metrics:
         self.effects_sent = 0
         self.effects_retried = 0
         self.effects_acked = 0
+        self.asks_sent = 0                # reads of another entity made for an op (actors/asks.py)
+        self.asks_refused = 0             # ... answered with a refusal (the command was refused with it)
         self.refused_mailbox = 0          # MAX_MAILBOX reached
         self.refused_pending = 0          # MAX_PENDING reached
         self.refused_active = 0           # MAX_ACTIVE reached and nothing could be passivated in time

@@ -90,13 +90,18 @@ class Collection:
     def __contains__(self, ident: str) -> bool:
         return self.get(ident) is not None
 
-    def get(self, ident: str) -> int | None:
-        """added_at of `ident`, or None when absent."""
+    def _lookup(self, ident: str) -> tuple[int, int | None]:
+        """(position in the id index, slot or None): `_find` of an id in any spelling (an id that
+        can't be packed is absent)."""
         try:
             idb = _pack_id(ident)
         except (ValueError, UnicodeEncodeError):
-            return None
-        _, slot = self._find(idb)
+            return 0, None
+        return self._find(idb)
+
+    def get(self, ident: str) -> int | None:
+        """added_at of `ident`, or None when absent."""
+        _, slot = self._lookup(ident)
         return None if slot is None else self._ts[slot]
 
     def newest_ts(self) -> int | None:
@@ -128,11 +133,7 @@ class Collection:
 
     def remove(self, ident: str) -> int | None:
         """Delete; returns the removed item's added_at, None when it was absent."""
-        try:
-            idb = _pack_id(ident)
-        except (ValueError, UnicodeEncodeError):
-            return None
-        pos, slot = self._find(idb)
+        pos, slot = self._lookup(ident)
         if slot is None:
             return None
         del self._by_id[pos]

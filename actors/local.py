@@ -52,13 +52,14 @@ class LocalCluster:
         return self.hosts[owner(key, self.n_hosts)]
 
     def tell(self, cmd: Command) -> asyncio.Future:
-        """An effect between entities: the future resolves to the target's Reply once released (the
-        source's outbox retries a retryable failure)."""
+        """An effect or an ask between entities: the future resolves to the target's Reply once
+        released (the source's outbox retries a retryable failure and logs a refusal; an ask's
+        refusal is the answer of the command that asked)."""
         fut = asyncio.get_running_loop().create_future()
 
         def done(reply):
             if reply.error is not None:
-                log.warning("effect %s on %s failed: %s", cmd.op, cmd.key, reply.error)
+                log.debug("%s on %s failed: %s", cmd.op, cmd.key, reply.error)
             if not fut.done():
                 fut.set_result(reply)
         self.host_for(cmd.key).enqueue(cmd, done)

@@ -6,6 +6,11 @@ State
   owner          user id; collaborators {user_id: "editor" | "viewer"}; followers {user_id};
   listeners      user ids whose device group plays this playlist (sent context_changed effects)
 
+Where the ops live: this module is the entity (state, roles, the shared commit, the track ops, replay
+and snapshots); followers, collaborators and listeners are actors/playlist_members.py; the Yjs sync
+ops actors/playlist_yjs.py; the document actors/playlist_doc.py, the merge policy (corrections,
+concurrent moves and deletes) actors/playlist_merge.py, snapshot ids actors/playlist_history.py.
+
 Records (one log entry per command = the list of these)
   {"t": "y", "u": [update, ...], "by": u}  Yjs updates exactly as integrated (a client's update, then
                                           the server's corrections; or the server's own edits), and
@@ -80,29 +85,19 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
-
 from actors.args import Args, Bool, Int, int_arg
 from actors.crdt_adapter import merge_updates
 from actors.entity import SYSTEM, Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
-from actors.playlist_doc import (
-    META_KEYS,
-    MISSING,
-    Change,
-    Entry,
-    PlaylistDoc,
-    MalformedError,
-    decode_state_vector,
-    locate,
-    scan_update,
-)
+from actors.playlist_doc import MISSING, PlaylistDoc
+from actors.playlist_entries import Entry
 from actors.playlist_forget import FORGET_RECORDS, ForgetOps
 from actors.playlist_history import History, delete_ops, insert_ops, snapshot_id_of
-from actors.playlist_merge import Correction
+from actors.playlist_members import MemberOps
+from actors.playlist_yjs import YjsOps
 from actors.playlist_validate import (
     MAX_ENTRIES,
     MAX_PAGE,
     OWNER_META,
-    ROLES,
     bad,
     description_value,
     name_value,
@@ -121,10 +116,9 @@ from protocols.uris import make_uri, parse_uri
 CHANGED = MessageType.PLAYLIST_CHANGED.value
 ACCESS = MessageType.PLAYLIST_ACCESS.value
 MAX_UPDATE_BYTES = MAX_FRAME_BYTES       # what the gateway's frames can carry (protocols/limits.py)
-PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
 
 
-class PlaylistEntity(ForgetOps, Entity):
+class PlaylistEntity(ForgetOps, MemberOps, YjsOps, Entity):
     kind = PLAYLIST
     snapshot_every = 200      # a 10k-entry snapshot is ~1.2 MB: compact often enough to keep replay short
 
@@ -490,173 +484,6 @@ class PlaylistEntity(ForgetOps, Entity):
         removed = [(p, e.id) for p, e in zip(ps, ents)]
         self.doc.delete_positions(ps)
         return self._commit(delta=delete_ops(removed), tracks_changed=True)
-
-    # -- followers, collaborators, listeners ---------------------------------------------------------
-    @op("follow")
-    def _op_follow(self, cmd: Command, a: Args) -> Outcome:
-        user = self._user(cmd)
-        self._view(Principal(user_id=user))
-        if user in self.followers:
-            return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
-        self.followers.add(user)
-        out = self._commit(records=[{"t": "follow", "user": user, "on": True}],
-                           delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
-                           reply={"followers": len(self.followers)})
-        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_follow_playlist",
-                                   args={"playlist_id": self.id}, principal=SYSTEM))
-        return out
-
-    @op("unfollow")
-    def _op_unfollow(self, cmd: Command, a: Args) -> Outcome:
-        user = self._user(cmd)
-        self._exists()
-        if user not in self.followers:
-            self._view(Principal(user_id=user))
-            return Outcome(reply={"snapshot_id": self.snapshot_id(), "followers": len(self.followers)})
-        self.followers.discard(user)
-        out = self._commit(records=[{"t": "follow", "user": user, "on": False}],
-                           delta=[{"op": "followers", "total": len(self.followers)}], tracks_changed=False,
-                           reply={"followers": len(self.followers)})
-        out.effects.append(Command(kind=SESSION, entity_id=user, op="library_unfollow_playlist",
-                                   args={"playlist_id": self.id}, principal=SYSTEM))
-        return out
-
-    @op("collaborators", role="owner")
-    def _op_collaborators(self, cmd: Command, a: Args) -> Outcome:
-        return Outcome(reply={"owner": self.owner, "collaborators": [
-            {"user_id": u, "role": r} for u, r in sorted(self.collaborators.items())]})
-
-    @op("set_collaborator", role="owner")
-    def _op_set_collaborator(self, cmd: Command, a: Args) -> Outcome:
-        user = user_id_value(cmd.args.get("user_id"))
-        role = cmd.args.get("role")
-        if role not in ROLES:
-            raise bad(f"role must be one of {', '.join(ROLES)}")
-        if user == self.owner:
-            raise bad("the owner cannot be a collaborator", ErrorCode.BAD_REQUEST)
-        if self.collaborators.get(user) == role:
-            return self._commit(delta=[], tracks_changed=False)
-        self.collaborators[user] = role
-        out = self._commit(records=[{"t": "collab", "user": user, "role": role}],
-                           delta=[{"op": "collaborator", "user_id": user, "role": role}], tracks_changed=False)
-        out.effects.append(self._role_effect(user, role))
-        return out
-
-    @op("remove_collaborator", role="owner")
-    def _op_remove_collaborator(self, cmd: Command, a: Args) -> Outcome:
-        user = user_id_value(cmd.args.get("user_id"))
-        if user not in self.collaborators:
-            return self._commit(delta=[], tracks_changed=False)
-        del self.collaborators[user]
-        out = self._commit(records=[{"t": "collab", "user": user, "role": None}],
-                           delta=[{"op": "collaborator", "user_id": user, "role": None}], tracks_changed=False)
-        out.effects.append(self._role_effect(user, None))
-        return out
-
-    def _role_effect(self, user: str, role: str | None) -> Command:
-        """The collaborator's session indexes the playlists they collaborate on (data export and
-        deletion find them there: actors/session_rights.py)."""
-        return Command(kind=SESSION, entity_id=user, op="playlist_role", principal=SYSTEM,
-                       args={"playlist_id": self.id, "role": role})
-
-    @op("add_listener", system=True)
-    def _op_add_listener(self, cmd: Command, a: Args) -> Outcome:
-        self._exists()
-        user = user_id_value(cmd.args.get("user_id"))
-        seen = cmd.args.get("snapshot_id")
-        # The device group read the entries at `seen`; edits made since then never reached it.
-        catch_up = [Command(kind=DEVICE_GROUP, entity_id=user, op="context_changed", principal=SYSTEM,
-                            args={"context_uri": self.uri, "entries": self.entry_rows(),
-                                  "snapshot_id": self.snapshot_id()})] \
-            if isinstance(seen, str) and seen != self.snapshot_id() else []
-        if user in self.listeners:
-            return Outcome(reply={"ok": True}, effects=catch_up)
-        self.listeners.add(user)
-        out = self._commit(records=[{"t": "listen", "user": user, "on": True}], delta=[],
-                           tracks_changed=False, event=False, reply={"ok": True})
-        out.effects.extend(catch_up)
-        return out
-
-    @op("remove_listener", system=True)
-    def _op_remove_listener(self, cmd: Command, a: Args) -> Outcome:
-        user = user_id_value(cmd.args.get("user_id"))
-        if user not in self.listeners:
-            return Outcome(reply={"ok": True})
-        self.listeners.discard(user)
-        return self._commit(records=[{"t": "listen", "user": user, "on": False}], delta=[],
-                            tracks_changed=False, event=False, reply={"ok": True})
-
-    # -- Yjs ----------------------------------------------------------------------------------------
-    @op("yjs_sync", role="view")
-    def _op_yjs_sync(self, cmd: Command, a: Args) -> Outcome:
-        role = a.role
-        sv = cmd.args.get("state_vector") or b"\x00"
-        if not isinstance(sv, (bytes, bytearray)):
-            raise bad("state_vector must be bytes")
-        try:
-            decode_state_vector(bytes(sv))
-            update = self.doc.diff(bytes(sv))
-        except (IndexError, ValueError):
-            raise bad("state_vector is not a Yjs state vector", ErrorCode.BAD_REQUEST) from None
-        if cmd.origin is not None and cmd.args.get("state_vector") is not None:
-            # the client's SyncStep1: its SyncStep2 (the next update from this connection) is
-            # computed from this state (see playlist_merge)
-            self._peer_sv[cmd.origin] = bytes(sv)
-            self._peer_sv.move_to_end(cmd.origin)
-            if len(self._peer_sv) > PEER_STATES:
-                self._peer_sv.popitem(last=False)
-        return Outcome(reply={"update": update, "state_vector": self.doc.state_vector(),
-                              "readonly": role not in ("owner", "editor", "system"),
-                              "snapshot_id": self.snapshot_id(), "access": self.policy()})
-
-    @op("yjs_update", role="edit")
-    def _op_yjs_update(self, cmd: Command, a: Args) -> Outcome:
-        role = a.role
-        update = cmd.args.get("update")
-        if not isinstance(update, (bytes, bytearray)) or not update:
-            raise bad("update must be non-empty bytes")
-        if len(update) > self.max_update_bytes:
-            raise SyncopateError(ErrorCode.FRAME_TOO_LARGE, f"a Yjs update may hold {self.max_update_bytes} bytes")
-        doc = self.doc
-        update = bytes(update)
-        before = list(doc.entries)
-        meta_before = dict(doc.meta)
-        # read first (bounded, linear): a malformed update is refused before yrs sees it
-        try:
-            scan = scan_update(update)
-        except MalformedError as exc:
-            raise bad(f"not a Yjs update: {exc.message}", ErrorCode.BAD_REQUEST) from None
-        # items of moved entries that this update deletes (already deleted here: see
-        # playlist_merge.Correction.concurrent_deletes)
-        moved = doc.moved_items_in(scan.deletes)
-        try:
-            change = doc.apply_remote(update)
-        except ValueError as exc:
-            raise bad(f"not a Yjs update: {exc}", ErrorCode.BAD_REQUEST) from None
-        mark = doc.mark()
-        rejected = Correction(doc, user=cmd.principal.user_id, role=role, now_ms=cmd.now_ms, catalog=self.catalog,
-                              max_entries=self.max_entries,
-                              peer_sv=self._peer_sv.get(cmd.origin) if cmd.origin is not None else None
-                              ).run(change, moved, scan)
-        delta = self._net_delta(before, meta_before, change)
-        correction = doc.since(mark)
-        tracks_changed = any(op["op"] in ("insert", "delete") for op in delta)
-        return self._commit(delta=delta, tracks_changed=tracks_changed,
-                            reply={"update": correction, "rejected": rejected})
-
-    def _net_delta(self, before: list[Entry], meta_before: dict, change: Change) -> list[dict]:
-        """The command's net effect for app clients: deleted pre-existing entries, then surviving
-        new ones (entries written and corrected in the same command never show)."""
-        gone = self.doc.removed()
-        removed = list(zip(locate(before, gone), (e.id for e in gone)))
-        new = [e for e in change.inserted if e.alive]
-        added = list(zip(self.doc.positions(new), new))
-        delta = delete_ops(removed) + insert_ops(added)
-        changes = {k: self.doc.meta.get(k) for k in META_KEYS
-                   if self.doc.meta.get(k, MISSING) != meta_before.get(k, MISSING)}
-        if changes:
-            delta.append({"op": "details", "changes": changes})
-        return delta
 
     # ==========================================================================================
     # replay, snapshot, restore

@@ -33,7 +33,7 @@ from typing import Any
 
 from actors.args import Args
 from actors.entity import Command, Outcome, op
-from actors.playlist_doc import Entry
+from actors.playlist_entries import Entry
 from actors.playlist_history import delete_ops, insert_ops
 from actors.playlist_validate import user_id_value
 from protocols.errors import ErrorCode, SyncopateError

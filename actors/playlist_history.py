@@ -36,7 +36,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
-from actors.playlist_doc import Entry
+from actors.playlist_entries import Entry
 from actors.playlist_validate import bad
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import BASE62

@@ -30,7 +30,8 @@ from protocols.errors import ErrorCode
 from protocols.lib0 import ROOT, UpdateScan, decode_state_vector
 
 if TYPE_CHECKING:
-    from actors.playlist_doc import Change, Entry, PlaylistDoc
+    from actors.playlist_doc import PlaylistDoc
+    from actors.playlist_entries import Change, Entry
 
 TOMB_SIZE = 4096               # Yjs items of recently moved entries remembered (a late delete still wins)
 

@@ -14,7 +14,7 @@ from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
 
 if TYPE_CHECKING:
-    from actors.playlist_doc import Entry
+    from actors.playlist_entries import Entry
 
 # the document's schema (docs/playlist-document.md)
 ENTRY_KEYS = ("id", "uri", "added_by", "added_at")

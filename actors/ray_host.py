@@ -155,8 +155,9 @@ class HostActor:
         return {"incarnation": host.incarnation, "addr": list(self.addr), "index": self.index}
 
     async def tell(self, commands: list[Command]) -> list[Reply]:
-        """Effects from a peer host: answered once each is released (committed if it wrote), so the
-        source can drop it from its outbox; a retryable failure makes the source send it again."""
+        """Effects and asks from a peer host: answered once each is released (committed if it wrote),
+        so the source can drop an effect from its outbox (a retryable failure makes the source send it
+        again), and an ask's command runs with the answer."""
         host = await self._ensure()
         loop = asyncio.get_running_loop()
         futs = []
@@ -200,8 +201,9 @@ class HostActor:
         return asyncio.get_running_loop().run_in_executor(None, lambda: ray.get_actor(name))
 
     def _dispatch(self, cmd: Command) -> asyncio.Future:
-        """An effect to its owner; the future resolves to the target's Reply (the host's outbox
-        retries it until that Reply is not a retryable failure)."""
+        """An effect (or an ask, actors/asks.py) to its owner; the future resolves to the target's
+        Reply (the host's outbox retries an effect until that Reply is not a retryable failure; an
+        ask's Reply is the answer the asking command runs with)."""
         fut = asyncio.get_running_loop().create_future()
         target = owner(cmd.key, self.n_hosts)
         if target == self.index:

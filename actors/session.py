@@ -9,12 +9,13 @@ docs/sessions.md describes every op, reply, event and timing. In short:
   `tick` removes connections silent for CONNECTION_TIMEOUT_MS.
 - Sign-out (`end_connection`) records the device as revoked and pushes `session.ended` with
   `close=True` to each of its open connections.
-- Library changes are records `["lib", version, [[op, type code, id, added_at], ...]]`; every
-  change pushes `library.changed` with the new version; a bounded change log (kept in the
-  snapshot too, so it survives passivation) answers `resume`.
+- Library changes are `LibraryChanged` records (a list of `ItemChange`); every change pushes
+  `library.changed` with the new version; a bounded change log (kept in the snapshot too, so it
+  survives passivation) answers `resume`.
 
-Records carry the version they become (self.version + 1 when handled), so replay rebuilds the
-change log exactly. `handle` validates everything first, then builds the record and applies it
+Records and the snapshot are typed and versioned (actors/session_records.py, which also reads every
+older stored form). Records carry the version they become (self.version + 1 when handled), so replay
+rebuilds the change log exactly. `handle` validates everything first, then builds the record and applies it
 through the same `_apply` as replay: a refused command changes nothing, and replay == handle.
 """
 from __future__ import annotations
@@ -26,6 +27,18 @@ from actors.args import Args, Choice, Conn, Int, Str, address, invalid, list_arg
 from actors.entity import Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.library import TYPE_CODE, TYPES, Library
 from actors.session_rights import SessionRightsOps
+from actors.session_records import (
+    CollabChanged,
+    Connected,
+    Disconnected,
+    ItemChange,
+    LibraryChanged,
+    Presence,
+    SessionRecord,
+    SessionSnapshot,
+    SignedOut,
+    record_from_wire,
+)
 from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION, MessageType
@@ -42,7 +55,6 @@ DEFAULT_PAGE = 20
 CHANGE_LOG_ITEMS = 512                # library changes kept for resume (in memory and snapshot)
 MAX_CONNECTIONS = 100                 # open connections per user
 MAX_REVOKED = 1000                    # remembered signed-out devices (oldest forgotten first)
-SNAPSHOT_FORMAT = 1
 
 UNSUPPORTED_TYPES = ("episode", "show", "user")
 
@@ -62,11 +74,10 @@ class SessionEntity(SessionRightsOps, Entity):
     def __init__(self, entity_id: str, env: Env) -> None:
         super().__init__(entity_id, env)
         self.library = Library()
-        # connection -> [device_id, client, gateway, connected_since, last_seen]
-        self.conns: dict[ConnAddress, list] = {}
+        self.conns: dict[ConnAddress, Presence] = {}
         self.revoked: dict[str, int] = {}          # device id -> revoked at (ms), oldest first
-        self.collab: dict[str, str] = {}           # playlist id -> role: playlists the user collaborates on
-        self.log: deque = deque()                  # (version, [[op, tcode, id, ts], ...])
+        self.collab: dict[str, str | None] = {}    # playlist id -> role: playlists the user collaborates on
+        self.log: deque = deque()                  # (version, [ItemChange, ...]) oldest first
         self.log_items = 0
         self.log_floor = 0                         # the log holds every library change after this
         self._restored = False                     # activated from storage: give connections a grace
@@ -101,15 +112,15 @@ class SessionEntity(SessionRightsOps, Entity):
         if device_id is not None and self._is_revoked(device_id, args.get("iat")):
             raise _err(ErrorCode.SESSION_ENDED, "this device was signed out", device_id=device_id)
         old = self.conns.get(conn)
-        if old is not None and old[0] == device_id and old[1] == client and old[2] == gateway:
-            old[4] = max(old[4], cmd.now_ms)        # a repeated connect: a heartbeat
+        if old is not None and old.device_id == device_id and old.client == client and old.gateway == gateway:
+            old.seen_ms = max(old.seen_ms, cmd.now_ms)        # a repeated connect: a heartbeat
             return Outcome(reply=self._connect_reply(self.version))
         if old is None and len(self.conns) >= MAX_CONNECTIONS:
             raise _err(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_CONNECTIONS} open connections per user")
         v = self.version + 1
-        rec = ["conn", v, str(conn), device_id, client, gateway, cmd.now_ms]
+        rec = Connected(v, conn, device_id, client, gateway, cmd.now_ms)
         self._apply(rec)
-        return Outcome(reply=self._connect_reply(v), records=[rec],
+        return Outcome(reply=self._connect_reply(v), records=[rec.to_wire()],
                        events=[self._presence_event("connected", [conn], device_id)])
 
     def _connect_reply(self, version: int) -> dict:
@@ -120,10 +131,10 @@ class SessionEntity(SessionRightsOps, Entity):
         conn = args["conn"]
         if conn not in self.conns:
             return Outcome(reply={"removed": False})
-        device_id = self.conns[conn][0]
-        rec = ["disc", self.version + 1, [str(conn)], "disconnected"]
+        device_id = self.conns[conn].device_id
+        rec = Disconnected(self.version + 1, [conn], "disconnected")
         self._apply(rec)
-        return Outcome(reply={"removed": True}, records=[rec],
+        return Outcome(reply={"removed": True}, records=[rec.to_wire()],
                        events=[self._presence_event("disconnected", [conn], device_id)])
 
     @op("product_changed", system=True, args={"product": Choice(("premium", "free"), required=True)})
@@ -154,8 +165,8 @@ class SessionEntity(SessionRightsOps, Entity):
         c = self.conns.get(conn) if conn is not None else None
         if c is None:
             return False
-        if now_ms > c[4]:
-            c[4] = now_ms
+        if now_ms > c.seen_ms:
+            c.seen_ms = now_ms
         return True
 
     @op("list_connections", role="user")
@@ -166,8 +177,8 @@ class SessionEntity(SessionRightsOps, Entity):
     def _op_end_connection(self, cmd: Command, args: Args) -> Outcome:
         device_id = args["device_id"]
         v = self.version + 1
-        closing = [c for c, info in self.conns.items() if info[0] == device_id]
-        rec = ["end", v, device_id, cmd.now_ms]
+        closing = [c for c, info in self.conns.items() if info.device_id == device_id]
+        rec = SignedOut(v, device_id, cmd.now_ms)
         self._apply(rec)
         by = None if cmd.principal.system else cmd.principal.device_id
         # presence first, then the goodbye: session.ended is the last frame a closed connection gets
@@ -177,7 +188,7 @@ class SessionEntity(SessionRightsOps, Entity):
                          to=f"conn:{c}", close=True)
                    for c in closing]
         return Outcome(reply={"device_id": device_id, "closed": len(closing), "version": v},
-                       records=[rec], events=events)
+                       records=[rec.to_wire()], events=events)
 
     @op("check_device", role="user", args={"device_id": Str(max_len=200, required=True)})
     def _op_check_device(self, cmd: Command, args: Args) -> Outcome:
@@ -202,13 +213,13 @@ class SessionEntity(SessionRightsOps, Entity):
             self._grace_until = now_ms + self.timeout_ms
         if self._grace_until is not None and now_ms < self._grace_until:
             return None
-        dead = [c for c, info in self.conns.items() if now_ms - info[4] > self.timeout_ms]
+        dead = [c for c, info in self.conns.items() if now_ms - info.seen_ms > self.timeout_ms]
         if not dead:
             return None
-        rec = ["disc", self.version + 1, [str(c) for c in dead], "timeout"]
-        devices = {self.conns[c][0] for c in dead}
+        rec = Disconnected(self.version + 1, dead, "timeout")
+        devices = {self.conns[c].device_id for c in dead}
         self._apply(rec)
-        return Outcome(records=[rec],
+        return Outcome(records=[rec.to_wire()],
                        events=[self._presence_event("timeout", dead, devices.pop() if len(devices) == 1 else None)])
 
     def idle(self) -> bool:
@@ -217,9 +228,9 @@ class SessionEntity(SessionRightsOps, Entity):
     def _public_conns(self, origin) -> list[dict]:
         cur = ConnAddress.parse(origin) if origin else None
         out = []
-        for conn, (device_id, client, gateway, since, seen) in self.conns.items():
-            d = {"conn": str(conn), "device_id": device_id, "client": client, "gateway": gateway,
-                 "connected_since": since, "last_seen": seen}
+        for conn, p in self.conns.items():
+            d = {"conn": str(conn), "device_id": p.device_id, "client": p.client, "gateway": p.gateway,
+                 "connected_since": p.since_ms, "last_seen": p.seen_ms}
             if origin is not None:
                 d["current"] = conn == cur
             out.append(d)
@@ -249,7 +260,7 @@ class SessionEntity(SessionRightsOps, Entity):
                 continue                            # saved twice = one item, first added_at kept
             if kind not in base:                    # added_at never goes back in time per type
                 base[kind] = max(now, coll.newest_ts() or 0)
-            changes.append(["s", TYPE_CODE[kind], ident, base[kind]])
+            changes.append(ItemChange("s", TYPE_CODE[kind], ident, base[kind]))
         return self._library_change(cmd, changes, follow_effects=True)
 
     @op("library_remove", role="user")
@@ -261,7 +272,7 @@ class SessionEntity(SessionRightsOps, Entity):
                 continue
             seen.add((kind, ident))
             if self.library[kind].get(ident) is not None:
-                changes.append(["r", TYPE_CODE[kind], ident, None])
+                changes.append(ItemChange("r", TYPE_CODE[kind], ident, None))
             else:
                 self._check_known(kind, ident, uri)  # absent: fine, unless the id is unknown
         return self._library_change(cmd, changes, follow_effects=True)
@@ -308,20 +319,20 @@ class SessionEntity(SessionRightsOps, Entity):
         if self.library["playlist"].get(pid) is not None:
             return Outcome(reply={"changed": False, "library_version": self.version})
         ts = max(cmd.now_ms, self.library["playlist"].newest_ts() or 0)
-        return self._library_change(cmd, [["s", TYPE_CODE["playlist"], pid, ts]], follow_effects=False)
+        return self._library_change(cmd, [ItemChange("s", TYPE_CODE["playlist"], pid, ts)], follow_effects=False)
 
     @op("library_unfollow_playlist", system=True)
     def _op_library_unfollow_playlist(self, cmd: Command, args: Args) -> Outcome:
         pid = self._playlist_arg(args)
         if self.library["playlist"].get(pid) is None:
             return Outcome(reply={"changed": False, "library_version": self.version})
-        return self._library_change(cmd, [["r", TYPE_CODE["playlist"], pid, None]], follow_effects=False)
+        return self._library_change(cmd, [ItemChange("r", TYPE_CODE["playlist"], pid, None)], follow_effects=False)
 
     def _library_change(self, cmd: Command, changes: list, follow_effects: bool) -> Outcome:
         if not changes:
             return Outcome(reply={"changed": False, "library_version": self.version})
         v = self.version + 1
-        rec = ["lib", v, changes]
+        rec = LibraryChanged(v, changes)
         self._apply(rec)
         effects = []
         if follow_effects:
@@ -335,7 +346,7 @@ class SessionEntity(SessionRightsOps, Entity):
                                            op="follow" if op == "s" else "unfollow",
                                            args={"id": ident}, principal=principal,
                                            op_id=f"{self.key}@{v}:{op}:{ident}"))
-        return Outcome(reply={"changed": True, "library_version": v}, records=[rec],
+        return Outcome(reply={"changed": True, "library_version": v}, records=[rec.to_wire()],
                        events=[Event(type=MessageType.LIBRARY_CHANGED.value,
                                      payload={"library_version": v, "changes": _public_changes(changes)},
                                      to=self.id)],
@@ -434,43 +445,40 @@ class SessionEntity(SessionRightsOps, Entity):
     # ==========================================================================================
     def apply(self, record: Any) -> None:
         self._restored = True
-        self._apply(record)
-        v = record[1]
-        if isinstance(v, int) and v > self.version:
-            self.version = v
+        rec = record_from_wire(record)
+        self._apply(rec)
+        if rec.version > self.version:
+            self.version = rec.version
 
-    def _apply(self, rec: list) -> None:
-        tag, v = rec[0], rec[1]
-        if tag == "lib":
+    def _apply(self, rec: SessionRecord) -> None:
+        if isinstance(rec, LibraryChanged):
             lib = self.library
-            for op, tcode, ident, ts in rec[2]:
+            for op, tcode, ident, ts in rec.changes:
                 coll = lib[TYPES[tcode]]
                 if op == "s":
                     coll.add(ident, ts)
                 else:
                     coll.remove(ident)
-            self._log(v, rec[2])
-        elif tag == "conn":
-            _, _, conn, device_id, client, gateway, now = rec
-            conn = ConnAddress.parse(conn)
-            old = self.conns.get(conn)
-            since = old[3] if old is not None and old[0] == device_id else now
-            self.conns[conn] = [device_id, client, gateway, since, now]
-        elif tag == "disc":
-            for conn in rec[2]:
-                self.conns.pop(ConnAddress.parse(conn), None)
-        elif tag == "end":
-            _, _, device_id, now = rec
+            self._log(rec.version, rec.changes)
+        elif isinstance(rec, Connected):
+            old = self.conns.get(rec.conn)
+            since = old.since_ms if old is not None and old.device_id == rec.device_id else rec.at_ms
+            self.conns[rec.conn] = Presence(rec.device_id, rec.client, rec.gateway, since, rec.at_ms)
+        elif isinstance(rec, Disconnected):
+            for conn in rec.conns:
+                self.conns.pop(conn, None)
+        elif isinstance(rec, SignedOut):
+            device_id = rec.device_id
             self.revoked.pop(device_id, None)
-            self.revoked[device_id] = now
+            self.revoked[device_id] = rec.at_ms
             while len(self.revoked) > MAX_REVOKED:
                 del self.revoked[next(iter(self.revoked))]
-            for conn in [c for c, info in self.conns.items() if info[0] == device_id]:
+            for conn in [c for c, info in self.conns.items() if info.device_id == device_id]:
                 del self.conns[conn]
-        elif tag == "collab":
+        elif isinstance(rec, CollabChanged):
             self._apply_collab(rec)
         else:
-            raise ValueError(f"unknown session record {tag!r}")
+            raise ValueError(f"unknown session record {rec!r}")
 
     def _log(self, v: int, changes: list) -> None:
         self.log.append((v, changes))
@@ -481,26 +489,19 @@ class SessionEntity(SessionRightsOps, Entity):
             self.log_floor = old_v
 
     def snapshot(self) -> Any:
-        return {"f": SNAPSHOT_FORMAT,
-                "v": self.version,
-                "lib": self.library.dump(),
-                "conns": [[str(c), *info] for c, info in self.conns.items()],
-                "revoked": [[d, at] for d, at in self.revoked.items()],
-                "log": [[v, ch] for v, ch in self.log],
-                "floor": self.log_floor,
-                "collab": [[p, r] for p, r in self.collab.items()]}
+        return SessionSnapshot(self.version, self.library.dump(), self.conns, self.revoked, self.log,
+                               self.log_floor, self.collab).to_wire()
 
     def restore(self, data: Any) -> None:
-        if data.get("f") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unknown session snapshot format {data.get('f')!r}")
-        self.library = Library.load(data.get("lib"))
-        self.conns = {ConnAddress.parse(c[0]): list(c[1:]) for c in data.get("conns", ())}
-        self.revoked = {d: at for d, at in data.get("revoked", ())}
-        self.log = deque((v, ch) for v, ch in data.get("log", ()))
+        snap = SessionSnapshot.from_wire(data)
+        self.library = Library.load(snap.library)
+        self.conns = snap.connections
+        self.revoked = snap.revoked
+        self.log = snap.changes
         self.log_items = sum(len(ch) for _, ch in self.log)
-        self.log_floor = data.get("floor", 0)
-        self.collab = {p: r for p, r in data.get("collab", ())}
-        self.version = data.get("v", self.version)
+        self.log_floor = snap.changes_floor
+        self.collab = snap.collaborating
+        self.version = snap.version or self.version
         self._restored = True
         self._grace_until = None
 

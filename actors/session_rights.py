@@ -3,7 +3,7 @@
 
 - `playlist_role` (system, an effect of the playlist's set_collaborator / remove_collaborator):
   `{playlist_id, role: "editor" | "viewer" | null}`. The session keeps the index of playlists the
-  user collaborates or collaborated on (record `["collab", v, playlist id, role | null]`; a removed
+  user collaborates or collaborated on (record `CollabChanged`, actors/session_records.py; a removed
   role stays indexed as null, since the user's entries stay in the playlist), so an export and a
   deletion find them: the library only holds the playlists the user owns or follows.
 - `export` (the user): everything the session holds, `{library: {type: [{id, uri, added_at}]},
@@ -20,6 +20,7 @@ from __future__ import annotations
 from actors.args import Args
 from actors.entity import Command, Event, Outcome, op
 from actors.library import TYPES
+from actors.session_records import CollabChanged
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType
 from protocols.uris import make_uri
@@ -39,15 +40,14 @@ class SessionRightsOps:
             raise SyncopateError(ErrorCode.INVALID_FIELD, f"role must be one of {ROLES} or null")
         if pid in self.collab and self.collab[pid] == role:
             return Outcome(reply={"changed": False})
-        rec = ["collab", self.version + 1, pid, role]
+        rec = CollabChanged(self.version + 1, pid, role)
         self._apply(rec)
-        return Outcome(reply={"changed": True}, records=[rec])
+        return Outcome(reply={"changed": True}, records=[rec.to_wire()])
 
-    def _apply_collab(self, rec: list) -> None:
+    def _apply_collab(self, rec: CollabChanged) -> None:
         # a removed role stays indexed (role None): the user's entries may still be in the playlist
-        _, _, pid, role = rec
-        self.collab.pop(pid, None)
-        self.collab[pid] = role
+        self.collab.pop(rec.playlist_id, None)
+        self.collab[rec.playlist_id] = rec.role
         while len(self.collab) > MAX_COLLAB:
             del self.collab[next(iter(self.collab))]
 
@@ -65,7 +65,7 @@ class SessionRightsOps:
     def _op_account_deleted(self, cmd: Command, args: Args) -> Outcome:
         events = [Event(type=MessageType.SESSION_CHANGED.value, payload={"reason": "account_deleted"}, to=self.id)]
         events += [Event(type=MessageType.SESSION_ENDED.value,
-                         payload={"reason": "account_deleted", "device_id": info[0], "conn": str(c)},
+                         payload={"reason": "account_deleted", "device_id": info.device_id, "conn": str(c)},
                          to=f"conn:{c}", close=True)
                    for c, info in self.conns.items()]
         return Outcome(reply={"playlists": [i for i, _ in self.library["playlist"].items()],

@@ -21,7 +21,6 @@ from gateway.subscriptions import Subscriptions
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.limits import MAX_FRAME_BYTES
-from protocols.uris import parse_uri
 from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
@@ -155,32 +154,14 @@ class GatewayContext:
             if market is None:
                 return True
             cmd.args["market"] = market
-        return self._playlist_play(cmd)
-
-    @staticmethod
-    def _playlist_play(cmd: Command) -> bool:
-        return cmd.kind == m.DEVICE_GROUP and cmd.op == "play" and isinstance(cmd.args.get("context_uri"), str) \
-            and cmd.args["context_uri"].startswith("spotify:playlist:")
+        return False
 
     async def prepare(self, cmd: Command) -> None:
-        """Cross-entity reads the entity itself can't do (it has no I/O): the user's market of a
-        playback command (the account's country), and a playlist play context, resolved here with
-        the caller's own rights into the entries the device group plays."""
-        cmd.args.pop("context_entries", None)       # only this method may set them, never a client
-        cmd.args.pop("context_snapshot_id", None)
+        """The user's market of a playback command (the account's country), set here and never
+        taken from the client. A playlist play context is not read here: the device group's host
+        asks the playlist for it, as this principal (actors/asks.py)."""
         if cmd.kind == m.DEVICE_GROUP and cmd.op in MARKET_OPS and not cmd.principal.system:
             cmd.args["market"] = await self.markets.get(cmd.principal)     # never the client's
-        if not self._playlist_play(cmd):
-            return
-        _, pid = parse_uri(cmd.args["context_uri"], "playlist")
-        try:
-            reply, _ = await self.dispatcher.call(Command(m.PLAYLIST, pid, "entries", {}, cmd.principal))
-        except SyncopateError as err:
-            if err.code == ErrorCode.NOT_FOUND:
-                raise SyncopateError(ErrorCode.NOT_FOUND, f"playlist {pid} not found") from None
-            raise
-        cmd.args["context_entries"] = reply["entries"]
-        cmd.args["context_snapshot_id"] = reply["snapshot_id"]
 
     async def catalog_changed(self) -> int:
         """After a catalog reload (docs/rights.md "Takedowns"): tell the device group of every user

@@ -34,6 +34,22 @@ ENTITY_KINDS = (m.PLAYLIST, m.DEVICE_GROUP, m.SESSION)
 CLIENT_KINDS = frozenset({"app", "web", "speaker", "tv", "car", "sim", "bench", "mobile", "desktop"})
 
 
+async def upgrade(request: web.Request, ctx: GatewayContext, principal) -> web.WebSocketResponse:
+    """The websocket upgrade of an admitted principal (app and Yjs sockets alike); a failed upgrade
+    gives the principal's socket slot back (Hub.admit)."""
+    cfg = ctx.config
+    # Hard cap well above the soft limit: an oversize frame within it gets an error frame and the
+    # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
+    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
+                               compress=False)   # small frames: deflate costs both ends more than it saves
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        ctx.hub.release(principal)
+        raise
+    return ws
+
+
 def authenticate(request: web.Request, ctx: GatewayContext):
     token = bearer(request.headers.get("Authorization")) or request.query.get("token")
     return ctx.auth.verify(token)
@@ -47,16 +63,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         ctx.hub.admit(principal)              # sockets per user
     except SyncopateError as err:
         return error_response(err)            # refused before the upgrade: plain HTTP 401 / 429
-    cfg = ctx.config
-    # Hard cap well above the soft limit: an oversize frame within it gets an error frame and the
-    # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
-    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
-                               compress=False)   # small frames: deflate costs both ends more than it saves
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        ctx.hub.release(principal)
-        raise
+    ws = await upgrade(request, ctx, principal)
     client = request.query.get("client", "app")[:32]
     device_id = (request.query.get("device_id") or principal.device_id or None)
     device_id = device_id[:64] if device_id else None
@@ -278,8 +285,6 @@ class WsSession:
             if not isinstance(entity_id, str) or not 0 < len(entity_id) <= 64:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"payload.{route.id_field} must name the {route.kind}")
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
-            args.pop("context_entries", None)
-            args.pop("context_snapshot_id", None)
             args.pop("market", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()

@@ -37,7 +37,7 @@ from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY, Connection
 from gateway.ratelimit import TokenBucket
 from gateway.wsframes import FrameWriter
-from gateway.ws import authenticate
+from gateway.ws import authenticate, upgrade
 from protocols import yjs
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, MessageType
@@ -128,13 +128,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
         ctx.hub.admit(principal)
     except SyncopateError as err:
         return error_response(err)
-    ws = web.WebSocketResponse(heartbeat=ctx.config.heartbeat_s, max_msg_size=ctx.config.max_frame_bytes * 4,
-                               compress=False)   # small frames: deflate costs both ends more than it saves
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        ctx.hub.release(principal)
-        raise
+    ws = await upgrade(request, ctx, principal)
     conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
                               send_raw=ws.send_bytes, send_many=FrameWriter(ws).write,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))

@@ -38,6 +38,9 @@ class AnyCatalog:
     def album_by_uri(self, uri):
         return parse_uri(uri, "album")
 
+    def artist_by_uri(self, uri):
+        return parse_uri(uri, "artist")
+
     def artist(self, ident):
         return ident
 
@@ -115,7 +118,7 @@ def measure_memory(n: int) -> dict:
 
     t_snap = median_time(snapshot)
     blob = snapshot()
-    log_bytes = len(msgpack.packb(r.e.snapshot()["log"], use_bin_type=True))
+    log_bytes = len(msgpack.packb(r.e.snapshot()["changes"], use_bin_type=True))
     t_restore = median_time(restore)
     r = None  # noqa: F841 - free the built entity before measuring the restored one
     gc.collect()

@@ -71,6 +71,30 @@ def _close_entity_drivers():
     close_all()
 
 
+@pytest.fixture(scope="module")
+async def server(tmp_path_factory, request):
+    """The default in-process server of a test module (SQLite store, 2 hosts, generous rates); a
+    module that needs other settings declares its own `server` (tests/support/servers.py)."""
+    from syncopate.server import LocalServer
+    from tests.support.playlists import local_spec
+    name = request.module.__name__.rpartition(".")[2]
+    srv = await LocalServer(local_spec(str(tmp_path_factory.mktemp(name)))).start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+def cat(server):
+    """The catalog the server runs."""
+    return server.gateway.ctx.catalog
+
+
+@pytest.fixture
+def users(unique):
+    """Fresh user ids for one test, one per role: owner, editor, viewer, follower, stranger."""
+    return {r: f"{unique}{r[0]}" for r in ("owner", "editor", "viewer", "follower", "stranger")}
+
+
 @pytest.fixture
 async def http():
     """One HTTP client session per test (no per-host connection cap: some tests open many sockets)."""

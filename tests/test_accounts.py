@@ -6,41 +6,24 @@ import asyncio
 import io
 import json
 
-import aiohttp
 import pytest
 
 from actors.account import AccountEntity, hash_password, verify_password
 from actors.entity import SYSTEM, Command, Env, Principal
 from protocols.errors import SyncopateError
-from storage.memory import MemoryStore
 from syncopate import cli
-from syncopate.server import LocalServer, ServerSpec
+from tests.support.servers import admin_headers, memory_server
 from tests.spotify_clients import spotipy_client, tekore_client
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("accounts")), port=0, hosts=2,
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    store = MemoryStore()
-    srv = await LocalServer(spec, store=store).start()
-    srv.memory = store
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-def admin(server) -> dict:
-    return {"Authorization": f"Bearer {server.auth.mint_operator()}"}
+    async with memory_server(tmp_path_factory, "accounts", hosts=2) as srv:
+        yield srv
 
 
 async def add_user(http, server, uid, **fields):
-    r = await http.post(f"{server.url}/admin/users", json={"id": uid, **fields}, headers=admin(server))
+    r = await http.post(f"{server.url}/admin/users", json={"id": uid, **fields}, headers=admin_headers(server))
     assert r.status == 201, await r.text()
     return await r.json()
 
@@ -126,11 +109,12 @@ async def test_accounts_are_durable_through_the_store(server, http, unique):
 
 async def test_admin_api_refuses_bad_input_and_user_tokens(server, http, unique):
     await add_user(http, server, unique)
-    h = admin(server)
-    for body in [{"id": unique}, {"id": "bad id!"}, {"id": f"{unique}x", "country": "Sweden"},
-                 {"id": f"{unique}y", "bogus": 1}, {"id": f"{unique}z", "email": "nope"}]:
+    h = admin_headers(server)
+    for body, status in [({"id": unique}, 409),                      # exists already
+                         ({"id": "bad id!"}, 400), ({"id": f"{unique}x", "country": "Sweden"}, 400),
+                         ({"id": f"{unique}y", "bogus": 1}, 400), ({"id": f"{unique}z", "email": "nope"}, 400)]:
         r = await http.post(f"{server.url}/admin/users", json=body, headers=h)
-        assert r.status in (400, 409) and "error" in await r.json(), body
+        assert (r.status, (await r.json())["error"]["status"]) == (status, status), body
     r = await http.get(f"{server.url}/admin/users", headers={"Authorization": f"Bearer {server.auth.mint(unique)}"})
     assert r.status == 403
     r = await http.get(f"{server.url}/v1/me", headers=h)       # an operator token is for /admin only

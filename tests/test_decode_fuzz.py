@@ -50,7 +50,7 @@ def outcome(data, encoding):
         env = decode_frame(data, encoding)
     except SyncopateError as err:
         assert err.code in DOCUMENTED, err
-        assert err.status == 400 or err.code == ErrorCode.FRAME_TOO_LARGE
+        assert err.status == (413 if err.code == ErrorCode.FRAME_TOO_LARGE else 400), err
         return err
     except BaseException as exc:                      # anything else is the bug this file hunts
         pytest.fail(f"decode_frame raised {type(exc).__name__}: {exc!r} for {data[:200]!r}")

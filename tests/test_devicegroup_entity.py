@@ -1,6 +1,8 @@
 """DeviceGroupEntity unit tests: the Connect state machine on the real EntityHost (tests/support/entities.py) with a controlled clock."""
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,9 +13,10 @@ from actors.entity import SYSTEM, Command, Env, Principal
 from actors.player_state import compute_order
 from gateway import presenters
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.messages import DEVICE_GROUP
+from protocols.wire import Reply
+from protocols.messages import DEVICE_GROUP, PLAYLIST
 from tests.support.catalog import CatalogBuilder
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 T0 = 1_700_000_000_000
@@ -62,7 +65,7 @@ def rt(x):
     return msgpack.unpackb(msgpack.packb(x, use_bin_type=True), raw=False, strict_map_key=False)
 
 
-class H:
+class H(OnDriver):
     """One device group on the real EntityHost (tests/support/entities.py) with a controlled clock:
     `do` returns what the host released for the command (reply, records, events, effects); `log`,
     `events` and `effects` are everything committed, pushed and dispatched so far."""
@@ -76,18 +79,6 @@ class H:
         self.d = EntityDriver(DeviceGroupEntity, user, self.env, now_ms=T0)
         self.user = user
         self.base = rt(DeviceGroupEntity(user, self.env).snapshot())
-
-    @property
-    def e(self) -> DeviceGroupEntity:
-        return self.d.e
-
-    @property
-    def now(self) -> int:
-        return self.d.now
-
-    @now.setter
-    def now(self, ms: int) -> None:
-        self.d.now = ms
 
     @property
     def log(self) -> list:
@@ -109,6 +100,10 @@ class H:
 
     def sys(self, op, origin=None, **args):
         return self.do(op, principal=SYSTEM, origin=origin, **args)
+
+    def playlist(self, i, rows, snapshot_id="snap-1"):
+        """Playlist i holds `rows`: the host's ask for a play of it is answered with them."""
+        self.d.serve(PLAYLIST, pl_id(i), "entries", {"entries": rows, "snapshot_id": snapshot_id})
 
     def tick(self):
         return self.d.tick()
@@ -264,7 +259,12 @@ def test_play_offsets_and_position():
     h.refuse("UNKNOWN_URI", "play", uris=[f"spotify:track:{'z' * 22}"])
     h.refuse("UNKNOWN_URI", "play", context_uri=f"spotify:album:{'z' * 22}")
     h.refuse("INVALID_URI", "play", context_uri=turi(1))
-    h.refuse("INVALID_FIELD", "play", context_uri=pl_uri(1))            # the gateway must resolve entries
+    h.d.serve(PLAYLIST, pl_id(1), "entries", SyncopateError(ErrorCode.NOT_FOUND, f"no playlist {pl_id(1)}"))
+    err = h.refuse("NOT_FOUND", "play", context_uri=pl_uri(1))        # the host's ask was refused
+    assert err.message == f"playlist {pl_id(1)} not found"
+    with pytest.raises(SyncopateError) as ei:        # the op never runs without the host's answer
+        h.e.handle(Command(DEVICE_GROUP, USER, "play", {"context_uri": pl_uri(1)}, h.principal()))
+    assert ei.value.code == ErrorCode.INVALID_FIELD
     h.refuse("CONTEXT_DISALLOW", "play", context_uri=f"spotify:artist:{'r' * 22}")
     h.check_replay()
 
@@ -679,11 +679,14 @@ def entries(n, start=0):
 
 def test_playlist_context_listener_effects():
     h = setup()
-    h.do("play", context_uri=pl_uri(1), context_entries=entries(5), device_id="d0")
+    h.playlist(1, entries(5))
+    h.do("play", context_uri=pl_uri(1), device_id="d0")
+    assert [(c.kind, c.entity_id, c.op, c.args, c.principal) for c in h.d.asked] == \
+        [("playlist", pl_id(1), "entries", {}, h.principal())]      # asked as the user, not as the system
     assert [(c.kind, c.entity_id, c.op, c.args, c.principal.system) for c in h.effects] == \
-        [("playlist", pl_id(1), "add_listener", {"user_id": USER}, True)]
+        [("playlist", pl_id(1), "add_listener", {"user_id": USER, "snapshot_id": "snap-1"}, True)]
     h.effects.clear()
-    h.do("play", context_uri=pl_uri(1), context_entries=entries(5), offset={"position": 2})
+    h.do("play", context_uri=pl_uri(1), offset={"position": 2})
     assert h.effects == []
     h.do("play", context_uri=album_uri(0))
     assert [(c.entity_id, c.op) for c in h.effects] == [(pl_id(1), "remove_listener")]
@@ -694,7 +697,8 @@ def test_playlist_context_listener_effects():
 
 def test_context_changed_keeps_the_current_entry_and_position():
     h = setup()
-    h.do("play", context_uri=pl_uri(1), context_entries=entries(6), offset={"position": 2}, device_id="d0")
+    h.playlist(1, entries(6))
+    h.do("play", context_uri=pl_uri(1), offset={"position": 2}, device_id="d0")
     h.advance(33_000)
     # two tracks inserted at the top and one moved: e2 is still playing, 33 s in
     new = [["x1", turi(20)], ["x2", turi(21)], ["e0", turi(0)], ["e1", turi(1)], ["e4", turi(4)],
@@ -718,7 +722,8 @@ def test_context_changed_keeps_the_current_entry_and_position():
 
 def test_context_changed_while_shuffled_keeps_order_of_the_others():
     h = setup()
-    h.do("play", context_uri=pl_uri(1), context_entries=entries(8), device_id="d0")
+    h.playlist(1, entries(8))
+    h.do("play", context_uri=pl_uri(1), device_id="d0")
     h.do("shuffle", state=True, seed=42)
     h.do("next")
     before = h.do("queue").reply["queue"]
@@ -861,7 +866,7 @@ OPS = st.sampled_from([
     ("heartbeat", lambda d: {"device_id": d}),
     ("play", lambda d: {"device_id": d, "context_uri": album_uri(0)}),
     ("play", lambda d: {"uris": [turi(7), turi(8), turi(1)]}),
-    ("play", lambda d: {"context_uri": pl_uri(2), "context_entries": entries(4, 3)}),
+    ("play", lambda d: {"context_uri": pl_uri(2)}),             # the playlist: entries(4, 3), served
     ("play", lambda d: {}),
     ("pause", lambda d: {}),
     ("next", lambda d: {}),
@@ -887,6 +892,7 @@ OPS = st.sampled_from([
 @given(st.lists(st.tuples(OPS, st.sampled_from(["d0", "d1", "d2"]), st.integers(0, 120_000)), max_size=40))
 def test_random_sequences_refusals_are_clean_and_replay_reproduces(steps):
     h = setup()
+    h.playlist(2, entries(4, 3))
     for (op, mk), dev, dt in steps:
         h.advance(dt)
         if op == "tick":
@@ -924,8 +930,16 @@ async def test_through_the_host_restart_keeps_acknowledged_state():
     store = MemoryStore()
     env = Env(catalog=CAT)
 
+    def dispatch(cmd):
+        if (cmd.kind, cmd.entity_id, cmd.op) == (PLAYLIST, pl_id(3), "entries"):   # the ask of the play below
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(Reply(1, {"entries": entries(6), "snapshot_id": "s1"}))
+            return fut
+        effects.append(cmd)
+        return None
+
     def host():
-        return EntityHost("h0", store, {DEVICE_GROUP: SmallSnapshots}, env, dispatch=effects.append,
+        return EntityHost("h0", store, {DEVICE_GROUP: SmallSnapshots}, env, dispatch=dispatch,
                           clock=lambda: clock[0], idle_timeout_s=3600)
 
     h1 = host()
@@ -937,7 +951,7 @@ async def test_through_the_host_restart_keeps_acknowledged_state():
 
     for i in range(3):
         await call(h1, "register", origin=("gw1", f"c{i}"), device_id=f"d{i}", name=f"D{i}")
-    await call(h1, "play", device_id="d0", context_uri=pl_uri(3), context_entries=entries(6))
+    await call(h1, "play", device_id="d0", context_uri=pl_uri(3))
     clock[0] += 12.5
     await call(h1, "queue_add", uri=turi(22))
     await call(h1, "shuffle", state=True)

@@ -9,22 +9,18 @@ import orjson
 import pytest
 
 from gateway.auth import Auth, write_secret
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
 from tests.support.player import Device
 from tests.support.playlists import eventually
+from tests.support.servers import memory_server
 
 SECRET = "events-rest-secret-0123456789-abcdefgh"
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("events")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "events",
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET))) as srv:
+        yield srv
 
 
 def tracks(server, n):

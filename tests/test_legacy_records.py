@@ -20,6 +20,15 @@ from actors.devicegroup_records import GroupChange, GroupSnapshot
 from actors.entity import SYSTEM, Command, Env, Principal
 from actors.host import EntityHost
 from actors.session import SessionEntity
+from actors.session_records import (
+    Connected,
+    Disconnected,
+    ItemChange,
+    LibraryChanged,
+    SessionSnapshot,
+    SignedOut,
+    record_from_wire,
+)
 from catalog import Catalog
 from gateway import presenters
 from protocols.messages import DEVICE_GROUP, SESSION
@@ -93,6 +102,7 @@ def test_the_fixture_holds_the_old_forms():
     assert snaps[f"{DEVICE_GROUP}:{USER}"]["state"]["v"] == 1 and "pos" in snaps[f"{DEVICE_GROUP}:{USER}"]["state"]["p"]
     session = [r[0] for k, entry in records if k == f"{SESSION}:{USER}" for r in entry["recs"]]
     assert {"conn", "disc", "end", "lib"} <= set(session)
+    assert snaps[f"{SESSION}:{USER}"]["state"]["f"] == 1 and "conns" in snaps[f"{SESSION}:{USER}"]["state"]
 
 
 @pytest.fixture
@@ -125,17 +135,26 @@ async def test_a_data_dir_of_the_old_code_loads_with_the_same_state(db):
         await run.call(DEVICE_GROUP, "register", origin=ConnAddress("gw2", "c7"), device_id="d7")
         await run.call(DEVICE_GROUP, "disconnect", principal=SYSTEM, conn="gw1/c0")
         await run.call(SESSION, "disconnect", principal=SYSTEM, conn="gw1/s0")
+        await run.call(SESSION, "connect", principal=SYSTEM, conn="gw4/s4", device_id="d4", client="app")
+        await run.call(SESSION, "library_save", uris=[FIXTURE["expected"]["library"]["track"]["items"][0]["uri"],
+                                                       list(run.host.env.catalog.tracks)[-1].uri])
+        await run.call(SESSION, "end_connection", device_id="d4")
         after = {"group": group.snapshot(), "session": run.entity(SESSION).snapshot()}
         end = run.clock[0]
     records, _ = await asyncio.to_thread(_stored, db)
     group_recs = [r for k, entry in records if k == f"{DEVICE_GROUP}:{USER}" for r in entry["recs"]]
     assert [r.get("v") for r in group_recs][-3:] == [2, 2, 2] and any("v" not in r for r in group_recs)
+    session_recs = [r for k, entry in records if k == f"{SESSION}:{USER}" for r in entry["recs"]]
+    assert [(r["v"], r["type"]) for r in session_recs[-4:]] == \
+        [(2, "disconnected"), (2, "connected"), (2, "library"), (2, "signed_out")]
+    assert any(isinstance(r, list) for r in session_recs)          # the old records stay as they were
     async with Run(db, end) as run:      # old snapshot, old records, new records
         await run.call(DEVICE_GROUP, "state")
         await run.call(SESSION, "list_connections")
         assert run.entity(DEVICE_GROUP).snapshot() == after["group"]
         assert run.entity(SESSION).snapshot() == after["session"]
         assert run.entity(DEVICE_GROUP).devices["d7"]["conn"] == ConnAddress("gw2", "c7")
+        assert ConnAddress("gw4", "s4") not in run.entity(SESSION).conns and "d4" in run.entity(SESSION).revoked
         assert not run.entity(DEVICE_GROUP).devices["d0"]["online"]
 
 
@@ -155,3 +174,39 @@ def test_old_and_new_records_mean_the_same_change():
     assert "active" not in GroupChange(revision=1).to_wire()         # unchanged is absent, None is a value
     snap = DeviceGroupEntity(USER, Env()).snapshot()
     assert GroupSnapshot.from_wire(msgpack.unpackb(msgpack.packb(snap), raw=False)).to_wire() == snap
+
+
+def test_old_and_new_session_records_mean_the_same_change():
+    cases = [
+        (["conn", 3, "gw/c1", "d1", "app", "gw", 5], Connected(3, ConnAddress("gw", "c1"), "d1", "app", "gw", 5)),
+        (["disc", 4, ["gw/c1", "conn:gw2/c2"], "timeout"],
+         Disconnected(4, [ConnAddress("gw", "c1"), ConnAddress("gw2", "c2")], "timeout")),
+        (["end", 5, "d1", 9], SignedOut(5, "d1", 9)),
+        (["lib", 6, [["s", 0, "t" * 22, 7], ["r", 1, "a" * 22, None]]],
+         LibraryChanged(6, [ItemChange("s", 0, "t" * 22, 7), ItemChange("r", 1, "a" * 22, None)])),
+    ]
+    for old, typed in cases:
+        assert record_from_wire(old) == typed
+        wire = msgpack.unpackb(msgpack.packb(typed.to_wire()), raw=False)
+        assert wire["v"] == 2 and wire["version"] == typed.version
+        assert record_from_wire(wire) == typed
+    assert Connected(1, ConnAddress("gw", "c"), None, "yjs", "gw", 2).to_wire()["conn"] == ["gw", "c"]
+    with pytest.raises(ValueError):
+        record_from_wire({"v": 3, "type": "connected"})
+
+
+def test_old_session_snapshot_reads_as_the_new_one():
+    records, snaps = _stored(DATA / "legacy-e3f2686.sqlite")
+    old = snaps[f"{SESSION}:{USER}"]["state"]
+    snap = SessionSnapshot.from_wire(old)
+    assert snap.version == old["v"] and snap.changes_floor == old["floor"]
+    assert {str(c): [p.device_id, p.client, p.gateway, p.since_ms, p.seen_ms] for c, p in snap.connections.items()} \
+        == {c[0]: c[1:] for c in old["conns"]}
+    assert [[v, [list(ch) for ch in chs]] for v, chs in snap.changes] == old["log"]
+    wire = msgpack.unpackb(msgpack.packb(snap.to_wire()), raw=False)
+    assert wire["format"] == 2 and SessionSnapshot.from_wire(wire) == snap
+    e = SessionEntity(USER, Env())                     # and the entity restores both forms alike
+    e.restore(old)
+    e2 = SessionEntity(USER, Env())
+    e2.restore(wire)
+    assert e.snapshot() == e2.snapshot() == snap.to_wire()

@@ -20,9 +20,8 @@ import pytest
 from actors.entity import Principal
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import BASE62
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
 from tests.spotify_clients import spotipy_client, tekore_client
+from tests.support.servers import memory_server
 
 spotipy = pytest.importorskip("spotipy")
 tk = pytest.importorskip("tekore")
@@ -34,20 +33,10 @@ def random_id() -> str:
     return "".join(_rng.choice(BASE62) for _ in range(22))
 
 
-
-
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("librest")), port=0, hosts=2,
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-def cat(server):
-    return server.gateway.ctx.catalog
+    async with memory_server(tmp_path_factory, "librest", hosts=2) as srv:
+        yield srv
 
 
 def auth(server, user: str, **kw) -> dict:

@@ -20,7 +20,7 @@ from protocols.listening import (
     ListeningEvent,
 )
 from tests.support.catalog import CatalogBuilder
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 T0 = 1_767_000_000_000          # server time at the start of every test
@@ -51,13 +51,9 @@ def rt(x):
     return msgpack.unpackb(msgpack.packb(x, use_bin_type=True), raw=False, strict_map_key=False)
 
 
-class G:
+class G(OnDriver):
     def __init__(self) -> None:
         self.d = EntityDriver(DeviceGroupEntity, USER, Env(catalog=CAT), now_ms=T0)
-
-    @property
-    def e(self) -> DeviceGroupEntity:
-        return self.d.e
 
     def do(self, op, product="premium", **args):
         return self.d.command(op, args, principal=Principal(USER, product))

@@ -9,31 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
-from syncopate.server import LocalServer
-from tests.support.playlists import add, create, entry_ids, local_spec, rest, track_uris
+from tests.support.playlists import add, create, entry_ids, rest, track_uris
 from tests.support.ws import WsClient
 from tests.support.ynode import Y, ybase
 
 QUIET_S = 0.5            # after the notice, nothing of the playlist may arrive for this long
 
 
-@pytest.fixture(scope="module")
-async def server(tmp_path_factory):
-    srv = await LocalServer(local_spec(str(tmp_path_factory.mktemp("liveauth")))).start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-def cat(server):
-    return server.gateway.ctx.catalog
-
-
-@pytest.fixture
-def users(unique):
-    return {r: f"{unique}{r[0]}" for r in ("owner", "editor", "viewer", "stranger")}
+# server, cat, users, http: tests/conftest.py
 
 
 async def collaborator(http, url, pid, owner_token, user, role):

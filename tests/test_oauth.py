@@ -22,8 +22,7 @@ from spotipy.cache_handler import MemoryCacheHandler
 from actors.account import AccountEntity
 from actors.entity import SYSTEM, Command, Env
 from gateway import scopes
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
+from tests.support.servers import admin_headers, memory_server
 from tests.spotify_clients import spotipy_client
 
 PASSWORD = "a long enough password"
@@ -32,27 +31,14 @@ REDIRECT = "http://127.0.0.1:9/callback"
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("oauth")), port=0, hosts=2,
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-def admin(server) -> dict:
-    return {"Authorization": f"Bearer {server.auth.mint_operator()}"}
+    async with memory_server(tmp_path_factory, "oauth", hosts=2) as srv:
+        yield srv
 
 
 @pytest.fixture
 async def user(server, http, unique):
     from actors.account import hash_password
-    r = await http.post(f"{server.url}/admin/users", headers=admin(server), json={
+    r = await http.post(f"{server.url}/admin/users", headers=admin_headers(server), json={
         "id": unique, "display_name": "O Auth", "country": "NO", "email": "o@example.com",
         "password_hash": hash_password(PASSWORD, secrets.token_bytes(16))})
     assert r.status == 201
@@ -60,7 +46,7 @@ async def user(server, http, unique):
 
 
 async def register(server, http, public=False, redirect=REDIRECT) -> dict:
-    r = await http.post(f"{server.url}/admin/apps", headers=admin(server),
+    r = await http.post(f"{server.url}/admin/apps", headers=admin_headers(server),
                         json={"name": "Test app", "redirect_uris": [redirect], "public": public})
     assert r.status == 201, await r.text()
     return await r.json()

@@ -26,9 +26,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from gateway import openapi, scopes
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
 from tests.support.player import Device
+from tests.support.servers import memory_server
 
 DOC = openapi.build()
 EXT = openapi.EXT
@@ -119,11 +118,9 @@ def test_security_is_the_enforced_scope_rule():
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("openapi")), port=0, hosts=1,
-                      gateway={"rest_rate": 5000, "rest_burst": 5000, "ws_rate": 5000, "ws_burst": 5000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "openapi",
+                             gateway={"rest_rate": 5000, "rest_burst": 5000, "ws_rate": 5000, "ws_burst": 5000}) as srv:
+        yield srv
 
 
 async def test_served_document_is_the_built_one(server, http):

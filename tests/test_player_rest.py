@@ -18,20 +18,16 @@ import tekore as tk
 
 from gateway.auth import Auth, write_secret
 from protocols.errors import HTTP_STATUS, ErrorCode
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
-from tests.support.player import Device, assert_in_order, new_playlist_id, wait_version
+from tests.support.player import Device, WsError, assert_in_order, new_playlist_id, wait_version
 from tests.support.playlists import eventually
+from tests.support.servers import memory_server
 
 SECRET = "player-rest-secret-0123456789-abcdefgh"
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("player")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "player",
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET))) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -496,6 +492,31 @@ async def test_playlist_context(user, catalog):
     assert (await sp_call(sp.currently_playing))["item"]["uri"] == uris[2]
     e = await sp_error(sp.start_playback, context_uri="spotify:playlist:" + new_playlist_id())
     assert e.http_status == 404
+
+
+async def test_a_private_playlist_of_another_user_is_not_a_play_context(server, http, user, catalog):
+    """The device group's host asks the playlist as the commanding user (actors/asks.py): a private
+    playlist the user can't read is 404, as a read of it is, and playback is unchanged."""
+    other = User(server, http, user.name + "-owner")
+    try:
+        owner_dev = await other.device("desk")
+        pid = new_playlist_id()
+        await owner_dev.call("playlist.create", {"id": pid, "name": "Mine", "public": False})
+        await owner_dev.call("playlist.add", {"id": pid, "uris": track_uris(catalog, 2)})
+        lap = await user.device("laptop")
+        status, body = await user.raw("PUT", "me/player/play?device_id=laptop",
+                                      {"context_uri": f"spotify:playlist:{pid}"})
+        assert (status, body) == (404, {"error": {"status": 404, "message": f"playlist {pid} not found",
+                                                     "code": "NOT_FOUND"}})
+        with pytest.raises(WsError) as ei:          # the same over the websocket
+            await lap.call("player.play", {"context_uri": f"spotify:playlist:{pid}", "device_id": "laptop"})
+        assert (ei.value.code, ei.value.error["message"]) == ("NOT_FOUND", f"playlist {pid} not found")
+        status, _ = await user.raw("GET", "me/player")
+        assert status == 204                        # nothing was loaded
+        await sp_call(other.sp.start_playback, device_id="desk", context_uri=f"spotify:playlist:{pid}")
+        assert (await sp_call(other.sp.current_playback))["context"]["uri"] == f"spotify:playlist:{pid}"
+    finally:
+        await other.close()
 
 
 async def test_idempotency_key_applies_a_command_once(user, catalog):

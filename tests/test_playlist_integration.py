@@ -16,10 +16,9 @@ import asyncio
 
 import pytest
 
-from syncopate.server import LocalServer
 from tests.spotify_clients import spotipy_client, tekore_client
 from tests.support.playlists import (UNKNOWN_TRACK, Mirror, add, all_items, create, entry_ids, eventually, item_uris,
-                                     local_spec, rest, start_local, stop_local, strict_tekore, track_uris)
+                                     rest, start_local, stop_local, strict_tekore, track_uris)
 from tests.support.ws import WsClient
 
 spotipy = pytest.importorskip("spotipy")
@@ -27,22 +26,7 @@ tk = pytest.importorskip("tekore")
 
 
 
-@pytest.fixture(scope="module")
-async def server(tmp_path_factory):
-    srv = await LocalServer(local_spec(str(tmp_path_factory.mktemp("playlists")))).start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-def cat(server):
-    return server.gateway.ctx.catalog
-
-
-@pytest.fixture
-def users(unique):
-    """Fresh user ids for one test: owner, editor, viewer, follower, stranger."""
-    return {r: f"{unique}{r[0]}" for r in ("owner", "editor", "viewer", "follower", "stranger")}
+# server, cat, users, http: tests/conftest.py
 
 
 def mint(server, user: str) -> str:

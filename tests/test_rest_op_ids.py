@@ -5,21 +5,17 @@ answer's Idempotency-Key header names it, and a retry sending it back gets the f
 """
 import pytest
 
-from storage.memory import MemoryStore
 from gateway.auth import write_secret
-from syncopate.server import LocalServer, ServerSpec
+from tests.support.servers import memory_server
 
 SECRET = "rest-op-id-secret-0123456789-abcdefghij"
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("opids")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "opids",
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET))) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from actors.session import CHANGE_LOG_ITEMS, CONNECTION_TIMEOUT_MS, MAX_URIS, Se
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import BASE62
 from tests.support.catalog import catalog_with
-from tests.support.entities import EntityDriver
+from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 ALICE = Principal(USER, device_id="phone")
@@ -42,7 +42,7 @@ def turi(i):
     return f"spotify:track:{TRACKS[i]}"
 
 
-class Harness:
+class Harness(OnDriver):
     """The session on the real EntityHost (tests/support/entities.py) with a controlled clock; `run`
     returns what the host released for the command, `entries` what it committed."""
 
@@ -51,25 +51,13 @@ class Harness:
         self.d = EntityDriver(SessionEntity, USER, self.env, now_ms=now)
 
     @property
-    def e(self) -> SessionEntity:
-        return self.d.e
-
-    @property
-    def now(self) -> int:
-        return self.d.now
-
-    @now.setter
-    def now(self, ms: int) -> None:
-        self.d.now = ms
-
-    @property
     def entries(self) -> list[tuple[int, list]]:
         return self.d.entries()
 
     @staticmethod
     def _check(out):
         if out is not None and out.records:
-            assert out.records[0][1] == out.version      # records carry their version
+            assert out.records[0]["version"] == out.version      # records carry their version
         return out
 
     def run(self, op, args=None, principal=ALICE, origin=None):
@@ -178,7 +166,7 @@ def test_heartbeat_expiry_with_a_controlled_clock():
         if out is not None:
             break
     assert out is not None and h.now - T0 > CONNECTION_TIMEOUT_MS
-    assert out.records[0][0] == "disc"
+    assert out.records[0]["type"] == "disconnected" and out.records[0]["reason"] == "timeout"
     ev, = out.events
     assert ev.payload["reason"] == "timeout" and ev.payload["conns"] == ["gw1/c2"]
     assert ev.payload["device_id"] == "laptop"
@@ -698,25 +686,18 @@ def test_batched_heartbeats_and_requests_keep_connections_alive():
 # ================================================================================================
 # through the real gateway (in-process server, memory store): two connections of one user
 # ================================================================================================
-def session_kinds():
-    return {SessionEntity.kind: SessionEntity}
-
-
 SECRET = "session-entity-test-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    from storage.memory import MemoryStore
     from gateway.auth import write_secret
-    from syncopate.server import LocalServer, ServerSpec
+    from tests.support.servers import memory_server
 
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("sess")), port=0, hosts=1,
-                      secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
-                      kinds="tests.test_session_entity:session_kinds")
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "sess", gateway={},
+                             secret_file=str(write_secret(tmp_path_factory.mktemp("key") / "secret.key", SECRET)),
+                             kinds="tests.support.servers:session_kinds") as srv:
+        yield srv
 
 
 async def test_two_connections_see_each_others_library_changes_and_sign_out(server):

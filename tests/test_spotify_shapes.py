@@ -7,17 +7,14 @@ import asyncio
 import aiohttp
 import pytest
 
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
 from tests.spotify_clients import spotipy_client, tekore_client
+from tests.support.servers import memory_server
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    spec = ServerSpec(data_dir=str(tmp_path_factory.mktemp("shapes")), port=0, hosts=1)
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with memory_server(tmp_path_factory, "shapes", gateway={}) as srv:
+        yield srv
 
 
 async def test_album_label_is_a_string(server, unique):

@@ -21,7 +21,7 @@ import pytest
 from actors.account import hash_password
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
-from tests.test_player_rest import Device
+from tests.support.player import Device
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

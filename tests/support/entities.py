@@ -12,6 +12,11 @@ What a test sees of one command (`Result`):
   events           the Pushes the host delivered for it (to any gateway), in order
   effects          the Commands the host dispatched for it (acknowledged at once)
 
+Asks (actors/asks.py: an op's read of another entity, made by the host before the op runs) are
+answered from what the test serves: `serve(kind, entity_id, op, payload)` (or a SyncopateError to
+refuse). The host routes asks the way it routes effects; a served (kind, id, op) is answered, and
+the asks a test made are in `asked`.
+
 Pushes reach only gateways that subscribed: the driver subscribes a watcher connection of its own
 (`WATCH`) with a real `subscribe` command (SYSTEM principal) as soon as the entity accepts one (a
 playlist only once it exists: like any subscriber, the watcher sees nothing of `create`).
@@ -39,9 +44,10 @@ import msgpack
 from actors.entity import SYSTEM, Command, Entity, Env, Principal
 from actors.host import EntityHost
 from protocols.errors import SyncopateError
-from protocols.wire import ConnAddress, Push
+from protocols.wire import ConnAddress, Push, Reply
 from storage.memory import MemoryStore
 
+_NOT_SERVED = object()
 WATCH = ConnAddress("driver-watch", "watcher")      # the driver's own subscriber
 BARRIER = ConnAddress("driver-barrier", "none")     # never subscribed: unsubscribing it is a no-op
 
@@ -93,6 +99,24 @@ def close_all() -> None:
         d.close()
 
 
+class OnDriver:
+    """What every entity harness of the tests shares over its driver `self.d`: the live entity and
+    the clock (ms)."""
+    d: "EntityDriver"
+
+    @property
+    def e(self) -> Entity:
+        return self.d.e
+
+    @property
+    def now(self) -> int:
+        return self.d.now
+
+    @now.setter
+    def now(self, ms: int) -> None:
+        self.d.now = ms
+
+
 class EntityDriver:
     def __init__(self, cls: type[Entity], entity_id: str, env: Env, *, now_ms: int,
                  store: RecordingStore | None = None) -> None:
@@ -103,8 +127,12 @@ class EntityDriver:
         self.store = store if store is not None else RecordingStore()
         self.pushes: list[Push] = []          # every push delivered, in order, once each
         self.effects: list[Command] = []      # every effect dispatched, in order
+        self.served: dict[tuple[str, str, str], Any] = {}   # (kind, id, op) -> answer to an ask
+        self.asked: list[Command] = []        # every ask the host made, in order
         self.e: Entity | None = None          # the entity the host activated last (see _make)
-        self._seen: set[int] = set()
+        # id -> the push: holding it keeps its id from being reused by a later push (a test may clear
+        # `pushes`), and one push delivered to several gateways is kept once
+        self._seen: dict[int, Push] = {}
         self._loop = asyncio.new_event_loop()
         self.host: _Host | None = None
         self._watching = False
@@ -123,10 +151,20 @@ class EntityDriver:
     def _deliver(self, gateway: str, items: list) -> None:
         for it in items:
             if isinstance(it, Push) and id(it) not in self._seen:
-                self._seen.add(id(it))
+                self._seen[id(it)] = it
                 self.pushes.append(it)
 
-    def _dispatch(self, cmd: Command) -> None:
+    def serve(self, kind: str, entity_id: str, op: str, answer: Any) -> None:
+        """Answer the host's asks of (kind, entity_id, op) with `answer` (a SyncopateError refuses)."""
+        self.served[(kind, entity_id, op)] = answer
+
+    def _dispatch(self, cmd: Command):
+        answer = self.served.get((cmd.kind, cmd.entity_id, cmd.op), _NOT_SERVED)
+        if answer is not _NOT_SERVED:
+            self.asked.append(cmd)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(Reply.fail(answer) if isinstance(answer, SyncopateError) else Reply(1, answer))
+            return fut
         self.effects.append(cmd)
         return None                           # taken over: the host counts it acknowledged
 
@@ -217,6 +255,17 @@ class EntityDriver:
             await self.host.call(Command(self.kind, self.id, "unsubscribe", {}, SYSTEM, origin=BARRIER))
             res = self._since(mark, None, self.e.version)
             return res if (res.records or res.events) else None
+        return self._run(go())
+
+    def snapshot(self) -> tuple[Any, int]:
+        """Write the entity's snapshot now, as the host's compaction does (the store then drops the
+        records it covers); answers (the state written, as the store gives it back, its version)."""
+        async def go():
+            slot = self.host.slots.get(self.key)
+            assert slot is not None and slot.entity is not None, f"{self.key} is not active"
+            assert await self.host._snapshot(slot), f"the snapshot of {self.key} was not written"
+            loaded = await self.store.load(self.key)
+            return unpack(loaded.snapshot.data)["state"], loaded.snapshot.seq
         return self._run(go())
 
     # -- the committed log --------------------------------------------------------------------------
