@@ -168,11 +168,15 @@ class RayServer:
 class LocalServer:
     """Everything in the calling event loop: hosts, one gateway. For tests and the scale model."""
 
-    def __init__(self, spec: ServerSpec, store=None) -> None:
+    def __init__(self, spec: ServerSpec, store=None, *, membership: str | None = None,
+                 lease: dict | None = None) -> None:
         self.spec = spec
         self.store = store
         self.cluster = None
         self.gateway = None
+        # With a membership name: hosts hold leases and a view, the gateway detects dead hosts and
+        # fails over (actors/ownership.py, gateway/cluster_view.py), as a RayServer does.
+        self.membership, self.lease = membership, lease
 
     async def start(self) -> "LocalServer":
         from actors.kinds import load_kinds
@@ -188,11 +192,16 @@ class LocalServer:
         # file I/O and catalog generation off the event loop
         secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
-        env = await loop.run_in_executor(None, build_env, spec.actor_spec())
-        self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s)
+        env = await loop.run_in_executor(None, lambda: build_env(spec.actor_spec()))   # actor_spec resolves a path
+        self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s,
+                                    membership=self.membership, lease=self.lease)
         await self.cluster.start()
+        view = None
+        if self.membership:
+            from gateway.cluster_view import ClusterView
+            view = ClusterView(store, self.membership)
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
-                                     env.catalog, GatewayConfig(**spec.gateway))
+                                     env.catalog, GatewayConfig(**spec.gateway), cluster=view)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
         self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it
