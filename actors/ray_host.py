@@ -117,6 +117,7 @@ class HostActor:
         from storage.factory import make_store
 
         spec = self.spec
+        await asyncio.get_running_loop().run_in_executor(None, _check_data_dir, spec)    # file I/O: off the loop
         store = make_store(spec["data_dir"], spec.get("redis_url"), spec.get("postgres_dsn"),
                            prefix=spec.get("prefix", "syncopate_"))
         await store.start()
@@ -217,6 +218,12 @@ class HostActor:
 
 
 PEER_TIMEOUT_S = 30.0
+
+
+def _check_data_dir(spec: dict) -> None:
+    """SQLite on a cluster: this node must see the data dir the driver wrote (syncopate/cluster_store.py)."""
+    from syncopate.cluster_store import verify_shared_data_dir
+    verify_shared_data_dir(spec, where=f"node {ray.util.get_node_ip_address()}")
 
 
 def _budgets(spec: dict) -> dict:

@@ -20,6 +20,16 @@ from gateway.stream_transport import StreamTransport
 log = logging.getLogger("syncopate.gateway")
 
 
+def listen_host(host: str) -> str:
+    """The address to bind: "node" is the IP Ray reports for the node this gateway runs on."""
+    return ray.util.get_node_ip_address() if host == "node" else host
+
+
+def node_info() -> dict:
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
 @ray.remote
 class GatewayActor:
     def __init__(self, cluster: str, gateway_id: str, n_hosts: int, spec: dict, listen: dict) -> None:
@@ -48,9 +58,10 @@ class GatewayActor:
         self.server = GatewayServer(
             self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive),
             Auth(token_secret), env.catalog, cfg)
+        self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
-        return await self.server.start(self.listen.get("host", "127.0.0.1"), self.listen.get("port", 0),
+        return await self.server.start(listen_host(self.listen.get("host", "127.0.0.1")), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
 
     async def stop(self) -> None:

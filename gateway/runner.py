@@ -48,6 +48,7 @@ class GatewayServer:
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.info: dict = {}        # where this gateway runs (node id and IP on Ray), shown by /healthz
 
     def _route(self, push: Push) -> None:
         self.ctx.note_push(push)
@@ -107,7 +108,9 @@ class GatewayServer:
         self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
         self.metrics.set_gateway_stats({**self.ctx.subscriptions.stats(),
                                         "sockets_refused": self.hub.refused_sockets})
-        return {"ok": ok, "gateway": self.gateway_id, "connections": len(self.hub.conns), "hosts": hosts}
+        reachable = [st.get("index", i) for i, st in enumerate(hosts) if "host_id" in st]
+        return {"ok": ok, "gateway": self.gateway_id, **self.info, "connections": len(self.hub.conns),
+                "reachable_hosts": reachable, "hosts": hosts}
 
     async def _heartbeats(self) -> None:
         """Tell each user's session entity, once per interval, which of its connections this gateway

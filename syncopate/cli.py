@@ -6,6 +6,7 @@ import sys
 
 
 def _serve(args) -> int:
+    from syncopate.cluster_store import StoreMismatch
     from syncopate.server import RayServer, ServerSpec
 
     from syncopate.logs import setup_logging
@@ -14,16 +15,26 @@ def _serve(args) -> int:
     if hosts < 1:
         print("--hosts must be at least 1", file=sys.stderr)
         return 2
-    spec = ServerSpec(data_dir=args.data_dir, host=args.host, port=args.port, redis_url=args.redis_url,
+    try:
+        host, gateways = _listen_choice(args)
+    except ValueError as exc:
+        print(f"syncopate serve: {exc}", file=sys.stderr)
+        return 2
+    spec = ServerSpec(data_dir=args.data_dir, host=host, port=args.port, redis_url=args.redis_url,
                       postgres_dsn=args.postgres_dsn, ray_address=args.ray_address, hosts=hosts,
-                      gateways=args.gateways, catalog=args.catalog, secret_file=args.secret_file,
+                      gateways=gateways, catalog=args.catalog, secret_file=args.secret_file,
                       channel_secret_file=args.channel_secret_file, channel_bind=args.channel_bind,
-                      idle_timeout_s=args.idle_timeout, log_level=args.log_level)
+                      idle_timeout_s=args.idle_timeout, log_level=args.log_level, prefix=args.table_prefix,
+                      shared_data_dir=args.shared_data_dir)
     if args.redis_url and not args.postgres_dsn:
         print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
               file=sys.stderr)
         return 2
-    server = RayServer(spec).start()
+    try:
+        server = RayServer(spec, announce=lambda line: print(line, flush=True)).start()
+    except StoreMismatch as exc:       # also a host's refusal (Ray's error subclasses the cause)
+        print(f"syncopate serve: {exc}", file=sys.stderr)
+        return 2
     store = "tiered (Redis over PostgreSQL)" if args.postgres_dsn and args.redis_url else \
         "PostgreSQL" if args.postgres_dsn else f"SQLite ({args.data_dir}/syncopate.db)"
     print(f"syncopate serving on {' '.join(server.urls())}  hosts={spec.hosts} store={store}", flush=True)
@@ -33,6 +44,31 @@ def _serve(args) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _listen_choice(args) -> tuple[str, int | str]:
+    """(--host, --gateways) for this deployment. On a cluster the listen address must be chosen: the
+    local default 127.0.0.1 would make each node's gateway reachable from that node only."""
+    gateways = args.gateways or ("per-node" if args.ray_address else "1")
+    if gateways != "per-node":
+        try:
+            gateways = int(gateways)
+        except ValueError:
+            raise ValueError(f"--gateways takes a count or 'per-node', not {args.gateways!r}") from None
+        if gateways < 1:
+            raise ValueError("--gateways must be at least 1")
+    elif not args.ray_address:
+        raise ValueError("--gateways per-node needs a cluster (--ray-address)")
+    host = args.host
+    if host is None:
+        if args.ray_address:
+            raise ValueError("on a cluster (--ray-address) choose where gateways listen with --host: 'node' "
+                             "(each node's IP as Ray reports it), 0.0.0.0 (every interface), or an address "
+                             "(127.0.0.1: reachable from the node itself only, e.g. behind a proxy there)")
+        host = "127.0.0.1"
+    elif host == "node" and not args.ray_address:
+        raise ValueError("--host node needs a cluster (--ray-address)")
+    return host, gateways
 
 
 def _token(args) -> int:
@@ -145,15 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the server (local Ray by default)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default=None,
+                   help="address the gateways listen on (default 127.0.0.1; with --ray-address required: "
+                        "'node' for each node's IP, 0.0.0.0, or an address)")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--data-dir", default="./var")
     s.add_argument("--redis-url")
     s.add_argument("--postgres-dsn")
+    s.add_argument("--table-prefix", default="syncopate_",
+                   help="prefix of the store's tables / keys (several deployments can share one PostgreSQL)")
     s.add_argument("--ray-address", help="join an existing Ray cluster instead of starting a local one")
     s.add_argument("--hosts", type=int, default=None,
                    help="entity host actors (default: 1 on SQLite, which has one writer at a time; 2 otherwise)")
-    s.add_argument("--gateways", type=int, default=1, help="gateway actors (share --port via SO_REUSEPORT)")
+    s.add_argument("--gateways", default=None,
+                   help="gateway actors: a count (share --port via SO_REUSEPORT; default 1), or 'per-node' "
+                        "(the default with --ray-address): one on each node, created as nodes join")
+    s.add_argument("--shared-data-dir", action="store_true",
+                   help="with --ray-address and SQLite: --data-dir is one directory shared by every node "
+                        "(checked by each host at start); without it SQLite is refused on a cluster")
     s.add_argument("--catalog", help="catalog file (docs/catalog.md); default: generated, 10,000 tracks")
     s.add_argument("--secret", nargs="?", action=_Removed, help=argparse.SUPPRESS)
     s.add_argument("--secret-file", help="token signing key file (default: <data-dir>/secret.key, created 0600)")

@@ -26,7 +26,8 @@ class ServerSpec:
     postgres_dsn: str | None = None
     ray_address: str | None = None
     hosts: int = 2
-    gateways: int = 1
+    gateways: int | str = 1         # a count, or "per-node": one pinned to each node (syncopate/cluster_placement.py)
+    shared_data_dir: bool = False   # SQLite on a cluster: the operator asserts every node shares data_dir
     catalog: str | None = None
     secret_file: str | None = None          # token signing key; default <data-dir>/secret.key
     channel_secret_file: str | None = None  # host channel key; default <data-dir>/channel.key
@@ -63,12 +64,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 class RayServer:
-    def __init__(self, spec: ServerSpec, cluster: str | None = None) -> None:
+    def __init__(self, spec: ServerSpec, cluster: str | None = None, announce=None) -> None:
         self.spec = spec
         self.cluster = cluster or f"s{uuid.uuid4().hex[:8]}"
         self.hosts: list = []
         self.gateways: list = []
         self.ports: list[int] = []
+        self.node_gateways = None       # NodeGateways with gateways="per-node"
+        self.host_placement = None
+        self.announce = announce or log.info    # where a gateway listens (serve prints it)
         self.secret: str | None = None
         self.secret_file: str | None = None     # where it is: for tools given a file, not the secret
 
@@ -79,7 +83,10 @@ class RayServer:
         from gateway.auth import CHANNEL_SECRET_FILE, Auth, read_secret, secret_path
         from gateway.ray_gateway import GatewayActor
 
+        from syncopate.cluster_store import check_store_fits, write_marker
+
         spec = self.spec
+        check_store_fits(spec.ray_address, spec.postgres_dsn, spec.shared_data_dir)
         Path(spec.data_dir).mkdir(parents=True, exist_ok=True)
         secret_file = secret_path(spec.data_dir, spec.secret_file)
         channel_file = secret_path(spec.data_dir, spec.channel_secret_file, CHANNEL_SECRET_FILE)
@@ -95,11 +102,16 @@ class RayServer:
             check_channel_bind(spec.channel_bind)
         init_ray(spec.ray_address)
         aspec = spec.actor_spec(str(secret_file), str(channel_file))
-        strategy = "SPREAD" if spec.ray_address else "DEFAULT"
+        if spec.ray_address and not spec.postgres_dsn:      # SQLite on a cluster: every host checks the dir
+            aspec["shared_dir_token"] = write_marker(spec.data_dir, self.cluster)
+        strategies = self._host_strategies(timeout)
         self.hosts = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
-                                        num_cpus=0, scheduling_strategy=strategy, max_concurrency=10_000)
+                                        num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
                       .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)]
         ray.get([h.ready.remote() for h in self.hosts], timeout=timeout)
+        if spec.gateways == "per-node":
+            self._start_node_gateways(aspec, timeout)
+            return self
         listen = {"host": spec.host, "port": spec.port, "reuse_port": spec.gateways > 1}
         for g in range(spec.gateways):
             gid = f"g{g}"
@@ -112,16 +124,63 @@ class RayServer:
         self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
         return self
 
+    # -- placement on a cluster (syncopate/cluster_placement.py) -----------------------------------
+    def _host_strategies(self, timeout: float) -> list:
+        if not self.spec.ray_address:
+            return ["DEFAULT"] * self.spec.hosts
+        from syncopate.cluster_placement import place_hosts
+        self.host_placement = place_hosts(self.cluster, self.spec.hosts, timeout=timeout)
+        return self.host_placement.strategies
+
+    def _start_node_gateways(self, aspec: dict, timeout: float) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from actors.ray_host import gateway_name
+        from gateway.ray_gateway import GatewayActor
+        from syncopate.cluster_placement import NodeGateways
+        spec = self.spec
+        # One gateway a node: with a fixed port, gateways of nodes on one machine share it.
+        listen = {"host": spec.host, "port": spec.port, "reuse_port": spec.port != 0}
+
+        def make(node_id: str, gid: str):
+            return GatewayActor.options(
+                name=gateway_name(self.cluster, gid), max_restarts=-1, max_task_retries=0, num_cpus=0,
+                max_concurrency=10_000, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(self.cluster, gid, spec.hosts, aspec, dict(listen))
+
+        self.node_gateways = NodeGateways(make, spec.host, self.announce)
+        self.node_gateways.sync()
+        self.node_gateways.wait_started(timeout)
+        self._node_gateway_state()
+
+    def _node_gateway_state(self) -> None:
+        self.gateways = self.node_gateways.handles
+        self.ports = self.node_gateways.ports()
+
+    def _supervise_node_gateways(self, timeout: float) -> None:
+        """A gateway for every node that joined, none for dead ones; every gateway listening."""
+        try:
+            self.node_gateways.sync()
+            self.node_gateways.ensure_started(timeout=min(timeout, 5.0))
+        except Exception as exc:
+            log.warning("gateway supervision: %s", exc)
+        self._node_gateway_state()
+
     @property
     def url(self) -> str:
-        return f"http://{self.spec.host}:{self.ports[0]}"
+        return self.urls()[0]
 
     def urls(self) -> list[str]:
+        if self.node_gateways is not None:
+            return self.node_gateways.urls()
         return [f"http://{self.spec.host}:{p}" for p in self.ports]
 
     def supervise_once(self, timeout: float = 30.0) -> None:
         """Make sure every gateway listens (Ray restarts a dead actor, not its listener)."""
         import ray
+        if self.node_gateways is not None:
+            self._supervise_node_gateways(timeout)
+            return
         try:
             self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
         except Exception as exc:
@@ -152,6 +211,9 @@ class RayServer:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
+        if self.host_placement is not None:
+            from syncopate.cluster_placement import release_hosts
+            release_hosts(self.host_placement)
 
     def serve_forever(self) -> None:
         import signal
