@@ -57,8 +57,12 @@ async def join(store: Store, name: str, holder: Holder) -> Membership:
     """Put `holder` in the view at its slot (replacing an older process of that slot)."""
     while True:
         view = await store.membership(name)
-        if view.members.get(holder.slot) == str(holder):
+        previous = view.members.get(holder.slot)
+        if previous == str(holder):
             return view
+        if previous is not None and Holder.parse(previous).incarnation != holder.incarnation:
+            # A new process in the slot (Ray restarted it): the old one renews no more.
+            await store.revoke_lease(previous)
         new = await store.change_membership(name, view.epoch, {**view.members, holder.slot: str(holder)})
         if new is not None:
             log.info("membership %s: slot %d joined (%s), epoch %d", name, holder.slot, holder, new.epoch)

@@ -58,6 +58,7 @@ class Ownership:
         self.acquire_wait_s = ACQUIRE_WAIT_S
         self._valid_until = 0.0                  # monotonic: the lease counts as held before this
         self._leaving = False
+        self._retired = False                    # another process took this slot: never rejoin
         self._handing_off: set[str] = set()
         self.lease_losses = 0
 
@@ -112,6 +113,8 @@ class Ownership:
 
     async def renew(self) -> None:
         """One renewal round: extend the lease (or learn it is lost), then read the view."""
+        if self._retired:
+            return
         if not self.lease_ok():
             self._lease_lost("it lapsed")
         elif self._valid_until > 0:
@@ -148,10 +151,11 @@ class Ownership:
         if view.epoch <= self.view.epoch and self.view.members:
             return
         self.view = view
-        if self.holder is not None and view.members.get(self.slot_index) not in (None, str(self.holder)) \
-                and not self._leaving:
-            # Another process serves this slot now (we were presumed dead and replaced): step down.
-            self._lease_lost("another process holds this slot in the view")
+        other = view.members.get(self.slot_index)
+        if self.holder is not None and other is not None and Holder.parse(other).incarnation != self.incarnation:
+            # Ray started another process in this slot (it took us for dead): step down for good.
+            self._lease_lost(f"{other} serves this slot now")
+            self._retired = True
         for slot in list(self.slots.values()):
             if self.placed_here(slot.key) is not None:
                 self._hand_off(slot)

@@ -101,7 +101,7 @@ class RayServer:
         if spec.channel_bind and spec.channel_bind != "node":
             check_channel_bind(spec.channel_bind)
         init_ray(spec.ray_address)
-        aspec = spec.actor_spec(str(secret_file), str(channel_file))
+        aspec = self.aspec = spec.actor_spec(str(secret_file), str(channel_file))
         if spec.ray_address and not spec.postgres_dsn:      # SQLite on a cluster: every host checks the dir
             aspec["shared_dir_token"] = write_marker(spec.data_dir, self.cluster)
         strategies = self._host_strategies(timeout)
@@ -176,15 +176,69 @@ class RayServer:
         return [f"http://{self.spec.host}:{p}" for p in self.ports]
 
     def supervise_once(self, timeout: float = 30.0) -> None:
-        """Make sure every gateway listens (Ray restarts a dead actor, not its listener)."""
+        """Make sure every gateway listens (Ray restarts a dead actor, not its listener), and carry
+        out the `hosts add|remove` requests the gateways queued."""
         import ray
         if self.node_gateways is not None:
             self._supervise_node_gateways(timeout)
-            return
+        else:
+            try:
+                self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
+            except Exception as exc:
+                log.warning("gateway supervision: %s", exc)
+        self._supervise_hosts(timeout)
+
+    # -- elastic hosts (membership: actors/ownership.py) ---------------------------------------------
+    def _supervise_hosts(self, timeout: float) -> None:
+        import ray
         try:
-            self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
+            batches = ray.get([g.host_requests.remote() for g in self.gateways], timeout=min(timeout, 5.0))
         except Exception as exc:
-            log.warning("gateway supervision: %s", exc)
+            log.warning("host requests: %s", exc)
+            return
+        for req in (r for batch in batches for r in batch):
+            try:
+                if req["action"] == "add":
+                    self.add_hosts(req["n"], timeout)
+                else:
+                    self.remove_hosts(req["n"], timeout)
+            except Exception as exc:
+                log.warning("hosts %s %d failed: %s", req["action"], req["n"], exc)
+
+    def add_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
+        """New host slots after the last one; each joins the membership view as it starts, and the
+        entities the view now places on it are handed to it by their old owners."""
+        import ray
+        from actors.ray_host import HostActor, host_name
+        first = len(self.hosts)
+        strategy = "SPREAD" if self.spec.ray_address else "DEFAULT"
+        new = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0, num_cpus=0,
+                                 scheduling_strategy=strategy, max_concurrency=10_000)
+               .remote(self.cluster, i, self.spec.hosts, self.aspec) for i in range(first, first + n)]
+        ray.get([h.ready.remote() for h in new], timeout=timeout)
+        self.hosts.extend(new)
+        log.warning("hosts added: slots %s", list(range(first, first + n)))
+        return list(range(first, first + n))
+
+    def remove_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
+        """The last `n` slots leave: out of the view, their entities handed off (snapshot, release),
+        then stopped for good."""
+        import ray
+        if n >= len(self.hosts):
+            raise ValueError(f"{len(self.hosts)} hosts: at least one must stay")
+        gone = []
+        for _ in range(n):
+            i = len(self.hosts) - 1
+            h = self.hosts[i]
+            try:
+                ray.get(h.leave.remote(), timeout=timeout)
+                ray.get(h.shutdown.remote(), timeout=timeout)
+            finally:
+                ray.kill(h, no_restart=True)
+                self.hosts.pop()
+            gone.append(i)
+        log.warning("hosts removed: slots %s", gone)
+        return gone
 
     def kill_host(self, i: int) -> None:
         import ray
