@@ -150,7 +150,7 @@ class Dispatcher:
                 else:
                     _, token, reply = item
                     p = self._pending.pop(token, None)
-                    if p is not None and not (reply.error is not None and self._retry(p, reply.error)):
+                    if p is not None and not (reply.error is not None and self._retry(p, reply.error, ran=False)):
                         p.callback(reply)
             except Exception:
                 # one bad callback must not stop the rest of the host's frame from being routed
@@ -246,14 +246,16 @@ class Dispatcher:
         return len(self._pending)
 
     # -- failover (with a membership view) ---------------------------------------------------------
-    def _retry(self, p: _Pending, err: SyncopateError) -> bool:
-        """Send `p` again later, to whoever owns it then; False: not retried (answer the error)."""
+    def _retry(self, p: _Pending, err: SyncopateError, ran: bool | None = None) -> bool:
+        """Send `p` again later, to whoever owns it then; False: not retried (answer the error).
+        `ran=False`: the host answered that it did not run it (NOT_OWNER, HOST_UNAVAILABLE: no
+        lease, evicted before commit); None: unknown (lost with its host), so only with an op id."""
         if self.cluster is None or p.cmd is None or self._stopping or time.monotonic() >= p.retry_until:
             return False
         if err.code == ErrorCode.NOT_OWNER:
             self.cluster.poke()                       # that host's view is newer than ours
-        elif err.code != ErrorCode.HOST_UNAVAILABLE or p.cmd.op_id is None:
-            return False                              # without an op id it might run twice
+        elif err.code != ErrorCode.HOST_UNAVAILABLE or (p.cmd.op_id is None and ran is not False):
+            return False                              # it may have run: without an op id it might run twice
         delay = min(RETRY_BACKOFF_S[0] * 2 ** p.attempts, RETRY_BACKOFF_S[1])
         p.attempts += 1
         self.retries += 1
@@ -265,7 +267,7 @@ class Dispatcher:
         connected = getattr(self.transport, "connected", None)
         if self._stopping or (connected is not None and not connected(host)):
             # Still placed on a host we can't reach: wait for the view to move it (or the stream).
-            if not self._retry(p, err):
+            if not self._retry(p, err, ran=False):     # not sent again yet: it did not run since
                 p.callback(Reply.fail(err))
             return
         token = next(self._tokens)

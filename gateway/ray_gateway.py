@@ -61,7 +61,7 @@ class GatewayActor:
             self.gateway_id,
             lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve),
             Auth(token_secret), env.catalog, cfg, cluster=view)
-        self.server.ctx.host_control = self._host_requests.append
+        self.server.ctx.host_control = lambda req: self._host_requests.append(req)   # the list is swapped when taken
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()

@@ -191,12 +191,17 @@ class RayServer:
     # -- elastic hosts (membership: actors/ownership.py) ---------------------------------------------
     def _supervise_hosts(self, timeout: float) -> None:
         import ray
-        try:
-            batches = ray.get([g.host_requests.remote() for g in self.gateways], timeout=min(timeout, 5.0))
-        except Exception as exc:
-            log.warning("host requests: %s", exc)
-            return
+        # Each gateway on its own: one on a dead node must not cost the others' requests.
+        refs = [g.host_requests.remote() for g in self.gateways]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(timeout, 5.0))
+        batches = []
+        for ref in ready:
+            try:
+                batches.append(ray.get(ref))
+            except Exception as exc:
+                log.warning("host requests: %s", exc)
         for req in (r for batch in batches for r in batch):
+            log.warning("hosts %s %d: requested (view epoch %d)", req["action"], req["n"], req["epoch"])
             try:
                 if req["action"] == "add":
                     self.add_hosts(req["n"], timeout)
