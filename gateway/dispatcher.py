@@ -177,7 +177,7 @@ class Dispatcher:
     # -- liveness and deadlines ------------------------------------------------------------------
     async def start(self, ping_every_s: float = 1.0) -> None:
         if self.cluster is not None:
-            ping_every_s = min(ping_every_s, 0.5)     # the failure detector: node loss in seconds
+            ping_every_s = min(ping_every_s, 0.3)     # the failure detector: node loss in seconds
         self._tasks.append(asyncio.create_task(self._liveness(ping_every_s)))
 
     async def stop(self) -> None:

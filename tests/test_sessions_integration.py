@@ -27,7 +27,7 @@ SECRET = "sessions-integration-secret-0123456789"
 # the app websocket, synced to the session before the test starts (see WsClient.sync_session)
 SessionWs = partial(WsClient, sync_session=True)
 PUSH_DEADLINE_S = 5.0
-RETRYABLE = {"HOST_UNAVAILABLE", "TIMEOUT", "STALE_EPOCH", "STORE_UNAVAILABLE", "CONNECTION_LOST"}
+RETRYABLE = {"HOST_UNAVAILABLE", "TIMEOUT", "STALE_EPOCH", "NOT_OWNER", "STORE_UNAVAILABLE", "CONNECTION_LOST"}
 
 
 @pytest.fixture(scope="module")
