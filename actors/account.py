@@ -160,7 +160,7 @@ class AccountEntity(Entity):
         fn = self._OPS.get(cmd.op)
         if fn is None:
             raise _err(f"account has no op {cmd.op!r}", ErrorCode.UNKNOWN_MESSAGE_TYPE)
-        if cmd.op not in ("profile", "me"):
+        if cmd.op not in ("profile", "me", "export"):
             _system(cmd)
         args = cmd.args if isinstance(cmd.args, dict) else {}
         return fn(self, cmd, args)
@@ -210,6 +210,20 @@ class AccountEntity(Entity):
             raise _err("a user reads only their own private profile", ErrorCode.FORBIDDEN)
         self._exists()
         return Outcome(reply=self._me())
+
+    def _op_export(self, cmd: Command, args: dict) -> Outcome:
+        """Everything the account holds, for the user's data export (docs/data-rights.md): the
+        profile, whether a password is set (never its KDF record) and the grants issued to apps
+        (client, scope, dates; never token or code hashes, which are secrets' digests)."""
+        if not (cmd.principal.system or cmd.principal.user_id == self.id):
+            raise _err("a user exports only their own account", ErrorCode.FORBIDDEN)
+        self._exists()
+        return Outcome(reply={"profile": self._me(),
+                              "grants": [{"client_id": f["client_id"], "scope": f["scope"], "created_ms": f["created"],
+                                          "revoked": f["revoked"], "pkce": bool(f.get("pkce"))}
+                                         for f in self.families.values()],
+                              "pending_authorization_codes": sum(1 for c in self.codes.values()
+                                                                 if c["used"] is None and c["exp"] > cmd.now_ms)})
 
     def _op_profile(self, cmd: Command, args: dict) -> Outcome:
         self._exists()
@@ -357,7 +371,7 @@ class AccountEntity(Entity):
         self.profile, self.password = data["profile"], data["password"]
         self.codes, self.families = dict(data["codes"]), dict(data["families"])
 
-    _OPS = {"create": _op_create, "update": _op_update, "me": _op_me, "profile": _op_profile,
+    _OPS = {"create": _op_create, "update": _op_update, "me": _op_me, "profile": _op_profile, "export": _op_export,
             "credentials": _op_credentials, "issue_code": _op_issue_code, "redeem_code": _op_redeem_code,
             "refresh": _op_refresh, "revoke": _op_revoke, "family": _op_family}
 
@@ -452,6 +466,15 @@ class DirectoryEntity(Entity):
             rec = ["add", ident]
             self.apply(rec)
             return Outcome(reply={"added": True}, records=[rec])
+        if cmd.op == "remove":
+            # an account deleted (docs/data-rights.md): the listing forgets it; the deletion then
+            # compacts this entity so no log entry keeps the id either
+            ident = args.get("id")
+            if not isinstance(ident, str) or ident not in self.ids:
+                return Outcome(reply={"removed": False})
+            rec = ["del", ident]
+            self.apply(rec)
+            return Outcome(reply={"removed": True}, records=[rec])
         if cmd.op == "list":
             offset, limit = args.get("offset", 0), args.get("limit", 50)
             if not (isinstance(offset, int) and isinstance(limit, int) and offset >= 0 and 0 < limit <= 1000):
@@ -461,7 +484,10 @@ class DirectoryEntity(Entity):
         raise _err(f"directory has no op {cmd.op!r}", ErrorCode.UNKNOWN_MESSAGE_TYPE)
 
     def apply(self, rec: Any) -> None:
-        self.ids[rec[1]] = None
+        if rec[0] == "del":
+            self.ids.pop(rec[1], None)
+        else:
+            self.ids[rec[1]] = None
 
     def snapshot(self) -> Any:
         return list(self.ids)

@@ -13,7 +13,8 @@ and its prefetch list without asking. The advance is computed at the exact end t
 so it does not depend on when it runs. See docs/connect.md for shapes, timings and errors.
 
 The ops live with their idea: devices and registration (actors/devicegroup_devices.py), playback
-commands (actors/devicegroup_playback.py), listening events (actors/devicegroup_listening.py); the
+commands (actors/devicegroup_playback.py), listening reports (actors/devicegroup_listening.py), offline
+uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py); the
 working copy and the timings in actors/devicegroup_txn.py, what is persisted in
 actors/devicegroup_records.py. This module is the entity: the contract, the helpers every op shares,
 the cluster and the reads.
@@ -25,7 +26,9 @@ from typing import Any
 
 from actors.args import Args, int_arg
 from actors.devicegroup_devices import DeviceOps
+from actors.devicegroup_events import EventOps
 from actors.devicegroup_listening import ListeningOps
+from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
@@ -56,12 +59,14 @@ from actors.player_state import (
     upcoming,
 )
 from catalog import find_track
+from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
+from actors.devicegroup_rights import RightsOps
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
 
-class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, EventOps, RightsOps, Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS
@@ -86,6 +91,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         self.counted_events: dict[str, None] = {}   # event ids that counted (window)
         self.counted_plays: dict[Any, None] = {}    # play keys that counted (window)
         self.play_floor = 0                    # every playback id <= this is treated as counted
+        self.plays = PlayIndex()               # plays of the last 30 days (duplicates, overlaps)
         # soft state, never persisted: liveness is not durable (unknown after activation = now)
         self._seen: dict[str, int] = {}
         self._oc = OrderCache()
@@ -140,9 +146,12 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
                 self.play_floor = evicted
             uri = play.track_uri
             self.streams[uri] = self.streams.get(uri, 0) + 1
-            self.recent.append(play.recent())
-            if len(self.recent) > RECENT_MAX:
-                del self.recent[: len(self.recent) - RECENT_MAX]
+            if not play.private:
+                self.recent.append(play.recent())
+                if len(self.recent) > RECENT_MAX:
+                    del self.recent[: len(self.recent) - RECENT_MAX]
+        for w in rec.events:
+            self._apply_event(ListeningEvent.from_wire(w))
 
     @staticmethod
     def _window(d: dict, key: Any) -> Any:
@@ -156,7 +165,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
     def snapshot(self) -> dict:
         return GroupSnapshot(dict(self.devices), self.active, self.last_active, dict(self.p), self.revision,
                              self.fence, list(self.recent), dict(self.streams), list(self.counted_events),
-                             list(self.counted_plays), self.play_floor).to_wire()
+                             list(self.counted_plays), self.play_floor, self.plays.to_wire()).to_wire()
 
     def restore(self, data: dict) -> None:
         self._reset()
@@ -172,6 +181,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
         self.counted_events = dict.fromkeys(snap.counted_events)
         self.counted_plays = dict.fromkeys(snap.counted_plays)
         self.play_floor = snap.play_floor
+        self.plays = PlayIndex.from_wire(snap.plays)
 
     def tick(self, now_ms: int) -> Outcome | None:
         t: _Txn | None = None
@@ -336,9 +346,12 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, ListeningOps, Entity):
 
     # == domain values (gateway/presenters.py turns them into what clients read) ==================
     def _device_value(self, d: dict) -> dict:
-        return {"id": d["id"], "name": d["name"], "type": d["type"], "volume_percent": d["volume_percent"],
-                "supports_volume": d["supports_volume"], "is_restricted": d["is_restricted"],
-                "online": d["online"], "active": d["id"] == self.active}
+        v = {"id": d["id"], "name": d["name"], "type": d["type"], "volume_percent": d["volume_percent"],
+             "supports_volume": d["supports_volume"], "is_restricted": d["is_restricted"],
+             "online": d["online"], "active": d["id"] == self.active}
+        if self.p["private_session"]:
+            v["private_session"] = True       # Spotify's is_private_session (present only when on)
+        return v
 
     def cluster(self, reason: str | None, now: int) -> dict:
         """The whole device group as pushed to every device (docs/connect.md): `player.track_uri`

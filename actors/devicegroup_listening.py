@@ -1,11 +1,14 @@
-"""The device group's listening events: progress reports that count as streams (exactly once),
+"""The device group's live listening reports: progress reports that count as streams (exactly once),
 recently played, stream counts (docs/connect.md "Listening events and stream counts"). A mixin of
-DeviceGroupEntity (actors/devicegroup.py)."""
+DeviceGroupEntity (actors/devicegroup.py). A report that counts is also a listening event of the
+pipeline (source "live", its play starting ms_played before the report; docs/events.md), and a
+report of a play already uploaded (same track, start within the match window) is a duplicate."""
 from __future__ import annotations
 
 from typing import Any
 
 from actors.args import Args, Int, Str, Uri
+from actors.devicegroup_events import play_id_for, publish_effect
 from actors.devicegroup_records import CountedPlay
 from actors.devicegroup_txn import (
     STREAM_THRESHOLD_MS,
@@ -15,6 +18,7 @@ from actors.devicegroup_txn import (
 from actors.entity import Command, Outcome, op
 from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
+from protocols.listening import MS_PLAYED_TOLERANCE_MS, R_MS_PLAYED, ListeningEvent
 from protocols.uris import parse_uri
 
 
@@ -24,7 +28,10 @@ class ListeningOps:
                                        "playback_id": Int(lo=1)})
     def _op_progress(self, cmd: Command, a: Args) -> Outcome:
         eid, did, uri, ms, pb = a["event_id"], a["device_id"], a["uri"], a["ms_played"], a["playback_id"]
-        require(self.env.catalog, uri)
+        track = require(self.env.catalog, uri)
+        if track is not None and ms > track.duration_ms + MS_PLAYED_TOLERANCE_MS:
+            raise _err(ErrorCode.BAD_REQUEST, f"ms_played {ms} exceeds the track's duration {track.duration_ms} "
+                                              f"+ {MS_PLAYED_TOLERANCE_MS} ms", reason=R_MS_PLAYED)
         if did not in self.devices:
             raise _err(ErrorCode.NOT_FOUND, f"device not found: {did}")
         if pb is not None and pb > self.p["playback_id"]:
@@ -44,6 +51,11 @@ class ListeningOps:
             return Outcome(reply={"counted": False, "duplicate": True, "stream_count": self.streams.get(uri, 0)})
         if ms < STREAM_THRESHOLD_MS:
             return Outcome(reply={"counted": False, "duplicate": False, "stream_count": self.streams.get(uri, 0)})
+        # The same play uploaded (or reported under another key) before: one play, one stream.
+        start = cmd.now_ms - ms
+        m = self.plays.match(uri, start)
+        if m is not None and m.stream:
+            return Outcome(reply={"counted": False, "duplicate": True, "stream_count": self.streams.get(uri, 0)})
         ctx = p["context_uri"] if key == p["playback_id"] else None
         cu = a.get("context_uri")
         if ctx is None and isinstance(cu, str):
@@ -52,9 +64,15 @@ class ListeningOps:
                     ctx = cu
             except SyncopateError:
                 pass
+        private = bool(p["private_session"])
         t = _Txn(self, cmd.now_ms)
-        t.play = CountedPlay(eid, key, uri, cmd.now_ms, ctx)
+        t.play = CountedPlay(eid, key, uri, cmd.now_ms, ctx, private)
+        ev = ListeningEvent(self.id, eid, m.play_id if m is not None else play_id_for(self.id, eid, start), did,
+                            uri, ctx, start, ms, cmd.now_ms, cmd.principal.product, None, private, True, "live",
+                            m.start if m is not None else start)
+        t.events = [ev.to_wire()]
         out = self._commit(t)
+        out.effects.append(publish_effect(self.id, [ev]))
         out.reply = {"counted": True, "duplicate": False, "stream_count": self.streams[uri]}
         return out
 

@@ -5,8 +5,10 @@ host stores, `from_wire` reads every form ever stored:
 
   version 2 (today)   {"v": 2, "player": {...changed fields}, "devices": {id: device | None},
                        "active": id | None, "last_active": id | None, "revision": n, "fence": n,
-                       "play": {event_id, play_key, track_uri, played_at_ms, context_uri}}
-                      (only the fields the change touched are present)
+                       "play": {event_id, play_key, track_uri, played_at_ms, context_uri, private?},
+                       "events": [accepted listening event (protocols/listening.py wire form)]}
+                      (only the fields the change touched are present; "events", "play.private" and
+                      the snapshot's "plays" came later within version 2: absent means none)
   version 1 (before)  {"p", "d", "a", "la", "r", "f", "ev", "pk", "st", "rp": [at, uri, ctx]}
                       with the player's short names (actors/player_state.py LEGACY_NAMES)
 
@@ -65,6 +67,7 @@ class CountedPlay:
     track_uri: str
     played_at_ms: int
     context_uri: str | None
+    private: bool = False         # in a private session: counted, not in recently played
 
     def recent(self) -> list:
         return [self.played_at_ms, self.track_uri, self.context_uri]
@@ -79,10 +82,12 @@ class GroupChange:
     revision: int | None = None
     fence: int | None = None
     play: CountedPlay | None = None
+    events: list = field(default_factory=list)     # accepted listening events (ListeningEvent wire form)
 
     def __bool__(self) -> bool:
         return bool(self.player or self.devices or self.active is not KEEP or self.last_active is not KEEP
-                    or self.revision is not None or self.fence is not None or self.play is not None)
+                    or self.revision is not None or self.fence is not None or self.play is not None
+                    or self.events)
 
     def to_wire(self) -> dict:
         out: dict[str, Any] = {"v": RECORD_VERSION}
@@ -102,6 +107,10 @@ class GroupChange:
             pl = self.play
             out["play"] = {"event_id": pl.event_id, "play_key": pl.play_key, "track_uri": pl.track_uri,
                            "played_at_ms": pl.played_at_ms, "context_uri": pl.context_uri}
+            if pl.private:
+                out["play"]["private"] = True
+        if self.events:
+            out["events"] = list(self.events)
         return out
 
     @classmethod
@@ -113,7 +122,8 @@ class GroupChange:
                                 for did, d in (rec.get("devices") or {}).items()},
                        active=rec.get("active", KEEP), last_active=rec.get("last_active", KEEP),
                        revision=rec.get("revision"), fence=rec.get("fence"),
-                       play=CountedPlay(**pl) if pl is not None else None)
+                       play=CountedPlay(**pl) if pl is not None else None,
+                       events=list(rec.get("events") or ()))
         if "v" in rec:
             raise ValueError(f"unknown device group record version {rec['v']!r}")
         play = None
@@ -140,13 +150,15 @@ class GroupSnapshot:
     counted_events: list         # event ids that counted (the window, oldest first)
     counted_plays: list          # play keys that counted (the window, oldest first)
     play_floor: int              # every playback id <= this counted
+    plays: list = field(default_factory=list)   # the plays of the last 30 days (actors/devicegroup_plays.py)
 
     def to_wire(self) -> dict:
         return {"v": SNAPSHOT_VERSION, "devices": {did: device_to_wire(d) for did, d in self.devices.items()},
                 "active": self.active, "last_active": self.last_active, "player": dict(self.player),
                 "revision": self.revision, "fence": self.fence, "recent": list(self.recent),
                 "streams": dict(self.streams), "counted_events": list(self.counted_events),
-                "counted_plays": list(self.counted_plays), "play_floor": self.play_floor}
+                "counted_plays": list(self.counted_plays), "play_floor": self.play_floor,
+                "plays": list(self.plays)}
 
     @classmethod
     def from_wire(cls, data: dict) -> GroupSnapshot:
@@ -158,4 +170,5 @@ class GroupSnapshot:
                    active=data["active"], last_active=data["last_active"], player={**new_player(), **player},
                    revision=data["revision"], fence=data["fence"], recent=list(data["recent"]),
                    streams=dict(data["streams"]), counted_events=list(data["counted_events"]),
-                   counted_plays=list(data["counted_plays"]), play_floor=data["play_floor"])
+                   counted_plays=list(data["counted_plays"]), play_floor=data["play_floor"],
+                   plays=list(data.get("plays") or ()))

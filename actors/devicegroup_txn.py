@@ -47,7 +47,7 @@ def _playlist_id(uri: str | None) -> str | None:
 
 class _Txn:
     """The working copy one command (or tick) changes; `record()` is the difference."""
-    __slots__ = ("active", "devs", "e", "fenced", "last_active", "now", "p", "play", "reason")
+    __slots__ = ("active", "devs", "e", "events", "fenced", "last_active", "now", "p", "play", "reason")
 
     def __init__(self, e: DeviceGroupEntity, now: int) -> None:
         self.e = e
@@ -58,6 +58,7 @@ class _Txn:
         self.last_active = e.last_active
         self.reason: str | None = None
         self.play: CountedPlay | None = None
+        self.events: list = []             # ListeningEvent wire forms (a live report's play)
         self.fenced = False
 
     def dev(self, did: str) -> dict | None:
@@ -79,7 +80,7 @@ class _Txn:
         e = self.e
         old = e.p
         rec = GroupChange(player={k: v for k, v in self.p.items() if not (old[k] is v or old[k] == v)},
-                          devices=self.devs, play=self.play)
+                          devices=self.devs, play=self.play, events=self.events)
         if self.active != e.active:
             rec.active = self.active
         if self.last_active != e.last_active:

@@ -38,6 +38,7 @@ The host in parts (one class, EntityHost, over one state; each part a module):
   actors/outbox.py     effects to other entities until acknowledged
   actors/residency.py  snapshots, passivation under the budgets, ticks
   actors/opcache.py    op ids applied, per sender (idempotency)
+  actors/maintenance.py  ERASE and COMPACT of one entity's storage (user data rights)
   actors/slot.py       the per-entity record (Slot) and the log/snapshot packing
 
 No Ray and no aiohttp here: actors/ray_host.py adapts this class to a Ray actor; tests and the
@@ -58,6 +59,7 @@ from actors.entity import Command, Entity, Env, Event, Outcome
 from actors.host_metrics import Metrics
 from actors.outbox import OutEffect, Outbox
 from actors.ownership import Ownership, not_owner
+from actors.maintenance import MAINTENANCE_OPS, Maintenance
 from actors.residency import Residency
 from actors.slot import RECOVER, RELAY, TICK, UNSUBSCRIBE, Sink, Slot, pack, unpack
 from protocols.errors import ErrorCode, SyncopateError
@@ -82,7 +84,7 @@ def _overloaded(what: str) -> SyncopateError:
     return SyncopateError(ErrorCode.OVERLOADED, f"{what}; retry later")
 
 
-class EntityHost(GroupCommit, Outbox, Residency, Ownership):
+class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
     """Many entities in one event loop; the only place they are written from (see the module doc)."""
 
     def __init__(self, host_id: str, store: Store, kinds: dict[str, type[Entity]], env: Env, *,
@@ -280,6 +282,11 @@ class EntityHost(GroupCommit, Outbox, Residency, Ownership):
                         break
                     continue
                 cmd, sink = slot.mailbox.popleft()
+                if cmd.op in MAINTENANCE_OPS:
+                    # erase / compact (actors/maintenance.py): awaited here, so the commands behind
+                    # it wait, as during an activation
+                    await self._maintain(slot, cmd, sink)
+                    continue
                 self._handle(slot, cmd, sink)
         finally:
             slot.draining = False

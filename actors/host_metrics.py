@@ -31,6 +31,8 @@ class Metrics:
         self.budget_oversized_items = 0   # a reply or push over the item limit, replaced by an error / Gap
         self.budget_frames_split = 0      # batches split to keep every frame under the frame limit
         self.malformed_commands = 0       # command items that failed to decode (answered MALFORMED_FRAME)
+        self.erased = 0                   # entities erased (actors/maintenance.py, user data rights)
+        self.compacted = 0                # snapshots written on request to drop a user's log entries
         self.errors: dict[str, int] = {}
 
     def as_dict(self) -> dict:

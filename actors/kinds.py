@@ -7,11 +7,12 @@ from actors.entity import Entity
 def default_kinds() -> dict[str, type[Entity]]:
     from actors.account import AccountEntity, AppEntity, DirectoryEntity
     from actors.devicegroup import DeviceGroupEntity
+    from actors.erasure import ErasureRegistry
     from actors.playlist import PlaylistEntity
     from actors.session import SessionEntity
 
     return {cls.kind: cls for cls in (PlaylistEntity, DeviceGroupEntity, SessionEntity,
-                                          AccountEntity, AppEntity, DirectoryEntity)}
+                                          AccountEntity, AppEntity, DirectoryEntity, ErasureRegistry)}
 
 
 def load_kinds(ref: str | None) -> dict[str, type[Entity]]:

@@ -15,6 +15,7 @@ import logging
 from typing import Callable
 
 from actors.batching import Batcher
+from actors.devicegroup_events import EVENTBUS
 from actors.entity import Command, Entity, Env
 from actors.host import EntityHost
 from actors.membership import route
@@ -28,8 +29,13 @@ log = logging.getLogger("syncopate.local")
 class LocalCluster:
     def __init__(self, store: Store, kinds: dict[str, type[Entity]], env: Env, *, hosts: int = 1,
                  idle_timeout_s: float = 600.0, clock=None, membership: str | None = None,
-                 lease: dict | None = None) -> None:
+                 lease: dict | None = None, publisher=None) -> None:
         self.store = store
+        # EVENTBUS effects (accepted listening events) to the event bus (syncopate/events/publish.py).
+        # Without a publisher (entity tests, the scale model) they are taken over and dropped: that
+        # cluster has no pipeline.
+        self._publisher = publisher
+        self._dispatch = publisher.wrap(self.tell) if publisher is not None else self._no_pipeline
         self.n_hosts = hosts
         self.kinds, self.env, self.idle_timeout_s, self.clock = kinds, env, idle_timeout_s, clock
         self.membership, self.lease = membership, lease or {}
@@ -38,11 +44,18 @@ class LocalCluster:
         self.hosts: list[EntityHost] = [self._new_host(i) for i in range(hosts)]
         self.dead: set[int] = set()
 
+    def _host_dispatch(self, i: int):
+        """Host i's effects: placed by its own view (tell via=i), EVENTBUS through the publisher."""
+        tell = lambda cmd: self.tell(cmd, via=i)       # noqa: E731
+        if self._publisher is not None:
+            return self._publisher.wrap(tell)
+        return lambda cmd: None if cmd.kind == EVENTBUS else tell(cmd)
+
     def _new_host(self, i: int) -> EntityHost:
         out = Batcher(lambda gw, items, i=i: self._to_gateway(i, gw, items))
         extra = {"clock": self.clock} if self.clock else {}
         h = EntityHost(f"host-{i}", self.store, self.kinds, self.env, deliver=out.add,
-                       dispatch=lambda cmd, i=i: self.tell(cmd, via=i), idle_timeout_s=self.idle_timeout_s, **extra)
+                       dispatch=self._host_dispatch(i), idle_timeout_s=self.idle_timeout_s, **extra)
         if self.membership:
             h.join_membership(self.membership, i, **self.lease)
         return h
@@ -81,6 +94,11 @@ class LocalCluster:
                 fut.set_result(reply)
         self.hosts[target].enqueue(cmd, done)
         return fut
+
+    def _no_pipeline(self, cmd: Command):
+        if cmd.kind == EVENTBUS:
+            return None
+        return self.tell(cmd)
 
     def _to_gateway(self, host: int, gateway_id: str, items: list) -> None:
         receive = self.gateways.get(gateway_id)

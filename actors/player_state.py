@@ -46,7 +46,8 @@ Resolve = Callable[[str], int]
 def new_player() -> dict:
     return {"context_uri": None, "tracks": [], "order_pos": -1, "in_order": False, "uri": None,
             "duration_ms": 0, "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
-            "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0}
+            "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0,
+            "private_session": False}
 
 
 # the names records before version 2 stored (actors/devicegroup_records.py reads them back)

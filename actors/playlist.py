@@ -95,6 +95,7 @@ from actors.playlist_doc import (
     locate,
     scan_update,
 )
+from actors.playlist_forget import FORGET_RECORDS, ForgetOps
 from actors.playlist_history import History, delete_ops, insert_ops, snapshot_id_of
 from actors.playlist_merge import Correction
 from actors.playlist_validate import (
@@ -123,7 +124,7 @@ MAX_UPDATE_BYTES = MAX_FRAME_BYTES       # what the gateway's frames can carry (
 PEER_STATES = 256               # Yjs connections whose last SyncStep1 state vector is remembered
 
 
-class PlaylistEntity(Entity):
+class PlaylistEntity(ForgetOps, Entity):
     kind = PLAYLIST
     snapshot_every = 200      # a 10k-entry snapshot is ~1.2 MB: compact often enough to keep replay short
 
@@ -135,6 +136,7 @@ class PlaylistEntity(Entity):
         self.collaborators: dict[str, str] = {}
         self.followers: set[str] = set()
         self.listeners: set[str] = set()
+        self.retired: dict | None = None      # the owner's account was deleted (actors/playlist_forget.py)
         self._history = History()             # snapshot_id transforms, subscribe {since} (playlist_history)
         # origin (gateway, connection) -> the state vector of that Yjs client's last SyncStep1: what
         # it held when it computed its SyncStep2 (not persisted: a restarted host resyncs sockets)
@@ -535,8 +537,10 @@ class PlaylistEntity(Entity):
         if self.collaborators.get(user) == role:
             return self._commit(delta=[], tracks_changed=False)
         self.collaborators[user] = role
-        return self._commit(records=[{"t": "collab", "user": user, "role": role}],
-                            delta=[{"op": "collaborator", "user_id": user, "role": role}], tracks_changed=False)
+        out = self._commit(records=[{"t": "collab", "user": user, "role": role}],
+                           delta=[{"op": "collaborator", "user_id": user, "role": role}], tracks_changed=False)
+        out.effects.append(self._role_effect(user, role))
+        return out
 
     @op("remove_collaborator", role="owner")
     def _op_remove_collaborator(self, cmd: Command, a: Args) -> Outcome:
@@ -544,8 +548,16 @@ class PlaylistEntity(Entity):
         if user not in self.collaborators:
             return self._commit(delta=[], tracks_changed=False)
         del self.collaborators[user]
-        return self._commit(records=[{"t": "collab", "user": user, "role": None}],
-                            delta=[{"op": "collaborator", "user_id": user, "role": None}], tracks_changed=False)
+        out = self._commit(records=[{"t": "collab", "user": user, "role": None}],
+                           delta=[{"op": "collaborator", "user_id": user, "role": None}], tracks_changed=False)
+        out.effects.append(self._role_effect(user, None))
+        return out
+
+    def _role_effect(self, user: str, role: str | None) -> Command:
+        """The collaborator's session indexes the playlists they collaborate on (data export and
+        deletion find them there: actors/session_rights.py)."""
+        return Command(kind=SESSION, entity_id=user, op="playlist_role", principal=SYSTEM,
+                       args={"playlist_id": self.id, "role": role})
 
     @op("add_listener", system=True)
     def _op_add_listener(self, cmd: Command, a: Args) -> Outcome:
@@ -671,6 +683,8 @@ class PlaylistEntity(Entity):
             (self.followers.add if record["on"] else self.followers.discard)(record["user"])
         elif t == "listen":
             (self.listeners.add if record["on"] else self.listeners.discard)(record["user"])
+        elif t in FORGET_RECORDS:
+            self._apply_forget(record)
 
     def snapshot(self) -> Any:
         self._history.close_gap(self.version, self.snapshot_id)
@@ -678,7 +692,7 @@ class PlaylistEntity(Entity):
                 **self._history.snapshot(),           # history, floor
                 "owner": self.owner, "at": self.created_at,
                 "collaborators": dict(self.collaborators), "followers": sorted(self.followers),
-                "listeners": sorted(self.listeners)}
+                "listeners": sorted(self.listeners), **self._retired_state()}
 
     def restore(self, data: Any) -> None:
         self.doc = PlaylistDoc.restore(data)
@@ -687,4 +701,5 @@ class PlaylistEntity(Entity):
         self.collaborators = dict(data.get("collaborators", {}))
         self.followers = set(data.get("followers", ()))
         self.listeners = set(data.get("listeners", ()))
+        self.retired = data.get("retired")
         self._history.restore(data)

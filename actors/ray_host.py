@@ -121,12 +121,19 @@ class HostActor:
         store = make_store(spec["data_dir"], spec.get("redis_url"), spec.get("postgres_dsn"),
                            prefix=spec.get("prefix", "syncopate_"))
         await store.start()
+        from syncopate.events.bus import make_log
+        from syncopate.events.publish import Publisher
+        # Accepted listening events leave through the outbox to the bus (syncopate/events/publish.py).
+        self.events_bus = make_log(spec["data_dir"], spec.get("redis_url"), prefix=spec.get("prefix", "syncopate_"))
+        await self.events_bus.start()
+        publisher = Publisher(self.events_bus)
         loop = asyncio.get_running_loop()
         env = await loop.run_in_executor(None, build_env, spec)
         # The key is read from its file (spec["channel_secret_file"]), never passed in the spec.
         channel_secret = await loop.run_in_executor(None, read_key_file, spec["channel_secret_file"])
         host = EntityHost(f"host-{self.index}", store, load_kinds(spec.get("kinds")), env,
-                          deliver=lambda gw, items: self._to_gateways.add(gw, items), dispatch=self._dispatch,
+                          deliver=lambda gw, items: self._to_gateways.add(gw, items),
+                          dispatch=publisher.wrap(self._dispatch),
                           idle_timeout_s=spec.get("idle_timeout_s", 600.0), **_budgets(spec.get("budgets", {})))
         self.channel = ChannelServer(host, channel_secret, self.index)
         for name in ("max_frame", "max_item", "max_buffer"):
@@ -183,6 +190,7 @@ class HostActor:
         if self.host is not None:
             await self.host.close(passivate=True)
             await self.host.store.close()
+            await self.events_bus.close()
             await self.channel.close()
 
     # -- outbound ------------------------------------------------------------------------------

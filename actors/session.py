@@ -25,6 +25,7 @@ from typing import Any
 from actors.args import Args, Choice, Conn, Int, Str, address, invalid, list_arg, out_of_range
 from actors.entity import Command, Entity, Env, Event, OpSpec, Outcome, Principal, op
 from actors.library import TYPE_CODE, TYPES, Library
+from actors.session_rights import SessionRightsOps
 from catalog import require
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION, MessageType
@@ -52,7 +53,7 @@ def _err(code: ErrorCode, message: str, **details) -> SyncopateError:
     return SyncopateError(code, message, **details)
 
 
-class SessionEntity(Entity):
+class SessionEntity(SessionRightsOps, Entity):
     kind = SESSION
     per_user = True
     tick_ms = TICK_MS
@@ -64,6 +65,7 @@ class SessionEntity(Entity):
         # connection -> [device_id, client, gateway, connected_since, last_seen]
         self.conns: dict[ConnAddress, list] = {}
         self.revoked: dict[str, int] = {}          # device id -> revoked at (ms), oldest first
+        self.collab: dict[str, str] = {}           # playlist id -> role: playlists the user collaborates on
         self.log: deque = deque()                  # (version, [[op, tcode, id, ts], ...])
         self.log_items = 0
         self.log_floor = 0                         # the log holds every library change after this
@@ -465,6 +467,8 @@ class SessionEntity(Entity):
                 del self.revoked[next(iter(self.revoked))]
             for conn in [c for c, info in self.conns.items() if info[0] == device_id]:
                 del self.conns[conn]
+        elif tag == "collab":
+            self._apply_collab(rec)
         else:
             raise ValueError(f"unknown session record {tag!r}")
 
@@ -483,7 +487,8 @@ class SessionEntity(Entity):
                 "conns": [[str(c), *info] for c, info in self.conns.items()],
                 "revoked": [[d, at] for d, at in self.revoked.items()],
                 "log": [[v, ch] for v, ch in self.log],
-                "floor": self.log_floor}
+                "floor": self.log_floor,
+                "collab": [[p, r] for p, r in self.collab.items()]}
 
     def restore(self, data: Any) -> None:
         if data.get("f") != SNAPSHOT_FORMAT:
@@ -494,6 +499,7 @@ class SessionEntity(Entity):
         self.log = deque((v, ch) for v, ch in data.get("log", ()))
         self.log_items = sum(len(ch) for _, ch in self.log)
         self.log_floor = data.get("floor", 0)
+        self.collab = {p: r for p, r in data.get("collab", ())}
         self.version = data.get("v", self.version)
         self._restored = True
         self._grace_until = None

@@ -22,9 +22,10 @@ from protocols.errors import ErrorCode, SyncopateError
 log = logging.getLogger("syncopate.gateway")
 
 # REST and extra websocket modules, each with setup(app). Listed here so a reader finds them all.
-MODULES = ("gateway.rest_catalog", "gateway.rest_playlists", "gateway.rest_player", "gateway.rest_library",
+MODULES = ("gateway.rest_catalog", "gateway.rest_playlists", "gateway.rest_player", "gateway.rest_events",
+           "gateway.rest_library",
            "gateway.rest_sessions", "gateway.yjs", "gateway.rest_users", "gateway.rest_hosts", "gateway.oauth", "gateway.web",
-           "gateway.rest_openapi")
+           "gateway.rest_openapi", "gateway.data_rights")
 
 
 # The HTTP parser's limits. aiohttp's LineTooLong carries only the limit it hit, not which line it

@@ -15,6 +15,8 @@ not in Ray actor arguments (kept in Ray's GCS and shown by its tools).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -95,6 +97,11 @@ class Auth:
         if len(secret.encode()) < 32:       # RFC 7518 3.2: an HS256 key of at least 256 bits
             raise ValueError("the signing secret must be at least 32 bytes")
         self._secret = secret
+
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A key for another purpose than signing tokens (HMAC-SHA256 of the purpose under the
+        signing secret): e.g. the pseudonyms of deleted users (gateway/erasure.py)."""
+        return hmac.new(self._secret.encode(), purpose, hashlib.sha256).digest()
 
     def mint(self, user_id: str, *, product: str = "premium", ttl_s: int = DEFAULT_TTL_S,
              device_id: str | None = None, now: float | None = None, scope=ALL_SCOPES,

@@ -42,8 +42,11 @@ class GatewayConfig:
 
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
-                 config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None) -> None:
+                 config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
+                 events: Any = None) -> None:
         self.gateway_id = gateway_id
+        # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
+        self.events = events
         self.dispatcher = dispatcher
         self.hub = hub
         self.auth = auth
@@ -58,6 +61,8 @@ class GatewayContext:
                                            states=presenters.ws_states(catalog))
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
+        from gateway.data_rights import DataRights
+        self.data_rights = DataRights(self)   # export, deletion, refusing deleted users' tokens
 
     def new_connection(self, principal: Principal, **kw) -> Connection:
         conn = Connection(self.hub.new_id(), principal, max_queued_bytes=self.config.max_queued_bytes,
@@ -77,6 +82,10 @@ class GatewayContext:
                 conn.principal = dataclasses.replace(conn.principal, product=push.payload["product"])
             return
         if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
+                and push.payload.get("reason") == "account_deleted":
+            self.data_rights.account_deleted(push.key.partition(":")[2])
+            return
+        if push.type == m.MessageType.SESSION_CHANGED.value and isinstance(push.payload, dict) \
                 and push.payload.get("reason") == "signed_out" and push.payload.get("device_id"):
             uid = push.key.partition(":")[2]
             now = int(time.time() * 1000)
@@ -92,7 +101,9 @@ class GatewayContext:
 
         While this gateway follows the user's session entity (a local connection subscribes to it)
         it sees every sign-out as a push and answers from memory; otherwise it asks the entity.
-        Tokens without a device id can't be signed out one device at a time; they expire."""
+        Tokens without a device id can't be signed out one device at a time; they expire. Every
+        token of a deleted user is refused (gateway/data_rights.py)."""
+        self.data_rights.check(principal)
         dev = principal.device_id
         if not dev:
             return

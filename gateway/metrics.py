@@ -51,6 +51,8 @@ class _HostCollector:
         ("commit_seconds", CounterMetricFamily, "time spent in store commits"),
         ("activation_seconds", CounterMetricFamily, "time spent activating entities (store load)"),
         ("active", GaugeMetricFamily, "entities in memory"),
+        ("erased", CounterMetricFamily, "entities erased from the store (user data rights)"),
+        ("compacted", CounterMetricFamily, "snapshots written to forget a deleted user"),
     )
 
     def __init__(self, metrics: GatewayMetrics) -> None:

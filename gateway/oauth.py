@@ -59,6 +59,7 @@ SCOPE_TEXT = {
     "user-read-recently-played": "Read what you played recently",
     "user-read-playback-position": "Read your position in content", "user-top-read": "Read your top artists and tracks",
     "ugc-image-upload": "Upload images",
+    "user-data-rights": "Export all your data, and delete your account",
 }
 LOGIN_ATTEMPTS = web.AppKey("syncopate_login_attempts", dict)
 

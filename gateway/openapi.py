@@ -140,6 +140,70 @@ OWN_SCHEMAS = {
                                     "description": "Streams per track uri (the asked uris, or every streamed one)."},
                          "total": {"type": "integer", "minimum": 0, "description": "All the user's streams."}}},
     "OpenApiDocument": {EXT: True, "type": "object", "required": ["openapi", "info", "paths"]},
+    "ListeningEventUpload": {EXT: True, "type": "object", "required": ["events"], "additionalProperties": False,
+                             "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 200, "items": {
+                                 "type": "object", "required": ["event_id", "device_id", "uri", "played_at_ms", "ms_played"],
+                                 "properties": {
+                                     "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                                                  "description": "The client's id of the event (unique per user)."},
+                                     "device_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                                                   "description": "The device that played it."},
+                                     "uri": {"type": "string", "description": "The track's Spotify uri."},
+                                     "context_uri": {"type": ["string", "null"],
+                                                     "description": "The playlist, album, artist or show it was played from."},
+                                     "played_at_ms": {"type": "integer", "minimum": 1,
+                                                      "description": "Client time the play started (unix ms): at most "
+                                                                     "2 minutes ahead of the server, at most 30 days old."},
+                                     "ms_played": {"type": "integer", "minimum": 0,
+                                                   "description": "How long it played; at most the track's duration + 2 s."},
+                                     "market": {"type": ["string", "null"], "pattern": "^[A-Z]{2}$",
+                                                "description": "The market at play time (ISO 3166-1 alpha-2)."},
+                                     "private": {"type": "boolean",
+                                                 "description": "Played in a private session (default false)."}}}}}},
+    "ListeningEventResults": {EXT: True, "type": "object", "required": ["results", "accepted", "duplicate", "refused"],
+                              "properties": {
+                                  "results": {"type": "array", "items": {
+                                      "type": "object", "required": ["event_id", "status"], "properties": {
+                                          "event_id": {"type": ["string", "null"]},
+                                          "status": {"type": "string", "enum": ["accepted", "duplicate", "refused"]},
+                                          "reason": {"type": "string", "enum": [
+                                              "invalid_event", "unknown_track", "ms_played_exceeds_duration",
+                                              "overlapping_play", "concurrent_plays", "time_in_future", "time_too_old",
+                                              "event_id_reused", "play_limit"]},
+                                          "message": {"type": "string"},
+                                          "play_id": {"type": "string", "description": "The play the event belongs to."},
+                                          "stream": {"type": "boolean", "description": "ms_played >= 30 s"}}}},
+                                  "accepted": {"type": "integer"}, "duplicate": {"type": "integer"},
+                                  "refused": {"type": "integer"}}},
+    "DataExport": {EXT: True, "type": "object", "description": "Everything the server holds about the user "
+                   "(docs/data-rights.md).",
+                   "required": ["format", "user_id", "exported_at_ms", "account", "library", "playlists", "devices",
+                                "player", "recently_played", "listening", "sessions"], "properties": {
+                       "format": {"type": "integer", "const": 1},
+                       "user_id": {"type": "string"}, "exported_at_ms": {"type": "integer"},
+                       "account": {"type": ["object", "null"], "description": "Profile and app grants; null for a "
+                                   "user with no account (a token minted by `syncopate token`)."},
+                       "library": {"type": "object", "description": "Saved tracks, albums, followed artists: "
+                                   "[{id, uri, added_at}] per type."},
+                       "playlists": {"type": "object", "required": ["owned", "followed", "collaborating"],
+                                     "properties": {k: {"type": "array", "items": {"type": "object"}}
+                                                    for k in ("owned", "followed", "collaborating")}},
+                       "devices": {"type": "array", "items": {"type": "object"}},
+                       "player": {"type": ["object", "null"]},
+                       "recently_played": {"type": "array", "items": {"type": "object"}},
+                       "listening": {"type": "object"}, "sessions": {"type": "object"}}},
+    "DeletionRequest": {EXT: True, "type": "object", "required": ["confirm_user_id"], "additionalProperties": False,
+                        "properties": {"confirm_user_id": {"type": "string", "description": "The caller's own user "
+                                                           "id: a stray call deletes nothing."}}},
+    "DeletionReceipt": {EXT: True, "type": "object", "additionalProperties": False,
+                        "required": ["deletion_id", "started_ms", "finished_ms", "playlists_anonymised",
+                                     "playlists_deleted", "entities_erased"], "properties": {
+                            "deletion_id": {"type": "string", "description": "The receipt's id; the audit record "
+                                            "keeps it and the times, nothing that names the user."},
+                            "started_ms": {"type": "integer"}, "finished_ms": {"type": "integer"},
+                            "playlists_anonymised": {"type": "integer", "minimum": 0},
+                            "playlists_deleted": {"type": "integer", "minimum": 0},
+                            "entities_erased": {"type": "integer", "minimum": 0}}},
 }
 
 # -- our own operations ------------------------------------------------------------------------------
@@ -174,6 +238,33 @@ OWN_PATHS = {
         "parameters": [{"name": "uris", "in": "query", "required": False, "schema": {"type": "string"},
                         "description": "Comma-separated track uris, at most 1000; without it every streamed track."}],
         "responses": {"200": _json(_ref("StreamCounts"), "The counts")}}},
+    "/v1/me/player/events": {"post": {
+        "operationId": "upload-listening-events", "tags": ["Player"], "summary": "Upload listening events",
+        "description": "Offline batch upload (docs/events.md): each event is accepted, a duplicate of a play already "
+                       "recorded (same track, start within 5 s), or refused with a stable reason. One play counts "
+                       "as one stream (30 s) whatever the event ids and devices. Needs the streaming scope.",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ListeningEventUpload")}}},
+        "responses": {"200": _json(_ref("ListeningEventResults"), "One result per event, in order")}}},
+    "/v1/me/player/private-session": {"put": {
+        "operationId": "set-private-session", "tags": ["Player"], "summary": "Turn the private session on or off",
+        "description": "For the user's whole device group (devices show `is_private_session`): plays are counted "
+                       "for royalties but kept out of recently played and recommendations.",
+        "parameters": [{"name": "state", "in": "query", "required": True,
+                        "schema": {"type": "string", "enum": ["true", "false"]}}],
+        "responses": {"204": {"description": "Set"}}}},
+    "/v1/me/data-export": {"get": {
+        "operationId": "get-data-export", "tags": ["Users"], "summary": "Export all your data",
+        "description": "Everything the server holds about the caller, as JSON: account, library, playlists owned, "
+                       "followed and collaborated on (with their entries), devices and playback, recently played, "
+                       "stream counts, sessions (docs/data-rights.md).",
+        "responses": {"200": _json(_ref("DataExport"), "The export")}}},
+    "/v1/me": {"delete": {
+        "operationId": "delete-current-user", "tags": ["Users"], "summary": "Delete your account and data",
+        "description": "Erases the caller's entities and records in every store, anonymises their entries in other "
+                       "people's playlists, deletes their own playlists, closes their sockets and refuses their "
+                       "tokens. Idempotent; a crash mid-way is resumed (docs/data-rights.md).",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DeletionRequest")}}},
+        "responses": {"200": _json(_ref("DeletionReceipt"), "Deleted")}}},
     "/v1/me/sessions": {"get": {
         "operationId": "get-sessions", "tags": ["Sessions"], "summary": "The user's open connections",
         "description": "Every open websocket connection of the user, on every gateway (docs/sessions.md).",
@@ -226,7 +317,9 @@ def _security(method: str, path: str) -> tuple[list, dict]:
     rule = scopes.rest_rule(method.upper(), _concrete(path))
     if rule is None:
         return [], {}
-    if rule.any_of:
+    if rule.all_of:
+        sec = [{"oauth2": list(rule.all_of)}]          # one requirement: every scope of it
+    elif rule.any_of:
         sec = [{"oauth2": [s]} for s in rule.any_of]
     else:
         sec = [{"oauth2": []}]

@@ -32,7 +32,7 @@ _track = find_track
 
 
 def device_object(d: dict) -> dict:
-    return {"id": d["id"], "is_active": d["active"], "is_private_session": False,
+    return {"id": d["id"], "is_active": d["active"], "is_private_session": bool(d.get("private_session", False)),
             "is_restricted": d["is_restricted"], "name": d["name"], "type": d["type"],
             "volume_percent": d["volume_percent"], "supports_volume": d["supports_volume"],
             "is_online": d["online"]}

@@ -56,11 +56,15 @@ class GatewayActor:
         token_secret = await loop.run_in_executor(None, read_secret, self.spec["secret_file"])
         channel_secret = await loop.run_in_executor(None, read_secret, self.spec["channel_secret_file"])
         cfg = GatewayConfig(**self.spec.get("gateway", {}))
+        from syncopate.events.counts import make_counts
+        # recently played and the stream counts read the event pipeline's store (docs/events.md)
+        self.events = make_counts(self.spec["data_dir"], self.spec.get("postgres_dsn"), self.spec.get("prefix", "syncopate_"))
+        await self.events.start()
         view, resolve = self._membership()
         self.server = GatewayServer(
             self.gateway_id,
             lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve),
-            Auth(token_secret), env.catalog, cfg, cluster=view)
+            Auth(token_secret), env.catalog, cfg, events=self.events, cluster=view)
         self.server.ctx.host_control = lambda req: self._host_requests.append(req)   # the list is swapped when taken
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
@@ -93,3 +97,4 @@ class GatewayActor:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
+            await self.events.close()

@@ -16,7 +16,8 @@ Nothing here holds state.
   PUT  /v1/me/player/shuffle?state=true|false                                                        -> 204
   GET  /v1/me/player/queue               {currently_playing, queue: [track]}
   POST /v1/me/player/queue?uri=          add a track to the user queue                               -> 204
-  GET  /v1/me/player/recently-played?limit=1..50&after=|before=   cursor paging, newest first
+  GET  /v1/me/player/recently-played?limit=1..50&after=|before=   cursor paging, newest first (from the
+                                         event pipeline's record when the gateway has one: docs/events.md)
   GET  /v1/me/player/stream-counts?uris=a,b   the operator query: {user_id, counts: {uri: n}, total}
 
 `device_id` (query) targets a device on every command; without it the active device. Query parameters
@@ -167,7 +168,22 @@ async def recently_played(request: web.Request) -> web.Response:
         v = _query_int(request, name, required=False)
         if v is not None:
             args[name] = v
-    reply = _present(request, presenters.recently_played, await _group(request, "recently_played", args))
+    reader = ctx(request).events
+    if reader is not None:
+        # From the event pipeline's durable record (docs/events.md): the user's counted plays outside
+        # private sessions. The same checks as the device group's op.
+        limit = args.get("limit", 20)
+        if not 1 <= limit <= 50:
+            raise SyncopateError(ErrorCode.BAD_REQUEST, f"limit must be between 1 and 50, got {limit}")
+        if "before" in args and "after" in args:
+            raise SyncopateError(ErrorCode.BAD_REQUEST, "give before or after, not both")
+        for name in ("before", "after"):
+            if args.get(name, 0) < 0:
+                raise SyncopateError(ErrorCode.BAD_REQUEST, f"{name} must be at least 0")
+        page = await reader.recently_played(principal(request).user_id, limit, args.get("before"), args.get("after"))
+    else:
+        page = await _group(request, "recently_played", args)
+    reply = _present(request, presenters.recently_played, page)
     reply["href"] = str(request.url)
     return _answer(reply)
 

@@ -28,7 +28,7 @@ log = logging.getLogger("syncopate.gateway")
 
 class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
-                 config: GatewayConfig | None = None, cluster=None) -> None:
+                 config: GatewayConfig | None = None, events: Any = None, cluster=None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
         self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
@@ -44,7 +44,7 @@ class GatewayServer:
         self.transport.on_lost = self.dispatcher.host_lost
         self.metrics = GatewayMetrics(gateway_id)
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
-                                  self.metrics, health=self.health)
+                                  self.metrics, health=self.health, events=events)
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -68,6 +68,7 @@ class GatewayServer:
             await self.cluster.start()
         await self.dispatcher.start()
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        self._rights = asyncio.create_task(self.ctx.data_rights.watch())   # deleted users; resumes deletions
         self._runner = GatewayRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -84,6 +85,9 @@ class GatewayServer:
     async def stop(self) -> None:
         if getattr(self, "_heartbeat", None):
             self._heartbeat.cancel()
+        if getattr(self, "_rights", None):
+            self._rights.cancel()
+        await self.ctx.data_rights.stop()
         for conn in list(self.hub.conns.values()):
             conn.close(1001, "server shutting down")
         if self._runner is not None:

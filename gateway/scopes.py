@@ -24,7 +24,8 @@ SCOPES = ("user-read-private", "user-read-email", "user-read-playback-state", "u
           "user-read-currently-playing", "streaming", "app-remote-control", "playlist-read-private",
           "playlist-read-collaborative", "playlist-modify-private", "playlist-modify-public",
           "user-library-read", "user-library-modify", "user-follow-read", "user-follow-modify",
-          "user-read-recently-played", "user-read-playback-position", "user-top-read", "ugc-image-upload")
+          "user-read-recently-played", "user-read-playback-position", "user-top-read", "ugc-image-upload",
+          "user-data-rights")     # our extension: export and delete the account (docs/data-rights.md)
 ALL_SCOPES = frozenset(SCOPES)
 
 
@@ -32,6 +33,7 @@ ALL_SCOPES = frozenset(SCOPES)
 class Rule:
     any_of: tuple[str, ...] = ()     # empty: no scope needed
     user: bool = True                # False: an app-only (client credentials) token may call it
+    all_of: tuple[str, ...] = ()     # and every one of these
 
 
 PUBLIC = Rule(user=False)
@@ -41,6 +43,7 @@ READ_STATE = Rule(("user-read-playback-state",))
 MODIFY_PLAYBACK = Rule(("user-modify-playback-state",))
 LIB_READ, LIB_MODIFY = Rule(("user-library-read",)), Rule(("user-library-modify",))
 DEVICE = Rule(("streaming", "app-remote-control"))
+DATA_RIGHTS = Rule(all_of=("user-read-private", "user-data-rights"))   # export / delete the account
 DEFAULT_REST = USER
 
 _ID = r"[^/]+"
@@ -56,6 +59,8 @@ REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p +
     (("GET",), rf"/v1/playlists/{_ID}(?:/tracks|/items|/followers/contains)?", PUBLIC),
     (("GET",), rf"/v1/playlists/{_ID}/collaborators", USER),
     (("GET",), r"/v1/me", USER),
+    (("GET",), r"/v1/me/data-export", DATA_RIGHTS),
+    (("DELETE",), r"/v1/me", DATA_RIGHTS),
     (("GET",), r"/v1/me/playlists", Rule(("playlist-read-private",))),
     (("POST",), r"/v1/me/playlists", MODIFY_PLAYLIST),
     (("POST",), rf"/v1/users/{_ID}/playlists", MODIFY_PLAYLIST),
@@ -72,6 +77,7 @@ REST_RULES: list[tuple[tuple[str, ...], re.Pattern, Rule]] = [(m, re.compile(p +
     (("GET",), r"/v1/me/player/queue", Rule(("user-read-currently-playing", "user-read-playback-state"))),
     (("GET",), r"/v1/me/player/currently-playing", Rule(("user-read-currently-playing", "user-read-playback-state"))),
     (("GET",), r"/v1/me/player/(?:recently-played|stream-counts)", Rule(("user-read-recently-played",))),
+    (("POST",), r"/v1/me/player/events", DEVICE),    # offline upload: what a playing device does
     (_W, r"/v1/me/player(?:/.*)?", MODIFY_PLAYBACK),
     (("GET", "DELETE"), r"/v1/me/sessions(?:/.*)?", USER),
     (("GET",), r"/v1/openapi\.json", PUBLIC),        # open: no token at all (gateway/middleware.py OPEN_PATHS)
@@ -85,6 +91,7 @@ WS_RULES: dict[str, Rule] = {t.value: r for t, r in {
     T.PLAYLIST_SET_COLLABORATOR: MODIFY_PLAYLIST, T.PLAYLIST_REMOVE_COLLABORATOR: MODIFY_PLAYLIST,
     T.PLAYLIST_GET: USER, T.PLAYLIST_ITEMS: USER, T.PLAYLIST_COLLABORATORS: USER,
     T.DEVICE_REGISTER: DEVICE, T.DEVICE_HEARTBEAT: DEVICE, T.DEVICE_UPDATE: DEVICE, T.DEVICE_PROGRESS: DEVICE,
+    T.DEVICE_EVENTS: DEVICE, T.PLAYER_PRIVATE_SESSION: MODIFY_PLAYBACK,
     T.PLAYER_STATE: READ_STATE, T.PLAYER_DEVICES: READ_STATE, T.PLAYER_QUEUE: READ_STATE,
     T.PLAYER_CURRENTLY_PLAYING: Rule(("user-read-currently-playing", "user-read-playback-state")),
     T.PLAYER_RECENTLY_PLAYED: Rule(("user-read-recently-played",)),
@@ -132,6 +139,8 @@ def enforce(rule: Rule | None, principal) -> None:
     if rule.user and getattr(principal, "app_only", False):
         raise SyncopateError(ErrorCode.UNAUTHORIZED, "This endpoint needs a user token, not an app-only one")
     if rule.any_of and scopes is not ALL_SCOPES and scopes.isdisjoint(rule.any_of):
+        raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
+    if rule.all_of and scopes is not ALL_SCOPES and not scopes.issuperset(rule.all_of):
         raise SyncopateError(ErrorCode.FORBIDDEN, "Insufficient client scope")
 
 

@@ -53,6 +53,8 @@ class MessageType(str, Enum):
     DEVICE_HEARTBEAT = "device.heartbeat"
     DEVICE_UPDATE = "device.update"
     DEVICE_PROGRESS = "device.progress"          # listening report from the active device
+    DEVICE_EVENTS = "device.events"              # offline batch upload of listening events (docs/events.md)
+    PLAYER_PRIVATE_SESSION = "player.private_session"   # {enabled}: the device group's private session
     PLAYER_STATE = "player.state"
     PLAYER_DEVICES = "player.devices"
     PLAYER_CURRENTLY_PLAYING = "player.currently_playing"
@@ -119,6 +121,8 @@ ROUTES: dict[MessageType, Route] = {
     MessageType.DEVICE_HEARTBEAT: _r(DEVICE_GROUP, "heartbeat"),
     MessageType.DEVICE_UPDATE: _r(DEVICE_GROUP, "update_device"),
     MessageType.DEVICE_PROGRESS: _r(DEVICE_GROUP, "progress"),
+    MessageType.DEVICE_EVENTS: _r(DEVICE_GROUP, "upload_events"),
+    MessageType.PLAYER_PRIVATE_SESSION: _r(DEVICE_GROUP, "private_session"),
     MessageType.PLAYER_STATE: _r(DEVICE_GROUP, "state"),
     MessageType.PLAYER_DEVICES: _r(DEVICE_GROUP, "devices"),
     MessageType.PLAYER_CURRENTLY_PLAYING: _r(DEVICE_GROUP, "currently_playing"),

@@ -1,6 +1,7 @@
 """Store micro-benchmark: activation latency and append (group commit) throughput per backend.
 
-    .venv/bin/python -m simulations.bench_store [--entities 200] [--rounds 3] [--seconds 2] [--only activation|append]
+    .venv/bin/python -m simulations.bench_store [--entities 200] [--rounds 3] [--seconds 2]
+                                                [--only activation|append|compaction]
 
 Activation = acquire(key) + load(key) of an entity holding a ~2 KB snapshot and 10 tail records
 (the runtime's first-message path). Rows: SQLite (file in a temp dir), PostgreSQL, tiered with
@@ -9,6 +10,9 @@ every load misses, reads PostgreSQL and refills). Append: one call in flight at 
 batch of 1, 50 or 500 records of 100 bytes spread over distinct keys; every call is one commit,
 so records/s grows with the batch while the commit rate stays bounded by the backend's fsync.
 Redis alone is listed for reference only: it is not durable, it never acknowledges a change.
+Compaction (SQLite, `--only compaction`): write_snapshot of an entity whose log holds 500 records of
+300 B (the default snapshot_every), with secure_delete on (the default: deleted bytes are zeroed,
+docs/data-rights.md) and off, back to back; then erase() + purge() of each entity.
 
 Uses its own SQLite file, table prefix and key prefix, and removes them afterwards. Servers:
 SYNCOPATE_BENCH_POSTGRES_DSN / SYNCOPATE_BENCH_REDIS_URL (default: the local ones).
@@ -86,7 +90,50 @@ async def appends(store: Store, batch_size: int, seconds: float) -> tuple[float,
     return n / elapsed, len(lat) / elapsed, pct(lat, 0.5), pct(lat, 0.99)
 
 
+async def compactions(store: SQLiteStore, n: int) -> tuple[list[float], list[float]]:
+    rec = os.urandom(300)
+    snap, erase = [], []
+    keys = [f"c{i}" for i in range(n)]
+    epochs = {}
+    for k in keys:
+        epochs[k] = await store.acquire(k)
+        await store.append([Append(k, epochs[k], [Record(s, rec) for s in range(1, 501)])])
+    for k in keys:
+        t = time.perf_counter()
+        await store.write_snapshot(k, epochs[k], Snapshot(500, SNAPSHOT))
+        snap.append((time.perf_counter() - t) * 1000)
+    for k in keys:
+        t = time.perf_counter()
+        await store.erase(k, epochs[k])
+        await store.purge()
+        erase.append((time.perf_counter() - t) * 1000)
+    return snap, erase
+
+
+async def compaction_main(args) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="syncopate-bench-") as tmp:
+        for secure in (True, False):
+            store = SQLiteStore(Path(tmp) / f"compact-{secure}.db", secure_delete=secure)
+            await store.start()
+            try:
+                snap, erase = await compactions(store, args.entities)
+            finally:
+                await store.close()
+            rows.append((f"secure_delete={'on' if secure else 'off'}", len(snap), snap, erase))
+    print(f"\nSQLite compaction: write_snapshot dropping 500 records of 300 B ({args.entities} entities), "
+          "then erase + purge of each\n")
+    print("| mode | entities | snapshot p50 ms | snapshot p99 ms | erase+purge p50 ms | erase+purge p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, n, snap, erase in rows:
+        print(f"| {label} | {n} | {pct(snap, 0.5):.2f} | {pct(snap, 0.99):.2f} | {pct(erase, 0.5):.2f} | "
+              f"{pct(erase, 0.99):.2f} |")
+
+
 async def main(args) -> None:
+    if args.only == "compaction":
+        await compaction_main(args)
+        return
     tag = f"bench{uuid.uuid4().hex[:10]}_"
     tmp = tempfile.TemporaryDirectory(prefix="syncopate-bench-")
     keys = [f"e{i}" for i in range(args.entities)]
@@ -153,5 +200,5 @@ if __name__ == "__main__":
     ap.add_argument("--entities", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--only", choices=["activation", "append"])
+    ap.add_argument("--only", choices=["activation", "append", "compaction"])
     asyncio.run(main(ap.parse_args()))

@@ -10,6 +10,12 @@ other epoch than the current one are refused with STALE_EPOCH. A host that lost 
 (crash, restart, rebalance) can therefore never overwrite the new owner's state, whatever Ray
 believes about who is alive.
 
+Erasure (`erase(key, epoch)`, user data rights, docs/data-rights.md): the owner removes every
+record, the snapshot AND the owners row of `key`, so no byte naming the key is left. Fencing
+survives it: the store keeps one global *epoch floor*, the greatest epoch ever erased, and hands a
+key that has no owners row `floor + 1` on its next acquire(), so every epoch handed out after an
+erase is greater than every epoch handed out before it, without remembering the key.
+
 Writes are fenced by the epoch alone (a lease can't fence a paused process's late write; the token
 checked inside the commit can). Reads are fenced by a *host lease* on top (storage/leases: docs in
 docs/architecture.md, "Membership, leases and fencing"): a host that passes `holder` to `acquire`
@@ -136,6 +142,19 @@ class Store(abc.ABC):
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         """Store `snapshot` and drop the records it covers. Refused (STALE_EPOCH) for a non-owner.
         An older snapshot than the stored one is ignored."""
+
+    @abc.abstractmethod
+    async def erase(self, key: str, epoch: int) -> bool:
+        """Remove every record, the snapshot and the owners row of `key`, in one transaction, and
+        raise the epoch floor to `epoch` (see the module docstring). Refused (STALE_EPOCH) for a
+        non-owner; a key with no owners row has nothing stored and is left as it is (idempotent:
+        False). True when something was erased. Deleted bytes are overwritten where the backend
+        allows it (SQLite secure_delete, docs/data-rights.md)."""
+
+    async def purge(self) -> None:
+        """Make deleted bytes unreadable where the backend keeps old page images beside its live
+        data (SQLite: checkpoint the WAL and truncate it). Called after an erase or a compaction
+        that forgets a user (actors/maintenance.py); a no-op elsewhere (docs/data-rights.md)."""
 
     async def ping(self) -> bool:
         """Health: True when the backend answers."""

@@ -27,6 +27,7 @@ class MemoryStore(Store):
         self.fail_after_commit: Exception | None = None  # the next append commits, then raises this
         self.down = False                                # every call raises STORE_UNAVAILABLE
         self.acquired = 0                                # acquire() calls (owners rows written)
+        self.epoch_floor = 0                             # the greatest epoch erased (storage.base)
 
     def _check_up(self) -> None:
         if self.down:
@@ -44,7 +45,7 @@ class MemoryStore(Store):
             raise LeaseHeld(key, cur)
         self._holders[key] = holder
         self.acquired += 1
-        self._epochs[key] = self._epochs.get(key, 0) + 1
+        self._epochs[key] = self._epochs.get(key, self.epoch_floor) + 1
         return self._epochs[key]
 
     async def load(self, key: str) -> Loaded:
@@ -137,6 +138,25 @@ class MemoryStore(Store):
             return None
         view = self._views[name] = Membership(expected_epoch + 1, dict(members))
         return view
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        await asyncio.sleep(0)
+        self._check_up()
+        cur = self._epochs.get(key)
+        if cur is None:
+            return False
+        if cur != epoch:
+            raise stale(key, epoch, cur)
+        del self._epochs[key]
+        self._holders.pop(key, None)
+        self._records.pop(key, None)
+        self._snapshots.pop(key, None)
+        self.epoch_floor = max(self.epoch_floor, epoch)
+        return True
+
+    def keys(self) -> set[str]:
+        """Every key with something stored (tests scan for erased users)."""
+        return set(self._epochs) | set(self._records) | set(self._snapshots)
 
     def record_count(self, key: str) -> int:
         return len(self._records.get(key, []))

@@ -70,12 +70,16 @@ MIGRATIONS = {
 }
 
 SQL = {
-    "acquire": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 1) ON CONFLICT (key)"
+    # a key with no owners row starts above the epoch floor (erase(): storage.base)
+    "acquire": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 1 + coalesce((SELECT v::bigint FROM {p}meta"
+               " WHERE k = 'epoch_floor'), 0)) ON CONFLICT (key)"
                " DO UPDATE SET epoch = {p}owners.epoch + 1, holder = NULL RETURNING epoch",
     # Leased acquire, in one transaction: lock the owners row (created if missing; an epoch-0 row
-    # never commits alone), then the current holder's lease row FOR SHARE, so a renewal in flight
-    # finishes first and the expiry compared is the newest one; then take it.
-    "lock_owner": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 0) ON CONFLICT (key)"
+    # never commits alone; a new key's starts at the epoch floor, so it is taken at floor + 1), then
+    # the current holder's lease row FOR SHARE, so a renewal in flight finishes first and the expiry
+    # compared is the newest one; then take it.
+    "lock_owner": "INSERT INTO {p}owners (key, epoch) VALUES ($1, coalesce((SELECT v::bigint FROM {p}meta"
+                  " WHERE k = 'epoch_floor'), 0)) ON CONFLICT (key)"
                   " DO UPDATE SET epoch = {p}owners.epoch RETURNING holder",
     "lease_live": "SELECT until > clock_timestamp() FROM {p}leases WHERE holder = $1 FOR SHARE",
     "take": "UPDATE {p}owners SET epoch = epoch + 1, holder = $2 WHERE key = $1 RETURNING epoch",
@@ -119,7 +123,17 @@ SQL = {
                 " del AS (DELETE FROM {p}records WHERE key = $1 AND seq <= $2"
                 "  AND EXISTS (SELECT 1 FROM own WHERE own.epoch = $3))"
                 " SELECT epoch FROM own",
+    # One statement: lock the owners row, delete everything of the key if the epoch is the owner's,
+    # raise the floor; answers the current epoch (NULL: no owners row, nothing stored).
+    "erase": "WITH own AS MATERIALIZED (SELECT epoch FROM {p}owners WHERE key = $1 FOR UPDATE),"
+             " r AS (DELETE FROM {p}records WHERE key = $1 AND EXISTS (SELECT 1 FROM own WHERE epoch = $2)),"
+             " s AS (DELETE FROM {p}snapshots WHERE key = $1 AND EXISTS (SELECT 1 FROM own WHERE epoch = $2)),"
+             " o AS (DELETE FROM {p}owners WHERE key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM own)),"
+             " f AS (INSERT INTO {p}meta (k, v) SELECT 'epoch_floor', $2::text FROM own WHERE epoch = $2"
+             "  ON CONFLICT (k) DO UPDATE SET v = greatest({p}meta.v::bigint, excluded.v::bigint)::text)"
+             " SELECT epoch FROM own",
 }
+
 
 def pgpass_password(dsn: str) -> str | None:
     """The password asyncpg would find for `dsn`, looked up once (call it on a thread).
@@ -326,6 +340,15 @@ class PostgresStore(Store):
             cur = await conn.fetchval(self._sql["snapshot"], key, snapshot.seq, epoch, snapshot.data)
         if cur != epoch:
             raise stale(key, epoch, cur)
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.fetchval(self._sql["erase"], key, epoch)
+        if cur is None:
+            return False
+        if cur != epoch:
+            raise stale(key, epoch, cur)
+        return True
 
     async def ping(self) -> bool:
         try:

@@ -93,6 +93,26 @@ local recs = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. (s[1] or '0'), '+inf')
 return {s[1], s[2], recs}
 """
 
+# KEYS: owner, floor. A key with no owner counter starts above the epoch floor (storage.base).
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], redis.call('GET', KEYS[2]) or '0')
+end
+return redis.call('INCR', KEYS[1])
+"""
+
+# KEYS: owner, snapshot, records, floor. ARGV: epoch. Returns -1 (erased), 0 (nothing stored) or
+# the current epoch (refused).
+ERASE = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if tonumber(cur) ~= tonumber(ARGV[1]) then return tonumber(cur) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local f = tonumber(redis.call('GET', KEYS[4]) or '0')
+if tonumber(ARGV[1]) > f then redis.call('SET', KEYS[4], ARGV[1]) end
+return -1
+"""
+
 _ERRORS = (RedisError, OSError)
 
 
@@ -123,6 +143,8 @@ class RedisStore(Store):
         self._append = self.client.register_script(APPEND)
         self._snapshot = self.client.register_script(SNAPSHOT)
         self._load = self.client.register_script(LOAD)
+        self._acquire = self.client.register_script(ACQUIRE)
+        self._erase = self.client.register_script(ERASE)
 
     def key(self, kind: str, key: str) -> str:
         return f"{self.prefix}{kind}:{key}"
@@ -157,7 +179,7 @@ class RedisStore(Store):
     async def acquire(self, key: str, holder: str | None = None) -> int:
         if holder is not None:
             raise SyncopateError(ErrorCode.INTERNAL, "the redis store keeps no leases: use PostgreSQL or tiered")
-        return int(await self._call(self.client.incr(self.key("o", key))))
+        return int(await self._call(self._acquire(keys=[self.key("o", key), f"{self.prefix}epoch_floor"])))
 
     async def load(self, key: str) -> Loaded:
         seq, data, members = await self._call(self._load(keys=[self.key("s", key), self.key("r", key)]))
@@ -183,6 +205,15 @@ class RedisStore(Store):
             args=[epoch, snapshot.seq, snapshot.data]))
         if cur != -1:
             raise stale(key, epoch, cur or None)
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        cur = await self._call(self._erase(keys=[self.key("o", key), self.key("s", key), self.key("r", key),
+                                                 f"{self.prefix}epoch_floor"], args=[epoch]))
+        if cur == 0:
+            return False
+        if cur != -1:
+            raise stale(key, epoch, cur)
+        return True
 
     async def ping(self) -> bool:
         try:

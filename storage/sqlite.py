@@ -34,8 +34,9 @@ class SQLiteStore(Store):
     name = "sqlite"
     durable = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, secure_delete: bool = True) -> None:
         self.path = str(path)
+        self.secure_delete = secure_delete       # off only to measure what it costs (simulations.bench_store)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
 
@@ -66,6 +67,9 @@ class SQLiteStore(Store):
         # commit crosses the mark: a tail-latency spike on the ack path). A background thread
         # with its own connection checkpoints instead (start()).
         db.execute("PRAGMA wal_autocheckpoint=0")
+        # Deleted content is overwritten with zeros, not left in free pages: an erased user's bytes
+        # (and a compacted log's) must not stay readable in the file (docs/data-rights.md).
+        db.execute(f"PRAGMA secure_delete={'ON' if self.secure_delete else 'OFF'}")
         db.execute("BEGIN IMMEDIATE")
         for stmt in SCHEMA:
             db.execute(stmt)
@@ -92,7 +96,9 @@ class SQLiteStore(Store):
                                  (key, holder, time.time())).fetchone()
                 if cur is not None:
                     raise LeaseHeld(key, cur[0])
-            row = db.execute("INSERT INTO owners(key, epoch, holder) VALUES (?, 1, ?) ON CONFLICT(key) DO UPDATE"
+            # a key with no owners row starts above the epoch floor (erase(): storage.base)
+            row = db.execute("INSERT INTO owners(key, epoch, holder) VALUES (?, 1 + coalesce((SELECT CAST(v AS INTEGER)"
+                             " FROM meta WHERE k='epoch_floor'), 0), ?) ON CONFLICT(key) DO UPDATE"
                              " SET epoch = epoch + 1, holder = excluded.holder RETURNING epoch", (key, holder)).fetchone()
             db.execute("COMMIT")
         except BaseException:
@@ -196,6 +202,37 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
             raise
 
+    def _erase(self, key: str, epoch: int) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            r = db.execute("SELECT epoch FROM owners WHERE key=?", (key,)).fetchone()
+            if r is None:
+                db.execute("COMMIT")
+                return False
+            if r[0] != epoch:
+                raise stale(key, epoch, r[0])
+            db.execute("DELETE FROM records WHERE key=?", (key,))
+            db.execute("DELETE FROM snapshots WHERE key=?", (key,))
+            db.execute("DELETE FROM owners WHERE key=?", (key,))
+            db.execute("INSERT INTO meta(k, v) VALUES ('epoch_floor', ?) ON CONFLICT(k) DO UPDATE"
+                       " SET v = CAST(max(CAST(v AS INTEGER), CAST(excluded.v AS INTEGER)) AS TEXT)", (str(epoch),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._purge()
+        return True
+
+    def _purge(self) -> None:
+        # The WAL still holds the pages as they were before a delete: checkpoint them into the
+        # (zeroed) file and truncate it. Best effort: a reader in another process can keep old
+        # frames alive until its next checkpoint (docs/data-rights.md).
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass
+
     # -- loop side --------------------------------------------------------------------------
     async def start(self) -> None:
         await self._run(self._open)
@@ -255,6 +292,12 @@ class SQLiteStore(Store):
 
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         await self._run(self._write_snapshot, key, epoch, snapshot)
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        return await self._run(self._erase, key, epoch)
+
+    async def purge(self) -> None:
+        await self._run(self._purge)
 
     async def ping(self) -> bool:
         return await self._run(lambda: self._db.execute("SELECT 1").fetchone()[0] == 1)

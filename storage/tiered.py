@@ -48,7 +48,7 @@ import struct
 
 from redis.exceptions import RedisError
 
-from storage.base import Append, Loaded, Record, Snapshot, Store
+from storage.base import Append, Loaded, Record, Snapshot, Store, unavailable
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore
 
@@ -231,6 +231,21 @@ class TieredStore(Store):
             except (RedisError, OSError):
                 await self._invalidate(list(per_key))
         return results
+
+    async def erase(self, key: str, epoch: int) -> bool:
+        """PostgreSQL first (it fences), then the cache entry. Unlike a write, a failed cache delete
+        is an error (STORE_UNAVAILABLE): the entry would keep the erased bytes until its TTL, so the
+        caller retries; erase() of the already erased key deletes the entry only."""
+        erased = await self.pg.erase(key, epoch)
+        try:
+            await self.cache.client.delete(self._k(key))
+        except (RedisError, OSError) as exc:
+            self.stats["cache_errors"] += 1
+            raise unavailable(self.name, exc) from exc
+        return erased
+
+    async def purge(self) -> None:
+        await self.pg.purge()
 
     async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
         await self.pg.write_snapshot(key, epoch, snapshot)     # raises STALE_EPOCH: cache untouched

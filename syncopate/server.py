@@ -69,6 +69,7 @@ class RayServer:
         self.cluster = cluster or f"s{uuid.uuid4().hex[:8]}"
         self.hosts: list = []
         self.gateways: list = []
+        self.events = None                      # the events consumer actor (syncopate/events/service.py)
         self.ports: list[int] = []
         self.node_gateways = None       # NodeGateways with gateways="per-node"
         self.host_placement = None
@@ -109,6 +110,10 @@ class RayServer:
                                         num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
                       .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)]
         ray.get([h.ready.remote() for h in self.hosts], timeout=timeout)
+        from syncopate.events.service import EventsActor
+        self.events = EventsActor.options(name=f"{self.cluster}-events", max_restarts=-1, max_task_retries=0,
+                                          num_cpus=0).remote(aspec)
+        ray.get(self.events.ready.remote(), timeout=timeout)
         if spec.gateways == "per-node":
             self._start_node_gateways(aspec, timeout)
             return self
@@ -176,8 +181,9 @@ class RayServer:
         return [f"http://{self.spec.host}:{p}" for p in self.ports]
 
     def supervise_once(self, timeout: float = 30.0) -> None:
-        """Make sure every gateway listens (Ray restarts a dead actor, not its listener), and carry
-        out the `hosts add|remove` requests the gateways queued."""
+        """Make sure every gateway listens and the events consumer consumes (Ray restarts a dead
+        actor, not what it started), and carry out the `hosts add|remove` requests the gateways
+        queued."""
         import ray
         if self.node_gateways is not None:
             self._supervise_node_gateways(timeout)
@@ -186,8 +192,12 @@ class RayServer:
                 self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
             except Exception as exc:
                 log.warning("gateway supervision: %s", exc)
+        if self.events is not None:
+            try:
+                ray.get(self.events.ready.remote(), timeout=timeout)
+            except Exception as exc:
+                log.warning("events consumer supervision: %s", exc)
         self._supervise_hosts(timeout)
-
     # -- elastic hosts (membership: actors/ownership.py) ---------------------------------------------
     def _supervise_hosts(self, timeout: float) -> None:
         import ray
@@ -265,7 +275,12 @@ class RayServer:
                 ray.get(h.shutdown.remote(), timeout=30)
             except Exception as exc:
                 log.warning("host shutdown: %s", exc)
-        for a in self.gateways + self.hosts:
+        if self.events is not None:
+            try:
+                ray.get(self.events.shutdown.remote(), timeout=30)
+            except Exception as exc:
+                log.warning("events consumer shutdown: %s", exc)
+        for a in self.gateways + self.hosts + ([self.events] if self.events is not None else []):
             try:
                 ray.kill(a, no_restart=True)
             except Exception:
@@ -314,15 +329,19 @@ class LocalServer:
         secret = await loop.run_in_executor(None, load_secret, spec.data_dir, spec.secret_file)
         store = self.store or make_store(spec.data_dir, spec.redis_url, spec.postgres_dsn, prefix=spec.prefix)
         env = await loop.run_in_executor(None, lambda: build_env(spec.actor_spec()))   # actor_spec resolves a path
+        from syncopate.events.publish import Publisher
+        from syncopate.events.service import LocalEvents
+        self.events = await LocalEvents(spec.data_dir, spec.redis_url, spec.postgres_dsn, spec.prefix).start()
         self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s,
-                                    membership=self.membership, lease=self.lease)
+                                    membership=self.membership, lease=self.lease, publisher=Publisher(self.events.bus))
         await self.cluster.start()
         view = None
         if self.membership:
             from gateway.cluster_view import ClusterView
             view = ClusterView(store, self.membership)
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
-                                     env.catalog, GatewayConfig(**spec.gateway), cluster=view)
+                                     env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts,
+                                     cluster=view)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
         self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it
@@ -335,3 +354,4 @@ class LocalServer:
     async def stop(self) -> None:
         await self.gateway.stop()
         await self.cluster.close()
+        await self.events.close()

@@ -63,7 +63,7 @@ async def call(http, srv, method, path, user, **kw):
         return r.status, (await r.json() if body else None)
 
 
-async def until(check, what: str, timeout: float = 10.0):
+async def until(check, what: str, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
         got = await check()
@@ -90,7 +90,8 @@ async def test_created_and_followed_playlists_reach_the_library_after_its_store_
     assert st == 201, pl                          # the playlist committed; its effect is waiting
     st, body = await call(http, srv, "PUT", f"playlists/{pl['id']}/followers", fan)
     assert st == 200, body
-    assert store.refused > 0                      # the effects were tried and refused meanwhile
+    # the effects are sent after the replies are released: wait until they were tried and refused
+    assert await until(_refused(store), "an effect tried during the outage")
     assert await my_playlist_ids(http, srv, owner) == []
     store.down_kinds = set()
     assert await until(lambda: _has(http, srv, owner, pl["id"]), "the owner's /me/playlists")
@@ -104,3 +105,9 @@ async def test_created_and_followed_playlists_reach_the_library_after_its_store_
 
 async def _has(http, srv, user, pid) -> bool:
     return pid in await my_playlist_ids(http, srv, user)
+
+
+def _refused(store):
+    async def check() -> bool:
+        return store.refused > 0
+    return check

@@ -82,7 +82,7 @@ def test_the_flags_are_the_ones_the_device_group_enforced():
     assert {n for n, s in ops.items() if s.control} == control
     assert {n for n, s in ops.items() if s.fenced} == control | {"update_device"}
     assert {n for n, s in ops.items() if s.system} == {"disconnect", "context_changed"}
-    assert {n for n, s in PlaylistEntity.ops.items() if s.system} == {"add_listener", "remove_listener"}
+    assert {n for n, s in PlaylistEntity.ops.items() if s.system} == {"add_listener", "remove_listener", "forget_user"}
 
 
 def _entity(cls, ident="alice"):

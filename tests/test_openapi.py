@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import secrets
+import time
 from urllib.parse import urlencode
 
 import orjson
@@ -88,7 +89,8 @@ def test_extensions_and_only_they_are_marked():
     marked = {(m, p) for p, m, op in operations() if op.get(EXT)}
     for must in [("get", "/v1/me/sessions"), ("delete", "/v1/me/sessions/{device_id}"),
                  ("get", "/v1/me/player/stream-counts"), ("get", "/v1/playlists/{playlist_id}/collaborators"),
-                 ("put", "/v1/playlists/{playlist_id}/collaborators/{user_id}"), ("get", "/v1/ws")]:
+                 ("put", "/v1/playlists/{playlist_id}/collaborators/{user_id}"), ("get", "/v1/ws"),
+                 ("get", "/v1/me/data-export"), ("delete", "/v1/me")]:
         assert must in marked, must
     # our fields on Spotify's objects are marked too
     item = DOC["components"]["schemas"]["PlaylistTrackObject"]["properties"]["entry_id"]
@@ -105,7 +107,9 @@ def test_security_is_the_enforced_scope_rule():
         if path.startswith(("/v1/ws", "/v1/yjs/")):
             assert named == [], path
             continue
-        assert named == sorted(rule.any_of), (m, path)
+        assert named == sorted(rule.any_of or rule.all_of), (m, path)
+        if rule.all_of:           # every scope at once: one requirement naming them all
+            assert op["security"] == [{"oauth2": list(rule.all_of)}], (m, path)
         assert op["x-syncopate-app-token"] is (not rule.user), (m, path)
         for code in ("401", "403", "429"):
             assert code in op["responses"], (m, path, code)
@@ -406,12 +410,26 @@ async def test_every_operation_answers_as_described(server, http, unique):
         await api.call("get", "/v1/me/player/recently-played", me, query={"limit": "5"}, expect=200)
         await api.call("get", "/v1/me/player/stream-counts", me, query={"uris": uris[0]}, expect=200)
         await api.call("get", "/v1/me/player/stream-counts", me, query={"uris": "spotify:album:x"}, expect=400)
+        # listening events (docs/events.md): an offline upload, the private session
+        played = int(time.time() * 1000) - 3_600_000
+        await api.call("post", "/v1/me/player/events", me, body={"events": [
+            {"event_id": "ev1", "device_id": "phone", "uri": uris[0], "played_at_ms": played, "ms_played": 45_000}]},
+            expect=200)
+        await api.call("post", "/v1/me/player/events", me, body={"events": []}, expect=400)
+        await api.call("put", "/v1/me/player/private-session", me, query={"state": "true"}, expect=204)
+        await api.call("put", "/v1/me/player/private-session", me, query={"state": "maybe"}, expect=400)
         # sessions: the device's connection is listed; signing another device out
         await api.call("get", "/v1/me/sessions", me, expect=200)
         await api.call("delete", "/v1/me/sessions/{device_id}", me, path={"device_id": "old-phone"}, expect=200)
         await api.call("delete", "/v1/me/sessions/{device_id}", me, path={"device_id": "x" * 201}, expect=400)
     finally:
         await dev.close()
+
+    # data rights: the export; a deletion refused, and one done (a user of its own: gone after it)
+    await api.call("get", "/v1/me/data-export", me, expect=200)
+    await api.call("delete", "/v1/me", me, body={"confirm_user_id": other}, expect=403)
+    gone = unique + "gone"
+    await api.call("delete", "/v1/me", gone, body={"confirm_user_id": gone}, expect=200)
 
     # the websockets, and this document
     await handshake(api, "/v1/ws", {}, full)

@@ -21,6 +21,7 @@ from protocols.errors import HTTP_STATUS, ErrorCode
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
 from tests.support.player import Device, assert_in_order, new_playlist_id, wait_version
+from tests.support.playlists import eventually
 
 SECRET = "player-rest-secret-0123456789-abcdefgh"
 @pytest.fixture(scope="module")
@@ -361,7 +362,11 @@ async def test_recently_played_and_stream_counts(user, catalog):
     pid2 = (await lap.wait_for(lambda c: c["player"]["track"]["uri"] == uris[1]))["player"]["playback_id"]
     await lap.call("device.progress", {"event_id": "e2", "device_id": "laptop", "uri": uris[1],
                                        "ms_played": 45_000, "playback_id": pid2})
-    rp = await sp_call(sp.current_user_recently_played, limit=10)
+    # recently played reads the event pipeline's record: the consumer applies the plays shortly after
+    async def both():
+        page = await sp_call(sp.current_user_recently_played, limit=10)
+        return page if len(page["items"]) >= 2 else None
+    rp = await eventually(both, what="the two plays in recently played")
     assert [i["track"]["uri"] for i in rp["items"]] == [uris[1], uris[0]]     # newest first
     assert rp["items"][0]["played_at"].endswith("Z") and rp["items"][0]["context"] is None
     assert int(rp["cursors"]["before"]) >= t0 - 5_000

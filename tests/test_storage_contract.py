@@ -23,6 +23,7 @@ from storage.postgres import PostgresStore
 from storage.redis import RedisStore, connect
 from storage.sqlite import SQLiteStore
 from storage.tiered import TieredStore
+from tests.support.store_bytes import postgres_bytes, redis_bytes, sqlite_bytes
 
 PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SYNCOPATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -78,6 +79,29 @@ class Env:
             return await self.opened[0].client.zcard(f"{self.prefix}r:{key}")
         async with (await self.admin())._pool.acquire() as conn:
             return await conn.fetchval(f"SELECT count(*) FROM {self.prefix}records WHERE key = $1", key)
+
+    async def raw_bytes(self) -> bytes:
+        """Every byte this backend holds for the test, read beside the store (a scan for erased
+        data): the SQLite file and its WAL, every PostgreSQL row of the prefix, every Redis key of
+        the prefix with its value, the memory fake's dicts."""
+        if self.kind == "memory":
+            m = self._memory
+            parts = [k.encode() for k in m.keys()]
+            parts += [r.data for log in m._records.values() for r in log]
+            parts += [sn.data for sn in m._snapshots.values()]
+            return b"|".join(parts)
+        if self.kind == "sqlite":
+            return await sqlite_bytes(self.path)
+        out = b""
+        if self.kind in ("postgres", "tiered"):
+            out += await postgres_bytes(await self.admin(), self.prefix)
+        if self.kind in ("redis", "tiered"):
+            r = RedisStore(REDIS_URL, prefix=self.prefix)
+            try:
+                out += await redis_bytes(r.client, self.prefix)
+            finally:
+                await r.close()
+        return out
 
     async def flush_cache(self) -> None:
         r = RedisStore(REDIS_URL, prefix=self.prefix)
@@ -252,6 +276,60 @@ async def test_two_hosts_racing_acquire_and_append(env):
     got = (await hosts[0].load("k")).records
     assert got == sorted(acked, key=lambda r: r.seq)
     assert [r.seq for r in got] == list(range(1, len(got) + 1))
+
+
+async def test_erase_leaves_no_byte_of_the_key(env):
+    """erase() removes the records, the snapshot and the owners row: neither the key nor the data
+    is anywhere in the backend's bytes afterwards; other keys are untouched."""
+    s = await env.open()
+    e = await s.acquire("session:zed-erase-me")
+    await s.append([Append("session:zed-erase-me", e, recs(1, 2, 3, tag=b"zed-erase-me-data"))])
+    await s.write_snapshot("session:zed-erase-me", e, Snapshot(2, b"snap zed-erase-me-data"))
+    await s.append([Append("session:zed-erase-me", e, recs(4, tag=b"zed-erase-me-data"))])
+    assert await s.load("session:zed-erase-me") != Loaded(None, [])       # tiered: the cache is filled
+    k = await s.acquire("other")
+    await s.append([Append("other", k, recs(1, tag=b"kept"))])
+    assert b"zed-erase-me" in await env.raw_bytes()      # the scan does see stored bytes
+    assert await s.erase("session:zed-erase-me", e) is True
+    assert await s.load("session:zed-erase-me") == Loaded(None, [])
+    assert b"zed-erase-me" not in await env.raw_bytes()
+    assert await s.load("other") == Loaded(None, recs(1, tag=b"kept"))
+
+
+async def test_erase_keeps_fencing(env):
+    """After an erase every epoch of the key is greater than any handed out before it (the epoch
+    floor), so a host still holding an old epoch can never write again, even after the key is
+    written anew."""
+    a, b = await env.open(), await env.open()
+    old = await a.acquire("pl")
+    await a.append([Append("pl", old, recs(1))])
+    cur = await b.acquire("pl")
+    await b.append([Append("pl", cur, recs(2))])
+    with pytest.raises(SyncopateError) as err:
+        await a.erase("pl", old)                              # a non-owner may not erase
+    assert err.value.code is ErrorCode.STALE_EPOCH
+    assert await b.load("pl") == Loaded(None, recs(1, 2))     # ... and changed nothing
+    assert await b.erase("pl", cur) is True
+    assert await b.erase("pl", cur) is False                  # idempotent: nothing left to erase
+    assert await a.erase("never:stored", 1) is False
+    again = [await b.acquire("pl") for _ in range(3)]
+    assert min(again) > cur and again == sorted(again)
+    fresh = await a.acquire("brand:new")
+    assert fresh > cur                                        # the floor is global: no per-key memory
+    assert codes(await a.append([Append("pl", old, recs(1, tag=b"A"))])) == [ErrorCode.STALE_EPOCH]
+    assert codes(await a.append([Append("pl", cur, recs(1, tag=b"A"))])) == [ErrorCode.STALE_EPOCH]
+    assert await b.append([Append("pl", again[-1], recs(1, tag=b"B"))]) == [None]
+    assert await a.load("pl") == Loaded(None, recs(1, tag=b"B"))
+
+
+async def test_erase_floor_survives_reopen(env):
+    s = await env.open()
+    for _ in range(4):
+        e = await s.acquire("x")
+    await s.erase("x", e)
+    await s.close()
+    s2 = await env.open()
+    assert await s2.acquire("x") > e
 
 
 async def test_unknown_key_loads_empty(env):
@@ -449,6 +527,29 @@ async def test_tiered_degrades_to_postgres_when_redis_fails(tiered):
 
 
 # -- factory --------------------------------------------------------------------------------------
+async def test_tiered_erase_fails_when_the_cache_cannot_be_cleared(tiered, monkeypatch):
+    t = await tiered.open()
+    """The cache entry holds the erased bytes too: a failed delete there is STORE_UNAVAILABLE
+    (the caller retries), and the retry clears it."""
+    e = await _seed(t, "gone")
+    await t.load("gone")
+    from redis.exceptions import ConnectionError as RedisDown
+
+    real = t.cache.client.delete
+
+    async def down(*keys):
+        raise RedisDown("redis is down (test)")
+    monkeypatch.setattr(t.cache.client, "delete", down)
+    with pytest.raises(SyncopateError) as err:
+        await t.erase("gone", e)
+    assert err.value.code is ErrorCode.STORE_UNAVAILABLE
+    assert await t.cache.client.exists(t._k("gone")) == 1
+    monkeypatch.setattr(t.cache.client, "delete", real)
+    assert await t.erase("gone", e) is False          # PostgreSQL was already erased
+    assert await t.cache.client.exists(t._k("gone")) == 0
+    assert await t.load("gone") == Loaded(None, [])
+
+
 def test_make_store_picks_the_backend(tmp_path):
     assert isinstance(make_store(str(tmp_path)), SQLiteStore)
     assert isinstance(make_store(str(tmp_path), postgres_dsn=PG_DSN), PostgresStore)
