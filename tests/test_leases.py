@@ -215,3 +215,13 @@ def test_sqlite_schema_1_is_upgraded(tmp_path):
         assert db.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()[0] == "2"
         assert db.execute("SELECT holder FROM owners WHERE key='k'").fetchone()[0] == "A"
 
+
+
+async def test_a_leased_acquire_after_an_erase_starts_above_the_epoch_floor(env):
+    a = await env.open()
+    await a.open_lease("A", 30)
+    await a.acquire("gone", "A")
+    e = await a.acquire("gone", "A")
+    assert await a.erase("gone", e)                        # data rights: the owners row goes too
+    assert await a.acquire("gone", "A") > e                # fencing survives: every later epoch is greater
+    assert await a.acquire("fresh", "A") > e               # as for a key never seen (the floor is global)
