@@ -17,8 +17,8 @@ key that has no owners row `floor + 1` on its next acquire(), so every epoch han
 erase is greater than every epoch handed out before it, without remembering the key.
 
 Writes are fenced by the epoch alone (a lease can't fence a paused process's late write; the token
-checked inside the commit can). Reads are fenced by a *host lease* on top (storage/leases: docs in
-docs/architecture.md, "Membership, leases and fencing"): a host that passes `holder` to `acquire`
+checked inside the commit can). Reads are fenced by a *host lease* on top (actors/ownership.py; in
+docs/architecture.md, "Membership, leases and handoff"): a host that passes `holder` to `acquire`
 owns the entity only while its lease (one row per host process, renewed in one round trip per
 period, however many entities it holds) is live, and nobody else can acquire the entity until that
 lease has expired (the store's clock) or the holder released the entity. The host stops answering
