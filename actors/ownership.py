@@ -126,6 +126,14 @@ class Ownership:
         if self._leaving:
             return                      # handing off: keep the lease, never rejoin
         if self._valid_until == 0:
+            view = await self.store.membership(self.membership_name)
+            other = view.members.get(self.slot_index)
+            if other is not None and Holder.parse(other).incarnation != self.incarnation:
+                # Ray started another process in this slot (it took us for dead): it has the slot;
+                # rejoining would take it back from a live process. Step down for good.
+                self._retired = True
+                self._apply_view(view)
+                return
             # Lost: rejoin as a new holder (a new lease; the view gets this slot back).
             self.holder = Holder(self.holder.name, self.holder.slot, self.holder.incarnation,
                                  self.holder.generation + 1)

@@ -197,3 +197,28 @@ async def test_unleased_hosts_keep_the_old_behaviour():
         assert store._holders["counter:x"] is None
     finally:
         await h.close(passivate=False)
+
+
+async def test_a_restarted_process_takes_the_slot_and_the_old_one_steps_down_for_good():
+    """Ray restarted slot 0 while the old process still runs (it took it for dead): the new one
+    joins, revoking the old one's lease; the old one drops what it holds and never rejoins."""
+    store = MemoryStore()
+    old = await leased_host(store, "d", 0, renew_s=3600)
+    try:
+        await old.call(add("k", 1, op_id="a"))
+        new = await leased_host(store, "d", 0, acquire_wait_s=5.0)
+        try:
+            assert (await store.membership("d")).members[0] == str(new.holder)
+            await old.renew()                       # refused (revoked), and the view names another process
+            assert not old.lease_ok() and old._retired
+            await old.renew()
+            assert (await store.membership("d")).members[0] == str(new.holder)     # it did not rejoin
+            reply, _ = await new.call(add("k", 2, op_id="b"))                      # after the old lease ran out
+            assert reply["total"] == 3
+            with pytest.raises(SyncopateError) as exc:
+                await old.call(get("k"))
+            assert exc.value.code == ErrorCode.HOST_UNAVAILABLE
+        finally:
+            await new.close(passivate=False)
+    finally:
+        await old.close(passivate=False)
