@@ -97,6 +97,11 @@ class GroupCommit:
                 # Evicted after it was handled: a read (or a write left out of the append) may reflect
                 # in-memory state the store never got. A committed write is released below.
                 err = SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{p.slot.key} was evicted; retry")
+            elif err is None and not p.slot.phantom and not (p.included and p.entry is not None) \
+                    and not self.lease_ok():
+                # Fenced read: the lease lapsed while this answer waited for its batch; a new owner
+                # may have written since. A committed write was acknowledged by the store: released.
+                err = SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{p.slot.key}: the host's lease lapsed; retry")
             if err is not None:
                 if unknown and p.slot.key in failed:
                     # the gateways of connection-addressed pushes too: they may have no interest entry

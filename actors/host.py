@@ -60,6 +60,7 @@ from actors.commit import GroupCommit, Pending
 from actors.entity import Command, Entity, Env, Event, Outcome
 from actors.host_metrics import Metrics
 from actors.outbox import OutEffect, Outbox
+from actors.ownership import Ownership, not_owner
 from actors.maintenance import MAINTENANCE_OPS, Maintenance
 from actors.residency import Residency
 from actors.slot import RECOVER, RELAY, TICK, UNSUBSCRIBE, Sink, Slot, pack, unpack
@@ -85,7 +86,7 @@ def _overloaded(what: str) -> SyncopateError:
     return SyncopateError(ErrorCode.OVERLOADED, f"{what}; retry later")
 
 
-class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
+class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
     """Many entities in one event loop; the only place they are written from (see the module doc)."""
 
     def __init__(self, host_id: str, store: Store, kinds: dict[str, type[Entity]], env: Env, *,
@@ -128,11 +129,13 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
         # Cross-entity reads an op declares (actors/asks.py) go the way effects go; a host without a
         # dispatch (one host holds everything) asks itself.
         self.asks = Asks(dispatch or self._ask_here, self.enqueue, self._spawn, self.metrics)
+        self._init_ownership()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._committer(), name=f"{self.host_id}-committer"),
                        asyncio.create_task(self._housekeeping(), name=f"{self.host_id}-housekeeping")]
+        await self._start_ownership()          # with a membership: the lease, and a place in the view
 
     async def close(self, *, passivate: bool = True) -> None:
         """Stop; with passivate, snapshot every entity first (a clean shutdown). Unacknowledged
@@ -189,6 +192,12 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
                 self._drop_interest(cmd.key, cmd.origin)
                 sink(Reply())
                 return
+        moved = self.placed_here(cmd.key)
+        if moved is not None:
+            # The view places it elsewhere: not run here (the gateway retries it at the owner).
+            self.metrics.refused_not_owner += 1
+            sink(Reply.fail(not_owner(cmd.key, moved)))
+            return
         if slot is None:
             if self._outstanding >= self.max_pending:
                 self.metrics.refused_pending += 1
@@ -313,7 +322,7 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
         loaded = await self.store.load(slot.key)
         epoch, phantom = 0, not slot.want_owner and loaded.snapshot is None and not loaded.records
         if not phantom:
-            epoch = await self.store.acquire(slot.key)
+            epoch = await self._acquire(slot.key)     # under this host's lease, if it has one
             # Load again under the new epoch: a previous owner may have committed after the first load,
             # and from here on nobody else can.
             loaded = await self.store.load(slot.key)
@@ -370,6 +379,11 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance):
     def _handle(self, slot: Slot, cmd: Command, sink: Sink) -> None:
         entity = slot.entity
         self.metrics.commands += 1
+        if not slot.phantom and not self.lease_ok():
+            # Fenced: without a valid lease a new owner may exist; this copy may be behind it.
+            self._evict(slot)
+            sink(Reply.fail(SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{self.host_id} holds no lease; retry")))
+            return
         if cmd.op_id:
             hit = slot.ops.lookup(cmd.principal.user_id, cmd.op_id)
             if hit is not None:

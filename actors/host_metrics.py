@@ -23,6 +23,8 @@ class Metrics:
         self.asks_sent = 0                # reads of another entity made for an op (actors/asks.py)
         self.asks_refused = 0             # ... answered with a refusal (the command was refused with it)
         self.refused_mailbox = 0          # MAX_MAILBOX reached
+        self.refused_not_owner = 0        # placed on another host by the membership view (NOT_OWNER)
+        self.handoffs = 0                 # entities passivated and released because the view moved them
         self.refused_pending = 0          # MAX_PENDING reached
         self.refused_active = 0           # MAX_ACTIVE reached and nothing could be passivated in time
         self.budget_passivations = 0      # LRU passivations to stay under MAX_ACTIVE or the memory budget

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from actors.entity import SYSTEM, Command
 from actors.slot import RECOVER, Slot
-from protocols.errors import SyncopateError
+from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Reply
 
 log = logging.getLogger("syncopate.host")
@@ -50,7 +50,8 @@ class Outbox:
                         await self.call(Command(slot.kind, slot.entity_id, RECOVER, {}, SYSTEM))
                         return
                     except SyncopateError as err:
-                        if not err.retryable:
+                        if not err.retryable or err.code == ErrorCode.NOT_OWNER:
+                            # NOT_OWNER: placed elsewhere now; its new owner's activation re-sends.
                             log.warning("recovery of %s refused: %s", slot.key, err)
                             return
                     # Backoff while the store (or the host's budgets) refuse.

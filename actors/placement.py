@@ -1,11 +1,13 @@
-"""Which host owns an entity: rendezvous (highest-random-weight) hashing over the host slots.
+"""Which host owns an entity: rendezvous (highest-random-weight) hashing over the live host slots.
 
-Every gateway and every host computes the same owner from the key alone: no directory to look up
-or keep consistent, and a change in the number of hosts moves only ~1/N of the entities. Hosts are
-named slots (`syncopate-host-<i>`) that Ray restarts in place, so a host crash does not move
-anything: the entity re-activates on the restarted host. When the slot count changes (an operator
-restarts with another --hosts), entities move; the store's epoch fencing makes sure the old owner
-can't write after the new one activated.
+Every gateway and every host computes the same owner from the key and the membership view alone
+(actors/membership.py: the live slots, with an epoch): no directory to look up or keep consistent.
+Each slot scores every key independently, so removing a slot moves only the keys it owned (to the
+slot that scored second for each), and adding one moves only the keys it now scores highest for:
+~1/N of them (tests/test_membership.py measures both). Hosts are named slots
+(`<cluster>-host-<i>`); a host that dies leaves the view (the gateway detects it) and its keys go
+to the live slots; when Ray restarts it, it joins again and gets its keys back. Fencing (entity
+epochs) and host leases (storage/base.py) make every move safe, whoever still believes otherwise.
 
 Rejected alternative: a consistent-hash ring with virtual nodes. Equally good balance needs ~100
 vnodes a host and a sorted ring to maintain; with tens of hosts, scoring each slot is as cheap.
@@ -13,6 +15,7 @@ vnodes a host and a sorted ring to maintain; with tens of hosts, scoring each sl
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
 
 
 def _score(key: bytes, slot: int) -> int:
@@ -20,10 +23,22 @@ def _score(key: bytes, slot: int) -> int:
 
 
 def owner(key: str, hosts: int) -> int:
-    """The slot index (0 <= i < hosts) that owns `key`."""
+    """The slot index (0 <= i < hosts) that owns `key` when every slot below `hosts` is live."""
     if hosts <= 0:
         raise ValueError("no hosts")
     if hosts == 1:
         return 0
+    return owner_among(key, range(hosts))
+
+
+def owner_among(key: str, slots: Iterable[int]) -> int:
+    """The slot of `slots` (the live ones, any order) that owns `key`."""
     k = key.encode()
-    return max(range(hosts), key=lambda slot: _score(k, slot))
+    best, best_score = -1, -1
+    for slot in slots:
+        s = _score(k, slot)
+        if s > best_score:
+            best, best_score = slot, s
+    if best < 0:
+        raise ValueError("no hosts")
+    return best

@@ -17,7 +17,7 @@ import ray
 from actors.batching import Batcher
 from actors.entity import Command, Env
 from actors.host import EntityHost
-from actors.placement import owner
+from actors.membership import route
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Reply
 
@@ -141,6 +141,7 @@ class HostActor:
                 setattr(self.channel, name, int(spec["budgets"][name]))
         self._to_gateways = Batcher(self.channel.send)
         self.addr = await self.channel.start(channel_bind(spec), 0)
+        _join_membership(host, self.cluster, self.index, spec)
         await host.start()
         freeze_startup()
         self.host = host
@@ -187,6 +188,13 @@ class HostActor:
             store_ok = False
         return {**host.stats(), "store": host.store.name, "store_ok": store_ok, "index": self.index}
 
+    async def leave(self) -> dict:
+        """`syncopate hosts remove`: out of the membership view, every entity handed off (snapshot,
+        release), so the hosts that get them take over at once. Then the driver shuts it down."""
+        host = await self._ensure()
+        await host.leave()
+        return {"index": self.index, "handoffs": host.metrics.handoffs}
+
     async def shutdown(self) -> None:
         """Clean stop: snapshot every entity (passivate) so the next start activates fast."""
         if self.host is not None:
@@ -205,7 +213,7 @@ class HostActor:
         Reply (the host's outbox retries an effect until that Reply is not a retryable failure; an
         ask's Reply is the answer the asking command runs with)."""
         fut = asyncio.get_running_loop().create_future()
-        target = owner(cmd.key, self.n_hosts)
+        target = route(cmd.key, self.host.view if self.host.leased else None, self.n_hosts)
         if target == self.index:
             self.host.enqueue(cmd, lambda reply: fut.done() or fut.set_result(reply))
         else:
@@ -237,6 +245,15 @@ class HostActor:
 
 
 PEER_TIMEOUT_S = 30.0
+
+
+def _join_membership(host: EntityHost, cluster: str, index: int, spec: dict) -> None:
+    """Membership, leases and fencing (actors/ownership.py), on every store that keeps them
+    (all but Redis alone, which the factory never builds for serve): the host joins the view of
+    deployment `cluster` as slot `index` when it starts, Ray's restart of it joins again."""
+    if host.store.leases:
+        host.join_membership(cluster, index, lease_s=float(spec.get("lease_s", 2.0)),
+                             renew_s=float(spec.get("renew_s", 0.4)))
 
 
 def _check_data_dir(spec: dict) -> None:

@@ -66,6 +66,7 @@ class Residency:
             return False
         if self.slots.get(slot.key) is slot:
             del self.slots[slot.key]
+        self._released(slot)                 # leased: give it up, the next owner need not wait
         self.metrics.passivations += 1
         return True
 

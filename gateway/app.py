@@ -24,7 +24,7 @@ log = logging.getLogger("syncopate.gateway")
 # REST and extra websocket modules, each with setup(app). Listed here so a reader finds them all.
 MODULES = ("gateway.rest_catalog", "gateway.rest_playlists", "gateway.rest_player", "gateway.rest_events",
            "gateway.rest_library",
-           "gateway.rest_sessions", "gateway.yjs", "gateway.rest_users", "gateway.oauth", "gateway.web",
+           "gateway.rest_sessions", "gateway.yjs", "gateway.rest_users", "gateway.rest_hosts", "gateway.oauth", "gateway.web",
            "gateway.rest_openapi", "gateway.data_rights", "gateway.edge")
 
 

@@ -60,6 +60,7 @@ class GatewayContext:
         self.config = config
         self.metrics = metrics
         self.health = health
+        self.host_control = None          # queues a `hosts add|remove` request for the driver (Ray gateway)
         # the device group's domain values as the websocket has always carried them (gateway/presenters.py)
         self.ws_replies = presenters.ws_replies(catalog)
         self.signer = signer                     # stream URLs (gateway/stream_sign.py); None: no manifests

@@ -12,6 +12,16 @@ the very next push of the same batch is routed.
 A host that dies takes its unanswered requests with it. The liveness loop pings every host; a
 failed ping, or a new incarnation, fails the requests that were sent to the old one with
 HOST_UNAVAILABLE. Clients retry those with the same op id: idempotent on the host.
+
+With a membership view (gateway/cluster_view.py) placement follows the view, and the dispatcher
+is the failure detector and the retrier (the "failover" methods below):
+  * a stream that breaks is probed at once with one short ping; a host whose probe fails, or whose
+    periodic pings fail SUSPECT_AFTER times running, is removed from the view (its lease revoked),
+    so its entities go to the live hosts while Ray is still deciding the node is dead;
+  * a request refused NOT_OWNER (not run: placed elsewhere) is sent again to the owner, and one
+    lost with its host (or refused HOST_UNAVAILABLE) is sent again if it has an op id (a retry of
+    an op that did commit is answered from the log, never applied twice): with backoff, until
+    RETRY_WINDOW_S after it was first sent, so a client sees the failover as latency.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from typing import Any, Callable
 
 from actors.batching import Batcher
 from actors.entity import Command
-from actors.placement import owner
+from actors.membership import route
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Gap, Push, Reply, Transport
 
@@ -32,17 +42,26 @@ log = logging.getLogger("syncopate.dispatcher")
 Callback = Callable[[Reply], None]
 
 
+RETRY_WINDOW_S = 10.0      # a request is re-sent (moved, or its host lost) until this long after it was first sent
+RETRY_BACKOFF_S = (0.01, 0.1)
+SUSPECT_AFTER = 2          # periodic pings that time out, running, before a host is removed from the view
+PROBE_TIMEOUT_S = 0.75     # the ping that checks a host whose stream broke, and each periodic ping with a view
+
+
 @dataclass
 class _Pending:
     host: int
     callback: Callback
     deadline: float
+    cmd: Command | None = None
+    retry_until: float = 0.0
+    attempts: int = 0
 
 
 class Dispatcher:
     def __init__(self, gateway_id: str, transport: Transport, on_push: Callable[[Push], None], *,
                  timeout_s: float = 15.0, on_host_restart: Callable[[int], None] | None = None,
-                 on_gap: Callable[[Gap], None] | None = None) -> None:
+                 on_gap: Callable[[Gap], None] | None = None, cluster=None) -> None:
         self.gateway_id = gateway_id
         self.transport = transport
         self.on_push = on_push
@@ -57,15 +76,26 @@ class Dispatcher:
         self._stopping = False
         self.sent = 0
         self.received = 0
+        self.cluster = cluster                      # gateway.cluster_view.ClusterView, or None: fixed slots
+        self._misses: dict[int, int] = {}           # periodic pings timed out in a row, per host
+        self._probing: set[int] = set()
+        self.retries = 0
 
     def host_of(self, key: str) -> int:
-        return owner(key, self.transport.n_hosts)
+        return route(key, self.cluster.view if self.cluster is not None else None, self.transport.n_hosts)
+
+    def hosts(self) -> list[int]:
+        """The host slots to watch: the view's live ones (or the fixed slots)."""
+        if self.cluster is not None and self.cluster.view.members:
+            return list(self.cluster.view.slots)
+        return list(range(self.transport.n_hosts))
 
     # -- outbound ----------------------------------------------------------------------------
     def request(self, cmd: Command, callback: Callback) -> int:
         token = next(self._tokens)
         host = self.host_of(cmd.key)
-        self._pending[token] = _Pending(host, callback, time.monotonic() + self.timeout_s)
+        now = time.monotonic()
+        self._pending[token] = _Pending(host, callback, now + self.timeout_s, cmd, now + RETRY_WINDOW_S)
         self._out.add(host, [(token, cmd)])
         self.sent += 1
         return token
@@ -102,7 +132,7 @@ class Dispatcher:
             ErrorCode.HOST_UNAVAILABLE, f"host unreachable ({type(exc).__name__}); retry with the same op_id")
         for t in tokens:
             p = self._pending.pop(t, None)
-            if p is not None:
+            if p is not None and not self._retry(p, err):
                 p.callback(Reply.fail(err))
 
     # -- inbound -----------------------------------------------------------------------------
@@ -120,7 +150,7 @@ class Dispatcher:
                 else:
                     _, token, reply = item
                     p = self._pending.pop(token, None)
-                    if p is not None:
+                    if p is not None and not (reply.error is not None and self._retry(p, reply.error, ran=False)):
                         p.callback(reply)
             except Exception:
                 # one bad callback must not stop the rest of the host's frame from being routed
@@ -137,6 +167,7 @@ class Dispatcher:
         lost = [t for t, p in self._pending.items() if p.host == host]
         self._fail_tokens(lost, SyncopateError(ErrorCode.HOST_UNAVAILABLE,
                                                "the host went away; retry with the same op_id"))
+        self._probe(host)
 
     def host_restarted(self, host: int) -> None:
         """Same host process, new stream: nothing pending survived, and interest must be redone."""
@@ -145,6 +176,8 @@ class Dispatcher:
 
     # -- liveness and deadlines ------------------------------------------------------------------
     async def start(self, ping_every_s: float = 1.0) -> None:
+        if self.cluster is not None:
+            ping_every_s = min(ping_every_s, 0.3)     # the failure detector: node loss in seconds
         self._tasks.append(asyncio.create_task(self._liveness(ping_every_s)))
 
     async def stop(self) -> None:
@@ -157,7 +190,9 @@ class Dispatcher:
     async def check_hosts(self, timeout_s: float = 3.0) -> bool:
         """Ping every host at once, each with a short timeout; True when all answer. Detects
         restarts between deliveries. One host that is gone costs `timeout_s`, not a turn each."""
-        results = await asyncio.gather(*(self._check_host(h, timeout_s) for h in range(self.transport.n_hosts)))
+        if self.cluster is not None:
+            timeout_s = min(timeout_s, PROBE_TIMEOUT_S)
+        results = await asyncio.gather(*(self._check_host(h, timeout_s) for h in self.hosts()))
         return all(results)
 
     async def _check_host(self, host: int, timeout_s: float) -> bool:
@@ -166,15 +201,19 @@ class Dispatcher:
             async with asyncio.timeout(timeout_s):
                 inc = await self.transport.ping(host)
         except TimeoutError:
-            # slow is not dead (a loaded machine, a GC pause): what it owes keeps its deadline
+            # slow is not dead (a loaded machine, a GC pause): what it owes keeps its deadline.
+            # With a view, SUSPECT_AFTER of these in a row remove it (leases make that safe).
             log.warning("host %d did not answer its ping in %.1f s", host, timeout_s)
+            self._missed(host)
             return False
         except Exception as exc:
             err = exc if isinstance(exc, SyncopateError) else SyncopateError(
                 ErrorCode.HOST_UNAVAILABLE, f"host {host} did not answer its ping; retry with the same op_id")
             self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], err)
             # Keep the last incarnation known: the next good ping must see the restart.
+            self._missed(host, SUSPECT_AFTER)
             return False
+        self._misses.pop(host, None)
         known = self._incarnations.get(host)
         if known is None:
             self._incarnations[host] = inc
@@ -205,3 +244,67 @@ class Dispatcher:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    # -- failover (with a membership view) ---------------------------------------------------------
+    def _retry(self, p: _Pending, err: SyncopateError, ran: bool | None = None) -> bool:
+        """Send `p` again later, to whoever owns it then; False: not retried (answer the error).
+        `ran=False`: the host answered that it did not run it (NOT_OWNER, HOST_UNAVAILABLE: no
+        lease, evicted before commit); None: unknown (lost with its host), so only with an op id."""
+        if self.cluster is None or p.cmd is None or self._stopping or time.monotonic() >= p.retry_until:
+            return False
+        if err.code == ErrorCode.NOT_OWNER:
+            self.cluster.poke()                       # that host's view is newer than ours
+        elif err.code != ErrorCode.HOST_UNAVAILABLE or (p.cmd.op_id is None and ran is not False):
+            return False                              # it may have run: without an op id it might run twice
+        delay = min(RETRY_BACKOFF_S[0] * 2 ** p.attempts, RETRY_BACKOFF_S[1])
+        p.attempts += 1
+        self.retries += 1
+        asyncio.get_running_loop().call_later(delay, self._resend, p, err)
+        return True
+
+    def _resend(self, p: _Pending, err: SyncopateError) -> None:
+        host = self.host_of(p.cmd.key)
+        connected = getattr(self.transport, "connected", None)
+        if self._stopping or (connected is not None and not connected(host)):
+            # Still placed on a host we can't reach: wait for the view to move it (or the stream).
+            if not self._retry(p, err, ran=False):     # not sent again yet: it did not run since
+                p.callback(Reply.fail(err))
+            return
+        token = next(self._tokens)
+        p.host = host
+        self._pending[token] = p
+        self._out.add(host, [(token, p.cmd)])
+
+    def _missed(self, host: int, count: int = 1) -> None:
+        n = self._misses[host] = self._misses.get(host, 0) + count
+        if self.cluster is not None and n >= SUSPECT_AFTER:
+            self._misses.pop(host, None)
+            self._remove(host)
+
+    def _probe(self, host: int) -> None:
+        """Its stream broke: one short ping decides (a live host answers, and the stream re-opens)."""
+        if self.cluster is None or self._stopping or host in self._probing:
+            return
+        self._probing.add(host)
+
+        async def run() -> None:
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await self.transport.ping(host)
+            except Exception as exc:
+                log.warning("host %d: stream lost and no answer to a ping (%s): removing it", host, type(exc).__name__)
+                await self._removal(host)
+            finally:
+                self._probing.discard(host)
+
+        self._tasks.append(asyncio.ensure_future(run()))
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    def _remove(self, host: int) -> None:
+        self._tasks.append(asyncio.ensure_future(self._removal(host)))
+
+    async def _removal(self, host: int) -> None:
+        try:
+            await self.cluster.remove(host, self._incarnations.get(host))
+        except Exception as exc:
+            log.warning("removing host %d from the view failed: %s", host, exc)

@@ -39,6 +39,7 @@ class GatewayActor:
         self.cluster, self.gateway_id, self.n_hosts = cluster, gateway_id, n_hosts
         self.spec, self.listen = spec, listen
         self.server: GatewayServer | None = None
+        self._host_requests: list[dict] = []
         self._starting: asyncio.Future | None = None
 
     async def ensure_started(self) -> int:
@@ -61,10 +62,13 @@ class GatewayActor:
         # recently played and the stream counts read the event pipeline's store (docs/events.md)
         self.events = make_counts(self.spec["data_dir"], self.spec.get("postgres_dsn"), self.spec.get("prefix", "syncopate_"))
         await self.events.start()
+        view, resolve = self._membership()
         self.server = GatewayServer(
-            self.gateway_id, lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive),
-            Auth(token_secret), env.catalog, cfg, events=self.events,
+            self.gateway_id,
+            lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve),
+            Auth(token_secret), env.catalog, cfg, events=self.events, cluster=view,
             stream_secret=stream_secret)
+        self.server.ctx.host_control = lambda req: self._host_requests.append(req)   # the list is swapped when taken
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
@@ -79,6 +83,28 @@ class GatewayActor:
         new = await asyncio.get_running_loop().run_in_executor(None, Catalog.from_file, path)
         self.server.ctx.catalog.replace_with(new)
         return await self.server.ctx.catalog_changed()
+
+    def _membership(self):
+        """The membership view (gateway/cluster_view.py) on a store of the gateway's own, and how
+        to find a host slot added at runtime. Placement follows the view; this gateway removes
+        hosts it finds dead from it."""
+        from gateway.cluster_view import ClusterView
+        from storage.factory import make_store
+        spec = self.spec
+        store = make_store(spec["data_dir"], spec.get("redis_url"), spec.get("postgres_dsn"),
+                           prefix=spec.get("prefix", "syncopate_"))
+        view = ClusterView(store, self.cluster, own_store=True) if store.leases else None
+
+        async def resolve(slot: int):
+            return await asyncio.get_running_loop().run_in_executor(None, ray.get_actor, host_name(self.cluster, slot))
+
+        return view, resolve
+
+    async def host_requests(self) -> list:
+        """`syncopate hosts add|remove` requests the admin API queued here, for the driver to carry
+        out (it owns the host actors); taken once."""
+        out, self._host_requests = self._host_requests, []
+        return out
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -30,14 +30,17 @@ log = logging.getLogger("syncopate.gateway")
 class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
                  config: GatewayConfig | None = None, events: Any = None,
-                 stream_secret: str | None = None) -> None:
+                 stream_secret: str | None = None, cluster=None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
         self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
         self.transport = make_transport(self.receive)
         self.dispatcher = Dispatcher(gateway_id, self.transport, self._route,
                                      on_host_restart=lambda host: self.ctx.subscriptions.host_restarted(host),
-                                     on_gap=lambda gap: self.ctx.subscriptions.on_gap(gap))
+                                     on_gap=lambda gap: self.ctx.subscriptions.on_gap(gap), cluster=cluster)
+        self.cluster = cluster                  # gateway.cluster_view.ClusterView (membership), or None
+        if cluster is not None:
+            cluster.on_change = self._view_changed
         # A stream re-opened to the same host process: it forgot our interest with the old stream.
         self.transport.on_reset = self.dispatcher.host_restarted
         self.transport.on_lost = self.dispatcher.host_lost
@@ -57,7 +60,15 @@ class GatewayServer:
     def receive(self, host: int, incarnation: str, items: list) -> None:
         self.dispatcher.receive(host, incarnation, items)
 
+    def _view_changed(self, before, after) -> None:
+        """Membership moved entities: subscriptions of those keys move to their new owner."""
+        from actors.membership import route
+        n = self.transport.n_hosts
+        self.ctx.subscriptions.moved(lambda key: route(key, before, n) != route(key, after, n))
+
     async def start(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.dispatcher.start()
         self._heartbeat = asyncio.create_task(self._heartbeats())
         self._rights = asyncio.create_task(self.ctx.data_rights.watch())   # deleted users; resumes deletions
@@ -86,6 +97,8 @@ class GatewayServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.dispatcher.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         close = getattr(self.transport, "close", None)
         if close is not None:
             await close()
@@ -98,7 +111,7 @@ class GatewayServer:
                 return {"host": i, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
         # every host at once, with a short timeout: one host that is gone must not time health out
-        hosts = list(await asyncio.gather(*(one(i) for i in range(self.transport.n_hosts))))
+        hosts = list(await asyncio.gather(*(one(i) for i in self.dispatcher.hosts())))
         ok = all(bool(st.get("store_ok")) for st in hosts)
         self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
         self.metrics.set_gateway_stats({**self.ctx.subscriptions.stats(),

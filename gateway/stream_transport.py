@@ -20,40 +20,57 @@ log = logging.getLogger("syncopate.gateway")
 
 
 class StreamTransport:
+    """Streams by host slot. `handles` are the first `n_hosts` slots' Ray handles; a slot beyond
+    them (a host added at runtime, in the membership view) is found through `resolve(slot)`."""
+
     def __init__(self, gateway_id: str, handles: list, secret: str | bytes,
-                 receive: Callable[[int, str, list], None]) -> None:
+                 receive: Callable[[int, str, list], None], resolve: Callable | None = None) -> None:
         self.gateway_id = gateway_id
-        self.handles = handles
+        self.handles: dict = dict(handles) if isinstance(handles, dict) else dict(enumerate(handles))
+        self._n_hosts = len(self.handles)
+        self.resolve = resolve                   # async slot -> handle
         self.auth = ChannelAuth(secret)
         self.receive = receive
         self.on_reset: Callable[[int], None] = lambda host: None     # same host, new stream
         self.on_lost: Callable[[int], None] = lambda host: None      # a stream closed
-        self.writers: list[asyncio.StreamWriter | None] = [None] * len(handles)
-        self.incarnations: list[str | None] = [None] * len(handles)
-        self._readers: list[asyncio.Task | None] = [None] * len(handles)
-        self._locks = [asyncio.Lock() for _ in handles]
+        self.writers: dict[int, asyncio.StreamWriter | None] = {}
+        self.incarnations: dict[int, str | None] = {}
+        self._readers: dict[int, asyncio.Task] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
 
     @property
     def n_hosts(self) -> int:
-        return len(self.handles)
+        return self._n_hosts
+
+    def connected(self, host: int) -> bool:
+        w = self.writers.get(host)
+        return w is not None and not w.is_closing()
 
     async def start(self) -> None:
         for i in range(self.n_hosts):
             await self._connect(i)
 
     async def close(self) -> None:
-        for i, w in enumerate(self.writers):
-            if self._readers[i] is not None:
+        for i, w in list(self.writers.items()):
+            if self._readers.get(i) is not None:
                 self._readers[i].cancel()
             if w is not None:
                 w.close()
 
+    async def _handle(self, host: int):
+        handle = self.handles.get(host)
+        if handle is None:
+            if self.resolve is None:
+                raise ConnectionError(f"no host {host}")
+            handle = self.handles[host] = await self.resolve(host)
+        return handle
+
     async def _connect(self, host: int) -> str:
-        async with self._locks[host]:
-            w = self.writers[host]
+        async with self._locks.setdefault(host, asyncio.Lock()):
+            w = self.writers.get(host)
             if w is not None and not w.is_closing():
                 return self.incarnations[host]
-            info = await self.handles[host].ready.remote()
+            info = await (await self._handle(host)).ready.remote()
             reader, writer = await asyncio.open_connection(info["addr"][0], info["addr"][1])
             try:
                 # Nothing is trusted (or read as a batch) until the host proved the channel secret.
@@ -61,7 +78,7 @@ class StreamTransport:
             except BaseException:
                 writer.transport.abort()
                 raise
-            previous = self.incarnations[host]
+            previous = self.incarnations.get(host)
             self.incarnations[host] = ack["incarnation"]
             self.writers[host] = writer
             self._readers[host] = asyncio.get_running_loop().create_task(self._read(host, reader, writer))
@@ -89,7 +106,7 @@ class StreamTransport:
         except Exception:
             log.exception("stream to host %d failed", host)
         finally:
-            current = self.writers[host] is writer
+            current = self.writers.get(host) is writer
             if current:
                 self.writers[host] = None
             writer.close()
@@ -100,7 +117,7 @@ class StreamTransport:
                 self.on_lost(host)
 
     def send(self, host: int, requests: list) -> None:
-        w = self.writers[host]
+        w = self.writers.get(host)
         if w is None or w.is_closing():
             raise ConnectionError(f"no stream to host {host}")
         frames, refused = encode_requests(requests)
@@ -115,9 +132,9 @@ class StreamTransport:
 
     async def ping(self, host: int) -> str:
         """The host's incarnation, through Ray (liveness); re-opens a broken stream."""
-        inc = await self.handles[host].ping.remote()
-        w = self.writers[host]
-        if w is not None and inc != self.incarnations[host]:
+        inc = await (await self._handle(host)).ping.remote()
+        w = self.writers.get(host)
+        if w is not None and inc != self.incarnations.get(host):
             w.close()                       # a stream to the dead incarnation: don't wait for its EOF
             self.writers[host] = None
             self.on_lost(host)
@@ -127,4 +144,4 @@ class StreamTransport:
         return inc
 
     async def stats(self, host: int) -> dict:
-        return await self.handles[host].stats.remote()
+        return await (await self._handle(host)).stats.remote()

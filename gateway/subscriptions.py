@@ -262,6 +262,14 @@ class Subscriptions:
                 for conn in list(self.members.get(key, ())):
                     self.resync(conn, key)
 
+    def moved(self, changed: Callable[[str], bool]) -> None:
+        """The membership view moved some entities (`changed(key)`): their new owner has none of
+        our interest yet, so resubscribe their members there, from their watermarks."""
+        for key in self.keys():
+            if changed(key):
+                for conn in list(self.members.get(key, ())):
+                    self.resync(conn, key)
+
     def resync(self, conn: Connection, key: str, attempt: int = 0) -> None:
         """Resubscribe one member from its watermark. It gets the missed changes (or the state) as a
         `resync` push, then the pushes after it; a refusal for real ends the subscription."""

@@ -36,6 +36,7 @@ class ErrorCode(str, Enum):
     # -- runtime -----------------------------------------------------------------------------
     HOST_UNAVAILABLE = "HOST_UNAVAILABLE"        # retry with the same op id; it is idempotent
     STALE_EPOCH = "STALE_EPOCH"                  # this host no longer owns the entity
+    NOT_OWNER = "NOT_OWNER"                      # the entity is placed on another host now (not run here): retry
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
     OVERLOADED = "OVERLOADED"                    # a host budget is full (mailbox, pending, active): retry later
@@ -80,6 +81,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.HOST_UNAVAILABLE: 503,
     ErrorCode.STALE_EPOCH: 503,
+    ErrorCode.NOT_OWNER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.OVERLOADED: 503,
@@ -109,7 +111,7 @@ SPOTIFY_REASONS = frozenset({
     "DEVICE_NOT_CONTROLLABLE", "VOLUME_CONTROL_DISALLOW", "NO_ACTIVE_DEVICE", "PREMIUM_REQUIRED", "UNKNOWN"})
 
 # Codes a client may retry with the same op id (the operation is idempotent).
-RETRYABLE = frozenset({ErrorCode.HOST_UNAVAILABLE, ErrorCode.STALE_EPOCH,
+RETRYABLE = frozenset({ErrorCode.HOST_UNAVAILABLE, ErrorCode.STALE_EPOCH, ErrorCode.NOT_OWNER,
                        ErrorCode.STORE_UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED,
                        ErrorCode.OVERLOADED})
 

@@ -53,7 +53,7 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-RETRY_CODES = {"HOST_UNAVAILABLE", "STALE_EPOCH", "STORE_UNAVAILABLE", "TIMEOUT", "RATE_LIMITED"}
+RETRY_CODES = {"HOST_UNAVAILABLE", "STALE_EPOCH", "NOT_OWNER", "STORE_UNAVAILABLE", "TIMEOUT", "RATE_LIMITED"}
 
 
 def raise_fd_limit() -> int:

@@ -36,7 +36,7 @@ import orjson
 
 log = logging.getLogger("syncopate.sim.client")
 
-RETRYABLE = frozenset({"HOST_UNAVAILABLE", "STALE_EPOCH", "STORE_UNAVAILABLE", "TIMEOUT", "RATE_LIMITED",
+RETRYABLE = frozenset({"HOST_UNAVAILABLE", "STALE_EPOCH", "NOT_OWNER", "STORE_UNAVAILABLE", "TIMEOUT", "RATE_LIMITED",
                        "CONNECTION_LOST", "INTERNAL_RETRY"})
 
 # Requests that change state: they get an op id so that a retry is applied once.

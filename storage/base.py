@@ -16,8 +16,15 @@ survives it: the store keeps one global *epoch floor*, the greatest epoch ever e
 key that has no owners row `floor + 1` on its next acquire(), so every epoch handed out after an
 erase is greater than every epoch handed out before it, without remembering the key.
 
-Rejected alternative: leases with expiry times. They need synchronised clocks and still let a
-paused process write after its lease ran out; a fencing token checked inside the commit doesn't.
+Writes are fenced by the epoch alone (a lease can't fence a paused process's late write; the token
+checked inside the commit can). Reads are fenced by a *host lease* on top (actors/ownership.py; in
+docs/architecture.md, "Membership, leases and handoff"): a host that passes `holder` to `acquire`
+owns the entity only while its lease (one row per host process, renewed in one round trip per
+period, however many entities it holds) is live, and nobody else can acquire the entity until that
+lease has expired (the store's clock) or the holder released the entity. The host stops answering
+before its lease can have expired (it counts from when it *sent* the renewal), so a read it answers
+is never older than a write of a new owner. The store also keeps each deployment's membership view
+(the live host slots, with an epoch of its own, changed by compare-and-set).
 """
 from __future__ import annotations
 
@@ -58,6 +65,36 @@ class Append:
     records: list[Record]
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A deployment's membership view: which host slots are live, and which process (holder id,
+    the one its lease is under) each is. Every change bumps `epoch` (compare-and-set)."""
+    epoch: int = 0
+    members: dict[int, str] = field(default_factory=dict)      # slot -> holder id
+
+    @property
+    def slots(self) -> tuple[int, ...]:
+        return tuple(sorted(self.members))
+
+    def to_json(self) -> str:
+        import json
+        return json.dumps(sorted([s, h] for s, h in self.members.items()))
+
+    @staticmethod
+    def from_row(epoch: int, members: str) -> "Membership":
+        import json
+        return Membership(int(epoch), {int(s): str(h) for s, h in json.loads(members)})
+
+
+class LeaseHeld(SyncopateError):
+    """acquire(key, holder) refused: another holder's lease on `key` is live (retry once it has
+    expired or been released). Retryable, like HOST_UNAVAILABLE, if it ever reaches a client."""
+
+    def __init__(self, key: str, holder: str) -> None:
+        super().__init__(ErrorCode.HOST_UNAVAILABLE, f"{key}: held by {holder} under a live lease; retry")
+        self.key, self.holder = key, holder
+
+
 def stale(key: str, epoch: int, current: int | None) -> SyncopateError:
     return SyncopateError(ErrorCode.STALE_EPOCH, f"{key}: epoch {epoch} is not the owner (current {current})")
 
@@ -78,9 +115,15 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections."""
 
+    leases: bool = True              # implements holder leases and membership (the methods below)
+
     @abc.abstractmethod
-    async def acquire(self, key: str) -> int:
-        """Become the owner of `key`: returns a new epoch, greater than every epoch handed out before."""
+    async def acquire(self, key: str, holder: str | None = None) -> int:
+        """Become the owner of `key`: returns a new epoch, greater than every epoch handed out before.
+
+        With `holder` (a host lease id, open_lease): refused with LeaseHeld while another holder's
+        lease on the key is live and it has not released it; the key is then held by `holder`.
+        Without: taken unconditionally and held by nobody (fencing only, no read lease)."""
 
     @abc.abstractmethod
     async def load(self, key: str) -> Loaded:
@@ -116,3 +159,37 @@ class Store(abc.ABC):
     async def ping(self) -> bool:
         """Health: True when the backend answers."""
         return True
+
+    # -- host leases (read fencing) and the membership view ------------------------------------
+    async def release(self, key: str, epoch: int, holder: str) -> bool:
+        """The holder gives `key` up (passivated, handed off): the next acquire need not wait for
+        its lease. Only while `epoch` is current and `holder` holds it; True if released."""
+        raise _no_leases(self)
+
+    async def open_lease(self, holder: str, lease_s: float) -> bool:
+        """Start `holder`'s lease, live for `lease_s` from now (store clock). Holder ids are unique
+        per host process; False if this one was revoked."""
+        raise _no_leases(self)
+
+    async def renew_lease(self, holder: str, lease_s: float) -> bool:
+        """Extend a live lease to `lease_s` from now. False, and nothing changes, if it had already
+        expired or was revoked: the holder has lost every key it held and must drop them."""
+        raise _no_leases(self)
+
+    async def revoke_lease(self, holder: str) -> None:
+        """No more renewals for `holder` (it was removed from the membership): its lease runs out
+        at the expiry it has, never earlier (a slow holder may still be answering until then)."""
+        raise _no_leases(self)
+
+    async def membership(self, name: str) -> Membership:
+        """The current view of deployment `name` (epoch 0, no members: never written)."""
+        raise _no_leases(self)
+
+    async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
+        """Compare-and-set: the view becomes `members` at epoch expected + 1 if the current epoch is
+        `expected_epoch`; None (nothing changed) if someone changed it first."""
+        raise _no_leases(self)
+
+
+def _no_leases(store: Store) -> SyncopateError:
+    return SyncopateError(ErrorCode.INTERNAL, f"the {store.name} store keeps no leases or membership")

@@ -3,17 +3,22 @@ test that mutates what it stored (or what it loaded) can't pass by aliasing."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import Append, Loaded, Record, Snapshot, Store, stale
+from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale
 
 
 class MemoryStore(Store):
     name = "memory"
     durable = True   # stands in for a durable store in unit tests
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock                               # the store's clock (leases); tests move it
         self._epochs: dict[str, int] = {}
+        self._holders: dict[str, str | None] = {}        # key -> holder id (None: unleased / released)
+        self._leases: dict[str, list] = {}               # holder -> [until, revoked]
+        self._views: dict[str, Membership] = {}
         self._records: dict[str, list[Record]] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self.commits = 0            # how many transactions append() ran: group commit is observable
@@ -28,9 +33,17 @@ class MemoryStore(Store):
         if self.down:
             raise SyncopateError(ErrorCode.STORE_UNAVAILABLE, "memory store is down (test hook)")
 
-    async def acquire(self, key: str) -> int:
+    def _live(self, holder: str | None) -> bool:
+        lease = self._leases.get(holder) if holder else None
+        return lease is not None and lease[0] > self.clock()
+
+    async def acquire(self, key: str, holder: str | None = None) -> int:
         await asyncio.sleep(0)
         self._check_up()
+        cur = self._holders.get(key)
+        if holder is not None and cur is not None and cur != holder and self._live(cur):
+            raise LeaseHeld(key, cur)
+        self._holders[key] = holder
         self.acquired += 1
         self._epochs[key] = self._epochs.get(key, self.epoch_floor) + 1
         return self._epochs[key]
@@ -81,6 +94,51 @@ class MemoryStore(Store):
         self._snapshots[key] = Snapshot(snapshot.seq, bytes(snapshot.data))
         self._records[key] = [r for r in self._records.get(key, []) if r.seq > snapshot.seq]
 
+    async def release(self, key: str, epoch: int, holder: str) -> bool:
+        await asyncio.sleep(0)
+        self._check_up()
+        if self._epochs.get(key) == epoch and self._holders.get(key) == holder:
+            self._holders[key] = None
+            return True
+        return False
+
+    async def open_lease(self, holder: str, lease_s: float) -> bool:
+        await asyncio.sleep(0)
+        self._check_up()
+        lease = self._leases.setdefault(holder, [0.0, False])
+        if lease[1]:
+            return False
+        lease[0] = self.clock() + lease_s
+        return True
+
+    async def renew_lease(self, holder: str, lease_s: float) -> bool:
+        await asyncio.sleep(0)
+        self._check_up()
+        lease = self._leases.get(holder)
+        if lease is None or lease[1] or lease[0] <= self.clock():
+            return False
+        lease[0] = self.clock() + lease_s
+        return True
+
+    async def revoke_lease(self, holder: str) -> None:
+        await asyncio.sleep(0)
+        self._check_up()
+        if holder in self._leases:
+            self._leases[holder][1] = True
+
+    async def membership(self, name: str) -> Membership:
+        await asyncio.sleep(0)
+        self._check_up()
+        return self._views.get(name, Membership())
+
+    async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
+        await asyncio.sleep(0)
+        self._check_up()
+        if self._views.get(name, Membership()).epoch != expected_epoch:
+            return None
+        view = self._views[name] = Membership(expected_epoch + 1, dict(members))
+        return view
+
     async def erase(self, key: str, epoch: int) -> bool:
         await asyncio.sleep(0)
         self._check_up()
@@ -90,6 +148,7 @@ class MemoryStore(Store):
         if cur != epoch:
             raise stale(key, epoch, cur)
         del self._epochs[key]
+        self._holders.pop(key, None)
         self._records.pop(key, None)
         self._snapshots.pop(key, None)
         self.epoch_floor = max(self.epoch_floor, epoch)

@@ -47,9 +47,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from protocols.errors import SyncopateError
-from storage.base import Append, Loaded, Record, Snapshot, Store, stale, unavailable
+from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 # MIGRATIONS[v] upgrades a schema at version v to v + 1; version 0 is "nothing yet".
@@ -61,13 +61,41 @@ MIGRATIONS = {
         ("CREATE TABLE IF NOT EXISTS {p}snapshots (key text PRIMARY KEY, seq bigint NOT NULL,"
          " epoch bigint NOT NULL, data bytea NOT NULL)"),
     ],
+    # host leases (read fencing) and the membership view
+    1: [
+        "ALTER TABLE {p}owners ADD COLUMN IF NOT EXISTS holder text",
+        "CREATE TABLE IF NOT EXISTS {p}leases (holder text PRIMARY KEY, until timestamptz NOT NULL, revoked boolean NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS {p}membership (name text PRIMARY KEY, epoch bigint NOT NULL, members text NOT NULL)",
+    ],
 }
 
 SQL = {
     # a key with no owners row starts above the epoch floor (erase(): storage.base)
     "acquire": "INSERT INTO {p}owners (key, epoch) VALUES ($1, 1 + coalesce((SELECT v::bigint FROM {p}meta"
                " WHERE k = 'epoch_floor'), 0)) ON CONFLICT (key)"
-               " DO UPDATE SET epoch = {p}owners.epoch + 1 RETURNING epoch",
+               " DO UPDATE SET epoch = {p}owners.epoch + 1, holder = NULL RETURNING epoch",
+    # Leased acquire, in one transaction: lock the owners row (created if missing; an epoch-0 row
+    # never commits alone; a new key's starts at the epoch floor, so it is taken at floor + 1), then
+    # the current holder's lease row FOR SHARE, so a renewal in flight finishes first and the expiry
+    # compared is the newest one; then take it.
+    "lock_owner": "INSERT INTO {p}owners (key, epoch) VALUES ($1, coalesce((SELECT v::bigint FROM {p}meta"
+                  " WHERE k = 'epoch_floor'), 0)) ON CONFLICT (key)"
+                  " DO UPDATE SET epoch = {p}owners.epoch RETURNING holder",
+    "lease_live": "SELECT until > clock_timestamp() FROM {p}leases WHERE holder = $1 FOR SHARE",
+    "take": "UPDATE {p}owners SET epoch = epoch + 1, holder = $2 WHERE key = $1 RETURNING epoch",
+    "release": "UPDATE {p}owners SET holder = NULL WHERE key = $1 AND epoch = $2 AND holder = $3",
+    "open_lease": "INSERT INTO {p}leases (holder, until, revoked)"
+                  " VALUES ($1, clock_timestamp() + make_interval(secs => $2::float8), false)"
+                  " ON CONFLICT (holder) DO UPDATE SET until = excluded.until WHERE NOT {p}leases.revoked",
+    # an UPDATE waits for an acquire's FOR SHARE and re-checks the expiry on the newest row
+    "renew_lease": "UPDATE {p}leases SET until = clock_timestamp() + make_interval(secs => $2::float8)"
+                   " WHERE holder = $1 AND NOT revoked AND until > clock_timestamp()",
+    "revoke_lease": "UPDATE {p}leases SET revoked = true WHERE holder = $1",
+    "membership": "SELECT epoch, members FROM {p}membership WHERE name = $1",
+    "membership_new": "INSERT INTO {p}membership (name, epoch, members) VALUES ($1, 1, $2)"
+                      " ON CONFLICT (name) DO NOTHING RETURNING epoch",
+    "membership_cas": "UPDATE {p}membership SET epoch = epoch + 1, members = $3 WHERE name = $1 AND epoch = $2"
+                      " RETURNING epoch",
     "last_seq": "SELECT coalesce(greatest((SELECT max(seq) FROM {p}records WHERE key = $1),"
                 " (SELECT seq FROM {p}snapshots WHERE key = $1)), -1)",
     "load": "WITH s AS (SELECT seq, data FROM {p}snapshots WHERE key = $1)"
@@ -228,12 +256,50 @@ class PostgresStore(Store):
         """Drop this prefix's tables (test cleanup)."""
         p = self.prefix
         async with self._conn() as conn:
-            await conn.execute(f"DROP TABLE IF EXISTS {p}records, {p}snapshots, {p}owners, {p}meta")
+            await conn.execute(f"DROP TABLE IF EXISTS {p}records, {p}snapshots, {p}owners, {p}leases,"
+                               f" {p}membership, {p}meta")
 
     # -- contract ----------------------------------------------------------------------------
-    async def acquire(self, key: str) -> int:
+    async def acquire(self, key: str, holder: str | None = None) -> int:
+        if holder is None:
+            async with self._conn() as conn:
+                return await conn.fetchval(self._sql["acquire"], key)
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.fetchval(self._sql["lock_owner"], key)
+            if cur is not None and cur != holder and await conn.fetchval(self._sql["lease_live"], cur):
+                raise LeaseHeld(key, cur)          # rolls back: nothing changed
+            return await conn.fetchval(self._sql["take"], key, holder)
+
+    async def _exec(self, name: str, *args) -> int:
         async with self._conn() as conn:
-            return await conn.fetchval(self._sql["acquire"], key)
+            status = await conn.execute(self._sql[name], *args)
+        return int(status.rsplit(" ", 1)[-1])            # rows changed ("UPDATE 1", "INSERT 0 1")
+
+    async def release(self, key: str, epoch: int, holder: str) -> bool:
+        return await self._exec("release", key, epoch, holder) == 1
+
+    async def open_lease(self, holder: str, lease_s: float) -> bool:
+        return await self._exec("open_lease", holder, float(lease_s)) == 1
+
+    async def renew_lease(self, holder: str, lease_s: float) -> bool:
+        return await self._exec("renew_lease", holder, float(lease_s)) == 1
+
+    async def revoke_lease(self, holder: str) -> None:
+        await self._exec("revoke_lease", holder)
+
+    async def membership(self, name: str) -> Membership:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(self._sql["membership"], name)
+        return Membership.from_row(row[0], row[1]) if row else Membership()
+
+    async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
+        text = Membership(0, members).to_json()
+        async with self._conn() as conn:
+            if expected_epoch == 0:
+                epoch = await conn.fetchval(self._sql["membership_new"], name, text)
+            else:
+                epoch = await conn.fetchval(self._sql["membership_cas"], name, expected_epoch, text)
+        return None if epoch is None else Membership.from_row(epoch, text)
 
     async def last_seq(self, key: str) -> int:
         """The last committed seq of `key` (records or snapshot; -1: nothing stored). An index

@@ -27,6 +27,7 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
 from redis.utils import get_lib_version
 
+from protocols.errors import ErrorCode, SyncopateError
 from storage.base import Append, Loaded, Record, Snapshot, Store, stale, unavailable
 
 # KEYS: per item (owner, records, snapshot). ARGV: per item epoch, count, then count x (seq, member).
@@ -173,7 +174,11 @@ class RedisStore(Store):
         if batch:
             await self._call(self.client.unlink(*batch))
 
-    async def acquire(self, key: str) -> int:
+    leases = False          # never the acknowledging store: no host leases, no membership view here
+
+    async def acquire(self, key: str, holder: str | None = None) -> int:
+        if holder is not None:
+            raise SyncopateError(ErrorCode.INTERNAL, "the redis store keeps no leases: use PostgreSQL or tiered")
         return int(await self._call(self._acquire(keys=[self.key("o", key), f"{self.prefix}epoch_floor"])))
 
     async def load(self, key: str) -> Loaded:

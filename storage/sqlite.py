@@ -13,9 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from storage.base import Append, Loaded, Record, Snapshot, Store, stale, unavailable
+from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS owners (key TEXT PRIMARY KEY, epoch INTEGER NOT NULL)",
@@ -23,7 +23,11 @@ SCHEMA = [
     " data BLOB NOT NULL, PRIMARY KEY (key, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, epoch INTEGER NOT NULL,"
     " data BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (holder TEXT PRIMARY KEY, until REAL NOT NULL, revoked INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS membership (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL, members TEXT NOT NULL)",
 ]
+# Upgrades from version v to v + 1 (after SCHEMA, which only creates what is missing).
+MIGRATIONS = {1: ["ALTER TABLE owners ADD COLUMN holder TEXT"]}
 
 
 class SQLiteStore(Store):
@@ -70,27 +74,79 @@ class SQLiteStore(Store):
         for stmt in SCHEMA:
             db.execute(stmt)
         row = db.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        version = 1 if row is None else int(row[0])     # a new file has version 1's tables now
+        if version > SCHEMA_VERSION:
             db.execute("ROLLBACK")
             raise sqlite3.DatabaseError(f"{self.path}: schema {row[0]} is newer than this code ({SCHEMA_VERSION})")
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in MIGRATIONS[v]:
+                db.execute(stmt)
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                   (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
         self._db = db
 
-    def _acquire(self, key: str) -> int:
+    def _acquire(self, key: str, holder: str | None) -> int:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")      # the write lock: no renewal or other acquire interleaves
         try:
+            if holder is not None:
+                cur = db.execute("SELECT o.holder FROM owners o JOIN leases l ON l.holder = o.holder"
+                                 " WHERE o.key = ? AND o.holder != ? AND l.until > ?",
+                                 (key, holder, time.time())).fetchone()
+                if cur is not None:
+                    raise LeaseHeld(key, cur[0])
             # a key with no owners row starts above the epoch floor (erase(): storage.base)
-            row = db.execute("INSERT INTO owners(key, epoch) VALUES (?, 1 + coalesce((SELECT CAST(v AS INTEGER)"
-                             " FROM meta WHERE k='epoch_floor'), 0)) ON CONFLICT(key) DO UPDATE"
-                             " SET epoch = epoch + 1 RETURNING epoch", (key,)).fetchone()
+            row = db.execute("INSERT INTO owners(key, epoch, holder) VALUES (?, 1 + coalesce((SELECT CAST(v AS INTEGER)"
+                             " FROM meta WHERE k='epoch_floor'), 0), ?) ON CONFLICT(key) DO UPDATE"
+                             " SET epoch = epoch + 1, holder = excluded.holder RETURNING epoch", (key, holder)).fetchone()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return row[0]
+
+    def _write(self, sql: str, args: tuple) -> int:
+        """One statement in its own write transaction; the rows it changed."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n = db.execute(sql, args).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
+
+    def _open_lease(self, holder: str, lease_s: float) -> bool:
+        return self._write("INSERT INTO leases(holder, until, revoked) VALUES (?, ?, 0) ON CONFLICT(holder)"
+                           " DO UPDATE SET until = excluded.until WHERE revoked = 0",
+                           (holder, time.time() + lease_s)) == 1
+
+    def _renew_lease(self, holder: str, lease_s: float) -> bool:
+        now = time.time()
+        return self._write("UPDATE leases SET until = ? WHERE holder = ? AND revoked = 0 AND until > ?",
+                           (now + lease_s, holder, now)) == 1
+
+    def _membership(self, name: str) -> Membership:
+        row = self._db.execute("SELECT epoch, members FROM membership WHERE name = ?", (name,)).fetchone()
+        return Membership.from_row(*row) if row else Membership()
+
+    def _change_membership(self, name: str, expected: int, members: str) -> Membership | None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT epoch FROM membership WHERE name = ?", (name,)).fetchone()
+            if (row[0] if row else 0) != expected:
+                db.execute("ROLLBACK")
+                return None
+            db.execute("INSERT INTO membership(name, epoch, members) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                       " SET epoch = excluded.epoch, members = excluded.members", (name, expected + 1, members))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Membership.from_row(expected + 1, members)
 
     def _load(self, key: str) -> Loaded:
         db = self._db
@@ -206,8 +262,27 @@ class SQLiteStore(Store):
             self._db = None
         self._pool.shutdown(wait=False)
 
-    async def acquire(self, key: str) -> int:
-        return await self._run(self._acquire, key)
+    async def acquire(self, key: str, holder: str | None = None) -> int:
+        return await self._run(self._acquire, key, holder)
+
+    async def release(self, key: str, epoch: int, holder: str) -> bool:
+        return await self._run(self._write, "UPDATE owners SET holder = NULL WHERE key = ? AND epoch = ? AND holder = ?",
+                               (key, epoch, holder)) == 1
+
+    async def open_lease(self, holder: str, lease_s: float) -> bool:
+        return await self._run(self._open_lease, holder, lease_s)
+
+    async def renew_lease(self, holder: str, lease_s: float) -> bool:
+        return await self._run(self._renew_lease, holder, lease_s)
+
+    async def revoke_lease(self, holder: str) -> None:
+        await self._run(self._write, "UPDATE leases SET revoked = 1 WHERE holder = ?", (holder,))
+
+    async def membership(self, name: str) -> Membership:
+        return await self._run(self._membership, name)
+
+    async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
+        return await self._run(self._change_membership, name, expected_epoch, Membership(0, members).to_json())
 
     async def load(self, key: str) -> Loaded:
         return await self._run(self._load, key)

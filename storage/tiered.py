@@ -151,8 +151,27 @@ class TieredStore(Store):
             pass     # the entry stays, detectably stale (see the module docstring)
 
     # -- contract ----------------------------------------------------------------------------
-    async def acquire(self, key: str) -> int:
-        return await self.pg.acquire(key)
+    async def acquire(self, key: str, holder: str | None = None) -> int:
+        return await self.pg.acquire(key, holder)
+
+    # Leases and membership live in PostgreSQL alone (it fences; the cache holds no owner state).
+    async def release(self, key: str, epoch: int, holder: str) -> bool:
+        return await self.pg.release(key, epoch, holder)
+
+    async def open_lease(self, holder: str, lease_s: float) -> bool:
+        return await self.pg.open_lease(holder, lease_s)
+
+    async def renew_lease(self, holder: str, lease_s: float) -> bool:
+        return await self.pg.renew_lease(holder, lease_s)
+
+    async def revoke_lease(self, holder: str) -> None:
+        await self.pg.revoke_lease(holder)
+
+    async def membership(self, name: str):
+        return await self.pg.membership(name)
+
+    async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]):
+        return await self.pg.change_membership(name, expected_epoch, members)
 
     async def _cached(self, key: str):
         try:

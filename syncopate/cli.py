@@ -163,6 +163,29 @@ def _app(args) -> int:
     return 0
 
 
+def _hosts(args) -> int:
+    """`hosts add|remove N` asks the running server's driver (through the /admin API) and waits for
+    the membership view to show it; `hosts list` prints the view."""
+    import time
+    if args.action == "list":
+        _print(_admin(args, "GET", "/admin/hosts"))
+        return 0
+    if args.n < 1:
+        raise SystemExit("syncopate: N must be at least 1")
+    before = _admin(args, "POST", "/admin/hosts", {args.action: args.n})
+    want = len(before["hosts"]) + (args.n if args.action == "add" else -args.n)
+    deadline = time.monotonic() + args.wait
+    while True:
+        view = _admin(args, "GET", "/admin/hosts")
+        if view["epoch"] > before["epoch"] and len(view["hosts"]) == want:
+            _print(view)
+            return 0
+        if time.monotonic() > deadline:
+            raise SystemExit(f"syncopate: the view still has {len(view['hosts'])} hosts after {args.wait:.0f} s "
+                             f"(wanted {want}); see the server's log")
+        time.sleep(0.5)
+
+
 def _admin_options(p) -> None:
     p.add_argument("--server", default="http://127.0.0.1:8080", help="the running server's URL")
     p.add_argument("--data-dir", default="./var", help="where secret.key is (to mint the operator token)")
@@ -295,6 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--limit", type=int, default=50)
     _admin_options(a)
     ap.set_defaults(fn=_app)
+
+    hp = sub.add_parser("hosts", help="list, add or remove entity hosts of the running server")
+    hsub = hp.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        a = hsub.add_parser(action)
+        a.add_argument("n", type=int, help="how many hosts")
+        a.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the membership view")
+        _admin_options(a)
+    _admin_options(hsub.add_parser("list"))
+    hp.set_defaults(fn=_hosts)
 
     try:
         from simulations.cli import add_parsers

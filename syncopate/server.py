@@ -125,7 +125,7 @@ class RayServer:
         if spec.channel_bind and spec.channel_bind != "node":
             check_channel_bind(spec.channel_bind)
         init_ray(spec.ray_address)
-        aspec = spec.actor_spec(str(secret_file), str(channel_file), str(stream_file))
+        aspec = self.aspec = spec.actor_spec(str(secret_file), str(channel_file), str(stream_file))
         if spec.ray_address and not spec.postgres_dsn:      # SQLite on a cluster: every host checks the dir
             aspec["shared_dir_token"] = write_marker(spec.data_dir, self.cluster)
         strategies = self._host_strategies(timeout)
@@ -205,7 +205,8 @@ class RayServer:
 
     def supervise_once(self, timeout: float = 30.0) -> None:
         """Make sure every gateway listens and the events consumer consumes (Ray restarts a dead
-        actor, not what it started)."""
+        actor, not what it started), and carry out the `hosts add|remove` requests the gateways
+        queued."""
         import ray
         if self.node_gateways is not None:
             self._supervise_node_gateways(timeout)
@@ -219,6 +220,63 @@ class RayServer:
                 ray.get(self.events.ready.remote(), timeout=timeout)
             except Exception as exc:
                 log.warning("events consumer supervision: %s", exc)
+        self._supervise_hosts(timeout)
+    # -- elastic hosts (membership: actors/ownership.py) ---------------------------------------------
+    def _supervise_hosts(self, timeout: float) -> None:
+        import ray
+        # Each gateway on its own: one on a dead node must not cost the others' requests.
+        refs = [g.host_requests.remote() for g in self.gateways]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(timeout, 5.0))
+        batches = []
+        for ref in ready:
+            try:
+                batches.append(ray.get(ref))
+            except Exception as exc:
+                log.warning("host requests: %s", exc)
+        for req in (r for batch in batches for r in batch):
+            log.warning("hosts %s %d: requested (view epoch %d)", req["action"], req["n"], req["epoch"])
+            try:
+                if req["action"] == "add":
+                    self.add_hosts(req["n"], timeout)
+                else:
+                    self.remove_hosts(req["n"], timeout)
+            except Exception as exc:
+                log.warning("hosts %s %d failed: %s", req["action"], req["n"], exc)
+
+    def add_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
+        """New host slots after the last one; each joins the membership view as it starts, and the
+        entities the view now places on it are handed to it by their old owners."""
+        import ray
+        from actors.ray_host import HostActor, host_name
+        first = len(self.hosts)
+        strategy = "SPREAD" if self.spec.ray_address else "DEFAULT"
+        new = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0, num_cpus=0,
+                                 scheduling_strategy=strategy, max_concurrency=10_000)
+               .remote(self.cluster, i, self.spec.hosts, self.aspec) for i in range(first, first + n)]
+        ray.get([h.ready.remote() for h in new], timeout=timeout)
+        self.hosts.extend(new)
+        log.warning("hosts added: slots %s", list(range(first, first + n)))
+        return list(range(first, first + n))
+
+    def remove_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
+        """The last `n` slots leave: out of the view, their entities handed off (snapshot, release),
+        then stopped for good."""
+        import ray
+        if n >= len(self.hosts):
+            raise ValueError(f"{len(self.hosts)} hosts: at least one must stay")
+        gone = []
+        for _ in range(n):
+            i = len(self.hosts) - 1
+            h = self.hosts[i]
+            try:
+                ray.get(h.leave.remote(), timeout=timeout)
+                ray.get(h.shutdown.remote(), timeout=timeout)
+            finally:
+                ray.kill(h, no_restart=True)
+                self.hosts.pop()
+            gone.append(i)
+        log.warning("hosts removed: slots %s", gone)
+        return gone
 
     def reload_catalog(self, timeout: float = 120.0) -> int:
         """Reload the catalog file (docs/rights.md "Takedowns"; `kill -HUP` of `syncopate serve`):
@@ -289,11 +347,15 @@ class RayServer:
 class LocalServer:
     """Everything in the calling event loop: hosts, one gateway. For tests and the scale model."""
 
-    def __init__(self, spec: ServerSpec, store=None) -> None:
+    def __init__(self, spec: ServerSpec, store=None, *, membership: str | None = None,
+                 lease: dict | None = None) -> None:
         self.spec = spec
         self.store = store
         self.cluster = None
         self.gateway = None
+        # With a membership name: hosts hold leases and a view, the gateway detects dead hosts and
+        # fails over (actors/ownership.py, gateway/cluster_view.py), as a RayServer does.
+        self.membership, self.lease = membership, lease
 
     async def start(self) -> "LocalServer":
         from actors.kinds import load_kinds
@@ -319,11 +381,15 @@ class LocalServer:
         from syncopate.events.service import LocalEvents
         self.events = await LocalEvents(spec.data_dir, spec.redis_url, spec.postgres_dsn, spec.prefix).start()
         self.cluster = LocalCluster(store, load_kinds(spec.kinds), env, hosts=spec.hosts, idle_timeout_s=spec.idle_timeout_s,
-                                    publisher=Publisher(self.events.bus))
+                                    membership=self.membership, lease=self.lease, publisher=Publisher(self.events.bus))
         await self.cluster.start()
+        view = None
+        if self.membership:
+            from gateway.cluster_view import ClusterView
+            view = ClusterView(store, self.membership)
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
                                      env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts,
-                                     stream_secret=stream_secret)
+                                     stream_secret=stream_secret, cluster=view)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)
         self.secret = secret            # the driver's copy: tools (the simulation harness) mint tokens with it

@@ -15,7 +15,7 @@ import orjson
 from protocols.uris import BASE62
 
 
-RETRYABLE = {"HOST_UNAVAILABLE", "TIMEOUT", "STALE_EPOCH", "STORE_UNAVAILABLE"}
+RETRYABLE = {"HOST_UNAVAILABLE", "TIMEOUT", "STALE_EPOCH", "NOT_OWNER", "STORE_UNAVAILABLE"}
 
 
 # == a Connect device on a websocket (also used by tests/test_connect_integration.py) ==============

@@ -1,0 +1,227 @@
+"""Host leases (read fencing) and the membership view, on every store that keeps them: memory,
+SQLite, PostgreSQL, tiered. Leases run on the store's clock; the tests use short real leases
+(memory: a clock the test moves)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import uuid
+
+import pytest
+
+from protocols.errors import ErrorCode, SyncopateError
+from storage.base import Append, LeaseHeld, Record
+from storage.memory import MemoryStore
+from storage.postgres import PostgresStore
+from storage.redis import RedisStore
+from storage.sqlite import SQLiteStore
+from storage.tiered import TieredStore
+
+PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SYNCOPATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+LEASE = 0.4          # seconds: short, so expiry is observable quickly
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Env:
+    def __init__(self, kind: str, tmp_path) -> None:
+        self.kind, self.tmp_path = kind, tmp_path
+        self.prefix = f"t{uuid.uuid4().hex[:16]}_"
+        self.clock = Clock()
+        self.memory = MemoryStore(clock=self.clock)
+        self.opened = []
+
+    async def open(self):
+        if self.kind == "memory":
+            return self.memory
+        if self.kind == "sqlite":
+            s = SQLiteStore(self.tmp_path / "syncopate.db")
+        elif self.kind == "postgres":
+            s = PostgresStore(PG_DSN, prefix=self.prefix)
+        else:
+            s = TieredStore(PostgresStore(PG_DSN, prefix=self.prefix), RedisStore(REDIS_URL, prefix=self.prefix))
+        self.opened.append(s)
+        await s.start()
+        return s
+
+    async def expire(self) -> None:
+        """Let a lease of LEASE seconds (taken before this call) run out on the store's clock."""
+        if self.kind == "memory":
+            self.clock.t += LEASE + 0.01
+        else:
+            await asyncio.sleep(LEASE + 0.05)      # the store's own clock: real time must pass
+
+    async def cleanup(self) -> None:
+        for s in self.opened:
+            with contextlib.suppress(SyncopateError, OSError):
+                await s.close()
+        if self.kind in ("postgres", "tiered"):
+            pg = PostgresStore(PG_DSN, prefix=self.prefix, max_size=2)
+            await pg.start()
+            await pg.drop()
+            await pg.close()
+        if self.kind == "tiered":
+            r = RedisStore(REDIS_URL, prefix=self.prefix)
+            await r.drop()
+            await r.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "tiered"])
+async def env(request, tmp_path):
+    e = Env(request.param, tmp_path)
+    try:
+        yield e
+    finally:
+        await e.cleanup()
+
+
+async def test_a_live_lease_blocks_another_holder_until_released(env):
+    a, b = await env.open(), await env.open()
+    assert await a.open_lease("A", 30) and await b.open_lease("B", 30)
+    ea = await a.acquire("k", "A")
+    with pytest.raises(LeaseHeld) as exc:
+        await b.acquire("k", "B")
+    assert exc.value.holder == "A" and exc.value.code == ErrorCode.HOST_UNAVAILABLE
+    assert await a.acquire("k", "A") == ea + 1          # the holder itself may re-acquire
+    assert not await a.release("k", ea, "A")             # not at an old epoch
+    assert await a.release("k", ea + 1, "A")
+    eb = await b.acquire("k", "B")
+    assert eb == ea + 2
+    res = await a.append([Append("k", ea + 1, [Record(1, b"x")])])
+    assert res[0].code == ErrorCode.STALE_EPOCH         # fencing still refuses the old owner's write
+
+
+async def test_an_expired_lease_lets_another_holder_take_over_and_is_not_renewed(env):
+    a, b = await env.open(), await env.open()
+    assert await a.open_lease("A", LEASE)
+    await b.open_lease("B", 30)
+    await a.acquire("k", "A")
+    with pytest.raises(LeaseHeld):
+        await b.acquire("k", "B")
+    await env.expire()
+    await b.acquire("k", "B")
+    assert not await a.renew_lease("A", LEASE)           # expired: a lease never comes back to life
+    with pytest.raises(LeaseHeld):
+        await a.acquire("k", "A")                        # and B's live lease now holds the key
+
+
+async def test_renewal_keeps_the_lease(env):
+    a, b = await env.open(), await env.open()
+    await a.open_lease("A", LEASE)
+    await a.acquire("k", "A")
+    for _ in range(3):
+        if env.kind == "memory":
+            env.clock.t += LEASE / 2
+        else:
+            await asyncio.sleep(LEASE / 2)
+        assert await a.renew_lease("A", LEASE)
+    with pytest.raises(LeaseHeld):
+        await b.acquire("k", "B")
+
+
+async def test_a_revoked_lease_still_blocks_until_it_expires(env):
+    a, b = await env.open(), await env.open()
+    await a.open_lease("A", LEASE)
+    await a.acquire("k", "A")
+    await b.revoke_lease("A")
+    assert not await a.renew_lease("A", LEASE)
+    assert not await a.open_lease("A", LEASE)            # revoked for good: a new process takes a new id
+    with pytest.raises(LeaseHeld):
+        await b.acquire("k", "B")                        # a slow holder may answer until expiry
+    await env.expire()
+    await b.acquire("k", "B")
+
+
+async def test_unleased_acquire_takes_unconditionally(env):
+    a, b = await env.open(), await env.open()
+    await a.open_lease("A", 30)
+    e = await a.acquire("k", "A")
+    assert await b.acquire("k") == e + 1                 # fencing only (single-process tests, tools)
+    await b.open_lease("B", 30)
+    assert await b.acquire("k", "B") == e + 2            # held by nobody: no lease to wait for
+
+
+async def test_membership_compare_and_set(env):
+    a, b = await env.open(), await env.open()
+    v0 = await a.membership("d1")
+    assert v0.epoch == 0 and v0.members == {}
+    v1 = await a.change_membership("d1", 0, {0: "h0", 1: "h1"})
+    assert v1.epoch == 1 and v1.slots == (0, 1)
+    assert await b.change_membership("d1", 0, {0: "x"}) is None       # lost the race: nothing changed
+    v2 = await b.change_membership("d1", 1, {1: "h1"})
+    assert v2.epoch == 2
+    got = await a.membership("d1")
+    assert got.epoch == 2 and got.members == {1: "h1"}
+    assert (await a.membership("d2")).epoch == 0                      # one view per deployment
+
+
+async def test_racing_acquires_under_leases_leave_one_owner(env):
+    stores = [await env.open() for _ in range(3)]
+    for i, s in enumerate(stores):
+        await s.open_lease(f"H{i}", 30)
+
+    async def take(i):
+        try:
+            return i, await stores[i].acquire("k", f"H{i}")
+        except LeaseHeld:
+            return i, None
+
+    won = [r for r in await asyncio.gather(*(take(i) for i in range(3))) if r[1] is not None]
+    assert len(won) == 1                                 # the others see the winner's live lease
+
+
+async def test_redis_alone_keeps_no_leases():
+    r = RedisStore(REDIS_URL, prefix=f"t{uuid.uuid4().hex[:16]}_")
+    await r.start()
+    try:
+        assert r.leases is False
+        with pytest.raises(SyncopateError):
+            await r.acquire("k", "A")
+        with pytest.raises(SyncopateError):
+            await r.membership("d")
+    finally:
+        await r.drop()
+        await r.close()
+
+
+def test_sqlite_schema_1_is_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:       # the version-1 schema, as shipped before leases
+        db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+        db.execute("CREATE TABLE owners (key TEXT PRIMARY KEY, epoch INTEGER NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute("INSERT INTO owners VALUES ('k', 7)")
+
+    async def run():
+        s = SQLiteStore(path)
+        await s.start()
+        try:
+            await s.open_lease("A", 30)
+            assert await s.acquire("k", "A") == 8
+        finally:
+            await s.close()
+
+    asyncio.run(run())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()[0] == "2"
+        assert db.execute("SELECT holder FROM owners WHERE key='k'").fetchone()[0] == "A"
+
+
+
+async def test_a_leased_acquire_after_an_erase_starts_above_the_epoch_floor(env):
+    a = await env.open()
+    await a.open_lease("A", 30)
+    await a.acquire("gone", "A")
+    e = await a.acquire("gone", "A")
+    assert await a.erase("gone", e)                        # data rights: the owners row goes too
+    assert await a.acquire("gone", "A") > e                # fencing survives: every later epoch is greater
+    assert await a.acquire("fresh", "A") > e               # as for a key never seen (the floor is global)
