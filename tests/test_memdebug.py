@@ -1,0 +1,34 @@
+"""syncopate/memdebug.py: the opt-in memory probe finds what a process keeps, and who keeps it."""
+import tracemalloc
+
+from actors.entity import Command
+from syncopate.memdebug import Probe, compare, holders
+
+
+class _Keeper:
+    def __init__(self) -> None:
+        self.kept: dict[int, Command] = {}
+
+
+def test_probe_reports_growth_by_type_traceback_and_holder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNCOPATE_TRACEMALLOC_REFS", "Command")
+    keeper = _Keeper()
+    tracemalloc.start(8)
+    try:
+        probe = Probe("test", tmp_path, [])
+        first = probe.probe()
+        keeper.kept.update({i: Command("library", f"u{i}", "save", {"uris": ["x" * 50]}) for i in range(2000)})
+        second = probe.probe()
+    finally:
+        tracemalloc.stop()
+    text = second.read_text()
+    counts = text.split("## object count change since the previous probe")[1]
+    assert "+2000  Command" in counts
+    assert "library.save 2000" in text                     # which commands
+    assert "_Keeper" in text.split("### Command")[1]        # and who holds them
+    grown = "\n".join(compare(str(first.with_suffix(".tracemalloc")), str(second.with_suffix(".tracemalloc"))))
+    assert "test_memdebug.py" in grown.split("## growth by line")[1].splitlines()[1]
+
+
+def test_holders_of_a_type_with_no_instances():
+    assert holders("NoSuchTypeHere") == ["### NoSuchTypeHere: 0 instances"]
