@@ -128,7 +128,7 @@ class ResourceSampler:
 
     def sample(self, t: float) -> None:
         for label, pids in self._labels.items():
-            rss = 0
+            rss = anon = 0
             cpu = 0.0
             alive = []
             for pid in pids:
@@ -137,14 +137,19 @@ class ResourceSampler:
                     continue
                 try:
                     with p.oneshot():
-                        rss += p.memory_info().rss
+                        mem = p.memory_info()
+                        rss += mem.rss
+                        # resident pages not backed by a file: the heap (what a leak grows); the rest
+                        # (`shared`: mapped libraries and files, e.g. SQLite's) is page cache
+                        anon += mem.rss - getattr(mem, "shared", 0)
                         cpu += p.cpu_percent(None)
                     alive.append(pid)
                 except psutil.Error:
                     self._procs.pop(pid, None)
             if alive:
                 self.samples.append({"t": round(t, 3), "label": label, "pids": alive,
-                                     "rss_mb": round(rss / 2**20, 1), "cpu_pct": round(cpu, 1)})
+                                     "rss_mb": round(rss / 2**20, 1), "anon_mb": round(anon / 2**20, 1),
+                                     "cpu_pct": round(cpu, 1)})
 
     async def run(self, t0: float | None = None) -> None:
         t0 = self.clock() if t0 is None else t0
