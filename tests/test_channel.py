@@ -356,3 +356,16 @@ async def test_a_gateway_that_does_not_read_is_cut_off_at_the_buffer_budget(wire
     assert host.metrics.budget_stream_closes == 1
     assert "g0" in server.writers
     writer.close()
+
+
+async def test_the_reader_keeps_no_command_of_a_frame_it_handed_on(wired):
+    """Waiting for the next frame, the host's reader holds nothing of the last one: a burst (every
+    device's heartbeat at once) must not stay in memory until the gateway next sends something."""
+    import gc
+    host, server, transport, received = wired
+    p = Principal("alice")
+    transport.send(0, [(i, Command("counter", "c", "add", {"n": 1, "tag": "burst"}, p)) for i in range(1, 201)])
+    await wait_for(lambda: len(received) == 200)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is Command and o.args.get("tag") == "burst"]
+    assert alive == []
