@@ -369,3 +369,14 @@ async def test_the_reader_keeps_no_command_of_a_frame_it_handed_on(wired):
     gc.collect()
     alive = [o for o in gc.get_objects() if type(o) is Command and o.args.get("tag") == "burst"]
     assert alive == []
+
+
+async def test_the_gateway_reader_keeps_no_frame_it_handed_on(wired):
+    """The gateway's side of the same: once a frame of answers is handed on, the raw frame is gone."""
+    import gc
+    host, server, transport, received = wired
+    server.send("g0", [answer(i, Reply(1, {"n": i})) for i in range(1, 301)])      # one frame of 300
+    await wait_for(lambda: len(received) == 300)
+    gc.collect()
+    raw = [o for o in gc.get_objects() if type(o) is list and len(o) == 300 and all(type(w) is list for w in o)]
+    assert raw == []
