@@ -30,6 +30,7 @@ log = logging.getLogger("syncopate.memdebug")
 
 ENV_DIR = "SYNCOPATE_TRACEMALLOC"
 ENV_AT = "SYNCOPATE_TRACEMALLOC_AT"
+ENV_STATS = "SYNCOPATE_MEMSTATS"            # DIR: allocator figures every minute, no tracing
 ENV_REFS = "SYNCOPATE_TRACEMALLOC_REFS"      # type names whose holders each probe describes
 FRAMES = 12
 
@@ -143,8 +144,99 @@ class Probe:
                 log.exception("memory probe failed")
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def mallinfo() -> dict:
+    """glibc's allocator, all arenas: `uordblks` bytes in use, `fordblks` free inside arenas (held,
+    fragmentation), `hblkhd` in mmap'd blocks. pycrdt (Rust), SQLite, msgpack and Ray's C++ allocate here;
+    Python's small objects do not (pymalloc: see pymalloc())."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _Mallinfo2
+    m = fn()
+    return {k: round(getattr(m, k) / 2**20, 2) for k in ("arena", "hblkhd", "uordblks", "fordblks")}
+
+
+def pymalloc() -> dict:
+    """Python's own allocator: arenas held and bytes in allocated blocks (sys._debugmallocstats, which
+    writes to the C stderr: captured through a temporary file)."""
+    import re
+    import sys
+    import tempfile
+    with tempfile.TemporaryFile("w+") as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read()
+    out = {}
+    for key, pat in (("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+                     ("allocated_blocks_mb", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+                     ("free_blocks_mb", r"# bytes in available blocks\s*=\s*([\d,]+)")):
+        m = re.search(pat, text)
+        if m:
+            v = int(m.group(1).replace(",", ""))
+            out[key] = v if key == "arenas" else round(v / 2**20, 2)
+    return out
+
+
+def _smaps() -> dict:
+    """Resident anonymous MB by region: the brk heap, anonymous mappings, and file-backed."""
+    out = {"heap": 0.0, "anon_maps": 0.0, "file": 0.0}
+    region = None
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if "-" in line.split(" ", 1)[0] and not line[0].isupper():
+                    parts = line.split()
+                    path = parts[5] if len(parts) > 5 else ""
+                    region = "heap" if path == "[heap]" else ("anon_maps" if not path or path.startswith("[anon")
+                                                               else ("file" if path.startswith("/") else None))
+                elif line.startswith("Rss:") and region is not None:
+                    out[region] += int(line.split()[1]) / 1024
+    except OSError:
+        return {}
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def stats_line(label: str, t0: float) -> dict:
+    return {"label": label, "pid": os.getpid(), "t": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
+            **{f"smaps_{k}": v for k, v in _smaps().items()}, **{f"malloc_{k}": v for k, v in mallinfo().items()},
+            **{f"pymalloc_{k}": v for k, v in pymalloc().items()}, "gc_objects": len(gc.get_objects()),
+            "threads": threading.active_count()}
+
+
+def _stats_loop(label: str, out: Path, every_s: float) -> None:
+    import json
+    t0 = time.monotonic()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            with out.open("a") as f:
+                f.write(json.dumps(stats_line(label, t0)) + "\n")
+        except Exception:  # noqa: BLE001 - a debugging aid must not take the process down
+            log.exception("memory stats failed")
+        time.sleep(every_s)
+
+
 def maybe_start(label: str) -> threading.Thread | None:
-    """Start the probe in this process when SYNCOPATE_TRACEMALLOC is set."""
+    """Start the probe in this process when SYNCOPATE_TRACEMALLOC (or SYNCOPATE_MEMSTATS) is set."""
+    stats_dir = os.environ.get(ENV_STATS)
+    if stats_dir:
+        # cheap (no tracing): one line of allocator figures every SYNCOPATE_MEMSTATS_EVERY seconds
+        every = float(os.environ.get(ENV_STATS + "_EVERY", "60"))
+        threading.Thread(target=_stats_loop, args=(label, Path(stats_dir) / f"{label}-{os.getpid()}.jsonl", every),
+                         name="memory-stats", daemon=True).start()
     where = os.environ.get(ENV_DIR)
     if not where:
         return None
