@@ -220,10 +220,18 @@ def _stats_loop(label: str, out: Path, every_s: float) -> None:
     import json
     t0 = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
+    prev = None
     while True:
         try:
+            line = stats_line(label, t0)
+            types = type_counts()
+            if prev is not None:
+                diff = types.copy()
+                diff.subtract(prev)
+                line["types_grown"] = [[t, n, types[t]] for t, n in diff.most_common(8) if n > 0]
+            prev = types
             with out.open("a") as f:
-                f.write(json.dumps(stats_line(label, t0)) + "\n")
+                f.write(json.dumps(line) + "\n")
         except Exception:  # noqa: BLE001 - a debugging aid must not take the process down
             log.exception("memory stats failed")
         time.sleep(every_s)
