@@ -24,6 +24,7 @@ import threading
 import time
 import tracemalloc
 import types
+import types as types_mod
 from pathlib import Path
 
 log = logging.getLogger("syncopate.memdebug")
@@ -40,9 +41,19 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL("libc.so.6")
+    return _LIBC
+
+
 def _malloc_trim() -> bool:
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+        return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
 
@@ -154,7 +165,7 @@ def mallinfo() -> dict:
     fragmentation), `hblkhd` in mmap'd blocks. pycrdt (Rust), SQLite, msgpack and Ray's C++ allocate here;
     Python's small objects do not (pymalloc: see pymalloc())."""
     try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
+        fn = _libc().mallinfo2
     except (OSError, AttributeError):
         return {}
     fn.restype = _Mallinfo2
@@ -221,6 +232,8 @@ def _stats_loop(label: str, out: Path, every_s: float) -> None:
     t0 = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     prev = None
+    watch = [x.strip() for x in os.environ.get(ENV_REFS, "").split(",") if x.strip()]
+    seen: dict[str, set[int]] = {}
     while True:
         try:
             line = stats_line(label, t0)
@@ -230,6 +243,17 @@ def _stats_loop(label: str, out: Path, every_s: float) -> None:
                 diff.subtract(prev)
                 line["types_grown"] = [[t, n, types[t]] for t, n in diff.most_common(8) if n > 0]
             prev = types
+            for name in watch:                # a few of the instances new since the last line, and who holds them
+                objs = [o for o in gc.get_objects() if type(o).__qualname__ == name]
+                ids = {id(o) for o in objs}
+                new = [o for o in objs if id(o) not in seen.get(name, ids)]
+                seen[name] = ids
+                picks = new[:: max(1, len(new) // 6)][:6]
+                line[f"new_{name}"] = [[repr(o)[:160], [_describe(r) for r in gc.get_referrers(o)
+                                                         if r is not objs and r is not new and r is not picks
+                                                         and not isinstance(r, types_mod.FrameType)][:3]]
+                                       for o in picks]
+                del objs, new, picks
             with out.open("a") as f:
                 f.write(json.dumps(line) + "\n")
         except Exception:  # noqa: BLE001 - a debugging aid must not take the process down
