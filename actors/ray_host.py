@@ -97,8 +97,6 @@ class HostActor:
         from syncopate.logs import setup_logging
         setup_logging(spec.get("log_level", "INFO"), f"host-{index}")
         restore_priority()
-        from syncopate.alloc import start_trimming
-        start_trimming()       # the C allocator's free pages back to the system (syncopate/alloc.py)
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None

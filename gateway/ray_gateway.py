@@ -36,8 +36,6 @@ class GatewayActor:
         from syncopate.logs import setup_logging
         setup_logging(spec.get("log_level", "INFO"), f"gw-{gateway_id}")
         restore_priority()
-        from syncopate.alloc import start_trimming
-        start_trimming()       # the C allocator's free pages back to the system (syncopate/alloc.py)
         self.cluster, self.gateway_id, self.n_hosts = cluster, gateway_id, n_hosts
         self.spec, self.listen = spec, listen
         self.server: GatewayServer | None = None
