@@ -54,6 +54,18 @@ def analyse(report: dict, warmup_s: float) -> list[dict]:
     return rows
 
 
+def store_growth(report: dict, warmup_s: float) -> dict | None:
+    """The store's size on disk over the same window: what the data grew by (not a process)."""
+    pts = sorted((float(s["t"]), float(s["mb"])) for s in (report.get("resources") or {}).get("store_samples") or [])
+    if not pts:
+        return None
+    steady = [(t, v) for t, v in pts if t - pts[0][0] >= warmup_s]
+    if len(steady) < 2:
+        return None
+    return {"from_s": round(steady[0][0]), "to_s": round(steady[-1][0]), "mb_first": round(steady[0][1], 1),
+            "mb_last": round(steady[-1][1], 1), "slope_mb_per_hour": round(fit(steady) * 3600, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report")
@@ -63,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(a.report)
     if path.is_dir():
         path = path / "report.json"
-    rows = analyse(json.loads(path.read_text()), a.warmup_s)
+    report = json.loads(path.read_text())
+    rows = analyse(report, a.warmup_s)
     print("| process | pids | window (s) | RSS first -> last MB | max MB | slope MB/h | anonymous (heap) slope MB/h |")
     print("|---|---|---|---|---:|---:|---:|")
     ok = bool(rows)
@@ -71,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and abs(r["slope_mb_per_hour"]) <= a.max_mb_per_hour
         print(f"| {r['process']} | {r['pids']} | {r['from_s']}-{r['to_s']} | {r['rss_mb_first']} -> {r['rss_mb_last']} | "
               f"{r['rss_mb_max']} | {r['slope_mb_per_hour']} | {r['anon_slope_mb_per_hour']} |")
+    data = store_growth(report, a.warmup_s)
+    if data is not None:
+        print(f"store data on disk (not in the verdict): {data['mb_first']} -> {data['mb_last']} MB over "
+              f"{data['from_s']}-{data['to_s']} s, {data['slope_mb_per_hour']} MB/h")
     print(f"verdict: {'flat' if ok else 'NOT flat'} (bound {a.max_mb_per_hour} MB/h after {a.warmup_s:g} s of warm-up)")
     return 0 if ok else 1
 
