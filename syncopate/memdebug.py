@@ -227,38 +227,50 @@ def stats_line(label: str, t0: float) -> dict:
             "threads": threading.active_count()}
 
 
+class Stats:
+    """One line of allocator figures per step(); with `watch` type names, a few of their instances
+    new since the previous step, each with the kinds of its holders."""
+
+    def __init__(self, label: str, watch: list[str] | None = None) -> None:
+        self.label, self.watch = label, list(watch or [])
+        self.t0 = time.monotonic()
+        self._prev: collections.Counter | None = None
+        self._seen: dict[str, set[int]] = {}
+
+    def step(self) -> dict:
+        line = stats_line(self.label, self.t0)
+        types = type_counts()
+        if self._prev is not None:
+            diff = types.copy()
+            diff.subtract(self._prev)
+            line["types_grown"] = [[t, n, types[t]] for t, n in diff.most_common(8) if n > 0]
+        self._prev = types
+        for name in self.watch:
+            objs = [o for o in gc.get_objects() if type(o).__qualname__ == name]
+            ids = {id(o) for o in objs}
+            new = [o for o in objs if id(o) not in self._seen.get(name, ids)]
+            self._seen[name] = ids
+            picks = new[:: max(1, len(new) // 6)][:6]
+            line[f"new_{name}"] = [[repr(o)[:160], [_describe(r) for r in gc.get_referrers(o)
+                                                     if r is not objs and r is not new and r is not picks
+                                                     and not isinstance(r, types_mod.FrameType)][:3]]
+                                   for o in picks]
+            del objs, new, picks
+        return line
+
+
 def _stats_loop(label: str, out: Path, every_s: float) -> None:
     import json
-    t0 = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    prev = None
-    watch = [x.strip() for x in os.environ.get(ENV_REFS, "").split(",") if x.strip()]
-    seen: dict[str, set[int]] = {}
+    stats = Stats(label, [x.strip() for x in os.environ.get(ENV_REFS, "").split(",") if x.strip()])
     while True:
         try:
-            line = stats_line(label, t0)
-            types = type_counts()
-            if prev is not None:
-                diff = types.copy()
-                diff.subtract(prev)
-                line["types_grown"] = [[t, n, types[t]] for t, n in diff.most_common(8) if n > 0]
-            prev = types
-            for name in watch:                # a few of the instances new since the last line, and who holds them
-                objs = [o for o in gc.get_objects() if type(o).__qualname__ == name]
-                ids = {id(o) for o in objs}
-                new = [o for o in objs if id(o) not in seen.get(name, ids)]
-                seen[name] = ids
-                picks = new[:: max(1, len(new) // 6)][:6]
-                line[f"new_{name}"] = [[repr(o)[:160], [_describe(r) for r in gc.get_referrers(o)
-                                                         if r is not objs and r is not new and r is not picks
-                                                         and not isinstance(r, types_mod.FrameType)][:3]]
-                                       for o in picks]
-                del objs, new, picks
+            line = stats.step()
             with out.open("a") as f:
                 f.write(json.dumps(line) + "\n")
         except Exception:  # noqa: BLE001 - a debugging aid must not take the process down
             log.exception("memory stats failed")
-        time.sleep(every_s)
+        time.sleep(every_s)          # the schedule itself: nothing to wait on
 
 
 def maybe_start(label: str) -> threading.Thread | None:

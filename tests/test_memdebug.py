@@ -32,3 +32,19 @@ def test_probe_reports_growth_by_type_traceback_and_holder(tmp_path, monkeypatch
 
 def test_holders_of_a_type_with_no_instances():
     assert holders("NoSuchTypeHere") == ["### NoSuchTypeHere: 0 instances"]
+
+
+def test_stats_lines_show_the_c_heap_the_grown_types_and_new_instances():
+    from syncopate.memdebug import Stats
+    keeper = _Keeper()
+    stats = Stats("test", watch=["Command"])
+    first = stats.step()
+    assert first["malloc_uordblks"] > 0 and first["pymalloc_arenas"] > 0 and first["rss_mb"] > 0
+    blobs = [bytearray(100_000) for _ in range(100)]          # ~10 MB in the C heap (over pymalloc's 512 bytes)
+    keeper.kept.update({i: Command("session", f"u{i}", "library_save", {}) for i in range(300)})
+    second = stats.step()
+    assert second["malloc_uordblks"] - first["malloc_uordblks"] > 8
+    assert ["Command", 300, 300] in second["types_grown"]
+    new = second["new_Command"]
+    assert len(new) == 6 and all("library_save" in r for r, _ in new) and all("dict(300)" in h[0] for _, h in new)
+    assert len(blobs) == 100
