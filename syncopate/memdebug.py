@@ -11,7 +11,15 @@ writes DIR/<label>-<pid>-<n>.txt with:
 - DIR/<label>-<pid>-<n>.tracemalloc, the snapshot (taken after a full collection: live objects
   only); `python -m syncopate.memdebug EARLIER LATER` prints what grew between two, by traceback.
 RSS minus what tracemalloc sees is memory it can't see: native (pycrdt's Rust documents, msgspec,
-SQLite) and the allocator's free lists. Off by default: tracemalloc costs CPU and memory.
+SQLite) and the allocator's free lists. Off by default: tracemalloc costs CPU and memory (under a
+200-user soak it slowed the gateway enough to back commands up: use it to name what grows, not to
+measure how fast).
+
+Without tracing, SYNCOPATE_MEMSTATS=DIR [SYNCOPATE_MEMSTATS_EVERY=60] writes DIR/<label>-<pid>.jsonl,
+a line a minute: RSS by region, glibc's in-use and free bytes (mallinfo2), pymalloc's in-use bytes,
+gc-tracked objects and the types that grew (SYNCOPATE_TRACEMALLOC_REFS=tuple,list adds a few new
+instances of those types with their holders); `python -m syncopate.memdebug slopes DIR [WARMUP_S]`
+prints the slope of each per hour.
 """
 from __future__ import annotations
 
@@ -305,6 +313,33 @@ def compare(earlier: str, later: str, top: int = 25, frames: int = FRAMES) -> li
     return out
 
 
+FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "pymalloc_allocated_blocks_mb",
+          "gc_objects")
+
+
+def slopes(stats_dir: str, warmup_s: float = 300.0) -> list[str]:
+    """Per process of a SYNCOPATE_MEMSTATS directory: the least-squares slope per hour of each figure
+    after `warmup_s` (RSS, anonymous maps, glibc in use / free, pymalloc in use, gc-tracked objects)."""
+    import json
+    from simulations.soak import fit
+    out = ["| process | window (s) | " + " | ".join(f"{f} /h" for f in FIELDS) + " |",
+           "|---|---|" + "---:|" * len(FIELDS)]
+    for path in sorted(Path(stats_dir).glob("*.jsonl")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if r["t"] >= warmup_s]
+        if len(rows) < 3:
+            continue
+        cells = []
+        for f in FIELDS:
+            pts = [(r["t"], r[f]) for r in rows if f in r]
+            cells.append(f"{fit(pts) * 3600:+.1f}" if len(pts) >= 3 else "")
+        out.append(f"| {path.stem} | {rows[0]['t']:.0f}-{rows[-1]['t']:.0f} | " + " | ".join(cells) + " |")
+    return out
+
+
 if __name__ == "__main__":
     import sys
-    print("\n".join(compare(sys.argv[1], sys.argv[2])))
+    if sys.argv[1] == "slopes":
+        print("\n".join(slopes(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 300.0)))
+    else:
+        print("\n".join(compare(sys.argv[1], sys.argv[2])))

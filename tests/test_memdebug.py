@@ -48,3 +48,16 @@ def test_stats_lines_show_the_c_heap_the_grown_types_and_new_instances():
     new = second["new_Command"]
     assert len(new) == 6 and all("library_save" in r for r, _ in new) and all("dict(300)" in h[0] for _, h in new)
     assert len(blobs) == 100
+
+
+def test_slopes_of_a_stats_directory(tmp_path):
+    import json
+    from syncopate.memdebug import slopes
+    rows = [{"t": t, "rss_mb": 100 + t / 3600 * 36, "smaps_anon_maps": 50.0, "malloc_uordblks": 20.0,
+             "malloc_fordblks": 5 + t / 3600 * 12, "pymalloc_allocated_blocks_mb": 30.0, "gc_objects": 1000}
+            for t in range(0, 1800, 60)]
+    (tmp_path / "host-0-7.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = slopes(str(tmp_path), 300)
+    line = next(x for x in table if x.startswith("| host-0-7 "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == "300-1740" and cells[2] == "+36.0" and cells[3] == "+0.0" and cells[5] == "+12.0"
