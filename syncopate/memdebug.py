@@ -16,9 +16,10 @@ SQLite) and the allocator's free lists. Off by default: tracemalloc costs CPU an
 measure how fast).
 
 Without tracing, SYNCOPATE_MEMSTATS=DIR [SYNCOPATE_MEMSTATS_EVERY=60] writes DIR/<label>-<pid>.jsonl,
-a line a minute: RSS by region, glibc's in-use and free bytes (mallinfo2), pymalloc's in-use bytes,
-gc-tracked objects and the types that grew (SYNCOPATE_TRACEMALLOC_REFS=tuple,list adds a few new
-instances of those types with their holders); `python -m syncopate.memdebug slopes DIR [WARMUP_S]`
+a line a minute: RSS by region, glibc's in-use and free bytes (mallinfo2), pymalloc's in-use bytes
+and blocks; with SYNCOPATE_MEMSTATS_TYPES=1 also gc-tracked objects and the types that grew, and
+SYNCOPATE_TRACEMALLOC_REFS=tuple,list a few new instances of those types with their holders (both
+walk gc.get_objects() from the probe's thread, which once broke a request: see Stats); `python -m syncopate.memdebug slopes DIR [WARMUP_S]`
 prints the slope of each per hour.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import ctypes
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import tracemalloc
@@ -231,7 +233,7 @@ def _smaps() -> dict:
 def stats_line(label: str, t0: float) -> dict:
     return {"label": label, "pid": os.getpid(), "t": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
             **{f"smaps_{k}": v for k, v in _smaps().items()}, **{f"malloc_{k}": v for k, v in mallinfo().items()},
-            **{f"pymalloc_{k}": v for k, v in pymalloc().items()}, "gc_objects": len(gc.get_objects()),
+            **{f"pymalloc_{k}": v for k, v in pymalloc().items()}, "py_blocks": sys.getallocatedblocks(),
             "threads": threading.active_count()}
 
 
@@ -239,14 +241,21 @@ class Stats:
     """One line of allocator figures per step(); with `watch` type names, a few of their instances
     new since the previous step, each with the kinds of its holders."""
 
-    def __init__(self, label: str, watch: list[str] | None = None) -> None:
-        self.label, self.watch = label, list(watch or [])
+    def __init__(self, label: str, watch: list[str] | None = None, types: bool = False) -> None:
+        # `types` and `watch` walk gc.get_objects(), which hands out references to every tracked
+        # object, some still being built on another thread: a soak with them on had one
+        # "SystemError: bad argument to internal function" (a tuple resized while this thread held a
+        # reference). Off unless asked for (SYNCOPATE_MEMSTATS_TYPES=1): a diagnosis, never a proof run.
+        self.label, self.watch, self.types = label, list(watch or []), types or bool(watch)
         self.t0 = time.monotonic()
         self._prev: collections.Counter | None = None
         self._seen: dict[str, set[int]] = {}
 
     def step(self) -> dict:
         line = stats_line(self.label, self.t0)
+        if not self.types:
+            return line
+        line["gc_objects"] = len(gc.get_objects())
         types = type_counts()
         if self._prev is not None:
             diff = types.copy()
@@ -270,7 +279,8 @@ class Stats:
 def _stats_loop(label: str, out: Path, every_s: float) -> None:
     import json
     out.parent.mkdir(parents=True, exist_ok=True)
-    stats = Stats(label, [x.strip() for x in os.environ.get(ENV_REFS, "").split(",") if x.strip()])
+    stats = Stats(label, [x.strip() for x in os.environ.get(ENV_REFS, "").split(",") if x.strip()],
+                  types=os.environ.get(ENV_STATS + "_TYPES") == "1")
     while True:
         try:
             line = stats.step()
@@ -314,7 +324,7 @@ def compare(earlier: str, later: str, top: int = 25, frames: int = FRAMES) -> li
 
 
 FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "pymalloc_allocated_blocks_mb",
-          "gc_objects")
+          "py_blocks")
 
 
 def slopes(stats_dir: str, warmup_s: float = 300.0) -> list[str]:
