@@ -207,6 +207,14 @@ class ChannelServer:
         for w in list(self.writers.values()):
             w.close()
 
+    def _take(self, gateway_id: str, requests: list, refused: list) -> None:
+        if refused:
+            self.host.metrics.malformed_commands += len(refused)
+            self.send(gateway_id, [answer(token, Reply.fail(err)) for token, err in refused])
+        # Enqueued in stream order before the next frame is read: per-entity order is the
+        # gateway's send order.
+        self.host.submit(gateway_id, requests)
+
     def send(self, gateway_id: str, items: list) -> None:
         w = self.writers.get(gateway_id)
         if w is None or w.is_closing():
@@ -242,13 +250,9 @@ class ChannelServer:
             self.writers[gateway_id] = writer
             while True:
                 # WireError (an undecodable frame) ends the stream: see the module docstring.
-                requests, refused = decode_requests(*await read_command_frame(reader))
-                if refused:
-                    self.host.metrics.malformed_commands += len(refused)
-                    self.send(gateway_id, [answer(token, Reply.fail(err)) for token, err in refused])
-                # Enqueued in stream order before the next frame is read: per-entity order is the
-                # gateway's send order.
-                self.host.submit(gateway_id, requests)
+                # The frame is handed on in a call, so nothing of it stays referenced by this frame's
+                # locals while it waits for the next one (a burst of thousands of commands would).
+                self._take(gateway_id, *decode_requests(*await read_command_frame(reader)))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
         except WireError as err:

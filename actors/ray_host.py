@@ -144,6 +144,8 @@ class HostActor:
         _join_membership(host, self.cluster, self.index, spec)
         await host.start()
         freeze_startup()
+        from syncopate.memdebug import maybe_start
+        self._memprobe = maybe_start(f"host-{self.index}")      # opt-in (SYNCOPATE_TRACEMALLOC)
         self.host = host
         log.info("host %d ready (incarnation %s, store %s, channel %s:%d)", self.index, host.incarnation,
                  store.name, *self.addr)

@@ -72,6 +72,8 @@ class GatewayActor:
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
+        from syncopate.memdebug import maybe_start
+        self._memprobe = maybe_start(f"gateway-{self.gateway_id}")   # opt-in (SYNCOPATE_TRACEMALLOC)
         return await self.server.start(listen_host(self.listen.get("host", "127.0.0.1")), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
 

@@ -91,12 +91,9 @@ class StreamTransport:
         inc = self.incarnations[host]
         try:
             while True:
-                frame = await read_frame(reader)
-                if not isinstance(frame, list):
-                    raise WireError("a host frame is a list")
-                # Typed items (wire.Reply answers, Push, Gap); a host item that does not decode is a
-                # bug on the host: the stream closes, and what was in flight fails retryably.
-                self.receive(host, inc, [host_item_from_wire(w) for w in frame])
+                # Decoded and handed on in one expression, so nothing of a frame stays referenced
+                # by this loop while it waits for the next one.
+                self.receive(host, inc, _host_items(await read_frame(reader)))
         except (asyncio.IncompleteReadError, ConnectionError):
             log.warning("stream to host %d closed", host)
         except WireError as err:
@@ -145,3 +142,11 @@ class StreamTransport:
 
     async def stats(self, host: int) -> dict:
         return await (await self._handle(host)).stats.remote()
+
+
+def _host_items(frame) -> list:
+    """Typed items (wire.Reply answers, Push, Gap); a host item that does not decode is a bug on the
+    host: the stream closes, and what was in flight fails retryably."""
+    if not isinstance(frame, list):
+        raise WireError("a host frame is a list")
+    return [host_item_from_wire(w) for w in frame]

@@ -39,6 +39,7 @@ from simulations.progress import Progress
 from simulations.report import Recorder, build_report, recovery, write_report
 from simulations.resources import (
     ResourceSampler,
+    dir_bytes,
     listening_pids,
     postgres_pids,
     ray_server_pids,
@@ -57,6 +58,7 @@ class Target:
     catalog: Any = None
     resolve_pids: Callable[[], dict[str, int]] | None = None
     extra_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
+    store_bytes: Callable[[], int] | None = None   # the store's size on disk (the data), when known
     own: OwnServer | None = None
 
     def __post_init__(self) -> None:
@@ -187,6 +189,8 @@ class OwnServer:
             t.extra_pids["redis (own)"] = lambda: [p for p in [self.redis.pid] if p]
         if self.store in ("postgres", "tiered"):
             t.extra_pids["postgres (all backends)"] = postgres_pids
+        else:
+            t.store_bytes = lambda: dir_bytes(self.data_dir)
         if self.cluster_nodes is not None:      # what a node costs besides the server's actors
             for node in self.cluster_nodes.nodes:
                 label = f"ray node {node.index} ({'head: gcs, ' if node.head else ''}raylet, agents)"
@@ -273,7 +277,7 @@ async def run_scenario(name: str, target: Target, params: dict | None = None, *,
         prog.note(f"set up in {setup_s:.1f} s; load for {seconds:g} s")
         rec.restart_clock()
         if sample_resources:
-            sampler = ResourceSampler(target.resolve_pids, groups=target.extra_pids)
+            sampler = ResourceSampler(target.resolve_pids, groups=target.extra_pids, store_bytes=target.store_bytes)
             sampler.start(rec.t0)
         if injector is not None:
             injector.start(rec)

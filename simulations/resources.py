@@ -65,6 +65,18 @@ def listening_pids(port: int) -> dict[str, int]:
     return out
 
 
+def dir_bytes(path: str) -> int:
+    """Bytes of the files under `path` (a SQLite store's data dir: database, WAL)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
 def postgres_pids() -> list[int]:
     out = []
     for p in psutil.process_iter(["name", "cmdline"]):
@@ -82,7 +94,8 @@ class ResourceSampler:
     def __init__(self, resolve: Callable[[], dict[str, int]] | None, *, interval_s: float = 1.0,
                  resolve_every_s: float = 3.0, include_self: bool = True,
                  groups: dict[str, Callable[[], list[int]]] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, store_bytes: Callable[[], int] | None = None,
+                 store_every_s: float = 10.0) -> None:
         self.resolve = resolve
         self.interval_s = interval_s
         self.resolve_every_s = resolve_every_s
@@ -90,6 +103,12 @@ class ResourceSampler:
         self.groups = groups or {}
         self.clock = clock or time.perf_counter
         self.samples: list[dict] = []
+        # The store's size on disk beside the processes' memory: a soak's data grows (logs, documents)
+        # even with a fixed population; simulations/soak.py reports its slope apart from the verdict.
+        self.store_bytes = store_bytes
+        self.store_every_s = store_every_s
+        self.store_samples: list[dict] = []
+        self._next_store = 0.0
         self.server_labels: set[str] = set()
         self._procs: dict[int, psutil.Process] = {}
         self._labels: dict[str, list[int]] = {}
@@ -128,7 +147,7 @@ class ResourceSampler:
 
     def sample(self, t: float) -> None:
         for label, pids in self._labels.items():
-            rss = 0
+            rss = anon = 0
             cpu = 0.0
             alive = []
             for pid in pids:
@@ -137,14 +156,19 @@ class ResourceSampler:
                     continue
                 try:
                     with p.oneshot():
-                        rss += p.memory_info().rss
+                        mem = p.memory_info()
+                        rss += mem.rss
+                        # resident pages not backed by a file: the heap (what a leak grows); the rest
+                        # (`shared`: mapped libraries and files, e.g. SQLite's) is page cache
+                        anon += mem.rss - getattr(mem, "shared", 0)
                         cpu += p.cpu_percent(None)
                     alive.append(pid)
                 except psutil.Error:
                     self._procs.pop(pid, None)
             if alive:
                 self.samples.append({"t": round(t, 3), "label": label, "pids": alive,
-                                     "rss_mb": round(rss / 2**20, 1), "cpu_pct": round(cpu, 1)})
+                                     "rss_mb": round(rss / 2**20, 1), "anon_mb": round(anon / 2**20, 1),
+                                     "cpu_pct": round(cpu, 1)})
 
     async def run(self, t0: float | None = None) -> None:
         t0 = self.clock() if t0 is None else t0
@@ -156,6 +180,13 @@ class ResourceSampler:
                 next_resolve = now + self.resolve_every_s
             t = self.clock() - t0
             await asyncio.get_running_loop().run_in_executor(None, self.sample, t)   # /proc reads
+            if self.store_bytes is not None and t >= self._next_store:
+                self._next_store = t + self.store_every_s
+                try:
+                    size = await asyncio.get_running_loop().run_in_executor(None, self.store_bytes)
+                    self.store_samples.append({"t": round(t, 3), "mb": round(size / 2**20, 2)})
+                except OSError as exc:
+                    log.debug("store size: %s", exc)
             try:
                 await asyncio.wait_for(self._stop.wait(), self.interval_s)
             except TimeoutError:
@@ -184,6 +215,8 @@ class ResourceSampler:
                             "cpu_pct_mean": round(sum(cpu) / len(cpu), 1), "cpu_pct_max": max(cpu),
                             "server": label in self.server_labels}
         out = {"interval_s": self.interval_s, "processes": procs, "samples": self.samples}
+        if self.store_samples:
+            out["store_samples"] = self.store_samples
         server = [v for k, v in procs.items() if k in self.server_labels]
         if server:
             out["server_cpu_pct_mean"] = round(sum(v["cpu_pct_mean"] for v in server), 1)

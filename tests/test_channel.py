@@ -356,3 +356,27 @@ async def test_a_gateway_that_does_not_read_is_cut_off_at_the_buffer_budget(wire
     assert host.metrics.budget_stream_closes == 1
     assert "g0" in server.writers
     writer.close()
+
+
+async def test_the_reader_keeps_no_command_of_a_frame_it_handed_on(wired):
+    """Waiting for the next frame, the host's reader holds nothing of the last one: a burst (every
+    device's heartbeat at once) must not stay in memory until the gateway next sends something."""
+    import gc
+    host, server, transport, received = wired
+    p = Principal("alice")
+    transport.send(0, [(i, Command("counter", "c", "add", {"n": 1, "tag": "burst"}, p)) for i in range(1, 201)])
+    await wait_for(lambda: len(received) == 200)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is Command and o.args.get("tag") == "burst"]
+    assert alive == []
+
+
+async def test_the_gateway_reader_keeps_no_frame_it_handed_on(wired):
+    """The gateway's side of the same: once a frame of answers is handed on, the raw frame is gone."""
+    import gc
+    host, server, transport, received = wired
+    server.send("g0", [answer(i, Reply(1, {"n": i})) for i in range(1, 301)])      # one frame of 300
+    await wait_for(lambda: len(received) == 300)
+    gc.collect()
+    raw = [o for o in gc.get_objects() if type(o) is list and len(o) == 300 and all(type(w) is list for w in o)]
+    assert raw == []

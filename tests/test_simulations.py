@@ -59,6 +59,21 @@ def test_percentiles_and_summary():
     assert s["count"] == 3 and s["p50"] == 3.0 and s["max"] == 5.0 and s["per_s"] == 1.5
 
 
+def test_latency_samples_are_packed_pairs():
+    """The recorder's samples: 16 bytes each (a 30-minute soak records millions), read back as pairs."""
+    import sys
+    from simulations.report import Samples
+    s = Samples()
+    for i in range(10_000):
+        s.append((i / 10, float(i % 7)))
+    assert len(s) == 10_000 and s[-1] == (999.9, float(9_999 % 7)) and s[0] == (0.0, 0.0)
+    assert list(s)[:3] == [(0.0, 0.0), (0.1, 1.0), (0.2, 2.0)]
+    assert sys.getsizeof(s._a) < 10_000 * 16 * 1.2
+    with pytest.raises(IndexError):
+        s[10_000]
+    assert not Samples() and list(Samples([(1.0, 2.0)])) == [(1.0, 2.0)]
+
+
 def test_recovery_is_measured_from_the_fault_to_the_last_error_and_needs_a_later_success():
     rec = Recorder()
     rec.t0 = 0.0

@@ -21,3 +21,33 @@ def test_flat_leaking_and_restarted_processes():
     # the restart is two lines, each flat: the step between them is not a leak
     assert rows["host-1[3]"]["slope_mb_per_hour"] == 0 and rows["host-1[4]"]["slope_mb_per_hour"] == 0
     assert rows["host-1[4]"]["from_s"] >= 905 + 300
+
+
+def test_the_heap_slope_beside_the_rss_slope():
+    """RSS that grows by file-backed pages (a mapped file paged in) with a flat heap: the RSS slope is
+    the verdict's, the anonymous slope says the heap did not grow; a report without anon_mb has none."""
+    samples = [{"t": t, "label": "host-0", "pids": [7], "rss_mb": 100.0 + t * 36 / 3600, "anon_mb": 80.0}
+               for t in range(0, 1800, 5)]
+    samples += [{"t": t, "label": "gateway", "pids": [8], "rss_mb": 90.0} for t in range(0, 1800, 5)]
+    rows = {r["process"]: r for r in analyse({"resources": {"samples": samples}}, warmup_s=300)}
+    assert 35 < rows["host-0"]["slope_mb_per_hour"] < 37
+    assert rows["host-0"]["anon_slope_mb_per_hour"] == 0
+    assert rows["gateway"]["anon_slope_mb_per_hour"] is None
+
+
+def test_the_store_size_is_reported_apart_from_the_processes():
+    from simulations.soak import store_growth
+    store = [{"t": t, "mb": 10.0 + t * 50 / 3600} for t in range(0, 1800, 10)]           # 50 MB an hour of data
+    rep = {"resources": {"samples": [], "store_samples": store}}
+    g = store_growth(rep, 300)
+    assert 49 < g["slope_mb_per_hour"] < 51 and g["from_s"] >= 300
+    assert analyse(rep, 300) == []                     # not a process: no line in the verdict's table
+    assert store_growth({"resources": {"samples": []}}, 300) is None
+
+
+def test_dir_bytes_counts_the_files_under_a_directory(tmp_path):
+    from simulations.resources import dir_bytes
+    (tmp_path / "a.db").write_bytes(b"x" * 1000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.db-wal").write_bytes(b"y" * 234)
+    assert dir_bytes(str(tmp_path)) == 1234

@@ -1,0 +1,63 @@
+"""syncopate/memdebug.py: the opt-in memory probe finds what a process keeps, and who keeps it."""
+import tracemalloc
+
+from actors.entity import Command
+from syncopate.memdebug import Probe, compare, holders
+
+
+class _Keeper:
+    def __init__(self) -> None:
+        self.kept: dict[int, Command] = {}
+
+
+def test_probe_reports_growth_by_type_traceback_and_holder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNCOPATE_TRACEMALLOC_REFS", "Command")
+    keeper = _Keeper()
+    tracemalloc.start(8)
+    try:
+        probe = Probe("test", tmp_path, [])
+        first = probe.probe()
+        keeper.kept.update({i: Command("library", f"u{i}", "save", {"uris": ["x" * 50]}) for i in range(2000)})
+        second = probe.probe()
+    finally:
+        tracemalloc.stop()
+    text = second.read_text()
+    counts = text.split("## object count change since the previous probe")[1]
+    assert "+2000  Command" in counts
+    assert "library.save 2000" in text                     # which commands
+    assert "_Keeper" in text.split("### Command")[1]        # and who holds them
+    grown = "\n".join(compare(str(first.with_suffix(".tracemalloc")), str(second.with_suffix(".tracemalloc"))))
+    assert "test_memdebug.py" in grown.split("## growth by line")[1].splitlines()[1]
+
+
+def test_holders_of_a_type_with_no_instances():
+    assert holders("NoSuchTypeHere") == ["### NoSuchTypeHere: 0 instances"]
+
+
+def test_stats_lines_show_the_c_heap_the_grown_types_and_new_instances():
+    from syncopate.memdebug import Stats
+    keeper = _Keeper()
+    stats = Stats("test", watch=["Command"])
+    first = stats.step()
+    assert first["malloc_uordblks"] > 0 and first["pymalloc_arenas"] > 0 and first["rss_mb"] > 0
+    blobs = [bytearray(100_000) for _ in range(100)]          # ~10 MB in the C heap (over pymalloc's 512 bytes)
+    keeper.kept.update({i: Command("session", f"u{i}", "library_save", {}) for i in range(300)})
+    second = stats.step()
+    assert second["malloc_uordblks"] - first["malloc_uordblks"] > 8
+    assert ["Command", 300, 300] in second["types_grown"]
+    new = second["new_Command"]
+    assert len(new) == 6 and all("library_save" in r for r, _ in new) and all("dict(300)" in h[0] for _, h in new)
+    assert len(blobs) == 100
+
+
+def test_slopes_of_a_stats_directory(tmp_path):
+    import json
+    from syncopate.memdebug import slopes
+    rows = [{"t": t, "rss_mb": 100 + t / 3600 * 36, "smaps_anon_maps": 50.0, "malloc_uordblks": 20.0,
+             "malloc_fordblks": 5 + t / 3600 * 12, "pymalloc_allocated_blocks_mb": 30.0, "gc_objects": 1000}
+            for t in range(0, 1800, 60)]
+    (tmp_path / "host-0-7.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = slopes(str(tmp_path), 300)
+    line = next(x for x in table if x.startswith("| host-0-7 "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == "300-1740" and cells[2] == "+36.0" and cells[3] == "+0.0" and cells[5] == "+12.0"
