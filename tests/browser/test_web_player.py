@@ -4,7 +4,8 @@ skips, when they are missing.
 
 Two users sign in through the OAuth login page (PKCE, the built-in public client), edit one
 collaborative playlist and each sees the other's edit within a second; the page transfers playback
-to a websocket device (a real /v1/ws client here) and back. Screenshots go to docs/screenshots/.
+to a websocket device (a real /v1/ws client here) and back. Screenshots go to a temporary
+directory (SYNCOPATE_SCREENSHOTS=docs/screenshots refreshes the docs' images).
 """
 from __future__ import annotations
 
@@ -126,7 +127,11 @@ def _prepare() -> tuple[str, Path]:
     assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core missing: run `make browser`"
     node = shutil.which("node")
     assert node, "node missing"
-    shots = ROOT / "docs" / "screenshots"
+    # A test run leaves the tracked tree alone: screenshots go to a temporary directory unless
+    # SYNCOPATE_SCREENSHOTS names where (e.g. docs/screenshots, to refresh the docs' images).
+    import os
+    import tempfile
+    shots = Path(os.environ.get("SYNCOPATE_SCREENSHOTS") or tempfile.mkdtemp(prefix="syncopate-shots-"))
     shots.mkdir(parents=True, exist_ok=True)
     return node, shots
 
