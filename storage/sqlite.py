@@ -7,8 +7,6 @@ sqlite3 calls run on one dedicated thread per store: the event loop never waits 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import sqlite3
 import threading
 import time
@@ -30,24 +28,6 @@ SCHEMA = [
 ]
 # Upgrades from version v to v + 1 (after SCHEMA, which only creates what is missing).
 MIGRATIONS = {1: ["ALTER TABLE owners ADD COLUMN holder TEXT"]}
-
-
-MAX_ROWS_PER_STATEMENT = 256       # 1,024 bound values: well under any build's variable limit
-
-
-def _pow2_chunks(items: list) -> list[list]:
-    """`items` in pieces whose sizes are powers of two (at most MAX_ROWS_PER_STATEMENT): 13 -> 8+4+1."""
-    out, i, n = [], 0, len(items)
-    while i < n:
-        size = min(MAX_ROWS_PER_STATEMENT, 1 << ((n - i).bit_length() - 1))
-        out.append(items[i:i + size])
-        i += size
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def _insert_records(rows: int) -> str:
-    return "INSERT INTO records(key, seq, epoch, data) VALUES " + ",".join(["(?,?,?,?)"] * rows)
 
 
 class SQLiteStore(Store):
@@ -181,10 +161,6 @@ class SQLiteStore(Store):
         return Loaded(snap, [Record(s, d) for s, d in rows])
 
     def _append(self, batch: list[Append]) -> list:
-        # Few SQLite steps, not one per row: the sqlite3 module releases the GIL around every step
-        # and must take it back after, and while the host's event loop is busy each take-back waits
-        # up to the switch interval. So the epochs come back as ONE row (a JSON object), and the
-        # records go in multi-row INSERTs (power-of-two sizes: a few distinct statements, cached).
         db = self._db
         db.execute("BEGIN IMMEDIATE")   # the write lock: no acquire() can interleave with the check
         try:
@@ -192,10 +168,10 @@ class SQLiteStore(Store):
             rows = []
             keys = list({item.key for item in batch})
             epochs: dict[str, int | None] = {}
-            for chunk in _pow2_chunks(keys):
-                (doc,) = db.execute("SELECT json_group_object(key, epoch) FROM owners WHERE key IN"
-                                    f" ({','.join('?' * len(chunk))})", chunk).fetchone()
-                epochs.update(json.loads(doc))
+            for i in range(0, len(keys), 500):          # one query per 500 keys, not one per key
+                chunk = keys[i:i + 500]
+                epochs.update(db.execute(f"SELECT key, epoch FROM owners WHERE key IN ({','.join('?' * len(chunk))})",
+                                         chunk).fetchall())
             for item in batch:
                 cur = epochs.get(item.key)
                 if cur != item.epoch:
@@ -203,8 +179,7 @@ class SQLiteStore(Store):
                     continue
                 rows.extend((item.key, r.seq, item.epoch, r.data) for r in item.records)
                 out.append(None)
-            for chunk in _pow2_chunks(rows):
-                db.execute(_insert_records(len(chunk)), [v for row in chunk for v in row])
+            db.executemany("INSERT INTO records(key, seq, epoch, data) VALUES (?,?,?,?)", rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

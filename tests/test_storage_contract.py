@@ -593,25 +593,3 @@ def test_sqlite_runs_in_its_own_process_only_when_asked(tmp_path, monkeypatch):
     assert isinstance(store, SQLiteStore) and not isinstance(store, SQLiteProcessStore)
     monkeypatch.setenv("SYNCOPATE_SQLITE_PROCESS", "1")
     assert isinstance(make_store(str(tmp_path)), SQLiteProcessStore)
-
-
-async def test_sqlite_group_commit_is_a_few_statements_whatever_its_size(tmp_path):
-    """Every SQLite step hands the GIL to the store's thread and back (storage/sqlite.py): a group
-    commit of 300 records on 150 keys is a handful of statements, not one per record or key."""
-    store = SQLiteStore(tmp_path / "syncopate.db")
-    await store.start()
-    try:
-        keys = [f"session:u{i}" for i in range(150)]
-        epochs = {k: await store.acquire(k) for k in keys}
-        traced: list[str] = []
-        store._db.set_trace_callback(traced.append)
-        batch = [Append(k, epochs[k], recs(1, 2)) for k in keys]
-        batch.append(Append("session:u0", epochs["session:u0"] + 1, recs(3)))     # stale: refused alone
-        out = await store.append(batch)
-        store._db.set_trace_callback(None)
-        assert out[:-1] == [None] * 150 and out[-1].code == ErrorCode.STALE_EPOCH
-        assert len(traced) <= 12, traced
-        for k in keys[:3] + keys[-3:]:
-            assert (await store.load(k)).records == recs(1, 2)
-    finally:
-        await store.close()
