@@ -30,18 +30,20 @@ import threading
 from collections import deque
 
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import Append, Loaded, Snapshot
 from storage.sqlite import SQLiteStore
 
 _LEN = struct.Struct("!I")
-_CALLS = ("_open", "_acquire", "_load", "_append", "_write_snapshot", "_ping", "_close")
+# SQLiteStore's thread-side methods (every public method of it reaches one through `_run`)
+_CALLS = frozenset({"_open", "_acquire", "_write", "_open_lease", "_renew_lease", "_membership",
+                    "_change_membership", "_load", "_append", "_write_snapshot", "_erase", "_purge",
+                    "_ping", "_close"})
 
 
 class SQLiteProcessStore(SQLiteStore):
     """SQLiteStore's interface and semantics; its connection lives in a child process."""
 
-    def __init__(self, path) -> None:
-        super().__init__(path)
+    def __init__(self, path, *, secure_delete: bool = True) -> None:
+        super().__init__(path, secure_delete=secure_delete)
         self._pool.shutdown(wait=False)        # no thread: the child process does the work
         self._proc: subprocess.Popen | None = None
         self._writer: asyncio.WriteTransport | None = None
@@ -55,7 +57,7 @@ class SQLiteProcessStore(SQLiteStore):
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)   # the host's code, whatever its path
         # Popen waits on the child's exec (a blocking read): off the loop
         self._proc = await loop.run_in_executor(None, lambda: subprocess.Popen(
-            [sys.executable, "-m", "storage.sqlite_process", self.path],
+            [sys.executable, "-m", "storage.sqlite_process", self.path, "1" if self.secure_delete else "0"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True))
         reader = asyncio.StreamReader(limit=1 << 30)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), self._proc.stdout)
@@ -112,17 +114,12 @@ class SQLiteProcessStore(SQLiteStore):
         proc, self._proc = self._proc, None
         await asyncio.get_running_loop().run_in_executor(None, _reap, proc)
 
-    async def acquire(self, key: str) -> int:
-        return await self._call("_acquire", key)
-
-    async def load(self, key: str) -> Loaded:
-        return await self._call("_load", key)
-
-    async def append(self, batch: list[Append]) -> list:
-        return await self._call("_append", batch)
-
-    async def write_snapshot(self, key: str, epoch: int, snapshot: Snapshot) -> None:
-        await self._call("_write_snapshot", key, epoch, snapshot)
+    async def _run(self, fn, *args):
+        """SQLiteStore's public methods call their thread-side method through here: run it in the child."""
+        name = getattr(fn, "__name__", "")
+        if getattr(fn, "__self__", None) is not self or name not in _CALLS:
+            raise SyncopateError(ErrorCode.INTERNAL, f"sqlite: {name or fn!r} cannot run in the store process")
+        return await self._call(name, *args)
 
     async def ping(self) -> bool:
         try:
@@ -151,14 +148,14 @@ class _Worker(SQLiteStore):
             self._db = None
 
 
-def _serve(path: str) -> None:
+def _serve(path: str, secure_delete: bool) -> None:
     import sqlite3
 
     from storage.base import unavailable
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr                    # a stray print must not corrupt the answers
-    store = _Worker(path)
+    store = _Worker(path, secure_delete=secure_delete)
     store._pool.shutdown(wait=False)
     store._stop = threading.Event()
     while True:
@@ -186,4 +183,4 @@ def _serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    _serve(sys.argv[1], sys.argv[2:3] != ["0"])

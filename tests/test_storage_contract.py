@@ -93,7 +93,7 @@ class Env:
             parts += [r.data for log in m._records.values() for r in log]
             parts += [sn.data for sn in m._snapshots.values()]
             return b"|".join(parts)
-        if self.kind == "sqlite":
+        if self.kind in ("sqlite", "sqlite-process"):
             return await sqlite_bytes(self.path)
         out = b""
         if self.kind in ("postgres", "tiered"):
