@@ -130,7 +130,7 @@ class GatewayContext:
     # -- calls into the cluster ---------------------------------------------------------------
     def request(self, cmd: Command, callback) -> None:
         """Fast path: no preparation needed, answer through `callback(reply)`."""
-        self.metrics.host_calls.labels(cmd.kind).inc()
+        self.metrics.host_call(cmd.kind)
         self.dispatcher.request(cmd, callback)
 
     async def call(self, kind: str, entity_id: str, op: str, args: dict | None = None, *,
@@ -142,7 +142,7 @@ class GatewayContext:
 
     async def call_versioned(self, cmd: Command) -> tuple[Any, int]:
         await self.prepare(cmd)
-        self.metrics.host_calls.labels(cmd.kind).inc()
+        self.metrics.host_call(cmd.kind)
         return await self.dispatcher.call(cmd)
 
     def needs_prepare(self, cmd: Command) -> bool:

@@ -39,7 +39,9 @@ class Connection:
     def __init__(self, conn_id: str, principal: Principal, *, encoding: str, client: str, device_id: str | None,
                  send_raw: Callable[[Any], Any], close: Callable[[int, str], Any],
                  max_queued_bytes: int = 16 << 20, on_overflow: Callable[["Connection"], None] | None = None,
-                 send_many: Callable[[list], Any] | None = None) -> None:
+                 send_many: Callable[[list], Any] | None = None,
+                 write_now: Callable[[list], bool] | None = None,
+                 drain: Callable[[], Any] | None = None) -> None:
         self.id = conn_id
         self.principal = principal
         self.encoding = encoding
@@ -51,6 +53,12 @@ class Connection:
         self.abort_after_s = 10.0
         self._send_raw = send_raw
         self._send_many = send_many          # several queued frames in one socket write (gateway/wsframes.py)
+        # The synchronous form of send_many (True: the transport wants `drain` awaited before more):
+        # with it, the frames queued in one loop turn are written by one plain callback at the end
+        # of the turn, and a writer task exists only while a socket is backpressured.
+        self._write_now = write_now if drain is not None else None
+        self._drain = drain
+        self._flush_due = False
         self._close = close
         self._queue: deque = deque()
         self.queued_bytes = 0
@@ -82,17 +90,48 @@ class Connection:
         self._queue.append(frame)
         self.queued_bytes += size
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            if self._write_now is None:
+                self._writer = asyncio.get_running_loop().create_task(self._write())
+            elif not self._flush_due:
+                # Later in this turn, not now: the answer and the push of one host frame go together.
+                self._flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush_now)
 
-    async def _write(self) -> None:
+    def _take(self) -> list:
+        batch = []
+        while self._queue and len(batch) < 64:
+            frame = self._queue.popleft()
+            self.queued_bytes -= frame_size(frame)
+            batch.append(frame)
+        return batch
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        if self.closed or (self._writer is not None and not self._writer.done()):
+            return                               # closed, or a writer task waits on a drain and goes on after it
+        while self._queue:
+            batch = self._take()
+            try:
+                backpressured = self._write_now(batch)
+            except Exception:
+                self.closed = True
+                return
+            self.frames_out += len(batch)
+            if backpressured:
+                self._writer = asyncio.get_running_loop().create_task(self._write(drain_first=True))
+                return
+
+    async def _write(self, drain_first: bool = False) -> None:
+        if drain_first:
+            try:
+                await self._drain()              # backpressure per connection: the peer reads slowly
+            except Exception:
+                self.closed = True
+                return
         while self._queue and not self.closed:
             if self._send_many is not None:
                 # everything queued so far goes in one write (a bounded batch): one system call
-                batch = []
-                while self._queue and len(batch) < 64:
-                    frame = self._queue.popleft()
-                    self.queued_bytes -= frame_size(frame)
-                    batch.append(frame)
+                batch = self._take()
                 send = self._send_many(batch)
             else:
                 frame = self._queue.popleft()
@@ -107,6 +146,8 @@ class Connection:
                 return
 
     async def flush(self, timeout: float = 5.0) -> None:
+        if self._flush_due:
+            self._flush_now()                    # frames of this turn not written yet: now, before a close
         if self._writer is not None and not self._writer.done():
             await asyncio.wait_for(asyncio.shield(self._writer), timeout)
 

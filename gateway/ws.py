@@ -67,9 +67,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     client = request.query.get("client", "app")[:32]
     device_id = (request.query.get("device_id") or principal.device_id or None)
     device_id = device_id[:64] if device_id else None
+    frames = FrameWriter(ws)
     conn = ctx.new_connection(principal, encoding=codec.JSON, client=client, device_id=device_id,
                               send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
-                              send_many=FrameWriter(ws).write,
+                              send_many=frames.write, write_now=frames.write_now, drain=frames.drain,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     # the metric's label is one of a few known kinds: a client-chosen string would let one client
     # create metric series (memory) without bound
@@ -187,7 +188,7 @@ class WsSession:
         if conn.closing:
             return
         conn.encoding = encoding            # answer in the encoding the client uses
-        ctx.metrics.frames_in.labels(encoding).inc()
+        (ctx.metrics.frames_in_json if encoding == codec.JSON else ctx.metrics.frames_in_msgpack).inc()
         size = len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
         if size > ctx.config.max_frame_bytes:
             return self._error(None, SyncopateError(ErrorCode.FRAME_TOO_LARGE,
@@ -232,7 +233,7 @@ class WsSession:
         def callback(reply: Reply):
             self.inflight -= 1
             self.inflight_subscribes -= subscribe
-            self.ctx.metrics.request_seconds.labels("ws").observe(time.perf_counter() - t0)
+            self.ctx.metrics.ws_seconds.observe(time.perf_counter() - t0)
             if reply.ok:
                 payload = reply.payload if present is None else present(reply.payload)
                 self.conn.send(codec.result(rid, payload, reply.version))

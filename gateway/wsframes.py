@@ -35,12 +35,14 @@ def header(opcode: int, n: int) -> bytes:
 
 
 class FrameWriter:
-    """`await write(frames)`: str frames go as text, bytes as binary, in order, in one write."""
+    """`write_now(frames)`: str frames go as text, bytes as binary, in order, in one write, at once;
+    it answers whether the caller must `await drain()` before writing more (the transport is over
+    its high-water mark). `await write(frames)` is both."""
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
 
-    async def write(self, frames: list[Any]) -> None:
+    def write_now(self, frames: list[Any]) -> bool:
         writer = self.ws._writer
         transport = writer.transport if writer is not None else None
         if transport is None or transport.is_closing() or self.ws.closed:
@@ -63,9 +65,15 @@ class FrameWriter:
                 parts.append(payload)
         if parts:
             transport.write(b"".join(parts))
-        if transport.get_write_buffer_size() > HIGH_WATER:
-            # the peer reads slower than we write: wait as aiohttp's own writer does (its protocol
-            # pauses writing at the transport's high-water mark)
-            protocol = writer.protocol
-            if protocol._paused:
-                await protocol._drain_helper()
+        # the peer reads slower than we write: wait as aiohttp's own writer does (its protocol
+        # pauses writing at the transport's high-water mark)
+        return transport.get_write_buffer_size() > HIGH_WATER and writer.protocol._paused
+
+    async def drain(self) -> None:
+        writer = self.ws._writer
+        if writer is not None and writer.protocol._paused:
+            await writer.protocol._drain_helper()
+
+    async def write(self, frames: list[Any]) -> None:
+        if self.write_now(frames):
+            await self.drain()

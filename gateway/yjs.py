@@ -129,8 +129,10 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     except SyncopateError as err:
         return error_response(err)
     ws = await upgrade(request, ctx, principal)
+    frames = FrameWriter(ws)
     conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
-                              send_raw=ws.send_bytes, send_many=FrameWriter(ws).write,
+                              send_raw=ws.send_bytes, send_many=frames.write, write_now=frames.write_now,
+                              drain=frames.drain,
                               close=lambda code, reason: ws.close(code=code, message=reason.encode()))
     session = YjsSession(ctx, conn, pid)
     ctx.metrics.connections.labels("yjs").inc()

@@ -35,6 +35,19 @@ def ray_server_pids(server) -> dict[str, int]:
         if name.startswith(prefix) and info.get("State") == "ALIVE" and info.get("Pid"):
             label = name[len(prefix):].replace("gw-", "gateway-")
             out[label] = int(info["Pid"])
+            out.update(store_children(label, int(info["Pid"])))
+    return out
+
+
+def store_children(label: str, pid: int) -> dict[str, int]:
+    """A host's SQLite store process (storage/sqlite_process.py): part of the server's cost."""
+    out: dict[str, int] = {}
+    try:
+        for child in psutil.Process(pid).children():
+            if "storage.sqlite_process" in " ".join(child.cmdline()):
+                out[f"{label}-store"] = child.pid
+    except psutil.Error:
+        pass
     return out
 
 

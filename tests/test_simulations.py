@@ -491,3 +491,18 @@ def test_scale_model_tiny(tmp_path):
     assert p["assumptions"]["plays_per_s"]["value"] == 37_000
     md = (tmp_path / "report.md").read_text()
     assert "## Assumptions" in md and "## Capacity" in md
+
+
+async def test_a_hosts_sqlite_store_process_counts_as_the_hosts(tmp_path):
+    import os
+
+    from simulations.resources import store_children
+    from storage.sqlite_process import SQLiteProcessStore
+
+    assert await asyncio.to_thread(store_children, "host-0", os.getpid()) == {}    # blocking: /proc reads
+    store = SQLiteProcessStore(tmp_path / "syncopate.db")
+    await store.start()
+    try:
+        assert await asyncio.to_thread(store_children, "host-0", os.getpid()) == {"host-0-store": store._proc.pid}
+    finally:
+        await store.close()

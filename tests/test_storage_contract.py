@@ -22,12 +22,13 @@ from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore, connect
 from storage.sqlite import SQLiteStore
+from storage.sqlite_process import SQLiteProcessStore
 from storage.tiered import TieredStore
 from tests.support.store_bytes import postgres_bytes, redis_bytes, sqlite_bytes
 
 PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SYNCOPATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-BACKENDS = ["memory", "sqlite", "postgres", "redis", "tiered"]
+BACKENDS = ["memory", "sqlite", "sqlite-process", "postgres", "redis", "tiered"]
 
 
 class Env:
@@ -54,6 +55,8 @@ class Env:
             return self._memory
         if self.kind == "sqlite":
             return SQLiteStore(self.path)
+        if self.kind == "sqlite-process":
+            return SQLiteProcessStore(self.path)
         if self.kind == "postgres":
             return PostgresStore(PG_DSN, prefix=self.prefix)
         if self.kind == "redis":
@@ -70,7 +73,7 @@ class Env:
         """Records physically stored for `key` (compaction must delete, not just hide)."""
         if self.kind == "memory":
             return self._memory.record_count(key)
-        if self.kind == "sqlite":
+        if self.kind in ("sqlite", "sqlite-process"):
             def count() -> int:
                 with sqlite3.connect(self.path) as db:
                     return db.execute("SELECT count(*) FROM records WHERE key = ?", (key,)).fetchone()[0]
@@ -90,7 +93,7 @@ class Env:
             parts += [r.data for log in m._records.values() for r in log]
             parts += [sn.data for sn in m._snapshots.values()]
             return b"|".join(parts)
-        if self.kind == "sqlite":
+        if self.kind in ("sqlite", "sqlite-process"):
             return await sqlite_bytes(self.path)
         out = b""
         if self.kind in ("postgres", "tiered"):
@@ -557,3 +560,36 @@ def test_make_store_picks_the_backend(tmp_path):
     assert isinstance(tiered, TieredStore) and tiered.durable and tiered.pg.prefix == "x_"
     with pytest.raises(ValueError, match="postgres-dsn"):
         make_store(str(tmp_path), redis_url=REDIS_URL)
+
+
+# -- SQLite in a process of its own ----------------------------------------------------------------
+async def test_sqlite_process_store_that_dies_fails_every_call_retryably(tmp_path):
+    store = SQLiteProcessStore(tmp_path / "syncopate.db")
+    await store.start()
+    try:
+        e = await store.acquire("pl")
+        assert await store.append([Append("pl", e, recs(1))]) == [None]
+        store._proc.kill()                           # the child dies (OOM killer, a crash)
+        with pytest.raises(SyncopateError) as err:
+            await asyncio.wait_for(store.append([Append("pl", e, recs(2))]), 10)
+        assert err.value.code == ErrorCode.STORE_UNAVAILABLE and err.value.retryable
+        with pytest.raises(SyncopateError) as again:
+            await store.load("pl")
+        assert again.value.code == ErrorCode.STORE_UNAVAILABLE
+        assert await store.ping() is False
+    finally:
+        await store.close()
+    reopened = SQLiteStore(tmp_path / "syncopate.db")   # what was acknowledged is there
+    await reopened.start()
+    try:
+        assert (await reopened.load("pl")).records == recs(1)
+    finally:
+        await reopened.close()
+
+
+def test_sqlite_runs_in_its_own_process_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNCOPATE_SQLITE_PROCESS", raising=False)
+    store = make_store(str(tmp_path))
+    assert isinstance(store, SQLiteStore) and not isinstance(store, SQLiteProcessStore)
+    monkeypatch.setenv("SYNCOPATE_SQLITE_PROCESS", "1")
+    assert isinstance(make_store(str(tmp_path)), SQLiteProcessStore)

@@ -174,3 +174,76 @@ async def test_slow_reader_is_closed_at_its_byte_budget():
     await asyncio.wait_for(_until(lambda: frames), 2)
     assert frames == [4008] and slow.closed
     assert slow.queued_bytes == 0
+
+
+class _SyncSocket:
+    """A socket with the synchronous write of gateway/wsframes.py: `write_now` answers whether the
+    caller must await `drain` (the transport over its high-water mark)."""
+
+    def __init__(self):
+        self.writes: list[list] = []
+        self.events: list = []
+        self.backpressured = False
+        self.drained = asyncio.Event()
+
+    def write_now(self, frames):
+        self.writes.append(list(frames))
+        self.events.extend(frames)
+        return self.backpressured
+
+    async def drain(self):
+        await self.drained.wait()
+
+    async def send_many(self, frames):
+        if self.write_now(frames):
+            await self.drain()
+
+    async def close(self, code, reason):
+        self.events.append(("closed", code))
+
+    def connection(self):
+        async def unused(f):
+            raise AssertionError("send_raw is not used when write_now is given")
+        return Connection("w", Principal("a"), encoding=codec.JSON, client="t", device_id=None,
+                          send_raw=unused, close=self.close, send_many=self.send_many,
+                          write_now=self.write_now, drain=self.drain)
+
+
+async def test_frames_of_one_turn_go_in_one_write_without_a_writer_task():
+    sock = _SyncSocket()
+    c = sock.connection()
+    c.send_frame("a")
+    c.send_frame("b")
+    assert sock.writes == []                 # not written inside the turn that queued them
+    await asyncio.sleep(0)                   # one loop turn (call_soon), no deadline involved
+    assert sock.writes == [["a", "b"]]
+    assert c._writer is None and c.frames_out == 2 and c.queued_bytes == 0
+    c.send_frame("c")
+    await asyncio.sleep(0)
+    assert sock.writes == [["a", "b"], ["c"]] and c._writer is None
+
+
+async def test_a_backpressured_socket_waits_for_its_drain_and_keeps_order():
+    sock = _SyncSocket()
+    c = sock.connection()
+    sock.backpressured = True
+    c.send_frame("a")
+    await asyncio.sleep(0)
+    assert sock.writes == [["a"]] and c._writer is not None and not c._writer.done()
+    c.send_frame("b")
+    c.send_frame("c")
+    await asyncio.sleep(0)
+    assert sock.writes == [["a"]]            # nothing more until the peer has read
+    sock.backpressured = False
+    sock.drained.set()
+    await asyncio.wait_for(c._writer, 2)
+    assert sock.events == ["a", "b", "c"] and c.frames_out == 3
+
+
+async def test_close_writes_the_frames_of_its_turn_first():
+    sock = _SyncSocket()
+    c = sock.connection()
+    c.send_frame("bye")
+    c.close(4001, "session ended")           # same turn: the frame is not written yet
+    await asyncio.wait_for(_until(lambda: ("closed", 4001) in sock.events), 2)
+    assert sock.events == ["bye", ("closed", 4001)]
