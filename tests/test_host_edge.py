@@ -284,25 +284,3 @@ async def test_op_ids_are_remembered_for_the_retry_window_only():
     _, v3 = await host.call(cmd("add", eid="w", n=1, op_id="op-1"))                   # long after: a new op
     assert v3 == v1 + 2
     await host.close(passivate=False)
-
-
-# -- the resident drain (no task per command) ---------------------------------------------------
-async def test_commands_for_a_resident_entity_keep_their_order_and_an_eviction_before_the_drain_fails_them(wired):
-    host, _ = wired
-    assert (await host.call(cmd("add", n=1)))[1] == 1             # resident now
-    tasks_before = len(asyncio.all_tasks())
-    calls = [asyncio.ensure_future(host.call(cmd("add", n=i))) for i in (2, 3, 4)]
-    await asyncio.sleep(0)                                         # the callers enqueue; one drain callback is due
-    slot = host.slots["counter:c1"]
-    assert slot.draining and len(slot.mailbox) == 3
-    assert len(asyncio.all_tasks()) == tasks_before + 3            # the three callers, no drain task
-    results = await asyncio.gather(*calls)
-    assert [v for _, v in results] == [2, 3, 4] and results[-1][0]["total"] == 10
-    # Evicted between the enqueue and the drain: the queued command is refused, retryably.
-    pending = asyncio.ensure_future(host.call(cmd("add", n=5)))
-    await asyncio.sleep(0)
-    host._evict(host.slots["counter:c1"])
-    with pytest.raises(SyncopateError) as err:
-        await asyncio.wait_for(pending, 5)
-    assert err.value.code == ErrorCode.HOST_UNAVAILABLE and err.value.retryable
-    assert (await host.call(cmd("get")))[0]["total"] == 10         # reloaded from the store: nothing half-applied
