@@ -224,12 +224,7 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
         slot.last_used = self.clock()
         if not slot.draining:
             slot.draining = True
-            if slot.entity is not None and not slot.dead:
-                # Resident: drained later in this turn by a plain callback (the same place in the
-                # loop's order as a new task's first step), not by a task per command.
-                asyncio.get_running_loop().call_soon(self._drain_resident, slot)
-            else:
-                asyncio.get_running_loop().create_task(self._drain(slot))
+            asyncio.get_running_loop().create_task(self._drain(slot))
 
     async def call(self, cmd: Command) -> tuple[Any, int]:
         """Run one command and wait for its released answer: (reply, version); raises a refusal."""
@@ -282,22 +277,6 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
             del self.interest[key]
 
     # -- the per-entity mailbox ------------------------------------------------------------------
-    def _drain_resident(self, slot: Slot) -> None:
-        """`_drain` for an entity in memory: no await, so no task. An entity that needs activating
-        first (passivated since, or a phantom that must acquire to write) hands over to `_drain`."""
-        handover = False
-        try:
-            while slot.mailbox and not slot.dead:
-                if slot.entity is None:
-                    handover = True
-                    asyncio.get_running_loop().create_task(self._drain(slot))   # keeps `draining` set
-                    return
-                cmd, sink = slot.mailbox.popleft()
-                self._handle(slot, cmd, sink)
-        finally:
-            if not handover:
-                self._drained(slot)
-
     async def _drain(self, slot: Slot) -> None:
         try:
             while slot.mailbox and not slot.dead:
@@ -320,17 +299,14 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
                     continue
                 self._handle(slot, cmd, sink)
         finally:
-            self._drained(slot)
-
-    def _drained(self, slot: Slot) -> None:
-        slot.draining = False
-        if slot.dead:
-            self._fail_mailbox(slot, SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{slot.key} was evicted; retry"))
-        if not slot.mailbox and self.slots.get(slot.key) is slot and (
-                slot.phantom or (slot.entity is None and not slot.inflight)):
-            # A phantom is not resident: its answers are queued (in order) and it holds nothing
-            # that is not in the store (nothing).
-            del self.slots[slot.key]
+            slot.draining = False
+            if slot.dead:
+                self._fail_mailbox(slot, SyncopateError(ErrorCode.HOST_UNAVAILABLE, f"{slot.key} was evicted; retry"))
+            if not slot.mailbox and self.slots.get(slot.key) is slot and (
+                    slot.phantom or (slot.entity is None and not slot.inflight)):
+                # A phantom is not resident: its answers are queued (in order) and it holds nothing
+                # that is not in the store (nothing).
+                del self.slots[slot.key]
 
     def _fail_mailbox(self, slot: Slot, err: SyncopateError) -> None:
         while slot.mailbox:
