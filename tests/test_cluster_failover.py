@@ -93,7 +93,10 @@ class Writer(threading.Thread):
                 if page["total"] < self.acked:
                     self.stale.append((page["total"], self.acked))
                 break
-            time.sleep(0.02)
+            # Pacing, not synchronisation: every writer writes as one user (alice), and the gateway
+            # limits a user to 100 REST requests/s (burst 200). 8 writers x 5 loops/s x 2 requests
+            # stay under it on a quiet machine, where unpaced loops drew 429s.
+            time.sleep(0.2)
 
 
 def actor_nodes(nodes: RayNodes, srv: ServeProcess) -> dict[str, str]:
