@@ -24,15 +24,13 @@ is lost if Redis restarts. The durable record is what the consumer committed; se
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 
-from protocols.errors import ErrorCode, SyncopateError
+from syncopate.events.sqlite_file import SQLiteFile, unavailable
 from storage.redis import connect as redis_connect
 
 
@@ -51,12 +49,9 @@ def _unpack(b: bytes) -> dict:
     return msgpack.unpackb(b, raw=False)
 
 
-def unavailable(name: str, exc: Exception) -> SyncopateError:
-    return SyncopateError(ErrorCode.STORE_UNAVAILABLE, f"event log {name}: {type(exc).__name__}: {exc}")
-
-
-class SQLiteLog:
+class SQLiteLog(SQLiteFile):
     name = "sqlite"
+    thread_name = "event-log"
     POLL_S = 0.01
     SCHEMA = [
         "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL,"
@@ -67,54 +62,14 @@ class SQLiteLog:
     ]
 
     def __init__(self, path: str | Path, group: str = "counts") -> None:
-        self.path, self.group = str(path), group
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log")
-        self._db: sqlite3.Connection | None = None
+        super().__init__(path)
+        self.group = group
         self._nudge: asyncio.Event | None = None     # a publish in this process wakes a blocked read
 
-    async def _run(self, fn, *args):
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.Error as exc:
-            raise unavailable(self.name, exc) from exc
-
-    async def start(self) -> None:
-        await self._run(self._open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=False)
-
-    def _open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA busy_timeout=30000")
-        for _ in range(100):
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:        # another process is switching the new file
-                time.sleep(0.05)
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
+    def _create(self, db) -> None:
         for stmt in self.SCHEMA:
             db.execute(stmt)
         db.execute("INSERT OR IGNORE INTO cursors (grp, last_id) VALUES (?, 0)", (self.group,))
-        db.execute("COMMIT")
-        self._db = db
-
-    def _tx(self, fn):
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return out
 
     async def publish(self, events: list[dict]) -> None:
         now = int(time.time() * 1000)

@@ -18,14 +18,12 @@ day of their start) and compares every (track, day) with {p}ev_counts. Recently 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocols.listening import ListeningEvent
-from syncopate.events.bus import unavailable
+from syncopate.events.sqlite_file import SQLiteFile, unavailable
 
 
 @dataclass
@@ -86,43 +84,16 @@ def _recent_page(rows: list, limit: int, direction: str, total: int) -> dict:
             "more": bool(rows) and more, "direction": direction, "total": total}
 
 
-class SQLiteCounts:
+class SQLiteCounts(SQLiteFile):
     name = "sqlite"
+    thread_name = "event-counts"
 
     def __init__(self, path: str | Path, prefix: str = "syncopate_") -> None:
-        self.path, self.p = str(path), prefix
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-counts")
-        self._db: sqlite3.Connection | None = None
+        super().__init__(path)
+        self.p = prefix
 
-    async def _run(self, fn, *args):
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.Error as exc:
-            raise unavailable(self.name, exc) from exc
-
-    async def start(self) -> None:
-        await self._run(self._open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=False)
-
-    def _open(self) -> None:
-        import time
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA busy_timeout=30000")
-        for _ in range(100):
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                time.sleep(0.05)
-        db.execute("PRAGMA synchronous=FULL")
+    def _create(self, db) -> None:
         p = self.p
-        db.execute("BEGIN IMMEDIATE")
         db.execute(f"CREATE TABLE IF NOT EXISTS {p}ev_events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
                    " key TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, play_id TEXT NOT NULL, track_uri TEXT NOT NULL,"
                    " day TEXT NOT NULL, played_at_ms INTEGER NOT NULL, ms_played INTEGER NOT NULL,"
@@ -134,43 +105,38 @@ class SQLiteCounts:
         db.execute(f"CREATE INDEX IF NOT EXISTS {p}ev_counted_user ON {p}ev_counted (user_id, played_at_ms)")
         db.execute(f"CREATE TABLE IF NOT EXISTS {p}ev_counts (track_uri TEXT NOT NULL, day TEXT NOT NULL,"
                    " streams INTEGER NOT NULL, PRIMARY KEY (track_uri, day))")
-        db.execute("COMMIT")
-        self._db = db
 
     # -- the consumer's one transaction ---------------------------------------------------------
     async def apply(self, events: list[ListeningEvent], before_commit=None) -> Applied:
         return await self._run(self._apply, events, before_commit)
 
     def _apply(self, events: list[ListeningEvent], before_commit) -> Applied:
-        db, p = self._db, self.p
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = Applied()
-            # Three statements for the whole batch: the events new by key (a row whose key is
-            # already there, or earlier in the same batch, is skipped), the plays new by play id
-            # among their streams, and one increment per (track, day) of those.
-            for part in _chunks(events, 500):
-                rows = [_row(ev) for ev in part]
-                new = {r[0] for r in db.execute(
-                    f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES {','.join(['(' + ','.join('?' * 15) + ')'] * len(rows))}"
-                    " ON CONFLICT (key) DO NOTHING RETURNING key", [v for r in rows for v in r]).fetchall()}
-                out.events += len(new)
-                out.duplicates += len(part) - len(new)
-                plays = _new_streams(part, new)
-                if plays:
-                    counted = db.execute(
-                        f"INSERT INTO {p}ev_counted VALUES {','.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(plays))}"
-                        " ON CONFLICT (play_id) DO NOTHING RETURNING track_uri, day", [v for r in plays for v in r]).fetchall()
-                    out.streams += len(counted)
-                    for (uri, day), n in _tally(counted).items():
-                        db.execute(f"INSERT INTO {p}ev_counts VALUES (?, ?, ?) ON CONFLICT (track_uri, day)"
-                                   " DO UPDATE SET streams = streams + excluded.streams", (uri, day, n))
-            if before_commit is not None:
-                before_commit()            # fault injection (tests): a crash with the transaction open
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return self._tx(lambda db: self._apply_in(db, events, before_commit))
+
+    def _apply_in(self, db, events: list[ListeningEvent], before_commit) -> Applied:
+        p = self.p
+        out = Applied()
+        # Three statements for the whole batch: the events new by key (a row whose key is
+        # already there, or earlier in the same batch, is skipped), the plays new by play id
+        # among their streams, and one increment per (track, day) of those.
+        for part in _chunks(events, 500):
+            rows = [_row(ev) for ev in part]
+            new = {r[0] for r in db.execute(
+                f"INSERT INTO {p}ev_events ({_EV_COLS}) VALUES {','.join(['(' + ','.join('?' * 15) + ')'] * len(rows))}"
+                " ON CONFLICT (key) DO NOTHING RETURNING key", [v for r in rows for v in r]).fetchall()}
+            out.events += len(new)
+            out.duplicates += len(part) - len(new)
+            plays = _new_streams(part, new)
+            if plays:
+                counted = db.execute(
+                    f"INSERT INTO {p}ev_counted VALUES {','.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(plays))}"
+                    " ON CONFLICT (play_id) DO NOTHING RETURNING track_uri, day", [v for r in plays for v in r]).fetchall()
+                out.streams += len(counted)
+                for (uri, day), n in _tally(counted).items():
+                    db.execute(f"INSERT INTO {p}ev_counts VALUES (?, ?, ?) ON CONFLICT (track_uri, day)"
+                               " DO UPDATE SET streams = streams + excluded.streams", (uri, day, n))
+        if before_commit is not None:
+            before_commit()            # fault injection (tests): a crash with the transaction open
         return out
 
     # -- reads ----------------------------------------------------------------------------------------
