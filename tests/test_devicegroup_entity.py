@@ -15,7 +15,7 @@ from gateway import presenters
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Reply
 from protocols.messages import DEVICE_GROUP, PLAYLIST
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
@@ -23,14 +23,6 @@ T0 = 1_700_000_000_000
 
 
 # -- the catalog: 30 tracks on 3 albums by 3 artists ------------------------------------------------
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
-
-
 def album_uri(i: int) -> str:
     return f"spotify:album:a{i:021d}"
 

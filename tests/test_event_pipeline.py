@@ -29,19 +29,11 @@ from syncopate.events.counts import PostgresCounts, SQLiteCounts
 from syncopate.events.publish import Publisher
 from syncopate.events.reconcile import reconcile
 from tests.conftest import POSTGRES_DSN, REDIS_URL
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.playlists import eventually
 
 DAY0 = 1_767_225_600_000            # 2026-01-01T00:00:00Z
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
 
 
 def _catalog():

@@ -19,20 +19,12 @@ from protocols.listening import (
     PLAY_MATCH_MS,
     ListeningEvent,
 )
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.entities import EntityDriver, OnDriver
 
 USER = "alice"
 T0 = 1_767_000_000_000          # server time at the start of every test
 DUR = 200_000                   # every track lasts 200 s (track 9: 20 s)
-
-
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
 
 
 def _catalog():

@@ -9,7 +9,7 @@ from actors.devicegroup import DeviceGroupEntity
 from actors.entity import SYSTEM, Env, Principal
 from catalog.core import Catalog
 from protocols.errors import ErrorCode, SyncopateError
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.entities import EntityDriver
 
 USER = "alice"
@@ -18,14 +18,6 @@ DUR = 100_000
 ALBUM = "a" + "0" * 21
 ARTIST = "r" + "0" * 21
 SE_ONLY = {"SE", "NO"}          # tracks 2 and 4 of the album: licensed in SE and NO only
-
-
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
 
 
 def build(removed: set[int] = frozenset(), markets: dict[int, set] | None = None) -> Catalog:

@@ -11,20 +11,12 @@ import pytest
 from gateway.auth import Auth, write_secret
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.player import Device, WsError
 
 SECRET = "rights-rest-secret-0123456789-abcdefghij"
 ARTIST, ALBUM = "r" + "0" * 21, "a" + "0" * 21
 SE_ONLY = ["NO", "SE"]
-
-
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
 
 
 def write_catalog(path, removed=(), markets=None) -> None:

@@ -20,6 +20,15 @@ FILLER_ARTIST = "f" * 22
 FILLER_ALBUM = "g" * 22
 
 
+def tid(i: int) -> str:
+    """The i-th test track id (22 characters, as Spotify ids are)."""
+    return f"t{i:021d}"
+
+
+def turi(i: int) -> str:
+    return f"spotify:track:{tid(i)}"
+
+
 class CatalogBuilder:
     def __init__(self) -> None:
         self._artists: dict[str, Artist] = {}
