@@ -71,7 +71,8 @@ class Replica(Client):
         self.outbox.clear()
 
 
-def run(actions, restarts_compact=True):
+def mix_with_replicas() -> tuple[Harness, list[Replica]]:
+    """A playlist of 4 tracks with every user an editor, and one connected replica per user."""
     h = Harness()
     h.do("create", name="Mix")
     h.do("add", uris=[T(i) for i in range(4)])
@@ -81,6 +82,11 @@ def run(actions, restarts_compact=True):
     for r in reps:
         r.reconnect()
         r.seen = len(h.events)
+    return h, reps
+
+
+def run(actions, restarts_compact=True):
+    h, reps = mix_with_replicas()
     h.deleted, h.valid = set(), set()       # ids someone deleted; ids that were ever valid entries
     for act in actions:
         h.valid.update(e.id for e in h.e.doc.entries)
@@ -220,15 +226,7 @@ race = st.one_of(
 
 
 def run_race(before, after, victim_index):
-    h = Harness()
-    h.do("create", name="Mix")
-    h.do("add", uris=[T(i) for i in range(4)])
-    for u in USERS[1:]:
-        h.do("set_collaborator", user_id=u, role="editor")
-    reps = [Replica(h, u, client_id=100 + i) for i, u in enumerate(USERS)]
-    for r in reps:
-        r.reconnect()
-        r.seen = len(h.events)
+    h, reps = mix_with_replicas()
     x = h.e.doc.entries[victim_index].id
     deleter = reps[1]
     pending_delete = False          # ed's delete not delivered yet: ed is "offline", receives nothing
@@ -311,15 +309,7 @@ def test_concurrent_moves_keep_exactly_one_copy_whatever_the_order(acts, victim_
     """Every replica moves the same entry (Yjs moves and REST reorders), some while offline
     (receiving nothing until they reconnect, their edits sent in the reconnect's SyncStep2),
     delivered in any order with restarts in between: one copy survives, on every replica."""
-    h = Harness()
-    h.do("create", name="Mix")
-    h.do("add", uris=[T(i) for i in range(4)])
-    for u in USERS[1:]:
-        h.do("set_collaborator", user_id=u, role="editor")
-    reps = [Replica(h, u, client_id=100 + i) for i, u in enumerate(USERS)]
-    for r in reps:
-        r.reconnect()
-        r.seen = len(h.events)
+    h, reps = mix_with_replicas()
     x = h.e.doc.entries[victim_index].id
     offline: set[int] = set()
     for act in acts:
@@ -381,15 +371,7 @@ def test_a_move_is_a_move_however_its_copy_and_its_delete_arrive(moves, order, m
     limits; so one move at least comes whole, and whole ones are sent first. At most one is held
     back: with two clients' updates pending at once, yrs integrates part of them early.)"""
     assume(any(how == "whole" for _, how in moves) and sum(how == "held_back" for _, how in moves) <= 1)
-    h = Harness()
-    h.do("create", name="Mix")
-    h.do("add", uris=[T(i) for i in range(4)])
-    for u in USERS[1:]:
-        h.do("set_collaborator", user_id=u, role="editor")
-    reps = [Replica(h, u, client_id=100 + i) for i, u in enumerate(USERS)]
-    for r in reps:
-        r.reconnect()
-        r.seen = len(h.events)
+    h, reps = mix_with_replicas()
     x = h.e.doc.entries[victim_index].id
     movers = [reps[i] for i in order[:len(moves)]]
     prefixes, updates = [], []
