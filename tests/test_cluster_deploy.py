@@ -14,17 +14,9 @@ import urllib.request
 
 import pytest
 
-from tests.support.cluster import GATEWAY_GONE, RayNodes, ServeProcess
+from tests.support.cluster import GATEWAY_GONE, RayNodes, ServeProcess, actor_nodes
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
-
-ACTOR_NODES = """
-import json
-from ray._private.state import state
-print(json.dumps({v["Name"]: v["Address"]["NodeID"] for v in state.actor_table(None).values()
-                  if v["State"] == "ALIVE" and v["Name"]}))
-"""
-
 
 @pytest.fixture(scope="module")
 def nodes():
@@ -48,14 +40,6 @@ def put_json(url: str, body, token: str, timeout: float = 10.0) -> int:
 def token(data_dir, user: str) -> str:
     from gateway.auth import Auth, load_secret
     return Auth(load_secret(data_dir)).mint(user)
-
-
-def actor_nodes(nodes: RayNodes, srv: ServeProcess) -> dict[str, str]:
-    """{actor name suffix ("host-0", "gw-n...") -> node id} for this server's live actors."""
-    gid = re.search(r"gateway (n[0-9a-f]+) on node", srv.output()).group(1)
-    names = json.loads(nodes.driver(ACTOR_NODES))
-    cluster = next(k for k in names if k.endswith(f"-gw-{gid}"))[:-len(f"-gw-{gid}")]
-    return {k[len(cluster) + 1:]: v for k, v in names.items() if k.startswith(cluster + "-")}
 
 
 def test_sqlite_is_refused_on_a_cluster(nodes, tmp_path):

@@ -12,7 +12,6 @@ tests/support/cluster.py), PostgreSQL store, REST writes through a gateway on a 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -21,17 +20,11 @@ import uuid
 
 import pytest
 
-from tests.support.cluster import RayNodes, ServeProcess
+from tests.support.cluster import RayNodes, ServeProcess, actor_nodes
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 PLAYLISTS = 8
-ACTOR_NODES = """
-import json
-from ray._private.state import state
-print(json.dumps({v["Name"]: v["Address"]["NodeID"] for v in state.actor_table(None).values()
-                  if v["State"] == "ALIVE" and v["Name"]}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +90,6 @@ class Writer(threading.Thread):
             # limits a user to 100 REST requests/s (burst 200). 8 writers x 5 loops/s x 2 requests
             # stay under it on a quiet machine, where unpaced loops drew 429s.
             time.sleep(0.2)
-
-
-def actor_nodes(nodes: RayNodes, srv: ServeProcess) -> dict[str, str]:
-    gid = re.search(r"gateway (n[0-9a-f]+) on node", srv.output()).group(1)
-    names = json.loads(nodes.driver(ACTOR_NODES))
-    cluster = next(k for k in names if k.endswith(f"-gw-{gid}"))[:-len(f"-gw-{gid}")]
-    return {k[len(cluster) + 1:]: v for k, v in names.items() if k.startswith(cluster + "-")}
 
 
 def setup_playlists(url: str, token: str) -> tuple[list[str], str]:

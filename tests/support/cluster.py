@@ -20,6 +20,7 @@ driver of its own.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -148,6 +149,22 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+ACTOR_NODES = """
+import json
+from ray._private.state import state
+print(json.dumps({v["Name"]: v["Address"]["NodeID"] for v in state.actor_table(None).values()
+                  if v["State"] == "ALIVE" and v["Name"]}))
+"""
+
+
+def actor_nodes(nodes: RayNodes, srv: ServeProcess) -> dict[str, str]:
+    """{actor name suffix ("host-0", "gw-n...") -> node id} for this server's live actors."""
+    gid = re.search(r"gateway (n[0-9a-f]+) on node", srv.output()).group(1)
+    names = json.loads(nodes.driver(ACTOR_NODES))
+    cluster = next(k for k in names if k.endswith(f"-gw-{gid}"))[:-len(f"-gw-{gid}")]
+    return {k[len(cluster) + 1:]: v for k, v in names.items() if k.startswith(cluster + "-")}
 
 
 def drop_tables(dsn: str, prefix: str) -> None:
