@@ -27,7 +27,7 @@ from typing import Any
 
 from actors.entity import Command, Entity, Outcome
 from protocols.errors import ErrorCode, SyncopateError
-from protocols.messages import SESSION
+from protocols.messages import DEVICE_GROUP, SESSION
 
 ACCOUNT = "account"
 APP = "app"
@@ -39,6 +39,7 @@ COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 PRODUCTS = ("premium", "free")
+DEFAULT_COUNTRY = "US"             # an account's country unless given; a user without an account's too
 CODE_TTL_MS = 10 * 60_000          # an authorization code lives ten minutes
 MAX_CODES = 32                     # outstanding codes per account (oldest dropped)
 MAX_FAMILIES = 64                  # refresh-token families per account (oldest dropped)
@@ -127,7 +128,7 @@ def _profile_fields(args: dict, *, create: bool) -> dict:
             raise _err("display_name must be 1 to 100 characters")
         out["display_name"] = v
     if "country" in args or create:
-        v = args.get("country", "US")
+        v = args.get("country", DEFAULT_COUNTRY)
         if not isinstance(v, str) or not COUNTRY_RE.match(v):
             raise _err("country must be an ISO 3166-1 alpha-2 code (e.g. SE)")
         out["country"] = v
@@ -160,7 +161,7 @@ class AccountEntity(Entity):
         fn = self._OPS.get(cmd.op)
         if fn is None:
             raise _err(f"account has no op {cmd.op!r}", ErrorCode.UNKNOWN_MESSAGE_TYPE)
-        if cmd.op not in ("profile", "me", "export"):
+        if cmd.op not in ("profile", "me", "export", "market"):
             _system(cmd)
         args = cmd.args if isinstance(cmd.args, dict) else {}
         return fn(self, cmd, args)
@@ -184,7 +185,8 @@ class AccountEntity(Entity):
             self.apply(r)
         return Outcome(reply=self._me(), records=recs,
                        effects=[Command(DIRECTORY, "users", "add", {"id": self.id},
-                                        op_id=f"{self.key}@{self.version + 1}:dir")])
+                                        op_id=f"{self.key}@{self.version + 1}:dir"),
+                                self._market_changed()])
 
     def _op_update(self, cmd: Command, args: dict) -> Outcome:
         self._exists()
@@ -194,16 +196,33 @@ class AccountEntity(Entity):
             recs.append(["pw", check_password_record(args["password_hash"])])
         if not recs:
             raise _err("nothing to change")
-        before = self.profile.get("product")
+        before, country = self.profile.get("product"), self.profile.get("country")
         for r in recs:
             self.apply(r)
         effects = []
+        if self.profile.get("country") != country:
+            effects.append(self._market_changed())
         if self.profile.get("product") != before:
             # live authorization: the user's open sockets take the new product at once (the session
             # entity pushes it to them); tokens minted from here on carry it too
             effects.append(Command(SESSION, self.id, "product_changed", {"product": self.profile["product"]},
                                    op_id=f"{self.key}@{self.version + 1}:product"))
         return Outcome(reply=self._me(), records=recs, effects=effects)
+
+    def _market_changed(self) -> Command:
+        """The user's device group plays in the account's country (docs/rights.md): told with the
+        version of the entry that set it (`as_of`), so the group keeps the newest of its notices."""
+        v = self.version + 1
+        return Command(DEVICE_GROUP, self.id, "market_changed", {"country": self.profile["country"], "as_of": v},
+                       op_id=f"{self.key}@{v}:market")
+
+    def _op_market(self, cmd: Command, args: dict) -> Outcome:
+        """The user's market, for their device group's ask (actors/devicegroup_market.py): the
+        country as of this version; a user without an account is DEFAULT_COUNTRY, as /v1/me answers."""
+        if not (cmd.principal.system or cmd.principal.user_id == self.id):
+            raise _err("a user reads only their own market", ErrorCode.FORBIDDEN)
+        country = self.profile["country"] if self.profile is not None else DEFAULT_COUNTRY
+        return Outcome(reply={"country": country, "as_of": self.version})
 
     def _op_me(self, cmd: Command, args: dict) -> Outcome:
         if not (cmd.principal.system or cmd.principal.user_id == self.id):
@@ -372,6 +391,7 @@ class AccountEntity(Entity):
         self.codes, self.families = dict(data["codes"]), dict(data["families"])
 
     _OPS = {"create": _op_create, "update": _op_update, "me": _op_me, "profile": _op_profile, "export": _op_export,
+            "market": _op_market,
             "credentials": _op_credentials, "issue_code": _op_issue_code, "redeem_code": _op_redeem_code,
             "refresh": _op_refresh, "revoke": _op_revoke, "family": _op_family}
 

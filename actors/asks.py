@@ -2,15 +2,19 @@
 
 An entity does no I/O, but some ops need what another entity holds: the device group's `play` of a
 playlist context needs the playlist's entries, and only the playlist entity may decide who can read
-them. The op declares an ask (`@op("play", ask=...)`, actors/entity.py). The ask is a pure function
-of the command that names the read, or None when this command needs none. The host then:
+them; a playback command of a group that does not know its user's market yet needs the account's
+country. The op declares its asks (`@op("play", ask=(market_ask, play_context_ask))`,
+actors/entity.py). An ask is a pure function `ask(entity, cmd)` of the entity's state and the
+command that names the read, or None when this command needs none; an op's asks are made one after
+the other, each answer under its own name (`Ask.into`) in `cmd.asked`. The host then:
 
   1. builds the read (`Ask.cmd`), with the *commanding user's* principal, so the target entity
      applies its own rules (a private playlist the user can't read is NOT_FOUND, as for any read);
   2. sends it on the same route as effects between entities (`dispatch`: this host or a peer,
      actors/ray_host.py, actors/local.py), and waits for the target's released answer;
-  3. on an answer, puts it in `cmd.asked` and queues the command for its entity again: the op runs
-     with the answer in its command, as a pure function of it;
+  3. on an answer, puts it in `cmd.asked[ask.into]` and queues the command for its entity again
+     (where the next ask of the op, if any, is made the same way): the op runs with the answers in
+     its command, as a pure function of them;
   4. on a refusal, answers the command with it (NOT_FOUND is named after what was asked for) and the
      command changes nothing.
 
@@ -38,19 +42,23 @@ Route = Callable[[Command], "Awaitable[Reply | None] | None"]
 
 @dataclass(frozen=True)
 class Ask:
-    """One read of another entity: `cmd` (a read op, the asker's principal), and what a NOT_FOUND
-    answer names ("playlist <id>")."""
+    """One read of another entity: `cmd` (a read op, the asker's principal), what a NOT_FOUND
+    answer names ("playlist <id>"), and the name of its answer in `cmd.asked`."""
     cmd: Command
     names: str
+    into: str
 
 
-def ask_for(spec: OpSpec | None, cmd: Command) -> Ask | None:
-    """The ask this command needs before its op runs, or None (no ask declared, none needed, or
-    already answered). Raises the SyncopateError of a command whose ask can't be formed (a
-    malformed uri): a refusal like any other."""
-    if spec is None or spec.ask is None or cmd.asked is not None or not isinstance(cmd.args, dict):
+def ask_for(entity, spec: OpSpec | None, cmd: Command) -> Ask | None:
+    """The next ask this command needs before its op runs, or None (no ask declared, none needed, or
+    all answered). Raises the SyncopateError of a command whose ask can't be formed (a malformed
+    uri): a refusal like any other."""
+    if spec is None or spec.ask is None or not isinstance(cmd.args, dict):
         return None
-    return spec.ask(cmd)
+    answered = cmd.asked or {}
+    # every ask formed first: a command one of them refuses (a malformed uri) is refused before any read
+    asks = [fn(entity, cmd) for fn in (spec.ask if isinstance(spec.ask, tuple) else (spec.ask,))]
+    return next((a for a in asks if a is not None and a.into not in answered), None)
 
 
 class Asks:
@@ -82,7 +90,7 @@ class Asks:
                 err = SyncopateError(ErrorCode.NOT_FOUND, f"{ask.names} not found")
             sink(Reply.fail(err))
             return
-        cmd.asked = reply.payload if reply.payload is not None else {}
+        cmd.asked = {**(cmd.asked or {}), ask.into: reply.payload if reply.payload is not None else {}}
         self._requeue(cmd, sink)
 
     async def _answer(self, ask: Ask) -> Reply:

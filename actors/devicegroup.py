@@ -13,13 +13,13 @@ and its prefetch list without asking. The advance is computed at the exact end t
 so it does not depend on when it runs. See docs/connect.md for shapes, timings and errors.
 
 The ops live with their idea: devices and registration (actors/devicegroup_devices.py), playback
-commands (actors/devicegroup_playback.py), markets, takedowns and autoplay
-(actors/devicegroup_entitlements.py), listening reports (actors/devicegroup_listening.py), offline
-uploads and the private session (actors/devicegroup_events.py, plays in actors/devicegroup_plays.py),
-the data export (actors/devicegroup_rights.py); the
-working copy and the timings in actors/devicegroup_txn.py, what is persisted in
-actors/devicegroup_records.py. This module is the entity: the contract, the helpers every op shares,
-the cluster and the reads.
+commands (actors/devicegroup_playback.py), the user's market (actors/devicegroup_market.py), what
+may play, takedowns and autoplay (actors/devicegroup_entitlements.py), listening reports
+(actors/devicegroup_listening.py), offline uploads and the private session
+(actors/devicegroup_events.py, plays in actors/devicegroup_plays.py), the data export
+(actors/devicegroup_rights.py); the working copy and the timings in actors/devicegroup_txn.py, what
+is persisted in actors/devicegroup_records.py. This module is the entity: the contract, the helpers
+every op shares, the cluster and the reads.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ from actors.devicegroup_devices import DeviceOps
 from actors.devicegroup_entitlements import EntitlementOps
 from actors.devicegroup_events import EventOps
 from actors.devicegroup_listening import ListeningOps
+from actors.devicegroup_market import MarketOps
 from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
-from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot
+from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot, UserMarket
 from actors.devicegroup_rights import RightsOps
 from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
     COUNTED_WINDOW,
@@ -69,7 +70,8 @@ from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
 
-class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, EventOps, RightsOps, Entity):
+class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, ListeningOps, EventOps, RightsOps,
+                        Entity):
     kind = DEVICE_GROUP
     per_user = True
     tick_ms = TICK_MS
@@ -87,6 +89,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
         self.active: str | None = None
         self.last_active: str | None = None    # the device that was active when it went offline
         self.p: dict = new_player()
+        self.market = UserMarket()             # the account's country (p["market"] mirrors it)
         self.revision = 0                      # cluster revision: +1 per push
         self.fence = 0                         # revision of the last change of active device
         self.recent: list[list] = []           # [[played_at_ms, uri, context_uri], ...] oldest first
@@ -127,6 +130,9 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
     def _apply(self, rec: GroupChange) -> None:
         if rec.player:
             self.p = {**self.p, **rec.player}
+        if rec.market is not None:
+            self.market = rec.market
+            self.p = {**self.p, "market": rec.market.country}
         for did, dev in rec.devices.items():
             if dev is None:
                 self.devices.pop(did, None)
@@ -168,7 +174,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
     def snapshot(self) -> dict:
         return GroupSnapshot(dict(self.devices), self.active, self.last_active, dict(self.p), self.revision,
                              self.fence, list(self.recent), dict(self.streams), list(self.counted_events),
-                             list(self.counted_plays), self.play_floor, self.plays.to_wire()).to_wire()
+                             list(self.counted_plays), self.play_floor, self.plays.to_wire(),
+                             self.market).to_wire()
 
     def restore(self, data: dict) -> None:
         self._reset()
@@ -176,7 +183,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
         self.devices = snap.devices
         self.active = snap.active
         self.last_active = snap.last_active
-        self.p = snap.player
+        self.market = snap.market
+        self.p = {**snap.player, "market": snap.market.country}
         self.revision = snap.revision
         self.fence = snap.fence
         self.recent = snap.recent

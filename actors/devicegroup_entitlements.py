@@ -1,15 +1,16 @@
 """The device group's entitlements and autoplay (docs/rights.md): what may play for this user now (the
-catalog and the market the gateway resolved), the refusal when it may not, the takedown notice of
-a catalog reload, and autoplay's related tracks. A mixin of DeviceGroupEntity (actors/devicegroup.py);
+catalog and the group's market, actors/devicegroup_market.py), the refusal when it may not, the
+takedown notice of a catalog reload (and the move off a track a market change withdraws), and
+autoplay's related tracks. A mixin of DeviceGroupEntity (actors/devicegroup.py);
 the state machine takes the check as a predicate (actors/player_state.py `ok`), so it stays pure."""
 from __future__ import annotations
 
 from actors.args import Args, Bool
+from actors.devicegroup_market import market_ask
 from actors.devicegroup_txn import AUTOPLAY_BATCH, PLAYER_STATE_CHANGED, TRACK_UNAVAILABLE, _err, _Txn
 from actors.entity import Command, Outcome, op
 from actors.player_state import end_of_context, skip_next
 from catalog import find_track
-from catalog.markets import is_market
 from protocols.errors import ErrorCode
 
 
@@ -47,17 +48,6 @@ class EntitlementOps:
             raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
                        restriction=why["reason"], market=why["market"])
 
-    def _txn(self, cmd: Command) -> _Txn:
-        """The working copy of a playback command, with the market the gateway resolved for the user
-        (args.market; set by the gateway alone, GatewayContext.prepare)."""
-        t = _Txn(self, cmd.now_ms)
-        market = cmd.args.get("market")
-        if market is not None:
-            if not is_market(market):
-                raise _err(ErrorCode.INVALID_FIELD, "market must be an ISO 3166-1 alpha-2 code")
-            t.p["market"] = market
-        return t
-
     def _related(self, p: dict) -> list:
         """Autoplay's continuation of an ended context (docs/rights.md "Autoplay"): up to
         AUTOPLAY_BATCH tracks related to the last one played: the same artist's most popular, then
@@ -89,7 +79,7 @@ class EntitlementOps:
         take(cat.popular(200))
         return [[f"ap{p['playback_id']}.{i}", uri] for i, uri in enumerate(out)]
 
-    @op("autoplay", role="user", args={"state": Bool(required=True)})
+    @op("autoplay", role="user", args={"state": Bool(required=True)}, ask=market_ask)
     def _op_autoplay(self, cmd: Command, a: Args) -> Outcome:
         """Autoplay on or off (an extension: Spotify has no public API for it; docs/rights.md). A
         setting of the group, not playback control: free users may set it."""
@@ -108,12 +98,19 @@ class EntitlementOps:
         track_unavailable. Anything else (queued or upcoming tracks) is skipped when reached."""
         t = _Txn(self, cmd.now_ms)
         self._settle(t)
+        self._move_off_unavailable(t)
+        return self._commit(t)
+
+    def _move_off_unavailable(self, t: _Txn) -> None:
+        """If the current track may no longer play (taken down, or not in the group's market now):
+        move to the next track that may, as it was (playing or paused), or stop on nothing when
+        none is left; the push says why (`unavailable`, reason track_unavailable)."""
         p = t.p
         if p["uri"] is None:
-            return self._commit(t)
+            return
         why = self._unavailable(p, p["uri"])
         if why is None:
-            return self._commit(t)
+            return
         ok = self._ok(p)
         order = self._oc.get(p)
         if not skip_next(p, order, self._dur, t.now, auto=False, ok=ok):
@@ -126,4 +123,3 @@ class EntitlementOps:
                 p["playing"] = False
         t.note = why
         t.set_reason(TRACK_UNAVAILABLE)
-        return self._commit(t)

@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.args import Args, Bool, Choice, Int, Uri, int_arg
 from actors.asks import Ask
+from actors.devicegroup_market import market_ask
 from actors.devicegroup_txn import (
     MAX_CONTEXT,
     MAX_QUEUE,
@@ -34,18 +35,18 @@ from protocols.messages import PLAYLIST
 from protocols.uris import parse_uri
 
 
-def play_context_ask(cmd: Command) -> Ask | None:
+def play_context_ask(entity: Any, cmd: Command) -> Ask | None:
     """`play` of a playlist context reads the playlist's entries from the playlist entity, as the
     commanding user (actors/asks.py): a playlist hidden from the user is NOT_FOUND, as any read of it."""
     ctx = cmd.args.get("context_uri")
     if not isinstance(ctx, str) or not ctx.startswith("spotify:playlist:"):
         return None
     _, pid = parse_uri(ctx, "playlist")
-    return Ask(Command(PLAYLIST, pid, "entries", {}, cmd.principal), f"playlist {pid}")
+    return Ask(Command(PLAYLIST, pid, "entries", {}, cmd.principal), f"playlist {pid}", "playlist")
 
 
 class PlaybackOps:
-    @op("transfer", role="user", control=True, fenced=True, args={"play": Bool()})
+    @op("transfer", role="user", control=True, fenced=True, args={"play": Bool()}, ask=market_ask)
     def _op_transfer(self, cmd: Command, a: Args) -> Outcome:
         ids = a.get("device_ids")
         if not isinstance(ids, list) or len(ids) != 1 or not isinstance(ids[0], str):
@@ -71,11 +72,12 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    @op("play", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0)}, ask=play_context_ask)
+    @op("play", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0)},
+        ask=(market_ask, play_context_ask))
     def _op_play(self, cmd: Command, a: Args) -> Outcome:
         pos_ms = a["position_ms"]
         offset = a.get("offset")
-        asked = cmd.asked if isinstance(cmd.asked, dict) else {}     # the playlist's answer (play_context_ask)
+        asked = (cmd.asked or {}).get("playlist") or {}     # the playlist's answer (play_context_ask)
         new_items = a.get("context_uri") is not None or a.get("uris") is not None
         if new_items:
             ctx, tracks = self._play_items(a, asked)
@@ -201,8 +203,8 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    @op("next", role="user", control=True, fenced=True)
-    @op("previous", role="user", control=True, fenced=True)
+    @op("next", role="user", control=True, fenced=True, ask=market_ask)
+    @op("previous", role="user", control=True, fenced=True, ask=market_ask)
     def _op_skip(self, cmd: Command, a: Args) -> Outcome:
         t = self._txn(cmd)
         self._active_target(t, cmd)
@@ -218,7 +220,8 @@ class PlaybackOps:
         t.set_reason(PLAYER_STATE_CHANGED)
         return self._commit(t)
 
-    @op("seek", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0, required=True)})
+    @op("seek", role="user", control=True, fenced=True, args={"position_ms": Int(lo=0, required=True)},
+        ask=market_ask)
     def _op_seek(self, cmd: Command, a: Args) -> Outcome:
         pos_ms = a["position_ms"]
         t = self._txn(cmd)
@@ -270,7 +273,8 @@ class PlaybackOps:
         t.set_reason(VOLUME_CHANGED)
         return self._commit(t)
 
-    @op("queue_add", role="user", control=True, fenced=True, args={"uri": Uri("track", required=True)})
+    @op("queue_add", role="user", control=True, fenced=True, args={"uri": Uri("track", required=True)},
+        ask=market_ask)
     def _op_queue_add(self, cmd: Command, a: Args) -> Outcome:
         uri = a["uri"]
         require(self.env.catalog, uri)

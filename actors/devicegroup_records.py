@@ -7,10 +7,20 @@ host stores, `from_wire` reads every form ever stored:
                        "active": id | None, "last_active": id | None, "revision": n, "fence": n,
                        "play": {event_id, play_key, track_uri, played_at_ms, context_uri, private?},
                        "events": [accepted listening event (protocols/listening.py wire form)]}
-                      (only the fields the change touched are present; "events", "play.private" and
-                      the snapshot's "plays" came later within version 2: absent means none)
+                       "market": {"country": "SE" | None, "as_of": account version | None}}
+                      (only the fields the change touched are present; "events", "play.private",
+                      "market" and the snapshot's "plays" and "market" came later within version 2:
+                      absent means none / unchanged)
   version 1 (before)  {"p", "d", "a", "la", "r", "f", "ev", "pk", "st", "rp": [at, uri, ctx]}
                       with the player's short names (actors/player_state.py LEGACY_NAMES)
+
+The market (docs/rights.md "The user's market"): the account entity tells the group its country
+(`market_changed`, an effect), or the group asks for it; `as_of` is the account version it is from,
+so a late or repeated notice never replaces a newer one. Records and snapshots written before the
+market was the group's own carried it as the player field `market`, set by the gateway with each
+playback command: it is read back as `UserMarket(country, as_of=None)`, a market not learned from
+the account, which the next playback command asks for (the player dict keeps `market` as a mirror of
+`UserMarket.country` for the pure state machine; it is never written as a player field again).
 
 A snapshot of version 1 was {"v": 1, "devices", "active", "last_active", "p", "revision", "fence",
 "recent", "streams", "counted_events", "counted_plays", "play_floor"}; version 2 names the player
@@ -45,6 +55,35 @@ KEEP: Any = _Keep()
 def player_from_wire(p: dict) -> dict:
     """Player fields in today's names, from either spelling."""
     return {LEGACY_NAMES.get(k, k): v for k, v in p.items()}
+
+
+@dataclass(frozen=True)
+class UserMarket:
+    """The market the group plays in: the account's country (None: not known), and the account
+    version it is from (None: not learned from the account; the next playback command asks)."""
+    country: str | None = None
+    as_of: int | None = None
+
+    def to_wire(self) -> dict:
+        return {"country": self.country, "as_of": self.as_of}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> UserMarket:
+        return cls(d.get("country"), d.get("as_of"))
+
+    def newer(self, other: UserMarket) -> bool:
+        """Does `other` (a notice or an answer of the account) replace this one?"""
+        return other.as_of is not None and (self.as_of is None or other.as_of > self.as_of)
+
+
+def _split_market(player: dict, market: dict | None) -> tuple[dict, UserMarket | None]:
+    """A stored player dict and market field -> (the player without its `market` mirror, the market).
+    A player `market` without a market field is the gateway's stamp of before: not from the account."""
+    if "market" not in player:
+        return player, UserMarket.from_wire(market) if market is not None else None
+    player = dict(player)
+    stamp = player.pop("market")
+    return player, UserMarket.from_wire(market) if market is not None else UserMarket(stamp, None)
 
 
 def device_from_wire(d: dict) -> dict:
@@ -83,11 +122,12 @@ class GroupChange:
     fence: int | None = None
     play: CountedPlay | None = None
     events: list = field(default_factory=list)     # accepted listening events (ListeningEvent wire form)
+    market: UserMarket | None = None               # None: unchanged
 
     def __bool__(self) -> bool:
         return bool(self.player or self.devices or self.active is not KEEP or self.last_active is not KEEP
                     or self.revision is not None or self.fence is not None or self.play is not None
-                    or self.events)
+                    or self.events or self.market is not None)
 
     def to_wire(self) -> dict:
         out: dict[str, Any] = {"v": RECORD_VERSION}
@@ -111,13 +151,16 @@ class GroupChange:
                 out["play"]["private"] = True
         if self.events:
             out["events"] = list(self.events)
+        if self.market is not None:
+            out["market"] = self.market.to_wire()
         return out
 
     @classmethod
     def from_wire(cls, rec: dict) -> GroupChange:
         if rec.get("v") == RECORD_VERSION:
             pl = rec.get("play")
-            return cls(player=dict(rec.get("player") or {}),
+            player, market = _split_market(dict(rec.get("player") or {}), rec.get("market"))
+            return cls(player=player, market=market,
                        devices={did: device_from_wire(d) if d is not None else None
                                 for did, d in (rec.get("devices") or {}).items()},
                        active=rec.get("active", KEEP), last_active=rec.get("last_active", KEEP),
@@ -130,7 +173,8 @@ class GroupChange:
         if "ev" in rec:                      # version 1: a counted listening event
             at, uri, ctx = rec["rp"]
             play = CountedPlay(rec["ev"], rec["pk"], rec["st"], at, ctx)
-        return cls(player=player_from_wire(rec.get("p") or {}),
+        player, market = _split_market(player_from_wire(rec.get("p") or {}), None)
+        return cls(player=player, market=market,
                    devices={did: device_from_wire(d) if d is not None else None
                             for did, d in (rec.get("d") or {}).items()},
                    active=rec.get("a", KEEP), last_active=rec.get("la", KEEP),
@@ -151,14 +195,16 @@ class GroupSnapshot:
     counted_plays: list          # play keys that counted (the window, oldest first)
     play_floor: int              # every playback id <= this counted
     plays: list = field(default_factory=list)   # the plays of the last 30 days (actors/devicegroup_plays.py)
+    market: UserMarket = UserMarket()            # the player dict holds no `market` (see the module doc)
 
     def to_wire(self) -> dict:
         return {"v": SNAPSHOT_VERSION, "devices": {did: device_to_wire(d) for did, d in self.devices.items()},
-                "active": self.active, "last_active": self.last_active, "player": dict(self.player),
+                "active": self.active, "last_active": self.last_active,
+                "player": {k: v for k, v in self.player.items() if k != "market"},
                 "revision": self.revision, "fence": self.fence, "recent": list(self.recent),
                 "streams": dict(self.streams), "counted_events": list(self.counted_events),
                 "counted_plays": list(self.counted_plays), "play_floor": self.play_floor,
-                "plays": list(self.plays)}
+                "plays": list(self.plays), "market": self.market.to_wire()}
 
     @classmethod
     def from_wire(cls, data: dict) -> GroupSnapshot:
@@ -166,8 +212,10 @@ class GroupSnapshot:
         if v not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"unknown device group snapshot version {v!r}")
         player = data["player"] if v == SNAPSHOT_VERSION else player_from_wire(data["p"])
+        player, market = _split_market(player, data.get("market"))
         return cls(devices={did: device_from_wire(d) for did, d in data["devices"].items()},
                    active=data["active"], last_active=data["last_active"], player={**new_player(), **player},
+                   market=market or UserMarket(),
                    revision=data["revision"], fence=data["fence"], recent=list(data["recent"]),
                    streams=dict(data["streams"]), counted_events=list(data["counted_events"]),
                    counted_plays=list(data["counted_plays"]), play_floor=data["play_floor"],

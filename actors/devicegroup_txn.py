@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from actors.devicegroup_records import CountedPlay, GroupChange
+from actors.devicegroup_records import CountedPlay, GroupChange, UserMarket
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType
 
@@ -49,7 +49,8 @@ def _playlist_id(uri: str | None) -> str | None:
 
 class _Txn:
     """The working copy one command (or tick) changes; `record()` is the difference."""
-    __slots__ = ("active", "devs", "e", "events", "fenced", "last_active", "note", "now", "p", "play", "reason")
+    __slots__ = ("active", "devs", "e", "events", "fenced", "last_active", "market", "note", "now", "p", "play",
+                 "reason")
 
     def __init__(self, e: DeviceGroupEntity, now: int) -> None:
         self.e = e
@@ -63,6 +64,11 @@ class _Txn:
         self.events: list = []             # ListeningEvent wire forms (a live report's play)
         self.fenced = False
         self.note: dict | None = None      # pushed with the cluster, not stored (a takedown's why)
+        self.market: UserMarket = e.market  # p["market"] mirrors its country (set_market)
+
+    def set_market(self, market: UserMarket) -> None:
+        self.market = market
+        self.p["market"] = market.country
 
     def dev(self, did: str) -> dict | None:
         if did in self.devs:
@@ -82,8 +88,11 @@ class _Txn:
     def record(self) -> GroupChange:
         e = self.e
         old = e.p
-        rec = GroupChange(player={k: v for k, v in self.p.items() if not (old[k] is v or old[k] == v)},
-                          devices=self.devs, play=self.play, events=self.events)
+        # p["market"] is the mirror of the market, which the record carries typed
+        rec = GroupChange(player={k: v for k, v in self.p.items()
+                                  if k != "market" and not (old[k] is v or old[k] == v)},
+                          devices=self.devs, play=self.play, events=self.events,
+                          market=self.market if self.market != e.market else None)
         if self.active != e.active:
             rec.active = self.active
         if self.last_active != e.last_active:

@@ -23,9 +23,10 @@ roles: the owner of a per-user entity, a playlist's editors, premium for control
 fence); then the declared arguments are parsed (actors/args.py) and the op runs with them. The docs'
 op tables are checked against the registry (tests/test_op_registry.py).
 
-An op that needs to read another entity (the device group's `play` of a playlist context) declares an
-`ask` (actors/asks.py): the host makes that read, as the commanding user, before it hands the command
-to the entity, and the op finds the answer in `cmd.asked`. The entity itself still does no I/O.
+An op that needs to read another entity (the device group's `play` of a playlist context, a playback
+command of a group that does not know its user's market yet) declares an `ask` (actors/asks.py): the
+host makes that read, as the commanding user, before it hands the command to the entity, and the op
+finds the answer in `cmd.asked`. The entity itself still does no I/O.
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ class Command:
     origin: tuple[str, str] | None = None   # the ConnAddress (gateway id, connection id) that sent it, if any
     follow: bool = False              # on success, push this entity's events to the origin gateway
                                       # (op "subscribe" always does)
-    asked: Any = None                 # what another entity answered the op's ask (actors/asks.py): set by
-                                      # the host alone, never carried by the wire (a client can't forge it)
+    asked: Any = None                 # {Ask.into: what another entity answered} for the op's asks
+                                      # (actors/asks.py): set by the host alone, never carried by the
+                                      # wire (a client can't forge it)
 
     @property
     def key(self) -> str:
@@ -100,8 +102,9 @@ class OpSpec:
     """One op of an entity: its name, the role it needs (the entity's `authorize` reads it), its
     argument schema and its flags. `system`: internal (effects, gateway notices) only; `control`: a
     playback command (premium only); `fenced`: refused when `args.revision` predates the last transfer.
-    `ask`: a cross-entity read the host makes before the op runs (actors/asks.py): `ask(cmd)` answers
-    the `Ask` for this command, or None when it needs none; the answer reaches the op as `cmd.asked`."""
+    `ask`: a cross-entity read the host makes before the op runs (actors/asks.py), or a tuple of them
+    made in order: `ask(entity, cmd)` answers the `Ask` for this command, or None when it needs none;
+    the answer reaches the op as `cmd.asked[ask.into]`."""
     name: str
     fn: Callable
     args: dict[str, Field] | None = None
@@ -109,14 +112,14 @@ class OpSpec:
     system: bool = False
     control: bool = False
     fenced: bool = False
-    ask: Callable | None = None
+    ask: Callable | tuple | None = None
 
     def flags(self) -> tuple[str, ...]:
         return tuple(f for f in ("system", "control", "fenced") if getattr(self, f))
 
 
 def op(name: str, *, args: dict[str, Field] | None = None, role: str | None = None, system: bool = False,
-       control: bool = False, fenced: bool = False, ask: Callable | None = None):
+       control: bool = False, fenced: bool = False, ask: Callable | tuple | None = None):
     """Declare the decorated method as op `name` (stack it to serve one method under two names)."""
     def deco(fn):
         fn.__dict__.setdefault("_ops", []).append(

@@ -396,13 +396,14 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
             self._queue(Pending(slot, sink, Reply(entity.version), interest=("-", cmd.origin)))
             return
         try:
-            ask = ask_for(entity.ops.get(cmd.op), cmd)
+            ask = ask_for(entity, entity.ops.get(cmd.op), cmd)
         except SyncopateError as err:
             self._queue(Pending(slot, sink, Reply(entity.version, None, err)))
             return
         if ask is not None:
             # The op reads another entity first (actors/asks.py). The command leaves the mailbox
-            # while the ask is out and comes back with the answer in cmd.asked; the slot counts
+            # while the ask is out and comes back with the answer in cmd.asked (and is asked
+            # again here for the op's next ask, if any); the slot counts
             # it in flight meanwhile, so it is not passivated under it.
             slot.inflight += 1
             self.asks.start(ask, cmd, sink, done=lambda: self._asked(slot))

@@ -27,7 +27,8 @@ short names in brackets, and are read back):
   position_ms   position_as_of_timestamp, in ms into the item                            [position]
   timestamp_ms  the server time position_ms was taken at                                      [ts]
   playback_id   +1 every time an item starts (a listening report can name it)                [pid]
-  market        the user's market the gateway resolved with the last command (None: unknown)
+  market        the user's market (the account's country; None: unknown): a mirror of the device
+                group's UserMarket (actors/devicegroup_records.py), never stored as a player field
   autoplay      bool (setting): when the context ends, continue with related tracks (docs/rights.md)
   autoplaying   bool: the tracks playing are autoplay's, not a context the listener chose
   autoplay_from the context uri that ended into autoplay (None: a list of uris, or not autoplaying)

@@ -25,8 +25,6 @@ from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
 MAX_TOKEN_TTL_S = 30 * 86400     # gateway/auth.py refuses tokens that live longer
-# device-group commands that may start a track: they carry the user's market (docs/rights.md)
-MARKET_OPS = frozenset({"play", "transfer", "next", "previous", "seek", "queue_add", "autoplay"})
 
 
 @dataclass
@@ -72,6 +70,8 @@ class GatewayContext:
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights
         self.data_rights = DataRights(self)   # export, deletion, refusing deleted users' tokens
+        # the user's country for REST `market=from_token` and the edge (gateway/markets.py); playback
+        # commands carry none: the device group holds its market (actors/devicegroup_market.py)
         self.markets = UserMarkets(self)
 
     def new_connection(self, principal: Principal, **kw) -> Connection:
@@ -141,28 +141,10 @@ class GatewayContext:
         return reply
 
     async def call_versioned(self, cmd: Command) -> tuple[Any, int]:
-        await self.prepare(cmd)
+        # Nothing is read for the command here: a playlist play context and the user's market are
+        # the device group's host's asks (actors/asks.py), as the commanding user.
         self.metrics.host_call(cmd.kind)
         return await self.dispatcher.call(cmd)
-
-    def needs_prepare(self, cmd: Command) -> bool:
-        """Does `cmd` need `prepare` (an await) before it goes? A playback command whose user's
-        market is in memory takes it here, synchronously, and goes on the fast path."""
-        if cmd.kind != m.DEVICE_GROUP:
-            return False
-        if cmd.op in MARKET_OPS and not cmd.principal.system:
-            market = self.markets.cached(cmd.principal.user_id)
-            if market is None:
-                return True
-            cmd.args["market"] = market
-        return False
-
-    async def prepare(self, cmd: Command) -> None:
-        """The user's market of a playback command (the account's country), set here and never
-        taken from the client. A playlist play context is not read here: the device group's host
-        asks the playlist for it, as this principal (actors/asks.py)."""
-        if cmd.kind == m.DEVICE_GROUP and cmd.op in MARKET_OPS and not cmd.principal.system:
-            cmd.args["market"] = await self.markets.get(cmd.principal)     # never the client's
 
     async def catalog_changed(self) -> int:
         """After a catalog reload (docs/rights.md "Takedowns"): tell the device group of every user

@@ -1,8 +1,10 @@
 """The market of a request and of a user (docs/rights.md).
 
-- `UserMarkets`: a user's country (the account entity's profile) as the gateway's playback commands
-  and `market=from_token` need it, cached for MARKET_TTL_S per user (a country change takes effect
-  within that; a user without an account is DEFAULT_COUNTRY, as /v1/me answers).
+- `UserMarkets`: a user's country (the account entity's profile) as REST `market=from_token` and
+  the edge's check of a stream fetch need it, cached for MARKET_TTL_S per user (a country change
+  takes effect within that; a user without an account is DEFAULT_COUNTRY, as /v1/me answers).
+  Playback commands carry no market: the device group holds the account's own, told by the
+  account (actors/devicegroup_market.py); nothing here reaches a command.
 - `request_market(request)`: the `market` query parameter: absent -> None (objects carry
   `available_markets`), an ISO 3166-1 alpha-2 code, or `from_token` (the caller's country; an
   app-only token has none: 400). Anything else: 400 INVALID_FIELD. Stored on the request so the
@@ -15,13 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.account import ACCOUNT
+from actors.account import ACCOUNT, DEFAULT_COUNTRY
 from actors.entity import Principal
 from catalog.markets import is_market
 from protocols.errors import ErrorCode, SyncopateError
 
 MARKET_TTL_S = 60.0
-DEFAULT_COUNTRY = "US"
 MAX_CACHED = 100_000
 MARKET = web.RequestKey("syncopate_market", object)    # str | None: the request's market
 

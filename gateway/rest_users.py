@@ -23,12 +23,12 @@ import uuid
 
 from aiohttp import web
 
-from actors.account import ACCOUNT, APP, DIRECTORY
+from actors.account import ACCOUNT, APP, DEFAULT_COUNTRY, DIRECTORY
 from gateway.http import add_route, base_url, ctx, int_param, json_body, json_response, principal
 from protocols.errors import ErrorCode, SyncopateError
 
 OPEN_URL = "https://open.spotify.com"
-DEFAULT_COUNTRY = "US"
+
 USER_FIELDS = ("display_name", "country", "product", "email", "password_hash")
 
 
@@ -98,7 +98,8 @@ async def set_user(request: web.Request) -> web.Response:
     body = _fields(await json_body(request, required=True), USER_FIELDS)
     acc = await ctx(request).call(ACCOUNT, request.match_info["user_id"], "update", body,
                                   op_id=f"admin-{uuid.uuid4().hex}")
-    # this gateway takes a new country at once; the others within gateway/markets.MARKET_TTL_S
+    # `market=from_token` and the edge on this gateway take a new country at once, the others within
+    # gateway/markets.MARKET_TTL_S; the device group is told by the account itself (market_changed)
     ctx(request).markets.forget(request.match_info["user_id"])
     return json_response(acc)
 

@@ -285,8 +285,6 @@ class WsSession:
             entity_id = args.pop(route.id_field, None)
             if not isinstance(entity_id, str) or not 0 < len(entity_id) <= 64:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"payload.{route.id_field} must name the {route.kind}")
-        if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
-            args.pop("market", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()
         present = self.ctx.ws_replies.get(route.op) if route.kind == m.DEVICE_GROUP else None
@@ -303,33 +301,7 @@ class WsSession:
                     conn.registered_device = device_id
                 answer(reply)
 
-            if ctx.needs_prepare(cmd):
-                _spawn(self._prepared(cmd, registered, join=True))
-            else:
-                self.subs.join(conn, cmd, registered)
-            return
-        if ctx.needs_prepare(cmd):
-            _spawn(self._prepared(cmd, answer))
+            self.subs.join(conn, cmd, registered)
             return
         ctx.request(cmd, answer)
 
-    async def _prepared(self, cmd: Command, answer, join: bool = False) -> None:
-        try:
-            await self.ctx.prepare(cmd)
-        except SyncopateError as err:
-            answer(Reply.fail(err))
-            return
-        if join:
-            self.subs.join(self.conn, cmd, answer)
-        else:
-            self.ctx.request(cmd, answer)
-
-
-def _spawn(coro):
-    task = asyncio.get_running_loop().create_task(coro)
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-    return task
-
-
-_BACKGROUND: set = set()

@@ -11,9 +11,9 @@ market is sent (t0); the device waits for the `player.changed` push that carries
 manifest for that track (t1: the play is durable, pushed, signed); it fetches the manifest's first
 chunk from the edge with its Range header, and t2 is the arrival of the first body byte.
 
-The first `warmup` plays of each user are not measured (they include the account read that fills
-the gateway's market cache and the first write of the device group); run with --warmup 0 to see
-them. Prints p50 / p99 / max of t1 - t0 (play -> manifest) and t2 - t0 (play -> first byte), the count,
+The first `warmup` plays of each user are not measured (they include the device group's read of
+the user's market from the account, its ask, the edge's account read that fills the gateway's market
+cache, and the first write of the device group); run with --warmup 0 to see them. Prints p50 / p99 / max of t1 - t0 (play -> manifest) and t2 - t0 (play -> first byte), the count,
 and the refusals (expected: none).
 """
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """The host's asks (actors/asks.py): a play of a playlist context reads the playlist entity, on the
-host that owns it, as the commanding user, before the device group's op runs with the answer.
+host that owns it, as the commanding user, before the device group's op runs with the answer; a
+group's first playback command reads its user's market from the account entity the same way.
 
 An in-process cluster of two hosts (actors/local.py: the same routing as effects between hosts), the
-real playlist and device group entities, the memory store."""
+real playlist, account and device group entities, the memory store."""
 from __future__ import annotations
 
 import pytest
 
+from actors.account import ACCOUNT, AccountEntity
 from actors.devicegroup import DeviceGroupEntity
 from actors.entity import Command, Env, Principal
 from actors.local import LocalCluster
@@ -34,7 +36,7 @@ def _on_other_host(user: str, prefix: str) -> str:
 
 @pytest.fixture
 async def cluster():
-    c = LocalCluster(MemoryStore(), {PLAYLIST: PlaylistEntity, DEVICE_GROUP: DeviceGroupEntity},
+    c = LocalCluster(MemoryStore(), {PLAYLIST: PlaylistEntity, DEVICE_GROUP: DeviceGroupEntity, ACCOUNT: AccountEntity},
                      Env(catalog=catalog_with(TRACKS)), hosts=HOSTS)
     await c.start()
     yield c
@@ -67,7 +69,9 @@ async def test_play_of_a_playlist_on_another_host_reads_it_there(cluster):
     entries, _ = await call(cluster, PLAYLIST, pid, "entries", me)
     assert cluster.host_for(f"{DEVICE_GROUP}:ann").slots[f"{DEVICE_GROUP}:ann"].entity.p["tracks"] == \
         entries["entries"]
-    assert group_host.metrics.asks_sent == 1 and group_host.metrics.asks_refused == 0
+    # two reads: the group's market (it has none yet: the user has no account, so US) and the entries
+    assert group_host.metrics.asks_sent == 2 and group_host.metrics.asks_refused == 0
+    assert state["market"] == "US"
 
 
 async def test_a_private_playlist_of_another_user_is_not_found_and_changes_nothing(cluster):
@@ -112,7 +116,7 @@ async def test_a_retried_play_is_answered_from_the_log_without_asking_again(clus
                        context_uri=f"spotify:playlist:{pid}")
     again = await call(cluster, DEVICE_GROUP, "fay", "play", me, op_id="play-1", device_id="d0",
                        context_uri=f"spotify:playlist:{pid}")
-    assert again == first and host.metrics.asks_sent == 1
+    assert again == first and host.metrics.asks_sent == 2       # the market and the entries, once
 
 
 async def test_a_client_cannot_supply_the_answer(cluster):

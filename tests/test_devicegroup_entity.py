@@ -673,8 +673,9 @@ def test_playlist_context_listener_effects():
     h = setup()
     h.playlist(1, entries(5))
     h.do("play", context_uri=pl_uri(1), device_id="d0")
+    # asked as the user, not as the system: the group's market first (it has none yet), then the entries
     assert [(c.kind, c.entity_id, c.op, c.args, c.principal) for c in h.d.asked] == \
-        [("playlist", pl_id(1), "entries", {}, h.principal())]      # asked as the user, not as the system
+        [("account", USER, "market", {}, h.principal()), ("playlist", pl_id(1), "entries", {}, h.principal())]
     assert [(c.kind, c.entity_id, c.op, c.args, c.principal.system) for c in h.effects] == \
         [("playlist", pl_id(1), "add_listener", {"user_id": USER, "snapshot_id": "snap-1"}, True)]
     h.effects.clear()
@@ -922,10 +923,13 @@ async def test_through_the_host_restart_keeps_acknowledged_state():
     store = MemoryStore()
     env = Env(catalog=CAT)
 
+    asks = {(PLAYLIST, pl_id(3), "entries"): {"entries": entries(6), "snapshot_id": "s1"},   # the play below
+            ("account", USER, "market"): {"country": "US", "as_of": 0}}                       # its market
+
     def dispatch(cmd):
-        if (cmd.kind, cmd.entity_id, cmd.op) == (PLAYLIST, pl_id(3), "entries"):   # the ask of the play below
+        if (cmd.kind, cmd.entity_id, cmd.op) in asks:
             fut = asyncio.get_running_loop().create_future()
-            fut.set_result(Reply(1, {"entries": entries(6), "snapshot_id": "s1"}))
+            fut.set_result(Reply(1, asks[(cmd.kind, cmd.entity_id, cmd.op)]))
             return fut
         effects.append(cmd)
         return None

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from actors.devicegroup import DeviceGroupEntity
-from actors.devicegroup_records import GroupChange, GroupSnapshot
+from actors.devicegroup_records import GroupChange, GroupSnapshot, UserMarket
 from actors.entity import SYSTEM, Command, Env, Principal
 from actors.host import EntityHost
 from actors.session import SessionEntity
@@ -210,3 +210,50 @@ def test_old_session_snapshot_reads_as_the_new_one():
     e2 = SessionEntity(USER, Env())
     e2.restore(wire)
     assert e.snapshot() == e2.snapshot() == snap.to_wire()
+
+
+# == the market: before the device group held its own, the gateway stamped it on each playback command ====
+def test_a_record_with_the_gateways_market_stamp_reads_as_a_market_not_from_the_account():
+    """Until the account told the group its market (actors/devicegroup_market.py), the gateway set
+    `args.market` on each playback command and the group stored it as the player field `market`."""
+    old = {"v": 2, "player": {"market": "SE", "playing": True}, "revision": 3}
+    change = GroupChange.from_wire(old)
+    assert change.player == {"playing": True} and change.market == UserMarket("SE", None)
+    wire = msgpack.unpackb(msgpack.packb(change.to_wire()), raw=False)
+    assert "market" not in wire["player"] and wire["market"] == {"country": "SE", "as_of": None}
+    assert GroupChange.from_wire(wire) == change
+    # today's record: the market typed beside the player, never a player field
+    now = GroupChange(player={"playing": False}, market=UserMarket("NO", 7))
+    assert now.to_wire() == {"v": 2, "player": {"playing": False}, "market": {"country": "NO", "as_of": 7}}
+    assert GroupChange.from_wire(now.to_wire()) == now
+    assert GroupChange.from_wire({"v": 2, "player": {"playing": True}}).market is None     # unchanged
+
+
+def test_an_old_snapshot_with_the_stamp_loads_and_the_next_playback_command_asks_the_account():
+    from actors.entity import Principal as P
+    from storage.base import Snapshot
+    from actors.slot import pack
+    from tests.support.catalog import catalog_with
+    from tests.support.entities import EntityDriver
+
+    tracks = [f"{i:022d}" for i in range(3)]
+    d = EntityDriver(DeviceGroupEntity, USER, Env(catalog=catalog_with(tracks)), now_ms=1_700_000_000_000)
+    d.command("register", {"device_id": "d0", "name": "Laptop"}, principal=P(USER), origin=("gw1", "c0"))
+    state, seq = msgpack.unpackb(msgpack.packb(d.e.snapshot()), raw=False), d.e.version
+    # the snapshot as the code before wrote it: no market field, the stamp in the player
+    old = {k: v for k, v in state.items() if k != "market"}
+    old["player"] = {**state["player"], "market": "SE"}
+    slot = d.host.slots[d.key]
+    d._run(d.store.write_snapshot(d.key, slot.epoch, Snapshot(seq, pack({"state": old, "ops": [], "outbox": []}))))
+    d.restart()
+    d.command("devices", {}, principal=P(USER))                  # activates it from the old snapshot
+    assert d.e.market == UserMarket("SE", None) and d.e.p["market"] == "SE"
+    assert d.asked == []
+    d.serve("account", USER, "market", {"country": "NO", "as_of": 4})
+    d.command("play", {"device_id": "d0", "uris": [f"spotify:track:{t}" for t in tracks]}, principal=P(USER))
+    assert [(c.kind, c.op) for c in d.asked] == [("account", "market")]
+    assert d.e.market == UserMarket("NO", 4) and d.e.p["market"] == "NO"
+    d.command("next", {}, principal=P(USER))                     # known now: no second read
+    assert len(d.asked) == 1
+    snap, _ = d.snapshot()
+    assert snap["market"] == {"country": "NO", "as_of": 4} and "market" not in snap["player"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.devicegroup import DeviceGroupEntity
+from actors.devicegroup_market import PLAYBACK_MARKET_OPS, market_ask
 from actors.entity import SYSTEM, Command, Env, OpSpec, Principal
 from actors.playlist import PlaylistEntity
 from actors.session import SessionEntity
@@ -81,8 +82,12 @@ def test_the_flags_are_the_ones_the_device_group_enforced():
     control = {"transfer", "play", "pause", "next", "previous", "seek", "repeat", "shuffle", "volume", "queue_add"}
     assert {n for n, s in ops.items() if s.control} == control
     assert {n for n, s in ops.items() if s.fenced} == control | {"update_device"}
-    assert {n for n, s in ops.items() if s.system} == {"disconnect", "context_changed", "catalog_changed"}
+    assert {n for n, s in ops.items() if s.system} == {"disconnect", "context_changed", "catalog_changed",
+                                                       "market_changed"}
     assert {n for n, s in PlaylistEntity.ops.items() if s.system} == {"add_listener", "remove_listener", "forget_user"}
+    # the commands that may start a track read the account's market first when the group has none
+    asking = {n for n, s in ops.items() if market_ask in (s.ask if isinstance(s.ask, tuple) else (s.ask,))}
+    assert asking == set(PLAYBACK_MARKET_OPS)
 
 
 def _entity(cls, ident="alice"):

@@ -1,6 +1,8 @@
 """Rights in the device group (docs/rights.md): a track not licensed in the user's market is refused
 when asked for and skipped inside a context and the queue; a catalog reload that takes the playing
-track down moves playback on (and says why). On the real EntityHost with a controlled clock."""
+track down moves playback on (and says why); the group's market is the account's, told by the
+account's `market_changed` (actors/devicegroup_market.py), never the command's. On the real
+EntityHost with a controlled clock."""
 from __future__ import annotations
 
 import pytest
@@ -39,17 +41,26 @@ class G:
         self.d = EntityDriver(DeviceGroupEntity, USER, self.env, now_ms=T0)
         self.d.command("register", {"device_id": "d0", "name": "Laptop", "type": "computer"},
                        principal=Principal(USER), origin=("gw1", "c0"))
+        self.account_version = 0
+        self.country("US")
 
-    def do(self, op, market="US", **args):
-        if market is not None:
-            args["market"] = market
+    def country(self, code: str):
+        """The account's country set (its effect on the group, as the account's outbox sends it)."""
+        self.account_version += 1
+        return self.d.command("market_changed", {"country": code, "as_of": self.account_version}, principal=SYSTEM,
+                              op_id=f"account:{USER}@{self.account_version}:market")
+
+    def do(self, op, **args):
         return self.d.command(op, args, principal=Principal(USER))
 
-    def refuse(self, code, op, **args):
+    def refuse(self, code, op, principal=None, **args):
         before = self.d.e.snapshot()
         n = len(self.d.entries())
         with pytest.raises(SyncopateError) as ei:
-            self.do(op, **args)
+            if principal is None:
+                self.do(op, **args)
+            else:
+                self.d.command(op, args, principal=principal)
         assert ei.value.code == ErrorCode(code), ei.value
         assert self.d.e.snapshot() == before and len(self.d.entries()) == n
         return ei.value
@@ -71,13 +82,57 @@ def test_a_track_not_licensed_in_the_market_is_refused_with_the_reason():
     g.refuse("TRACK_UNAVAILABLE", "play", device_id="d0", context_uri=f"spotify:album:{ALBUM}",
              offset={"position": 2})
     # in Sweden it plays
-    g.do("play", market="SE", device_id="d0", uris=[turi(2)])
+    g.country("SE")
+    g.do("play", device_id="d0", uris=[turi(2)])
     assert g.p["uri"] == turi(2) and g.p["market"] == "SE"
 
 
-def test_a_market_that_is_not_a_code_is_refused():
+def test_a_market_in_the_command_is_ignored():
     g = G()
-    g.refuse("INVALID_FIELD", "play", market="usa", device_id="d0", uris=[turi(0)])
+    err = g.refuse("TRACK_UNAVAILABLE", "play", market="SE", device_id="d0", uris=[turi(2)])
+    assert err.details["market"] == "US"
+    g.do("play", market="SE", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 1})
+    assert g.p["market"] == "US" and g.d.e.market.country == "US"
+    g.do("next", market="SE")
+    assert g.p["uri"] == turi(3) and g.p["market"] == "US"       # 2 skipped: not licensed in US
+    assert g.cluster()["player"]["market"] == "US"
+
+
+def test_a_market_notice_that_is_not_a_code_is_refused_and_only_the_system_sends_one():
+    g = G()
+    g.refuse("INVALID_FIELD", "market_changed", principal=SYSTEM, country="usa", as_of=9)
+    g.refuse("BAD_REQUEST", "market_changed", principal=SYSTEM, country="SE", as_of=-1)      # out of range
+    g.refuse("FORBIDDEN", "market_changed", principal=Principal(USER), country="SE", as_of=9)
+
+
+def test_a_country_change_reaches_the_next_op_and_an_older_notice_changes_nothing():
+    g = G()
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 1})
+    out = g.country("SE")
+    assert out.reply == {"changed": True} and g.d.e.market.as_of == 2
+    assert out.events[-1].payload["player"]["market"] == "SE"
+    assert out.events[-1].payload["reason"] == "player_state_changed"
+    assert out.events[-1].payload["next_tracks"] == [turi(2), turi(3)]     # 2 may play in Sweden
+    g.do("next")
+    assert g.p["uri"] == turi(2)
+    # a notice of an older account version (re-sent, or overtaken) changes nothing
+    n = len(g.d.entries())
+    late = g.d.command("market_changed", {"country": "US", "as_of": 1}, principal=SYSTEM)
+    assert late.reply == {"changed": False} and late.records == [] and len(g.d.entries()) == n
+    assert g.p["market"] == "SE"
+
+
+def test_a_country_where_the_playing_track_may_not_play_moves_on_as_a_takedown():
+    g = G()
+    g.country("SE")
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 2})
+    assert g.p["uri"] == turi(2) and g.p["playing"]
+    g.d.now += 5000
+    out = g.country("US")
+    assert g.p["uri"] == turi(3) and g.p["playing"] and g.p["position_ms"] == 0
+    push = out.events[-1].payload
+    assert push["reason"] == "track_unavailable"
+    assert push["unavailable"] == {"uri": turi(2), "reason": "market", "market": "US"}
 
 
 def test_inside_a_context_unplayable_tracks_are_skipped_by_next_and_by_auto_advance():
@@ -90,7 +145,7 @@ def test_inside_a_context_unplayable_tracks_are_skipped_by_next_and_by_auto_adva
     g.d.now += DUR                                              # 3 ends by itself
     g.d.tick()
     assert g.p["uri"] == turi(5) and g.p["playing"]             # 4 skipped
-    assert g.do("queue", market=None).reply["queue"] == []
+    assert g.do("queue").reply["queue"] == []
     g.do("previous")
     assert g.p["uri"] == turi(3)
     # the user queue is skipped over as well; a queued unplayable track is refused up front
@@ -106,9 +161,11 @@ def test_a_context_without_offset_starts_at_its_first_playable_track():
 
 def test_the_market_follows_the_user_and_is_replayed():
     g = G()
-    g.do("play", market="SE", device_id="d0", context_uri=f"spotify:album:{ALBUM}")
+    g.country("SE")
+    g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}")
     g.d.now += 1000
-    g.do("next", market="US")          # the user's country changed: the next skip uses the new one
+    g.country("US")                    # the user's country changed: the next skip uses the new one
+    g.do("next")
     assert g.p["market"] == "US" and g.p["uri"] == turi(1)
     g.do("next")
     assert g.p["uri"] == turi(3)
@@ -116,7 +173,7 @@ def test_the_market_follows_the_user_and_is_replayed():
     for _, recs in g.d.entries():
         for r in recs:
             e2.apply(r)
-    assert e2.p == g.p
+    assert e2.p == g.p and e2.market == g.d.e.market
 
 
 def _takedown(g: G, cat: Catalog):
@@ -206,7 +263,7 @@ def test_without_autoplay_the_end_of_a_context_rewinds_paused():
 
 def test_autoplay_continues_with_the_artist_then_popular_tracks_playable_here():
     g = ap_group()
-    g.do("autoplay", market=None, state=True)
+    g.do("autoplay", state=True)
     g.do("play", device_id="d0", context_uri=f"spotify:album:{ALBUM}", offset={"position": 2})
     g.d.now += DUR
     out = g.d.tick()
@@ -220,8 +277,9 @@ def test_autoplay_continues_with_the_artist_then_popular_tracks_playable_here():
     assert push["player"]["autoplay"] == {"enabled": True, "active": True, "from": f"spotify:album:{ALBUM}"}
     # in Sweden 11 is playable, and first (the artist's most popular)
     g2 = ap_group()
-    g2.do("autoplay", market=None, state=True)
-    g2.do("play", market="SE", device_id="d0", uris=[turi(0)])
+    g2.country("SE")
+    g2.do("autoplay", state=True)
+    g2.do("play", device_id="d0", uris=[turi(0)])
     g2.d.now += DUR
     g2.d.tick()
     assert g2.p["uri"] == turi(11) and g2.p["autoplay_from"] is None and g2.p["autoplaying"]
@@ -231,13 +289,13 @@ def test_next_at_the_end_of_a_context_goes_on_into_autoplay_and_a_new_play_ends_
     g = ap_group()
     g.do("play", device_id="d0", uris=[turi(2)])
     g.refuse("NO_NEXT_TRACK", "next")
-    g.do("autoplay", market=None, state=True)
-    assert "skipping_next" not in g.do("state", market=None).reply["disallows"]
+    g.do("autoplay", state=True)
+    assert "skipping_next" not in g.do("state").reply["disallows"]
     g.do("next")
     assert g.p["autoplaying"] and g.p["uri"] == turi(12)
     g.do("play", device_id="d0", uris=[turi(0)])
     assert not g.p["autoplaying"] and g.p["autoplay_from"] is None
-    g.do("autoplay", market=None, state=False)
+    g.do("autoplay", state=False)
     g.refuse("NO_NEXT_TRACK", "next")
 
 
@@ -258,7 +316,8 @@ def test_autoplay_is_a_setting_a_free_user_may_change_and_it_is_replayed():
 def test_a_live_play_is_recorded_with_the_market_it_played_in():
     from protocols.listening import ListeningEvent
     g = G()
-    g.do("play", market="SE", device_id="d0", uris=[turi(2)])
+    g.country("SE")
+    g.do("play", device_id="d0", uris=[turi(2)])
     g.d.now += 40_000
     g.d.command("progress", {"event_id": "e1", "device_id": "d0", "uri": turi(2), "ms_played": 35_000},
                 principal=Principal(USER))
@@ -269,7 +328,8 @@ def test_a_live_play_is_recorded_with_the_market_it_played_in():
 def test_an_uploaded_play_without_a_market_takes_the_groups_and_one_with_keeps_its_own():
     from protocols.listening import ListeningEvent
     g = G()
-    g.do("play", market="SE", device_id="d0", uris=[turi(0)])
+    g.country("SE")
+    g.do("play", device_id="d0", uris=[turi(0)])
     h = T0 - 3_600_000
     evs = [{"event_id": "u1", "device_id": "d0", "uri": turi(0), "played_at_ms": h, "ms_played": 60_000},
            {"event_id": "u2", "device_id": "d0", "uri": turi(3), "played_at_ms": h + 200_000, "ms_played": 60_000,

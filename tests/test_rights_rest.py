@@ -117,7 +117,7 @@ async def test_playing_an_unplayable_track_is_refused_over_rest_and_ws(server, h
         with pytest.raises(WsError) as ei:
             await dev.call("player.play", {"device_id": "d0", "uris": [turi(1)]})
         assert ei.value.code == "TRACK_UNAVAILABLE" and ei.value.error["details"]["restriction"] == "market"
-        # a client can't claim another market: the gateway sets it from the account
+        # a client can't claim another market: the device group plays in the account's
         with pytest.raises(WsError):
             await dev.call("player.play", {"device_id": "d0", "uris": [turi(1)], "market": "SE"})
         # an album context skips it, and the queue and state say so
@@ -133,6 +133,35 @@ async def test_playing_an_unplayable_track_is_refused_over_rest_and_ws(server, h
         await dev.call("player.next", {})
         c = await dev.wait_state(lambda c: c["player"]["track"]["uri"] != turi(0))
         assert c["player"]["track"]["uri"] == turi(2)
+    finally:
+        await dev.close()
+
+
+async def test_a_change_of_country_reaches_the_device_group_without_the_gateway(server, http, unique):
+    """The account tells the device group (market_changed, an effect): the gateway's own cache of the
+    user's country (REST market=from_token) is not what a playback command is checked against."""
+    await add_user(http, server, unique, "SE")
+    tok = Auth(SECRET).mint(unique)
+    server.gateway.ctx.markets._cache[unique] = ("US", float("inf"))      # a stale gateway cache
+    dev = await Device(http, server.url, tok, "d0", name="Laptop", type="computer").connect()
+    try:
+        await dev.register()
+        await dev.call("player.play", {"device_id": "d0", "uris": [turi(1), turi(2)]})
+        c = await dev.wait_state(lambda c: c["player"]["track"] and c["player"]["track"]["uri"] == turi(1))
+        assert c["player"]["market"] == "SE" and c["player"]["track"]["is_playable"] is True
+        r = await http.patch(f"{server.url}/admin/users/{unique}", json={"country": "US"},
+                             headers={"Authorization": f"Bearer {server.auth.mint_operator()}"})
+        assert r.status == 200, await r.text()
+        server.gateway.ctx.markets._cache[unique] = ("SE", float("inf"))  # stale the other way round
+        # the playing track may not play in the new country: moved off it, as a takedown
+        push = await dev.wait_for(lambda c: c["reason"] == "track_unavailable")
+        assert push["unavailable"] == {"uri": turi(1), "reason": "market", "market": "US"}
+        assert push["player"]["market"] == "US" and push["player"]["track"]["uri"] == turi(2)
+        with pytest.raises(WsError) as ei:
+            await dev.call("player.play", {"device_id": "d0", "uris": [turi(1)], "market": "SE"})
+        assert ei.value.code == "TRACK_UNAVAILABLE" and ei.value.error["details"]["market"] == "US"
+        st, body = await put(http, server, tok, "me/player/play?device_id=d0&market=SE", {"uris": [turi(1)]})
+        assert st == 403 and body["error"]["market"] == "US"
     finally:
         await dev.close()
 

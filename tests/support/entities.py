@@ -15,7 +15,9 @@ What a test sees of one command (`Result`):
 Asks (actors/asks.py: an op's read of another entity, made by the host before the op runs) are
 answered from what the test serves: `serve(kind, entity_id, op, payload)` (or a SyncopateError to
 refuse). The host routes asks the way it routes effects; a served (kind, id, op) is answered, and
-the asks a test made are in `asked`.
+the asks a test made are in `asked`. The account entity is not in the driver: the device group's
+ask of its user's market (`account:<id> market`, actors/devicegroup_market.py) is answered, unless
+served otherwise, as the account entity answers for a user without an account (ACCOUNTLESS).
 
 Pushes reach only gateways that subscribed: the driver subscribes a watcher connection of its own
 (`WATCH`) with a real `subscribe` command (SYSTEM principal) as soon as the entity accepts one (a
@@ -48,6 +50,7 @@ from protocols.wire import ConnAddress, Push, Reply
 from storage.memory import MemoryStore
 
 _NOT_SERVED = object()
+ACCOUNTLESS = {"country": "US", "as_of": 0}        # actors/account.py `market` of a user without an account
 WATCH = ConnAddress("driver-watch", "watcher")      # the driver's own subscriber
 BARRIER = ConnAddress("driver-barrier", "none")     # never subscribed: unsubscribing it is a no-op
 
@@ -160,6 +163,8 @@ class EntityDriver:
 
     def _dispatch(self, cmd: Command):
         answer = self.served.get((cmd.kind, cmd.entity_id, cmd.op), _NOT_SERVED)
+        if answer is _NOT_SERVED and (cmd.kind, cmd.op) == ("account", "market"):
+            answer = ACCOUNTLESS
         if answer is not _NOT_SERVED:
             self.asked.append(cmd)
             fut = asyncio.get_running_loop().create_future()
