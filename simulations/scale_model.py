@@ -126,9 +126,11 @@ class Model:
         # the committer only: ticks and passivation are driven (and measured) explicitly
         self.host._tasks = [asyncio.get_running_loop().create_task(self.host._committer())]
 
-    def _effect(self, cmd) -> None:
+    def _effect(self, cmd):
+        """Effects and asks (the device group's read of its user's market, actors/asks.py) go back
+        into the host; the answer acknowledges an effect and is what an ask waits for."""
         self.effects += 1
-        self.host.enqueue(cmd, lambda reply: None)
+        return self.host._ask_here(cmd)
 
     async def submit(self, cmds: list, chunk: int = 5000) -> dict:
         """Run commands through the host (enqueue, as a gateway batch does); wait for every answer."""
