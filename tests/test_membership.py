@@ -222,3 +222,36 @@ async def test_a_restarted_process_takes_the_slot_and_the_old_one_steps_down_for
             await new.close(passivate=False)
     finally:
         await old.close(passivate=False)
+
+
+class JoinDuringRemoval(MemoryStore):
+    """A restarted process's join lands between a removal's read of the view and its
+    compare-and-set: the interleaving of a gateway removing a dead host while Ray's restart of it
+    joins (issue #13)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joining: Holder | None = None        # who joins ahead of the next change
+
+    async def change_membership(self, name, expected_epoch, members):
+        joining, self.joining = self.joining, None
+        if joining is not None:                  # once, ahead of the first change (the removal's)
+            await self.open_lease(str(joining), 30)
+            await join(self, name, joining)
+        return await super().change_membership(name, expected_epoch, members)
+
+
+async def test_a_removal_that_loses_to_a_restarted_process_join_leaves_that_process_in():
+    """The failure detector's verdict is about the process it saw (here without an incarnation,
+    as from a gateway that never heard from the host): when its compare-and-set loses to the join
+    of the process Ray restarted in the slot, the retry must not remove (and revoke) that live one."""
+    old, new = Holder("d", 0, "inc1"), Holder("d", 0, "inc2")
+    store = JoinDuringRemoval()
+    await store.open_lease(str(old), 30)
+    await join(store, "d", old)
+    store.joining = new
+    view = await remove(store, "d", 0, None)
+    assert view.members == {0: str(new)}
+    assert (await store.membership("d")).members == {0: str(new)}
+    assert await store.renew_lease(str(new), 30)            # its lease was not revoked
+    assert not await store.renew_lease(str(old), 30)        # the dead one's was
