@@ -81,6 +81,7 @@ def test_sqlite_on_an_asserted_shared_dir_is_checked_by_every_host(nodes, tmp_pa
         srv.stop()
 
 
+@pytest.mark.timeout(480)       # it waits out Ray's restart of the dead node's hosts, and a raylet start
 def test_a_gateway_per_node_with_its_own_healthz_also_for_a_node_that_joins(nodes, tmp_path):
     """3 hosts on 3 nodes: no spare node for a strict spread, so SPREAD with a warning. A gateway
     on each node; a node that dies (one holding a host) loses its gateway, and the others keep
