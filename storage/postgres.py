@@ -92,10 +92,12 @@ SQL = {
                    " WHERE holder = $1 AND NOT revoked AND until > clock_timestamp()",
     "revoke_lease": "UPDATE {p}leases SET revoked = true WHERE holder = $1",
     "membership": "SELECT epoch, members FROM {p}membership WHERE name = $1",
-    # drop_dead(): lease rows run out for longer than the bound, then the views left with no member's
-    # lease row (locked: a compare-and-set on one waits, then finds it gone)
+    # drop_dead(): one sweeper at a time (the others skip this round: no lock order to deadlock on),
+    # lease rows run out for longer than the bound, then the views left with no member's lease row
+    # (locked: a compare-and-set on one waits, then finds it gone)
+    "sweeper": "SELECT pg_try_advisory_xact_lock(hashtext('{p}drop_dead'))",
     "drop_leases": "DELETE FROM {p}leases WHERE until < clock_timestamp() - make_interval(secs => $1::float8)",
-    "views_locked": "SELECT name, members FROM {p}membership FOR UPDATE",
+    "views_locked": "SELECT name, members FROM {p}membership ORDER BY name FOR UPDATE",
     "leases_kept": "SELECT holder FROM {p}leases WHERE holder = ANY($1::text[])",
     "drop_views": "DELETE FROM {p}membership WHERE name = ANY($1::text[])",
     "membership_new": "INSERT INTO {p}membership (name, epoch, members) VALUES ($1, 1, $2)"
@@ -300,6 +302,8 @@ class PostgresStore(Store):
 
     async def drop_dead(self, older_than_s: float) -> Dropped:
         async with self._conn() as conn, conn.transaction():
+            if not await conn.fetchval(self._sql["sweeper"]):
+                return Dropped()                 # another host is sweeping right now
             status = await conn.execute(self._sql["drop_leases"], float(older_than_s))
             views = {name: set(Membership.from_row(0, members).members.values())
                      for name, members in await conn.fetch(self._sql["views_locked"])}

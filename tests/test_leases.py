@@ -192,6 +192,17 @@ async def test_drop_dead_deletes_only_leases_run_out_past_the_bound_and_views_of
     await b.acquire("k", "B")                            # the dropped holder counts as not live, as before
 
 
+async def test_concurrent_sweeps_drop_each_dead_row_once_and_fail_none(env):
+    stores = [await env.open() for _ in range(3)]
+    for i in range(6):
+        await stores[0].open_lease(f"h{i}", LEASE)
+    await stores[0].change_membership("gone", 0, {0: "h0", 1: "h1"})
+    await env.expire()
+    got = await asyncio.gather(*(s.drop_dead(0.0) for s in stores))      # every host sweeps, at once
+    assert (sum(g.leases for g in got), sum(g.views for g in got)) == (6, 1)
+    assert (await stores[1].membership("gone")).epoch == 0
+
+
 async def test_racing_acquires_under_leases_leave_one_owner(env):
     stores = [await env.open() for _ in range(3)]
     for i, s in enumerate(stores):
