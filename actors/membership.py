@@ -71,14 +71,19 @@ async def join(store: Store, name: str, holder: Holder) -> Membership:
 
 async def remove(store: Store, name: str, slot: int, incarnation: str | None = None, *,
                  revoke: bool = True) -> Membership:
-    """Take `slot` out of the view, if it is still the process `incarnation` (None: whichever), and
-    revoke that holder's lease: it renews no more, and its entities can be taken over when the
-    lease it has runs out. A slot that rejoined meanwhile under another process is left alone."""
+    """Take `slot` out of the view, if it is still the process `incarnation` (None: the one the
+    first read finds there), and revoke that holder's lease: it renews no more, and its entities
+    can be taken over when the lease it has runs out. A slot that rejoined meanwhile under another
+    process is left alone."""
     while True:
         view = await store.membership(name)
         current = view.members.get(slot)
         if current is None or (incarnation is not None and Holder.parse(current).incarnation != incarnation):
             return view
+        # The verdict is about one process. Pinned here, so that when the compare-and-set below
+        # loses to a restarted process's join, the next round leaves that new process alone
+        # instead of removing (and revoking) a live host that was never judged.
+        incarnation = Holder.parse(current).incarnation
         # Revoke first: whatever happens next, that process can't extend its hold.
         if revoke:
             await store.revoke_lease(current)

@@ -17,6 +17,9 @@ start() (the Ray and in-process servers do; unit tests of the write path need no
   reply that carries no committed write is released only while it still is (commit.py); a
   STALE_EPOCH on a write evicts the entity (commit.py). Phantoms (nothing stored) are read from the
   store on each activation and need no lease.
+* **Sweep.** Every host, about once a minute, deletes lease rows that ran out more than
+  `DEAD_KEEP_S` ago and the views of deployments none of whose members has a lease row left
+  (store.drop_dead): never a live holder's row, and an acquire decides as it did.
 * **Placement.** The host polls the view with its renewal. A command for a key the view places on
   another slot is refused NOT_OWNER (not run; the gateway retries it at the owner), and every
   entity the new view places elsewhere is handed off: once its mailbox and in-flight work are
@@ -28,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 
 from actors.membership import Holder, join, remove
 from actors.placement import owner_among
 from actors.slot import Slot
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import LeaseHeld, Membership
+from storage.base import Dropped, LeaseHeld, Membership
 
 log = logging.getLogger("syncopate.host")
 
@@ -42,6 +46,8 @@ LEASE_S = 2.0                 # a host's lease; a dead host's entities are taken
 RENEW_S = 0.4                 # renewal (and view poll) period
 DRIFT = 0.05                  # of the lease: slack for the host's clock running faster than the store's
 ACQUIRE_WAIT_S = 3 * LEASE_S  # an activation waits this long for another holder's lease, then fails retryably
+DEAD_KEEP_S = 600.0           # a lease row is deleted this long after it ran out (and a view left with no member's row)
+SWEEP_EVERY_S = 60.0          # each host sweeps them about this often (jittered)
 
 
 def not_owner(key: str, slot: int) -> SyncopateError:
@@ -61,6 +67,8 @@ class Ownership:
         self._retired = False                    # another process took this slot: never rejoin
         self._handing_off: set[str] = set()
         self.lease_losses = 0
+        self.sweep_every_s, self.dead_keep_s = SWEEP_EVERY_S, DEAD_KEEP_S
+        self.swept = Dropped()                   # what this host's sweeps deleted, in all
 
     def join_membership(self, name: str, slot: int, *, lease_s: float = LEASE_S, renew_s: float = RENEW_S) -> None:
         """Before start(): hold entities under a lease, and take part in deployment `name`'s view."""
@@ -91,6 +99,7 @@ class Ownership:
             return
         await self._open_lease()
         self._tasks.append(asyncio.create_task(self._ownership_loop(), name=f"{self.host_id}-lease"))
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name=f"{self.host_id}-sweep"))
 
     async def _open_lease(self) -> None:
         sent = time.monotonic()
@@ -110,6 +119,24 @@ class Ownership:
                 log.warning("%s: lease renewal failed (%s)", self.host_id, exc)
                 if not self.lease_ok():
                     self._lease_lost("the store did not answer in time")
+
+    async def _sweep_loop(self) -> None:
+        """Delete lease rows long run out, and the views of deployments whose every member's row
+        is gone (store.drop_dead: one row per host process and rejoin, one view per start, would
+        grow for ever). Any host may: it never touches a live holder's row. Its own task, so a
+        slow sweep never delays a renewal; jittered, so hosts started together spread out."""
+        while not self._closed:
+            await asyncio.sleep(self.sweep_every_s * random.uniform(0.5, 1.5))
+            try:
+                got = await self.store.drop_dead(self.dead_keep_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: sweeping dead leases failed (%s)", self.host_id, exc)
+                continue
+            self.swept = Dropped(self.swept.leases + got.leases, self.swept.views + got.views)
+            if got.leases or got.views:
+                log.info("%s: dropped %d dead leases, %d dead views", self.host_id, got.leases, got.views)
 
     async def renew(self) -> None:
         """One renewal round: extend the lease (or learn it is lost), then read the view."""

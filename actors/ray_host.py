@@ -2,8 +2,9 @@
 
 Not one actor per entity: each Ray actor is a worker process (100 actors took 27 s to create on
 this machine, ../shared/reference/runtime-anchors.md), and the product must hold millions.
-Ray restarts a dead host in place (max_restarts=-1); in-memory state is gone and entities
-re-activate from the store on their next message. max_task_retries=0: a call is delivered at most
+Ray restarts a dead host (max_restarts=-1), in place or on another node; in-memory state is gone,
+the new process starts at once and joins the membership view (it does not wait for a call: nobody
+calls a slot out of the view), and entities re-activate from the store on their next message. max_task_retries=0: a call is delivered at most
 once, and the gateway retries explicitly (with op ids) when a host fails, so nothing runs twice
 without the entity's idempotency check seeing it.
 """
@@ -100,17 +101,50 @@ class HostActor:
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None
+        self._stopping = False
         self._peers: dict[int, asyncio.Future] = {}
         self._to_peers = Batcher(self._send_to_peer)
+        # Start now, not on the first call. A host Ray restarts (its node died) must join the view
+        # by itself: by then the gateways have usually removed its slot, and nobody calls a slot
+        # that is not in the view (gateways ping, route to and report only the view's slots; peers
+        # route by it), so a host that waited for a call stayed out for good (issue #13). Ray runs
+        # an async actor's __init__ on the actor's event loop.
+        self._boot = asyncio.get_running_loop().create_task(self._start_until_started(), name=f"host-{index}-boot")
 
     async def _ensure(self) -> EntityHost:
-        if self._starting is None:
+        if self._starting is None or _failed(self._starting):
             self._starting = asyncio.ensure_future(self._start())
         # Every call awaits the same future; waiters resume in arrival order, so batches from one
         # gateway are still enqueued in the order they were sent.
         return await asyncio.shield(self._starting)
 
+    async def _start_until_started(self) -> None:
+        """Start, again after a failure (the store unreachable for a moment): nobody else may ever
+        ask this host to start (above)."""
+        delay = 0.5
+        while not self._stopping:
+            try:
+                await self._ensure()
+                return
+            except Exception as exc:
+                log.warning("host %d: start failed (%s: %s); again in %.1f s", self.index,
+                            type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)          # a backoff, not a wait for an event
+            delay = min(delay * 2, 10.0)
+
     async def _start(self) -> EntityHost:
+        opened: list = []                        # closed again if the start fails: a retry starts clean
+        try:
+            return await self._open(opened)
+        except BaseException:
+            for close in reversed(opened):
+                try:
+                    await close()
+                except Exception as exc:
+                    log.warning("host %d: closing after a failed start: %s", self.index, exc)
+            raise
+
+    async def _open(self, opened: list) -> EntityHost:
         from actors.channel import ChannelServer
         from actors.channel_auth import read_key_file
         from actors.kinds import load_kinds
@@ -121,28 +155,33 @@ class HostActor:
         store = make_store(spec["data_dir"], spec.get("redis_url"), spec.get("postgres_dsn"),
                            prefix=spec.get("prefix", "syncopate_"))
         await store.start()
+        opened.append(store.close)
         from syncopate.events.bus import make_log
         from syncopate.events.publish import Publisher
         # Accepted listening events leave through the outbox to the bus (syncopate/events/publish.py).
         self.events_bus = make_log(spec["data_dir"], spec.get("redis_url"), prefix=spec.get("prefix", "syncopate_"))
         await self.events_bus.start()
+        opened.append(self.events_bus.close)
         publisher = Publisher(self.events_bus)
         loop = asyncio.get_running_loop()
         env = await loop.run_in_executor(None, build_env, spec)
         # The key is read from its file (spec["channel_secret_file"]), never passed in the spec.
         channel_secret = await loop.run_in_executor(None, read_key_file, spec["channel_secret_file"])
+        budgets = await loop.run_in_executor(None, _budgets, spec.get("budgets", {}))   # psutil reads /proc
         host = EntityHost(f"host-{self.index}", store, load_kinds(spec.get("kinds")), env,
                           deliver=lambda gw, items: self._to_gateways.add(gw, items),
                           dispatch=publisher.wrap(self._dispatch),
-                          idle_timeout_s=spec.get("idle_timeout_s", 600.0), **_budgets(spec.get("budgets", {})))
+                          idle_timeout_s=spec.get("idle_timeout_s", 600.0), **budgets)
         self.channel = ChannelServer(host, channel_secret, self.index)
         for name in ("max_frame", "max_item", "max_buffer"):
             if name in spec.get("budgets", {}):
                 setattr(self.channel, name, int(spec["budgets"][name]))
         self._to_gateways = Batcher(self.channel.send)
         self.addr = await self.channel.start(channel_bind(spec), 0)
+        opened.append(self.channel.close)
         _join_membership(host, self.cluster, self.index, spec)
-        await host.start()
+        opened.append(lambda: host.close(passivate=False))
+        await host.start()                       # with a membership: the lease, and the slot in the view
         freeze_startup()
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"host-{self.index}")      # opt-in (SYNCOPATE_TRACEMALLOC)
@@ -199,6 +238,11 @@ class HostActor:
 
     async def shutdown(self) -> None:
         """Clean stop: snapshot every entity (passivate) so the next start activates fast."""
+        self._stopping = True
+        # A start still under way finishes first (or fails): else it would open what this closes.
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        self._boot.cancel()
         if self.host is not None:
             await self.host.close(passivate=True)
             await self.host.store.close()
@@ -247,6 +291,10 @@ class HostActor:
 
 
 PEER_TIMEOUT_S = 30.0
+
+
+def _failed(fut: asyncio.Future) -> bool:
+    return fut.done() and (fut.cancelled() or fut.exception() is not None)
 
 
 def _join_membership(host: EntityHost, cluster: str, index: int, spec: dict) -> None:

@@ -16,8 +16,11 @@ HOST_UNAVAILABLE. Clients retry those with the same op id: idempotent on the hos
 With a membership view (gateway/cluster_view.py) placement follows the view, and the dispatcher
 is the failure detector and the retrier (the "failover" methods below):
   * a stream that breaks is probed at once with one short ping; a host whose probe fails, or whose
-    periodic pings fail SUSPECT_AFTER times running, is removed from the view (its lease revoked),
-    so its entities go to the live hosts while Ray is still deciding the node is dead;
+    periodic pings time out SUSPECT_AFTER times running with nothing heard from it meanwhile, is
+    removed from the view (its lease revoked), so its entities go to the live hosts while Ray is
+    still deciding the node is dead. The ping timeout adapts to the answers seen, and a late
+    answer or any frame on the stream is proof of life (gateway/liveness.py): a live host starved
+    on a loaded machine is slow, not removed;
   * a request refused NOT_OWNER (not run: placed elsewhere) is sent again to the owner, and one
     lost with its host (or refused HOST_UNAVAILABLE) is sent again if it has an op id (a retry of
     an op that did commit is answered from the log, never applied twice): with backoff, until
@@ -35,6 +38,7 @@ from typing import Any, Callable
 from actors.batching import Batcher
 from actors.entity import Command
 from actors.membership import route
+from gateway.liveness import MIN_TIMEOUT_S, Liveness
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Gap, Push, Reply, Transport
 
@@ -44,8 +48,9 @@ Callback = Callable[[Reply], None]
 
 RETRY_WINDOW_S = 10.0      # a request is re-sent (moved, or its host lost) until this long after it was first sent
 RETRY_BACKOFF_S = (0.01, 0.1)
-SUSPECT_AFTER = 2          # periodic pings that time out, running, before a host is removed from the view
-PROBE_TIMEOUT_S = 0.75     # the ping that checks a host whose stream broke, and each periodic ping with a view
+SUSPECT_AFTER = 2          # periodic pings that time out, running, with the host silent, before it is removed
+PROBE_TIMEOUT_S = MIN_TIMEOUT_S   # a ping's timeout with a view, before answers adapt it (gateway/liveness.py)
+PING_ABANDON_S = 5.0       # a ping unanswered this long is given up (a new one is sent)
 
 
 @dataclass
@@ -77,7 +82,8 @@ class Dispatcher:
         self.sent = 0
         self.received = 0
         self.cluster = cluster                      # gateway.cluster_view.ClusterView, or None: fixed slots
-        self._misses: dict[int, int] = {}           # periodic pings timed out in a row, per host
+        self.liveness = Liveness()                  # the failure detector's evidence, per host
+        self._pings: dict[int, tuple[float, asyncio.Future]] = {}   # the ping in flight per host: (sent, answer)
         self._probing: set[int] = set()
         self.retries = 0
 
@@ -137,6 +143,7 @@ class Dispatcher:
 
     # -- inbound -----------------------------------------------------------------------------
     def receive(self, host: int, incarnation: str, items: list) -> None:
+        self.liveness.heard(host)
         known = self._incarnations.get(host)
         restarted = known is not None and known != incarnation
         self._incarnations[host] = incarnation
@@ -182,6 +189,8 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self._stopping = True
+        for _, fut in self._pings.values():
+            fut.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -190,30 +199,34 @@ class Dispatcher:
     async def check_hosts(self, timeout_s: float = 3.0) -> bool:
         """Ping every host at once, each with a short timeout; True when all answer. Detects
         restarts between deliveries. One host that is gone costs `timeout_s`, not a turn each."""
-        if self.cluster is not None:
-            timeout_s = min(timeout_s, PROBE_TIMEOUT_S)
         results = await asyncio.gather(*(self._check_host(h, timeout_s) for h in self.hosts()))
         return all(results)
 
     async def _check_host(self, host: int, timeout_s: float) -> bool:
         before = next(self._tokens)         # requests sent after this went to whoever answers the ping
-        try:
-            async with asyncio.timeout(timeout_s):
-                inc = await self.transport.ping(host)
-        except TimeoutError:
+        if self.cluster is not None:
+            timeout_s = self.liveness.timeout(host)
+        started = time.monotonic()
+        ping = self._ping(host)
+        # asyncio.wait, not a timeout around the await: the ping outlives this round, and its late
+        # answer still counts as the host alive (and as a round-trip sample).
+        await asyncio.wait({ping}, timeout=timeout_s)
+        if not ping.done():
             # slow is not dead (a loaded machine, a GC pause): what it owes keeps its deadline.
-            # With a view, SUSPECT_AFTER of these in a row remove it (leases make that safe).
-            log.warning("host %d did not answer its ping in %.1f s", host, timeout_s)
-            self._missed(host)
+            # With a view, SUSPECT_AFTER of these in a row, the host silent all along, remove it
+            # (leases make that safe).
+            log.warning("host %d did not answer its ping in %.2f s", host, timeout_s)
+            self._missed(host, self.liveness.timed_out(host, started))
             return False
-        except Exception as exc:
+        exc = ping.exception() if not ping.cancelled() else TimeoutError()
+        if exc is not None:
             err = exc if isinstance(exc, SyncopateError) else SyncopateError(
                 ErrorCode.HOST_UNAVAILABLE, f"host {host} did not answer its ping; retry with the same op_id")
             self._fail_tokens([t for t, p in self._pending.items() if p.host == host and t < before], err)
             # Keep the last incarnation known: the next good ping must see the restart.
-            self._missed(host, SUSPECT_AFTER)
+            self._missed(host, self.liveness.failed(host, SUSPECT_AFTER))
             return False
-        self._misses.pop(host, None)
+        inc = ping.result()
         known = self._incarnations.get(host)
         if known is None:
             self._incarnations[host] = inc
@@ -275,10 +288,27 @@ class Dispatcher:
         self._pending[token] = p
         self._out.add(host, [(token, p.cmd)])
 
-    def _missed(self, host: int, count: int = 1) -> None:
-        n = self._misses[host] = self._misses.get(host, 0) + count
-        if self.cluster is not None and n >= SUSPECT_AFTER:
-            self._misses.pop(host, None)
+    def _ping(self, host: int) -> asyncio.Future:
+        """The ping in flight to `host`, or a new one (one at a time per host; one unanswered for
+        PING_ABANDON_S is given up). Every answer, in time or late, is evidence (gateway/liveness.py)."""
+        now = time.monotonic()
+        sent, fut = self._pings.get(host, (0.0, None))
+        if fut is not None and not fut.done() and now - sent < PING_ABANDON_S:
+            return fut
+        if fut is not None:
+            fut.cancel()
+        fut = asyncio.ensure_future(self.transport.ping(host))
+        self._pings[host] = (now, fut)
+
+        def answered(f: asyncio.Future, sent: float = now) -> None:
+            if not f.cancelled() and f.exception() is None:     # (an exception is read, never left unretrieved)
+                self.liveness.answered(host, sent)
+
+        fut.add_done_callback(answered)
+        return fut
+
+    def _missed(self, host: int, misses: int) -> None:
+        if self.cluster is not None and misses >= SUSPECT_AFTER:
             self._remove(host)
 
     def _probe(self, host: int) -> None:
@@ -289,10 +319,12 @@ class Dispatcher:
 
         async def run() -> None:
             try:
-                async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    await self.transport.ping(host)
-            except Exception as exc:
-                log.warning("host %d: stream lost and no answer to a ping (%s): removing it", host, type(exc).__name__)
+                ping = self._ping(host)
+                await asyncio.wait({ping}, timeout=self.liveness.timeout(host))
+                if ping.done() and not ping.cancelled() and ping.exception() is None:
+                    return
+                why = "TimeoutError" if not ping.done() or ping.cancelled() else type(ping.exception()).__name__
+                log.warning("host %d: stream lost and no answer to a ping (%s): removing it", host, why)
                 await self._removal(host)
             finally:
                 self._probing.discard(host)
@@ -304,6 +336,12 @@ class Dispatcher:
         self._tasks.append(asyncio.ensure_future(self._removal(host)))
 
     async def _removal(self, host: int) -> None:
+        # The evidence was about the process judged: a slot that rejoins starts afresh (a ping
+        # still in flight to the dead one must not be taken as the new one's answer).
+        self.liveness.forget(host)
+        _, ping = self._pings.pop(host, (0.0, None))
+        if ping is not None:
+            ping.cancel()
         try:
             await self.cluster.remove(host, self._incarnations.get(host))
         except Exception as exc:

@@ -49,8 +49,14 @@ class GatewayActor:
 
     async def _start(self) -> int:
         loop = asyncio.get_running_loop()
-        handles = [await loop.run_in_executor(None, ray.get_actor, host_name(self.cluster, i))
-                   for i in range(self.n_hosts)]
+        # The first slots that still exist: one removed (`syncopate hosts remove`) is gone, and a
+        # gateway Ray restarts after that must start without it (placement follows the view).
+        handles = {}
+        for i in range(self.n_hosts):
+            try:
+                handles[i] = await loop.run_in_executor(None, ray.get_actor, host_name(self.cluster, i))
+            except ValueError:
+                log.info("host slot %d is gone (removed): not connected", i)
         env = await loop.run_in_executor(None, build_env, self.spec)
         # Both keys are read from their files: the spec carries paths only (gateway/auth.py).
         token_secret = await loop.run_in_executor(None, read_secret, self.spec["secret_file"])
@@ -65,7 +71,8 @@ class GatewayActor:
         view, resolve = self._membership()
         self.server = GatewayServer(
             self.gateway_id,
-            lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve),
+            lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve,
+                                            n_hosts=self.n_hosts),
             Auth(token_secret), env.catalog, cfg, events=self.events, cluster=view,
             stream_secret=stream_secret)
         self.server.ctx.host_control = lambda req: self._host_requests.append(req)   # the list is swapped when taken

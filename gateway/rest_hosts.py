@@ -1,9 +1,10 @@
 """The operator API for elastic hosts (`syncopate hosts add|remove|list`, docs/architecture.md):
 
   GET  /admin/hosts              the membership view: {epoch, hosts: [slots], members: {slot: holder}}
-  POST /admin/hosts              {"add": N} or {"remove": N} (1 <= N <= MAX_CHANGE) -> 202, the request
-                                 queued for the driver, which owns the host actors and carries it out
-                                 within a second or so (new slots join the view; removed ones leave it,
+  POST /admin/hosts              {"add": N} or {"remove": N} (1 <= N <= MAX_CHANGE), or {"remove_slot": S}
+                                 (a slot in the view) -> 202, the request queued for the driver, which
+                                 owns the host actors and carries it out within a second or so (new
+                                 slots join the view; removed ones, the last N or slot S, leave it,
                                  handing their entities off first); watch GET for the new epoch.
 
 Operator tokens only (gateway/middleware.py: everything under /admin/). Bad input is refused
@@ -46,13 +47,17 @@ async def list_hosts(request: web.Request) -> web.Response:
 async def change_hosts(request: web.Request) -> web.Response:
     cluster = _cluster(request)
     body = await json_body(request, required=True)
-    if set(body) not in ({"add"}, {"remove"}):
-        raise SyncopateError(ErrorCode.BAD_REQUEST, 'give exactly one of "add" or "remove"')
+    if set(body) not in ({"add"}, {"remove"}, {"remove_slot"}):
+        raise SyncopateError(ErrorCode.BAD_REQUEST, 'give exactly one of "add", "remove" or "remove_slot"')
     (action, n), = body.items()
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHANGE:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise SyncopateError(ErrorCode.INVALID_FIELD, f"{action} must be an integer")
+    if action != "remove_slot" and not 1 <= n <= MAX_CHANGE:
         raise SyncopateError(ErrorCode.INVALID_FIELD, f"{action} must be an integer from 1 to {MAX_CHANGE}")
     await cluster.refresh()
-    if action == "remove" and n >= len(cluster.view.members):
+    if action == "remove_slot" and n not in cluster.view.members:
+        raise SyncopateError(ErrorCode.NOT_FOUND, f"no host in slot {n} (the view has {list(cluster.view.slots)})")
+    if action != "add" and (1 if action == "remove_slot" else n) >= len(cluster.view.members):
         raise SyncopateError(ErrorCode.BAD_REQUEST, f"{len(cluster.view.members)} hosts: at least one must stay")
     ctx(request).host_control({"action": action, "n": n, "epoch": cluster.view.epoch})
     return json_response({"requested": {action: n}, **_view(cluster)}, status=202)

@@ -23,11 +23,13 @@ class StreamTransport:
     """Streams by host slot. `handles` are the first `n_hosts` slots' Ray handles; a slot beyond
     them (a host added at runtime, in the membership view) is found through `resolve(slot)`."""
 
-    def __init__(self, gateway_id: str, handles: list, secret: str | bytes,
-                 receive: Callable[[int, str, list], None], resolve: Callable | None = None) -> None:
+    def __init__(self, gateway_id: str, handles: list | dict, secret: str | bytes,
+                 receive: Callable[[int, str, list], None], resolve: Callable | None = None,
+                 n_hosts: int | None = None) -> None:
         self.gateway_id = gateway_id
         self.handles: dict = dict(handles) if isinstance(handles, dict) else dict(enumerate(handles))
-        self._n_hosts = len(self.handles)
+        # The deployment's first slot count (routing before any view); some may be gone (removed).
+        self._n_hosts = len(self.handles) if n_hosts is None else n_hosts
         self.resolve = resolve                   # async slot -> handle
         self.auth = ChannelAuth(secret)
         self.receive = receive
@@ -47,7 +49,7 @@ class StreamTransport:
         return w is not None and not w.is_closing()
 
     async def start(self) -> None:
-        for i in range(self.n_hosts):
+        for i in sorted(self.handles):
             await self._connect(i)
 
     async def close(self) -> None:

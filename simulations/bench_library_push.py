@@ -363,7 +363,7 @@ def precreate_sqlite(data_dir: str) -> None:
 
 def host_active(server) -> int:
     import ray
-    return sum(s["active"] for s in ray.get([h.stats.remote() for h in server.hosts], timeout=30))
+    return sum(s["active"] for s in ray.get([h.stats.remote() for h in server.hosts.values()], timeout=30))
 
 
 def stored_sessions(data_dir: str, prefix: str) -> dict:

@@ -86,6 +86,13 @@ class Membership:
         return Membership(int(epoch), {int(s): str(h) for s, h in json.loads(members)})
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """What drop_dead() deleted."""
+    leases: int = 0
+    views: int = 0
+
+
 class LeaseHeld(SyncopateError):
     """acquire(key, holder) refused: another holder's lease on `key` is live (retry once it has
     expired or been released). Retryable, like HOST_UNAVAILABLE, if it ever reaches a client."""
@@ -188,6 +195,16 @@ class Store(abc.ABC):
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         """Compare-and-set: the view becomes `members` at epoch expected + 1 if the current epoch is
         `expected_epoch`; None (nothing changed) if someone changed it first."""
+        raise _no_leases(self)
+
+    async def drop_dead(self, older_than_s: float) -> Dropped:
+        """Housekeeping, in one transaction: delete every lease row that ran out more than
+        `older_than_s` ago (store clock; revoked or not), then the view of every deployment that
+        has members and none of them with a lease row left (all dead that long: a stopped or
+        crashed deployment). Never a live holder's row: a lease that ran out is never renewed
+        (renew_lease refuses it), and acquire counts a missing row as not live, as it counted the
+        expired one, so no acquire decides differently. A holder id whose row is gone must not be
+        opened again (host holder ids never are: each process, each rejoin takes a new one)."""
         raise _no_leases(self)
 
 

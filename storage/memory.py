@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale
+from storage.base import Append, Dropped, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale
 
 
 class MemoryStore(Store):
@@ -138,6 +138,19 @@ class MemoryStore(Store):
             return None
         view = self._views[name] = Membership(expected_epoch + 1, dict(members))
         return view
+
+    async def drop_dead(self, older_than_s: float) -> Dropped:
+        await asyncio.sleep(0)
+        self._check_up()
+        before = self.clock() - older_than_s
+        dead = [h for h, (until, _) in self._leases.items() if until < before]
+        for h in dead:
+            del self._leases[h]
+        views = [n for n, v in self._views.items()
+                 if v.members and not any(h in self._leases for h in v.members.values())]
+        for n in views:
+            del self._views[n]
+        return Dropped(len(dead), len(views))
 
     async def erase(self, key: str, epoch: int) -> bool:
         await asyncio.sleep(0)

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from protocols.errors import SyncopateError
-from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
+from storage.base import Append, Dropped, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
 
 SCHEMA_VERSION = 2
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
@@ -92,6 +92,14 @@ SQL = {
                    " WHERE holder = $1 AND NOT revoked AND until > clock_timestamp()",
     "revoke_lease": "UPDATE {p}leases SET revoked = true WHERE holder = $1",
     "membership": "SELECT epoch, members FROM {p}membership WHERE name = $1",
+    # drop_dead(): one sweeper at a time (the others skip this round: no lock order to deadlock on),
+    # lease rows run out for longer than the bound, then the views left with no member's lease row
+    # (locked: a compare-and-set on one waits, then finds it gone)
+    "sweeper": "SELECT pg_try_advisory_xact_lock(hashtext('{p}drop_dead'))",
+    "drop_leases": "DELETE FROM {p}leases WHERE until < clock_timestamp() - make_interval(secs => $1::float8)",
+    "views_locked": "SELECT name, members FROM {p}membership ORDER BY name FOR UPDATE",
+    "leases_kept": "SELECT holder FROM {p}leases WHERE holder = ANY($1::text[])",
+    "drop_views": "DELETE FROM {p}membership WHERE name = ANY($1::text[])",
     "membership_new": "INSERT INTO {p}membership (name, epoch, members) VALUES ($1, 1, $2)"
                       " ON CONFLICT (name) DO NOTHING RETURNING epoch",
     "membership_cas": "UPDATE {p}membership SET epoch = epoch + 1, members = $3 WHERE name = $1 AND epoch = $2"
@@ -291,6 +299,20 @@ class PostgresStore(Store):
         async with self._conn() as conn:
             row = await conn.fetchrow(self._sql["membership"], name)
         return Membership.from_row(row[0], row[1]) if row else Membership()
+
+    async def drop_dead(self, older_than_s: float) -> Dropped:
+        async with self._conn() as conn, conn.transaction():
+            if not await conn.fetchval(self._sql["sweeper"]):
+                return Dropped()                 # another host is sweeping right now
+            status = await conn.execute(self._sql["drop_leases"], float(older_than_s))
+            views = {name: set(Membership.from_row(0, members).members.values())
+                     for name, members in await conn.fetch(self._sql["views_locked"])}
+            held = sorted(set().union(*views.values()))
+            kept = {r[0] for r in await conn.fetch(self._sql["leases_kept"], held)} if held else set()
+            dead = [name for name, holders in views.items() if holders and not holders & kept]
+            if dead:
+                await conn.execute(self._sql["drop_views"], dead)
+        return Dropped(int(status.rsplit(" ", 1)[-1]), len(dead))
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         text = Membership(0, members).to_json()

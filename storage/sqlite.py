@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from storage.base import Append, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
+from storage.base import Append, Dropped, LeaseHeld, Loaded, Membership, Record, Snapshot, Store, stale, unavailable
 
 SCHEMA_VERSION = 2
 SCHEMA = [
@@ -131,6 +131,21 @@ class SQLiteStore(Store):
     def _membership(self, name: str) -> Membership:
         row = self._db.execute("SELECT epoch, members FROM membership WHERE name = ?", (name,)).fetchone()
         return Membership.from_row(*row) if row else Membership()
+
+    def _drop_dead(self, older_than_s: float) -> Dropped:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            leases = db.execute("DELETE FROM leases WHERE until < ?", (time.time() - older_than_s,)).rowcount
+            kept = {r[0] for r in db.execute("SELECT holder FROM leases")}
+            views = [name for name, members in db.execute("SELECT name, members FROM membership").fetchall()
+                     if (held := set(Membership.from_row(0, members).members.values())) and not held & kept]
+            db.executemany("DELETE FROM membership WHERE name = ?", [(n,) for n in views])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Dropped(leases, len(views))
 
     def _change_membership(self, name: str, expected: int, members: str) -> Membership | None:
         db = self._db
@@ -283,6 +298,9 @@ class SQLiteStore(Store):
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         return await self._run(self._change_membership, name, expected_epoch, Membership(0, members).to_json())
+
+    async def drop_dead(self, older_than_s: float) -> Dropped:
+        return await self._run(self._drop_dead, float(older_than_s))
 
     async def load(self, key: str) -> Loaded:
         return await self._run(self._load, key)

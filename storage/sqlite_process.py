@@ -35,7 +35,7 @@ from storage.sqlite import SQLiteStore
 _LEN = struct.Struct("!I")
 # SQLiteStore's thread-side methods (every public method of it reaches one through `_run`)
 _CALLS = frozenset({"_open", "_acquire", "_write", "_open_lease", "_renew_lease", "_membership",
-                    "_change_membership", "_load", "_append", "_write_snapshot", "_erase", "_purge",
+                    "_change_membership", "_drop_dead", "_load", "_append", "_write_snapshot", "_erase", "_purge",
                     "_ping", "_close"})
 
 

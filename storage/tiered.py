@@ -48,7 +48,7 @@ import struct
 
 from redis.exceptions import RedisError
 
-from storage.base import Append, Loaded, Record, Snapshot, Store, unavailable
+from storage.base import Append, Dropped, Loaded, Record, Snapshot, Store, unavailable
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore
 
@@ -172,6 +172,9 @@ class TieredStore(Store):
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]):
         return await self.pg.change_membership(name, expected_epoch, members)
+
+    async def drop_dead(self, older_than_s: float) -> Dropped:
+        return await self.pg.drop_dead(older_than_s)
 
     async def _cached(self, key: str):
         try:

@@ -170,14 +170,21 @@ def _hosts(args) -> int:
     if args.action == "list":
         _print(_admin(args, "GET", "/admin/hosts"))
         return 0
-    if args.n < 1:
-        raise SystemExit("syncopate: N must be at least 1")
-    before = _admin(args, "POST", "/admin/hosts", {args.action: args.n})
-    want = len(before["hosts"]) + (args.n if args.action == "add" else -args.n)
+    slot = getattr(args, "slot", None)
+    if (args.n is None) == (slot is None):
+        raise SystemExit("syncopate: give either N (the last N hosts) or --slot S (that one)")
+    if slot is not None:
+        before = _admin(args, "POST", "/admin/hosts", {"remove_slot": slot})
+        want = len(before["hosts"]) - 1
+    else:
+        if args.n < 1:
+            raise SystemExit("syncopate: N must be at least 1")
+        before = _admin(args, "POST", "/admin/hosts", {args.action: args.n})
+        want = len(before["hosts"]) + (args.n if args.action == "add" else -args.n)
     deadline = time.monotonic() + args.wait
     while True:
         view = _admin(args, "GET", "/admin/hosts")
-        if view["epoch"] > before["epoch"] and len(view["hosts"]) == want:
+        if view["epoch"] > before["epoch"] and len(view["hosts"]) == want and slot not in view["hosts"]:
             _print(view)
             return 0
         if time.monotonic() > deadline:
@@ -323,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     hsub = hp.add_subparsers(dest="action", required=True)
     for action in ("add", "remove"):
         a = hsub.add_parser(action)
-        a.add_argument("n", type=int, help="how many hosts")
+        a.add_argument("n", type=int, nargs=None if action == "add" else "?", help="how many hosts")
+        if action == "remove":
+            a.add_argument("--slot", type=int, help="remove this slot (see `hosts list`) instead of the last N")
         a.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the membership view")
         _admin_options(a)
     _admin_options(hsub.add_parser("list"))

@@ -86,7 +86,8 @@ class RayServer:
     def __init__(self, spec: ServerSpec, cluster: str | None = None, announce=None) -> None:
         self.spec = spec
         self.cluster = cluster or f"s{uuid.uuid4().hex[:8]}"
-        self.hosts: list = []
+        self.hosts: dict = {}                   # slot -> host actor handle (a removed slot is gone, never reused)
+        self._next_slot = 0
         self.gateways: list = []
         self.events = None                      # the events consumer actor (syncopate/events/service.py)
         self.ports: list[int] = []
@@ -129,10 +130,11 @@ class RayServer:
         if spec.ray_address and not spec.postgres_dsn:      # SQLite on a cluster: every host checks the dir
             aspec["shared_dir_token"] = write_marker(spec.data_dir, self.cluster)
         strategies = self._host_strategies(timeout)
-        self.hosts = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
-                                        num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
-                      .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)]
-        ray.get([h.ready.remote() for h in self.hosts], timeout=timeout)
+        self.hosts = {i: HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
+                                           num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
+                      .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)}
+        self._next_slot = spec.hosts
+        ray.get([h.ready.remote() for h in self.hosts.values()], timeout=timeout)
         from syncopate.events.service import EventsActor
         self.events = EventsActor.options(name=f"{self.cluster}-events", max_restarts=-1, max_task_retries=0,
                                           num_cpus=0).remote(aspec)
@@ -238,42 +240,53 @@ class RayServer:
             try:
                 if req["action"] == "add":
                     self.add_hosts(req["n"], timeout)
+                elif req["action"] == "remove_slot":
+                    self.remove_slots([req["n"]], timeout)
                 else:
                     self.remove_hosts(req["n"], timeout)
             except Exception as exc:
                 log.warning("hosts %s %d failed: %s", req["action"], req["n"], exc)
 
     def add_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
-        """New host slots after the last one; each joins the membership view as it starts, and the
-        entities the view now places on it are handed to it by their old owners."""
+        """New host slots after the last one ever used (a removed slot's number is not reused:
+        gateways may still hold the handle of the actor that had it); each joins the membership
+        view as it starts, and the entities the view now places on it are handed to it by their
+        old owners."""
         import ray
         from actors.ray_host import HostActor, host_name
-        first = len(self.hosts)
+        first = self._next_slot
         strategy = "SPREAD" if self.spec.ray_address else "DEFAULT"
         new = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0, num_cpus=0,
                                  scheduling_strategy=strategy, max_concurrency=10_000)
                .remote(self.cluster, i, self.spec.hosts, self.aspec) for i in range(first, first + n)]
         ray.get([h.ready.remote() for h in new], timeout=timeout)
-        self.hosts.extend(new)
+        self.hosts.update(zip(range(first, first + n), new))
+        self._next_slot = first + n
         log.warning("hosts added: slots %s", list(range(first, first + n)))
         return list(range(first, first + n))
 
     def remove_hosts(self, n: int, timeout: float = 120.0) -> list[int]:
-        """The last `n` slots leave: out of the view, their entities handed off (snapshot, release),
-        then stopped for good."""
+        """The last `n` slots leave (remove_slots)."""
+        return self.remove_slots(sorted(self.hosts)[-n:] if n > 0 else [], timeout)
+
+    def remove_slots(self, slots: list[int], timeout: float = 120.0) -> list[int]:
+        """These slots leave, one after the other: out of the view, their entities handed off
+        (snapshot, release) to the slots that stay, then stopped for good."""
         import ray
-        if n >= len(self.hosts):
+        unknown = [s for s in slots if s not in self.hosts]
+        if unknown:
+            raise ValueError(f"no host in slot {unknown[0]} (slots {sorted(self.hosts)})")
+        if len(set(slots)) >= len(self.hosts):
             raise ValueError(f"{len(self.hosts)} hosts: at least one must stay")
         gone = []
-        for _ in range(n):
-            i = len(self.hosts) - 1
+        for i in sorted(set(slots), reverse=True):
             h = self.hosts[i]
             try:
                 ray.get(h.leave.remote(), timeout=timeout)
                 ray.get(h.shutdown.remote(), timeout=timeout)
             finally:
                 ray.kill(h, no_restart=True)
-                self.hosts.pop()
+                del self.hosts[i]
             gone.append(i)
         log.warning("hosts removed: slots %s", gone)
         return gone
@@ -287,7 +300,7 @@ class RayServer:
         path = _catalog_file(self.spec)
         from catalog import Catalog
         Catalog.from_file(path)          # refuse a bad file before any process takes it
-        ray.get([h.reload_catalog.remote(path) for h in self.hosts], timeout=timeout)
+        ray.get([h.reload_catalog.remote(path) for h in self.hosts.values()], timeout=timeout)
         return sum(ray.get([g.reload_catalog.remote(path) for g in self.gateways], timeout=timeout))
 
     def kill_host(self, i: int) -> None:
@@ -305,7 +318,7 @@ class RayServer:
                 ray.get(g.stop.remote(), timeout=10)
             except Exception:
                 pass
-        for h in self.hosts:
+        for h in self.hosts.values():
             try:
                 ray.get(h.shutdown.remote(), timeout=30)
             except Exception as exc:
@@ -315,7 +328,7 @@ class RayServer:
                 ray.get(self.events.shutdown.remote(), timeout=30)
             except Exception as exc:
                 log.warning("events consumer shutdown: %s", exc)
-        for a in self.gateways + self.hosts + ([self.events] if self.events is not None else []):
+        for a in self.gateways + list(self.hosts.values()) + ([self.events] if self.events is not None else []):
             try:
                 ray.kill(a, no_restart=True)
             except Exception:

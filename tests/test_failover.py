@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 import pytest
 
 # imported here, not inside the event loop (their imports read files: blockbuster refuses that)
+import actors.channel  # noqa: F401
 import actors.ray_host  # noqa: F401
 import gateway.openapi
+import storage.factory  # noqa: F401
+import syncopate.events.bus  # noqa: F401
+import syncopate.events.publish  # noqa: F401
 import gateway.runner  # noqa: F401
 
 gateway.openapi.document_bytes()        # built (from files) once, here, for every server started below
@@ -149,3 +153,44 @@ async def test_adding_and_removing_a_host_moves_entities_with_no_failed_request(
     assert srv.gateway.cluster.view.slots == (0, 2, 3)
     assert [w.errors for w in writers2] == [[]] * COUNTERS
     assert await totals(srv, writers2) == {w.eid: w.acked + w2.acked for w, w2 in zip(writers, writers2)}
+
+
+async def test_a_host_ray_restarts_after_its_removal_rejoins_the_view_with_no_call(tmp_path, monkeypatch):
+    """Issue #13: the node of slot 0 died, a gateway's failure detector removed the slot, and only
+    then did Ray restart the host (its __init__, as on a restart). Nobody calls a slot that is not
+    in the view (gateways ping and route to the view's slots, peers route by it), so the restarted
+    process must start and join by itself: a host that started on its first call stayed out."""
+    from actors.membership import Holder, join
+    from actors.ray_host import HostActor
+    from gateway.cluster_view import ClusterView
+    from storage.factory import make_store
+    import syncopate.logs
+    # process tuning of a Ray worker, not what is tested: kept out of the test process
+    monkeypatch.setattr(actors.ray_host, "restore_priority", lambda: None)
+    monkeypatch.setattr(actors.ray_host, "freeze_startup", lambda: None)
+    monkeypatch.setattr(syncopate.logs, "setup_logging", lambda *a: None)
+    key = tmp_path / "channel.key"
+    await asyncio.to_thread(key.write_text, "k" * 64)
+    spec = {"data_dir": str(tmp_path), "channel_secret_file": str(key), "kinds": "tests.toy:kinds",
+            "lease_s": 0.6, "renew_s": 0.1}
+    store = make_store(str(tmp_path))            # the hosts' store (SQLite in the data dir)
+    await store.start()
+    dead = Holder("d", 0, "dead")
+    await store.open_lease(str(dead), 30)
+    await join(store, "d", dead)
+    view = ClusterView(store, "d")
+    await view.start()
+    await view.remove(0, "dead")                 # the failure detector's verdict, before the restart
+    assert view.view.members == {}
+    restarted = HostActor.__ray_actor_class__("d", 0, 1, spec)
+    try:
+        deadline = time.monotonic() + 10.0
+        while 0 not in (await store.membership("d")).members:
+            assert time.monotonic() < deadline, "the restarted host did not rejoin the view"
+            await asyncio.sleep(0.02)            # polling the store: the join happens in the host
+        assert Holder.parse((await store.membership("d")).members[0]).incarnation == restarted.host.incarnation
+        assert (await view.refresh()).slots == (0,)
+    finally:
+        await restarted.shutdown()
+        await view.close()
+        await store.close()

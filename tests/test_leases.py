@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import Append, LeaseHeld, Record
+from storage.base import Append, Dropped, LeaseHeld, Membership, Record
 from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore
@@ -166,6 +166,41 @@ async def test_membership_compare_and_set(env):
     got = await a.membership("d1")
     assert got.epoch == 2 and got.members == {1: "h1"}
     assert (await a.membership("d2")).epoch == 0                      # one view per deployment
+
+
+async def test_drop_dead_deletes_only_leases_run_out_past_the_bound_and_views_of_dead_deployments(env):
+    a, b = await env.open(), await env.open()
+    for holder in ("gone", "revoked"):
+        assert await a.open_lease(holder, LEASE)
+    await a.revoke_lease("revoked")
+    assert await a.open_lease("live", 30) and await a.open_lease("revoked-live", 30)
+    await a.revoke_lease("revoked-live")                 # revoked, but it has not run out yet
+    await a.acquire("k", "gone")
+    assert (await a.change_membership("dead", 0, {0: "gone", 1: "revoked"})).epoch == 1
+    assert (await a.change_membership("alive", 0, {0: "live", 1: "gone"})).epoch == 1
+    assert (await a.change_membership("empty", 0, {})).epoch == 1
+    await env.expire()
+    assert await b.drop_dead(30.0) == Dropped(0, 0)      # run out, but not 30 s ago: kept
+    assert await b.drop_dead(0.0) == Dropped(2, 1)       # "gone", "revoked"; the view "dead"
+    assert await b.drop_dead(0.0) == Dropped(0, 0)
+    assert await a.renew_lease("live", 30)               # a live holder's row is never touched
+    assert not await a.open_lease("revoked-live", 30)    # still there, still revoked
+    assert (await a.membership("dead")).epoch == 0
+    assert await a.membership("alive") == Membership(1, {0: "live", 1: "gone"})   # a live member: kept
+    assert (await a.membership("empty")).epoch == 1      # no members: not judged dead
+    await b.open_lease("B", 30)
+    await b.acquire("k", "B")                            # the dropped holder counts as not live, as before
+
+
+async def test_concurrent_sweeps_drop_each_dead_row_once_and_fail_none(env):
+    stores = [await env.open() for _ in range(3)]
+    for i in range(6):
+        await stores[0].open_lease(f"h{i}", LEASE)
+    await stores[0].change_membership("gone", 0, {0: "h0", 1: "h1"})
+    await env.expire()
+    got = await asyncio.gather(*(s.drop_dead(0.0) for s in stores))      # every host sweeps, at once
+    assert (sum(g.leases for g in got), sum(g.views for g in got)) == (6, 1)
+    assert (await stores[1].membership("gone")).epoch == 0
 
 
 async def test_racing_acquires_under_leases_leave_one_owner(env):

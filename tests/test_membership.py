@@ -11,6 +11,7 @@ from actors.host import EntityHost
 from actors.membership import Holder, join, remove, route
 from actors.placement import owner, owner_among
 from protocols.errors import ErrorCode, SyncopateError
+from storage.base import Dropped
 from storage.memory import MemoryStore
 from tests.toy import Counter
 
@@ -222,3 +223,56 @@ async def test_a_restarted_process_takes_the_slot_and_the_old_one_steps_down_for
             await new.close(passivate=False)
     finally:
         await old.close(passivate=False)
+
+
+class JoinDuringRemoval(MemoryStore):
+    """A restarted process's join lands between a removal's read of the view and its
+    compare-and-set: the interleaving of a gateway removing a dead host while Ray's restart of it
+    joins (issue #13)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joining: Holder | None = None        # who joins ahead of the next change
+
+    async def change_membership(self, name, expected_epoch, members):
+        joining, self.joining = self.joining, None
+        if joining is not None:                  # once, ahead of the first change (the removal's)
+            await self.open_lease(str(joining), 30)
+            await join(self, name, joining)
+        return await super().change_membership(name, expected_epoch, members)
+
+
+async def test_a_removal_that_loses_to_a_restarted_process_join_leaves_that_process_in():
+    """The failure detector's verdict is about the process it saw (here without an incarnation,
+    as from a gateway that never heard from the host): when its compare-and-set loses to the join
+    of the process Ray restarted in the slot, the retry must not remove (and revoke) that live one."""
+    old, new = Holder("d", 0, "inc1"), Holder("d", 0, "inc2")
+    store = JoinDuringRemoval()
+    await store.open_lease(str(old), 30)
+    await join(store, "d", old)
+    store.joining = new
+    view = await remove(store, "d", 0, None)
+    assert view.members == {0: str(new)}
+    assert (await store.membership("d")).members == {0: str(new)}
+    assert await store.renew_lease(str(new), 30)            # its lease was not revoked
+    assert not await store.renew_lease(str(old), 30)        # the dead one's was
+
+
+async def test_hosts_sweep_lease_rows_and_views_long_dead():
+    """One lease row per host process and rejoin, one view per start: a host deletes those long
+    dead (store.drop_dead), and nothing of a live deployment."""
+    store = MemoryStore()
+    await store.open_lease("old/0/x.0", 0.0)                 # a process of a deployment long gone
+    await store.change_membership("old", 0, {0: "old/0/x.0"})
+    h = EntityHost("d-0", store, {"counter": Counter}, Env(), idle_timeout_s=3600)
+    h.join_membership("d", 0, lease_s=0.6, renew_s=0.1)
+    h.sweep_every_s, h.dead_keep_s = 0.05, 0.0
+    await h.start()
+    try:
+        await wait_for(lambda: h.swept == Dropped(1, 1), what="a sweep")
+        assert (await store.membership("old")).epoch == 0
+        assert (await store.membership("d")).members == {0: str(h.holder)}
+        await h.call(add("x", 1))                             # its own lease still good
+        assert h.lease_ok() and await store.renew_lease(str(h.holder), 0.6)
+    finally:
+        await h.close(passivate=False)
