@@ -49,10 +49,12 @@ class GatewayConfig:
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
                  config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
-                 events: Any = None, signer: StreamSigner | None = None) -> None:
+                 events: Any = None, signer: StreamSigner | None = None, event_bus: Any = None) -> None:
         self.gateway_id = gateway_id
         # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
         self.events = events
+        # and its bus (syncopate/events/bus.py): a user's erasure removes their entries (data_rights.py)
+        self.event_bus = event_bus
         self.dispatcher = dispatcher
         self.hub = hub
         self.auth = auth
