@@ -69,7 +69,8 @@ class GatewayContext:
         self.streams = StreamManifests(self)
         self.subscriptions = Subscriptions(gateway_id, hub, dispatcher, pushes=presenters.ws_pushes(catalog),
                                            states=presenters.ws_states(catalog),
-                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal})
+                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal},
+                                           personal_states={m.DEVICE_GROUP: self.streams.personal})
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights
