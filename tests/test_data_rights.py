@@ -378,7 +378,7 @@ async def test_export_of_a_former_collaborator_and_two_concurrent_deletions(sqli
 
         rights = srv.gateway.ctx.data_rights
         from gateway.erasure import Deletion
-        runs = [Deletion(rights._reply, rights.secret) for _ in range(2)]
+        runs = [Deletion(rights._reply, rights.secret, pipeline=rights._pipeline()) for _ in range(2)]
         receipts = await asyncio.gather(*(d.run(s["zed"]) for d in runs))
         assert receipts[0].deletion_id == receipts[1].deletion_id
         assert_absent(s["zed"], await sqlite_backend.raw())
