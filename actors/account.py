@@ -141,6 +141,14 @@ def _profile_fields(args: dict, *, create: bool) -> dict:
         if v is not None and (not isinstance(v, str) or not EMAIL_RE.match(v)):
             raise _err("email must look like name@example.com")
         out["email"] = v
+    if "explicit_content" in args or create:
+        # Spotify's {filter_enabled, filter_locked}: with the filter on, explicit tracks do not play
+        # (docs/rights.md "Explicit content"). Set by the operator (Spotify's Web API has no route for it).
+        v = args.get("explicit_content", {"filter_enabled": False, "filter_locked": False})
+        if not isinstance(v, dict) or set(v) != {"filter_enabled", "filter_locked"} \
+                or not all(isinstance(x, bool) for x in v.values()):
+            raise _err("explicit_content must be {filter_enabled: bool, filter_locked: bool}")
+        out["explicit_content"] = dict(v)
     return out
 
 
@@ -238,7 +246,9 @@ class AccountEntity(Entity):
         p = self.profile
         return {"id": self.id, "display_name": p.get("display_name"), "country": p["country"],
                 "product": p["product"], "email": p.get("email"), "created_ms": p["created_ms"],
-                "has_password": self.password is not None}
+                "has_password": self.password is not None,
+                # a profile made before the filter existed has it off
+                "explicit_content": dict(p.get("explicit_content") or {"filter_enabled": False, "filter_locked": False})}
 
     # -- authorization codes -----------------------------------------------------------------------
     def _op_issue_code(self, cmd: Command, args: dict) -> Outcome:

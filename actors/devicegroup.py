@@ -383,6 +383,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
                 "playback_id": p["playback_id"] if has_item else None,
                 "market": p["market"],
+                "explicit_filter": p.get("explicit_filter", False),
                 "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]},
             },
             "revision": self.revision,
@@ -414,6 +415,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
         out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
                     "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
                     "uri": p["uri"], "disallows": dis, "market": p["market"],
+                    "explicit_filter": p.get("explicit_filter", False),
                     "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]}})
         return out
 
@@ -454,4 +456,5 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, EntitlementOps, ListeningOps, Ev
             "currently_playing": p["uri"],
             "queue": upcoming(p, order, 20, prefetch=False, ok=self._ok(p)),
             "market": p["market"],
+            "explicit_filter": p.get("explicit_filter", False),
         })

@@ -20,22 +20,23 @@ class EntitlementOps:
         cat = self.env.catalog
         if cat is None:
             return None
-        market = p.get("market")
+        market, explicit = p.get("market"), p.get("explicit_filter", False)
 
         def ok(uri: str) -> bool:
             tr = find_track(cat, uri)
-            return tr is not None and tr.playable_in(market)
+            return tr is not None and tr.restriction(market, explicit) is None
         return ok
 
     def _unavailable(self, p: dict, uri: str) -> dict | None:
-        """Why `uri` may not play ({uri, reason: removed | market, market}), or None if it may."""
+        """Why `uri` may not play ({uri, reason: removed | market | explicit, market}), or None if it may."""
         if self.env.catalog is None:
             return None
         tr = self._track(uri)
         if tr is None:
             return {"uri": uri, "reason": "removed", "market": p.get("market")}
-        if not tr.playable_in(p.get("market")):
-            return {"uri": uri, "reason": "market", "market": p.get("market")}
+        why = tr.restriction(p.get("market"), p.get("explicit_filter", False))
+        if why is not None:
+            return {"uri": uri, "reason": why, "market": p.get("market")}
         return None
 
     def _refuse_unavailable(self, p: dict, uri: str) -> None:
@@ -43,7 +44,8 @@ class EntitlementOps:
         if why is not None:
             # `restriction`, not `reason`: a REST error's `reason` is Spotify's player reason (clients
             # look it up in their enums), and the details join that body
-            where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
+            where = {"market": f"in market {why['market']}", "removed": "any more",
+                     "explicit": "with the account's explicit content filter on"}[why["reason"]]
             raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
                        restriction=why["reason"], market=why["market"])
 
@@ -56,6 +58,11 @@ class EntitlementOps:
             if not is_market(market):
                 raise _err(ErrorCode.INVALID_FIELD, "market must be an ISO 3166-1 alpha-2 code")
             t.p["market"] = market
+        ef = cmd.args.get("explicit_filter")
+        if ef is not None:
+            if not isinstance(ef, bool):
+                raise _err(ErrorCode.INVALID_FIELD, "explicit_filter must be true or false")
+            t.p["explicit_filter"] = ef
         return t
 
     def _related(self, p: dict) -> list:
@@ -68,7 +75,7 @@ class EntitlementOps:
         last = find_track(cat, p["uri"]) if p["uri"] else None
         if cat is None or last is None:
             return []
-        market = p.get("market")
+        market, explicit = p.get("market"), p.get("explicit_filter", False)
         seen = {uri for _, uri in p["tracks"]}
         seen.add(last.uri)
         out: list[str] = []
@@ -77,7 +84,7 @@ class EntitlementOps:
             for tr in tracks:
                 if len(out) >= AUTOPLAY_BATCH:
                     return
-                if tr.uri not in seen and tr.playable_in(market):
+                if tr.uri not in seen and tr.restriction(market, explicit) is None:
                     seen.add(tr.uri)
                     out.append(tr.uri)
 

@@ -154,10 +154,10 @@ class GatewayContext:
         if cmd.kind != m.DEVICE_GROUP:
             return False
         if cmd.op in MARKET_OPS and not cmd.principal.system:
-            market = self.markets.cached(cmd.principal.user_id)
-            if market is None:
+            who = self.markets.cached_listener(cmd.principal.user_id)
+            if who is None:
                 return True
-            cmd.args["market"] = market
+            cmd.args["market"], cmd.args["explicit_filter"] = who.country, who.explicit_filter
         return False
 
     async def prepare(self, cmd: Command) -> None:
@@ -165,7 +165,8 @@ class GatewayContext:
         taken from the client. A playlist play context is not read here: the device group's host
         asks the playlist for it, as this principal (actors/asks.py)."""
         if cmd.kind == m.DEVICE_GROUP and cmd.op in MARKET_OPS and not cmd.principal.system:
-            cmd.args["market"] = await self.markets.get(cmd.principal)     # never the client's
+            who = await self.markets.listener(cmd.principal)                # never the client's
+            cmd.args["market"], cmd.args["explicit_filter"] = who.country, who.explicit_filter
 
     async def catalog_changed(self) -> int:
         """After a catalog reload (docs/rights.md "Takedowns"): tell the device group of every user

@@ -287,6 +287,7 @@ class WsSession:
                 raise SyncopateError(ErrorCode.INVALID_FIELD, f"payload.{route.id_field} must name the {route.kind}")
         if route.kind == m.DEVICE_GROUP:        # set by the gateway alone (GatewayContext.prepare)
             args.pop("market", None)
+            args.pop("explicit_filter", None)
         cmd = Command(route.kind, entity_id, route.op, args, conn.principal, op_id=op_id, origin=self.origin)
         self._budget()
         present = self.ctx.ws_replies.get(route.op) if route.kind == m.DEVICE_GROUP else None
