@@ -120,6 +120,7 @@ async def test_a_data_dir_of_the_old_code_loads_with_the_same_state(db):
         # fields added since (docs/rights.md, issue #15): what an old data dir reads for them
         player = got["cluster"]["player"]
         assert player.pop("market") is None
+        assert player.pop("explicit_filter") is False
         assert player.pop("autoplay") == {"enabled": False, "active": False, "from": None}
         if player["track"] is not None:
             assert player["track"].pop("is_playable") is True
