@@ -167,3 +167,22 @@ async def test_the_filter_turned_on_while_playing_moves_off_the_explicit_track(s
         assert push["next_tracks"] == []                   # 3 is explicit too, and repeat is off
     finally:
         await dev.close()
+
+
+async def test_the_edge_refuses_an_explicit_track_to_a_filtered_user(server, http, unique):
+    """The edge checks a fetch by the gateway's cached account facts (docs/rights.md): a signed URL of
+    an explicit track opens nothing for a user whose filter is on."""
+    import time
+
+    from gateway.stream_sign import StreamClaim
+    await add_user(http, server, unique, explicit_content=FILTERED)
+    await add_user(http, server, unique + "c")
+    signer = server.gateway.ctx.signer
+    for user, track, want in ((unique, tid(1), 403), (unique, tid(0), 206), (unique + "c", tid(1), 206)):
+        url = signer.url(StreamClaim(user, "d0", track, 160, int(time.time()) + 60))
+        tok = Auth(SECRET).mint(user, device_id="d0")
+        async with http.get(server.url + url, headers={"Authorization": f"Bearer {tok}", "Range": "bytes=0-15"}) as r:
+            body = await r.read()
+        assert r.status == want, (user, track, r.status)
+        if want == 403:
+            assert orjson.loads(body)["error"]["why"] == "unavailable"
