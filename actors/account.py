@@ -142,6 +142,14 @@ def _profile_fields(args: dict, *, create: bool) -> dict:
         if v is not None and (not isinstance(v, str) or not EMAIL_RE.match(v)):
             raise _err("email must look like name@example.com")
         out["email"] = v
+    if "explicit_content" in args or create:
+        # Spotify's {filter_enabled, filter_locked}: with the filter on, explicit tracks do not play
+        # (docs/rights.md "Explicit content"). Set by the operator (Spotify's Web API has no route for it).
+        v = args.get("explicit_content", {"filter_enabled": False, "filter_locked": False})
+        if not isinstance(v, dict) or set(v) != {"filter_enabled", "filter_locked"} \
+                or not all(isinstance(x, bool) for x in v.values()):
+            raise _err("explicit_content must be {filter_enabled: bool, filter_locked: bool}")
+        out["explicit_content"] = dict(v)
     return out
 
 
@@ -196,11 +204,11 @@ class AccountEntity(Entity):
             recs.append(["pw", check_password_record(args["password_hash"])])
         if not recs:
             raise _err("nothing to change")
-        before, country = self.profile.get("product"), self.profile.get("country")
+        before, facts = self.profile.get("product"), self._facts()
         for r in recs:
             self.apply(r)
         effects = []
-        if self.profile.get("country") != country:
+        if self._facts() != facts:
             effects.append(self._market_changed())
         if self.profile.get("product") != before:
             # live authorization: the user's open sockets take the new product at once (the session
@@ -209,20 +217,30 @@ class AccountEntity(Entity):
                                    op_id=f"{self.key}@{self.version + 1}:product"))
         return Outcome(reply=self._me(), records=recs, effects=effects)
 
+    def _facts(self) -> dict:
+        """What the user's device group plays by (docs/rights.md "The account facts a device group
+        holds"): the country and the explicit content filter; a user without an account is
+        DEFAULT_COUNTRY, filter off, as /v1/me answers (a profile from before the filter: off)."""
+        p = self.profile
+        if p is None:
+            return {"country": DEFAULT_COUNTRY, "explicit_filter": False}
+        return {"country": p["country"],
+                "explicit_filter": bool((p.get("explicit_content") or {}).get("filter_enabled", False))}
+
     def _market_changed(self) -> Command:
-        """The user's device group plays in the account's country (docs/rights.md): told with the
-        version of the entry that set it (`as_of`), so the group keeps the newest of its notices."""
+        """The user's device group plays by the account's country and explicit content filter:
+        told both with the version of the entry that set them (`as_of`), so the group keeps the
+        newest of its notices (one order for both facts)."""
         v = self.version + 1
-        return Command(DEVICE_GROUP, self.id, "market_changed", {"country": self.profile["country"], "as_of": v},
+        return Command(DEVICE_GROUP, self.id, "market_changed", {**self._facts(), "as_of": v},
                        op_id=f"{self.key}@{v}:market")
 
     def _op_market(self, cmd: Command, args: dict) -> Outcome:
-        """The user's market, for their device group's ask (actors/devicegroup_market.py): the
-        country as of this version; a user without an account is DEFAULT_COUNTRY, as /v1/me answers."""
+        """The user's account facts, for their device group's ask (actors/devicegroup_market.py):
+        the country and the explicit content filter as of this version."""
         if not (cmd.principal.system or cmd.principal.user_id == self.id):
             raise _err("a user reads only their own market", ErrorCode.FORBIDDEN)
-        country = self.profile["country"] if self.profile is not None else DEFAULT_COUNTRY
-        return Outcome(reply={"country": country, "as_of": self.version})
+        return Outcome(reply={**self._facts(), "as_of": self.version})
 
     def _op_me(self, cmd: Command, args: dict) -> Outcome:
         if not (cmd.principal.system or cmd.principal.user_id == self.id):
@@ -257,7 +275,9 @@ class AccountEntity(Entity):
         p = self.profile
         return {"id": self.id, "display_name": p.get("display_name"), "country": p["country"],
                 "product": p["product"], "email": p.get("email"), "created_ms": p["created_ms"],
-                "has_password": self.password is not None}
+                "has_password": self.password is not None,
+                # a profile made before the filter existed has it off
+                "explicit_content": dict(p.get("explicit_content") or {"filter_enabled": False, "filter_locked": False})}
 
     # -- authorization codes -----------------------------------------------------------------------
     def _op_issue_code(self, cmd: Command, args: dict) -> Outcome:

@@ -89,7 +89,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         self.active: str | None = None
         self.last_active: str | None = None    # the device that was active when it went offline
         self.p: dict = new_player()
-        self.market = UserMarket()             # the account's country (p["market"] mirrors it)
+        self.market = UserMarket()             # the account facts (p["market"], p["explicit_filter"] mirror it)
         self.revision = 0                      # cluster revision: +1 per push
         self.fence = 0                         # revision of the last change of active device
         self.recent: list[list] = []           # [[played_at_ms, uri, context_uri], ...] oldest first
@@ -131,8 +131,8 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         if rec.player:
             self.p = {**self.p, **rec.player}
         if rec.market is not None:
-            self.market = rec.market
-            self.p = {**self.p, "market": rec.market.country}
+            self.market = rec.market.over(self.market)
+            self.p = {**self.p, **self.market.mirror()}
         for did, dev in rec.devices.items():
             if dev is None:
                 self.devices.pop(did, None)
@@ -184,7 +184,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         self.active = snap.active
         self.last_active = snap.last_active
         self.market = snap.market
-        self.p = {**snap.player, "market": snap.market.country}
+        self.p = {**snap.player, **snap.market.mirror()}
         self.revision = snap.revision
         self.fence = snap.fence
         self.recent = snap.recent
@@ -391,6 +391,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
                 "volume_percent": self.devices[active]["volume_percent"] if active else None,
                 "playback_id": p["playback_id"] if has_item else None,
                 "market": p["market"],
+                "explicit_filter": p["explicit_filter"],
                 "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]},
             },
             "revision": self.revision,
@@ -422,6 +423,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         out.update({"context_uri": p["context_uri"], "timestamp": p["timestamp_ms"],
                     "progress_ms": extrapolate(p, now) if has_item else None, "is_playing": p["playing"],
                     "uri": p["uri"], "disallows": dis, "market": p["market"],
+                    "explicit_filter": p["explicit_filter"],
                     "autoplay": {"enabled": p["autoplay"], "active": p["autoplaying"], "from": p["autoplay_from"]}})
         return out
 
@@ -462,4 +464,5 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
             "currently_playing": p["uri"],
             "queue": upcoming(p, order, 20, prefetch=False, ok=self._ok(p)),
             "market": p["market"],
+            "explicit_filter": p["explicit_filter"],
         })

@@ -1,7 +1,7 @@
 """The device group's entitlements and autoplay (docs/rights.md): what may play for this user now (the
-catalog and the group's market, actors/devicegroup_market.py), the refusal when it may not, the
-takedown notice of a catalog reload (and the move off a track a market change withdraws), and
-autoplay's related tracks. A mixin of DeviceGroupEntity (actors/devicegroup.py);
+catalog and the group's account facts, its market and explicit filter, actors/devicegroup_market.py),
+the refusal when it may not, the takedown notice of a catalog reload (and the move off a track a
+change of those facts withdraws), and autoplay's related tracks. A mixin of DeviceGroupEntity (actors/devicegroup.py);
 the state machine takes the check as a predicate (actors/player_state.py `ok`), so it stays pure."""
 from __future__ import annotations
 
@@ -16,27 +16,28 @@ from protocols.errors import ErrorCode
 
 class EntitlementOps:
     def _ok(self, p: dict):
-        """May `uri` play for this user now: in the catalog and licensed in the player's market
-        (docs/rights.md). None without a catalog (pure tests of the state machine): everything may."""
+        """May `uri` play for this user now: in the catalog, licensed in the group's market and not
+        explicit under the account's filter (the group's account facts, docs/rights.md). None without a catalog (pure tests of the state machine): everything may."""
         cat = self.env.catalog
         if cat is None:
             return None
-        market = p.get("market")
+        market, explicit = p.get("market"), p.get("explicit_filter", False)
 
         def ok(uri: str) -> bool:
             tr = find_track(cat, uri)
-            return tr is not None and tr.playable_in(market)
+            return tr is not None and tr.restriction(market, explicit) is None
         return ok
 
     def _unavailable(self, p: dict, uri: str) -> dict | None:
-        """Why `uri` may not play ({uri, reason: removed | market, market}), or None if it may."""
+        """Why `uri` may not play ({uri, reason: removed | market | explicit, market}), or None if it may."""
         if self.env.catalog is None:
             return None
         tr = self._track(uri)
         if tr is None:
             return {"uri": uri, "reason": "removed", "market": p.get("market")}
-        if not tr.playable_in(p.get("market")):
-            return {"uri": uri, "reason": "market", "market": p.get("market")}
+        why = tr.restriction(p.get("market"), p.get("explicit_filter", False))
+        if why is not None:
+            return {"uri": uri, "reason": why, "market": p.get("market")}
         return None
 
     def _refuse_unavailable(self, p: dict, uri: str) -> None:
@@ -44,7 +45,8 @@ class EntitlementOps:
         if why is not None:
             # `restriction`, not `reason`: a REST error's `reason` is Spotify's player reason (clients
             # look it up in their enums), and the details join that body
-            where = f"in market {why['market']}" if why["reason"] == "market" else "any more"
+            where = {"market": f"in market {why['market']}", "removed": "any more",
+                     "explicit": "with the account's explicit content filter on"}[why["reason"]]
             raise _err(ErrorCode.TRACK_UNAVAILABLE, f"{uri} is not available {where}", uri=uri,
                        restriction=why["reason"], market=why["market"])
 
@@ -58,7 +60,7 @@ class EntitlementOps:
         last = find_track(cat, p["uri"]) if p["uri"] else None
         if cat is None or last is None:
             return []
-        market = p.get("market")
+        market, explicit = p.get("market"), p.get("explicit_filter", False)
         seen = {uri for _, uri in p["tracks"]}
         seen.add(last.uri)
         out: list[str] = []
@@ -67,7 +69,7 @@ class EntitlementOps:
             for tr in tracks:
                 if len(out) >= AUTOPLAY_BATCH:
                     return
-                if tr.uri not in seen and tr.playable_in(market):
+                if tr.uri not in seen and tr.restriction(market, explicit) is None:
                     seen.add(tr.uri)
                     out.append(tr.uri)
 
@@ -102,7 +104,8 @@ class EntitlementOps:
         return self._commit(t)
 
     def _move_off_unavailable(self, t: _Txn) -> None:
-        """If the current track may no longer play (taken down, or not in the group's market now):
+        """If the current track may no longer play (taken down, not in the group's market now, or
+        explicit with the account's filter now on):
         move to the next track that may, as it was (playing or paused), or stop on nothing when
         none is left; the push says why (`unavailable`, reason track_unavailable)."""
         p = t.p

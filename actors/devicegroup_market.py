@@ -1,30 +1,35 @@
-"""The device group's market: the user's country, which the group holds itself (docs/rights.md "The
-user's market"). A mixin of DeviceGroupEntity (actors/devicegroup.py).
+"""The device group's account facts: the user's market (the account's country) and the account's
+explicit content filter, which the group holds itself (docs/rights.md "The account facts a device
+group holds"). A mixin of DeviceGroupEntity (actors/devicegroup.py).
 
-The account entity owns the country. When it is set (create) or changes (update), the account emits
-`market_changed {country, as_of}` to the user's device group, an effect through the durable outbox
-(actors/outbox.py) with the op id `account:<user>@<version>:market`; `as_of` is that account version.
-The group keeps `UserMarket(country, as_of)` (actors/devicegroup_records.py) and takes a notice only
-if it is newer than what it holds, so a late or re-sent one changes nothing.
+The account entity owns both. When they are set (create) or one changes (update: the country, or
+`explicit_content.filter_enabled`), the account emits `market_changed {country, explicit_filter,
+as_of}` to the user's device group, an effect through the durable outbox (actors/outbox.py) with
+the op id `account:<user>@<version>:market`; `as_of` is that account version. The group keeps
+`UserMarket(country, as_of, explicit_filter)` (actors/devicegroup_records.py) and takes a notice
+only if it is newer than what it holds, so a late or re-sent one changes nothing; the two facts
+travel together, so one `as_of` orders both. A notice stored before the filter existed has no
+`explicit_filter`: off, as every account was then.
 
-A group that holds no market from the account (new, a user without an account, or stored before the
-group held its market: then it has the gateway's last stamp, `as_of` None) learns it before its
-first playback command: the commands that can start a track (`PLAYBACK_MARKET_OPS`) declare
+A group that holds no facts from the account (new, a user without an account, or stored before the
+group held them: then it has the gateway's last stamp, `as_of` None) learns them before its first
+playback command: the commands that can start a track (`PLAYBACK_MARKET_OPS`) declare
 `market_ask`, and the host reads `account:<user> market` first (actors/asks.py), as the user; the op
 takes the answer if it is newer, in the same record as the command. So no playback command runs on
-a market the account did not give; nothing of the client's (`args.market`) is read.
+a market or filter the account did not give; nothing of the client's (`args.market`,
+`args.explicit_filter`) is read.
 
-A change of country takes effect for the next op; if the track playing may not play in the new
-market, the group moves off it as a takedown does (actors/devicegroup_entitlements.py: the next
-playable track, or stop), the push with reason `track_unavailable` and `unavailable.reason`
-"market".
+A change takes effect for the next op; if the track playing may not play under the new facts (not
+licensed in the new country, or explicit with the filter now on), the group moves off it as a
+takedown does (actors/devicegroup_entitlements.py: the next playable track, or stop), the push with
+reason `track_unavailable` and `unavailable.reason` "market" or "explicit".
 """
 from __future__ import annotations
 
 from typing import Any
 
 from actors.account import ACCOUNT
-from actors.args import Args, Int, Str
+from actors.args import Args, Bool, Int, Str
 from actors.asks import Ask
 from actors.devicegroup_records import UserMarket
 from actors.devicegroup_txn import PLAYER_STATE_CHANGED, _err, _Txn
@@ -50,17 +55,20 @@ def market_ask(entity: Any, cmd: Command) -> Ask | None:
 
 def market_of(answer: Any) -> UserMarket:
     """The account's answer (`market` op, or the fields of a notice) as a UserMarket; INVALID_FIELD
-    when it is not {country: ISO 3166-1 alpha-2, as_of: version >= 0}."""
-    country = answer.get("country") if isinstance(answer, dict) else None
-    as_of = answer.get("as_of") if isinstance(answer, dict) else None
-    if not is_market(country) or not isinstance(as_of, int) or isinstance(as_of, bool) or as_of < 0:
-        raise _err(ErrorCode.INVALID_FIELD, "a market is {country: ISO 3166-1 alpha-2 code, as_of: version >= 0}")
-    return UserMarket(country, as_of)
+    when it is not {country: ISO 3166-1 alpha-2, as_of: version >= 0, explicit_filter?: bool}
+    (absent: off, as an account's notice or answer from before the filter existed)."""
+    d = answer if isinstance(answer, dict) else {}
+    country, as_of, ef = d.get("country"), d.get("as_of"), d.get("explicit_filter", False)
+    if not is_market(country) or not isinstance(as_of, int) or isinstance(as_of, bool) or as_of < 0 \
+            or not isinstance(ef, bool):
+        raise _err(ErrorCode.INVALID_FIELD, "account facts are {country: ISO 3166-1 alpha-2 code, "
+                                            "as_of: version >= 0, explicit_filter?: bool}")
+    return UserMarket(country, as_of, ef)
 
 
 class MarketOps:
     def _txn(self, cmd: Command) -> _Txn:
-        """The working copy of a playback command, on the account's market: the group's own, or
+        """The working copy of a playback command, on the account's facts: the group's own, or
         the answer of market_ask when it is newer (stored with the command's record)."""
         t = _Txn(self, cmd.now_ms)
         asked = (cmd.asked or {}).get("market")
@@ -70,18 +78,20 @@ class MarketOps:
                 t.set_market(learned)
         return t
 
-    @op("market_changed", system=True, args={"country": Str(required=True), "as_of": Int(lo=0, required=True)})
+    @op("market_changed", system=True, args={"country": Str(required=True), "as_of": Int(lo=0, required=True),
+                                             "explicit_filter": Bool()})
     def _op_market_changed(self, cmd: Command, a: Args) -> Outcome:
-        """The account's country was set or changed (its effect; see the module doc)."""
-        new = market_of(a)
+        """The account's country or explicit content filter was set or changed (its effect; see the
+        module doc)."""
+        new = market_of({k: v for k, v in a.items() if v is not None})
         if not self.market.newer(new):
             return Outcome(reply={"changed": False})
         t = _Txn(self, cmd.now_ms)
-        self._settle(t)                   # up to now on the market it was playing in
-        moved = new.country != t.p["market"]
+        self._settle(t)                   # up to now on the facts it was playing by
+        moved = new.mirror() != {k: t.p[k] for k in ("market", "explicit_filter")}
         t.set_market(new)
         if moved:
-            self._move_off_unavailable(t)     # a takedown's move if the track may not play here
+            self._move_off_unavailable(t)     # a takedown's move if the track may not play now
             if t.reason is None and self.devices:
-                t.set_reason(PLAYER_STATE_CHANGED)    # the cluster's player.market changed
+                t.set_reason(PLAYER_STATE_CHANGED)    # the cluster's player.market / explicit_filter changed
         return self._commit(t, reply={"changed": True})

@@ -7,20 +7,25 @@ host stores, `from_wire` reads every form ever stored:
                        "active": id | None, "last_active": id | None, "revision": n, "fence": n,
                        "play": {event_id, play_key, track_uri, played_at_ms, context_uri, private?},
                        "events": [accepted listening event (protocols/listening.py wire form)]}
-                       "market": {"country": "SE" | None, "as_of": account version | None}}
+                       "market": {"country": "SE" | None, "as_of": account version | None,
+                                  "explicit_filter": true (absent: off)}}
                       (only the fields the change touched are present; "events", "play.private",
                       "market" and the snapshot's "plays" and "market" came later within version 2:
                       absent means none / unchanged)
   version 1 (before)  {"p", "d", "a", "la", "r", "f", "ev", "pk", "st", "rp": [at, uri, ctx]}
                       with the player's short names (actors/player_state.py LEGACY_NAMES)
 
-The market (docs/rights.md "The user's market"): the account entity tells the group its country
-(`market_changed`, an effect), or the group asks for it; `as_of` is the account version it is from,
-so a late or repeated notice never replaces a newer one. Records and snapshots written before the
-market was the group's own carried it as the player field `market`, set by the gateway with each
-playback command: it is read back as `UserMarket(country, as_of=None)`, a market not learned from
-the account, which the next playback command asks for (the player dict keeps `market` as a mirror of
-`UserMarket.country` for the pure state machine; it is never written as a player field again).
+The market (docs/rights.md "The account facts a device group holds"): the account entity tells
+the group its country and its explicit content filter (`market_changed`, an effect), or the group
+asks for them; `as_of` is the account version they are from, so a late or repeated notice never
+replaces a newer one. `explicit_filter` is written only when on (absent: off; a record or notice
+from before the filter existed has it off). Records and snapshots written before the market was
+the group's own carried the gateway's stamps of each playback command as the player fields
+`market` (and, for a while, `explicit_filter`): they are read back as `UserMarket(country, as_of=None,
+explicit_filter)`, facts not learned from the account, which the next playback command asks for; a
+record's stamp that lacks one of the two leaves it as it was (None in the record). The player dict
+keeps `market` and `explicit_filter` as mirrors of the UserMarket for the pure state machine
+(`MIRRORED`); they are never written as player fields again.
 
 A snapshot of version 1 was {"v": 1, "devices", "active", "last_active", "p", "revision", "fence",
 "recent", "streams", "counted_events", "counted_plays", "play_floor"}; version 2 names the player
@@ -57,19 +62,41 @@ def player_from_wire(p: dict) -> dict:
     return {LEGACY_NAMES.get(k, k): v for k, v in p.items()}
 
 
+# the player fields that mirror the UserMarket (never stored as player fields)
+MIRRORED = ("market", "explicit_filter")
+
+
 @dataclass(frozen=True)
 class UserMarket:
-    """The market the group plays in: the account's country (None: not known), and the account
-    version it is from (None: not learned from the account; the next playback command asks)."""
+    """The account facts the group plays by: the account's country (None: not known), the account
+    version they are from (None: not learned from the account; the next playback command asks),
+    and the account's explicit content filter (on: explicit tracks do not play). `explicit_filter`
+    None only in a record of the gateway's stamp that did not carry it (see the module doc)."""
     country: str | None = None
     as_of: int | None = None
+    explicit_filter: bool | None = False
 
     def to_wire(self) -> dict:
-        return {"country": self.country, "as_of": self.as_of}
+        out: dict[str, Any] = {"country": self.country, "as_of": self.as_of}
+        if self.explicit_filter is not False:
+            out["explicit_filter"] = self.explicit_filter
+        return out
 
     @classmethod
     def from_wire(cls, d: dict) -> UserMarket:
-        return cls(d.get("country"), d.get("as_of"))
+        return cls(d.get("country"), d.get("as_of"), d.get("explicit_filter", False))
+
+    def mirror(self) -> dict:
+        """The player fields that mirror it (MIRRORED)."""
+        return {"market": self.country, "explicit_filter": bool(self.explicit_filter)}
+
+    def over(self, before: UserMarket) -> UserMarket:
+        """This record's market applied over the one held: a gateway stamp (as_of None) that lacks
+        the country or the filter leaves it as it was."""
+        if self.as_of is not None:
+            return self
+        return UserMarket(self.country if self.country is not None else before.country, None,
+                          self.explicit_filter if self.explicit_filter is not None else before.explicit_filter)
 
     def newer(self, other: UserMarket) -> bool:
         """Does `other` (a notice or an answer of the account) replace this one?"""
@@ -77,13 +104,16 @@ class UserMarket:
 
 
 def _split_market(player: dict, market: dict | None) -> tuple[dict, UserMarket | None]:
-    """A stored player dict and market field -> (the player without its `market` mirror, the market).
-    A player `market` without a market field is the gateway's stamp of before: not from the account."""
-    if "market" not in player:
+    """A stored player dict and market field -> (the player without its mirrors, the market). A
+    player `market` / `explicit_filter` without a market field is the gateway's stamp of before:
+    not from the account (a field the stamp lacks is None: unchanged)."""
+    if not any(k in player for k in MIRRORED):
         return player, UserMarket.from_wire(market) if market is not None else None
     player = dict(player)
-    stamp = player.pop("market")
-    return player, UserMarket.from_wire(market) if market is not None else UserMarket(stamp, None)
+    stamp = {k: player.pop(k) for k in MIRRORED if k in player}
+    if market is not None:
+        return player, UserMarket.from_wire(market)
+    return player, UserMarket(stamp.get("market"), None, stamp.get("explicit_filter"))
 
 
 def device_from_wire(d: dict) -> dict:
@@ -200,7 +230,7 @@ class GroupSnapshot:
     def to_wire(self) -> dict:
         return {"v": SNAPSHOT_VERSION, "devices": {did: device_to_wire(d) for did, d in self.devices.items()},
                 "active": self.active, "last_active": self.last_active,
-                "player": {k: v for k, v in self.player.items() if k != "market"},
+                "player": {k: v for k, v in self.player.items() if k not in MIRRORED},
                 "revision": self.revision, "fence": self.fence, "recent": list(self.recent),
                 "streams": dict(self.streams), "counted_events": list(self.counted_events),
                 "counted_plays": list(self.counted_plays), "play_floor": self.play_floor,
@@ -215,7 +245,7 @@ class GroupSnapshot:
         player, market = _split_market(player, data.get("market"))
         return cls(devices={did: device_from_wire(d) for did, d in data["devices"].items()},
                    active=data["active"], last_active=data["last_active"], player={**new_player(), **player},
-                   market=market or UserMarket(),
+                   market=market.over(UserMarket()) if market is not None else UserMarket(),
                    revision=data["revision"], fence=data["fence"], recent=list(data["recent"]),
                    streams=dict(data["streams"]), counted_events=list(data["counted_events"]),
                    counted_plays=list(data["counted_plays"]), play_floor=data["play_floor"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from actors.devicegroup_records import CountedPlay, GroupChange, UserMarket
+from actors.devicegroup_records import MIRRORED, CountedPlay, GroupChange, UserMarket
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import MessageType
 
@@ -64,11 +64,11 @@ class _Txn:
         self.events: list = []             # ListeningEvent wire forms (a live report's play)
         self.fenced = False
         self.note: dict | None = None      # pushed with the cluster, not stored (a takedown's why)
-        self.market: UserMarket = e.market  # p["market"] mirrors its country (set_market)
+        self.market: UserMarket = e.market  # p["market"], p["explicit_filter"] mirror it (set_market)
 
     def set_market(self, market: UserMarket) -> None:
         self.market = market
-        self.p["market"] = market.country
+        self.p.update(market.mirror())
 
     def dev(self, did: str) -> dict | None:
         if did in self.devs:
@@ -88,9 +88,9 @@ class _Txn:
     def record(self) -> GroupChange:
         e = self.e
         old = e.p
-        # p["market"] is the mirror of the market, which the record carries typed
+        # p["market"] and p["explicit_filter"] mirror the market, which the record carries typed
         rec = GroupChange(player={k: v for k, v in self.p.items()
-                                  if k != "market" and not (old[k] is v or old[k] == v)},
+                                  if k not in MIRRORED and not (old[k] is v or old[k] == v)},
                           devices=self.devs, play=self.play, events=self.events,
                           market=self.market if self.market != e.market else None)
         if self.active != e.active:

@@ -29,6 +29,8 @@ short names in brackets, and are read back):
   playback_id   +1 every time an item starts (a listening report can name it)                [pid]
   market        the user's market (the account's country; None: unknown): a mirror of the device
                 group's UserMarket (actors/devicegroup_records.py), never stored as a player field
+  explicit_filter  the account's explicit content filter (explicit tracks don't play): a mirror of
+                the same UserMarket, never stored as a player field
   autoplay      bool (setting): when the context ends, continue with related tracks (docs/rights.md)
   autoplaying   bool: the tracks playing are autoplay's, not a context the listener chose
   autoplay_from the context uri that ended into autoplay (None: a list of uris, or not autoplaying)
@@ -56,8 +58,8 @@ def new_player() -> dict:
     return {"context_uri": None, "tracks": [], "order_pos": -1, "in_order": False, "uri": None,
             "duration_ms": 0, "queue": [], "shuffle": False, "seed": 0, "anchor": None, "repeat": "off",
             "playing": False, "position_ms": 0, "timestamp_ms": 0, "playback_id": 0,
-            "private_session": False, "market": None, "autoplay": False, "autoplaying": False,
-            "autoplay_from": None}
+            "private_session": False, "market": None, "explicit_filter": False, "autoplay": False,
+            "autoplaying": False, "autoplay_from": None}
 
 
 # the names records before version 2 stored (actors/devicegroup_records.py reads them back)

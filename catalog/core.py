@@ -72,6 +72,16 @@ class Track:
     def playable_in(self, market: str | None) -> bool:
         return playable_in(self.markets, market)
 
+    def restriction(self, market: str | None, explicit_filter: bool = False) -> str | None:
+        """Why it may not play for this listener (Spotify's `restrictions.reason`): "market" (not
+        licensed in `market`), "explicit" (explicit, and the account's explicit content filter is
+        on), or None: it may."""
+        if not self.playable_in(market):
+            return "market"
+        if explicit_filter and self.explicit:
+            return "explicit"
+        return None
+
 
 class Catalog:
     """An immutable set of artists, albums and tracks with id lookups and Spotify rendering.
@@ -236,7 +246,8 @@ class Catalog:
                 out.append(self.artist_object(artist, base_url, full=False))
         return out
 
-    def simplified_track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None) -> dict:
+    def simplified_track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None,
+                                explicit_filter: bool = False) -> dict:
         obj = {
             "artists": self._artists_of(track.artist_ids, base_url),
             "available_markets": available_list(track.markets),
@@ -256,14 +267,17 @@ class Catalog:
         if market is not None:
             # Spotify: with a market, `is_playable` (+ `restrictions` when not) instead of the list
             del obj["available_markets"]
-            obj["is_playable"] = track.playable_in(market)
-            if not obj["is_playable"]:
-                obj["restrictions"] = {"reason": "market"}
+            why = track.restriction(market, explicit_filter)
+            obj["is_playable"] = why is None
+            if why is not None:
+                obj["restrictions"] = {"reason": why}
         return obj
 
-    def track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None) -> dict:
-        obj = self.simplified_track_object(track, base_url, market)
-        obj["album"] = self.album_object(self._albums[track.album_id], full=False, base_url=base_url, market=market)
+    def track_object(self, track: Track, base_url: str = SPOTIFY_API, market: str | None = None,
+                     explicit_filter: bool = False) -> dict:
+        obj = self.simplified_track_object(track, base_url, market, explicit_filter)
+        obj["album"] = self.album_object(self._albums[track.album_id], full=False, base_url=base_url, market=market,
+                                         explicit_filter=explicit_filter)
         obj["external_ids"] = {}
         obj["popularity"] = track.popularity
         return obj
@@ -279,7 +293,7 @@ class Catalog:
         return frozenset(out)
 
     def album_object(self, album: Album, full: bool = True, base_url: str = SPOTIFY_API,
-                     market: str | None = None) -> dict:
+                     market: str | None = None, explicit_filter: bool = False) -> dict:
         obj = {
             "album_type": album.album_type,
             "artists": self._artists_of(album.artist_ids, base_url),
@@ -306,7 +320,7 @@ class Catalog:
                 "popularity": album.popularity,
                 "tracks": {
                     "href": f"{page}?offset=0&limit={limit}",
-                    "items": [self.simplified_track_object(self._tracks[t], base_url, market)
+                    "items": [self.simplified_track_object(self._tracks[t], base_url, market, explicit_filter)
                               for t in album.track_ids[:limit]],
                     "limit": limit,
                     "next": f"{page}?offset={limit}&limit={limit}" if n > limit else None,
@@ -317,7 +331,10 @@ class Catalog:
             })
         if market is not None:
             del obj["available_markets"]
-            obj["is_playable"] = playable_in(self.album_markets(album), market)
+            if explicit_filter:          # playable: any of its tracks may play for this listener
+                obj["is_playable"] = any(self._tracks[t].restriction(market, True) is None for t in album.track_ids)
+            else:
+                obj["is_playable"] = playable_in(self.album_markets(album), market)
         return obj
 
 

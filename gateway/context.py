@@ -47,10 +47,12 @@ class GatewayConfig:
 class GatewayContext:
     def __init__(self, gateway_id: str, dispatcher: Dispatcher, hub: Hub, auth: Auth, catalog: Any,
                  config: GatewayConfig, metrics: GatewayMetrics, health: Callable[[], Any] | None = None,
-                 events: Any = None, signer: StreamSigner | None = None) -> None:
+                 events: Any = None, signer: StreamSigner | None = None, event_bus: Any = None) -> None:
         self.gateway_id = gateway_id
         # the event pipeline's counts store (syncopate/events/counts.py): recently played, stream counts
         self.events = events
+        # and its bus (syncopate/events/bus.py): a user's erasure removes their entries (data_rights.py)
+        self.event_bus = event_bus
         self.dispatcher = dispatcher
         self.hub = hub
         self.auth = auth
@@ -65,7 +67,8 @@ class GatewayContext:
         self.streams = StreamManifests(self)
         self.subscriptions = Subscriptions(gateway_id, hub, dispatcher, pushes=presenters.ws_pushes(catalog),
                                            states=presenters.ws_states(catalog),
-                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal})
+                                           personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal},
+                                           personal_states={m.DEVICE_GROUP: self.streams.personal})
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights

@@ -101,11 +101,18 @@ class DataRights:
     def _start(self, uid: str) -> asyncio.Task:
         task = self._running.get(uid)
         if task is None:
-            deletion = Deletion(self._reply, self.secret, fault=self.fault)
+            deletion = Deletion(self._reply, self.secret, fault=self.fault, pipeline=self._pipeline())
             self.pending.add(uid)
             task = self._running[uid] = asyncio.get_running_loop().create_task(self._delete(deletion, uid))
             task.add_done_callback(self._finished)
         return task
+
+    def _pipeline(self):
+        """The event pipeline's part of a deletion (its bus and counts store), None without one."""
+        if self.ctx.events is None or self.ctx.event_bus is None:
+            return None
+        from syncopate.events.erasure import PipelineErasure
+        return PipelineErasure(self.ctx.event_bus, self.ctx.events)
 
     @staticmethod
     def _finished(task: asyncio.Task) -> None:

@@ -154,7 +154,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if device != claim.device:
         raise _refuse("device", "the stream URL is another device's")
     track = c.catalog.track(claim.track_id)
-    if track is None or not track.playable_in(await c.markets.get(p)):
+    who = await c.markets.listener(p)        # the gateway's cached account facts (docs/rights.md)
+    if track is None or track.restriction(who.country, who.explicit_filter) is not None:
         raise _refuse("unavailable", "the track is not available")
     size = audio_size(track.duration_ms, claim.kbps)
     headers = {"Accept-Ranges": "bytes", "Content-Type": "audio/wav", "Cache-Control": "private, no-store"}

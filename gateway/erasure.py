@@ -17,7 +17,10 @@ The steps, each idempotent:
   4. ERASE devicegroup, session, account of the user (records, snapshots, owners rows)
   5. directory users: remove, COMPACT; then ERASE the user's entities again (a late effect may
                                have written one since step 4)
-  6. registry.done             the user id leaves the registry; a tombstone keyed by a pseudonym
+  6. the event pipeline        once the consumer has applied every bus entry up to the last one now,
+                               the user's per-event rows are anonymised and their bus entries removed
+                               (syncopate/events/erasure.py; skipped without a pipeline)
+  7. registry.done             the user id leaves the registry; a tombstone keyed by a pseudonym
                                (HMAC of the id) keeps refusing old tokens; COMPACT the registry
 
 `call(cmd)` runs one command and answers its reply (raises SyncopateError): the gateway's
@@ -64,18 +67,22 @@ class Receipt:
     playlists_anonymised: int
     playlists_deleted: int
     entities_erased: int
+    listening_events_anonymised: int = 0
 
     def public(self) -> dict:
         return {"deletion_id": self.deletion_id, "started_ms": self.started_ms, "finished_ms": self.finished_ms,
                 "playlists_anonymised": self.playlists_anonymised, "playlists_deleted": self.playlists_deleted,
-                "entities_erased": self.entities_erased}
+                "entities_erased": self.entities_erased,
+                "listening_events_anonymised": self.listening_events_anonymised}
 
 
 class Deletion:
-    def __init__(self, call: Call, secret: bytes, *, fault: Callable[[str], None] | None = None) -> None:
+    def __init__(self, call: Call, secret: bytes, *, fault: Callable[[str], None] | None = None,
+                 pipeline: Any = None) -> None:
         self._call = call
         self._secret = secret
         self.fault = fault
+        self.pipeline = pipeline            # syncopate/events/erasure.PipelineErasure, or None
 
     async def _do(self, kind: str, ident: str, op: str, args: dict | None = None, op_id: str | None = None) -> Any:
         """One step's command; a retryable refusal (a host restarting, an entity whose effects are
@@ -108,7 +115,7 @@ class Deletion:
         return (await self._do(ERASURE, REGISTRY, "status"))["pending"]
 
     async def run(self, user: str) -> Receipt:
-        """Steps 1-6 for `user`; resumes a deletion in progress."""
+        """Steps 1-7 for `user`; resumes a deletion in progress."""
         begun = await self.begin(user)
         plan = begun["plan"]
         # Step 2. Socket closing is repeated on a resume: a crash may have come before it.
@@ -159,7 +166,13 @@ class Deletion:
         await self._step("sweep")
         for kind in (DEVICE_GROUP, SESSION, ACCOUNT):
             erased += (await self._do(kind, user, ERASE))["erased"]
-        # Step 6.
+        # Step 6. The device group is erased (its outbox delivered): no event of the user can be
+        # published any more, so the bus's tail from here on is after all of them.
+        events = 0
+        if self.pipeline is not None:
+            await self._step("pipeline")
+            events = (await self._pipeline(user)).events_anonymised
+        # Step 7.
         await self._step("done")
         try:
             done = await self._do(ERASURE, REGISTRY, "done",
@@ -170,4 +183,18 @@ class Deletion:
             # another runner (a gateway resuming it, see gateway/data_rights.py) finished it first
             done = {"deletion_id": begun["deletion_id"], "finished_ms": begun["started_ms"]}
         await self._do(ERASURE, REGISTRY, COMPACT, {"forget": user})
-        return Receipt(done["deletion_id"], begun["started_ms"], done["finished_ms"], anonymised, deleted, erased)
+        return Receipt(done["deletion_id"], begun["started_ms"], done["finished_ms"], anonymised, deleted, erased,
+                       events)
+
+    async def _pipeline(self, user: str):
+        """Step 6, retried like a command: waiting for the consumer, or a WAL in use, is retryable."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + RETRY_S, 0.02
+        while True:
+            try:
+                return await self.pipeline.forget(user, ANONYMOUS, step=self._step)
+            except SyncopateError as err:
+                if not err.retryable or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)          # backoff between retries, not a synchronisation
+            delay = min(delay * 2, 1.0)

@@ -1,18 +1,22 @@
 """The market of a request and of a user (docs/rights.md).
 
-- `UserMarkets`: a user's country (the account entity's profile) as REST `market=from_token` and
-  the edge's check of a stream fetch need it, cached for MARKET_TTL_S per user (a country change
-  takes effect within that; a user without an account is DEFAULT_COUNTRY, as /v1/me answers).
-  Playback commands carry no market: the device group holds the account's own, told by the
-  account (actors/devicegroup_market.py); nothing here reaches a command.
+- `UserMarkets`: a user's country and explicit content filter (the account entity's profile) as
+  REST reads with a market (`market=from_token`, the filter of a user's token) and the edge's check
+  of a stream fetch need them, cached for MARKET_TTL_S per user (a change takes effect within that;
+  a user without an account is DEFAULT_COUNTRY, filter off, as /v1/me answers). Playback commands
+  carry neither: the device group holds the account's own, told by the account
+  (actors/devicegroup_market.py); nothing here reaches a command.
 - `request_market(request)`: the `market` query parameter: absent -> None (objects carry
   `available_markets`), an ISO 3166-1 alpha-2 code, or `from_token` (the caller's country; an
   app-only token has none: 400). Anything else: 400 INVALID_FIELD. Stored on the request so the
-  presenters of the same request read it (`request.get(MARKET)`).
+  presenters of the same request read it (`request.get(MARKET)`); with a market and a user's token,
+  the user's explicit content filter too (`request_filter(request)`: explicit tracks are then
+  `is_playable: false`, `restrictions: {reason: "explicit"}`).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -25,36 +29,52 @@ from protocols.errors import ErrorCode, SyncopateError
 MARKET_TTL_S = 60.0
 MAX_CACHED = 100_000
 MARKET = web.RequestKey("syncopate_market", object)    # str | None: the request's market
+EXPLICIT_FILTER = web.RequestKey("syncopate_explicit_filter", bool)   # the caller's filter (with a market)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What decides what may play for a user: their market and their explicit content filter."""
+    country: str
+    explicit_filter: bool = False
 
 
 class UserMarkets:
     def __init__(self, ctx: Any, ttl_s: float = MARKET_TTL_S) -> None:
         self.ctx = ctx
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[Listener, float]] = {}
 
-    def cached(self, user_id: str) -> str | None:
+    def cached_listener(self, user_id: str) -> Listener | None:
         hit = self._cache.get(user_id)
         if hit is None or hit[1] < time.monotonic():
             return None
         return hit[0]
 
-    async def get(self, principal: Principal) -> str:
+    def cached(self, user_id: str) -> str | None:
+        hit = self.cached_listener(user_id)
+        return None if hit is None else hit.country
+
+    async def listener(self, principal: Principal) -> Listener:
         uid = principal.user_id
-        hit = self.cached(uid)
+        hit = self.cached_listener(uid)
         if hit is not None:
             return hit
         try:
             acc = await self.ctx.call(ACCOUNT, uid, "me", {}, principal=principal)
-            country = acc.get("country") or DEFAULT_COUNTRY
+            who = Listener(acc.get("country") or DEFAULT_COUNTRY,
+                           bool((acc.get("explicit_content") or {}).get("filter_enabled")))
         except SyncopateError as err:
             if err.code != ErrorCode.NOT_FOUND:
                 raise
-            country = DEFAULT_COUNTRY
+            who = Listener(DEFAULT_COUNTRY)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
-        self._cache[uid] = (country, time.monotonic() + self.ttl_s)
-        return country
+        self._cache[uid] = (who, time.monotonic() + self.ttl_s)
+        return who
+
+    async def get(self, principal: Principal) -> str:
+        return (await self.listener(principal)).country
 
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
@@ -77,4 +97,15 @@ async def request_market(request) -> str | None:
         raise SyncopateError(ErrorCode.INVALID_FIELD,
                              f"market must be an ISO 3166-1 alpha-2 code or from_token, not {raw[:20]!r}")
     request[MARKET] = market
+    if market is not None:
+        # a user's token: their filter (app and operator tokens have no listener)
+        from gateway.http import PRINCIPAL
+        p = request.get(PRINCIPAL)
+        if p is not None and not (getattr(p, "app_only", False) or getattr(p, "operator", False)):
+            request[EXPLICIT_FILTER] = (await ctx(request).markets.listener(p)).explicit_filter
     return market
+
+
+def request_filter(request) -> bool:
+    """The caller's explicit content filter, as request_market found it (False without a market)."""
+    return request.get(EXPLICIT_FILTER, False)

@@ -197,13 +197,18 @@ OWN_SCHEMAS = {
                                                            "id: a stray call deletes nothing."}}},
     "DeletionReceipt": {EXT: True, "type": "object", "additionalProperties": False,
                         "required": ["deletion_id", "started_ms", "finished_ms", "playlists_anonymised",
-                                     "playlists_deleted", "entities_erased"], "properties": {
+                                     "playlists_deleted", "entities_erased", "listening_events_anonymised"],
+                        "properties": {
                             "deletion_id": {"type": "string", "description": "The receipt's id; the audit record "
                                             "keeps it and the times, nothing that names the user."},
                             "started_ms": {"type": "integer"}, "finished_ms": {"type": "integer"},
                             "playlists_anonymised": {"type": "integer", "minimum": 0},
                             "playlists_deleted": {"type": "integer", "minimum": 0},
-                            "entities_erased": {"type": "integer", "minimum": 0}}},
+                            "entities_erased": {"type": "integer", "minimum": 0},
+                            "listening_events_anonymised": {
+                                "type": "integer", "minimum": 0,
+                                "description": "The user's stream events the event pipeline keeps without them (so "
+                                               "the stream counts still reconcile); their other events are deleted."}}},
 }
 
 # -- our own operations ------------------------------------------------------------------------------

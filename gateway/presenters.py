@@ -42,8 +42,9 @@ def device_object(d: dict) -> dict:
             "is_online": d["online"]}
 
 
-def track_meta(cat: Any, uri: str, market: str | None = None) -> dict:
-    """The cluster's compact track: names and uris, no hrefs; `is_playable` in the group's market."""
+def track_meta(cat: Any, uri: str, market: str | None = None, explicit_filter: bool = False) -> dict:
+    """The cluster's compact track: names and uris, no hrefs; `is_playable` for the group's listener
+    (its market and explicit content filter)."""
     t = _track(cat, uri)
     if t is None:
         return {"uri": uri, "id": None, "name": None, "duration_ms": 0, "artists": [], "album": None,
@@ -53,17 +54,17 @@ def track_meta(cat: Any, uri: str, market: str | None = None) -> dict:
     return {"uri": uri, "id": t.id, "name": t.name, "duration_ms": t.duration_ms,
             "artists": [{"name": x.get("name"), "uri": x.get("uri")} for x in obj.get("artists", ())],
             "album": {"name": alb.get("name"), "uri": alb.get("uri"), "images": alb.get("images", [])},
-            "is_playable": t.playable_in(market)}
+            "is_playable": t.restriction(market, explicit_filter) is None}
 
 
-def track_object(cat: Any, uri: str, base: str, market: str | None = None) -> dict:
+def track_object(cat: Any, uri: str, base: str, market: str | None = None, explicit_filter: bool = False) -> dict:
     t = _track(cat, uri)
     if t is None:
         out = {"uri": uri, "type": "track", "name": None, "duration_ms": 0, "artists": [], "album": None}
         if market is not None:       # gone from the catalog: not playable anywhere
             out.update(is_playable=False, restrictions={"reason": "market"})
         return out
-    return cat.track_object(t, base, market)
+    return cat.track_object(t, base, market, explicit_filter)
 
 
 def context_object(ctx: str | None, base: str) -> dict | None:
@@ -84,14 +85,15 @@ def cluster(cat: Any, c: Any) -> Any:
             v = [device_object(d) for d in v]
         elif k == "player":
             uri = v["track_uri"]
-            v = {"track": track_meta(cat, uri, v.get("market")) if uri is not None else None,
+            v = {"track": track_meta(cat, uri, v.get("market"), bool(v.get("explicit_filter"))) if uri is not None else None,
                  **{pk: pv for pk, pv in v.items() if pk != "track_uri"}}
         out[k] = v
     return out
 
 
-def playing(cat: Any, p: Any, base: str, market: str | None = None) -> Any:
-    """`market`: the request's (REST); the websocket passes the group's own (`p["market"]`)."""
+def playing(cat: Any, p: Any, base: str, market: str | None = None, explicit_filter: bool = False) -> Any:
+    """`market` (and the explicit content filter): the request's (REST); the websocket passes the
+    group's own (`p["market"]`, `p["explicit_filter"]`)."""
     if p is None:
         return None
     out: dict[str, Any] = {}
@@ -105,7 +107,7 @@ def playing(cat: Any, p: Any, base: str, market: str | None = None) -> Any:
         "timestamp": p["timestamp"],
         "progress_ms": p["progress_ms"],
         "is_playing": p["is_playing"],
-        "item": track_object(cat, uri, base, market) if uri is not None else None,
+        "item": track_object(cat, uri, base, market, explicit_filter) if uri is not None else None,
         "currently_playing_type": "track" if uri is not None else "unknown",
         "actions": {"disallows": dict(p["disallows"])},
     })
@@ -116,10 +118,10 @@ def devices(r: dict) -> dict:
     return {"devices": [device_object(d) for d in r["devices"]]}
 
 
-def queue(cat: Any, q: dict, base: str, market: str | None = None) -> dict:
+def queue(cat: Any, q: dict, base: str, market: str | None = None, explicit_filter: bool = False) -> dict:
     cur = q["currently_playing"]
-    return {"currently_playing": track_object(cat, cur, base, market) if cur is not None else None,
-            "queue": [track_object(cat, u, base, market) for u in q["queue"]]}
+    return {"currently_playing": track_object(cat, cur, base, market, explicit_filter) if cur is not None else None,
+            "queue": [track_object(cat, u, base, market, explicit_filter) for u in q["queue"]]}
 
 
 def recently_played(cat: Any, r: dict, base: str) -> dict:
@@ -142,13 +144,18 @@ def _market(r: Any) -> str | None:
     return r.get("market") if isinstance(r, dict) else None
 
 
+def _filter(r: Any) -> bool:
+    """The group's explicit content filter, as its replies carry it."""
+    return bool(r.get("explicit_filter")) if isinstance(r, dict) else False
+
+
 def ws_replies(cat: Any) -> dict[str, Callable[[Any], Any]]:
     """Device-group op -> presenter of its websocket answer (ops not named answer as they are)."""
     return {
-        "state": lambda r: playing(cat, r, WS_BASE, _market(r)),
-        "currently_playing": lambda r: playing(cat, r, WS_BASE, _market(r)),
+        "state": lambda r: playing(cat, r, WS_BASE, _market(r), _filter(r)),
+        "currently_playing": lambda r: playing(cat, r, WS_BASE, _market(r), _filter(r)),
         "devices": devices,
-        "queue": lambda r: queue(cat, r, WS_BASE, _market(r)),
+        "queue": lambda r: queue(cat, r, WS_BASE, _market(r), _filter(r)),
         "recently_played": lambda r: recently_played(cat, r, WS_BASE),
         "register": lambda r: cluster(cat, r),
     }

@@ -68,12 +68,16 @@ class GatewayActor:
         # recently played and the stream counts read the event pipeline's store (docs/events.md)
         self.events = make_counts(self.spec["data_dir"], self.spec.get("postgres_dsn"), self.spec.get("prefix", "syncopate_"))
         await self.events.start()
+        from syncopate.events.bus import make_log
+        # its bus: a user's erasure removes their entries from it (syncopate/events/erasure.py)
+        self.event_bus = make_log(self.spec["data_dir"], self.spec.get("redis_url"), self.spec.get("prefix", "syncopate_"))
+        await self.event_bus.start()
         view, resolve = self._membership()
         self.server = GatewayServer(
             self.gateway_id,
             lambda receive: StreamTransport(self.gateway_id, handles, channel_secret, receive, resolve=resolve,
                                             n_hosts=self.n_hosts),
-            Auth(token_secret), env.catalog, cfg, events=self.events, cluster=view,
+            Auth(token_secret), env.catalog, cfg, events=self.events, cluster=view, event_bus=self.event_bus,
             stream_secret=stream_secret)
         self.server.ctx.host_control = lambda req: self._host_requests.append(req)   # the list is swapped when taken
         self.server.info = node_info()               # /healthz says which node this gateway is on
@@ -119,3 +123,4 @@ class GatewayActor:
         if self.server is not None:
             await self.server.stop()
             await self.events.close()
+            await self.event_bus.close()

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.http import add_route, base_url, ctx, int_param, json_response, list_param, paging
-from gateway.markets import request_market
+from gateway.markets import request_filter, request_market
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.uris import require_id
 
@@ -53,32 +53,36 @@ def _ids(request: web.Request, max_items: int) -> list[str]:
 async def get_track(request: web.Request) -> web.Response:
     cat, tid = ctx(request).catalog, require_id(request.match_info["id"], "track id")
     market = await request_market(request)
-    return json_response(cat.track_object(_found(cat.track(tid), "track", tid), base_url(request), market))
+    return json_response(cat.track_object(_found(cat.track(tid), "track", tid), base_url(request), market,
+                                          request_filter(request)))
 
 
 def _several(key: str, max_items: int, lookup: str, render):
     """GET /v1/{tracks,albums,artists}?ids=: the objects in the order asked, null for an id the
-    catalog does not hold. `render(catalog, obj, base_url, market)` is the kind's Spotify object."""
+    catalog does not hold. `render(catalog, obj, base_url, market, explicit_filter)` is the kind's
+    Spotify object."""
     async def handler(request: web.Request) -> web.Response:
         cat, base = ctx(request).catalog, base_url(request)
         find = getattr(cat, lookup)
         found = [find(i) for i in _ids(request, max_items)]
         market = await request_market(request)
-        return json_response({key: [render(cat, x, base, market) if x else None for x in found]})
+        ef = request_filter(request)
+        return json_response({key: [render(cat, x, base, market, ef) if x else None for x in found]})
     handler.__name__ = f"get_{key}"
     return handler
 
 
-get_tracks = _several("tracks", 50, "track", lambda cat, t, base, m: cat.track_object(t, base, m))
-get_albums = _several("albums", 20, "album", lambda cat, a, base, m: cat.album_object(a, base_url=base, market=m))
-get_artists = _several("artists", 50, "artist", lambda cat, a, base, m: cat.artist_object(a, base))
+get_tracks = _several("tracks", 50, "track", lambda cat, t, base, m, ef: cat.track_object(t, base, m, ef))
+get_albums = _several("albums", 20, "album",
+                      lambda cat, a, base, m, ef: cat.album_object(a, base_url=base, market=m, explicit_filter=ef))
+get_artists = _several("artists", 50, "artist", lambda cat, a, base, m, ef: cat.artist_object(a, base))
 
 
 async def get_album(request: web.Request) -> web.Response:
     cat, aid = ctx(request).catalog, require_id(request.match_info["id"], "album id")
     market = await request_market(request)
     return json_response(cat.album_object(_found(cat.album(aid), "album", aid), base_url=base_url(request),
-                                          market=market))
+                                          market=market, explicit_filter=request_filter(request)))
 
 
 async def get_album_tracks(request: web.Request) -> web.Response:
@@ -88,7 +92,8 @@ async def get_album_tracks(request: web.Request) -> web.Response:
     offset = int_param(request, "offset", 0, 0, MAX_PAGE_OFFSET)
     base = base_url(request)
     market = await request_market(request)
-    items = [cat.simplified_track_object(cat.track(t), base, market) for t in album.track_ids[offset:offset + limit]]
+    ef = request_filter(request)
+    items = [cat.simplified_track_object(cat.track(t), base, market, ef) for t in album.track_ids[offset:offset + limit]]
     return json_response(paging(request, items, len(album.track_ids), offset, limit))
 
 
@@ -118,9 +123,9 @@ async def get_artist_albums(request: web.Request) -> web.Response:
         entries += [(a, "appears_on") for a in cat.artist_appears_on(aid)]
     base = base_url(request)
     market = await request_market(request)
-    items = []
+    items, ef = [], request_filter(request)
     for album, group in entries[offset:offset + limit]:
-        obj = cat.album_object(album, full=False, base_url=base, market=market)
+        obj = cat.album_object(album, full=False, base_url=base, market=market, explicit_filter=ef)
         obj["album_group"] = group
         items.append(obj)
     extra = urlencode({"include_groups": raw_groups}) if raw_groups else ""
@@ -132,7 +137,8 @@ async def get_artist_top_tracks(request: web.Request) -> web.Response:
     _found(cat.artist(aid), "artist", aid)
     base = base_url(request)
     market = await request_market(request)
-    return json_response({"tracks": [cat.track_object(t, base, market) for t in cat.artist_top_tracks(aid)]})
+    ef = request_filter(request)
+    return json_response({"tracks": [cat.track_object(t, base, market, ef) for t in cat.artist_top_tracks(aid)]})
 
 
 async def search(request: web.Request) -> web.Response:
@@ -149,9 +155,10 @@ async def search(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 20, 0, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, SEARCH_MAX_OFFSET)
     market = await request_market(request)
+    ef = request_filter(request)
     render = {
-        "track": lambda t: cat.track_object(t, base, market),
-        "album": lambda a: cat.album_object(a, full=False, base_url=base, market=market),
+        "track": lambda t: cat.track_object(t, base, market, ef),
+        "album": lambda a: cat.album_object(a, full=False, base_url=base, market=market, explicit_filter=ef),
         "artist": lambda a: cat.artist_object(a, base),
     }
     out = {}

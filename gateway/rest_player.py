@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import presenters
-from gateway.markets import MARKET, request_market
+from gateway.markets import MARKET, request_filter, request_market
 from gateway.http import (
     add_route,
     base_url,
@@ -144,7 +144,7 @@ def _present(request: web.Request, fn, reply: Any) -> Any:
     in the request's market (request_market ran first)."""
     if fn is presenters.recently_played:
         return fn(ctx(request).catalog, reply, base_url(request))
-    return fn(ctx(request).catalog, reply, base_url(request), request.get(MARKET))
+    return fn(ctx(request).catalog, reply, base_url(request), request.get(MARKET), request_filter(request))
 
 
 # -- reads --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.http import (add_route, base_url, ctx, int_param, json_body, json_response, mutation_op_id, request_json,
                           paging, principal)
-from gateway.markets import MARKET, request_market
+from gateway.markets import MARKET, request_filter, request_market
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, SESSION
 from protocols.uris import keyed_id, parse_uri
@@ -59,7 +59,8 @@ def item_object(request: web.Request, row: dict) -> dict:
     """An entry row {entry_id, uri, added_by, added_at} -> Spotify's playlist track object."""
     catalog = ctx(request).catalog
     track = catalog.track_by_uri(row["uri"])
-    obj = catalog.track_object(track, base_url=base_url(request), market=request.get(MARKET)) \
+    obj = catalog.track_object(track, base_url=base_url(request), market=request.get(MARKET),
+                               explicit_filter=request_filter(request)) \
         if track is not None else None
     if obj is not None:
         obj = {**obj, "episode": False, "track": True}

@@ -4,7 +4,8 @@
   GET   /v1/me                 the caller's profile; country, product, explicit_content with the
                                user-read-private scope, email with user-read-email
   GET   /v1/users/{id}         the public profile; 404 for an unknown user
-  POST  /admin/users           {id, display_name?, country?, product?, email?, password_hash?}
+  POST  /admin/users           {id, display_name?, country?, product?, email?, password_hash?,
+                                explicit_content?: {filter_enabled, filter_locked}}
   PATCH /admin/users/{id}      any of the same fields
   GET   /admin/users?offset=&limit=
   POST  /admin/apps            {name, redirect_uris: [...], public?} -> the app, with client_secret once
@@ -29,7 +30,7 @@ from protocols.errors import ErrorCode, SyncopateError
 
 OPEN_URL = "https://open.spotify.com"
 
-USER_FIELDS = ("display_name", "country", "product", "email", "password_hash")
+USER_FIELDS = ("display_name", "country", "product", "email", "password_hash", "explicit_content")
 
 
 def setup(app: web.Application) -> None:
@@ -56,13 +57,14 @@ async def me(request: web.Request) -> web.Response:
     except SyncopateError as err:
         if err.code != ErrorCode.NOT_FOUND:
             raise
-        acc = {"display_name": p.user_id, "country": DEFAULT_COUNTRY, "product": p.product, "email": None}
+        acc = {"display_name": p.user_id, "country": DEFAULT_COUNTRY, "product": p.product, "email": None,
+               "explicit_content": {"filter_enabled": False, "filter_locked": False}}
     out = public_user(request, p.user_id, acc["display_name"])
     out["account_id"] = p.user_id         # in Spotify's /me answers now (tekore 6 requires it)
     scopes = getattr(p, "scopes", frozenset())
     if "user-read-private" in scopes:
         out.update(country=acc["country"], product=acc["product"],
-                   explicit_content={"filter_enabled": False, "filter_locked": False})
+                   explicit_content=acc["explicit_content"])
     if "user-read-email" in scopes:
         out["email"] = acc["email"]
     return json_response(out)
@@ -98,8 +100,8 @@ async def set_user(request: web.Request) -> web.Response:
     body = _fields(await json_body(request, required=True), USER_FIELDS)
     acc = await ctx(request).call(ACCOUNT, request.match_info["user_id"], "update", body,
                                   op_id=f"admin-{uuid.uuid4().hex}")
-    # `market=from_token` and the edge on this gateway take a new country at once, the others within
-    # gateway/markets.MARKET_TTL_S; the device group is told by the account itself (market_changed)
+    # `market=from_token` and the edge on this gateway take a new country or filter at once, the others
+    # within gateway/markets.MARKET_TTL_S; the device group is told by the account itself (market_changed)
     ctx(request).markets.forget(request.match_info["user_id"])
     return json_response(acc)
 

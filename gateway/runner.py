@@ -30,7 +30,7 @@ log = logging.getLogger("syncopate.gateway")
 class GatewayServer:
     def __init__(self, gateway_id: str, make_transport: Callable[[Callable], Any], auth: Auth, catalog: Any,
                  config: GatewayConfig | None = None, events: Any = None,
-                 stream_secret: str | None = None, cluster=None) -> None:
+                 stream_secret: str | None = None, cluster=None, event_bus: Any = None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
         self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
@@ -47,7 +47,8 @@ class GatewayServer:
         self.metrics = GatewayMetrics(gateway_id)
         signer = StreamSigner(stream_secret, config.stream_url_ttl_s) if stream_secret else None
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
-                                  self.metrics, health=self.health, events=events, signer=signer)
+                                  self.metrics, health=self.health, events=events, signer=signer,
+                                  event_bus=event_bus)
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

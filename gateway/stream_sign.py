@@ -93,7 +93,7 @@ class StreamSigner:
         tracks = []
         for i, uri in enumerate(uris):
             t = find_track(cat, uri)
-            if t is None or not t.playable_in(player.get("market")):
+            if t is None or t.restriction(player.get("market"), bool(player.get("explicit_filter"))) is not None:
                 continue              # nothing to stream (taken down, or not licensed here)
             urls = {str(k): base + self.url(StreamClaim(user, device, t.id, k, expires), qu, qd) for k in rates}
             tracks.append({"uri": uri, "duration_ms": t.duration_ms, "bitrates": list(rates), "urls": urls,

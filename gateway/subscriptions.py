@@ -43,7 +43,8 @@ class Subscriptions:
     def __init__(self, gateway_id: str, hub: Hub, dispatcher, *,
                  pushes: dict[str, Callable[[Any], Any]] | None = None,
                  states: dict[str, Callable[[Any], Any]] | None = None,
-                 personal: dict[str, Callable[[Connection, Any], Any]] | None = None) -> None:
+                 personal: dict[str, Callable[[Connection, Any], Any]] | None = None,
+                 personal_states: dict[str, Callable[[Connection, Any], Any]] | None = None) -> None:
         self.gateway_id = gateway_id
         self.hub = hub
         self.dispatcher = dispatcher
@@ -54,6 +55,8 @@ class Subscriptions:
         # push type -> (connection, presented payload) -> that connection's own payload, or None for
         # the shared frame (the active device's stream manifest, gateway/streams.py)
         self.personal = personal or {}
+        # entity kind -> the same for its resync state (the active device's resync carries its manifest)
+        self.personal_states = personal_states or {}
         self.members: dict[str, set[Connection]] = {}
         # per connection: entity key -> last version delivered (watermark); key -> version answered
         self._wm: dict[Connection, dict[str, int]] = {}
@@ -287,6 +290,11 @@ class Subscriptions:
             if reply.ok:
                 if kind in self.states:
                     reply = Reply(reply.version, self.states[kind](reply.payload))
+                own = self.personal_states.get(kind)
+                if own is not None and conn.on_resync is None:
+                    mine = own(conn, reply.payload)
+                    if mine is not None:
+                        reply = Reply(reply.version, mine)
                 self._resyncing.discard((conn.id, key))
                 self._wm[conn][key] = max(reply.version, self._wm[conn].get(key, 0))
                 self._answered.setdefault(conn, {})[key] = self._wm[conn][key]

@@ -295,10 +295,17 @@ class WsSession:
             # group from this answer on (same stream turn as the pushes).
             cmd.follow = True
             device_id = args.get("device_id")
+            as_is = self._answer(env.id, t0, op_id)        # one of the two callbacks answers (inflight once)
 
             def registered(reply: Reply) -> None:
                 if reply.ok:
                     conn.registered_device = device_id
+                    # the active device's answer carries its stream manifest, as its pushes do
+                    shown = present(reply.payload) if present is not None else reply.payload
+                    own = ctx.streams.personal(conn, shown)
+                    if own is not None:
+                        as_is(Reply(reply.version, own))
+                        return
                 answer(reply)
 
             self.subs.join(conn, cmd, registered)

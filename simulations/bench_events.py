@@ -2,14 +2,15 @@
 pipeline lag (the consumer's commit minus the server's acceptance of the event) at that rate.
 
     python -m simulations.bench_events [--users 40] [--batches 10] [--batch 50] [--clients 8]
-                                       [--paced 0.8] [--redis-url URL --postgres-dsn DSN]
+                                       [--paced 0.8 | --rate N] [--redis-url URL --postgres-dsn DSN]
 
 One in-process server (LocalServer: gateway, one host, the consumer in the same event loop; SQLite
 entity store, SQLite event log and counts under a temporary data dir, or PostgreSQL + Redis Streams
 with the flags), driven over HTTP by `--clients` concurrent uploaders, each POSTing batches of
 `--batch` events of distinct plays (`POST /v1/me/player/events`). Phase 1 uploads as fast as the
-server answers: events accepted per second. Phase 2 uploads `--paced` times that rate, spread evenly,
-and reports the lag percentiles there (phase 1's lag is printed too: at saturation it is a queue).
+server answers: events accepted per second. Phase 2 uploads `--paced` times that rate (or `--rate`
+events/s: the same offered load for every run of a before/after pair), spread evenly, and reports
+the lag percentiles there (phase 1's lag is printed too: at saturation it is a queue).
 Afterwards the counts are reconciled (no difference expected) and checked against what was sent.
 """
 from __future__ import annotations
@@ -97,7 +98,7 @@ async def run(args) -> dict:
             lag1 = list(consumer.lag_ms)
             rate = n1 / dt1
             consumer.lag_ms = []
-            per_batch_s = args.batch / (rate * args.paced)
+            per_batch_s = args.batch / (args.rate or rate * args.paced)
             n2, dt2 = await phase(http, args.batches, args.batches, per_batch_s)
             await settle(n1 + n2)
             lag2 = list(consumer.lag_ms)
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=50, help="events per upload (at most 200)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--paced", type=float, default=0.8, help="phase 2's rate as a fraction of phase 1's")
+    ap.add_argument("--rate", type=float, default=None, help="phase 2's rate in events/s (instead of --paced)")
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--postgres-dsn", default=None)
     args = ap.parse_args(argv)
@@ -128,7 +130,8 @@ def main(argv=None) -> int:
     print(f"bus={r['bus']} counts={r['counts_store']} users={args.users} batch={args.batch} clients={args.clients}")
     print(f"ingest (as fast as answered): {r['events_phase1']} events in {r['seconds_phase1']:.2f} s = "
           f"{r['events_per_s']:.0f} events/s; lag there p50 {r['lag1_p50_ms']:.0f} ms p99 {r['lag1_p99_ms']:.0f} ms")
-    print(f"paced at {args.paced:.0%}: {r['events_phase2']} events in {r['seconds_phase2']:.2f} s = "
+    target = f"{args.rate:.0f} events/s" if args.rate else f"{args.paced:.0%}"
+    print(f"paced at {target}: {r['events_phase2']} events in {r['seconds_phase2']:.2f} s = "
           f"{r['paced_events_per_s']:.0f} events/s; pipeline lag p50 {r['lag_p50_ms']:.0f} ms "
           f"p99 {r['lag_p99_ms']:.0f} ms max {r['lag_max_ms']:.0f} ms")
     print(f"counted {r['counted']} of {r['sent']} sent; reconcile differences: {r['differences']}")

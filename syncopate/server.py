@@ -402,6 +402,7 @@ class LocalServer:
             view = ClusterView(store, self.membership)
         self.gateway = GatewayServer("g0", lambda receive: self.cluster.transport("g0", receive), Auth(secret),
                                      env.catalog, GatewayConfig(**spec.gateway), events=self.events.counts,
+                                     event_bus=self.events.bus,
                                      stream_secret=stream_secret, cluster=view)
         self.port = await self.gateway.start(spec.host, spec.port)
         self.auth = Auth(secret)

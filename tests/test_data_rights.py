@@ -53,6 +53,11 @@ class Backend:
         return TieredStore(PostgresStore(PG_DSN, prefix=self.prefix), RedisStore(REDIS_URL, prefix=self.prefix))
 
     async def raw(self) -> bytes:
+        # the event pipeline's files (its counts store and SQLite bus) beside the entity store
+        pipe = b"".join([await sqlite_bytes(os.path.join(self.data_dir, f)) for f in ("events.db", "eventcounts.db")])
+        return pipe + await self._store_raw()
+
+    async def _store_raw(self) -> bytes:
         if self.kind == "sqlite":
             return await sqlite_bytes(self.path)
         pg = PostgresStore(PG_DSN, prefix=self.prefix, max_size=2)
@@ -207,6 +212,7 @@ async def test_export_then_delete_leaves_no_byte_of_the_user(backend, http, uniq
         st, receipt = await rest(http, "DELETE", f"{srv.url}/v1/me", s["z"], json={"confirm_user_id": s["zed"]})
         assert st == 200, receipt
         assert receipt["playlists_deleted"] == 1 and receipt["playlists_anonymised"] == 2
+        assert receipt["listening_events_anonymised"] == 1          # the live play, kept without zed
         assert len(receipt["deletion_id"]) >= 16
 
         # the socket is closed, every token of the user refused
@@ -372,7 +378,7 @@ async def test_export_of_a_former_collaborator_and_two_concurrent_deletions(sqli
 
         rights = srv.gateway.ctx.data_rights
         from gateway.erasure import Deletion
-        runs = [Deletion(rights._reply, rights.secret) for _ in range(2)]
+        runs = [Deletion(rights._reply, rights.secret, pipeline=rights._pipeline()) for _ in range(2)]
         receipts = await asyncio.gather(*(d.run(s["zed"]) for d in runs))
         assert receipts[0].deletion_id == receipts[1].deletion_id
         assert_absent(s["zed"], await sqlite_backend.raw())

@@ -21,6 +21,7 @@ import pytest
 from actors.devicegroup import DeviceGroupEntity
 from actors.entity import Command, Env, Principal
 from actors.host import EntityHost
+from protocols.errors import SyncopateError
 from protocols.listening import ListeningEvent, day_of
 from storage.memory import MemoryStore
 from syncopate.events.bus import RedisStreamLog, SQLiteLog
@@ -345,3 +346,49 @@ def test_reconcile_of_a_data_dir_without_a_pipeline_says_so(tmp_path, capsys):
     assert main(["events", "reconcile", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "no event pipeline" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+async def test_a_users_erasure_keeps_the_counts_and_the_recount(pipe):
+    """syncopate/events/erasure.py on each bus and counts store: the user's events anonymised (two
+    events of one play stay one play), their short play gone, the bus without their entries, the
+    other user untouched, a redelivery after it still a no-op, and the bus still delivers."""
+    from gateway.erasure import ANONYMOUS
+    from syncopate.events.erasure import PipelineErasure
+    bus, counts = pipe
+    evs = [event("u1", 0, 1), event("u1", 1, 2, play="u1/one"), event("u1", 2, 2, play="u1/one"),
+           event("u1", 3, 4, stream=False), event("u2", 4, 1), event("u1x", 5, 1)]     # u1x: u1 is a prefix of it
+    await bus.publish(evs)
+    erasure = PipelineErasure(bus, counts, drain_timeout_s=0.2)
+    with pytest.raises(SyncopateError) as early:              # nothing applied yet: refused, retryable
+        await erasure.forget("u1", ANONYMOUS)
+    assert early.value.retryable
+    c = Consumer(bus, counts, "c1", block_ms=50)
+    await c.drain()
+    before = await counts.stream_counts()
+    done = await erasure.forget("u1", ANONYMOUS)
+    assert (done.events_anonymised, done.events_deleted, done.plays_anonymised) == (3, 1, 2)
+    assert await counts.stream_counts() == before
+    rep = await reconcile("", bus=bus, counts=counts)
+    assert rep["differences"] == [] and rep["streams"] == 4, rep
+    assert (await counts.recently_played("u1"))["total"] == 0
+    assert (await counts.recently_played("u2"))["total"] == 1 and (await counts.recently_played("u1x"))["total"] == 1
+    assert await counts.event_count() == 5
+    # the SQLite log deletes the user's rows; the Redis stream is rebuilt without every entry up to the
+    # watermark (all acknowledged: syncopate/events/stream_rebuild.py)
+    assert await _bus_users(bus) == ({"u2", "u1x"} if isinstance(bus, SQLiteLog) else set())
+    # a redelivered entry of another user is still a duplicate; a new one is counted
+    await bus.publish([evs[4], event("u2", 6, 3)])
+    await c.drain()
+    assert sum(n for d in (await counts.stream_counts()).values() for n in d.values()) == 5
+    assert (await reconcile("", bus=bus, counts=counts))["differences"] == []
+    again = await erasure.forget("u1", ANONYMOUS)
+    assert (again.events_anonymised, again.events_deleted, again.plays_anonymised) == (0, 0, 0)
+
+
+async def _bus_users(bus) -> set:
+    """The users of every entry still on the bus (SQLite: the log's rows; Redis: the stream)."""
+    import msgpack
+    if isinstance(bus, SQLiteLog):
+        rows = await asyncio.to_thread(lambda: bus._db.execute("SELECT data FROM log").fetchall())
+        return {msgpack.unpackb(d)["u"] for (d,) in rows}
+    return {msgpack.unpackb(f[b"e"])["u"] for _, f in await bus._r.xrange(bus.stream)}

@@ -69,3 +69,34 @@ def test_serve_counts_uploads_through_the_consumer_actor_across_its_death(ray_se
         return counted() == base + 16
     until(supervised_count, "all 16 streams counted after the consumer's restart", timeout=60)
     assert main(["events", "reconcile", "--data-dir", ray_server.spec.data_dir]) == 0
+
+
+@pytest.mark.ray
+def test_serve_erases_a_deleted_users_pipeline_records(ray_server, unique):
+    """Under `serve` the gateway's own connections to the bus and counts store do the pipeline's
+    part of DELETE /v1/me (docs/data-rights.md) beside the consumer actor and the hosts."""
+    from pathlib import Path
+    token = Auth(ray_server.secret).mint(unique)
+    op = Auth(ray_server.secret).mint_operator()
+    uris = [t.uri for t in Catalog.generated().tracks if t.duration_ms >= 90_000][:4]
+    now = int(time.time() * 1000)
+
+    def counted() -> int:
+        s, res = req(f"{ray_server.url}/admin/events/stream-counts?uris={','.join(uris)}", op)
+        assert s == 200, res
+        return res["total"]
+
+    base = counted()
+    evs = [{"event_id": f"d{i}", "device_id": "phone", "uri": uris[i], "played_at_ms": now - 9_000_000 + i * 300_000,
+            "ms_played": 60_000} for i in range(4)]
+    s, res = req(f"{ray_server.url}/v1/me/player/events", token, "POST", {"events": evs})
+    assert s == 200 and res["accepted"] == 4, res
+    until(lambda: counted() == base + 4, "the 4 streams counted")
+    s, receipt = req(f"{ray_server.url}/v1/me", token, "DELETE", {"confirm_user_id": unique})
+    assert s == 200 and receipt["listening_events_anonymised"] == 4, receipt
+    assert counted() == base + 4
+    data = Path(ray_server.spec.data_dir)
+    for name in ("events.db", "eventcounts.db"):
+        raw = b"".join(p.read_bytes() for p in data.glob(name + "*"))
+        assert unique.encode() not in raw, name
+    assert main(["events", "reconcile", "--data-dir", ray_server.spec.data_dir]) == 0

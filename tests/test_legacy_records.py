@@ -120,6 +120,7 @@ async def test_a_data_dir_of_the_old_code_loads_with_the_same_state(db):
         # fields added since (docs/rights.md, issue #15): what an old data dir reads for them
         player = got["cluster"]["player"]
         assert player.pop("market") is None
+        assert player.pop("explicit_filter") is False
         assert player.pop("autoplay") == {"enabled": False, "active": False, "from": None}
         if player["track"] is not None:
             assert player["track"].pop("is_playable") is True
@@ -218,15 +219,44 @@ def test_a_record_with_the_gateways_market_stamp_reads_as_a_market_not_from_the_
     `args.market` on each playback command and the group stored it as the player field `market`."""
     old = {"v": 2, "player": {"market": "SE", "playing": True}, "revision": 3}
     change = GroupChange.from_wire(old)
-    assert change.player == {"playing": True} and change.market == UserMarket("SE", None)
+    # the stamp had no filter: None, "as it was" when applied (UserMarket.over)
+    assert change.player == {"playing": True} and change.market == UserMarket("SE", None, None)
     wire = msgpack.unpackb(msgpack.packb(change.to_wire()), raw=False)
-    assert "market" not in wire["player"] and wire["market"] == {"country": "SE", "as_of": None}
+    assert "market" not in wire["player"]
+    assert wire["market"] == {"country": "SE", "as_of": None, "explicit_filter": None}
     assert GroupChange.from_wire(wire) == change
     # today's record: the market typed beside the player, never a player field
     now = GroupChange(player={"playing": False}, market=UserMarket("NO", 7))
     assert now.to_wire() == {"v": 2, "player": {"playing": False}, "market": {"country": "NO", "as_of": 7}}
     assert GroupChange.from_wire(now.to_wire()) == now
     assert GroupChange.from_wire({"v": 2, "player": {"playing": True}}).market is None     # unchanged
+    on = GroupChange(market=UserMarket("NO", 8, True))
+    assert on.to_wire()["market"] == {"country": "NO", "as_of": 8, "explicit_filter": True}
+    assert GroupChange.from_wire(on.to_wire()) == on
+
+
+def test_records_with_the_gateways_explicit_filter_stamp_replay_each_stamp_over_the_last():
+    """For a while the gateway stamped the explicit content filter with the market (player fields
+    `market` and `explicit_filter`, each record only the one that changed): replayed, a stamp that
+    lacks one of them leaves it as it was, and neither is a player field any more."""
+    e = DeviceGroupEntity(USER, Env())
+    for rec in ({"v": 2, "player": {"market": "SE", "explicit_filter": True, "playing": True}},
+                {"v": 2, "player": {"market": "NO"}},
+                {"v": 2, "player": {"playing": False}}):
+        e.apply(rec)
+    assert e.market == UserMarket("NO", None, True)
+    assert e.p["market"] == "NO" and e.p["explicit_filter"] is True and e.p["playing"] is False
+    e.apply({"v": 2, "player": {"explicit_filter": False}})
+    assert e.market == UserMarket("NO", None, False)
+    snap = e.snapshot()
+    assert "market" not in snap["player"] and "explicit_filter" not in snap["player"]
+    assert snap["market"] == {"country": "NO", "as_of": None}
+    # an old snapshot with both stamps in its player
+    old = {**snap, "player": {**snap["player"], "market": "DE", "explicit_filter": True}}
+    del old["market"]
+    e2 = DeviceGroupEntity(USER, Env())
+    e2.restore(old)
+    assert e2.market == UserMarket("DE", None, True) and e2.p["explicit_filter"] is True
 
 
 def test_an_old_snapshot_with_the_stamp_loads_and_the_next_playback_command_asks_the_account():

@@ -1,6 +1,7 @@
 """The user's market travels from the account entity to the device group (actors/devicegroup_market.py):
-`market_changed` through the account's durable outbox when the country is set or changes, and the
-group's own read of it (an ask) before its first playback command when it holds none. No gateway:
+`market_changed` through the account's durable outbox when the country or the explicit content
+filter is set or changes, and the group's own read of them (an ask) before its first playback
+command when it holds none. No gateway:
 an in-process cluster of two hosts (actors/local.py), the account on the other host than the group,
 the real entities, the memory store."""
 from __future__ import annotations
@@ -26,12 +27,13 @@ ARTIST, ALBUM = "r" + "0" * 21, "a" + "0" * 21
 
 
 def catalog():
-    """Tracks 0..3; track 1 is licensed in SE and NO only."""
+    """Tracks 0..3; track 1 is licensed in SE and NO only; track 3 is explicit."""
     b = CatalogBuilder()
     b.artist(ARTIST, "Artist")
     b.album(ALBUM, [ARTIST], "Album")
     for i in range(4):
-        b.track(tid(i), ALBUM, name=f"Song {i}", duration_ms=200_000, markets={"SE", "NO"} if i == 1 else None)
+        b.track(tid(i), ALBUM, name=f"Song {i}", duration_ms=200_000, markets={"SE", "NO"} if i == 1 else None,
+                explicit=i == 3)
     return b.build()
 
 
@@ -128,7 +130,59 @@ async def test_another_user_gets_no_read_of_the_market_and_is_refused(cluster):
     with pytest.raises(SyncopateError) as ei:
         await call(cluster, ACCOUNT, uid, "market", Principal("mallory"))
     assert ei.value.code == ErrorCode.FORBIDDEN
-    assert await call(cluster, ACCOUNT, uid, "market", Principal(uid)) == {"country": "SE", "as_of": 1}
+    assert await call(cluster, ACCOUNT, uid, "market", Principal(uid)) == {"country": "SE", "explicit_filter": False,
+                                                                             "as_of": 1}
     with pytest.raises(SyncopateError) as ei:
         await call(cluster, DEVICE_GROUP, uid, "play", Principal("mallory"), uris=[turi(0)])
     assert ei.value.code == ErrorCode.FORBIDDEN and asks(cluster, uid) == 0
+
+
+FILTER_ON = {"filter_enabled": True, "filter_locked": False}
+
+
+async def test_the_explicit_filter_travels_with_the_market_and_moves_a_playing_group_off(cluster):
+    uid = user_apart("dee")
+    me = Principal(uid)
+    await call(cluster, ACCOUNT, uid, "create", country="SE")
+    await market_reaches(cluster, uid, UserMarket("SE", 1, False))
+    await call(cluster, DEVICE_GROUP, uid, "register", me, device_id="d0", name="Laptop")
+    await call(cluster, DEVICE_GROUP, uid, "play", me, device_id="d0", uris=[turi(3), turi(0)])
+    assert (await call(cluster, DEVICE_GROUP, uid, "state", me))["uri"] == turi(3)
+    await call(cluster, ACCOUNT, uid, "update", explicit_content=FILTER_ON)
+    await market_reaches(cluster, uid, UserMarket("SE", 2, True))
+    state = await call(cluster, DEVICE_GROUP, uid, "state", me)
+    assert state["uri"] == turi(0) and state["explicit_filter"] is True      # moved off the explicit track
+    # a client's explicit_filter is not read; the refusal names the filter
+    with pytest.raises(SyncopateError) as ei:
+        await call(cluster, DEVICE_GROUP, uid, "play", me, device_id="d0", uris=[turi(3)], explicit_filter=False)
+    assert ei.value.code == ErrorCode.TRACK_UNAVAILABLE and ei.value.details["restriction"] == "explicit"
+    # filter_locked alone is no change of what plays: no notice (the group keeps version 2)
+    await call(cluster, ACCOUNT, uid, "update", explicit_content={"filter_enabled": True, "filter_locked": True})
+    await call(cluster, ACCOUNT, uid, "update", country="NO")
+    await market_reaches(cluster, uid, UserMarket("NO", 4, True))       # the filter rides with the country
+    # an older notice (re-sent, or overtaken) changes neither fact
+    late = await call(cluster, DEVICE_GROUP, uid, "market_changed", country="SE", explicit_filter=False, as_of=2)
+    assert late == {"changed": False} and group(cluster, uid).market == UserMarket("NO", 4, True)
+    await call(cluster, ACCOUNT, uid, "update", explicit_content={"filter_enabled": False, "filter_locked": False})
+    await market_reaches(cluster, uid, UserMarket("NO", 5, False))
+    await call(cluster, DEVICE_GROUP, uid, "play", me, device_id="d0", uris=[turi(3)])
+    assert (await call(cluster, DEVICE_GROUP, uid, "state", me))["uri"] == turi(3)
+    assert asks(cluster, uid) == 0
+
+
+def test_a_group_without_the_facts_asks_and_the_answer_carries_the_filter():
+    """The ask's answer (the account's `market` op) is both facts; a malformed one changes nothing."""
+    from tests.support.entities import EntityDriver
+    uid = "fay"
+    d = EntityDriver(DeviceGroupEntity, uid, Env(catalog=catalog()), now_ms=1_700_000_000_000)
+    d.command("register", {"device_id": "d0", "name": "Laptop"}, principal=Principal(uid), origin=("gw1", "c0"))
+    d.serve("account", uid, "market", {"country": "SE", "explicit_filter": "yes", "as_of": 3})
+    with pytest.raises(SyncopateError) as ei:
+        d.command("play", {"device_id": "d0", "uris": [turi(0)]}, principal=Principal(uid))
+    assert ei.value.code == ErrorCode.INVALID_FIELD and d.e.market == UserMarket()
+    d.serve("account", uid, "market", {"country": "SE", "explicit_filter": True, "as_of": 3})
+    with pytest.raises(SyncopateError) as ei:
+        d.command("play", {"device_id": "d0", "uris": [turi(3)]}, principal=Principal(uid))
+    assert ei.value.details["restriction"] == "explicit" and d.e.market == UserMarket()   # a refusal stores nothing
+    d.command("play", {"device_id": "d0", "uris": [turi(3), turi(0)]}, principal=Principal(uid))
+    assert d.e.market == UserMarket("SE", 3, True) and d.e.p["uri"] == turi(0) and len(d.asked) == 3

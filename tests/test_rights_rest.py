@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway.auth import Auth, write_secret
+from gateway.markets import Listener
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
 from tests.support.catalog import CatalogBuilder, tid, turi
@@ -142,7 +143,7 @@ async def test_a_change_of_country_reaches_the_device_group_without_the_gateway(
     user's country (REST market=from_token) is not what a playback command is checked against."""
     await add_user(http, server, unique, "SE")
     tok = Auth(SECRET).mint(unique)
-    server.gateway.ctx.markets._cache[unique] = ("US", float("inf"))      # a stale gateway cache
+    server.gateway.ctx.markets._cache[unique] = (Listener("US"), float("inf"))      # a stale gateway cache
     dev = await Device(http, server.url, tok, "d0", name="Laptop", type="computer").connect()
     try:
         await dev.register()
@@ -152,7 +153,7 @@ async def test_a_change_of_country_reaches_the_device_group_without_the_gateway(
         r = await http.patch(f"{server.url}/admin/users/{unique}", json={"country": "US"},
                              headers={"Authorization": f"Bearer {server.auth.mint_operator()}"})
         assert r.status == 200, await r.text()
-        server.gateway.ctx.markets._cache[unique] = ("SE", float("inf"))  # stale the other way round
+        server.gateway.ctx.markets._cache[unique] = (Listener("SE"), float("inf"))  # stale the other way round
         # the playing track may not play in the new country: moved off it, as a takedown
         push = await dev.wait_for(lambda c: c["reason"] == "track_unavailable")
         assert push["unavailable"] == {"uri": turi(1), "reason": "market", "market": "US"}

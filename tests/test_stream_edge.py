@@ -153,6 +153,36 @@ async def test_the_active_device_gets_a_manifest_for_the_current_and_next_tracks
             await d.close()
 
 
+async def test_the_active_devices_register_and_resync_answers_carry_the_manifest(server, http, unique):
+    tok, devs, push = await playing(http, server, unique)
+    again = other = None
+    try:
+        # the active device comes back on a new socket: its register answer carries the manifest
+        again = await Device(http, server.url, tok, "d0", name="D0", type="computer").connect()
+        ans = await again.register()
+        assert [t["uri"] for t in ans["stream"]["tracks"]] == [turi(0), turi(2), turi(3)]
+        q = parse_qs(urlsplit(ans["stream"]["tracks"][0]["urls"]["320"]).query)
+        assert q["u"] == [unique] and q["d"] == ["d0"]
+        assert set(ans["stream"]) == set(push["stream"])                 # the shape of the pushes'
+        # another device's answer has none
+        other = await Device(http, server.url, mint(unique, device_id="d1"), "d1", name="D1", type="computer").connect()
+        assert "stream" not in await other.register()
+        # a resync of the active device's socket carries it; of the other's, not
+        hub, subs = server.gateway.ctx.hub, server.gateway.ctx.subscriptions
+        for conn in hub.user_conns(unique):            # every socket of the user that follows the group
+            if subs.follows(conn, f"devicegroup:{unique}"):
+                subs.resync(conn, f"devicegroup:{unique}")
+        deadline = time.monotonic() + 10
+        while not (again.resyncs and other.resyncs):
+            assert time.monotonic() < deadline, "the resyncs did not arrive"
+            await asyncio.sleep(0.02)
+        assert [t["uri"] for t in again.resyncs[-1]["stream"]["tracks"]] == [turi(0), turi(2), turi(3)]
+        assert "stream" not in other.resyncs[-1]
+    finally:
+        for d in devs + [x for x in (again, other) if x is not None]:
+            await d.close()
+
+
 async def test_urls_are_refreshed_before_they_expire_while_playing(server, http, unique):
     tok, devs, push = await playing(http, server, unique, n=1)
     try:

@@ -143,6 +143,37 @@ class SQLiteLog(SQLiteFile):
             return self._db.execute("SELECT COUNT(*) FROM log WHERE id > ?", (last,)).fetchone()[0]
         return await self._run(q)
 
+    # -- erasure (syncopate/events/erasure.py) ------------------------------------------------------
+    async def tail(self) -> str | None:
+        """The id of the last entry appended (None: the log is empty)."""
+        (last,) = await self._run(lambda: self._db.execute("SELECT MAX(id) FROM log").fetchone())
+        return None if last is None else str(last)
+
+    async def committed_through(self, watermark: str) -> bool:
+        """Whether the group has acknowledged every entry up to `watermark` (delivered and not pending)."""
+        w = int(watermark)
+        def q():
+            (last,) = self._db.execute("SELECT last_id FROM cursors WHERE grp = ?", (self.group,)).fetchone()
+            held = self._db.execute("SELECT 1 FROM pending WHERE grp = ? AND id <= ? LIMIT 1", (self.group, w)).fetchone()
+            return last >= w and held is None
+        return await self._run(q)
+
+    async def forget_user(self, user_id: str, watermark: str) -> int:
+        """Delete the user's entries up to `watermark` (all acknowledged: the caller waited for
+        committed_through), then checkpoint and truncate the WAL. secure_delete (sqlite_file.py)
+        zeroes the freed space. Answers how many entries were deleted."""
+        w, needle = int(watermark), user_id.encode()
+
+        def delete(db) -> int:
+            # instr() finds the candidates in C; the unpacked user id decides (another id may contain it)
+            ids = [(i,) for i, d in db.execute("SELECT id, data FROM log WHERE id <= ? AND instr(data, ?) > 0",
+                                               (w, needle)) if _unpack(d).get("u") == user_id]
+            db.executemany("DELETE FROM log WHERE id = ?", ids)
+            return len(ids)
+        n = await self._run(self._tx, delete)
+        await self._run(self._truncate_wal)
+        return n
+
 
 class RedisStreamLog:
     name = "redis"
@@ -223,6 +254,38 @@ class RedisStreamLog:
                 lag = g.get("lag")
                 return int(lag) if lag is not None else 0
         return 0
+
+    # -- erasure (syncopate/events/erasure.py) ------------------------------------------------------
+    async def tail(self) -> str | None:
+        info = await self._call(self._r.xinfo_stream(self.stream))     # start() made the stream (MKSTREAM)
+        last = info["last-generated-id"]
+        last = last.decode() if isinstance(last, bytes) else last
+        return None if last == "0-0" else last
+
+    async def committed_through(self, watermark: str) -> bool:
+        groups = await self._call(self._r.xinfo_groups(self.stream))
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == self.group:
+                last = g["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else last
+                if _sid(last) < _sid(watermark):
+                    return False
+                held = await self._call(self._r.xpending_range(self.stream, self.group, min="-", max=watermark, count=1))
+                return not held
+        return False
+
+    async def forget_user(self, user_id: str, watermark: str) -> int:
+        """Every entry up to `watermark` leaves the stream for good (the stream is rebuilt without
+        them: syncopate/events/stream_rebuild.py explains why XDEL is not enough). Answers how many."""
+        from syncopate.events.stream_rebuild import REBUILD
+        return int(await self._call(self._r.eval(REBUILD, 2, self.stream, f"{self.stream}:rebuild",
+                                                 watermark, self.group)))
+
+
+def _sid(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def make_log(data_dir: str, redis_url: str | None = None, prefix: str = "syncopate_"):

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from protocols.listening import ListeningEvent
+from syncopate.events.anonymise import (COUNTED_SET, EVENT_SET, Forgotten, Pseudonyms, counted_updates,
+                                        event_updates, placeholders)
 from syncopate.events.sqlite_file import SQLiteFile, unavailable
 
 
@@ -191,6 +193,27 @@ class SQLiteCounts(SQLiteFile):
     async def event_count(self) -> int:
         return await self._run(lambda: self._db.execute(f"SELECT COUNT(*) FROM {self.p}ev_events").fetchone()[0])
 
+    # -- a user's erasure (syncopate/events/anonymise.py) ----------------------------------------------
+    async def forget_user(self, user_id: str, anonymous_id: str) -> Forgotten:
+        """Call only once the consumer has applied every event of the user (erasure.py waits for it)."""
+        return await self._run(self._forget, user_id, anonymous_id)
+
+    def _forget(self, user_id: str, anonymous_id: str) -> Forgotten:
+        p, ps = self.p, Pseudonyms(anonymous_id)
+
+        def tx(db) -> Forgotten:
+            out = Forgotten()
+            out.deleted = db.execute(f"DELETE FROM {p}ev_events WHERE user_id = ? AND stream = 0", (user_id,)).rowcount
+            rows = db.execute(f"SELECT seq, key, play_id, day FROM {p}ev_events WHERE user_id = ?", (user_id,)).fetchall()
+            db.executemany(f"UPDATE {p}ev_events SET " + placeholders(EVENT_SET, "?"), event_updates(ps, rows))
+            plays = db.execute(f"SELECT play_id, day FROM {p}ev_counted WHERE user_id = ?", (user_id,)).fetchall()
+            db.executemany(f"UPDATE {p}ev_counted SET " + placeholders(COUNTED_SET, "?"), counted_updates(ps, plays))
+            out.anonymised, out.plays = len(rows), len(plays)
+            return out
+        out = self._tx(tx)
+        self._truncate_wal()             # the old rows' page images are in the WAL until then
+        return out
+
 
 def _compare(recounted: list, counted: list) -> Reconciled:
     a = {(t, d): n for t, d, n in recounted}
@@ -318,6 +341,26 @@ class PostgresCounts:
 
     async def event_count(self) -> int:
         return await self._do(lambda c: c.fetchval(f"SELECT COUNT(*) FROM {self.p}ev_events"))
+
+    async def forget_user(self, user_id: str, anonymous_id: str) -> Forgotten:
+        """As SQLiteCounts.forget_user. The old row versions stay in the table files as dead tuples
+        until VACUUM reuses their space, and in the WAL (docs/data-rights.md, "Bytes on disk")."""
+        p, ps = self.p, Pseudonyms(anonymous_id)
+
+        async def run(c) -> Forgotten:
+            out = Forgotten()
+            async with c.transaction():
+                done = await c.execute(f"DELETE FROM {p}ev_events WHERE user_id = $1 AND stream = 0", user_id)
+                out.deleted = int(done.rpartition(" ")[2])
+                rows = await c.fetch(f"SELECT seq, key, play_id, day FROM {p}ev_events WHERE user_id = $1", user_id)
+                await c.executemany(f"UPDATE {p}ev_events SET " + placeholders(EVENT_SET, "$"),
+                                    event_updates(ps, [tuple(r) for r in rows]))
+                plays = await c.fetch(f"SELECT play_id, day FROM {p}ev_counted WHERE user_id = $1", user_id)
+                await c.executemany(f"UPDATE {p}ev_counted SET " + placeholders(COUNTED_SET, "$"),
+                                    counted_updates(ps, [tuple(r) for r in plays]))
+                out.anonymised, out.plays = len(rows), len(plays)
+            return out
+        return await self._do(run)
 
 
 def make_counts(data_dir: str, postgres_dsn: str | None = None, prefix: str = "syncopate_"):

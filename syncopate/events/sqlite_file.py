@@ -69,6 +69,8 @@ class SQLiteFile:
             except sqlite3.OperationalError:        # another process is switching the new file
                 time.sleep(0.05)
         db.execute("PRAGMA synchronous=FULL")
+        # a user's erasure deletes rows (docs/data-rights.md): freed space is zeroed, not left in free pages
+        db.execute("PRAGMA secure_delete=ON")
         transaction(db, self._create)
         self._db = db
 
@@ -77,3 +79,11 @@ class SQLiteFile:
 
     def _tx(self, fn):
         return transaction(self._db, fn)
+
+    def _truncate_wal(self) -> None:
+        """After an erasure: the WAL still holds the pages as they were before it. Checkpoint them
+        into the (zeroed) file and truncate it; a reader in another process that holds old frames
+        makes it busy, which is retryable (the erasure runs again)."""
+        busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise SyncopateError(ErrorCode.STORE_UNAVAILABLE, f"event log {self.name}: the WAL is in use; retry")

@@ -47,7 +47,7 @@ class CatalogBuilder:
 
     def track(self, ident: str, album_id: str, artist_ids: Iterable[str] | None = None, *,
               name: str | None = None, duration_ms: int = 200_000, markets: Iterable[str] | None = None,
-              popularity: int = 0) -> str:
+              popularity: int = 0, explicit: bool = False) -> str:
         """`markets`: where the track is licensed (None: every market, catalog/markets.py)."""
         alb = self._albums[album_id]
         alb["tracks"].append(ident)
@@ -55,7 +55,7 @@ class CatalogBuilder:
                              "artists": tuple(artist_ids) if artist_ids is not None else alb["artists"],
                              "duration_ms": duration_ms, "number": len(alb["tracks"]),
                              "markets": frozenset(markets) if markets is not None else None,
-                             "popularity": popularity})
+                             "popularity": popularity, "explicit": explicit})
         return ident
 
     def build(self) -> Catalog:
@@ -63,7 +63,8 @@ class CatalogBuilder:
         albums = [Album(a["id"], f"spotify:album:{a['id']}", a["name"], a["artists"], tuple(a["tracks"]),
                         a["release_date"], a["album_type"]) for a in self._albums.values()]
         tracks = [Track(t["id"], f"spotify:track:{t['id']}", t["name"], t["artists"], t["album"],
-                        t["duration_ms"], t["number"], popularity=t["popularity"], markets=t["markets"])
+                        t["duration_ms"], t["number"], explicit=t["explicit"], popularity=t["popularity"],
+                        markets=t["markets"])
                   for t in self._tracks]
         return Catalog(artists, albums, tracks)
 

@@ -50,7 +50,7 @@ from protocols.wire import ConnAddress, Push, Reply
 from storage.memory import MemoryStore
 
 _NOT_SERVED = object()
-ACCOUNTLESS = {"country": "US", "as_of": 0}        # actors/account.py `market` of a user without an account
+ACCOUNTLESS = {"country": "US", "explicit_filter": False, "as_of": 0}        # actors/account.py `market` of a user without an account
 WATCH = ConnAddress("driver-watch", "watcher")      # the driver's own subscriber
 BARRIER = ConnAddress("driver-barrier", "none")     # never subscribed: unsubscribing it is a no-op
 
