@@ -108,6 +108,9 @@ class LeaseHeld(SyncopateError):
         super().__init__(ErrorCode.HOST_UNAVAILABLE, f"{key}: held by {holder} under a live lease; retry")
         self.key, self.holder = key, holder
 
+    def __reduce__(self):  # stays a LeaseHeld across a pickle (storage/sqlite_process.py answers)
+        return (LeaseHeld, (self.key, self.holder))
+
 
 def stale(key: str, epoch: int, current: int | None) -> SyncopateError:
     return SyncopateError(ErrorCode.STALE_EPOCH, f"{key}: epoch {epoch} is not the owner (current {current})")

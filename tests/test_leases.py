@@ -17,6 +17,7 @@ from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore
 from storage.sqlite import SCHEMA, SQLiteStore
+from storage.sqlite_process import SQLiteProcessStore
 from storage.tiered import TieredStore
 
 PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -45,6 +46,8 @@ class Env:
             return self.memory
         if self.kind == "sqlite":
             s = SQLiteStore(self.tmp_path / "syncopate.db")
+        elif self.kind == "sqlite-process":
+            s = SQLiteProcessStore(self.tmp_path / "syncopate.db")
         elif self.kind == "postgres":
             s = PostgresStore(PG_DSN, prefix=self.prefix)
         else:
@@ -75,7 +78,7 @@ class Env:
             await r.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "tiered"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-process", "postgres", "tiered"])
 async def env(request, tmp_path):
     e = Env(request.param, tmp_path)
     try:
