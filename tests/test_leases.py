@@ -236,6 +236,18 @@ async def test_a_swept_view_comes_back_above_every_epoch_it_had(env):
     assert await a.membership("d") == back                        # a live view: kept
 
 
+async def test_racing_re_creations_of_a_swept_view_leave_one(env):
+    stores = [await env.open() for _ in range(3)]
+    assert await stores[0].open_lease("h0", LEASE)
+    await stores[0].change_membership("d", 0, {0: "h0"})
+    await env.expire()
+    assert await stores[0].drop_dead(0.0) == Dropped(1, 1)
+    got = await asyncio.gather(*(s.change_membership("d", 2, {0: f"n{i}"}) for i, s in enumerate(stores)))
+    won = [v for v in got if v is not None]
+    assert len(won) == 1 and won[0].epoch == 3           # the others lost the compare-and-set
+    assert await stores[1].membership("d") == won[0]
+
+
 async def test_racing_acquires_under_leases_leave_one_owner(env):
     stores = [await env.open() for _ in range(3)]
     for i, s in enumerate(stores):
