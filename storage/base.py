@@ -25,6 +25,13 @@ lease has expired (the store's clock) or the holder released the entity. The hos
 before its lease can have expired (it counts from when it *sent* the renewal), so a read it answers
 is never older than a write of a new owner. The store also keeps each deployment's membership view
 (the live host slots, with an epoch of its own, changed by compare-and-set).
+
+A view's epoch never goes back, even when drop_dead deletes its row (gateways and hosts take only a
+newer epoch than the one they hold, and a deployment's hosts can all go without a lease past the
+sweep's bound while its gateways keep running: the store was down). The store keeps one global
+*view floor*, greater than every epoch of a view it ever deleted (raised in the sweep's
+transaction, kept for ever, 0 until the first sweep); a deployment with no row reads as epoch
+`floor` with no members, and its row is re-created at `floor + 1`.
 """
 from __future__ import annotations
 
@@ -100,6 +107,9 @@ class LeaseHeld(SyncopateError):
     def __init__(self, key: str, holder: str) -> None:
         super().__init__(ErrorCode.HOST_UNAVAILABLE, f"{key}: held by {holder} under a live lease; retry")
         self.key, self.holder = key, holder
+
+    def __reduce__(self):  # stays a LeaseHeld across a pickle (storage/sqlite_process.py answers)
+        return (LeaseHeld, (self.key, self.holder))
 
 
 def stale(key: str, epoch: int, current: int | None) -> SyncopateError:
@@ -189,20 +199,25 @@ class Store(abc.ABC):
         raise _no_leases(self)
 
     async def membership(self, name: str) -> Membership:
-        """The current view of deployment `name` (epoch 0, no members: never written)."""
+        """The current view of deployment `name`. With no row (never written, or deleted by
+        drop_dead): epoch = the view floor (0 if no view was ever deleted), no members."""
         raise _no_leases(self)
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         """Compare-and-set: the view becomes `members` at epoch expected + 1 if the current epoch is
-        `expected_epoch`; None (nothing changed) if someone changed it first."""
+        `expected_epoch` (a missing row's is the view floor: it is created iff expected == floor);
+        None (nothing changed) if someone changed it first, or a sweep deleted it meanwhile."""
         raise _no_leases(self)
 
     async def drop_dead(self, older_than_s: float) -> Dropped:
         """Housekeeping, in one transaction: delete every lease row that ran out more than
         `older_than_s` ago (store clock; revoked or not), then the view of every deployment that
         has members and none of them with a lease row left (all dead that long: a stopped or
-        crashed deployment). Never a live holder's row: a lease that ran out is never renewed
-        (renew_lease refuses it), and acquire counts a missing row as not live, as it counted the
+        crashed deployment, or one cut off from the store that long), raising the view floor to one
+        above the greatest epoch deleted (never lowering it): a re-created view is newer than every
+        epoch the deleted one had, and a compare-and-set computed against the deleted view (its
+        epoch) is refused, not applied to the missing row. Never a live holder's row: a lease that
+        ran out is never renewed (renew_lease refuses it), and acquire counts a missing row as not live, as it counted the
         expired one, so no acquire decides differently. A holder id whose row is gone must not be
         opened again (host holder ids never are: each process, each rejoin takes a new one)."""
         raise _no_leases(self)

@@ -28,6 +28,7 @@ class MemoryStore(Store):
         self.down = False                                # every call raises STORE_UNAVAILABLE
         self.acquired = 0                                # acquire() calls (owners rows written)
         self.epoch_floor = 0                             # the greatest epoch erased (storage.base)
+        self.view_floor = 0                              # a swept view's epoch stands here (drop_dead)
 
     def _check_up(self) -> None:
         if self.down:
@@ -129,12 +130,12 @@ class MemoryStore(Store):
     async def membership(self, name: str) -> Membership:
         await asyncio.sleep(0)
         self._check_up()
-        return self._views.get(name, Membership())
+        return self._views.get(name, Membership(self.view_floor))
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         await asyncio.sleep(0)
         self._check_up()
-        if self._views.get(name, Membership()).epoch != expected_epoch:
+        if self._views.get(name, Membership(self.view_floor)).epoch != expected_epoch:
             return None
         view = self._views[name] = Membership(expected_epoch + 1, dict(members))
         return view
@@ -148,6 +149,8 @@ class MemoryStore(Store):
             del self._leases[h]
         views = [n for n, v in self._views.items()
                  if v.members and not any(h in self._leases for h in v.members.values())]
+        if views:
+            self.view_floor = max(self.view_floor, 1 + max(self._views[n].epoch for n in views))
         for n in views:
             del self._views[n]
         return Dropped(len(dead), len(views))

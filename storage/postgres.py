@@ -91,16 +91,26 @@ SQL = {
     "renew_lease": "UPDATE {p}leases SET until = clock_timestamp() + make_interval(secs => $2::float8)"
                    " WHERE holder = $1 AND NOT revoked AND until > clock_timestamp()",
     "revoke_lease": "UPDATE {p}leases SET revoked = true WHERE holder = $1",
-    "membership": "SELECT epoch, members FROM {p}membership WHERE name = $1",
-    # drop_dead(): one sweeper at a time (the others skip this round: no lock order to deadlock on),
+    # the row, or else the floor the sweep that deleted it left (storage.base), in one snapshot
+    "membership": "SELECT coalesce(m.epoch, f.floor), coalesce(m.members, '[]') FROM (SELECT coalesce("
+                  "(SELECT v::bigint FROM {p}meta WHERE k = 'view_floor'), 0) AS floor) f"
+                  " LEFT JOIN {p}membership m ON m.name = $1",
+    # drop_dead(): one sweeper at a time (the others, and a sweep while a view is being created at
+    # the floor, "no_sweep" below, skip this round: no lock order to deadlock on),
     # lease rows run out for longer than the bound, then the views left with no member's lease row
     # (locked: a compare-and-set on one waits, then finds it gone)
     "sweeper": "SELECT pg_try_advisory_xact_lock(hashtext('{p}drop_dead'))",
     "drop_leases": "DELETE FROM {p}leases WHERE until < clock_timestamp() - make_interval(secs => $1::float8)",
-    "views_locked": "SELECT name, members FROM {p}membership ORDER BY name FOR UPDATE",
+    "views_locked": "SELECT name, epoch, members FROM {p}membership ORDER BY name FOR UPDATE",
     "leases_kept": "SELECT holder FROM {p}leases WHERE holder = ANY($1::text[])",
     "drop_views": "DELETE FROM {p}membership WHERE name = ANY($1::text[])",
-    "membership_new": "INSERT INTO {p}membership (name, epoch, members) VALUES ($1, 1, $2)"
+    "raise_view_floor": "INSERT INTO {p}meta (k, v) VALUES ('view_floor', $1::text)"
+                        " ON CONFLICT (k) DO UPDATE SET v = greatest({p}meta.v::bigint, excluded.v::bigint)::text",
+    # A view with no row is created iff the caller expected the floor; under the sweeper's lock,
+    # shared, so no sweep deletes a row or raises the floor between this check and the commit.
+    "no_sweep": "SELECT pg_advisory_xact_lock_shared(hashtext('{p}drop_dead'))",
+    "membership_new": "INSERT INTO {p}membership (name, epoch, members) SELECT $1, $2::bigint + 1, $3"
+                      " WHERE $2::bigint = coalesce((SELECT v::bigint FROM {p}meta WHERE k = 'view_floor'), 0)"
                       " ON CONFLICT (name) DO NOTHING RETURNING epoch",
     "membership_cas": "UPDATE {p}membership SET epoch = epoch + 1, members = $3 WHERE name = $1 AND epoch = $2"
                       " RETURNING epoch",
@@ -305,22 +315,25 @@ class PostgresStore(Store):
             if not await conn.fetchval(self._sql["sweeper"]):
                 return Dropped()                 # another host is sweeping right now
             status = await conn.execute(self._sql["drop_leases"], float(older_than_s))
-            views = {name: set(Membership.from_row(0, members).members.values())
-                     for name, members in await conn.fetch(self._sql["views_locked"])}
+            rows = await conn.fetch(self._sql["views_locked"])
+            views = {name: set(Membership.from_row(0, members).members.values()) for name, _, members in rows}
             held = sorted(set().union(*views.values()))
             kept = {r[0] for r in await conn.fetch(self._sql["leases_kept"], held)} if held else set()
             dead = [name for name, holders in views.items() if holders and not holders & kept]
             if dead:
                 await conn.execute(self._sql["drop_views"], dead)
+                # a re-created view starts above every swept one (storage.base)
+                floor = 1 + max(epoch for name, epoch, _ in rows if name in dead)
+                await conn.execute(self._sql["raise_view_floor"], str(floor))
         return Dropped(int(status.rsplit(" ", 1)[-1]), len(dead))
 
     async def change_membership(self, name: str, expected_epoch: int, members: dict[int, str]) -> Membership | None:
         text = Membership(0, members).to_json()
-        async with self._conn() as conn:
-            if expected_epoch == 0:
-                epoch = await conn.fetchval(self._sql["membership_new"], name, text)
-            else:
-                epoch = await conn.fetchval(self._sql["membership_cas"], name, expected_epoch, text)
+        async with self._conn() as conn, conn.transaction():
+            epoch = await conn.fetchval(self._sql["membership_cas"], name, expected_epoch, text)
+            if epoch is None:                    # no row at that epoch: maybe no row at all
+                await conn.execute(self._sql["no_sweep"])
+                epoch = await conn.fetchval(self._sql["membership_new"], name, expected_epoch, text)
         return None if epoch is None else Membership.from_row(epoch, text)
 
     async def last_seq(self, key: str) -> int:

@@ -129,8 +129,16 @@ class SQLiteStore(Store):
                            (now + lease_s, holder, now)) == 1
 
     def _membership(self, name: str) -> Membership:
-        row = self._db.execute("SELECT epoch, members FROM membership WHERE name = ?", (name,)).fetchone()
-        return Membership.from_row(*row) if row else Membership()
+        # One statement (one read snapshot): the row, or else the floor its sweep left (storage.base)
+        row = self._db.execute("SELECT coalesce(m.epoch, f.floor), coalesce(m.members, '[]') FROM (SELECT coalesce("
+                               "(SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'view_floor'), 0) AS floor) f"
+                               " LEFT JOIN membership m ON m.name = ?", (name,)).fetchone()
+        return Membership.from_row(*row)
+
+    def _view_floor(self) -> int:
+        """The epoch of a view that has no row (storage.base: drop_dead); read in the caller's transaction."""
+        row = self._db.execute("SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'view_floor'").fetchone()
+        return row[0] if row else 0
 
     def _drop_dead(self, older_than_s: float) -> Dropped:
         db = self._db
@@ -138,9 +146,15 @@ class SQLiteStore(Store):
         try:
             leases = db.execute("DELETE FROM leases WHERE until < ?", (time.time() - older_than_s,)).rowcount
             kept = {r[0] for r in db.execute("SELECT holder FROM leases")}
-            views = [name for name, members in db.execute("SELECT name, members FROM membership").fetchall()
-                     if (held := set(Membership.from_row(0, members).members.values())) and not held & kept]
+            dead = [(name, epoch) for name, epoch, members
+                    in db.execute("SELECT name, epoch, members FROM membership").fetchall()
+                    if (held := set(Membership.from_row(0, members).members.values())) and not held & kept]
+            views = [name for name, _ in dead]
             db.executemany("DELETE FROM membership WHERE name = ?", [(n,) for n in views])
+            if dead:      # a re-created view starts above every swept one (storage.base)
+                db.execute("INSERT INTO meta(k, v) VALUES ('view_floor', ?) ON CONFLICT(k) DO UPDATE"
+                           " SET v = CAST(max(CAST(v AS INTEGER), CAST(excluded.v AS INTEGER)) AS TEXT)",
+                           (str(1 + max(e for _, e in dead)),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -152,7 +166,7 @@ class SQLiteStore(Store):
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT epoch FROM membership WHERE name = ?", (name,)).fetchone()
-            if (row[0] if row else 0) != expected:
+            if (row[0] if row else self._view_floor()) != expected:
                 db.execute("ROLLBACK")
                 return None
             db.execute("INSERT INTO membership(name, epoch, members) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"

@@ -16,7 +16,8 @@ from storage.base import Append, Dropped, LeaseHeld, Membership, Record
 from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.redis import RedisStore
-from storage.sqlite import SQLiteStore
+from storage.sqlite import SCHEMA, SQLiteStore
+from storage.sqlite_process import SQLiteProcessStore
 from storage.tiered import TieredStore
 
 PG_DSN = os.environ.get("SYNCOPATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -45,6 +46,8 @@ class Env:
             return self.memory
         if self.kind == "sqlite":
             s = SQLiteStore(self.tmp_path / "syncopate.db")
+        elif self.kind == "sqlite-process":
+            s = SQLiteProcessStore(self.tmp_path / "syncopate.db")
         elif self.kind == "postgres":
             s = PostgresStore(PG_DSN, prefix=self.prefix)
         else:
@@ -75,7 +78,7 @@ class Env:
             await r.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "tiered"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-process", "postgres", "tiered"])
 async def env(request, tmp_path):
     e = Env(request.param, tmp_path)
     try:
@@ -185,7 +188,7 @@ async def test_drop_dead_deletes_only_leases_run_out_past_the_bound_and_views_of
     assert await b.drop_dead(0.0) == Dropped(0, 0)
     assert await a.renew_lease("live", 30)               # a live holder's row is never touched
     assert not await a.open_lease("revoked-live", 30)    # still there, still revoked
-    assert (await a.membership("dead")).epoch == 0
+    assert await a.membership("dead") == Membership(2, {})       # swept at 1: reads as the floor above it
     assert await a.membership("alive") == Membership(1, {0: "live", 1: "gone"})   # a live member: kept
     assert (await a.membership("empty")).epoch == 1      # no members: not judged dead
     await b.open_lease("B", 30)
@@ -200,7 +203,49 @@ async def test_concurrent_sweeps_drop_each_dead_row_once_and_fail_none(env):
     await env.expire()
     got = await asyncio.gather(*(s.drop_dead(0.0) for s in stores))      # every host sweeps, at once
     assert (sum(g.leases for g in got), sum(g.views for g in got)) == (6, 1)
-    assert (await stores[1].membership("gone")).epoch == 0
+    assert await stores[1].membership("gone") == Membership(2, {})
+
+
+async def test_a_swept_view_comes_back_above_every_epoch_it_had(env):
+    """drop_dead deletes a dead deployment's view, but a view's epoch never goes back: a missing row
+    reads as the store's view floor (above every epoch swept) and is re-created above it, so a
+    gateway or host still holding the old epoch takes the new view."""
+    a, b = await env.open(), await env.open()
+    assert await a.open_lease("h0", LEASE)
+    v = Membership()
+    for members in ({0: "h0"}, {0: "h0", 1: "h1"}, {0: "h0"}, {0: "h0", 1: "h1"}):
+        v = await a.change_membership("d", v.epoch, members)
+    assert v.epoch == 4
+    await env.expire()
+    assert await a.open_lease("s", LEASE)
+    assert (await a.change_membership("small", 0, {0: "s"})).epoch == 1
+    assert await b.drop_dead(0.0) == Dropped(1, 1)               # h0's row, then the view "d"
+    swept = await a.membership("d")
+    assert swept == Membership(5, {})                             # above every epoch it had, no members
+    assert await a.change_membership("d", 4, {0: "h2"}) is None   # computed against the swept view
+    assert await a.change_membership("d", 0, {0: "h2"}) is None
+    assert await a.open_lease("h2", 30)
+    back = await b.change_membership("d", swept.epoch, {0: "h2"})
+    assert back == Membership(6, {0: "h2"})
+    assert await a.change_membership("d", swept.epoch, {0: "x"}) is None    # re-created once
+    assert await a.membership("d") == back
+    await env.expire()
+    assert await b.drop_dead(0.0) == Dropped(1, 1)               # "s", then the view "small" (epoch 1)
+    assert await a.membership("small") == Membership(5, {})      # the floor never goes down
+    assert await b.change_membership("small", 5, {0: "h2"}) == Membership(6, {0: "h2"})
+    assert await a.membership("d") == back                        # a live view: kept
+
+
+async def test_racing_re_creations_of_a_swept_view_leave_one(env):
+    stores = [await env.open() for _ in range(3)]
+    assert await stores[0].open_lease("h0", LEASE)
+    await stores[0].change_membership("d", 0, {0: "h0"})
+    await env.expire()
+    assert await stores[0].drop_dead(0.0) == Dropped(1, 1)
+    got = await asyncio.gather(*(s.change_membership("d", 2, {0: f"n{i}"}) for i, s in enumerate(stores)))
+    won = [v for v in got if v is not None]
+    assert len(won) == 1 and won[0].epoch == 3           # the others lost the compare-and-set
+    assert await stores[1].membership("d") == won[0]
 
 
 async def test_racing_acquires_under_leases_leave_one_owner(env):
@@ -254,6 +299,34 @@ def test_sqlite_schema_1_is_upgraded(tmp_path):
         assert db.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()[0] == "2"
         assert db.execute("SELECT holder FROM owners WHERE key='k'").fetchone()[0] == "A"
 
+
+def test_a_sqlite_file_from_before_the_view_floor_opens_and_sweeps(tmp_path):
+    """The view floor is one more row of `meta` (no schema change): a version-2 file without it
+    reads a missing view at epoch 0, as before, until its first sweep writes the floor."""
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as db:
+        for stmt in SCHEMA:
+            db.execute(stmt)
+        db.execute("ALTER TABLE owners ADD COLUMN holder TEXT")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        db.execute("""INSERT INTO membership VALUES ('d', 3, '[[0, "gone"]]')""")
+
+    async def run():
+        s = SQLiteStore(path)
+        await s.start()
+        try:
+            assert await s.membership("d") == Membership(3, {0: "gone"})
+            assert await s.membership("new") == Membership(0, {})
+            assert (await s.change_membership("new", 0, {0: "h"})).epoch == 1
+            assert await s.drop_dead(0.0) == Dropped(0, 2)      # no member of either has a lease row
+            assert await s.membership("d") == Membership(4, {})
+        finally:
+            await s.close()
+
+    asyncio.run(run())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()[0] == "2"
+        assert db.execute("SELECT v FROM meta WHERE k='view_floor'").fetchone()[0] == "4"
 
 
 async def test_a_leased_acquire_after_an_erase_starts_above_the_epoch_floor(env):

@@ -11,7 +11,8 @@ from actors.host import EntityHost
 from actors.membership import Holder, join, remove, route
 from actors.placement import owner, owner_among
 from protocols.errors import ErrorCode, SyncopateError
-from storage.base import Dropped
+from gateway.cluster_view import ClusterView
+from storage.base import Dropped, Membership
 from storage.memory import MemoryStore
 from tests.toy import Counter
 
@@ -270,9 +271,39 @@ async def test_hosts_sweep_lease_rows_and_views_long_dead():
     await h.start()
     try:
         await wait_for(lambda: h.swept == Dropped(1, 1), what="a sweep")
-        assert (await store.membership("old")).epoch == 0
+        assert await store.membership("old") == Membership(2, {})     # swept at 1: the floor above it
         assert (await store.membership("d")).members == {0: str(h.holder)}
         await h.call(add("x", 1))                             # its own lease still good
         assert h.lease_ok() and await store.renew_lease(str(h.holder), 0.6)
     finally:
         await h.close(passivate=False)
+
+
+async def test_a_view_swept_while_its_hosts_were_cut_off_comes_back_newer_for_gateways_and_hosts():
+    """The store was out of reach past the sweep bound: every host of a live deployment lost its
+    lease, and a sweep deleted the view while the gateway kept its copy (epoch 3). The hosts rejoin
+    a re-created row; its epochs must be newer than 3, or the gateway (and a host that rejoined
+    before the others) ignores every later view: mis-routing, NOT_OWNER retries that never settle."""
+    t = [1000.0]
+    store = MemoryStore(clock=lambda: t[0])
+    hosts = [await leased_host(store, "d", s, renew_s=3600) for s in range(3)]     # renewed by hand
+    gateway = ClusterView(store, "d", poll_s=3600)                                 # refreshed by hand
+    try:
+        await gateway.start()
+        before = gateway.view
+        assert before.epoch == 3 and before.slots == (0, 1, 2)
+        t[0] += 1000.0                                   # every lease ran out 1,000 s ago (store clock)
+        assert await store.drop_dead(600.0) == Dropped(3, 1)
+        for h in hosts:
+            await h.renew()                              # refused: lost; rejoins under a new holder id
+        after = await store.membership("d")
+        assert after.members == {h.slot_index: str(h.holder) for h in hosts}
+        assert all(h.holder.generation == 1 for h in hosts)
+        assert await gateway.refresh() == after          # taken: newer than anything seen before
+        assert after.epoch > before.epoch
+        for h in hosts:
+            assert await h.refresh_view() == after
+    finally:
+        await gateway.close()
+        for h in hosts:
+            await h.close(passivate=False)
