@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from actors.batching import Batcher
 from actors.entity import Command
-from actors.membership import route
+from actors.membership import Routes
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Gap, Push, Reply, Transport
 
@@ -77,12 +77,13 @@ class Dispatcher:
         self.sent = 0
         self.received = 0
         self.cluster = cluster                      # gateway.cluster_view.ClusterView, or None: fixed slots
+        self._routes = Routes()                     # key -> host slot, for the current view
         self._misses: dict[int, int] = {}           # periodic pings timed out in a row, per host
         self._probing: set[int] = set()
         self.retries = 0
 
     def host_of(self, key: str) -> int:
-        return route(key, self.cluster.view if self.cluster is not None else None, self.transport.n_hosts)
+        return self._routes.owner(key, self.cluster.view if self.cluster is not None else None, self.transport.n_hosts)
 
     def hosts(self) -> list[int]:
         """The host slots to watch: the view's live ones (or the fixed slots)."""
