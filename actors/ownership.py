@@ -34,8 +34,7 @@ import logging
 import random
 import time
 
-from actors.membership import Holder, join, remove
-from actors.placement import owner_among
+from actors.membership import Holder, Routes, join, remove
 from actors.slot import Slot
 from protocols.errors import ErrorCode, SyncopateError
 from storage.base import Dropped, LeaseHeld, Membership
@@ -60,6 +59,7 @@ class Ownership:
         self.slot_index: int | None = None
         self.holder: Holder | None = None
         self.view = Membership()
+        self._routes = Routes()              # key -> owning slot under self.view
         self.lease_s, self.renew_s = LEASE_S, RENEW_S
         self.acquire_wait_s = ACQUIRE_WAIT_S
         self._valid_until = 0.0                  # monotonic: the lease counts as held before this
@@ -90,7 +90,7 @@ class Ownership:
             return None
         if self._leaving:
             return -1
-        slot = owner_among(key, self.view.members)
+        slot = self._routes.owner(key, self.view, 0)      # members is not empty: the view decides
         return None if slot == self.slot_index else slot
 
     # -- lease and view -------------------------------------------------------------------------

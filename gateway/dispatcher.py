@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from actors.batching import Batcher
 from actors.entity import Command
-from actors.membership import route
+from actors.membership import Routes
 from gateway.liveness import MIN_TIMEOUT_S, Liveness
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import Gap, Push, Reply, Transport
@@ -83,12 +83,13 @@ class Dispatcher:
         self.received = 0
         self.cluster = cluster                      # gateway.cluster_view.ClusterView, or None: fixed slots
         self.liveness = Liveness()                  # the failure detector's evidence, per host
+        self._routes = Routes()                     # key -> host slot, for the current view
         self._pings: dict[int, tuple[float, asyncio.Future]] = {}   # the ping in flight per host: (sent, answer)
         self._probing: set[int] = set()
         self.retries = 0
 
     def host_of(self, key: str) -> int:
-        return route(key, self.cluster.view if self.cluster is not None else None, self.transport.n_hosts)
+        return self._routes.owner(key, self.cluster.view if self.cluster is not None else None, self.transport.n_hosts)
 
     def hosts(self) -> list[int]:
         """The host slots to watch: the view's live ones (or the fixed slots)."""

@@ -49,11 +49,14 @@ def track_meta(cat: Any, uri: str, market: str | None = None, explicit_filter: b
     if t is None:
         return {"uri": uri, "id": None, "name": None, "duration_ms": 0, "artists": [], "album": None,
                 "is_playable": False}
-    obj = cat.track_object(t)
-    alb = obj.get("album") or {}
+    # Read from the catalog's records, not from its Spotify track object: that one (the album's
+    # markets over all its tracks, hrefs, urls) was built on every push only to pick these names
+    # from it, a third of presenting a push. The same values: tests/test_presenters.py compares.
+    alb = cat.album(t.album_id)
     return {"uri": uri, "id": t.id, "name": t.name, "duration_ms": t.duration_ms,
-            "artists": [{"name": x.get("name"), "uri": x.get("uri")} for x in obj.get("artists", ())],
-            "album": {"name": alb.get("name"), "uri": alb.get("uri"), "images": alb.get("images", [])},
+            "artists": [{"name": a.name, "uri": a.uri} for a in map(cat.artist, t.artist_ids) if a is not None],
+            "album": {"name": alb.name, "uri": alb.uri, "images": []} if alb is not None else {
+                "name": None, "uri": None, "images": []},
             "is_playable": t.restriction(market, explicit_filter) is None}
 
 

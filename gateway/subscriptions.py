@@ -52,8 +52,9 @@ class Subscriptions:
         # its subscribe answer as clients read it (the subscribe result, a resync push)
         self.pushes = pushes or {}
         self.states = states or {}
-        # push type -> (connection, presented payload) -> that connection's own payload, or None for
-        # the shared frame (the active device's stream manifest, gateway/streams.py)
+        # push type -> (connection, presented payload) -> the keys that connection's copy adds to the
+        # shared payload, or None for the shared frame (the active device's stream manifest,
+        # gateway/streams.py)
         self.personal = personal or {}
         # entity kind -> the same for its resync state (the active device's resync carries its manifest)
         self.personal_states = personal_states or {}
@@ -234,15 +235,32 @@ class Subscriptions:
             return
         own = self.personal.get(push.type)
         if own is not None:
-            payload = own(conn, push.payload)
-            if payload is not None:
-                conn.send_frame(codec.encode_ws(codec.push(push.type, push.key, push.version, payload), conn.encoding))
+            extra = own(conn, push.payload)
+            if extra is not None:
+                conn.send_frame(self._personal_frame(push, extra, conn.encoding, frames))
                 return
-        frame = frames.get(conn.encoding)
+        conn.send_frame(self._shared_frame(push, conn.encoding, frames))
+
+    @staticmethod
+    def _shared_frame(push: Push, encoding: str, frames: dict) -> Any:
+        """The push's frame every member gets, encoded once per encoding."""
+        frame = frames.get(encoding)
         if frame is None:
-            frame = frames[conn.encoding] = codec.encode_ws(
-                codec.push(push.type, push.key, push.version, push.payload), conn.encoding)
-        conn.send_frame(frame)
+            frame = frames[encoding] = codec.encode_ws(
+                codec.push(push.type, push.key, push.version, push.payload), encoding)
+        return frame
+
+    def _personal_frame(self, push: Push, extra: dict, encoding: str, frames: dict) -> Any:
+        """The push with `extra`'s keys added at the end of its payload: the frame of
+        `{**payload, **extra}`. In JSON it is the shared frame with `extra` written in before the
+        payload's closing brace (the payload is the envelope's last field, orjson writes keys in
+        order and without spaces), the same characters as encoding it whole."""
+        payload = push.payload
+        if encoding == codec.JSON and isinstance(payload, dict) and payload and extra \
+                and not any(k in payload for k in extra):
+            shared = self._shared_frame(push, encoding, frames)
+            return f"{shared[:-2]},{codec.encode_ws(extra, encoding)[1:-1]}}}}}"
+        return codec.encode_ws(codec.push(push.type, push.key, push.version, {**payload, **extra}), encoding)
 
     def _access_changed(self, key: str, policy: dict) -> None:
         """A playlist's access policy changed: what each local member may do now."""

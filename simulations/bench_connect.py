@@ -57,6 +57,23 @@ def run_floor(users: int, devices: int, period: float, seconds: float) -> dict |
         proc.wait(10)
 
 
+def cpu_per_command(res: dict) -> list[str]:
+    """CPU ms per acknowledged player command, per server process: the processes' CPU seconds (user +
+    system, /proc) over the sampler's window, divided by the player commands acknowledged in that
+    window. The window's heartbeats (one per device every 10 s) and refusals are part of the load, in
+    the same proportion on both sides of a pair."""
+    ops = res.get("ops_in_cpu_window") or {}
+    n = sum(v for k, v in ops.items() if k.startswith("ack:player."))
+    procs = {k: v for k, v in (res.get("processes") or {}).items() if v.get("server") and "cpu_s" in v}
+    if not n or not procs:
+        return []
+    lo, hi = res["cpu_window_s"]
+    per = {k: v["cpu_s"] * 1000 / n for k, v in sorted(procs.items())}
+    return [f"CPU per acknowledged player command ({n} in {hi - lo:.1f} s): "
+            + ", ".join(f"{k} {ms:.3f} ms" for k, ms in per.items())
+            + f"; server total {sum(per.values()):.3f} ms"]
+
+
 def main(argv: list[str] | None = None) -> int:
     from simulations import tune_gc
     tune_gc()
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{conv.get('ok')}; setup revision gaps (devices registering together) "
                    f"{conv.get('setup_revision_gaps')}; refusals {w2['refused']}; server CPU mean "
                    f"{rep['resources'].get('server_cpu_pct_mean')} %; report {out}/report.md")]
+    lines += cpu_per_command(rep["resources"])
     print("\n".join(lines))
     return 0 if rep["ok"] else 1
 

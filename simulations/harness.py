@@ -291,6 +291,9 @@ async def run_scenario(name: str, target: Target, params: dict | None = None, *,
         load_s = rec.now()
         resources = await sampler.stop() if sampler else {}     # the load phase's resource use
         sampler = None
+        if resources.get("cpu_window_s"):      # the operations the processes' cpu_s was spent on
+            lo, hi = resources["cpu_window_s"]
+            resources["ops_in_cpu_window"] = {n: sum(1 for t, _ in s if lo <= t <= hi) for n, s in rec.lat.items()}
         prog.close(scen.progress_info())
         prog.note("settling and verifying")
         await scen.settle()

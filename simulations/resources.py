@@ -10,7 +10,9 @@ Which processes are the server's:
 - PostgreSQL and Redis, when the harness knows their pids (its own redis-server; the PostgreSQL
   backends are summed as one "postgres" line).
 The load generator itself ("harness") is sampled too: it shares the machine's cores with the server.
-CPU % is psutil's: 100 = one core fully busy.
+CPU % is psutil's: 100 = one core fully busy. `cpu_s` is the CPU time (user + system) a label's
+processes used between their first and their last sample: divided by the operations of the same
+window it is the CPU per operation, which shared-machine noise moves much less than latency.
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ class ResourceSampler:
         self.server_labels: set[str] = set()
         self._procs: dict[int, psutil.Process] = {}
         self._labels: dict[str, list[int]] = {}
+        self._cpu0: dict[int, float] = {}         # pid -> user + system CPU seconds at its first sample
+        self._cpu_last: dict[int, float] = {}     # pid -> the same at its last sample
+        self._pid_label: dict[int, str] = {}
+        self._t0 = 0.0
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
@@ -175,6 +181,11 @@ class ResourceSampler:
                         # (`shared`: mapped libraries and files, e.g. SQLite's) is page cache
                         anon += mem.rss - getattr(mem, "shared", 0)
                         cpu += p.cpu_percent(None)
+                        ct = p.cpu_times()
+                    used = ct.user + ct.system
+                    self._cpu0.setdefault(pid, used)
+                    self._cpu_last[pid] = used
+                    self._pid_label[pid] = label
                     alive.append(pid)
                 except psutil.Error:
                     self._procs.pop(pid, None)
@@ -184,7 +195,7 @@ class ResourceSampler:
                                      "cpu_pct": round(cpu, 1)})
 
     async def run(self, t0: float | None = None) -> None:
-        t0 = self.clock() if t0 is None else t0
+        t0 = self._t0 = self.clock() if t0 is None else t0
         next_resolve = 0.0
         while not self._stop.is_set():
             now = self.clock()
@@ -212,6 +223,8 @@ class ResourceSampler:
         self._stop.set()
         if self._task is not None:
             await self._task
+            # one last sample at the stop, so cpu_s covers the window up to the end of the load
+            await asyncio.get_running_loop().run_in_executor(None, self.sample, self.clock() - self._t0)
         return self.summary()
 
     def summary(self) -> dict:
@@ -226,8 +239,12 @@ class ResourceSampler:
                             "rss_mb_mean": round(sum(s["rss_mb"] for s in ss) / len(ss), 1),
                             "rss_mb_max": max(s["rss_mb"] for s in ss),
                             "cpu_pct_mean": round(sum(cpu) / len(cpu), 1), "cpu_pct_max": max(cpu),
+                            "cpu_s": round(sum(self._cpu_last[p] - self._cpu0[p] for p, lb in
+                                               self._pid_label.items() if lb == label), 3),
                             "server": label in self.server_labels}
         out = {"interval_s": self.interval_s, "processes": procs, "samples": self.samples}
+        if self.samples:     # the window the cpu_s figures cover (seconds of the load's clock)
+            out["cpu_window_s"] = [self.samples[0]["t"], self.samples[-1]["t"]]
         if self.store_samples:
             out["store_samples"] = self.store_samples
         server = [v for k, v in procs.items() if k in self.server_labels]

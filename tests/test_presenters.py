@@ -49,3 +49,19 @@ def test_recently_played_paging():
     assert out["cursors"] == {"after": "2000", "before": "1001"}
     assert out["next"] == "http://h/v1/me/player/recently-played?before=1001&limit=2"
     assert out["items"][1]["played_at"] == "1970-01-01T00:00:01.001Z" and out["total"] == 9
+
+
+def test_the_clusters_track_is_the_catalogs_track_object_cut_down():
+    """track_meta reads the catalog's records directly: it must say what the catalog's own Spotify
+    track object says, for every track of a catalog, in a market where it plays and one where not."""
+    from catalog import Catalog
+    cat = Catalog.generated(seed=3, tracks=400)
+    for t in cat.tracks:
+        obj = cat.track_object(t)
+        for market in (None, "US", "JP"):
+            assert pr.track_meta(cat, t.uri, market) == {
+                "uri": t.uri, "id": t.id, "name": t.name, "duration_ms": t.duration_ms,
+                "artists": [{"name": a["name"], "uri": a["uri"]} for a in obj["artists"]],
+                "album": {"name": obj["album"]["name"], "uri": obj["album"]["uri"], "images": obj["album"]["images"]},
+                "is_playable": t.playable_in(market)}
+    assert pr.track_meta(cat, "spotify:track:" + "0" * 22)["id"] is None

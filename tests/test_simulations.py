@@ -506,3 +506,26 @@ async def test_a_hosts_sqlite_store_process_counts_as_the_hosts(tmp_path):
         assert await asyncio.to_thread(store_children, "host-0", os.getpid()) == {"host-0-store": store._proc.pid}
     finally:
         await store.close()
+
+
+async def test_the_sampler_counts_the_cpu_seconds_of_its_window():
+    """cpu_s (bench_connect's CPU per command) is the CPU the process used between its first sample
+    and the sample taken at stop: CPU burnt after the first sample is all in it."""
+    import os
+    import time as _time
+
+    from simulations.resources import ResourceSampler
+    s = ResourceSampler(lambda: {"me": os.getpid()}, interval_s=0.05, include_self=False)
+    before = _time.process_time()
+    s.start()
+    deadline = _time.monotonic() + 10
+    while not s.samples:
+        assert _time.monotonic() < deadline, "no first sample"
+        await asyncio.sleep(0.01)
+    t0 = _time.process_time()
+    while _time.process_time() - t0 < 0.3:
+        sum(range(1000))
+    res = await s.stop()
+    cpu_s = res["processes"]["me"]["cpu_s"]
+    assert 0.27 <= cpu_s <= _time.process_time() - before + 0.03     # /proc counts in 10 ms ticks
+    assert res["cpu_window_s"][0] <= res["cpu_window_s"][1]

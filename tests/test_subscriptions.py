@@ -247,3 +247,31 @@ async def test_close_writes_the_frames_of_its_turn_first():
     c.close(4001, "session ended")           # same turn: the frame is not written yet
     await asyncio.wait_for(_until(lambda: ("closed", 4001) in sock.events), 2)
     assert sock.events == ["bye", ("closed", 4001)]
+
+
+async def test_a_personal_copy_is_the_shared_payload_with_its_keys_added_in_either_encoding():
+    """The active device's copy (gateway/streams.py adds `stream`) is written into the shared JSON
+    frame: it must be the very frame of the whole payload encoded, and the others get the shared one."""
+    import msgpack
+    import orjson
+    hub, d = Hub("gw"), FakeDispatcher()
+    extra = {"stream": {"tracks": [{"uri": "spotify:track:é", "urls": {"96": "/s?x=1&y=ü"}}], "expires_at": 9}}
+    subs = Subscriptions("gw", hub, d, personal={
+        "player.changed": lambda c, p: extra if c.principal.user_id == "alice" and p.get("active") else None})
+    a, b, m = conn(hub, "alice"), conn(hub, "bob"), conn(hub, "alice")
+    m.encoding = codec.MSGPACK
+    for c in (a, b, m):
+        subs.subscribe(c, "devicegroup:g")
+    for cmd, cb in d.take("subscribe"):
+        cb(Reply(1, {}))
+    payload = {"active": True, "devices": [{"id": "d1", "name": "Küche"}], "n": None}
+    subs.route(Push("devicegroup:g", 2, "player.changed", payload, fresh=True, prev=1))
+    await asyncio.wait_for(_until(lambda: a.frames and b.frames and m.frames), 2)
+    whole = {"type": "player.changed", "entity": "devicegroup:g", "version": 2, "payload": {**payload, **extra}}
+    assert a.frames[-1] == orjson.dumps(whole).decode()
+    assert m.frames[-1] == msgpack.packb(whole, use_bin_type=True)
+    assert b.frames[-1] == orjson.dumps({**whole, "payload": payload}).decode()
+    # a key the payload has already is not added twice: the whole payload is encoded (extra's value wins)
+    subs.route(Push("devicegroup:g", 3, "player.changed", {**payload, "stream": 1}, fresh=True, prev=2))
+    await asyncio.wait_for(_until(lambda: len(a.frames) == 2), 2)
+    assert orjson.loads(a.frames[-1])["payload"] == {**payload, **extra}
