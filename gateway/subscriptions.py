@@ -310,9 +310,9 @@ class Subscriptions:
                     reply = Reply(reply.version, self.states[kind](reply.payload))
                 own = self.personal_states.get(kind)
                 if own is not None and conn.on_resync is None:
-                    mine = own(conn, reply.payload)
+                    mine = own(conn, reply.payload)     # the keys this connection's copy adds
                     if mine is not None:
-                        reply = Reply(reply.version, mine)
+                        reply = Reply(reply.version, {**reply.payload, **mine})
                 self._resyncing.discard((conn.id, key))
                 self._wm[conn][key] = max(reply.version, self._wm[conn].get(key, 0))
                 self._answered.setdefault(conn, {})[key] = self._wm[conn][key]

@@ -302,9 +302,9 @@ class WsSession:
                     conn.registered_device = device_id
                     # the active device's answer carries its stream manifest, as its pushes do
                     shown = present(reply.payload) if present is not None else reply.payload
-                    own = ctx.streams.personal(conn, shown)
+                    own = ctx.streams.personal(conn, shown)      # the keys its copy adds
                     if own is not None:
-                        as_is(Reply(reply.version, own))
+                        as_is(Reply(reply.version, {**shown, **own}))
                         return
                 answer(reply)
 
