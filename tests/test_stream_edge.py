@@ -164,6 +164,8 @@ async def test_the_active_devices_register_and_resync_answers_carry_the_manifest
         q = parse_qs(urlsplit(ans["stream"]["tracks"][0]["urls"]["320"]).query)
         assert q["u"] == [unique] and q["d"] == ["d0"]
         assert set(ans["stream"]) == set(push["stream"])                 # the shape of the pushes'
+        # ...added to the group's state, not in place of it
+        assert ans["active_device_id"] == "d0" and ans["revision"] >= push["revision"]
         # another device's answer has none
         other = await Device(http, server.url, mint(unique, device_id="d1"), "d1", name="D1", type="computer").connect()
         assert "stream" not in await other.register()
@@ -177,6 +179,7 @@ async def test_the_active_devices_register_and_resync_answers_carry_the_manifest
             assert time.monotonic() < deadline, "the resyncs did not arrive"
             await asyncio.sleep(0.02)
         assert [t["uri"] for t in again.resyncs[-1]["stream"]["tracks"]] == [turi(0), turi(2), turi(3)]
+        assert again.resyncs[-1]["revision"] == other.resyncs[-1]["revision"] >= ans["revision"]
         assert "stream" not in other.resyncs[-1]
     finally:
         for d in devs + [x for x in (again, other) if x is not None]:
