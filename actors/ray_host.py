@@ -98,6 +98,7 @@ class HostActor:
         setup_logging(spec.get("log_level", "INFO"), f"host-{index}")
         restore_priority()
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
+        self._collector = None          # (schedule, task) once started (actors/collector.py)
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None
         self._peers: dict[int, asyncio.Future] = {}
@@ -144,6 +145,8 @@ class HostActor:
         _join_membership(host, self.cluster, self.index, spec)
         await host.start()
         freeze_startup()
+        from actors import collector
+        self._collector = collector.start(f"host-{self.index}")     # cyclic garbage freed on a clock
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"host-{self.index}")      # opt-in (SYNCOPATE_TRACEMALLOC)
         self.host = host
@@ -199,6 +202,8 @@ class HostActor:
 
     async def shutdown(self) -> None:
         """Clean stop: snapshot every entity (passivate) so the next start activates fast."""
+        if self._collector is not None:
+            self._collector[1].cancel()
         if self.host is not None:
             await self.host.close(passivate=True)
             await self.host.store.close()

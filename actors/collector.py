@@ -1,0 +1,100 @@
+"""When a gateway or host process collects its cyclic garbage: a full collection on a clock.
+
+The processes raise the collector's thresholds (restore_priority in actors/ray_host.py: a young
+collection every 50,000 net new objects instead of 700) and freeze what they loaded at start, so a
+collection is rare and walks only what changed. The cost of that: in a steady state hardly any
+objects are *net* new (most die young), so the count-based schedule nearly stops. Measured in a
+200-user `simulate mixed` (SYNCOPATE_MEMSTATS gc_collections): a host's young generation was
+collected about once a minute, the middle one every ~20 minutes and a full collection was due after
+~2,000 young ones, more than a day. Objects in reference cycles that had lived through one
+collection (tasks and futures with their exception and traceback, closures, entity state replaced)
+then waited that long to be freed: pymalloc's bytes in use grew +25–34 MB/h a host and RSS with
+them, while tracemalloc saw only a few MB alive after a `gc.collect()` (docs/performance.md, "Soak").
+
+So a full collection also runs on a clock: every EVERY_S seconds, and never more than MAX_SHARE of
+the time (a collection that took d seconds puts the next one at least d / MAX_SHARE later: a
+process holding millions of objects collects less often instead of pausing more). Garbage is then
+freed within a minute or so, whatever the allocation pattern; the count-based collections go on as
+before.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Callable
+
+log = logging.getLogger("syncopate.collector")
+
+EVERY_S = 60.0
+MAX_SHARE = 0.01           # at most 1 % of the process's time in these collections
+ENV = "SYNCOPATE_GC_EVERY_S"   # the period in the process's environment; 0 turns the clock off
+
+
+class CollectSchedule:
+    """Due every `every_s`; after a collection of d seconds, not again before d / max_share."""
+
+    def __init__(self, every_s: float = EVERY_S, max_share: float = MAX_SHARE, *,
+                 clock: Callable[[], float] = time.monotonic, collect: Callable[[], int] = gc.collect) -> None:
+        if every_s <= 0 or not 0 < max_share <= 1:
+            raise ValueError("every_s must be positive and max_share in (0, 1]")
+        self.every_s, self.max_share = every_s, max_share
+        self._clock, self._collect = clock, collect
+        self.next_at = clock() + every_s
+        self.collections = 0
+        self.freed = 0                 # unreachable objects found, in total
+        self.last_s = 0.0              # how long the last one took
+        self.total_s = 0.0
+
+    def delay(self) -> float:
+        """Seconds until the next collection is due (0: due now)."""
+        return max(0.0, self.next_at - self._clock())
+
+    def step(self) -> bool:
+        """Collect if due; True if it did."""
+        start = self._clock()
+        if start < self.next_at:
+            return False
+        self.freed += self._collect()
+        end = self._clock()
+        self.last_s = end - start
+        self.total_s += self.last_s
+        self.collections += 1
+        self.next_at = end + max(self.every_s, self.last_s / self.max_share)
+        return True
+
+    def stats(self) -> dict:
+        return {"gc_scheduled": self.collections, "gc_scheduled_freed": self.freed,
+                "gc_scheduled_last_ms": round(self.last_s * 1000, 1), "gc_scheduled_total_s": round(self.total_s, 3)}
+
+
+def from_env(environ: dict | None = None) -> CollectSchedule | None:
+    """The schedule SYNCOPATE_GC_EVERY_S asks for (default EVERY_S); None when it is 0."""
+    import os
+    raw = (os.environ if environ is None else environ).get(ENV, "").strip()
+    every = float(raw) if raw else EVERY_S
+    if every < 0:
+        raise ValueError(f"{ENV} must be 0 (off) or a period in seconds, not {raw!r}")
+    return CollectSchedule(every) if every > 0 else None
+
+
+def start(label: str) -> "tuple[CollectSchedule, asyncio.Task] | None":
+    """Start the process's collector task on the running loop (None: turned off)."""
+    schedule = from_env()
+    if schedule is None:
+        log.warning("%s: scheduled full collections are off (%s=0)", label, ENV)
+        return None
+    return schedule, asyncio.get_running_loop().create_task(run(schedule), name=f"{label}-collector")
+
+
+async def run(schedule: CollectSchedule) -> None:
+    """The process's collector task (started by the Ray adapters once the process is ready). It runs
+    on the event loop's thread: a collection is one synchronous pause, never concurrent with a
+    handler."""
+    while True:
+        await asyncio.sleep(schedule.delay())      # the schedule itself: nothing to wait on
+        schedule.step()
+        if schedule.last_s > 0.1:
+            log.warning("a scheduled full collection took %.0f ms (next in %.0f s)",
+                        schedule.last_s * 1000, schedule.delay())
