@@ -7,12 +7,11 @@ objects are *net* new (most die young), so the count-based schedule nearly stops
 200-user `simulate mixed` (SYNCOPATE_MEMSTATS gc_collections): a host's young generation was
 collected about once a minute, the middle one every ~20 minutes and a full collection was due after
 ~2,000 young ones, more than a day. Objects in reference cycles that had lived through one
-collection (tasks and futures with their exception and traceback, closures, entity state replaced)
-then waited that long to be freed: pymalloc's bytes in use grew +25–34 MB/h a host and RSS with
+collection then waited that long to be freed: pymalloc's bytes in use grew +25–34 MB/h a host and RSS with
 them, while tracemalloc saw only a few MB alive after a `gc.collect()` (docs/performance.md, "Soak").
 
 So a full collection also runs on a clock: every EVERY_S seconds, and never more than MAX_SHARE of
-the time (a collection that took d seconds puts the next one at least d / MAX_SHARE later: a
+the CPU time (a collection that took d seconds puts the next one at least d / MAX_SHARE later: a
 process holding millions of objects collects less often instead of pausing more). Garbage is then
 freed within a minute or so, whatever the allocation pattern; the count-based collections go on as
 before.
@@ -33,18 +32,21 @@ ENV = "SYNCOPATE_GC_EVERY_S"   # the period in the process's environment; 0 turn
 
 
 class CollectSchedule:
-    """Due every `every_s`; after a collection of d seconds, not again before d / max_share."""
+    """Due every `every_s`; after a collection of d CPU seconds, not again before d / max_share."""
 
     def __init__(self, every_s: float = EVERY_S, max_share: float = MAX_SHARE, *,
-                 clock: Callable[[], float] = time.monotonic, collect: Callable[[], int] = gc.collect) -> None:
+                 clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.thread_time,
+                 collect: Callable[[], int] = gc.collect) -> None:
         if every_s <= 0 or not 0 < max_share <= 1:
             raise ValueError("every_s must be positive and max_share in (0, 1]")
         self.every_s, self.max_share = every_s, max_share
-        self._clock, self._collect = clock, collect
+        # the budget is CPU time (this thread's): on shared, busy cores the wall-clock length of a
+        # collection is mostly time spent waiting for a core (measured: 10-40x under a load of 70)
+        self._clock, self._cpu, self._collect = clock, cpu, collect
         self.next_at = clock() + every_s
         self.collections = 0
         self.freed = 0                 # unreachable objects found, in total
-        self.last_s = 0.0              # how long the last one took
+        self.last_s = 0.0              # CPU seconds the last one took
         self.total_s = 0.0
 
     def delay(self) -> float:
@@ -53,15 +55,14 @@ class CollectSchedule:
 
     def step(self) -> bool:
         """Collect if due; True if it did."""
-        start = self._clock()
-        if start < self.next_at:
+        if self._clock() < self.next_at:
             return False
+        cpu0 = self._cpu()
         self.freed += self._collect()
-        end = self._clock()
-        self.last_s = end - start
+        self.last_s = self._cpu() - cpu0
         self.total_s += self.last_s
         self.collections += 1
-        self.next_at = end + max(self.every_s, self.last_s / self.max_share)
+        self.next_at = self._clock() + max(self.every_s, self.last_s / self.max_share)
         return True
 
     def stats(self) -> dict:
@@ -95,6 +96,6 @@ async def run(schedule: CollectSchedule) -> None:
     while True:
         await asyncio.sleep(schedule.delay())      # the schedule itself: nothing to wait on
         schedule.step()
-        if schedule.last_s > 0.1:
-            log.warning("a scheduled full collection took %.0f ms (next in %.0f s)",
+        if schedule.last_s > 0.05:
+            log.warning("a scheduled full collection took %.0f ms of CPU (next in %.0f s)",
                         schedule.last_s * 1000, schedule.delay())

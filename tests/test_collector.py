@@ -62,13 +62,14 @@ def test_cyclic_garbage_waits_for_the_period_then_is_freed(no_automatic_gc):
 
 
 def test_a_slow_collection_puts_the_next_one_further_off():
-    clock = _Clock()
+    clock, cpu = _Clock(), _Clock()
 
     def slow_collect() -> int:
-        clock.t += 3.0               # a collection of 3 s: at most 1 % of the time -> 300 s apart
+        clock.t += 30.0              # waiting for a core: not what the budget counts
+        cpu.t += 3.0                 # 3 s of CPU: at most 1 % of the time -> 300 s apart
         return 0
 
-    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, collect=slow_collect)
+    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, cpu=cpu, collect=slow_collect)
     clock.t += 60.0
     assert s.step() is True
     assert s.last_s == 3.0
