@@ -256,6 +256,20 @@ def pymalloc() -> dict:
     return out
 
 
+def sqlite_mb() -> float | None:
+    """SQLite's own heap in use, all connections of this process (sqlite3_memory_used: page caches,
+    statements, the WAL index's copy): a part of glibc's bytes in use that Python does not see."""
+    import sys
+    if "sqlite3" not in sys.modules:
+        return None
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")      # the library _sqlite3 is linked to: already loaded
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return round(lib.sqlite3_memory_used() / 2**20, 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _smaps() -> dict:
     """Resident anonymous MB by region: the brk heap, anonymous mappings, and file-backed."""
     out = {"heap": 0.0, "anon_maps": 0.0, "file": 0.0}
@@ -279,7 +293,7 @@ def stats_line(label: str, t0: float) -> dict:
     return {"label": label, "pid": os.getpid(), "t": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
             **{f"smaps_{k}": v for k, v in _smaps().items()}, **{f"malloc_{k}": v for k, v in mallinfo().items()},
             **{f"pymalloc_{k}": v for k, v in pymalloc().items()}, "py_blocks": sys.getallocatedblocks(),
-            "malloc_arenas": malloc_arenas(), "malloc_arena_max_env": os.environ.get("MALLOC_ARENA_MAX"),
+            "sqlite_mb": sqlite_mb(), "malloc_arenas": malloc_arenas(), "malloc_arena_max_env": os.environ.get("MALLOC_ARENA_MAX"),
             # collections per generation so far: a full (generation 2) one is what frees old cyclic garbage
             "gc_collections": [g["collections"] for g in gc.get_stats()],
             "gc_counts": list(gc.get_count()),
@@ -372,8 +386,8 @@ def compare(earlier: str, later: str, top: int = 25, frames: int = FRAMES) -> li
     return out
 
 
-FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "pymalloc_allocated_blocks_mb",
-          "py_blocks")
+FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "sqlite_mb",
+          "pymalloc_allocated_blocks_mb", "py_blocks")
 
 
 def slopes(stats_dir: str, warmup_s: float = 300.0) -> list[str]:
