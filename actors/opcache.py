@@ -24,6 +24,7 @@ OP_REPLY_MAX_BYTES = 4096
 OP_REPLY_BUDGET_BYTES = 64 << 10
 
 Row = tuple[int, "bytes | None"]        # (version, packed reply or None)
+_NO_ROW: Row = (0, None)
 
 
 class OpCache:
@@ -73,6 +74,13 @@ class OpCache:
             self.at.pop(k, None)
             if gone is not None:
                 self.bytes -= len(gone)
+        wr = self._with_reply
+        while wr and (entries.get(wr[0]) or _NO_ROW)[1] is None:
+            # keys whose row lapsed (or lost its reply) are at the front (time order too): drop them
+            # with the row. Kept until the rebuild below, they held up to 2 x OPS_REMEMBERED keys (a
+            # tuple and the op id string, ~120 bytes each) per entity long after the window: ~13 MB/h
+            # a host in the 200-user soak until full (docs/performance.md, "Soak").
+            wr.popleft()
         while self.bytes > OP_REPLY_BUDGET_BYTES and self._with_reply:
             k = self._with_reply.popleft()
             row = entries.get(k)

@@ -99,6 +99,7 @@ class HostActor:
         setup_logging(spec.get("log_level", "INFO"), f"host-{index}")
         restore_priority()
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
+        self._collector = None          # (schedule, task) once started (actors/collector.py)
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None
         self._stopping = False
@@ -183,6 +184,8 @@ class HostActor:
         opened.append(lambda: host.close(passivate=False))
         await host.start()                       # with a membership: the lease, and the slot in the view
         freeze_startup()
+        from actors import collector
+        self._collector = collector.start(f"host-{self.index}")     # cyclic garbage freed on a clock
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"host-{self.index}")      # opt-in (SYNCOPATE_TRACEMALLOC)
         self.host = host
@@ -243,6 +246,8 @@ class HostActor:
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         self._boot.cancel()
+        if self._collector is not None:
+            self._collector[1].cancel()
         if self.host is not None:
             await self.host.close(passivate=True)
             await self.host.store.close()

@@ -38,6 +38,7 @@ class GatewayActor:
         restore_priority()
         self.cluster, self.gateway_id, self.n_hosts = cluster, gateway_id, n_hosts
         self.spec, self.listen = spec, listen
+        self._collector = None          # (schedule, task) once started (actors/collector.py)
         self.server: GatewayServer | None = None
         self._host_requests: list[dict] = []
         self._starting: asyncio.Future | None = None
@@ -83,6 +84,8 @@ class GatewayActor:
         self.server.info = node_info()               # /healthz says which node this gateway is on
         await self.server.transport.start()          # a stream to every host before the first client
         freeze_startup()
+        from actors import collector
+        self._collector = collector.start(f"gateway-{self.gateway_id}")   # cyclic garbage freed on a clock
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"gateway-{self.gateway_id}")   # opt-in (SYNCOPATE_TRACEMALLOC)
         return await self.server.start(listen_host(self.listen.get("host", "127.0.0.1")), self.listen.get("port", 0),
@@ -120,6 +123,8 @@ class GatewayActor:
         return out
 
     async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector[1].cancel()
         if self.server is not None:
             await self.server.stop()
             await self.events.close()

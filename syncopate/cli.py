@@ -26,7 +26,11 @@ def _serve(args) -> int:
                       channel_secret_file=args.channel_secret_file, channel_bind=args.channel_bind,
                       stream_secret_file=args.stream_secret_file,
                       idle_timeout_s=args.idle_timeout, log_level=args.log_level, prefix=args.table_prefix,
-                      shared_data_dir=args.shared_data_dir)
+                      shared_data_dir=args.shared_data_dir,
+                      **({} if args.malloc_arena_max is None else {"malloc_arena_max": args.malloc_arena_max}))
+    if spec.malloc_arena_max < 0:
+        print("--malloc-arena-max must be 0 (glibc's default) or a count of arenas", file=sys.stderr)
+        return 2
     if args.redis_url and not args.postgres_dsn:
         print("--redis-url needs --postgres-dsn: Redis is the warm tier over PostgreSQL, not a durable store",
               file=sys.stderr)
@@ -277,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="address the hosts' channel listens on (default: 127.0.0.1; with --ray-address, "
                         "'node': the IP Ray reports for each host's node)")
     s.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle entity is passivated")
+    s.add_argument("--malloc-arena-max", type=int, default=None, metavar="N",
+                   help="glibc malloc arenas per gateway/host process (default 2, or $SYNCOPATE_MALLOC_ARENA_MAX; "
+                        "0: glibc's default; see syncopate/process_env.py)")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(fn=_serve)
 

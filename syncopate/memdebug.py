@@ -4,7 +4,8 @@
 
 With SYNCOPATE_TRACEMALLOC set (to a directory; "1" means the current one), every gateway and host
 process starts tracemalloc when it is ready and, at each of the given times (seconds after its start),
-writes DIR/<label>-<pid>-<n>.txt with:
+writes DIR/<label>-<pid>-<n>.txt (SYNCOPATE_TRACEMALLOC_ONLY=host: only the processes whose label starts
+so, e.g. the hosts without slowing the gateway) with:
 - RSS, the bytes tracemalloc sees, what a full collection found (RSS before/after it and after
   glibc's malloc_trim: RSS that trimming gives back is freed memory the allocator held, not live data);
 - the object counts by type, and their change since the previous probe;
@@ -43,6 +44,7 @@ ENV_DIR = "SYNCOPATE_TRACEMALLOC"
 ENV_AT = "SYNCOPATE_TRACEMALLOC_AT"
 ENV_STATS = "SYNCOPATE_MEMSTATS"            # DIR: allocator figures every minute, no tracing
 ENV_REFS = "SYNCOPATE_TRACEMALLOC_REFS"      # type names whose holders each probe describes
+ENV_ONLY = "SYNCOPATE_TRACEMALLOC_ONLY"      # label prefix (e.g. "host"): trace only those processes
 FRAMES = 12
 
 
@@ -113,6 +115,21 @@ def holders(type_name: str, samples: int = 4, depth: int = 6) -> list[str]:
     return out
 
 
+def _garbage_samples(garbage: list, per_type: int = 2, kinds: int = 12) -> list[str]:
+    """A few described instances of the commonest non-container types in a collection's garbage:
+    functions, frames and objects say where a cycle was made."""
+    plain = (tuple, list, dict, set, types.CellType)
+    by: dict[str, list] = {}
+    for o in garbage:
+        if not isinstance(o, plain):
+            by.setdefault(type(o).__qualname__, []).append(o)
+    out = []
+    for name, objs in sorted(by.items(), key=lambda kv: -len(kv[1]))[:kinds]:
+        for o in objs[:per_type]:
+            out.append(f"  {name}: {_describe(o)} {repr(o)[:120]}")
+    return out
+
+
 class Probe:
     def __init__(self, label: str, out_dir: Path, at_s: list[float]) -> None:
         self.label, self.out_dir, self.at_s = label, out_dir, sorted(at_s)
@@ -122,7 +139,18 @@ class Probe:
     def probe(self) -> Path:
         rss0 = _rss_mb()
         traced0 = tracemalloc.get_traced_memory()[0]
-        found = gc.collect()
+        # what the collection finds, by type: unreachable objects kept in gc.garbage for a moment
+        # (DEBUG_SAVEALL), counted, then let go (the next collection frees them)
+        flags = gc.get_debug()
+        gc.set_debug(flags | gc.DEBUG_SAVEALL)
+        try:
+            found = gc.collect()
+            garbage = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            samples = _garbage_samples(gc.garbage)
+        finally:
+            gc.garbage.clear()
+            gc.set_debug(flags)
+        gc.collect()
         rss1 = _rss_mb()
         trimmed = _malloc_trim()
         rss2 = _rss_mb()
@@ -135,6 +163,9 @@ class Probe:
                  f"gc found {found} unreachable; gc.garbage {len(gc.garbage)}; frozen {gc.get_freeze_count()}",
                  f"untraced (rss - traced) mb {rss2 - traced1 / 2**20:.1f}", "", "## object counts (top 40)"]
         lines += [f"{n:10d}  {t}" for t, n in types.most_common(40)]
+        lines += ["", "## unreachable objects the collection found, by type (top 25): cyclic garbage that",
+                  "## waited for a collection", *[f"{n:10d}  {t}" for t, n in garbage.most_common(25)],
+                  "", "## some of them", *samples]
         if self.prev_types is not None:
             lines += ["", "## object count change since the previous probe (top 40)"]
             diff = types.copy()
@@ -183,23 +214,37 @@ def mallinfo() -> dict:
     return {k: round(getattr(m, k) / 2**20, 2) for k in ("arena", "hblkhd", "uordblks", "fordblks")}
 
 
-def pymalloc() -> dict:
-    """Python's own allocator: arenas held and bytes in allocated blocks (sys._debugmallocstats, which
-    writes to the C stderr: captured through a temporary file)."""
-    import re
-    import sys
+def _c_stderr(fn) -> str:
+    """What `fn()` writes to the C stderr (fd 2), captured through a temporary file."""
     import tempfile
     with tempfile.TemporaryFile("w+") as f:
         sys.stderr.flush()
         saved = os.dup(2)
         try:
             os.dup2(f.fileno(), 2)
-            sys._debugmallocstats()
+            fn()
         finally:
             os.dup2(saved, 2)
             os.close(saved)
         f.seek(0)
-        text = f.read()
+        return f.read()
+
+
+def malloc_arenas() -> int | None:
+    """How many glibc arenas this process has (malloc_stats() prints one "Arena N:" block each):
+    MALLOC_ARENA_MAX caps it (syncopate/process_env.py)."""
+    try:
+        fn = _libc().malloc_stats
+    except (OSError, AttributeError):
+        return None
+    return _c_stderr(fn).count("Arena ")
+
+
+def pymalloc() -> dict:
+    """Python's own allocator: arenas held and bytes in allocated blocks (sys._debugmallocstats, which
+    writes to the C stderr)."""
+    import re
+    text = _c_stderr(sys._debugmallocstats)
     out = {}
     for key, pat in (("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
                      ("allocated_blocks_mb", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
@@ -209,6 +254,20 @@ def pymalloc() -> dict:
             v = int(m.group(1).replace(",", ""))
             out[key] = v if key == "arenas" else round(v / 2**20, 2)
     return out
+
+
+def sqlite_mb() -> float | None:
+    """SQLite's own heap in use, all connections of this process (sqlite3_memory_used: page caches,
+    statements, the WAL index's copy): a part of glibc's bytes in use that Python does not see."""
+    import sys
+    if "sqlite3" not in sys.modules:
+        return None
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")      # the library _sqlite3 is linked to: already loaded
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return round(lib.sqlite3_memory_used() / 2**20, 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _smaps() -> dict:
@@ -234,6 +293,10 @@ def stats_line(label: str, t0: float) -> dict:
     return {"label": label, "pid": os.getpid(), "t": round(time.monotonic() - t0, 1), "rss_mb": round(_rss_mb(), 1),
             **{f"smaps_{k}": v for k, v in _smaps().items()}, **{f"malloc_{k}": v for k, v in mallinfo().items()},
             **{f"pymalloc_{k}": v for k, v in pymalloc().items()}, "py_blocks": sys.getallocatedblocks(),
+            "sqlite_mb": sqlite_mb(), "malloc_arenas": malloc_arenas(), "malloc_arena_max_env": os.environ.get("MALLOC_ARENA_MAX"),
+            # collections per generation so far: a full (generation 2) one is what frees old cyclic garbage
+            "gc_collections": [g["collections"] for g in gc.get_stats()],
+            "gc_counts": list(gc.get_count()),
             "threads": threading.active_count()}
 
 
@@ -300,7 +363,7 @@ def maybe_start(label: str) -> threading.Thread | None:
         threading.Thread(target=_stats_loop, args=(label, Path(stats_dir) / f"{label}-{os.getpid()}.jsonl", every),
                          name="memory-stats", daemon=True).start()
     where = os.environ.get(ENV_DIR)
-    if not where:
+    if not where or not label.startswith(os.environ.get(ENV_ONLY, "")):
         return None
     at = [float(x) for x in os.environ.get(ENV_AT, "300,600,900").split(",") if x.strip()]
     tracemalloc.start(FRAMES)
@@ -323,8 +386,8 @@ def compare(earlier: str, later: str, top: int = 25, frames: int = FRAMES) -> li
     return out
 
 
-FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "pymalloc_allocated_blocks_mb",
-          "py_blocks")
+FIELDS = ("rss_mb", "smaps_anon_maps", "malloc_uordblks", "malloc_fordblks", "sqlite_mb",
+          "pymalloc_allocated_blocks_mb", "py_blocks")
 
 
 def slopes(stats_dir: str, warmup_s: float = 300.0) -> list[str]:

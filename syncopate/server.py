@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncopate.process_env import actor_options, arena_max_default
+
 log = logging.getLogger("syncopate.server")
 
 
@@ -39,6 +41,8 @@ class ServerSpec:
     gateway: dict = field(default_factory=dict)     # GatewayConfig overrides
     limits: dict = field(default_factory=dict)
     kinds: str = "actors.kinds:default_kinds"       # "module:function" returning {kind: Entity class}
+    # glibc malloc arenas of each gateway/host/events process (syncopate/process_env.py); 0: glibc's default
+    malloc_arena_max: int = field(default_factory=arena_max_default)
 
     def actor_spec(self, secret_file: str | None = None, channel_secret_file: str | None = None,
                    stream_secret_file: str | None = None) -> dict:
@@ -131,13 +135,14 @@ class RayServer:
             aspec["shared_dir_token"] = write_marker(spec.data_dir, self.cluster)
         strategies = self._host_strategies(timeout)
         self.hosts = {i: HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0,
-                                           num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000)
+                                           num_cpus=0, scheduling_strategy=strategies[i], max_concurrency=10_000,
+                                           **self._env())
                       .remote(self.cluster, i, spec.hosts, aspec) for i in range(spec.hosts)}
         self._next_slot = spec.hosts
         ray.get([h.ready.remote() for h in self.hosts.values()], timeout=timeout)
         from syncopate.events.service import EventsActor
         self.events = EventsActor.options(name=f"{self.cluster}-events", max_restarts=-1, max_task_retries=0,
-                                          num_cpus=0).remote(aspec)
+                                          num_cpus=0, **self._env()).remote(aspec)
         ray.get(self.events.ready.remote(), timeout=timeout)
         if spec.gateways == "per-node":
             self._start_node_gateways(aspec, timeout)
@@ -149,10 +154,15 @@ class RayServer:
             if spec.port == 0 and spec.gateways > 1:
                 lst["reuse_port"] = False       # port 0: each gateway gets its own port
             self.gateways.append(GatewayActor.options(name=gateway_name(self.cluster, gid), max_restarts=-1,
-                                                      max_task_retries=0, num_cpus=0, max_concurrency=10_000)
+                                                      max_task_retries=0, num_cpus=0, max_concurrency=10_000,
+                                                      **self._env())
                                  .remote(self.cluster, gid, spec.hosts, aspec, lst))
         self.ports = ray.get([g.ensure_started.remote() for g in self.gateways], timeout=timeout)
         return self
+
+    def _env(self) -> dict:
+        """Ray options every server actor is created with: its memory settings (syncopate/process_env.py)."""
+        return actor_options(self.spec.malloc_arena_max)
 
     # -- placement on a cluster (syncopate/cluster_placement.py) -----------------------------------
     def _host_strategies(self, timeout: float) -> list:
@@ -176,6 +186,7 @@ class RayServer:
             return GatewayActor.options(
                 name=gateway_name(self.cluster, gid), max_restarts=-1, max_task_retries=0, num_cpus=0,
                 max_concurrency=10_000, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                **self._env(),
             ).remote(self.cluster, gid, spec.hosts, aspec, dict(listen))
 
         self.node_gateways = NodeGateways(make, spec.host, self.announce)
@@ -257,7 +268,7 @@ class RayServer:
         first = self._next_slot
         strategy = "SPREAD" if self.spec.ray_address else "DEFAULT"
         new = [HostActor.options(name=host_name(self.cluster, i), max_restarts=-1, max_task_retries=0, num_cpus=0,
-                                 scheduling_strategy=strategy, max_concurrency=10_000)
+                                 scheduling_strategy=strategy, max_concurrency=10_000, **self._env())
                .remote(self.cluster, i, self.spec.hosts, self.aspec) for i in range(first, first + n)]
         ray.get([h.ready.remote() for h in new], timeout=timeout)
         self.hosts.update(zip(range(first, first + n), new))

@@ -63,3 +63,39 @@ def test_slopes_of_a_stats_directory(tmp_path):
     line = next(x for x in table if x.startswith("| host-0-7 "))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == "300-1740" and cells[2] == "+36.0" and cells[3] == "+0.0" and cells[5] == "+12.0"
+
+
+class _Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_probe_names_the_cyclic_garbage_its_collection_frees(tmp_path):
+    import gc
+    gc.disable()                   # the cycles below must still be there when the probe collects
+    tracemalloc.start(4)
+    try:
+        for _ in range(500):
+            _Cyclic()
+        text = Probe("test", tmp_path, []).probe().read_text()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    garbage = text.split("## unreachable objects the collection found")[1].split("## some of them")[0]
+    assert any(line.split() == ["500", "_Cyclic"] for line in garbage.splitlines())
+    assert "_Cyclic: _Cyclic" in text.split("## some of them")[1]
+    assert not gc.garbage                                   # let go after counting
+
+
+def test_stats_lines_count_arenas_collections_and_sqlite(tmp_path):
+    import sqlite3
+    import time
+    from syncopate.memdebug import stats_line
+    db = sqlite3.connect(str(tmp_path / "x.db"))
+    db.execute("create table t(x)")
+    db.executemany("insert into t values (?)", [(b"x" * 1000,) for _ in range(2000)])
+    line = stats_line("test", time.monotonic())
+    assert line["malloc_arenas"] >= 1
+    assert len(line["gc_collections"]) == 3 and len(line["gc_counts"]) == 3
+    assert line["sqlite_mb"] > 0.5                          # its page cache, in glibc, unseen by Python
+    db.close()

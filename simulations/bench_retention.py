@@ -1,0 +1,112 @@
+"""What each op type leaves alive in a host, per op: the data windows and anything else that stays.
+
+    .venv/bin/python -m simulations.bench_retention [--ops 2000] [--only player.next,device.progress]
+
+One EntityHost in process over the in-memory store (the scale model's set-up, simulations/scale_model.py:
+100 users with sessions and two-device device groups, 10 playlists), on a clock of its own that moves
+1 s per 100 ops, as the 200-user soak's hosts see them. Per op type: a warm-up round of `ops` ops (with
+op ids, as a gateway sends them), the clock moved past the op cache's window and one write to every
+entity (rows older than the window lapse on the entity's next write), a full collection and a
+tracemalloc snapshot; the same again; the difference divided by `ops` is what one op leaves alive.
+The in-memory store's log (`memory.py` and the packed entry from `slot.py` it keeps) is printed but
+is not host memory in a server (the log is in SQLite or PostgreSQL there): `host B/op` leaves it out.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import time
+import tracemalloc
+import types
+import uuid
+
+STORE_FRAMES = ("storage/memory.py", "actors/slot.py")      # the store's copy of the log, in process only
+
+
+def _store_only(tb) -> bool:
+    # the packed log entry (slot.pack via host._handle's `entry = pack(body)`) and the store's list
+    files = [f.filename for f in tb]
+    return any(f.endswith("storage/memory.py") for f in files) or (
+        files[-1].endswith("actors/slot.py") and any(f.endswith("actors/host.py") for f in files))
+
+
+async def run(a) -> None:
+    from actors.entity import Command, Principal
+    from simulations.scale_model import Model
+    m = Model(types.SimpleNamespace(users=100, devices_per_user=2, playlists=10, tracks_per_playlist=20,
+                                    liked=20, ops=a.ops, seed=1))
+    await m.setup()
+    await m.populate()
+    clock = [time.time()]
+    m.host.clock = lambda: clock[0]
+    rng = random.Random(2)
+    users = [m.user(i) for i in range(100)]
+    owner_of = {pid: m.user(j % 100) for j, pid in enumerate(m.pids)}
+    P = Principal
+
+    def oid() -> str:
+        return uuid.uuid4().hex[:12]
+
+    gens = {
+        "player.next": lambda i, u: Command("devicegroup", u, "next", {}, P(u), op_id=oid()),
+        "player.seek": lambda i, u: Command("devicegroup", u, "seek", {"position_ms": 1000 + i % 60000}, P(u), op_id=oid()),
+        "player.volume": lambda i, u: Command("devicegroup", u, "volume", {"volume_percent": 10 + i % 90}, P(u), op_id=oid()),
+        "player.play(context)": lambda i, u: Command("devicegroup", u, "play", {"context_uri": m.albums[i % len(m.albums)]},
+                                                     P(u), op_id=oid()),
+        "device.heartbeat": lambda i, u: Command("devicegroup", u, "heartbeat", {"device_id": "dev0"}, P(u), op_id=oid()),
+        "device.progress": lambda i, u: Command("devicegroup", u, "progress", {
+            "event_id": uuid.uuid4().hex, "device_id": "dev0", "uri": m.tracks[i % len(m.tracks)], "ms_played": 31_000},
+            P(u), op_id=oid()),
+        "player.state": lambda i, u: Command("devicegroup", u, "state", {}, P(u)),
+        "library.contains(20)": lambda i, u: Command("session", u, "library_contains",
+                                                     {"uris": m.tracks[i % 5000:i % 5000 + 20]}, P(u)),
+        "playlist.items": lambda i, u: Command("playlist", m.pids[i % len(m.pids)], "items", {"limit": 100},
+                                               P(owner_of[m.pids[i % len(m.pids)]])),
+    }
+
+    def lapse() -> list:
+        clock[0] += 400.0                           # past the op cache's 300 s window
+        return ([Command("devicegroup", u, "volume", {"volume_percent": 50}, P(u), op_id=oid()) for u in users]
+                + [Command("session", u, "library_contains", {"uris": m.tracks[:1]}, P(u)) for u in users])
+
+    async def round_(gen) -> None:
+        cmds = [gen(i, users[rng.randrange(len(users))]) for i in range(a.ops)]
+        for k in range(0, len(cmds), 100):
+            clock[0] += 1.0
+            await m.submit(cmds[k:k + 100])
+        await m.submit(lapse())
+
+    tracemalloc.start(16)
+    print("| op | ops | B/op alive (all) | of it the in-memory store's log | host B/op | largest host site |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, gen in gens.items():
+        if a.only and name not in a.only:
+            continue
+        await round_(gen)
+        gc.collect()
+        s0 = tracemalloc.take_snapshot()
+        await round_(gen)
+        gc.collect()
+        s1 = tracemalloc.take_snapshot()
+        diffs = s1.compare_to(s0, "traceback")
+        total = sum(d.size_diff for d in diffs)
+        store = sum(d.size_diff for d in diffs if _store_only(d.traceback))
+        host = [d for d in diffs if not _store_only(d.traceback)]
+        top = max(host, key=lambda d: d.size_diff, default=None)
+        site = (f"{top.traceback[-1].filename.split('/')[-1]}:{top.traceback[-1].lineno} "
+                f"({top.size_diff / a.ops:+.0f})") if top is not None and top.size_diff > 0 else ""
+        print(f"| {name} | {a.ops} | {total / a.ops:.0f} | {store / a.ops:.0f} | {(total - store) / a.ops:.0f} | {site} |",
+              flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", type=int, default=2000)
+    ap.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

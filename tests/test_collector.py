@@ -1,0 +1,109 @@
+"""The clocked full collection of a gateway or host process (actors/collector.py): cyclic garbage is
+freed within the period even when the count-based collector never fires, and a slow collection
+spaces the next one out."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+
+from actors import collector
+from actors.collector import CollectSchedule, from_env
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self               # a reference cycle: only the collector frees it
+        self.payload = bytearray(1000)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def no_automatic_gc():
+    # the processes' thresholds make count-based collections rare in a steady state; here: never
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _garbage(n: int) -> list[weakref.ref]:
+    refs = []
+    for _ in range(n):
+        node = _Node()
+        refs.append(weakref.ref(node))
+    return refs
+
+
+def test_cyclic_garbage_waits_for_the_period_then_is_freed(no_automatic_gc):
+    clock = _Clock()
+    s = CollectSchedule(every_s=60.0, clock=clock)
+    refs = _garbage(1000)
+    clock.t += 59.0
+    assert s.step() is False
+    assert sum(r() is not None for r in refs) == 1000       # not due: nothing collected
+    clock.t += 1.0
+    assert s.step() is True
+    assert sum(r() is not None for r in refs) == 0
+    assert s.collections == 1 and s.freed >= 1000
+    assert s.delay() == 60.0
+
+
+def test_a_slow_collection_puts_the_next_one_further_off():
+    clock, cpu = _Clock(), _Clock()
+
+    def slow_collect() -> int:
+        clock.t += 30.0              # waiting for a core: not what the budget counts
+        cpu.t += 3.0                 # 3 s of CPU: at most 1 % of the time -> 300 s apart
+        return 0
+
+    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, cpu=cpu, collect=slow_collect)
+    clock.t += 60.0
+    assert s.step() is True
+    assert s.last_s == 3.0
+    assert s.delay() == 300.0
+    clock.t += 299.0
+    assert s.step() is False
+    clock.t += 1.0
+    assert s.step() is True and s.collections == 2
+
+
+def test_the_period_from_the_environment():
+    assert from_env({}).every_s == collector.EVERY_S == 60.0
+    assert from_env({collector.ENV: "15"}).every_s == 15.0
+    assert from_env({collector.ENV: "0"}) is None
+    with pytest.raises(ValueError, match="SYNCOPATE_GC_EVERY_S"):
+        from_env({collector.ENV: "-1"})
+    with pytest.raises(ValueError):
+        CollectSchedule(every_s=60.0, max_share=0.0)
+
+
+async def test_the_task_collects_on_the_loop(no_automatic_gc):
+    collected = asyncio.Event()
+
+    def collect() -> int:
+        n = gc.collect()
+        collected.set()
+        return n
+
+    s = CollectSchedule(every_s=0.05, collect=collect)
+    refs = _garbage(100)
+    task = asyncio.get_running_loop().create_task(collector.run(s))
+    try:
+        await asyncio.wait_for(collected.wait(), 10.0)
+    finally:
+        task.cancel()
+    assert s.collections >= 1
+    assert sum(r() is not None for r in refs) == 0
