@@ -44,7 +44,7 @@ def _started_env_and_arenas(self) -> tuple[str | None, int | None]:
 def test_every_server_process_starts_with_the_cap(ray_server, monkeypatch):
     import ray
     assert ray_server.spec.malloc_arena_max == 2
-    actors = [*ray_server.hosts, *ray_server.gateways, ray_server.events]
+    actors = [*ray_server.hosts.values(), *ray_server.gateways, ray_server.events]
     got = ray.get([a.__ray_call__.remote(_started_env_and_arenas) for a in actors], timeout=60)
     for env, arenas in got:
         assert env == "2"
