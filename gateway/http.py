@@ -14,6 +14,7 @@ the same key; the answer's `Idempotency-Key` header tells a client that sent non
 from __future__ import annotations
 
 import uuid
+from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -57,6 +58,18 @@ def mutation_op_id(request: web.Request) -> str:
             raise SyncopateError(ErrorCode.BAD_REQUEST, f"Idempotency-Key must be 1 to {MAX_OP_ID} characters")
         request[OP_ID] = op
     return op
+
+
+def socket_query(request: web.Request) -> dict[str, str]:
+    """A websocket upgrade's query parameters (the first value of each name), parsed without being
+    cached: `request.query` is kept on the request's URL for as long as the request lives, and a
+    socket's request lives as long as the socket, the token in its query included (a second copy
+    of the token per open socket). The same pairs as yarl's `URL.query` (its documented equal,
+    parse_qsl with blank values kept)."""
+    out: dict[str, str] = {}
+    for name, value in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
 
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import scopes
 from gateway.auth import bearer
-from gateway.http import CTX, IDEMPOTENCY_KEY, OP_ID, PRINCIPAL, error_response
+from gateway.http import CTX, IDEMPOTENCY_KEY, OP_ID, PRINCIPAL, error_response, socket_query
 from gateway.ratelimit import TokenBucket
 from protocols.errors import ErrorCode, SyncopateError
 
@@ -56,6 +56,17 @@ def _retry_after(err: SyncopateError) -> dict | None:
     return None
 
 
+def _user_socket(request: web.Request, ctx) -> None:
+    """Refuse an app-only or operator token on a socket path. A function of its own so that nothing
+    of it (the token, its principal) stays referenced from the middleware's frame, which lives as
+    long as the socket."""
+    token = bearer(request.headers.get("Authorization")) or socket_query(request).get("token")
+    if token:
+        p = ctx.auth.verify(token)
+        if p.app_only or p.operator:
+            raise SyncopateError(ErrorCode.UNAUTHORIZED, "a websocket needs a user token")
+
+
 def auth(buckets: dict):
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -65,11 +76,7 @@ def auth(buckets: dict):
         ctx = request.app[CTX]
         if path.startswith(SELF_AUTH_PREFIXES):
             # the socket checks its token itself; only users' tokens may open one
-            token = bearer(request.headers.get("Authorization")) or request.query.get("token")
-            if token:
-                p = ctx.auth.verify(token)
-                if p.app_only or p.operator:
-                    raise SyncopateError(ErrorCode.UNAUTHORIZED, "a websocket needs a user token")
+            _user_socket(request, ctx)
             return await handler(request)
         principal = ctx.auth.verify(bearer(request.headers.get("Authorization")))
         if path.startswith(OPERATOR_PREFIX) != principal.operator:

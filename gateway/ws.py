@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from actors.entity import Command
 from gateway.auth import bearer
 from gateway.context import GatewayContext
-from gateway.http import CTX, error_response
+from gateway.http import CTX, error_response, socket_query
 from gateway.hub import CLOSE_TOKEN_EXPIRED, Connection
 from gateway.ratelimit import TokenBucket
 from gateway.wsframes import FrameWriter
@@ -50,23 +50,26 @@ async def upgrade(request: web.Request, ctx: GatewayContext, principal) -> web.W
     return ws
 
 
-def authenticate(request: web.Request, ctx: GatewayContext):
-    token = bearer(request.headers.get("Authorization")) or request.query.get("token")
+def authenticate(request: web.Request, ctx: GatewayContext, query: dict[str, str] | None = None):
+    query = socket_query(request) if query is None else query
+    token = bearer(request.headers.get("Authorization")) or query.get("token")
     return ctx.auth.verify(token)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     ctx: GatewayContext = request.app[CTX]
+    query = socket_query(request)
     try:
-        principal = authenticate(request, ctx)
+        principal = authenticate(request, ctx, query)
         await ctx.check_session(principal)    # a signed-out device's token
         ctx.hub.admit(principal)              # sockets per user
     except SyncopateError as err:
         return error_response(err)            # refused before the upgrade: plain HTTP 401 / 429
     ws = await upgrade(request, ctx, principal)
-    client = request.query.get("client", "app")[:32]
-    device_id = (request.query.get("device_id") or principal.device_id or None)
+    client = query.get("client", "app")[:32]
+    device_id = (query.get("device_id") or principal.device_id or None)
     device_id = device_id[:64] if device_id else None
+    del query                     # this frame lives as long as the socket: not the token's copy
     frames = FrameWriter(ws)
     conn = ctx.new_connection(principal, encoding=codec.JSON, client=client, device_id=device_id,
                               send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
@@ -93,6 +96,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 class WsSession:
+    __slots__ = ("ctx", "conn", "subs", "origin", "bucket", "_expiry", "inflight", "inflight_subscribes")
+
     def __init__(self, ctx: GatewayContext, conn: Connection) -> None:
         self.ctx = ctx
         self.conn = conn
