@@ -60,7 +60,9 @@ class Connection:
         self._drain = drain
         self._flush_due = False
         self._close = close
-        self._queue: deque = deque()
+        # Created with the first frame and dropped when written out: an empty deque is 760 bytes,
+        # and almost every socket is idle almost all the time (docs/performance.md).
+        self._queue: deque | None = None
         self.queued_bytes = 0
         self._writer: asyncio.Task | None = None
         self.closed = False
@@ -87,7 +89,10 @@ class Connection:
             self._on_overflow(self)
             self.abort(CLOSE_TOO_SLOW, "too slow")
             return
-        self._queue.append(frame)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(frame)
         self.queued_bytes += size
         if self._writer is None or self._writer.done():
             if self._write_now is None:
@@ -99,10 +104,13 @@ class Connection:
 
     def _take(self) -> list:
         batch = []
-        while self._queue and len(batch) < 64:
-            frame = self._queue.popleft()
+        queue = self._queue
+        while queue and len(batch) < 64:
+            frame = queue.popleft()
             self.queued_bytes -= frame_size(frame)
             batch.append(frame)
+        if not queue:
+            self._queue = None
         return batch
 
     def _flush_now(self) -> None:
@@ -135,6 +143,8 @@ class Connection:
                 send = self._send_many(batch)
             else:
                 frame = self._queue.popleft()
+                if not self._queue:
+                    self._queue = None
                 self.queued_bytes -= frame_size(frame)
                 batch = (frame,)
                 send = self._send_raw(frame)
@@ -175,7 +185,7 @@ class Connection:
         if self.closed or self.closing:
             return
         self.closing = True
-        self._queue.clear()
+        self._queue = None
         self.queued_bytes = 0
 
         async def later():

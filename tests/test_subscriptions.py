@@ -1,7 +1,6 @@
 """gateway/subscriptions.py on its own: membership, watermarks, gaps, resync, the leave/join race,
 connection-addressed pushes. A fake dispatcher records the commands and answers them by hand."""
 import asyncio
-from collections import deque
 
 import pytest
 
@@ -169,7 +168,7 @@ async def test_slow_reader_is_closed_at_its_byte_budget():
                       send_raw=never, close=close, max_queued_bytes=10_000)
     for _ in range(100):
         slow.send_frame(b"x" * 500)
-    assert slow.closing and slow._queue == deque() and slow.queued_bytes == 0
+    assert slow.closing and slow._queue is None and slow.queued_bytes == 0
     blocked.set()                      # the frame being written completes, then the close follows
     await asyncio.wait_for(_until(lambda: frames), 2)
     assert frames == [4008] and slow.closed
