@@ -79,9 +79,12 @@ class GatewayContext:
 
     def new_connection(self, principal: Principal, **kw) -> Connection:
         conn = Connection(self.hub.new_id(), principal, max_queued_bytes=self.config.max_queued_bytes,
-                          on_overflow=lambda c: self.metrics.budget_refused.labels("outbound_bytes").inc(), **kw)
+                          on_overflow=self._overflowed, **kw)
         self.hub.add(conn)
         return conn
+
+    def _overflowed(self, conn: Connection) -> None:
+        self.metrics.budget_refused.labels("outbound_bytes").inc()
 
     # -- device-bound tokens ----------------------------------------------------------------------
     def note_push(self, push: Push) -> None:

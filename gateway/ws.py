@@ -72,9 +72,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     del query                     # this frame lives as long as the socket: not the token's copy
     frames = FrameWriter(ws)
     conn = ctx.new_connection(principal, encoding=codec.JSON, client=client, device_id=device_id,
-                              send_raw=lambda f: ws.send_str(f) if isinstance(f, str) else ws.send_bytes(f),
-                              send_many=frames.write, write_now=frames.write_now, drain=frames.drain,
-                              close=lambda code, reason: ws.close(code=code, message=reason.encode()))
+                              send_raw=frames.send_raw, send_many=frames.write, write_now=frames.write_now,
+                              drain=frames.drain, close=frames.close)
     # the metric's label is one of a few known kinds: a client-chosen string would let one client
     # create metric series (memory) without bound
     kind = client if client in CLIENT_KINDS else "other"

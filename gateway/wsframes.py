@@ -39,8 +39,19 @@ class FrameWriter:
     it answers whether the caller must `await drain()` before writing more (the transport is over
     its high-water mark). `await write(frames)` is both."""
 
+    __slots__ = ("ws",)
+
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
+
+    # The connection's other two callables (gateway/hub.py), as methods rather than a closure each
+    # per socket.
+    def send_raw(self, frame: Any):
+        """One frame through aiohttp: text for a str, binary for bytes."""
+        return self.ws.send_str(frame) if isinstance(frame, str) else self.ws.send_bytes(frame)
+
+    def close(self, code: int, reason: str):
+        return self.ws.close(code=code, message=reason.encode())
 
     def write_now(self, frames: list[Any]) -> bool:
         writer = self.ws._writer

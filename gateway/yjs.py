@@ -132,8 +132,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     frames = FrameWriter(ws)
     conn = ctx.new_connection(principal, encoding="yjs", client="yjs", device_id=principal.device_id,
                               send_raw=ws.send_bytes, send_many=frames.write, write_now=frames.write_now,
-                              drain=frames.drain,
-                              close=lambda code, reason: ws.close(code=code, message=reason.encode()))
+                              drain=frames.drain, close=frames.close)
     session = YjsSession(ctx, conn, pid)
     ctx.metrics.connections.labels("yjs").inc()
     try:
