@@ -68,16 +68,22 @@ def _user_socket(request: web.Request, ctx) -> None:
 
 
 def auth(buckets: dict):
+    # Not a coroutine itself: it answers the handler's awaitable (aiohttp awaits what a middleware
+    # returns), so an open socket holds no frame of this middleware for its whole life.
     @web.middleware
-    async def middleware(request: web.Request, handler):
+    def middleware(request: web.Request, handler):
         path = request.path
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-            return await handler(request)
+            return handler(request)
         ctx = request.app[CTX]
         if path.startswith(SELF_AUTH_PREFIXES):
             # the socket checks its token itself; only users' tokens may open one
             _user_socket(request, ctx)
-            return await handler(request)
+            return handler(request)
+        return rest(request, handler, ctx)
+
+    async def rest(request: web.Request, handler, ctx):
+        path = request.path
         principal = ctx.auth.verify(bearer(request.headers.get("Authorization")))
         if path.startswith(OPERATOR_PREFIX) != principal.operator:
             raise SyncopateError(ErrorCode.UNAUTHORIZED if principal.operator else ErrorCode.FORBIDDEN,
