@@ -117,6 +117,14 @@ class SpotifyRequestHandler(RequestHandler):
         resp.force_close()
         return resp
 
+    def set_parser(self, parser, data_received_cb=None) -> None:
+        """An accepted websocket upgrade: from here on every byte goes to the websocket reader, so
+        the HTTP request parser (760 B per open socket) is let go, as aiohttp does when the
+        connection is lost (its loop tests the attribute for None). tests/test_gateway_input.py
+        and every websocket test exercise it."""
+        super().set_parser(parser, data_received_cb)
+        self._parser = None
+
 
 class _SpotifyServer(web.Server):
     """A web.Server whose connections use SpotifyRequestHandler. It adds behaviour, no state."""
