@@ -95,7 +95,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 class WsSession:
-    __slots__ = ("ctx", "conn", "subs", "origin", "bucket", "_expiry", "inflight", "inflight_subscribes")
+    __slots__ = ("_expiry", "bucket", "conn", "ctx", "inflight", "inflight_subscribes", "origin", "subs")
 
     def __init__(self, ctx: GatewayContext, conn: Connection) -> None:
         self.ctx = ctx

@@ -84,9 +84,9 @@ def measure(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int, t
 
 
 async def main(args) -> None:
+    from protocols import messages as m
     from storage.memory import MemoryStore
     from syncopate.server import LocalServer, ServerSpec
-    from protocols import messages as m
 
     tmp = tempfile.mkdtemp(prefix="wsmem-")
     srv = await LocalServer(ServerSpec(data_dir=tmp, port=0, hosts=1), store=MemoryStore()).start()
