@@ -6,16 +6,13 @@ The filter reaches the device group from the account (docs/rights.md "The accoun
 group holds"), not from the gateway: turned on while a group plays, it moves off the explicit track."""
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 
-from gateway.auth import Auth, write_secret
-from storage.memory import MemoryStore
-from syncopate.server import LocalServer, ServerSpec
+from gateway.auth import Auth
 from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.player import Device, WsError
+from tests.support.servers import catalog_server
 
 SECRET = "rights-explicit-secret-0123456789-abcdef"
 ARTIST, ALBUM, DIRTY = "r" + "0" * 21, "a" + "0" * 21, "a" + "1" * 21
@@ -23,8 +20,7 @@ EXPLICIT = {1, 3}                       # tracks 1 and 3 of ALBUM; DIRTY's one t
 FILTERED = {"filter_enabled": True, "filter_locked": True}
 
 
-def _files(factory):
-    d = factory.mktemp("explicit")
+def _catalog():
     b = CatalogBuilder()
     b.artist(ARTIST, "Artist")
     b.album(ALBUM, [ARTIST], "Album")
@@ -32,19 +28,13 @@ def _files(factory):
         b.track(tid(i), ALBUM, name=f"Song {i}", duration_ms=200_000, explicit=i in EXPLICIT)
     b.album(DIRTY, [ARTIST], "Only explicit")
     b.track(tid(9), DIRTY, explicit=True)
-    cat = d / "catalog.json"
-    cat.write_bytes(orjson.dumps(b.build().to_dict()))
-    return d, cat, write_secret(d / "secret.key", SECRET)
+    return b.build()
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    d, cat, key = await asyncio.to_thread(_files, tmp_path_factory)
-    spec = ServerSpec(data_dir=str(d), port=0, hosts=1, catalog=str(cat), secret_file=str(key),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with catalog_server(tmp_path_factory, "explicit", _catalog(), SECRET) as srv:
+        yield srv
 
 
 async def call(http, server, token, method, path, body=None):

@@ -6,52 +6,40 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 import pytest
 
-from gateway.auth import Auth, write_secret
+from gateway.auth import Auth
 from gateway.edge import audio_bytes, audio_size, parse_range, rate_of
 from gateway.stream_sign import BITRATES, StreamClaim, StreamSigner
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
-from tests.support.catalog import CatalogBuilder
+from tests.support.catalog import CatalogBuilder, tid, turi
 from tests.support.player import Device
+from tests.support.servers import REST_FAST, catalog_server, write_server_files
 
 SECRET = "stream-edge-secret-0123456789-abcdefghij"
 ARTIST, ALBUM = "r" + "0" * 21, "a" + "0" * 21
 TTL_S = 3
 
 
-def tid(i: int) -> str:
-    return f"t{i:021d}"
-
-
-def turi(i: int) -> str:
-    return f"spotify:track:{tid(i)}"
-
-
-def _files(factory):
-    d = factory.mktemp("edge")
+def _catalog():
     b = CatalogBuilder()
     b.artist(ARTIST, "Artist")
     b.album(ALBUM, [ARTIST], "Album")
     for i in range(5):
         b.track(tid(i), ALBUM, name=f"Song {i}", duration_ms=30_000 + 1000 * i, markets={1: ["SE"]}.get(i))
-    cat = d / "catalog.json"
-    cat.write_bytes(orjson.dumps(b.build().to_dict()))
-    return d, cat, write_secret(d / "secret.key", SECRET)
+    return b.build()
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory):
-    d, cat, key = await asyncio.to_thread(_files, tmp_path_factory)
-    spec = ServerSpec(data_dir=str(d), port=0, hosts=1, catalog=str(cat), secret_file=str(key),
-                      gateway={"rest_rate": 1000, "rest_burst": 1000, "stream_url_ttl_s": TTL_S})
-    srv = await LocalServer(spec, store=MemoryStore()).start()
-    yield srv
-    await srv.stop()
+    async with catalog_server(tmp_path_factory, "edge", _catalog(), SECRET,
+                              gateway={**REST_FAST, "stream_url_ttl_s": TTL_S}) as srv:
+        yield srv
 
 
 def mint(user, **kw):
@@ -295,7 +283,7 @@ async def test_a_push_that_keeps_the_tracks_reuses_the_fresh_manifest(server, ht
 
 
 async def test_the_stream_key_must_not_be_the_token_key(tmp_path_factory):
-    d, cat, key = await asyncio.to_thread(_files, tmp_path_factory)
-    spec = ServerSpec(data_dir=str(d), port=0, hosts=1, secret_file=str(key), stream_secret_file=str(key))
+    _, key = await asyncio.to_thread(write_server_files, tmp_path_factory, "edge-keys", _catalog(), SECRET)
+    spec = ServerSpec(data_dir=str(Path(key).parent), port=0, hosts=1, secret_file=key, stream_secret_file=key)
     with pytest.raises(ValueError, match="stream URL key"):
         await LocalServer(spec, store=MemoryStore()).start()

@@ -9,8 +9,13 @@ fixture): the shared default is tests/conftest.py's `server` (SQLite store, test
 """
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
+import orjson
+
+from catalog import Catalog
+from gateway.auth import write_secret
 from storage.memory import MemoryStore
 from syncopate.server import LocalServer, ServerSpec
 
@@ -29,6 +34,22 @@ async def memory_server(tmp_path_factory, name: str, *, hosts: int = 1, gateway:
         yield srv
     finally:
         await srv.stop()
+
+
+def write_server_files(tmp_path_factory, name: str, catalog: Catalog, secret: str) -> tuple[str, str]:
+    """A fresh temp dir holding `catalog` as a file and the token secret: their two paths."""
+    d = tmp_path_factory.mktemp(f"{name}-files")
+    (d / "catalog.json").write_bytes(orjson.dumps(catalog.to_dict()))
+    return str(d / "catalog.json"), str(write_secret(d / "secret.key", secret))
+
+
+@asynccontextmanager
+async def catalog_server(tmp_path_factory, name: str, catalog: Catalog, secret: str, **kw):
+    """`memory_server` serving `catalog` (written to a file, as `--catalog` reads it) and signing
+    tokens with `secret` (so a test mints its own)."""
+    cat, key = await asyncio.to_thread(write_server_files, tmp_path_factory, name, catalog, secret)  # file I/O off the loop
+    async with memory_server(tmp_path_factory, name, catalog=cat, secret_file=key, **kw) as srv:
+        yield srv
 
 
 def session_kinds():
