@@ -51,10 +51,6 @@ class UserMarkets:
             return None
         return hit[0]
 
-    def cached(self, user_id: str) -> str | None:
-        hit = self.cached_listener(user_id)
-        return None if hit is None else hit.country
-
     async def listener(self, principal: Principal) -> Listener:
         uid = principal.user_id
         hit = self.cached_listener(uid)
@@ -73,9 +69,6 @@ class UserMarkets:
         self._cache[uid] = (who, time.monotonic() + self.ttl_s)
         return who
 
-    async def get(self, principal: Principal) -> str:
-        return (await self.listener(principal)).country
-
     def forget(self, user_id: str) -> None:
         self._cache.pop(user_id, None)
 
@@ -84,13 +77,15 @@ async def request_market(request) -> str | None:
     """The request's market (see the module doc), remembered on the request."""
     from gateway.http import ctx, principal
     raw = request.query.get("market")
+    who: Listener | None = None
     if raw is None or raw == "":
         market = None
     elif raw == "from_token":
         p = principal(request)
         if getattr(p, "app_only", False) or getattr(p, "operator", False):
             raise SyncopateError(ErrorCode.BAD_REQUEST, "market=from_token needs a user's token")
-        market = await ctx(request).markets.get(p)
+        who = await ctx(request).markets.listener(p)
+        market = who.country
     elif is_market(raw):
         market = raw
     else:
@@ -102,7 +97,9 @@ async def request_market(request) -> str | None:
         from gateway.http import PRINCIPAL
         p = request.get(PRINCIPAL)
         if p is not None and not (getattr(p, "app_only", False) or getattr(p, "operator", False)):
-            request[EXPLICIT_FILTER] = (await ctx(request).markets.listener(p)).explicit_filter
+            if who is None:
+                who = await ctx(request).markets.listener(p)
+            request[EXPLICIT_FILTER] = who.explicit_filter
     return market
 
 
