@@ -17,12 +17,21 @@ the CPU time (a collection that took d seconds puts the next one at least d / MA
 process holding millions of objects collects less often instead of pausing more). Garbage is then
 freed within a minute or so, whatever the allocation pattern; the count-based collections go on as
 before.
+
+After each of these collections the process also hands glibc's free heap pages back to the kernel
+(`malloc_trim(0)`, `trim()` below; inside the same CPU budget): glibc keeps the memory freed inside
+its arenas and returns only the top of each heap, so a gateway whose Python objects and C heap in use
+were flat still grew in RSS (docs/performance.md "Soak": +13 to +33 MB/h of free memory in its
+arenas). SYNCOPATE_MALLOC_TRIM=0 turns it off.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
+import os
 import time
 from typing import Callable
 
@@ -31,6 +40,23 @@ log = logging.getLogger("syncopate.collector")
 EVERY_S = 60.0
 MAX_SHARE = 0.01           # at most 1 % of the process's time in these collections
 ENV = "SYNCOPATE_GC_EVERY_S"   # the period in the process's environment; 0 turns the clock off
+TRIM_ENV = "SYNCOPATE_MALLOC_TRIM"   # 0: no malloc_trim after the clocked collection
+
+
+def _libc_trim() -> Callable[[], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: int(fn(0))
+
+
+def trim_from_env(environ: dict | None = None) -> Callable[[], int] | None:
+    raw = (os.environ if environ is None else environ).get(TRIM_ENV, "").strip()
+    return None if raw == "0" else _libc_trim()
 
 
 class CollectSchedule:
@@ -38,13 +64,14 @@ class CollectSchedule:
 
     def __init__(self, every_s: float = EVERY_S, max_share: float = MAX_SHARE, *,
                  clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.thread_time,
-                 collect: Callable[[], int] = gc.collect) -> None:
+                 collect: Callable[[], int] = gc.collect, trim: Callable[[], int] | None = None) -> None:
         if every_s <= 0 or not 0 < max_share <= 1:
             raise ValueError("every_s must be positive and max_share in (0, 1]")
         self.every_s, self.max_share = every_s, max_share
         # the budget is CPU time (this thread's): on shared, busy cores the wall-clock length of a
         # collection is mostly time spent waiting for a core (measured: 10-40x under a load of 70)
-        self._clock, self._cpu, self._collect = clock, cpu, collect
+        self._clock, self._cpu, self._collect, self._trim = clock, cpu, collect, trim
+        self.trims = 0                 # malloc_trim calls that gave memory back (it answered 1)
         self.next_at = clock() + every_s
         self.collections = 0
         self.freed = 0                 # unreachable objects found, in total
@@ -61,6 +88,8 @@ class CollectSchedule:
             return False
         cpu0 = self._cpu()
         self.freed += self._collect()
+        if self._trim is not None:
+            self.trims += self._trim()     # after the collection: what it freed is in the arenas now
         self.last_s = self._cpu() - cpu0
         self.total_s += self.last_s
         self.collections += 1
@@ -69,7 +98,8 @@ class CollectSchedule:
 
     def stats(self) -> dict:
         return {"gc_scheduled": self.collections, "gc_scheduled_freed": self.freed,
-                "gc_scheduled_last_ms": round(self.last_s * 1000, 1), "gc_scheduled_total_s": round(self.total_s, 3)}
+                "gc_scheduled_last_ms": round(self.last_s * 1000, 1), "gc_scheduled_total_s": round(self.total_s, 3),
+                "malloc_trims": self.trims}
 
 
 def from_env(environ: dict | None = None) -> CollectSchedule | None:
@@ -79,7 +109,7 @@ def from_env(environ: dict | None = None) -> CollectSchedule | None:
     every = float(raw) if raw else EVERY_S
     if every < 0:
         raise ValueError(f"{ENV} must be 0 (off) or a period in seconds, not {raw!r}")
-    return CollectSchedule(every) if every > 0 else None
+    return CollectSchedule(every, trim=trim_from_env(environ)) if every > 0 else None
 
 
 def start(label: str) -> "tuple[CollectSchedule, asyncio.Task] | None":

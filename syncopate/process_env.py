@@ -15,7 +15,8 @@ in the environment of the process that creates the actors (`syncopate serve`, th
 leaves glibc's default. A MALLOC_ARENA_MAX already in that environment is passed on as it is.
 
 SYNCOPATE_GC_EVERY_S — the period of the clocked full collection (actors/collector.py): passed on
-from the creating process's environment when set there, so it reaches the actors on a cluster too.
+from the creating process's environment when set there, so it reaches the actors on a cluster too; and
+SYNCOPATE_MALLOC_TRIM (0: no malloc_trim after that collection) the same way.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def arena_max_default() -> int:
     return n
 
 
-PASSED_ON = ("SYNCOPATE_GC_EVERY_S",)      # actors/collector.py ENV
+PASSED_ON = ("SYNCOPATE_GC_EVERY_S", "SYNCOPATE_MALLOC_TRIM")      # actors/collector.py ENV, TRIM_ENV
 
 
 def actor_env(arena_max: int | None) -> dict[str, str]:
