@@ -114,7 +114,7 @@ class EventOps:
         start, end = s.played_at_ms, s.played_at_ms + s.ms_played
         stream = s.ms_played >= STREAM_THRESHOLD_MS
         m = ix.match(s.track_uri, start)
-        prev = ix.by_event.get(s.event_id)
+        prev = ix.play_of_event(s.event_id)
         if prev is not None and (m is None or m.play_id != prev):
             return refuse(R_EVENT_ID_REUSED, f"event id {s.event_id} was used for another play")
         if m is not None and (prev is not None or m.stream or not stream):
@@ -138,15 +138,14 @@ class EventOps:
 
     def _apply_event(self, ev: ListeningEvent) -> None:
         ix = self.plays
-        p = ix.plays.get(ev.play_id)
+        p = ix.get(ev.play_id, ev.play_start_ms)
         if p is None:
             ix.add(Play(ev.play_id, ev.track_uri, ev.device_id, ev.played_at_ms, ev.ms_played, ev.stream,
-                        ev.private, [ev.event_id]))
+                        ev.private), [ev.event_id])
             became_stream = ev.stream
         else:
-            was = p.stream
-            ix.extend(ev.play_id, ev.event_id, ev.ms_played, ev.stream)
-            became_stream = ev.stream and not was
+            ix.extend(ev.play_id, ev.event_id, ev.ms_played, ev.stream, ev.play_start_ms)
+            became_stream = ev.stream and not p.stream
         if became_stream and ev.source != "live":        # a live report counts through its CountedPlay
             uri = ev.track_uri
             self.streams[uri] = self.streams.get(uri, 0) + 1

@@ -3,24 +3,45 @@ uploaded event a duplicate of a play already recorded, and what a device was pla
 
 Every accepted listening event (uploaded or live) belongs to one `Play`; the index finds
   - the play an event belongs to: same track, start within PLAY_MATCH_MS (any device);
+  - the play an event id was used for (`play_of_event`);
   - the plays an interval overlaps: one device's (at most none beyond OVERLAP_TOLERANCE_MS), and
     the user's (at most MAX_CONCURRENT_PLAYS at once, over all devices: forged device ids can't
     lift the per-device rule).
 The index is rebuilt from the snapshot's list of plays (`to_wire`); it holds no clock of its own:
 `prune(now)` is called with the time of the record that adds plays, so a replay prunes the same.
+
+Memory. A resident device group keeps these plays for 30 days (up to MAX_PLAYS_KEPT), so a play must
+cost little: the index is columns, one slot per play in the order recorded (arrays of starts,
+lengths and flags; the track uri interned, one string per catalog track; the device id shared by
+the index's plays of that device), and each event id is kept as an 8-byte digest (blake2b), not the
+string: ~190 bytes a play in all (the play id string is most of it), against ~970 bytes when each
+play was an object with its event ids (simulations/bench_retention.py, `device.progress`). `Play` is
+a view made when asked for. A digest collision of two event ids of one user (2^-64 a pair) could
+only make that user's own event a duplicate or refused, never another user's.
 """
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+import sys
+from array import array
+from dataclasses import dataclass
+from hashlib import blake2b
 
 from protocols.listening import MAX_AGE_MS, OVERLAP_TOLERANCE_MS, PLAY_MATCH_MS
 
 MAX_CONCURRENT_PLAYS = 3          # plays of one user at the same instant, over all devices
 
+_STREAM, _PRIVATE = 1, 2          # the flags column
+_DIGEST = 8                       # bytes of an event id's digest
 
-@dataclass
+
+def event_digest(event_id: str) -> bytes:
+    return blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+
+
+@dataclass(slots=True)
 class Play:
+    """One play, as the index answers it (a copy: change it through the index)."""
     play_id: str
     track_uri: str
     device_id: str
@@ -28,116 +49,192 @@ class Play:
     ms: int                       # the longest ms_played reported for it
     stream: bool
     private: bool
-    event_ids: list[str] = field(default_factory=list)
 
     @property
     def end(self) -> int:
         return self.start + self.ms
 
-    def to_wire(self) -> list:
-        return [self.play_id, self.track_uri, self.device_id, self.start, self.ms, self.stream, self.private,
-                list(self.event_ids)]
-
-    @classmethod
-    def from_wire(cls, w: list) -> Play:
-        return cls(w[0], w[1], w[2], w[3], w[4], w[5], w[6], list(w[7]))
-
 
 class PlayIndex:
     def __init__(self) -> None:
-        self.plays: dict[str, Play] = {}                 # play id -> play, in the order recorded
-        self.by_event: dict[str, str] = {}               # event id -> play id
-        self._by_track: dict[str, list[str]] = {}        # track uri -> play ids
-        self._by_device: dict[str, list[tuple[int, str]]] = {}   # device -> sorted (start, play id)
-        self._all: list[tuple[int, str]] = []            # sorted (start, play id), every device
-        self._max_ms = 0                                 # the longest play: how far back a scan looks
+        self._base = 0                          # the seq of slot 0 (plays are numbered as recorded)
+        self._ids: list[str] = []               # play id, by slot
+        self._track: list[str] = []             # track uri (interned), by slot
+        self._device: list[str] = []            # device id (one string per distinct id), by slot
+        self._start = array("q")
+        self._ms = array("q")
+        self._flags = bytearray()
+        self._nev = array("l")                  # event digests of the play in `_ev`
+        self._names: dict[str, str] = {}        # device id -> the one string the slots share
+        self._order = array("q")                # the starts, sorted ...
+        self._order_seq = array("q")            # ... and the seq of each
+        self._ev = bytearray()                  # event id digests, _DIGEST bytes each, as added ...
+        self._ev_seq = array("q")               # ... and the seq of each one's play
+        self._ev_dead = 0                       # digests of pruned plays still in `_ev`
+        self._max_ms = 0                        # the longest play: how far back a scan looks
 
     def __len__(self) -> int:
-        return len(self.plays)
+        return len(self._ids)
 
     # -- queries -------------------------------------------------------------------------------
+    def _view(self, i: int) -> Play:
+        f = self._flags[i]
+        return Play(self._ids[i], self._track[i], self._device[i], self._start[i], self._ms[i],
+                    bool(f & _STREAM), bool(f & _PRIVATE))
+
+    def plays(self) -> list[Play]:
+        """Every play, in the order recorded."""
+        return [self._view(i) for i in range(len(self._ids))]
+
+    def _window(self, lo_start: int, hi_start: int):
+        """Slots of the plays with lo_start <= start < hi_start, by start."""
+        o, base = self._order, self._base
+        for k in range(bisect.bisect_left(o, lo_start), len(o)):
+            if o[k] >= hi_start:
+                break
+            yield self._order_seq[k] - base
+
     def match(self, track_uri: str, start: int) -> Play | None:
         """The play of this track that started within PLAY_MATCH_MS of `start` (the nearest)."""
-        best = None
-        for pid in self._by_track.get(track_uri, ()):
-            p = self.plays[pid]
-            d = abs(p.start - start)
-            if d <= PLAY_MATCH_MS and (best is None or d < abs(best.start - start)):
-                best = p
-        return best
+        best, best_d = None, 0
+        for i in self._window(start - PLAY_MATCH_MS, start + PLAY_MATCH_MS + 1):
+            d = abs(self._start[i] - start)
+            # the nearest; of two as near, the one recorded first (a replay answers the same)
+            if self._track[i] == track_uri and (best is None or d < best_d or (d == best_d and i < best)):
+                best, best_d = i, d
+        return None if best is None else self._view(best)
+
+    def get(self, play_id: str, start: int | None = None) -> Play | None:
+        """The play of this id (`start`: its start, when known, finds it without a scan)."""
+        i = self._slot(play_id, start)
+        return None if i is None else self._view(i)
+
+    def _slot(self, play_id: str, start: int | None) -> int | None:
+        if start is not None:
+            for i in self._window(start, start + 1):
+                if self._ids[i] == play_id:
+                    return i
+            return None
+        try:
+            return self._ids.index(play_id)
+        except ValueError:
+            return None
+
+    def play_of_event(self, event_id: str) -> str | None:
+        """The id of the recorded play this event id was used for."""
+        d, ev, base = event_digest(event_id), self._ev, self._base
+        at = ev.find(d)
+        while at != -1:
+            if at % _DIGEST == 0:
+                seq = self._ev_seq[at // _DIGEST]
+                if seq >= base:
+                    return self._ids[seq - base]
+            at = ev.find(d, at + 1)
+        return None
 
     def overlapping(self, start: int, end: int, device_id: str | None = None,
                     exclude: str | None = None) -> list[Play]:
         """The plays (of `device_id`, or of every device) whose interval overlaps [start, end) by more
         than OVERLAP_TOLERANCE_MS."""
-        rows = self._all if device_id is None else self._by_device.get(device_id, [])
-        lo = bisect.bisect_left(rows, (start - self._max_ms, ""))
         out = []
-        for i in range(lo, len(rows)):
-            s, pid = rows[i]
-            if s >= end - OVERLAP_TOLERANCE_MS:
-                break
-            p = self.plays[pid]
-            if pid != exclude and min(end, p.end) - max(start, p.start) > OVERLAP_TOLERANCE_MS:
-                out.append(p)
+        for i in self._window(start - self._max_ms, end - OVERLAP_TOLERANCE_MS):
+            if device_id is not None and self._device[i] != device_id:
+                continue
+            s = self._start[i]
+            if self._ids[i] != exclude and min(end, s + self._ms[i]) - max(start, s) > OVERLAP_TOLERANCE_MS:
+                out.append(self._view(i))
         return out
 
     # -- changes (the device group's apply) ---------------------------------------------------------
-    def add(self, p: Play) -> None:
-        self.plays[p.play_id] = p
-        for eid in p.event_ids:
-            self.by_event[eid] = p.play_id
-        self._by_track.setdefault(p.track_uri, []).append(p.play_id)
-        bisect.insort(self._by_device.setdefault(p.device_id, []), (p.start, p.play_id))
-        bisect.insort(self._all, (p.start, p.play_id))
+    def add(self, p: Play, event_ids: list[str] | list[bytes]) -> None:
+        """Record a play and the event ids (or their digests) that belong to it."""
+        seq = self._base + len(self._ids)
+        self._ids.append(p.play_id)
+        self._track.append(sys.intern(p.track_uri))
+        self._device.append(self._names.setdefault(p.device_id, p.device_id))
+        self._start.append(p.start)
+        self._ms.append(p.ms)
+        self._flags.append((_STREAM if p.stream else 0) | (_PRIVATE if p.private else 0))
+        self._nev.append(0)
+        for e in event_ids:
+            self._add_event(seq, e)
+        k = bisect.bisect_right(self._order, p.start)
+        self._order.insert(k, p.start)
+        self._order_seq.insert(k, seq)
         self._max_ms = max(self._max_ms, p.ms)
 
-    def extend(self, play_id: str, event_id: str, ms: int, stream: bool) -> Play:
+    def _add_event(self, seq: int, event_id: str | bytes) -> None:
+        d = event_id if isinstance(event_id, bytes) else event_digest(event_id)
+        if len(d) != _DIGEST:
+            raise ValueError(f"an event digest is {_DIGEST} bytes, not {len(d)}")
+        self._ev += d
+        self._ev_seq.append(seq)
+        self._nev[seq - self._base] += 1
+
+    def extend(self, play_id: str, event_id: str, ms: int, stream: bool, start: int | None = None) -> Play:
         """Another event of a recorded play: it may have played longer (and so become a stream)."""
-        p = self.plays[play_id]
-        p.event_ids.append(event_id)
-        self.by_event[event_id] = play_id
-        p.ms = max(p.ms, ms)
-        p.stream = p.stream or stream
-        self._max_ms = max(self._max_ms, p.ms)
-        return p
+        i = self._slot(play_id, start)
+        if i is None:
+            raise KeyError(play_id)
+        self._add_event(self._base + i, event_id)
+        self._ms[i] = max(self._ms[i], ms)
+        if stream:
+            self._flags[i] |= _STREAM
+        self._max_ms = max(self._max_ms, self._ms[i])
+        return self._view(i)
 
     def prune(self, now: int) -> None:
         """Forget plays that started before the oldest time an upload may still carry (plus the
         match window): no event that can be accepted can be their duplicate. Oldest recorded
         first; a play recorded late with an old start waits for its turn (at most MAX_AGE_MS)."""
         cutoff = now - MAX_AGE_MS - PLAY_MATCH_MS
-        while self.plays:
-            pid, p = next(iter(self.plays.items()))
-            if p.start >= cutoff:
-                break
-            self._drop(p)
+        n = 0
+        while n < len(self._ids) and self._start[n] < cutoff:
+            n += 1
+        if n:
+            self._drop_first(n)
 
-    def _drop(self, p: Play) -> None:
-        del self.plays[p.play_id]
-        for eid in p.event_ids:
-            if self.by_event.get(eid) == p.play_id:
-                del self.by_event[eid]
-        ids = self._by_track.get(p.track_uri)
-        if ids is not None:
-            ids.remove(p.play_id)
-            if not ids:
-                del self._by_track[p.track_uri]
-        for rows in (self._by_device.get(p.device_id), self._all):
-            if rows is not None:
-                i = bisect.bisect_left(rows, (p.start, p.play_id))
-                if i < len(rows) and rows[i] == (p.start, p.play_id):
-                    del rows[i]
-        if not self._by_device.get(p.device_id):
-            self._by_device.pop(p.device_id, None)
+    def _drop_first(self, n: int) -> None:
+        for i in range(n):
+            s, seq = self._start[i], self._base + i
+            k = bisect.bisect_left(self._order, s)
+            while self._order_seq[k] != seq:
+                k += 1
+            del self._order[k]
+            del self._order_seq[k]
+            self._ev_dead += self._nev[i]
+        for col in (self._ids, self._track, self._device, self._start, self._ms, self._flags, self._nev):
+            del col[:n]
+        self._base += n
+        if self._ev_dead > max(64, len(self._ev_seq) // 2):
+            self._compact_events()
+
+    def _compact_events(self) -> None:
+        """Drop the digests of pruned plays (their seq is below the base); and the device ids no
+        slot uses any more."""
+        base, ev, keep, seqs = self._base, self._ev, bytearray(), array("q")
+        for j, seq in enumerate(self._ev_seq):
+            if seq >= base:
+                keep += ev[j * _DIGEST:(j + 1) * _DIGEST]
+                seqs.append(seq)
+        self._ev, self._ev_seq, self._ev_dead = keep, seqs, 0
+        self._names = {d: d for d in self._device}
 
     # -- persistence -------------------------------------------------------------------------------
     def to_wire(self) -> list:
-        return [p.to_wire() for p in self.plays.values()]
+        """[play id, track, device, start, ms, stream, private, [event digests]] a play, as recorded."""
+        evs: list[list[bytes]] = [[] for _ in self._ids]
+        base, ev = self._base, self._ev
+        for j, seq in enumerate(self._ev_seq):
+            if seq >= base:
+                evs[seq - base].append(bytes(ev[j * _DIGEST:(j + 1) * _DIGEST]))
+        return [[p.play_id, p.track_uri, p.device_id, p.start, p.ms, p.stream, p.private, evs[i]]
+                for i, p in enumerate(self.plays())]
 
     @classmethod
     def from_wire(cls, rows: list) -> PlayIndex:
+        """Rows of `to_wire`; the event ids of a snapshot written before the digests are strings."""
         ix = cls()
         for w in rows:
-            ix.add(Play.from_wire(w))
+            ix.add(Play(w[0], w[1], w[2], w[3], w[4], w[5], w[6]), list(w[7]))
         return ix

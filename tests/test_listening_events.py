@@ -223,7 +223,7 @@ def test_the_play_index_survives_a_restart_and_forgets_after_the_age_bound(g):
     assert g.statuses(g.upload(ev("a2", 0, h))) == [("duplicate", None)]
     g.d.now = h + MAX_AGE_MS + PLAY_MATCH_MS + 1_000
     g.upload(ev("late", 1, g.d.now - 1_000))          # a record later than the bound prunes the old play
-    assert all(p.start >= g.d.now - MAX_AGE_MS - PLAY_MATCH_MS for p in g.e.plays.plays.values())
+    assert all(p.start >= g.d.now - MAX_AGE_MS - PLAY_MATCH_MS for p in g.e.plays.plays())
     assert len(g.e.plays) == 1
     g.check_replay()
 
