@@ -20,7 +20,6 @@ through the same `_apply` as replay: a refused command changes nothing, and repl
 """
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from actors.args import Args, Choice, Conn, Int, Str, address, invalid, list_arg, out_of_range
@@ -28,6 +27,7 @@ from actors.entity import Command, Entity, Env, Event, OpSpec, Outcome, Principa
 from actors.library import TYPE_CODE, TYPES, Library
 from actors.session_rights import SessionRightsOps
 from actors.session_records import (
+    ChangeLog,
     CollabChanged,
     Connected,
     Disconnected,
@@ -77,9 +77,7 @@ class SessionEntity(SessionRightsOps, Entity):
         self.conns: dict[ConnAddress, Presence] = {}
         self.revoked: dict[str, int] = {}          # device id -> revoked at (ms), oldest first
         self.collab: dict[str, str | None] = {}    # playlist id -> role: playlists the user collaborates on
-        self.log: deque = deque()                  # (version, [ItemChange, ...]) oldest first
-        self.log_items = 0
-        self.log_floor = 0                         # the log holds every library change after this
+        self.log = ChangeLog(CHANGE_LOG_ITEMS)     # library changes for resume (actors/session_records.py)
         self._restored = False                     # activated from storage: give connections a grace
         self._grace_until: int | None = None
         cfg = env.config if env is not None and env.config else {}
@@ -426,9 +424,9 @@ class SessionEntity(SessionRightsOps, Entity):
                               "library": {"totals": self.library.totals()}})
 
     def _resume(self, since: int) -> dict:
-        if self.log_floor <= since <= self.version:
+        if self.log.floor <= since <= self.version:
             entries = [{"library_version": v, "changes": _public_changes(ch)}
-                       for v, ch in self.log if v > since]
+                       for v, ch in self.log.since(since)]
             return {"full": False, "since": since, "version": self.version, "library": entries,
                     "connections": self._public_conns(None)}
         lib = {}
@@ -459,7 +457,7 @@ class SessionEntity(SessionRightsOps, Entity):
                     coll.add(ident, ts)
                 else:
                     coll.remove(ident)
-            self._log(rec.version, rec.changes)
+            self.log.append(rec.version, rec.changes)
         elif isinstance(rec, Connected):
             old = self.conns.get(rec.conn)
             since = old.since_ms if old is not None and old.device_id == rec.device_id else rec.at_ms
@@ -480,26 +478,16 @@ class SessionEntity(SessionRightsOps, Entity):
         else:
             raise ValueError(f"unknown session record {rec!r}")
 
-    def _log(self, v: int, changes: list) -> None:
-        self.log.append((v, changes))
-        self.log_items += len(changes)
-        while self.log_items > CHANGE_LOG_ITEMS and len(self.log) > 1:
-            old_v, old = self.log.popleft()
-            self.log_items -= len(old)
-            self.log_floor = old_v
-
     def snapshot(self) -> Any:
         return SessionSnapshot(self.version, self.library.dump(), self.conns, self.revoked, self.log,
-                               self.log_floor, self.collab).to_wire()
+                               self.log.floor, self.collab).to_wire()
 
     def restore(self, data: Any) -> None:
         snap = SessionSnapshot.from_wire(data)
         self.library = Library.load(snap.library)
         self.conns = snap.connections
         self.revoked = snap.revoked
-        self.log = snap.changes
-        self.log_items = sum(len(ch) for _, ch in self.log)
-        self.log_floor = snap.changes_floor
+        self.log = ChangeLog(CHANGE_LOG_ITEMS, snap.changes, snap.changes_floor)
         self.collab = snap.collaborating
         self.version = snap.version or self.version
         self._restored = True

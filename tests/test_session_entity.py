@@ -444,11 +444,11 @@ def test_resume_small_gap_gives_the_changes_large_gap_the_full_state():
 
     # overflow the bounded log: an old version gets the full state
     n = 0
-    while h.e.log_floor <= seen:
+    while h.e.log.floor <= seen:
         h.run("library_save", {"uris": [turi(3 + n % 250)]})
         h.run("library_remove", {"uris": [turi(3 + n % 250)]})
         n += 1
-    assert h.e.log_items <= CHANGE_LOG_ITEMS
+    assert h.e.log.items <= CHANGE_LOG_ITEMS
     r = h.reply("resume", {"since": seen})
     assert r["full"] is True and r["version"] == h.e.version
     assert r["library"]["track"]["total"] == 2
