@@ -62,6 +62,12 @@ async def run(a) -> None:
         "player.state": lambda i, u: Command("devicegroup", u, "state", {}, P(u)),
         "library.contains(20)": lambda i, u: Command("session", u, "library_contains",
                                                      {"uris": m.tracks[i % 5000:i % 5000 + 20]}, P(u)),
+        # a save and a remove of the same track in turn (op i and i + 1): the library keeps its size, the
+        # session's change log (512 items a user) takes one item an op
+        "library.save/remove": lambda i, u: Command("session", users[i // 2 % 100],
+                                                    "library_save" if i % 2 == 0 else "library_remove",
+                                                    {"uris": [m.tracks[1000 + (i // 2) % 3000]]}, P(users[i // 2 % 100]),
+                                                    op_id=oid()),
         "playlist.items": lambda i, u: Command("playlist", m.pids[i % len(m.pids)], "items", {"limit": 100},
                                                P(owner_of[m.pids[i % len(m.pids)]])),
     }
@@ -99,11 +105,16 @@ async def run(a) -> None:
                 f"({top.size_diff / a.ops:+.0f})") if top is not None and top.size_diff > 0 else ""
         print(f"| {name} | {a.ops} | {total / a.ops:.0f} | {store / a.ops:.0f} | {(total - store) / a.ops:.0f} | {site} |",
               flush=True)
+        for d in sorted(host, key=lambda d: -d.size_diff)[:a.sites]:
+            if d.size_diff > 0:
+                where = " <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in list(d.traceback)[::-1][:4])
+                print(f"|   {name} site | | | | {d.size_diff / a.ops:+.0f} | {where} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=2000)
+    ap.add_argument("--sites", type=int, default=0, help="also print this many of the largest host sites")
     ap.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None)
     asyncio.run(run(ap.parse_args()))
 
