@@ -1,6 +1,7 @@
 """What each op type leaves alive in a host, per op: the data windows and anything else that stays.
 
     .venv/bin/python -m simulations.bench_retention [--ops 2000] [--only player.next,device.progress]
+        [--sites N] [--allocators]
 
 One EntityHost in process over the in-memory store (the scale model's set-up, simulations/scale_model.py:
 100 users with sessions and two-device device groups, 10 playlists), on a clock of its own that moves
@@ -68,6 +69,14 @@ async def run(a) -> None:
                                                     "library_save" if i % 2 == 0 else "library_remove",
                                                     {"uris": [m.tracks[1000 + (i // 2) % 3000]]}, P(users[i // 2 % 100]),
                                                     op_id=oid()),
+        # an add and a remove of the same track in turn on one playlist (its owner): the entries stay,
+        # the Yjs document keeps what it keeps of the deleted items (pycrdt: C heap, not Python)
+        "playlist.add/remove": lambda i, u: (
+            Command("playlist", m.pids[i // 2 % len(m.pids)], "add", {"uris": [m.tracks[2000 + i // 2 % 1000]]},
+                    P(owner_of[m.pids[i // 2 % len(m.pids)]]), op_id=oid()) if i % 2 == 0 else
+            Command("playlist", m.pids[i // 2 % len(m.pids)], "remove",
+                    {"tracks": [{"uri": m.tracks[2000 + i // 2 % 1000]}]},
+                    P(owner_of[m.pids[i // 2 % len(m.pids)]]), op_id=oid())),
         "playlist.items": lambda i, u: Command("playlist", m.pids[i % len(m.pids)], "items", {"limit": 100},
                                                P(owner_of[m.pids[i % len(m.pids)]])),
     }
@@ -78,12 +87,16 @@ async def run(a) -> None:
                 + [Command("session", u, "library_contains", {"uris": m.tracks[:1]}, P(u)) for u in users])
 
     async def round_(gen) -> None:
+        # pairs (op i, i + 1) go to one entity in turn: the save/remove and add/remove generators
         cmds = [gen(i, users[rng.randrange(len(users))]) for i in range(a.ops)]
         for k in range(0, len(cmds), 100):
             clock[0] += 1.0
             await m.submit(cmds[k:k + 100])
         await m.submit(lapse())
 
+    if a.allocators:
+        await _allocators(a, gens, round_, m.store)
+        return
     tracemalloc.start(16)
     print("| op | ops | B/op alive (all) | of it the in-memory store's log | host B/op | largest host site |")
     print("|---|---:|---:|---:|---:|---|")
@@ -111,9 +124,39 @@ async def run(a) -> None:
                 print(f"|   {name} site | | | | {d.size_diff / a.ops:+.0f} | {where} |", flush=True)
 
 
+async def _allocators(a, gens, round_, store) -> None:
+    """The same rounds without tracemalloc (its own tables are glibc allocations): what each op type
+    leaves in glibc's heap in use (Python's objects over 512 bytes, and native: pycrdt's Rust, msgpack,
+    SQLite) and in pymalloc's blocks (Python's small objects), per op; the records the in-memory store
+    kept in the measured round are dropped before measuring (in a server the log is on disk)."""
+    from syncopate.memdebug import mallinfo, pymalloc
+
+    def glibc_mb() -> float:
+        m = mallinfo()
+        return m["uordblks"] + m["hblkhd"]
+
+    print("| op | ops | glibc in use B/op | pymalloc blocks B/op |")
+    print("|---|---:|---:|---:|")
+    for name, gen in gens.items():
+        if a.only and name not in a.only:
+            continue
+        await round_(gen)
+        gc.collect()
+        g0, p0 = glibc_mb(), pymalloc()["allocated_blocks_mb"]
+        logs = {k: len(v) for k, v in store._records.items()}
+        await round_(gen)
+        for k, v in store._records.items():       # the store's copy of this round's log: not host memory
+            del v[logs.get(k, 0):]
+        gc.collect()
+        g1, p1 = glibc_mb(), pymalloc()["allocated_blocks_mb"]
+        print(f"| {name} | {a.ops} | {(g1 - g0) * 2**20 / a.ops:.0f} | {(p1 - p0) * 2**20 / a.ops:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=2000)
+    ap.add_argument("--allocators", action="store_true",
+                    help="no tracemalloc: glibc's bytes in use and pymalloc's blocks left per op")
     ap.add_argument("--sites", type=int, default=0, help="also print this many of the largest host sites")
     ap.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None)
     asyncio.run(run(ap.parse_args()))
