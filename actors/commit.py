@@ -80,8 +80,7 @@ class GroupCommit:
                 self.metrics.unknown_commits += 1
                 err = exc if isinstance(exc, SyncopateError) else SyncopateError(ErrorCode.STORE_UNAVAILABLE, str(exc))
                 results = [err] * len(items)
-            self.metrics.commits += 1
-            self.metrics.commit_seconds += time.perf_counter() - t0
+            self.metrics.record_commit(time.perf_counter() - t0, sum(len(a.records) for a in items))
             for a, res in zip(items, results):
                 if res is None:
                     self.metrics.committed_entries += len(a.records)

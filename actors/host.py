@@ -487,4 +487,4 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
                 "outbox": sum(len(s.outbox) for s in self.slots.values()),
                 "budget_max_active": self.max_active, "budget_max_mailbox": self.max_mailbox,
                 "budget_max_pending": self.max_pending, "budget_max_memory": self.max_memory or 0,
-                **self.metrics.as_dict()}
+                "store_timing": self.store.timing(), **self.metrics.as_dict()}

@@ -2,6 +2,12 @@
 /metrics; plain numbers in tests."""
 from __future__ import annotations
 
+import bisect
+
+# Upper bounds of the group-commit histograms (the last bucket is everything above the last bound).
+COMMIT_MS_BOUNDS = (1, 2, 5, 10, 20, 50, 100)
+COMMIT_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 class Metrics:
     """Counters the adapters export (stats(): the gateway's /metrics; plain numbers in tests).
     Budget counters have `budget` or `refused` in their names."""
@@ -14,6 +20,9 @@ class Metrics:
         self.commits = 0
         self.committed_entries = 0
         self.commit_seconds = 0.0
+        # store.append durations (ms) and entries per commit, as counts per bucket of the bounds above
+        self.commit_ms_hist = [0] * (len(COMMIT_MS_BOUNDS) + 1)
+        self.commit_size_hist = [0] * (len(COMMIT_SIZE_BOUNDS) + 1)
         self.activation_seconds = 0.0
         self.unknown_commits = 0          # store.append raised: the outcome is unknown (Gap sent)
         self.gaps_sent = 0
@@ -37,5 +46,13 @@ class Metrics:
         self.compacted = 0                # snapshots written on request to drop a user's log entries
         self.errors: dict[str, int] = {}
 
+    def record_commit(self, seconds: float, entries: int) -> None:
+        self.commits += 1
+        self.commit_seconds += seconds
+        self.commit_ms_hist[bisect.bisect_left(COMMIT_MS_BOUNDS, seconds * 1000)] += 1
+        self.commit_size_hist[bisect.bisect_left(COMMIT_SIZE_BOUNDS, entries)] += 1
+
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["commit_ms_hist"], d["commit_size_hist"] = list(self.commit_ms_hist), list(self.commit_size_hist)
+        return d

@@ -132,6 +132,11 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections."""
 
+    def timing(self) -> dict:
+        """Counters of the store's own view of its appends (measured where the store runs them);
+        empty where the store keeps none."""
+        return {}
+
     leases: bool = True              # implements holder leases and membership (the methods below)
 
     @abc.abstractmethod
