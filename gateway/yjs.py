@@ -292,7 +292,7 @@ class YjsSession:
         t0 = time.perf_counter()
 
         def done(reply: Reply) -> None:
-            self.ctx.metrics.request_seconds.labels("yjs").observe(time.perf_counter() - t0)
+            self.ctx.metrics.yjs_seconds.observe(time.perf_counter() - t0)
             if reply.ok:
                 if on_ok is not None:
                     on_ok(reply.payload)
