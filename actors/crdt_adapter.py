@@ -14,7 +14,6 @@ Schema (docs/playlist-document.md): root `tracks` (Y.Array of Y.Map), root `meta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -48,27 +47,17 @@ class CrdtDoc:
         self._local = False            # in a local write(): the content observers stay silent
 
     # -- transactions ---------------------------------------------------------------------------------
-    @contextmanager
-    def read(self) -> Iterator[Any]:
-        txn = self.doc.create_transaction()
-        try:
-            yield txn
-        finally:
-            txn.drop()
+    # Context managers as small classes, not @contextmanager generators: a remote update opens
+    # three or four transactions, and the generator machinery was a measurable share of it.
+    def read(self) -> _Read:
+        """`with doc.read() as txn:` a transaction for reading (dropped at the end)."""
+        return _Read(self.doc)
 
-    @contextmanager
-    def write(self, local: bool = True) -> Iterator[Any]:
-        """A committed transaction; `local`: the server's own (origin LOCAL_ORIGIN), which the
-        content observers do not report (the caller mirrors its own edits, and reading the events'
-        deltas would cost more than the edit)."""
-        txn = self.doc.create_transaction_with_origin(LOCAL_ORIGIN) if local else self.doc.create_transaction()
-        self._local = local
-        try:
-            yield txn
-            txn.commit()
-        finally:
-            txn.drop()
-            self._local = False
+    def write(self, local: bool = True) -> _Write:
+        """`with doc.write() as txn:` a committed transaction; `local`: the server's own (origin
+        LOCAL_ORIGIN), which the content observers do not report (the caller mirrors its own
+        edits, and reading the events' deltas would cost more than the edit)."""
+        return _Write(self, local)
 
     def apply(self, txn, update: bytes) -> None:
         """Integrate a Yjs v1 update (a malformed one raises ValueError and changes nothing)."""
@@ -102,13 +91,19 @@ class CrdtDoc:
 
     # -- reading ----------------------------------------------------------------------------------------
     def state_vector(self) -> bytes:
-        with self.read() as txn:
+        txn = self.doc.create_transaction()
+        try:
             return self.doc.get_state(txn)
+        finally:
+            txn.drop()
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """What a peer at `state_vector` lacks (None: the whole document)."""
-        with self.read() as txn:
+        txn = self.doc.create_transaction()
+        try:
             return self.doc.get_update(txn, state_vector or b"\x00")
+        finally:
+            txn.drop()
 
     def roots(self) -> list[str]:
         with self.read() as txn:
@@ -159,3 +154,41 @@ class CrdtDoc:
             self.meta.insert(txn, k, v)
         for k in remove:
             self.meta.remove(txn, k)
+
+
+class _Read:
+    __slots__ = ("doc", "txn")
+
+    def __init__(self, doc) -> None:
+        self.doc = doc
+
+    def __enter__(self):
+        self.txn = self.doc.create_transaction()
+        return self.txn
+
+    def __exit__(self, *exc) -> None:
+        self.txn.drop()
+
+
+class _Write:
+    """A transaction committed on a clean exit (not after an exception), dropped either way."""
+    __slots__ = ("crdt", "local", "txn")
+
+    def __init__(self, crdt: CrdtDoc, local: bool) -> None:
+        self.crdt = crdt
+        self.local = local
+
+    def __enter__(self):
+        crdt = self.crdt
+        doc = crdt.doc
+        self.txn = doc.create_transaction_with_origin(LOCAL_ORIGIN) if self.local else doc.create_transaction()
+        crdt._local = self.local
+        return self.txn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.txn.commit()
+        finally:
+            self.txn.drop()
+            self.crdt._local = False

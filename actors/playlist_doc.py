@@ -424,9 +424,11 @@ class PlaylistDoc:
             self._run(lambda txn: self.crdt.apply(txn, update))
 
     # -- remote updates ------------------------------------------------------------------------------
-    def apply_remote(self, update: bytes) -> Change:
+    def apply_remote(self, update: bytes, scan: UpdateScan | None = None) -> Change:
         """Apply a Yjs update from outside (a client, or a record on replay) and mirror it.
-        A malformed update raises ValueError and changes nothing."""
+        A malformed update raises ValueError and changes nothing. `scan`: the caller's
+        scan_update(update, structs=True), reused when yrs integrated exactly these bytes (the
+        usual case: nothing already known, nothing held back), so the update is read once."""
         self._raw = []
         n_updates = len(self._updates)
         with self.crdt.write(local=False) as txn:
@@ -435,12 +437,15 @@ class PlaylistDoc:
         raw, self._raw = self._raw, []
         # the transaction's own updates: what was integrated (with any held-back structs released)
         integrated = self._updates[n_updates:]
-        scans = []
-        for u in integrated:
-            try:
-                scans.append(scan_update(u, structs=True))
-            except MalformedError:       # pragma: no cover - yrs wrote it
-                pass
+        if scan is not None and len(integrated) == 1 and integrated[0] == update:
+            scans = [scan]
+        else:
+            scans = []
+            for u in integrated:
+                try:
+                    scans.append(scan_update(u, structs=True))
+                except MalformedError:       # pragma: no cover - yrs wrote it
+                    pass
         if raw:
             self._mirror(raw, change)
             if change.inserted:

@@ -54,14 +54,14 @@ class YjsOps:
         meta_before = dict(doc.meta)
         # read first (bounded, linear): a malformed update is refused before yrs sees it
         try:
-            scan = scan_update(update)
+            scan = scan_update(update, structs=True)       # read once: apply_remote reuses it
         except MalformedError as exc:
             raise bad(f"not a Yjs update: {exc.message}", ErrorCode.BAD_REQUEST) from None
         # items of moved entries that this update deletes (already deleted here: see
         # playlist_merge.Correction.concurrent_deletes)
         moved = doc.moved_items_in(scan.deletes)
         try:
-            change = doc.apply_remote(update)
+            change = doc.apply_remote(update, scan)
         except ValueError as exc:
             raise bad(f"not a Yjs update: {exc}", ErrorCode.BAD_REQUEST) from None
         mark = doc.mark()

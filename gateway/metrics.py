@@ -26,6 +26,7 @@ class GatewayMetrics:
         self.frames_in_json = self.frames_in.labels("json")
         self.frames_in_msgpack = self.frames_in.labels("msgpack")
         self.ws_seconds = self.request_seconds.labels("ws")
+        self.yjs_seconds = self.request_seconds.labels("yjs")
         self._host_calls: dict[str, object] = {}
         self._host_stats: list[dict] = []
         self._gw_gauges: dict = {}

@@ -58,6 +58,18 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/yjs/playlists/{id}", endpoint)
 
 
+_last_update: tuple[Push | None, bytes] = (None, b"")
+
+
+def update_frame(push: Push, update: bytes) -> bytes:
+    """The y-protocols Update message of a playlist.changed push, encoded once however many local
+    sockets of the playlist the push is routed to (they follow one another in one loop turn)."""
+    global _last_update
+    if _last_update[0] is not push:        # held, so no other push can share its identity
+        _last_update = (push, yjs.update(update))
+    return _last_update[1]
+
+
 class AwarenessCache:
     """The latest awareness state of every Yjs client of one playlist, as seen by this gateway.
     Bounded in entries (oldest renewal first out) and by age."""
@@ -280,7 +292,7 @@ class YjsSession:
         t0 = time.perf_counter()
 
         def done(reply: Reply) -> None:
-            self.ctx.metrics.request_seconds.labels("yjs").observe(time.perf_counter() - t0)
+            self.ctx.metrics.yjs_seconds.observe(time.perf_counter() - t0)
             if reply.ok:
                 if on_ok is not None:
                     on_ok(reply.payload)
@@ -375,7 +387,7 @@ class YjsSession:
         if push.type == CHANGED:
             update = payload.get("update") if isinstance(payload, dict) else None
             if update:
-                conn.send_frame(yjs.update(update))
+                conn.send_frame(update_frame(push, update))
         elif push.type == AWARENESS:
             data = payload.get("update") if isinstance(payload, dict) else None
             if data and self.cache is not None:

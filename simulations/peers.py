@@ -19,6 +19,11 @@ client's token (`--query ?token=`), entries added_by that user (`--user`), `--sc
 W1 = --docs 20 --clients 10 --rate 5 --seconds 10 (200 clients, 1,000 edits/s, 9,000 deliveries/s).
 Unlike the peers, every edit here is durable (committed to the store) before it is acknowledged
 and before it is fanned out.
+
+Each row also gives the server's CPU per edit sent (`cpu_ms_per_edit`: the CPU seconds its processes
+used during the client run, over the edits the clients sent; this server: the gateway and host
+processes, per process in `cpu_ms_per_edit_by_process`; a peer: the process listening on its port).
+On a shared machine that, not the latency, is the comparable figure.
 """
 from __future__ import annotations
 
@@ -72,6 +77,48 @@ def ensure_peers(wanted: list[str]) -> bool:
 def stop_peers() -> None:
     subprocess.run([str(SHARED / "peers.sh"), "stop"], env=dict(os.environ, PEERS_DIR=str(peers_dir())),
                    check=False, timeout=60)
+
+
+def peer_pids(peer: str) -> dict[str, int]:
+    from simulations.resources import listening_pids
+    return listening_pids(PORTS[peer])
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    import psutil
+    out = {}
+    for label, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[label] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def measured_fanout(pids: dict[str, int], run, *, py_spy: str | None = None, seconds: float = 10.0) -> dict:
+    """run() -> the client's report, with the CPU the processes `pids` used meanwhile per edit sent.
+    `py_spy`: a directory where py-spy records each Python process meanwhile (raw, with threads)."""
+    spies = []
+    if py_spy:
+        Path(py_spy).mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        for label, pid in pids.items():
+            spies.append(subprocess.Popen([str(spy), "record", "--pid", str(pid), "-d", str(int(seconds + 5)), "-r", "200",
+                                           "-f", "raw", "--threads", "-o", str(Path(py_spy) / f"{label}.txt")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    before = cpu_seconds(pids)
+    r = run()
+    after = cpu_seconds(pids)
+    for p in spies:
+        p.wait(timeout=seconds + 60)
+    used = {k: after[k] - before[k] for k in after if k in before}
+    sent = r.get("sent") or 0
+    if used and sent:
+        r["server_cpu_s"] = round(sum(used.values()), 3)
+        r["cpu_ms_per_edit"] = round(sum(used.values()) * 1000 / sent, 3)
+        r["cpu_ms_per_edit_by_process"] = {k: round(v * 1000 / sent, 3) for k, v in sorted(used.items())}
+    return r
 
 
 def client_script() -> Path:
@@ -128,15 +175,17 @@ async def _make_playlists(target, n: int, user: str) -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| server | durable before ack | delivered | delivery ratio | p50 ms | p99 ms | max ms | diverged docs | connect ms |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| server | durable before ack | delivered | delivery ratio | p50 ms | p99 ms | max ms | diverged docs | connect ms "
+           "| server CPU ms per edit |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {NAMES.get(r['server'], r['server'])} | | error: {r['error'][:120]!r} | | | | | | |")
+            out.append(f"| {NAMES.get(r['server'], r['server'])} | | error: {r['error'][:120]!r} | | | | | | | |")
             continue
         out.append(f"| {NAMES.get(r['server'], r['server'])} | {'yes' if r['server'] == 'syncopate' else 'no'} | "
                    f"{r.get('delivered'):,}/{r.get('expected_deliveries'):,} | {r.get('delivery_ratio')} | {r.get('p50_ms')} | "
-                   f"{r.get('p99_ms')} | {r.get('max_ms')} | {r.get('diverged_docs')} | {r.get('connect_ms')} |")
+                   f"{r.get('p99_ms')} | {r.get('max_ms')} | {r.get('diverged_docs')} | {r.get('connect_ms')} | "
+                   f"{r.get('cpu_ms_per_edit', '')} |")
     return "\n".join(out)
 
 
@@ -153,6 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--out", help="write report.json and report.md here")
     p.add_argument("--keep-peers", action="store_true", help="leave the peers running")
+    p.add_argument("--py-spy", help="record this server's processes with py-spy during the run, into this directory")
 
 
 def main_args(a) -> int:
@@ -182,14 +232,20 @@ def main_args(a) -> int:
             f.write("\n".join(t.uri for t in target.catalog.tracks))
         user = f"fanout{int(time.time()) % 100000}"
         pids = asyncio.run(_make_playlists(target, a.docs, user))
-        r = run_fanout(script, ws_url(target.url, "/v1/yjs/playlists"), "yws", a, uris_file=uris_file, rooms=pids,
-                       query="?token=" + target.token(user), user=user)
+        ours = {}
+        if own is not None:
+            from simulations.resources import ray_server_pids
+            ours = ray_server_pids(own.server)
+        r = measured_fanout(ours, lambda: run_fanout(
+            script, ws_url(target.url, "/v1/yjs/playlists"), "yws", a, uris_file=uris_file, rooms=pids,
+            query="?token=" + target.token(user), user=user), py_spy=a.py_spy, seconds=a.seconds)
         r["server"] = "syncopate"
         rows.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
         for peer in wanted:
-            r = run_fanout(script, f"ws://127.0.0.1:{PORTS[peer]}", KIND[peer], a, uris_file=uris_file, user=user,
-                           prefix=f"b{int(time.time())}-")
+            r = measured_fanout(peer_pids(peer), lambda peer=peer: run_fanout(
+                script, f"ws://127.0.0.1:{PORTS[peer]}", KIND[peer], a, uris_file=uris_file, user=user,
+                prefix=f"b{int(time.time())}-"))
             r["server"] = peer
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)

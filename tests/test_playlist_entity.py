@@ -1088,6 +1088,27 @@ def test_out_of_order_updates_wait_for_their_dependencies():
     assert state_of(h.reload()) == state_of(h.e)
 
 
+def test_a_valid_edit_reads_the_update_once(monkeypatch):
+    """The usual update (nothing already known, nothing held back) is integrated as sent: its one
+    scan_update serves both the checks before yrs sees it and the mirror's item ids after."""
+    import actors.playlist_doc as playlist_doc
+    import actors.playlist_yjs as playlist_yjs
+    read = []
+
+    def counting(update, **kw):
+        read.append(update)
+        return scan_update(update, **kw)
+    monkeypatch.setattr(playlist_yjs, "scan_update", counting)
+    monkeypatch.setattr(playlist_doc, "scan_update", counting)
+    h = make(1)
+    c = Client(h, "alice")
+    c.sync()
+    out = c.edit(lambda c: c.tracks.append(c.entry("a", T(5))))
+    assert out.reply["rejected"] == [] and h.ids()[1:] == ["a"] and c.ids() == h.ids()
+    assert h.e.doc.by_id["a"].yid is not None          # the item id came from that one scan
+    assert len(read) == 1
+
+
 def test_snapshot_of_an_internal_change_stays_usable():
     h = make(3)
     h.do("add_listener", None, user_id="bob")                 # a version without a push
