@@ -13,6 +13,7 @@ import itertools
 import logging
 import secrets
 import time
+import zlib
 from collections import deque
 from typing import Any, Callable
 
@@ -210,7 +211,7 @@ class Hub:
     """The gateway's connections, by id and by user. Ids are unique across gateway restarts (a random
     prefix per hub), so a session entry left from before a restart can't address someone's new socket."""
 
-    def __init__(self, gateway_id: str, *, max_sockets_per_user: int = 50) -> None:
+    def __init__(self, gateway_id: str, *, max_sockets_per_user: int = 50, heartbeat_slots: int = 1) -> None:
         self.gateway_id = gateway_id
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
@@ -219,6 +220,11 @@ class Hub:
         self.by_user: dict[str, set[Connection]] = {}
         self._reserved: dict[str, int] = {}          # admitted, upgrade in progress (not yet added)
         self.max_sockets_per_user = max_sockets_per_user
+        # The users with a connection here, by heartbeat slot (crc32(user) % slots): the session
+        # heartbeat (gateway/runner.py) visits one slot a tick, not every connection of the gateway
+        # (30,000 sockets scanned every second was a stall of tens of ms).
+        self.heartbeat_slots = max(1, heartbeat_slots)
+        self.users_by_slot: list[set[str]] = [set() for _ in range(self.heartbeat_slots)]
         self.refused_sockets = 0
         self.slow_closed = 0
 
@@ -253,7 +259,12 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.release(conn.principal)
         self.conns[conn.id] = conn
-        self.by_user.setdefault(conn.principal.user_id, set()).add(conn)
+        uid = conn.principal.user_id
+        mine = self.by_user.get(uid)
+        if mine is None:
+            mine = self.by_user[uid] = set()
+            self.users_by_slot[self.slot_of(uid)].add(uid)
+        mine.add(conn)
 
     def remove(self, conn: Connection) -> None:
         self.conns.pop(conn.id, None)
@@ -261,7 +272,12 @@ class Hub:
         if mine is not None:
             mine.discard(conn)
             if not mine:
-                del self.by_user[conn.principal.user_id]
+                uid = conn.principal.user_id
+                del self.by_user[uid]
+                self.users_by_slot[self.slot_of(uid)].discard(uid)
+
+    def slot_of(self, user_id: str) -> int:
+        return zlib.crc32(user_id.encode()) % self.heartbeat_slots
 
     def get(self, conn_id: str, user_id: str | None) -> Connection | None:
         """The connection with this id, if it is (still) that user's: a push addressed to a connection

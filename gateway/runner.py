@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import zlib
 from typing import Any, Callable
 
 from aiohttp import web
@@ -33,7 +32,8 @@ class GatewayServer:
                  stream_secret: str | None = None, cluster=None, event_bus: Any = None) -> None:
         self.gateway_id = gateway_id
         config = config or GatewayConfig()
-        self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user)
+        self.hub = Hub(gateway_id, max_sockets_per_user=config.max_sockets_per_user,
+                       heartbeat_slots=max(1, int(config.session_heartbeat_s)))
         self.transport = make_transport(self.receive)
         self.dispatcher = Dispatcher(gateway_id, self.transport, self._route,
                                      on_host_restart=lambda host: self.ctx.subscriptions.host_restarted(host),
@@ -127,15 +127,16 @@ class GatewayServer:
         restarted, or it expired them) are registered again."""
         # Spread over the interval: each one-second tick covers the users whose hash falls in its
         # slot, so 10,000 users make ~670 commands a second rather than a 10,000-command burst.
-        slots = max(1, int(self.ctx.config.session_heartbeat_s))
+        slots = self.hub.heartbeat_slots
         tick = 0
         while True:
             await asyncio.sleep(self.ctx.config.session_heartbeat_s / slots)
             tick = (tick + 1) % slots
             by_user: dict[str, list] = {}
-            for conn in list(self.hub.conns.values()):
-                if not conn.closed and zlib.crc32(conn.principal.user_id.encode()) % slots == tick:
-                    by_user.setdefault(conn.principal.user_id, []).append(conn)
+            for uid in self.hub.users_by_slot[tick]:          # this tick's users only (gateway/hub.py)
+                conns = [c for c in self.hub.by_user.get(uid, ()) if not c.closed]
+                if conns:
+                    by_user[uid] = conns
             for uid, conns in by_user.items():
                 names = {f"{self.gateway_id}/{c.id}": c for c in conns}
 

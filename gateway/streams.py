@@ -37,6 +37,17 @@ from protocols.messages import DEVICE_GROUP, MessageType
 STREAM_MANIFEST = MessageType.STREAM_MANIFEST.value
 
 
+class Personal(dict):
+    """`{"stream": manifest}`, what a connection's copy adds, with its JSON (the fragment
+    gateway/subscriptions.py writes into the shared frame) kept beside it: a reused manifest is
+    encoded once, not on every push that reuses it."""
+    __slots__ = ("json",)
+
+    def __init__(self, man: dict) -> None:
+        super().__init__(stream=man)
+        self.json: str | None = None
+
+
 class _Refresh:
     """A connection's pending refresh: when, and from which device-group state."""
     __slots__ = ("at", "cluster", "handle")
@@ -49,7 +60,7 @@ class StreamManifests:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._timers: dict[str, _Refresh] = {}                 # connection id -> its refresh
-        self._last: dict[str, tuple[tuple, dict]] = {}         # connection id -> (what it covers, manifest)
+        self._last: dict[str, tuple[tuple, Personal]] = {}     # connection id -> (what it covers, {"stream": manifest})
         self.refreshed = 0
         self.reused = 0
 
@@ -69,8 +80,8 @@ class StreamManifests:
         covers = ((player.get("track") or {}).get("uri"), tuple(payload.get("next_tracks") or ())[:2],
                   player.get("market"), p.product, bound)
         last = self._last.get(conn.id)
-        if last is not None and last[0] == covers and time.time() < last[1]["refresh_at"]:
-            man = last[1]
+        if last is not None and last[0] == covers and time.time() < last[1]["stream"]["refresh_at"]:
+            own = last[1]
             self.reused += 1
         else:
             man = signer.manifest(self.ctx.catalog, payload, p.user_id, bound, p.product)
@@ -78,12 +89,13 @@ class StreamManifests:
                 self._cancel(conn)
                 self._last.pop(conn.id, None)
                 return None
-            self._last[conn.id] = (covers, man)
+            own = Personal(man)
+            self._last[conn.id] = (covers, own)
         if player.get("is_playing"):
-            self._schedule(conn, payload, man["refresh_at"])
+            self._schedule(conn, payload, own["stream"]["refresh_at"])
         else:
             self._cancel(conn)                 # a paused player's URLs may lapse
-        return {"stream": man}
+        return own
 
     def _schedule(self, conn: Connection, cluster: dict, at: float) -> None:
         r = self._timers.get(conn.id)
@@ -114,7 +126,7 @@ class StreamManifests:
         self.refreshed += 1
         last = self._last.get(conn.id)
         if last is not None:
-            self._last[conn.id] = (last[0], man)
+            self._last[conn.id] = (last[0], Personal(man))
         conn.send(codec.push(STREAM_MANIFEST, f"{DEVICE_GROUP}:{p.user_id}", 0, man))
         self._schedule(conn, cluster, man["refresh_at"])
 

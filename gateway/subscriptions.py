@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any, Callable
 
 from actors.entity import Command
@@ -186,7 +185,11 @@ class Subscriptions:
     # -- pushes ------------------------------------------------------------------------------------
     def _presented(self, push: Push) -> Push:
         fn = self.pushes.get(push.type)
-        return push if fn is None else replace(push, payload=fn(push.payload))
+        if fn is None:
+            return push
+        # the constructor, not dataclasses.replace (which introspects the fields on every call)
+        return Push(push.key, push.version, push.type, fn(push.payload), push.user, push.conn, push.close,
+                    push.fresh, push.prev)
 
     def route(self, push: Push) -> None:
         if push.conn is not None:
@@ -259,7 +262,12 @@ class Subscriptions:
         if encoding == codec.JSON and isinstance(payload, dict) and payload and extra \
                 and not any(k in payload for k in extra):
             shared = self._shared_frame(push, encoding, frames)
-            return f"{shared[:-2]},{codec.encode_ws(extra, encoding)[1:-1]}}}}}"
+            frag = getattr(extra, "json", None)      # gateway/streams.py Personal: encoded once
+            if frag is None:
+                frag = codec.encode_ws(extra, encoding)[1:-1]
+                if hasattr(extra, "json"):
+                    extra.json = frag
+            return f"{shared[:-2]},{frag}}}}}"
         return codec.encode_ws(codec.push(push.type, push.key, push.version, {**payload, **extra}), encoding)
 
     def _access_changed(self, key: str, policy: dict) -> None:

@@ -274,3 +274,42 @@ async def test_a_personal_copy_is_the_shared_payload_with_its_keys_added_in_eith
     subs.route(Push("devicegroup:g", 3, "player.changed", {**payload, "stream": 1}, fresh=True, prev=2))
     await asyncio.wait_for(_until(lambda: len(a.frames) == 2), 2)
     assert orjson.loads(a.frames[-1])["payload"] == {**payload, **extra}
+
+
+async def test_a_reused_manifest_is_encoded_once_and_spliced_into_each_new_shared_frame():
+    """gateway/streams.py hands the same `Personal` back while the manifest is reused: its JSON is
+    kept on it, and every frame is still exactly the whole payload encoded."""
+    import orjson
+    from gateway.streams import Personal
+    hub, d = Hub("gw"), FakeDispatcher()
+    extra = Personal({"tracks": [{"uri": "spotify:track:é", "urls": {"96": "/s?x=1&y=ü"}}], "expires_at": 9})
+    subs = Subscriptions("gw", hub, d, personal={"player.changed": lambda c, p: extra})
+    a = conn(hub, "alice")
+    subs.subscribe(a, "devicegroup:g")
+    (cmd, cb), = d.take("subscribe")
+    cb(Reply(1, {}))
+    assert extra.json is None
+    for v in (2, 3):
+        payload = {"active": True, "volume": v * 10}
+        subs.route(Push("devicegroup:g", v, "player.changed", payload, fresh=True, prev=v - 1))
+        await asyncio.wait_for(_until(lambda: len(a.frames) == v - 1), 2)
+        whole = {"type": "player.changed", "entity": "devicegroup:g", "version": v,
+                 "payload": {**payload, **extra}}
+        assert a.frames[-1] == orjson.dumps(whole).decode()
+        assert extra.json == orjson.dumps(dict(extra)).decode()[1:-1]      # kept after the first push
+
+
+def test_the_hub_indexes_its_users_by_heartbeat_slot():
+    """gateway/runner.py's session heartbeat visits one slot's users a tick: the index follows
+    add and remove (a user stays while any of its sockets is open)."""
+    import zlib
+    hub = Hub("gw", heartbeat_slots=15)
+    a1, a2, b = conn(hub, "alice"), conn(hub, "alice"), conn(hub, "bob")
+    sa, sb = zlib.crc32(b"alice") % 15, zlib.crc32(b"bob") % 15
+    assert "alice" in hub.users_by_slot[sa] and "bob" in hub.users_by_slot[sb]
+    assert sum(len(s) for s in hub.users_by_slot) == 2
+    hub.remove(a1)
+    assert "alice" in hub.users_by_slot[sa]
+    hub.remove(a2)
+    hub.remove(b)
+    assert not any(hub.users_by_slot)
