@@ -392,3 +392,28 @@ async def _bus_users(bus) -> set:
         rows = await asyncio.to_thread(lambda: bus._db.execute("SELECT data FROM log").fetchall())
         return {msgpack.unpackb(d)["u"] for (d,) in rows}
     return {msgpack.unpackb(f[b"e"])["u"] for _, f in await bus._r.xrange(bus.stream)}
+
+
+async def test_an_idle_sqlite_log_backs_off_its_looks_and_still_sees_other_writers(tmp_path):
+    """The consumer's blocked read looks at the file for other processes' entries: 100 looks a
+    second while the log stays empty cost measurable CPU, so empty looks back off to POLL_MAX_S; an
+    entry written through another connection (as a host process writes) is still read, and the
+    wait after it starts short again."""
+    reader, writer = SQLiteLog(tmp_path / "events.db"), SQLiteLog(tmp_path / "events.db")
+    await reader.start()
+    await writer.start()
+    try:
+        assert await reader.read("c", 10, block_ms=1000) == []
+        # POLL_S 0.01 doubling to 0.2: 0.01+0.02+0.04+0.08+0.16 = 0.31 s, then 0.2 s each: ~9 looks,
+        # against ~100 at a fixed POLL_S
+        assert 3 <= reader.looks <= 12
+        assert reader._poll_s == SQLiteLog.POLL_MAX_S
+        await writer.publish([event("u1", 0, 1)])          # no nudge reaches the reader: other "process"
+        t0 = time.monotonic()
+        got = await reader.read("c", 10, block_ms=5000)
+        assert [d.event["u"] for d in got] == ["u1"]
+        assert time.monotonic() - t0 < SQLiteLog.POLL_MAX_S + 1.0
+        assert reader._poll_s == SQLiteLog.POLL_S
+    finally:
+        await reader.close()
+        await writer.close()
