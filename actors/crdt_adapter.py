@@ -13,10 +13,10 @@ Schema (docs/playlist-document.md): root `tracks` (Y.Array of Y.Map), root `meta
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-import weakref
 
 import orjson
 import pycrdt
@@ -26,7 +26,7 @@ LOCAL_ORIGIN = 0x5E17E5        # origin of the server's own transactions (observ
 _UPDATE, _TRACKS, _META = 0, 1, 2
 
 
-def _call(ref: "weakref.ref[CrdtDoc]", kind: int, ev) -> None:
+def _call(ref: weakref.ref[CrdtDoc], kind: int, ev) -> None:
     doc = ref()
     if doc is not None:            # a document being let go of reports nothing
         doc._event(kind, ev)
