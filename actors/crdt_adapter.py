@@ -13,6 +13,7 @@ Schema (docs/playlist-document.md): root `tracks` (Y.Array of Y.Map), root `meta
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,13 @@ import pycrdt
 from pycrdt import _pycrdt as Y
 
 LOCAL_ORIGIN = 0x5E17E5        # origin of the server's own transactions (observers skip them)
+_UPDATE, _TRACKS, _META = 0, 1, 2
+
+
+def _call(ref: weakref.ref[CrdtDoc], kind: int, ev) -> None:
+    doc = ref()
+    if doc is not None:            # a document being let go of reports nothing
+        doc._event(kind, ev)
 
 
 def merge_updates(updates: list[bytes]) -> bytes:
@@ -70,24 +78,39 @@ class CrdtDoc:
         transaction (but a local write) that changed `tracks`: ("d", delta) for the array itself (delta: [{"retain": n}
         | {"delete": n} | {"insert": [value, ...]}], values read with `entry_fields`),
         ("k", index, {key: {"action", "oldValue"?, "newValue"?}}) for keys of the Y.Map at index,
-        ("x", index) for anything nested deeper; on_meta({key: {...}}) for `meta`'s keys."""
-        def tracks(events) -> None:
-            if self._local:
-                return
+        ("x", index) for anything nested deeper; on_meta({key: {...}}) for `meta`'s keys.
+
+        The callbacks are held here, and the document's subscriptions (inside yrs, where Python's
+        collector can't see) hold only a weak reference to this object: a subscription holding the
+        callbacks themselves made a cycle through Rust (document -> callback -> the playlist's
+        document object -> this -> document) that was never collected, so every playlist document an
+        entity let go of (passivation, a lost lease, a reload) stayed in memory with its yrs heap
+        (tests/test_crdt_adapter_release.py)."""
+        self._on = (on_update, on_tracks, on_meta)
+        me = weakref.ref(self)
+        self._subs = [self.doc.observe(lambda ev: _call(me, _UPDATE, ev)),
+                      self.tracks.observe_deep(lambda events: _call(me, _TRACKS, events)),
+                      self.meta.observe(lambda ev: _call(me, _META, ev))]
+
+    def _event(self, kind: int, ev) -> None:
+        on_update, on_tracks, on_meta = self._on
+        if kind == _UPDATE:
+            on_update(ev.update)
+        elif self._local:
+            return
+        elif kind == _META:
+            on_meta(ev.keys)
+        else:
             out = []
-            for ev in events:
-                path = ev.path
+            for e in ev:
+                path = e.path
                 if not path:
-                    out.append(("d", ev.delta))
-                elif len(path) == 1 and hasattr(ev, "keys"):
-                    out.append(("k", path[0], ev.keys))
+                    out.append(("d", e.delta))
+                elif len(path) == 1 and hasattr(e, "keys"):
+                    out.append(("k", path[0], e.keys))
                 else:
                     out.append(("x", path[0]))
             on_tracks(out)
-
-        self._subs = [self.doc.observe(lambda ev: on_update(ev.update)),
-                      self.tracks.observe_deep(tracks),
-                      self.meta.observe(lambda ev: None if self._local else on_meta(ev.keys))]
 
     # -- reading ----------------------------------------------------------------------------------------
     def state_vector(self) -> bytes:

@@ -29,8 +29,9 @@ from __future__ import annotations
 import struct
 from array import array
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from protocols.wire import ConnAddress
 

@@ -1,7 +1,7 @@
 """What each op type leaves alive in a host, per op: the data windows and anything else that stays.
 
     .venv/bin/python -m simulations.bench_retention [--ops 2000] [--only player.next,device.progress]
-        [--sites N] [--allocators]
+        [--sites N] [--allocators] [--churn CYCLES]
 
 One EntityHost in process over the in-memory store (the scale model's set-up, simulations/scale_model.py:
 100 users with sessions and two-device device groups, 10 playlists), on a clock of its own that moves
@@ -97,6 +97,9 @@ async def run(a) -> None:
     if a.allocators:
         await _allocators(a, gens, round_, m.store)
         return
+    if a.churn:
+        await _churn(a, m, users, oid)
+        return
     tracemalloc.start(16)
     print("| op | ops | B/op alive (all) | of it the in-memory store's log | host B/op | largest host site |")
     print("|---|---:|---:|---:|---:|---|")
@@ -152,11 +155,49 @@ async def _allocators(a, gens, round_, store) -> None:
         print(f"| {name} | {a.ops} | {(g1 - g0) * 2**20 / a.ops:.0f} | {(p1 - p0) * 2**20 / a.ops:.0f} |", flush=True)
 
 
+async def _churn(a, m, users, oid) -> None:
+    """Every resident entity dropped and activated again, `a.churn` times (what a lost lease, a
+    passivation and a host restart do): what each cycle leaves behind, in glibc's heap in use and in
+    pymalloc's blocks, and how many of each entity class are alive (a dropped entity must be freed;
+    the store's log grows by a write an entity a cycle, ~0.1 MB)."""
+    from actors.entity import Command, Principal
+    from syncopate.memdebug import mallinfo, pymalloc
+
+    def cmds() -> list:
+        out = []
+        for u in users:
+            out += [Command("devicegroup", u, "volume", {"volume_percent": 50}, Principal(u), op_id=oid()),
+                    Command("session", u, "library_contains", {"uris": m.tracks[:5]}, Principal(u))]
+        return out + [Command("playlist", pid, "items", {"limit": 10}, Principal(m.user(j % 100)))
+                      for j, pid in enumerate(m.pids)]
+
+    await m.submit(cmds())
+    print("| cycle | dropped | glibc in use MB | pymalloc MB | alive: entities / playlist documents |")
+    print("|---:|---:|---:|---:|---|")
+    for cycle in range(a.churn):
+        dropped = 0
+        for slot in list(m.host.slots.values()):
+            if not slot.phantom and slot.entity is not None:
+                m.host._evict(slot)
+                dropped += 1
+        await m.submit(cmds())
+        gc.collect()
+        mi, pm = mallinfo(), pymalloc()
+        objs = gc.get_objects()
+        ents = sum(1 for o in objs if type(o).__name__.endswith("Entity"))
+        docs = sum(1 for o in objs if type(o).__name__ == "PlaylistDoc")
+        del objs                     # the list holds every object: the next cycle must not count it
+        print(f"| {cycle} | {dropped} | {mi['uordblks'] + mi['hblkhd']:.2f} | {pm.get('allocated_blocks_mb', -1):.2f} | "
+              f"{ents} / {docs} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=2000)
     ap.add_argument("--allocators", action="store_true",
                     help="no tracemalloc: glibc's bytes in use and pymalloc's blocks left per op")
+    ap.add_argument("--churn", type=int, default=0,
+                    help="instead: drop and reactivate every entity this many times, what each cycle leaves")
     ap.add_argument("--sites", type=int, default=0, help="also print this many of the largest host sites")
     ap.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None)
     asyncio.run(run(ap.parse_args()))

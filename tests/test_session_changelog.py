@@ -7,7 +7,13 @@ import tracemalloc
 
 import pytest
 
-from actors.session_records import ChangeLog, ItemChange, SessionSnapshot, pack_changes, unpack_changes
+from actors.session_records import (
+    ChangeLog,
+    ItemChange,
+    SessionSnapshot,
+    pack_changes,
+    unpack_changes,
+)
 
 IDS = [f"{i:022d}" for i in range(2000)]
 
