@@ -220,18 +220,8 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
                 sink(Reply.fail(_overloaded("the host has too many changes in flight")))
                 return
             self.slots.move_to_end(cmd.key)
+        slot.mailbox.append((cmd, sink))
         slot.last_used = self.clock()
-        if not slot.draining and not slot.mailbox and slot.entity is not None and not slot.phantom and not slot.dead \
-                and cmd.op not in MAINTENANCE_OPS:
-            # Resident, nothing queued before it and nothing awaited for it (an activation or a
-            # maintenance op makes the slot `draining`): handled here, in arrival order, without a
-            # task per command. What _handle leaves in the mailbox (a phantom's write goes back to
-            # be handled on the acquired entity) is drained by the task as usual.
-            self._handle(slot, cmd, sink)
-            if not slot.mailbox or slot.draining or slot.dead:
-                return
-        else:
-            slot.mailbox.append((cmd, sink))
         if not slot.draining:
             slot.draining = True
             asyncio.get_running_loop().create_task(self._drain(slot))

@@ -129,27 +129,3 @@ async def test_snapshots_compact_the_log_and_passivation_frees_memory(host):
     assert "counter:c1" not in host.slots
     reply, version = await host.call(Command("counter", "c1", "get", {}, USER))
     assert reply["total"] == 12 and version == 12
-
-
-async def test_a_resident_entity_handles_commands_without_a_task_each(host):
-    """A command for a resident entity with nothing queued is handled in enqueue (no task per command);
-    one that arrives while the entity is being activated waits in the mailbox, in order."""
-    await host.call(add(1))
-    loop = asyncio.get_running_loop()
-    created = []
-    real = loop.create_task
-
-    def counting(coro, **kw):
-        created.append(getattr(coro, "__qualname__", coro))
-        return real(coro, **kw)
-
-    loop.create_task = counting
-    try:
-        replies = await asyncio.gather(*(host.call(add(i)) for i in range(2, 6)))
-    finally:
-        loop.create_task = real
-    assert [r[0]["total"] for r in replies] == [3, 6, 10, 15]
-    assert not [c for c in created if "_drain" in str(c)]
-    # not resident: the first command activates it in a task, the ones behind it wait their turn
-    replies = await asyncio.gather(*(host.call(add(i, eid="c2")) for i in range(1, 5)))
-    assert [r[0]["total"] for r in replies] == [1, 3, 6, 10]
