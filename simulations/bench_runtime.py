@@ -127,7 +127,10 @@ def _commit_stats(stats: list) -> dict:
     """The hosts' group commits over the window (the second stats() minus the first, summed over hosts)."""
     if len(stats) < 2 or not stats[0]:
         return {}
-    from actors.host_metrics import COMMIT_MS_BOUNDS, COMMIT_SIZE_BOUNDS
+    try:
+        from actors.host_metrics import COMMIT_MS_BOUNDS, COMMIT_SIZE_BOUNDS
+    except ImportError:
+        COMMIT_MS_BOUNDS = COMMIT_SIZE_BOUNDS = ()
 
     def diff(field):
         return sum(b[field] - a[field] for a, b in zip(*stats))
@@ -138,9 +141,10 @@ def _commit_stats(stats: list) -> dict:
 
     commits = diff("commits")
     out = {"commits": commits, "entries_per_commit": round(diff("committed_entries") / max(1, commits), 2),
-           "commit_ms_mean": round(diff("commit_seconds") * 1000 / max(1, commits), 3),
-           "commit_ms_hist": hist("commit_ms_hist", COMMIT_MS_BOUNDS),
-           "commit_size_hist": hist("commit_size_hist", COMMIT_SIZE_BOUNDS)}
+           "commit_ms_mean": round(diff("commit_seconds") * 1000 / max(1, commits), 3)}
+    if "commit_ms_hist" in stats[0][0]:          # (a server from before the histograms has none)
+        out["commit_ms_hist"] = hist("commit_ms_hist", COMMIT_MS_BOUNDS)
+        out["commit_size_hist"] = hist("commit_size_hist", COMMIT_SIZE_BOUNDS)
     st = [[s.get("store_timing") or {} for s in ss] for ss in stats]
     if st[0] and all(st[0]) and "appends" in st[0][0]:
         def sdiff(field):
@@ -149,7 +153,9 @@ def _commit_stats(stats: list) -> dict:
         out["store_view"] = {"appends": n, "append_ms_mean": round(sdiff("append_s") * 1000 / max(1, n), 3),
                         "commit_ms_mean": round(sdiff("commit_s") * 1000 / max(1, n), 3),
                         "commits_over_10ms": sdiff("commits_over_10ms"), "checkpoints": sdiff("checkpoints"),
-                        "checkpoint_ms_mean": round(sdiff("checkpoint_s") * 1000 / max(1, sdiff("checkpoints")), 2)}
+                        "checkpoint_ms_mean": round(sdiff("checkpoint_s") * 1000 / max(1, sdiff("checkpoints")), 2),
+                        "writer_waits": sdiff("writer_waits"),
+                        "writer_wait_ms_mean": round(sdiff("writer_wait_s") * 1000 / max(1, sdiff("writer_waits")), 3)}
     return out
 
 
@@ -289,8 +295,8 @@ def table(rows: list[dict], acts: list[dict], a) -> str:
     for r in rows:
         if r.get("commits"):
             out.append(f"{r['store']} {r['clients']} clients: CPU ms/ack {r['cpu_ms_per_ack']}; {r['commits']} commits, "
-                       f"{r['entries_per_commit']} entries each, {r['commit_ms_mean']} ms mean; durations {r['commit_ms_hist']};"
-                       f" sizes {r['commit_size_hist']}"
+                       f"{r['entries_per_commit']} entries each, {r['commit_ms_mean']} ms mean; durations {r.get('commit_ms_hist')};"
+                       f" sizes {r.get('commit_size_hist')}"
                        + (f"; in the store {r['store_view']}" if r.get("store_view") else ""))
     if acts:
         out += ["", "Activation of a passivated session entity (200 liked tracks), first command, in-process:", "",

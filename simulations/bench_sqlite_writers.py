@@ -1,7 +1,7 @@
 """SQLite group commits from several processes on one file: how long an append waits for the others.
 
     .venv/bin/python -m simulations.bench_sqlite_writers [--procs 2] [--seconds 10] [--entries 12]
-                                                         [--lock on|off] [--dir DIR]
+                                                         [--lock on|off] [--gap-ms 0] [--dir DIR]
 
 Every host of a single-machine deployment appends to the one syncopate.db. Each of --procs
 processes opens a SQLiteStore on one fresh file and, in a closed loop, appends a group commit of
@@ -25,7 +25,7 @@ import tempfile
 import time
 
 
-def _worker(path: str, idx: int, seconds: float, entries: int, lock: bool, start_at: float, out) -> None:
+def _worker(path: str, idx: int, seconds: float, entries: int, lock: bool, gap_s: float, start_at: float, out) -> None:
     from storage.base import Append, Record
     from storage.sqlite import SQLiteStore
     from storage.sqlite_writer import WriterLock
@@ -46,12 +46,14 @@ def _worker(path: str, idx: int, seconds: float, entries: int, lock: bool, start
         t0 = time.perf_counter()
         st._append(batch)
         lat.append((time.perf_counter() - t0) * 1000)
+        if gap_s:
+            time.sleep(gap_s)      # the host's release of a batch and its next handling, between commits
     t = st.timing()
     st._db.close()
     out.put({"lat": lat, "writer_waits": t["writer_waits"], "writer_wait_s": t["writer_wait_s"]})
 
 
-def run(procs: int, seconds: float, entries: int, lock: bool, base: str | None) -> dict:
+def run(procs: int, seconds: float, entries: int, lock: bool, base: str | None, gap_s: float = 0.0) -> dict:
     d = tempfile.mkdtemp(prefix="bench-sqlw-", dir=base)
     path = os.path.join(d, "syncopate.db")
     from storage.sqlite import SQLiteStore
@@ -61,7 +63,7 @@ def run(procs: int, seconds: float, entries: int, lock: bool, base: str | None) 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     start_at = time.time() + 2.0
-    ps = [ctx.Process(target=_worker, args=(path, i, seconds, entries, lock, start_at, q)) for i in range(procs)]
+    ps = [ctx.Process(target=_worker, args=(path, i, seconds, entries, lock, gap_s, start_at, q)) for i in range(procs)]
     for p in ps:
         p.start()
     res = [q.get(timeout=seconds + 120) for _ in ps]
@@ -73,7 +75,7 @@ def run(procs: int, seconds: float, entries: int, lock: bool, base: str | None) 
 
     def pct(q):
         return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
-    return {"lock": "on" if lock else "off", "procs": procs, "appends_per_s": round(len(lat) / seconds, 1),
+    return {"lock": "on" if lock else "off", "procs": procs, "gap_ms": gap_s * 1000, "appends_per_s": round(len(lat) / seconds, 1),
             "p50_ms": pct(.5), "p99_ms": pct(.99), "max_ms": round(lat[-1], 2) if lat else None,
             "over_10ms": sum(1 for x in lat if x > 10), "per_process": [len(r["lat"]) for r in res],
             "writer_waits": sum(r["writer_waits"] for r in res),
@@ -89,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entries", type=int, default=12, help="records per group commit")
     p.add_argument("--lock", default="on,off", help="on, off, or both in turn (on,off)")
     p.add_argument("--rounds", type=int, default=1, help="times the --lock list is run, alternating")
+    p.add_argument("--gap-ms", type=float, default=0.0, help="pause of each writer between its appends")
     p.add_argument("--dir", help="where the database files go (default: the temp dir)")
     a = p.parse_args(argv)
     for _ in range(a.rounds):
         for mode in a.lock.split(","):
-            print(json.dumps(run(a.procs, a.seconds, a.entries, mode == "on", a.dir)), flush=True)
+            print(json.dumps(run(a.procs, a.seconds, a.entries, mode == "on", a.dir, a.gap_ms / 1000)), flush=True)
     return 0
 
 

@@ -129,3 +129,16 @@ async def test_snapshots_compact_the_log_and_passivation_frees_memory(host):
     assert "counter:c1" not in host.slots
     reply, version = await host.call(Command("counter", "c1", "get", {}, USER))
     assert reply["total"] == 12 and version == 12
+
+
+async def test_group_commits_are_counted_by_size_and_duration(host):
+    from actors.host_metrics import COMMIT_SIZE_BOUNDS
+    await host.call(add(1))                                       # a commit of one entry
+    await asyncio.gather(*(host.call(add(1, eid=f"k{i}")) for i in range(5)))   # up to five in a commit
+    st = host.stats()
+    assert sum(st["commit_ms_hist"]) == st["commits"] == sum(st["commit_size_hist"])
+    assert st["commit_size_hist"][0] >= 1                         # the single-entry commit
+    assert st["committed_entries"] == 6 and st["commit_size_hist"][-1] == 0
+    # each commit counted under the bucket of its size: the buckets' upper bounds cover the six entries
+    assert 6 <= sum(n * b for b, n in zip(COMMIT_SIZE_BOUNDS, st["commit_size_hist"])) <= 6 * 2
+    assert st["store_timing"] == {}                               # the memory store keeps none
