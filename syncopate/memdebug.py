@@ -141,6 +141,9 @@ class Probe:
         traced0 = tracemalloc.get_traced_memory()[0]
         # what the collection finds, by type: unreachable objects kept in gc.garbage for a moment
         # (DEBUG_SAVEALL), counted, then let go (the next collection frees them)
+        # (DEBUG_SAVEALL), counted, then let go (the next collection frees them); everything the
+        # collector's sweeps froze is unfrozen first, or neither this nor get_objects() would see it
+        gc.unfreeze()
         flags = gc.get_debug()
         gc.set_debug(flags | gc.DEBUG_SAVEALL)
         try:

@@ -18,7 +18,8 @@ loop), each stamped with time.monotonic() — CLOCK_MONOTONIC, one clock for eve
 machine — so they can be laid beside a benchmark's slow samples (the benchmark's perf_counter is the
 same clock on Linux). Recorder.stats() gives the counts, which SYNCOPATE_MEMSTATS lines carry.
 
-Off by default: the callbacks and the watchdog cost a little CPU (a 1 ms poll per process).
+Off by default: the callbacks and the watchdog cost a little CPU (a 2 ms poll per process that takes
+the GIL, a 5 ms timer on the loop).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ ENV_DIR = "SYNCOPATE_STALLS"
 ENV_MS = "SYNCOPATE_STALLS_MS"
 DEFAULT_MS = 5.0
 TICK_S = 0.005            # the lag probe's timer
-POLL_S = 0.001            # the watchdog's poll
+POLL_S = 0.002            # the watchdog's poll (each one takes the GIL: not too often)
 
 
 @dataclass
@@ -95,9 +96,9 @@ class Recorder:
         g.total_ms += ms
         g.max_ms = max(g.max_ms, ms)
         if ms >= self.threshold_ms:
+            # no wake-up here: inside the collector, take no lock; the watchdog's poll finds it
             self.events.append(StallEvent("gc", self._gc_t0, round(ms, 2), cpu_ms=round(cpu, 2),
                                           gen=info["generation"], collected=info.get("collected")))
-            self._wake.set()
 
     # -- the loop's lag ----------------------------------------------------------------------------
     async def _probe(self) -> None:
