@@ -100,6 +100,7 @@ class HostActor:
         restore_priority()
         self.cluster, self.index, self.n_hosts, self.spec = cluster, index, n_hosts, spec
         self._collector = None          # (schedule, task) once started (actors/collector.py)
+        self._stalls = None             # the stall recorder, when SYNCOPATE_STALLS asks for it
         self.host: EntityHost | None = None
         self._starting: asyncio.Future | None = None
         self._stopping = False
@@ -188,6 +189,8 @@ class HostActor:
         self._collector = collector.start(f"host-{self.index}")     # cyclic garbage freed on a clock
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"host-{self.index}")      # opt-in (SYNCOPATE_TRACEMALLOC)
+        from syncopate import stalls
+        self._stalls = stalls.maybe_start(f"host-{self.index}")  # opt-in (SYNCOPATE_STALLS)
         self.host = host
         log.info("host %d ready (incarnation %s, store %s, channel %s:%d)", self.index, host.incarnation,
                  store.name, *self.addr)
@@ -248,6 +251,8 @@ class HostActor:
         self._boot.cancel()
         if self._collector is not None:
             self._collector[1].cancel()
+        if self._stalls is not None:
+            self._stalls.stop()
         if self.host is not None:
             await self.host.close(passivate=True)
             await self.host.store.close()

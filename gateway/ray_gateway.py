@@ -39,6 +39,7 @@ class GatewayActor:
         self.cluster, self.gateway_id, self.n_hosts = cluster, gateway_id, n_hosts
         self.spec, self.listen = spec, listen
         self._collector = None          # (schedule, task) once started (actors/collector.py)
+        self._stalls = None             # the stall recorder, when SYNCOPATE_STALLS asks for it
         self.server: GatewayServer | None = None
         self._host_requests: list[dict] = []
         self._starting: asyncio.Future | None = None
@@ -88,6 +89,8 @@ class GatewayActor:
         self._collector = collector.start(f"gateway-{self.gateway_id}")   # cyclic garbage freed on a clock
         from syncopate.memdebug import maybe_start
         self._memprobe = maybe_start(f"gateway-{self.gateway_id}")   # opt-in (SYNCOPATE_TRACEMALLOC)
+        from syncopate import stalls
+        self._stalls = stalls.maybe_start(f"gateway-{self.gateway_id}")  # opt-in (SYNCOPATE_STALLS)
         return await self.server.start(listen_host(self.listen.get("host", "127.0.0.1")), self.listen.get("port", 0),
                                        reuse_port=self.listen.get("reuse_port", False))
 
@@ -125,6 +128,8 @@ class GatewayActor:
     async def stop(self) -> None:
         if self._collector is not None:
             self._collector[1].cancel()
+        if self._stalls is not None:
+            self._stalls.stop()
         if self.server is not None:
             await self.server.stop()
             await self.events.close()

@@ -141,6 +141,9 @@ class Probe:
         traced0 = tracemalloc.get_traced_memory()[0]
         # what the collection finds, by type: unreachable objects kept in gc.garbage for a moment
         # (DEBUG_SAVEALL), counted, then let go (the next collection frees them)
+        # (DEBUG_SAVEALL), counted, then let go (the next collection frees them); everything the
+        # collector's sweeps froze is unfrozen first, or neither this nor get_objects() would see it
+        gc.unfreeze()
         flags = gc.get_debug()
         gc.set_debug(flags | gc.DEBUG_SAVEALL)
         try:
@@ -297,7 +300,14 @@ def stats_line(label: str, t0: float) -> dict:
             # collections per generation so far: a full (generation 2) one is what frees old cyclic garbage
             "gc_collections": [g["collections"] for g in gc.get_stats()],
             "gc_counts": list(gc.get_count()),
-            "threads": threading.active_count()}
+            "threads": threading.active_count(), **_stall_stats()}
+
+
+def _stall_stats() -> dict:
+    """The stall recorder's counts (syncopate/stalls.py) when it is on in this process."""
+    from syncopate import stalls
+    rec = stalls.current()
+    return rec.stats() if rec is not None else {}
 
 
 class Stats:
@@ -318,6 +328,9 @@ class Stats:
         line = stats_line(self.label, self.t0)
         if not self.types:
             return line
+        # gc.get_objects() does not list frozen objects, and the collector's sweeps freeze what
+        # survives them (actors/collector.py): counted only once unfrozen (a diagnosis, not a proof run)
+        gc.unfreeze()
         line["gc_objects"] = len(gc.get_objects())
         types = type_counts()
         if self._prev is not None:

@@ -14,9 +14,10 @@ The setting: ServerSpec.malloc_arena_max, default DEFAULT_ARENA_MAX, or SYNCOPAT
 in the environment of the process that creates the actors (`syncopate serve`, the simulations); 0
 leaves glibc's default. A MALLOC_ARENA_MAX already in that environment is passed on as it is.
 
-SYNCOPATE_GC_EVERY_S — the period of the clocked full collection (actors/collector.py): passed on
-from the creating process's environment when set there, so it reaches the actors on a cluster too; and
-SYNCOPATE_MALLOC_TRIM (0: no malloc_trim after that collection) the same way.
+SYNCOPATE_GC_EVERY_S, SYNCOPATE_GC_FULL_EVERY_S — the periods of the clocked sweeps (actors/collector.py): passed on
+from the creating process's environment when set there, so it reaches the actors on a cluster too;
+so are SYNCOPATE_MALLOC_TRIM (0: no malloc_trim after the sweeps) and SYNCOPATE_STALLS and
+SYNCOPATE_STALLS_MS (the stall recorder, syncopate/stalls.py).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def arena_max_default() -> int:
     return n
 
 
-PASSED_ON = ("SYNCOPATE_GC_EVERY_S", "SYNCOPATE_MALLOC_TRIM")      # actors/collector.py ENV, TRIM_ENV
+PASSED_ON = ("SYNCOPATE_GC_EVERY_S", "SYNCOPATE_GC_FULL_EVERY_S", "SYNCOPATE_MALLOC_TRIM",  # actors/collector.py
+             "SYNCOPATE_STALLS", "SYNCOPATE_STALLS_MS")               # syncopate/stalls.py
 
 
 def actor_env(arena_max: int | None) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""The clocked full collection of a gateway or host process (actors/collector.py): cyclic garbage is
-freed within the period even when the count-based collector never fires, and a slow collection
+"""The clocked sweeps of a gateway or host process (actors/collector.py): cyclic garbage is freed
+within the period even when the count-based collector never fires, a sweep freezes what survives it
+(the next one walks only what is newer), old cycles wait for the full sweep, and a slow collection
 spaces the next one out."""
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+@pytest.fixture(autouse=True)
+def unfrozen():
+    # a sweep freezes every survivor of the test process: give them back to the collector after
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -61,6 +69,53 @@ def test_cyclic_garbage_waits_for_the_period_then_is_freed(no_automatic_gc):
     assert s.delay() == 60.0
 
 
+def test_a_sweep_freezes_its_survivors_and_old_cycles_wait_for_the_full_sweep(no_automatic_gc):
+    clock = _Clock()
+    s = CollectSchedule(every_s=10.0, full_every_s=100.0, clock=clock)
+    old = [_Node() for _ in range(500)]
+    old_refs = [weakref.ref(n) for n in old]
+    frozen = gc.get_freeze_count()
+    clock.t += 10.0
+    assert s.step() is True and s.full == 0
+    # what survived the sweep is out of the next sweeps' walk
+    assert gc.get_freeze_count() >= frozen + 500
+    del old                                   # cycles among frozen objects: only a full sweep sees them
+    young = _garbage(500)
+    clock.t += 10.0
+    assert s.step() is True and s.full == 0
+    assert sum(r() is not None for r in young) == 0          # died young: freed by the sweep
+    assert sum(r() is not None for r in old_refs) == 500     # old: still waiting
+    clock.t = 1000.0 + 100.0
+    assert s.step() is True and s.full == 1
+    assert sum(r() is not None for r in old_refs) == 0
+    assert s.delay() == 10.0
+
+
+def test_a_full_sweep_that_was_slow_spaces_the_next_full_one():
+    clock, cpu = _Clock(), _Clock()
+    kinds = []
+
+    def collect(kind: str, cost: float):
+        def run() -> int:
+            cpu.t += cost
+            kinds.append(kind)
+            return 0
+        return run
+
+    s = CollectSchedule(every_s=10.0, full_every_s=100.0, max_share=0.01, clock=clock, cpu=cpu,
+                        collect=collect("sweep", 0.001), collect_all=collect("full", 2.0))
+    clock.t += 100.0
+    assert s.step() is True and kinds == ["full"]
+    assert s.last_full_s == 2.0
+    assert s.next_full_at == clock.t + 200.0                 # 2 s of CPU: at most 1 % -> 200 s apart
+    assert s.delay() == 200.0                                # and the sweep after it too
+    clock.t += 200.0
+    assert s.step() is True and kinds == ["full", "full"]
+    assert s.full == 2 and s.collections == 2
+    clock.t += 199.0
+    assert s.step() is False                                 # neither kind before 200 s
+
+
 def test_a_slow_collection_puts_the_next_one_further_off():
     clock, cpu = _Clock(), _Clock()
 
@@ -69,7 +124,8 @@ def test_a_slow_collection_puts_the_next_one_further_off():
         cpu.t += 3.0                 # 3 s of CPU: at most 1 % of the time -> 300 s apart
         return 0
 
-    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, cpu=cpu, collect=slow_collect)
+    s = CollectSchedule(every_s=60.0, max_share=0.01, full_every_s=10_000.0, clock=clock, cpu=cpu,
+                        collect=slow_collect)
     clock.t += 60.0
     assert s.step() is True
     assert s.last_s == 3.0
@@ -81,8 +137,13 @@ def test_a_slow_collection_puts_the_next_one_further_off():
 
 
 def test_the_period_from_the_environment():
-    assert from_env({}).every_s == collector.EVERY_S == 60.0
+    assert from_env({}).every_s == collector.EVERY_S == 2.0
+    assert from_env({}).full_every_s == collector.FULL_EVERY_S == 600.0
     assert from_env({collector.ENV: "15"}).every_s == 15.0
+    assert from_env({collector.ENV_FULL: "120"}).full_every_s == 120.0
+    assert from_env({collector.ENV: "60", collector.ENV_FULL: "30"}).full_every_s == 60.0   # every one full
+    with pytest.raises(ValueError, match="SYNCOPATE_GC_FULL_EVERY_S"):
+        from_env({collector.ENV_FULL: "-5"})
     assert from_env({collector.ENV: "0"}) is None
     with pytest.raises(ValueError, match="SYNCOPATE_GC_EVERY_S"):
         from_env({collector.ENV: "-1"})
@@ -129,6 +190,26 @@ def test_the_trim_runs_after_the_collection_inside_the_budget():
     assert calls == ["collect", "trim"]
     assert s.trims == 1 and s.stats()["malloc_trims"] == 1
     assert s.last_s == 2.0 and s.delay() == 200.0     # the trim's time counts in the 1 % share
+
+
+def test_the_trim_runs_once_a_minute_not_after_every_sweep():
+    clock, calls = _Clock(), []
+
+    def collect() -> int:
+        calls.append("collect")
+        return 0
+
+    def trim() -> int:
+        calls.append("trim")
+        return 1
+
+    s = CollectSchedule(every_s=2.0, clock=clock, cpu=lambda: 0.0, collect=collect, collect_all=collect,
+                        trim=trim, trim_every_s=60.0)
+    for _ in range(60):                      # two minutes of sweeps every 2 s
+        clock.t += 2.0
+        assert s.step() is True
+    assert calls.count("collect") == 60 and calls.count("trim") == 2
+    assert calls.index("trim") == 30         # the first after the sweep at t = 60 s
 
 
 def test_the_trim_from_the_environment():

@@ -21,8 +21,9 @@ def test_the_default_and_the_environment_override(monkeypatch):
 
 def test_actor_options_carry_the_cap_and_zero_leaves_glibc_alone(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    monkeypatch.delenv("SYNCOPATE_GC_EVERY_S", raising=False)
-    monkeypatch.delenv("SYNCOPATE_MALLOC_TRIM", raising=False)
+    for name in ("SYNCOPATE_GC_EVERY_S", "SYNCOPATE_GC_FULL_EVERY_S", "SYNCOPATE_MALLOC_TRIM", "SYNCOPATE_STALLS",
+                 "SYNCOPATE_STALLS_MS"):
+        monkeypatch.delenv(name, raising=False)
     assert actor_options(2) == {"runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2"}}}
     assert actor_options(0) == {}
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")      # the operator's own setting is passed on as it is
@@ -30,8 +31,13 @@ def test_actor_options_carry_the_cap_and_zero_leaves_glibc_alone(monkeypatch):
     assert actor_env(0) == {"MALLOC_ARENA_MAX": "4"}
     monkeypatch.setenv("SYNCOPATE_GC_EVERY_S", "30")  # the collector's period goes along
     assert actor_env(2) == {"MALLOC_ARENA_MAX": "4", "SYNCOPATE_GC_EVERY_S": "30"}
-    monkeypatch.setenv("SYNCOPATE_MALLOC_TRIM", "0")  # and whether it trims (actors/collector.py)
-    assert actor_env(2) == {"MALLOC_ARENA_MAX": "4", "SYNCOPATE_GC_EVERY_S": "30", "SYNCOPATE_MALLOC_TRIM": "0"}
+    monkeypatch.setenv("SYNCOPATE_GC_FULL_EVERY_S", "900")   # and the full sweep's, and the stall recorder
+    monkeypatch.setenv("SYNCOPATE_STALLS", "/tmp/stalls")
+    monkeypatch.setenv("SYNCOPATE_STALLS_MS", "3")
+    assert actor_env(0) == {"MALLOC_ARENA_MAX": "4", "SYNCOPATE_GC_EVERY_S": "30", "SYNCOPATE_GC_FULL_EVERY_S": "900",
+                            "SYNCOPATE_STALLS": "/tmp/stalls", "SYNCOPATE_STALLS_MS": "3"}
+    monkeypatch.setenv("SYNCOPATE_MALLOC_TRIM", "0")  # and whether the collector trims (actors/collector.py)
+    assert actor_env(0)["SYNCOPATE_MALLOC_TRIM"] == "0"
 
 
 def _started_env_and_arenas(self) -> tuple[str | None, int | None]:
