@@ -39,6 +39,11 @@ class Scenario:
     description = ""
     params: ClassVar[dict[str, Any]] = {}     # name -> default (the CLI adds an option for each)
     help: ClassVar[dict[str, str]] = {}
+    # True: the load generator's cyclic collector is off while the load runs (after the set-up's
+    # objects are frozen), for benchmarks whose latencies must not include this process's own
+    # collection pauses; long runs (soaks) keep it on, or the load generator's garbage would grow
+    # for the whole run.
+    quiet_collector: ClassVar[bool] = False
 
     def __init__(self, target, rec: Recorder, params: dict, *, seconds: float) -> None:
         self.target = target

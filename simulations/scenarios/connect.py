@@ -189,6 +189,7 @@ class _User:
 
 class Connect(Scenario):
     name = "connect"
+    quiet_collector = True          # W2 (bench_connect): its latencies are the benchmark
     description = "U users x D devices: playback commands, transfers, churn (W2)"
     params: ClassVar[dict] = {"users": 50, "devices": 3, "rate": 0.5, "transfer_share": 0.1, "churn": 0.0, "churn_offline_s": 1.0,
               "deadline_s": 5.0, "heartbeat_s": 10.0, "encoding": "json"}
