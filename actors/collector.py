@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -72,8 +71,11 @@ TRIM_ENV = "SYNCOPATE_MALLOC_TRIM"       # 0: no malloc_trim after the sweeps
 
 def _libc_trim() -> Callable[[], int] | None:
     """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    # By glibc's soname, not ctypes.util.find_library("c"): that runs `ldconfig -p` in a child
+    # process and reads its output, a blocking read on the event loop when a host or gateway starts
+    # its collector (the test suite's blocking-call detector refused the host's start for it).
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         fn = libc.malloc_trim
     except (OSError, AttributeError):
         return None

@@ -129,7 +129,9 @@ class Recorder:
             self._wake.wait(POLL_S)
             self._wake.clear()
             if (self._stack is None and self._loop_thread is not None
-                    and (time.monotonic() - self._beat) * 1000 >= self.threshold_ms):
+                    and (time.monotonic() - self._beat - TICK_S) * 1000 >= self.threshold_ms):
+                # the beat is also set when the probe goes to sleep for TICK_S: a stall is an
+                # overshoot of that sleep by the threshold, as _probe measures it
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None:
                     self._stack = [f"{fs.filename.rsplit('/', 2)[-1]}:{fs.lineno} {fs.name}"

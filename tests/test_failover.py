@@ -185,7 +185,9 @@ async def test_a_host_ray_restarts_after_its_removal_rejoins_the_view_with_no_ca
     restarted = HostActor.__ray_actor_class__("d", 0, 1, spec)
     try:
         deadline = time.monotonic() + 10.0
-        while 0 not in (await store.membership("d")).members:
+        # joined the view, and the start finished (the join is inside the start, before the actor
+        # keeps its host: seen in between, restarted.host is still None)
+        while 0 not in (await store.membership("d")).members or restarted.host is None:
             assert time.monotonic() < deadline, "the restarted host did not rejoin the view"
             await asyncio.sleep(0.02)            # polling the store: the join happens in the host
         assert Holder.parse((await store.membership("d")).members[0]).incarnation == restarted.host.incarnation
