@@ -53,6 +53,8 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from simulations.resources import cpu_seconds
+
 RETRY_CODES = {"HOST_UNAVAILABLE", "STALE_EPOCH", "NOT_OWNER", "STORE_UNAVAILABLE", "TIMEOUT", "RATE_LIMITED"}
 
 
@@ -347,18 +349,6 @@ def rss_mb(pids: dict[str, int]) -> dict[str, float]:
     for label, pid in sorted(pids.items()):
         try:
             out[label] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
-        except psutil.Error:
-            pass
-    return out
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    import psutil
-    out = {}
-    for label, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[label] = t.user + t.system
         except psutil.Error:
             pass
     return out

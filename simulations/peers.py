@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from simulations.resources import cpu_seconds
+
 SHARED = Path(os.environ.get("SYNCOPATE_PEERS_BENCH", Path(__file__).resolve().parents[2] / "shared" / "bench" / "peers"))
 PORTS = {"yws": 1234, "hocuspocus": 1235, "pycrdt": 1236}
 KIND = {"yws": "yws", "hocuspocus": "hocuspocus", "pycrdt": "yws"}
@@ -82,18 +84,6 @@ def stop_peers() -> None:
 def peer_pids(peer: str) -> dict[str, int]:
     from simulations.resources import listening_pids
     return listening_pids(PORTS[peer])
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    import psutil
-    out = {}
-    for label, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[label] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
 
 
 def measured_fanout(pids: dict[str, int], run, *, py_spy: str | None = None, seconds: float = 10.0) -> dict:

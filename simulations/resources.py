@@ -80,6 +80,18 @@ def listening_pids(port: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far (a process gone is left out)."""
+    out = {}
+    for label, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[label] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
 def dir_bytes(path: str) -> int:
     """Bytes of the files under `path` (a SQLite store's data dir: database, WAL)."""
     total = 0
