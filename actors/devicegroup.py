@@ -27,16 +27,17 @@ import hashlib
 from typing import Any
 
 from actors.args import Args, int_arg
+from actors.devicegroup_counted import CountedWindow
 from actors.devicegroup_devices import DeviceOps
 from actors.devicegroup_entitlements import EntitlementOps
 from actors.devicegroup_events import EventOps
 from actors.devicegroup_listening import ListeningOps
 from actors.devicegroup_market import MarketOps
-from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_playback import PlaybackOps
+from actors.devicegroup_plays import PlayIndex
 from actors.devicegroup_records import KEEP, GroupChange, GroupSnapshot, UserMarket
 from actors.devicegroup_rights import RightsOps
-from actors.devicegroup_txn import (  # noqa: F401  (the timings, as tests and docs name them)
+from actors.devicegroup_txn import (
     COUNTED_WINDOW,
     DEVICE_STATE_CHANGED,
     DEVICES_DISAPPEARED,
@@ -64,8 +65,8 @@ from actors.player_state import (
     upcoming,
 )
 from catalog import find_track
-from protocols.listening import ListeningEvent
 from protocols.errors import ErrorCode
+from protocols.listening import ListeningEvent
 from protocols.messages import DEVICE_GROUP, PLAYLIST
 from protocols.wire import ConnAddress
 
@@ -94,10 +95,10 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         self.fence = 0                         # revision of the last change of active device
         self.recent: list[list] = []           # [[played_at_ms, uri, context_uri], ...] oldest first
         self.streams: dict[str, int] = {}      # track uri -> streams
-        self.counted_events: dict[str, None] = {}   # event ids that counted (window)
-        self.counted_plays: dict[Any, None] = {}    # play keys that counted (window)
+        self.counted_events = CountedWindow(COUNTED_WINDOW)   # event ids that counted (actors/devicegroup_counted.py)
+        self.counted_plays = CountedWindow(COUNTED_WINDOW)    # play keys that counted
         self.play_floor = 0                    # every playback id <= this is treated as counted
-        self.plays = PlayIndex()               # plays of the last 30 days (duplicates, overlaps)
+        self.plays = PlayIndex(self.id)        # plays of the last 30 days (duplicates, overlaps)
         # soft state, never persisted: liveness is not durable (unknown after activation = now)
         self._seen: dict[str, int] = {}
         self._oc = OrderCache()
@@ -149,9 +150,9 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
             self.fence = rec.fence
         if rec.play is not None:
             play = rec.play
-            self._window(self.counted_events, play.event_id)
-            evicted = self._window(self.counted_plays, play.play_key)
-            if isinstance(evicted, int) and not isinstance(evicted, bool) and evicted > self.play_floor:
+            self.counted_events.add(play.event_id)
+            evicted = self.counted_plays.add(play.play_key)
+            if evicted is not None and evicted > self.play_floor:
                 self.play_floor = evicted
             uri = play.track_uri
             self.streams[uri] = self.streams.get(uri, 0) + 1
@@ -162,19 +163,10 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         for w in rec.events:
             self._apply_event(ListeningEvent.from_wire(w))
 
-    @staticmethod
-    def _window(d: dict, key: Any) -> Any:
-        d[key] = None
-        if len(d) > COUNTED_WINDOW:
-            old = next(iter(d))
-            del d[old]
-            return old
-        return None
-
     def snapshot(self) -> dict:
         return GroupSnapshot(dict(self.devices), self.active, self.last_active, dict(self.p), self.revision,
-                             self.fence, list(self.recent), dict(self.streams), list(self.counted_events),
-                             list(self.counted_plays), self.play_floor, self.plays.to_wire(),
+                             self.fence, list(self.recent), dict(self.streams), self.counted_events.to_wire(),
+                             self.counted_plays.to_wire(), self.play_floor, self.plays.to_wire(),
                              self.market).to_wire()
 
     def restore(self, data: dict) -> None:
@@ -189,10 +181,10 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
         self.fence = snap.fence
         self.recent = snap.recent
         self.streams = snap.streams
-        self.counted_events = dict.fromkeys(snap.counted_events)
-        self.counted_plays = dict.fromkeys(snap.counted_plays)
+        self.counted_events = CountedWindow(COUNTED_WINDOW, snap.counted_events)
+        self.counted_plays = CountedWindow(COUNTED_WINDOW, snap.counted_plays)
         self.play_floor = snap.play_floor
-        self.plays = PlayIndex.from_wire(snap.plays)
+        self.plays = PlayIndex.from_wire(snap.plays, self.id)
 
     def tick(self, now_ms: int) -> Outcome | None:
         t: _Txn | None = None

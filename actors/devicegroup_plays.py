@@ -14,9 +14,13 @@ Memory. A resident device group keeps these plays for 30 days (up to MAX_PLAYS_K
 cost little: the index is columns, one slot per play in the order recorded (arrays of starts,
 lengths and flags; the track uri interned, one string per catalog track; the device id shared by
 the index's plays of that device), and each event id is kept as an 8-byte digest (blake2b), not the
-string: ~190 bytes a play in all (the play id string is most of it), against ~970 bytes when each
-play was an object with its event ids (simulations/bench_retention.py, `device.progress`). `Play` is
-a view made when asked for. A digest collision of two event ids of one user (2^-64 a pair) could
+string. A play id is packed too: ids are "<user>/<start>/<event id>" (play_id_for in
+actors/devicegroup_events.py), so an id whose user part is the index's owner and whose start is the
+play's own start is kept as its event id part only, 16 bytes when that is a UUID (hex or
+hyphenated, as clients make them), in one byte buffer with an offset a play; any other id is kept
+whole. Each id packs and unpacks to exactly its own text. ~100 bytes a play in all, against ~190
+with the id as a string and ~970 when each play was an object with its event ids
+(simulations/bench_retention.py, `device.progress`). `Play` is a view made when asked for. A digest collision of two event ids of one user (2^-64 a pair) could
 only make that user's own event a duplicate or refused, never another user's.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from hashlib import blake2b
+from uuid import UUID
 
 from protocols.listening import MAX_AGE_MS, OVERLAP_TOLERANCE_MS, PLAY_MATCH_MS
 
@@ -37,6 +42,24 @@ _DIGEST = 8                       # bytes of an event id's digest
 
 def event_digest(event_id: str) -> bytes:
     return blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+
+
+# How a play id is packed: the first byte says which form follows.
+_WHOLE, _REST, _UUID_HYPHENS, _UUID_HEX = 0, 1, 2, 3
+
+
+def _pack_rest(rest: str) -> bytes:
+    if len(rest) in (32, 36):
+        try:
+            u = UUID(rest)
+        except ValueError:
+            u = None
+        if u is not None:
+            if len(rest) == 36 and str(u) == rest:
+                return bytes((_UUID_HYPHENS,)) + u.bytes
+            if len(rest) == 32 and u.hex == rest:
+                return bytes((_UUID_HEX,)) + u.bytes
+    return bytes((_REST,)) + rest.encode()
 
 
 @dataclass(slots=True)
@@ -56,15 +79,18 @@ class Play:
 
 
 class PlayIndex:
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None = None) -> None:
         self._base = 0                          # the seq of slot 0 (plays are numbered as recorded)
-        self._ids: list[str] = []               # play id, by slot
+        self._owner = owner                     # the user part of the ids packed short (None: the first id's)
+        self._idb = bytearray()                 # packed play ids, slot after slot ...
+        self._ide = array("q")                  # ... the end offset in _idb of each slot's id
+        self._id_lo = 0                         # where slot 0's id starts in _idb
         self._track: list[str] = []             # track uri (interned), by slot
         self._device: list[str] = []            # device id (one string per distinct id), by slot
         self._start = array("q")
         self._ms = array("q")
         self._flags = bytearray()
-        self._nev = array("l")                  # event digests of the play in `_ev`
+        self._nev = array("I")                  # event digests of the play in `_ev`
         self._names: dict[str, str] = {}        # device id -> the one string the slots share
         self._order = array("q")                # the starts, sorted ...
         self._order_seq = array("q")            # ... and the seq of each
@@ -74,17 +100,46 @@ class PlayIndex:
         self._max_ms = 0                        # the longest play: how far back a scan looks
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._start)
+
+    # -- play ids, packed ----------------------------------------------------------------------
+    def _pack_id(self, play_id: str, start: int) -> bytes:
+        mid = f"/{start}/"
+        at = play_id.find(mid)
+        if at > 0:
+            owner = play_id[:at]
+            if self._owner is None:
+                self._owner = owner
+            if owner == self._owner:
+                return _pack_rest(play_id[at + len(mid):])
+        return bytes((_WHOLE,)) + play_id.encode()
+
+    def _packed(self, i: int) -> bytes:
+        lo = self._ide[i - 1] if i else self._id_lo
+        return bytes(self._idb[lo:self._ide[i]])
+
+    def _id(self, i: int) -> str:
+        b = self._packed(i)
+        form = b[0]
+        if form == _WHOLE:
+            return b[1:].decode()
+        if form == _REST:
+            rest = b[1:].decode()
+        elif form == _UUID_HYPHENS:
+            rest = str(UUID(bytes=b[1:]))
+        else:
+            rest = UUID(bytes=b[1:]).hex
+        return f"{self._owner}/{self._start[i]}/{rest}"
 
     # -- queries -------------------------------------------------------------------------------
     def _view(self, i: int) -> Play:
         f = self._flags[i]
-        return Play(self._ids[i], self._track[i], self._device[i], self._start[i], self._ms[i],
+        return Play(self._id(i), self._track[i], self._device[i], self._start[i], self._ms[i],
                     bool(f & _STREAM), bool(f & _PRIVATE))
 
     def plays(self) -> list[Play]:
         """Every play, in the order recorded."""
-        return [self._view(i) for i in range(len(self._ids))]
+        return [self._view(i) for i in range(len(self._start))]
 
     def _window(self, lo_start: int, hi_start: int):
         """Slots of the plays with lo_start <= start < hi_start, by start."""
@@ -111,14 +166,13 @@ class PlayIndex:
 
     def _slot(self, play_id: str, start: int | None) -> int | None:
         if start is not None:
+            packed = None
             for i in self._window(start, start + 1):
-                if self._ids[i] == play_id:
+                packed = packed or self._pack_id(play_id, start)
+                if self._packed(i) == packed:
                     return i
             return None
-        try:
-            return self._ids.index(play_id)
-        except ValueError:
-            return None
+        return next((i for i in range(len(self._start)) if self._id(i) == play_id), None)
 
     def play_of_event(self, event_id: str) -> str | None:
         """The id of the recorded play this event id was used for."""
@@ -128,7 +182,7 @@ class PlayIndex:
             if at % _DIGEST == 0:
                 seq = self._ev_seq[at // _DIGEST]
                 if seq >= base:
-                    return self._ids[seq - base]
+                    return self._id(seq - base)
             at = ev.find(d, at + 1)
         return None
 
@@ -141,15 +195,17 @@ class PlayIndex:
             if device_id is not None and self._device[i] != device_id:
                 continue
             s = self._start[i]
-            if self._ids[i] != exclude and min(end, s + self._ms[i]) - max(start, s) > OVERLAP_TOLERANCE_MS:
+            if min(end, s + self._ms[i]) - max(start, s) > OVERLAP_TOLERANCE_MS and (
+                    exclude is None or self._id(i) != exclude):
                 out.append(self._view(i))
         return out
 
     # -- changes (the device group's apply) ---------------------------------------------------------
     def add(self, p: Play, event_ids: list[str] | list[bytes]) -> None:
         """Record a play and the event ids (or their digests) that belong to it."""
-        seq = self._base + len(self._ids)
-        self._ids.append(p.play_id)
+        seq = self._base + len(self._start)
+        self._idb += self._pack_id(p.play_id, p.start)
+        self._ide.append(len(self._idb))
         self._track.append(sys.intern(p.track_uri))
         self._device.append(self._names.setdefault(p.device_id, p.device_id))
         self._start.append(p.start)
@@ -189,7 +245,7 @@ class PlayIndex:
         first; a play recorded late with an old start waits for its turn (at most MAX_AGE_MS)."""
         cutoff = now - MAX_AGE_MS - PLAY_MATCH_MS
         n = 0
-        while n < len(self._ids) and self._start[n] < cutoff:
+        while n < len(self._start) and self._start[n] < cutoff:
             n += 1
         if n:
             self._drop_first(n)
@@ -203,9 +259,16 @@ class PlayIndex:
             del self._order[k]
             del self._order_seq[k]
             self._ev_dead += self._nev[i]
-        for col in (self._ids, self._track, self._device, self._start, self._ms, self._flags, self._nev):
+        self._id_lo = self._ide[n - 1]
+        for col in (self._ide, self._track, self._device, self._start, self._ms, self._flags, self._nev):
             del col[:n]
         self._base += n
+        if self._id_lo > 4096 and self._id_lo * 2 > len(self._idb):
+            # the pruned ids' bytes go once they are half the buffer (amortised: no copy a prune)
+            lo = self._id_lo
+            del self._idb[:lo]
+            self._ide = array("q", (e - lo for e in self._ide))
+            self._id_lo = 0
         if self._ev_dead > max(64, len(self._ev_seq) // 2):
             self._compact_events()
 
@@ -223,7 +286,7 @@ class PlayIndex:
     # -- persistence -------------------------------------------------------------------------------
     def to_wire(self) -> list:
         """[play id, track, device, start, ms, stream, private, [event digests]] a play, as recorded."""
-        evs: list[list[bytes]] = [[] for _ in self._ids]
+        evs: list[list[bytes]] = [[] for _ in range(len(self._start))]
         base, ev = self._base, self._ev
         for j, seq in enumerate(self._ev_seq):
             if seq >= base:
@@ -232,9 +295,9 @@ class PlayIndex:
                 for i, p in enumerate(self.plays())]
 
     @classmethod
-    def from_wire(cls, rows: list) -> PlayIndex:
+    def from_wire(cls, rows: list, owner: str | None = None) -> PlayIndex:
         """Rows of `to_wire`; the event ids of a snapshot written before the digests are strings."""
-        ix = cls()
+        ix = cls(owner)
         for w in rows:
             ix.add(Play(w[0], w[1], w[2], w[3], w[4], w[5], w[6]), list(w[7]))
         return ix

@@ -51,3 +51,22 @@ def test_dir_bytes_counts_the_files_under_a_directory(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.db-wal").write_bytes(b"y" * 234)
     assert dir_bytes(str(tmp_path)) == 1234
+
+
+def test_a_step_at_a_fault_is_not_a_slope():
+    """The survivor of a killed host takes its entities (a step up), then stays flat: one line through
+    it all is a steep slope; fitted within the segments around the fault it is flat, the step printed.
+    A process that keeps growing after the fault is still caught."""
+    fault = 900
+    survivor = [(t, 100.0 + (0 if t < fault else 21.0 + (5.0 if t < fault + 60 else 0))) for t in range(0, 1800, 5)]
+    leaker = [(t, 100.0 + t * 40 / 3600 + (0 if t < fault else 21.0)) for t in range(0, 1800, 5)]
+    rep = report([("host-1", "[3]", survivor), ("gateway", "[1]", leaker)])
+    rep["faults"] = [{"kind": "kill_host", "at_s": fault}]
+    rows = {r["process"]: r for r in analyse(rep, warmup_s=300, settle_s=120)}
+    s = rows["host-1"]
+    assert s["segments"] == 2 and s["slope_mb_per_hour"] == 0 and s["steps_mb"] == [21.0]
+    assert s["one_line_mb_per_hour"] > 50                  # what one line through the step says
+    g = rows["gateway"]
+    assert 39 < g["slope_mb_per_hour"] < 41 and 20 < g["steps_mb"][0] < 22
+    # the settle window is left out: a sample at fault + 60 s (the transient) is not in any segment
+    assert analyse(rep, warmup_s=300, settle_s=0)[1]["slope_mb_per_hour"] != 0
