@@ -173,8 +173,10 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
         return fut
 
     # -- entry points ------------------------------------------------------------------------
-    def enqueue(self, cmd: Command, sink: Sink) -> None:
-        """Queue a command for its entity. Never blocks; the sink is called exactly once."""
+    def enqueue(self, cmd: Command, sink: Sink, *, now: bool = False) -> None:
+        """Queue a command for its entity. Never blocks; the sink is called exactly once. `now`: the
+        caller is not inside an entity's handling or a release (a gateway's batch, `submit`), so a
+        command for a resident, idle entity may be handled in this call (`_drain_now`)."""
         if cmd.origin is not None and not isinstance(cmd.origin, ConnAddress):
             try:
                 cmd.origin = ConnAddress.parse(cmd.origin)
@@ -224,7 +226,10 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
         slot.last_used = self.clock()
         if not slot.draining:
             slot.draining = True
-            asyncio.get_running_loop().create_task(self._drain(slot))
+            if now and slot.entity is not None and not slot.dead and cmd.op not in MAINTENANCE_OPS:
+                self._drain_now(slot)
+            else:
+                asyncio.get_running_loop().create_task(self._drain(slot))
 
     async def call(self, cmd: Command) -> tuple[Any, int]:
         """Run one command and wait for its released answer: (reply, version); raises a refusal."""
@@ -243,7 +248,7 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
     def submit(self, gateway_id: str, requests: list[tuple[Any, Command]]) -> None:
         """A gateway's batch: each answer goes back to that gateway as wire.answer(token, Reply)."""
         for token, cmd in requests:
-            self.enqueue(cmd, self._gateway_sink(gateway_id, token))
+            self.enqueue(cmd, self._gateway_sink(gateway_id, token), now=True)
 
     def _gateway_sink(self, gateway_id: str, token: Any) -> Sink:
         def sink(reply: Reply) -> None:
@@ -307,6 +312,25 @@ class EntityHost(GroupCommit, Outbox, Residency, Maintenance, Ownership):
                 # A phantom is not resident: its answers are queued (in order) and it holds nothing
                 # that is not in the store (nothing).
                 del self.slots[slot.key]
+
+    def _drain_now(self, slot: Slot) -> None:
+        """The mailbox's one command, for a resident entity nobody is draining, handled here rather
+        than by a task created for it (a task per command was a measurable part of the host's CPU
+        per ack: one command in flight per client means one command per entity at a time).
+        `_handle` never awaits; it queues the outcome behind the output gate exactly as from
+        `_drain`. Whatever `_drain` would go on with — a command queued meanwhile (a phantom's write
+        put back for its activation), an evicted or phantom slot to clean up — goes to a `_drain`
+        task, which starts where this left off (the slot stays `draining` until it ends)."""
+        cmd, sink = slot.mailbox.popleft()
+        try:
+            self._handle(slot, cmd, sink)
+        except Exception:
+            # as an exception in _drain's task would end it: logged, the slot cleaned up below
+            log.exception("handling %s.%s failed", slot.key, cmd.op)
+        if slot.mailbox or slot.dead or slot.phantom or slot.entity is None:
+            asyncio.get_running_loop().create_task(self._drain(slot))
+        else:
+            slot.draining = False
 
     def _fail_mailbox(self, slot: Slot, err: SyncopateError) -> None:
         while slot.mailbox:
