@@ -90,7 +90,9 @@ class _Group:
         if isinstance(rev, int) and rev > self.revision:
             self.revision = rev
         devices = cluster.get("devices")
-        if isinstance(devices, list) and self.online:
+        # the whole group (a push, a register or subscribe answer) lists every device with its state;
+        # other answers name devices in other senses (the vouch's, `devices`' online-only list)
+        if isinstance(devices, list) and "player" in cluster and self.online:
             up = {d.get("id") for d in devices if isinstance(d, dict) and d.get("online")}
             for cid in [c for c, v in self.online.items() if v.device_id not in up]:
                 del self.online[cid]
@@ -167,7 +169,7 @@ class DeviceLiveness:
 
     # -- what the hosts say (every reply and push of a device group) --------------------------------
     def saw_reply(self, cmd: Command, reply: Reply, sent: float) -> None:
-        """A host's reply to `cmd` (sent at `sent`), before its callback runs (gateway/dispatcher.py)."""
+        """A host's reply to `cmd` (sent at `sent`), just after its callback ran (gateway/dispatcher.py)."""
         if cmd.kind != DEVICE_GROUP:
             return
         g = self._groups.get(cmd.entity_id)

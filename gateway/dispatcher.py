@@ -162,9 +162,11 @@ class Dispatcher:
                     _, token, reply = item
                     p = self._pending.pop(token, None)
                     if p is not None and not (reply.error is not None and self._retry(p, reply.error, ran=False)):
-                        if self.on_reply is not None and p.cmd is not None:
-                            self.on_reply(p.cmd, reply, p.sent)     # before the callback acts on it
                         p.callback(reply)
+                        if self.on_reply is not None and p.cmd is not None:
+                            # after the callback: an observer's failure never costs a request its answer;
+                            # still in this turn, before the next item of the stream is routed
+                            self.on_reply(p.cmd, reply, p.sent)
             except Exception:
                 # one bad callback must not stop the rest of the host's frame from being routed
                 log.exception("routing a host item failed")

@@ -216,8 +216,8 @@ class _Fakes:
         self.lv.vouch("u1", [self.conn])
         cmd, callback = self.requests.pop()
         assert cmd.op == "heartbeat" and cmd.args == {"conns": ["g0/c1"]}
-        self.lv.saw_reply(cmd, reply, self.now)
         callback(reply)
+        self.lv.saw_reply(cmd, reply, self.now)          # as the dispatcher: the observer after the callback
 
     def beat(self) -> bool:
         return self.lv.answer(self.conn, 7, {"device_id": "laptop"})
@@ -255,11 +255,11 @@ def test_a_failed_vouch_or_an_offline_push_withdraws_and_a_resync_forwards():
     assert not f.beat()
     f.resyncing.clear()
     f.lv.saw_push(Push("devicegroup:u1", 10, "player.changed",
-                       {"revision": 6, "devices": [{"id": "laptop", "online": False}]}))
+                       {"revision": 6, "player": {}, "devices": [{"id": "laptop", "online": False}]}))
     assert not f.beat()
     f.vouch(_confirmed(revision=6))
     f.lv.saw_push(Push("devicegroup:u1", 11, "player.changed",
-                       {"revision": 7, "devices": [{"id": "laptop", "online": True}]}))
+                       {"revision": 7, "player": {}, "devices": [{"id": "laptop", "online": True}]}))
     assert f.beat() and f.conn.sent[-1]["payload"]["revision"] == 7 and f.conn.sent[-1]["version"] == 11
     f.conn.registered_device = "phone"                     # re-registered as another device: not this one's
     assert not f.beat()
