@@ -80,6 +80,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
     def __init__(self, entity_id: str, env: Env) -> None:
         super().__init__(entity_id, env)
         cfg = env.config or {}
+        self.heartbeat_interval_ms = int(cfg.get("connect_heartbeat_interval_ms", HEARTBEAT_INTERVAL_MS))
         self.heartbeat_timeout_ms = int(cfg.get("connect_heartbeat_timeout_ms", HEARTBEAT_TIMEOUT_MS))
         self.offline_grace_ms = int(cfg.get("connect_offline_grace_ms", OFFLINE_GRACE_MS))
         self._reset()
@@ -231,7 +232,7 @@ class DeviceGroupEntity(DeviceOps, PlaybackOps, MarketOps, EntitlementOps, Liste
                 cl["unavailable"] = t.note
             events.append(Event(PLAYER_CHANGED, cl))
             if reply_cluster:
-                reply = dict(cl, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                reply = dict(cl, heartbeat_interval_ms=self.heartbeat_interval_ms,
                              heartbeat_timeout_ms=self.heartbeat_timeout_ms)
         return Outcome(reply=reply, records=[wire], events=events, effects=effects)
 

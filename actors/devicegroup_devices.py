@@ -70,7 +70,13 @@ class DeviceOps:
             seen = [did for did, d in self.devices.items() if d["online"] and d["conn"] in live]
             for did in seen:
                 self._seen[did] = cmd.now_ms
-            return Outcome(reply={"devices": seen, "revision": self.revision, "server_time_ms": cmd.now_ms})
+            # `conns[i]` is the connection `devices[i]` is online on, and the timings say how long
+            # this vouch keeps them online: the gateway answers their own heartbeats meanwhile
+            # (gateway/device_liveness.py)
+            return Outcome(reply={"devices": seen, "conns": [str(self.devices[did]["conn"]) for did in seen],
+                                  "revision": self.revision, "server_time_ms": cmd.now_ms,
+                                  "heartbeat_interval_ms": self.heartbeat_interval_ms,
+                                  "heartbeat_timeout_ms": self.heartbeat_timeout_ms})
         did = Str(required=True).parse(a, "device_id")
         d = self.devices.get(did)
         if d is None:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from actors.entity import SYSTEM, Command, Principal
 from gateway import presenters
 from gateway.auth import Auth
+from gateway.device_liveness import DeviceLiveness
 from gateway.dispatcher import Dispatcher
 from gateway.hub import Connection, Hub
 from gateway.markets import UserMarkets
@@ -35,7 +36,9 @@ class GatewayConfig:
     rest_rate: float = 100.0             # requests per second per user (sustained)
     rest_burst: float = 200.0
     heartbeat_s: float = 20.0            # websocket ping interval; a dead peer is dropped after ~2x
-    session_heartbeat_s: float = 15.0    # connections reported to the session entity (which expires at 45 s)
+    # connections reported to the session entity (which expires at 45 s), and devices vouched for to
+    # their device group: at most the device window (gateway/device_liveness.py check_timing)
+    session_heartbeat_s: float = 15.0
     max_queued_bytes: int = 16 << 20     # outbound bytes queued per socket before it is closed (4008)
     max_sockets_per_user: int = 50       # open websockets (app + Yjs) per user on one gateway (HTTP 429 beyond)
     max_inflight_per_socket: int = 256   # requests awaiting their answer per app socket (RATE_LIMITED beyond)
@@ -69,6 +72,8 @@ class GatewayContext:
                                            states=presenters.ws_states(catalog),
                                            personal={m.MessageType.PLAYER_CHANGED.value: self.streams.personal},
                                            personal_states={m.DEVICE_GROUP: self.streams.personal})
+        # a live device's heartbeat answered here, from what the hosts said (gateway/device_liveness.py)
+        self.device_liveness = DeviceLiveness(gateway_id, dispatcher, self.subscriptions)
         self.revoked: dict[tuple[str, str], int] = {}     # (user, device) -> signed out at (ms)
         self.yjs_awareness: dict = {}    # playlist key -> gateway/yjs.AwarenessCache of its Yjs clients
         from gateway.data_rights import DataRights

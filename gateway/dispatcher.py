@@ -61,6 +61,7 @@ class _Pending:
     cmd: Command | None = None
     retry_until: float = 0.0
     attempts: int = 0
+    sent: float = 0.0               # monotonic: first sent
 
 
 class Dispatcher:
@@ -72,6 +73,8 @@ class Dispatcher:
         self.on_push = on_push
         self.on_gap = on_gap or (lambda gap: None)
         self.on_host_restart = on_host_restart or (lambda host: None)
+        # sees every host reply, with its command and when it was first sent (gateway/device_liveness.py)
+        self.on_reply: Callable[[Command, Reply, float], None] | None = None
         self.timeout_s = timeout_s
         self._tokens = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -102,7 +105,7 @@ class Dispatcher:
         token = next(self._tokens)
         host = self.host_of(cmd.key)
         now = time.monotonic()
-        self._pending[token] = _Pending(host, callback, now + self.timeout_s, cmd, now + RETRY_WINDOW_S)
+        self._pending[token] = _Pending(host, callback, now + self.timeout_s, cmd, now + RETRY_WINDOW_S, 0, now)
         self._out.add(host, [(token, cmd)])
         self.sent += 1
         return token
@@ -160,6 +163,10 @@ class Dispatcher:
                     p = self._pending.pop(token, None)
                     if p is not None and not (reply.error is not None and self._retry(p, reply.error, ran=False)):
                         p.callback(reply)
+                        if self.on_reply is not None and p.cmd is not None:
+                            # after the callback: an observer's failure never costs a request its answer;
+                            # still in this turn, before the next item of the stream is routed
+                            self.on_reply(p.cmd, reply, p.sent)
             except Exception:
                 # one bad callback must not stop the rest of the host's frame from being routed
                 log.exception("routing a host item failed")

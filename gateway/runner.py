@@ -20,7 +20,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.stream_sign import StreamSigner
-from protocols.messages import DEVICE_GROUP, SESSION
+from protocols.messages import SESSION
 from protocols.wire import Push, Reply
 
 log = logging.getLogger("syncopate.gateway")
@@ -49,6 +49,7 @@ class GatewayServer:
         self.ctx = GatewayContext(gateway_id, self.dispatcher, self.hub, auth, catalog, config,
                                   self.metrics, health=self.health, events=events, signer=signer,
                                   event_bus=event_bus)
+        self.dispatcher.on_reply = self.ctx.device_liveness.saw_reply
         self.app = build_app(self.ctx)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -56,6 +57,7 @@ class GatewayServer:
 
     def _route(self, push: Push) -> None:
         self.ctx.note_push(push)
+        self.ctx.device_liveness.saw_push(push)
         self.ctx.subscriptions.route(push)
 
     def receive(self, host: int, incarnation: str, items: list) -> None:
@@ -115,7 +117,7 @@ class GatewayServer:
         hosts = list(await asyncio.gather(*(one(i) for i in self.dispatcher.hosts())))
         ok = all(bool(st.get("store_ok")) for st in hosts)
         self.metrics.set_host_stats([h for h in hosts if "host_id" in h])
-        self.metrics.set_gateway_stats({**self.ctx.subscriptions.stats(),
+        self.metrics.set_gateway_stats({**self.ctx.subscriptions.stats(), **self.ctx.device_liveness.stats(),
                                         "sockets_refused": self.hub.refused_sockets})
         reachable = [st.get("index", i) for i, st in enumerate(hosts) if "host_id" in st]
         return {"ok": ok, "gateway": self.gateway_id, **self.info, "connections": len(self.hub.conns),
@@ -152,6 +154,6 @@ class GatewayServer:
                                            "gateway": self.gateway_id, "iat": c.principal.issued_at})
 
                 self.dispatcher.request(Command(SESSION, uid, "heartbeat", {"conns": list(names)}), done)
-                devices = [n for n, c in names.items() if c.registered_device]
-                if devices:       # the device group vouches for these devices' liveness too
-                    self.ctx.tell(DEVICE_GROUP, uid, "heartbeat", {"conns": devices})
+                devices = [c for c in conns if c.registered_device]
+                if devices:       # the device group hears these devices are alive (gateway/device_liveness.py)
+                    self.ctx.device_liveness.vouch(uid, devices)

@@ -74,6 +74,10 @@ class Subscriptions:
     def follows(self, conn: Connection, key: str) -> bool:
         return key in self._wm.get(conn, ())
 
+    def in_sync(self, conn: Connection, key: str) -> bool:
+        """It follows `key` and no resync is under way: every push of `key` reaches it in order."""
+        return key in self._wm.get(conn, ()) and (conn.id, key) not in self._resyncing
+
     def watermark(self, conn: Connection, key: str) -> int | None:
         return self._wm.get(conn, {}).get(key)
 

@@ -180,6 +180,7 @@ class WsSession:
         self.subs.drop(conn)
         ctx.streams.drop(conn)
         ctx.hub.remove(conn)
+        ctx.device_liveness.forget(conn)
         uid = conn.principal.user_id
         ctx.tell(m.SESSION, uid, "disconnect", {"conn": str(self.origin)})
         if conn.registered_device:
@@ -258,6 +259,8 @@ class WsSession:
         if env.type == T.AUTH:
             self._renew(env)
             return
+        if env.type == T.DEVICE_HEARTBEAT and ctx.device_liveness.answer(conn, env.id, env.payload):
+            return                     # a live device's heartbeat: the host's answer is known here
         if env.type in (T.SUBSCRIBE, T.UNSUBSCRIBE):
             key = env.payload.get("entity")
             if not isinstance(key, str) or key.partition(":")[0] not in ENTITY_KINDS \

@@ -44,6 +44,13 @@ class ServerSpec:
     # glibc malloc arenas of each gateway/host/events process (syncopate/process_env.py); 0: glibc's default
     malloc_arena_max: int = field(default_factory=arena_max_default)
 
+    def __post_init__(self) -> None:
+        # the gateway's vouch must keep live devices online (gateway/device_liveness.py): checked here,
+        # where the gateway's settings and the device group's timings meet
+        from gateway.context import GatewayConfig
+        from gateway.device_liveness import check_timing
+        check_timing(float(self.gateway.get("session_heartbeat_s", GatewayConfig.session_heartbeat_s)), self.limits)
+
     def actor_spec(self, secret_file: str | None = None, channel_secret_file: str | None = None,
                    stream_secret_file: str | None = None) -> dict:
         # Paths, never the secrets: actor arguments live in Ray's GCS and its tools show them.
