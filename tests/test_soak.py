@@ -70,3 +70,24 @@ def test_a_step_at_a_fault_is_not_a_slope():
     assert 39 < g["slope_mb_per_hour"] < 41 and 20 < g["steps_mb"][0] < 22
     # the settle window is left out: a sample at fault + 60 s (the transient) is not in any segment
     assert analyse(rep, warmup_s=300, settle_s=0)[1]["slope_mb_per_hour"] != 0
+
+
+def test_the_verdict_judges_server_processes_over_a_long_enough_window(tmp_path, capsys):
+    """The load generator keeps its measurements (not a server process: printed, not judged); a host
+    restarted late has a few minutes of samples (printed, not judged); a falling line passes."""
+    import json
+
+    from simulations.soak import main
+    samples = [{"t": t, "label": "gateway", "pids": [1], "rss_mb": 100.0 - t * 5 / 3600} for t in range(0, 1800, 5)]
+    samples += [{"t": t, "label": "harness (load generator)", "pids": [2], "rss_mb": 100.0 + t * 70 / 3600}
+                for t in range(0, 1800, 5)]
+    samples += [{"t": t, "label": "host-0", "pids": [3], "rss_mb": 100.0 + (t - 1200) * 30 / 3600}
+                for t in range(1200, 1800, 5)]       # restarted at 1200 s: 300 s after its warm-up
+    rep = {"resources": {"samples": samples, "processes": {"gateway": {"server": True}, "host-0": {"server": True},
+                                                           "harness (load generator)": {"server": False}}}}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(rep))
+    assert main([str(path), "--warmup-s", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "no: not a server process" in out and "no: 295 s of samples" in out and "1 server processes judged" in out
+    assert main([str(path), "--warmup-s", "300", "--min-window-s", "200"]) == 1     # the host's 30 MB/h judged
