@@ -32,8 +32,15 @@ median 44 ms (max 69), sweeps every 1 s 10-12 ms (max 29) at 1.2-1.3 % of the CP
 dies young (most does: the errors with their tracebacks, the outbox's closures), and within
 FULL_EVERY_S when it was old; the full sweep's pause is now ten times rarer than the old one's.
 
-Never more than MAX_SHARE of the CPU time in either kind (a sweep that took d seconds puts the next
-one of its kind at least d / MAX_SHARE later). A frozen object is still freed by its reference
+Never more than MAX_SHARE of the CPU time in either kind. A full sweep that took d seconds puts the
+next one at least d / MAX_SHARE later. Sweeps draw on a budget instead (a token bucket): it fills at
+MAX_SHARE of the wall-clock time up to BURST_S of CPU and each sweep spends what it took; the next
+sweep is due every EVERY_S while the budget is not overdrawn, and when it is, once it is repaid.
+Why not d / MAX_SHARE for sweeps too: a sweep's cost is what survived since the previous one, so
+spacing out one costly sweep (the first after a burst of connections: W2's set-up of 3,000 sockets
+made 95-159 ms sweeps in the gateway) makes the next walk as much again, and the period never came
+back to 2 s: three sweeps of 54-159 ms in every 20 s W2 run, each inside that run's p99 and max
+(docs/performance.md, "2026-12-02"). Over any window W the sweeps take at most MAX_SHARE * W + BURST_S. A frozen object is still freed by its reference
 count the moment it is dropped; only a cycle among frozen objects waits for the full sweep. (While
 objects are frozen, gc.get_objects() does not list them: syncopate/memdebug.py's type counts see
 what is younger than the last sweep, so its probe unfreezes everything before it counts.)
@@ -63,6 +70,7 @@ log = logging.getLogger("syncopate.collector")
 EVERY_S = 2.0
 FULL_EVERY_S = 600.0
 MAX_SHARE = 0.01           # at most 1 % of the process's time in either kind of sweep
+BURST_S = 0.3              # the sweeps' budget holds at most this much CPU time (30 s of 1 %)
 ENV = "SYNCOPATE_GC_EVERY_S"             # the sweep's period in the process's environment; 0: off
 ENV_FULL = "SYNCOPATE_GC_FULL_EVERY_S"   # the full sweep's period
 TRIM_EVERY_S = 60.0
@@ -103,11 +111,12 @@ def full_sweep() -> int:
 
 
 class CollectSchedule:
-    """A sweep every `every_s` and a full sweep every `full_every_s`; after either that took d CPU
-    seconds, not that kind again before d / max_share."""
+    """A sweep every `every_s` and a full sweep every `full_every_s`; after a full sweep that took d
+    CPU seconds, no full one before d / max_share; sweeps spend a budget that fills at max_share up
+    to `burst_s` (0: the same rule as the full sweeps'), and wait while it is overdrawn."""
 
     def __init__(self, every_s: float = EVERY_S, max_share: float = MAX_SHARE, *,
-                 full_every_s: float = FULL_EVERY_S,
+                 full_every_s: float = FULL_EVERY_S, burst_s: float = BURST_S,
                  clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.thread_time,
                  collect: Callable[[], int] = sweep, collect_all: Callable[[], int] = full_sweep,
                  trim: Callable[[], int] | None = None, trim_every_s: float = TRIM_EVERY_S) -> None:
@@ -121,6 +130,9 @@ class CollectSchedule:
         self._trim, self.trim_every_s = trim, trim_every_s
         self.trims = 0                 # malloc_trim calls that gave memory back (it answered 1)
         now = clock()
+        self.burst_s = max(0.0, burst_s)
+        self.balance_s = self.burst_s       # the sweeps' budget: CPU seconds they may still take
+        self._filled_at = now
         self.next_trim_at = now + trim_every_s
         self.next_at = now + every_s
         self.next_full_at = now + self.full_every_s
@@ -154,7 +166,10 @@ class CollectSchedule:
             self.full += 1
             self.last_full_s = self.last_s
             self.next_full_at = now + max(self.full_every_s, self.last_s / self.max_share)
-        self.next_at = now + max(self.every_s, self.last_s / self.max_share)
+        # either kind draws the sweeps' budget down (a full sweep walks everything)
+        self.balance_s = min(self.burst_s, self.balance_s + (now - self._filled_at) * self.max_share) - self.last_s
+        self._filled_at = now
+        self.next_at = now + max(self.every_s, -self.balance_s / self.max_share)
         return True
 
     def stats(self) -> dict:

@@ -104,7 +104,7 @@ def test_a_full_sweep_that_was_slow_spaces_the_next_full_one():
             return 0
         return run
 
-    s = CollectSchedule(every_s=10.0, full_every_s=100.0, max_share=0.01, clock=clock, cpu=cpu,
+    s = CollectSchedule(every_s=10.0, full_every_s=100.0, max_share=0.01, clock=clock, cpu=cpu, burst_s=0.0,
                         collect=collect("sweep", 0.001), collect_all=collect("full", 2.0))
     clock.t += 100.0
     assert s.step() is True and kinds == ["full"]
@@ -127,7 +127,7 @@ def test_a_slow_collection_puts_the_next_one_further_off():
         return 0
 
     s = CollectSchedule(every_s=60.0, max_share=0.01, full_every_s=10_000.0, clock=clock, cpu=cpu,
-                        collect=slow_collect)
+                        collect=slow_collect, burst_s=0.0)
     clock.t += 60.0
     assert s.step() is True
     assert s.last_s == 3.0
@@ -172,6 +172,40 @@ async def test_the_task_collects_on_the_loop(no_automatic_gc):
     assert sum(r() is not None for r in refs) == 0
 
 
+def test_one_costly_sweep_does_not_space_out_the_sweeps_after_it():
+    """The first sweep after a burst (W2's set-up: 95-159 ms in the gateway) walks what the burst
+    made; the budget absorbs it and the next sweep is still due in every_s, so it walks 2 s of new
+    objects rather than 10 s of them. A steady cost over the share is still held to it."""
+    clock, cpu = _Clock(), _Clock()
+    costs = [0.12] + [0.01] * 20
+
+    def collect() -> int:
+        cpu.t += costs.pop(0) if costs else 0.01
+        return 0
+
+    s = CollectSchedule(every_s=2.0, max_share=0.01, full_every_s=10_000.0, clock=clock, cpu=cpu, collect=collect)
+    clock.t += 2.0
+    assert s.step() is True and s.last_s == pytest.approx(0.12)
+    assert s.delay() == 2.0                                  # the old rule: 12 s
+    for _ in range(20):
+        clock.t += 2.0
+        assert s.step() is True
+    assert s.balance_s > 0                                   # 10 ms every 2 s is under 1 %: repaid
+
+    # a process whose every sweep costs 60 ms (3 % at a 2 s period) is held to 1 % in the long run
+    clock2, cpu2 = _Clock(), _Clock()
+
+    def costly() -> int:
+        cpu2.t += 0.06
+        return 0
+
+    s2 = CollectSchedule(every_s=2.0, max_share=0.01, full_every_s=10_000.0, clock=clock2, cpu=cpu2, collect=costly)
+    while clock2.t < 3600.0:
+        clock2.t += max(s2.delay(), 0.001)
+        s2.step()
+    assert s2.total_s <= 0.01 * 3600.0 + s2.burst_s + 0.06
+
+
 def test_the_trim_runs_after_the_collection_inside_the_budget():
     clock, calls = _Clock(), []
 
@@ -186,7 +220,7 @@ def test_the_trim_runs_after_the_collection_inside_the_budget():
         calls.append("trim")
         return 1
 
-    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, cpu=cpu, collect=collect, trim=trim)
+    s = CollectSchedule(every_s=60.0, max_share=0.01, clock=clock, cpu=cpu, collect=collect, trim=trim, burst_s=0.0)
     clock.t += 60.0
     assert s.step() is True
     assert calls == ["collect", "trim"]
