@@ -40,8 +40,8 @@ Why not d / MAX_SHARE for sweeps too: a sweep's cost is what survived since the 
 spacing out one costly sweep (the first after a burst of connections: W2's set-up of 3,000 sockets
 made 95-159 ms sweeps in the gateway) makes the next walk as much again, and the period never came
 back to 2 s: three sweeps of 54-159 ms in every 20 s W2 run, each inside that run's p99 and max
-(docs/performance.md, "2026-12-02"). Over any window W the sweeps take at most MAX_SHARE * W + BURST_S. A frozen object is still freed by its reference
-count the moment it is dropped; only a cycle among frozen objects waits for the full sweep. (While
+(docs/performance.md, "2026-12-02"). Over any window W the sweeps take at most MAX_SHARE * W +
+BURST_S. A frozen object is still freed by its reference count the moment it is dropped; only a cycle among frozen objects waits for the full sweep. (While
 objects are frozen, gc.get_objects() does not list them: syncopate/memdebug.py's type counts see
 what is younger than the last sweep, so its probe unfreezes everything before it counts.)
 

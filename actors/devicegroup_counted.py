@@ -14,13 +14,14 @@ A digest collision of two of one user's keys (2^-64 a pair) could only make that
 a duplicate, never another user's.
 
 Persistence: `to_wire` is the entries, oldest first: an int, or the 8-byte digest. A snapshot written
-before the digests holds the keys themselves (strings and ints): `from_wire` digests the strings.
+before the digests holds the keys themselves (strings and ints): the constructor digests the strings.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
-from hashlib import blake2b
 from typing import Any
+
+from actors.devicegroup_plays import event_digest
 
 _W = 8                                # bytes an entry
 _DIGEST, _INT = 0, 1                  # what an entry holds
@@ -31,7 +32,7 @@ def _entry(key: Any) -> tuple[bytes, int]:
         return key.to_bytes(_W, "little", signed=True), _INT
     if isinstance(key, bytes) and len(key) == _W:
         return key, _DIGEST           # a digest already (a snapshot's entry)
-    return blake2b(str(key).encode(), digest_size=_W).digest(), _DIGEST
+    return event_digest(str(key)), _DIGEST
 
 
 class CountedWindow:
@@ -48,7 +49,9 @@ class CountedWindow:
         return len(self._kind)
 
     def __contains__(self, key: Any) -> bool:
-        e, kind = _entry(key)
+        return self._has(*_entry(key))
+
+    def _has(self, e: bytes, kind: int) -> bool:
         buf, kinds = self._buf, self._kind
         at = buf.find(e)
         while at != -1:
@@ -60,9 +63,9 @@ class CountedWindow:
     def add(self, key: Any) -> Any:
         """Add a key; past the bound the oldest entry goes: returned when it is an int key (a playback
         id: the caller's floor), else None."""
-        if key in self:
-            return None               # a set: a key already in the window keeps its place
         e, kind = _entry(key)
+        if self._has(e, kind):
+            return None               # a set: a key already in the window keeps its place
         self._buf += e
         self._kind.append(kind)
         if len(self._kind) <= self.cap:
@@ -77,7 +80,3 @@ class CountedWindow:
         buf = self._buf
         return [int.from_bytes(buf[i * _W:(i + 1) * _W], "little", signed=True) if k == _INT
                 else bytes(buf[i * _W:(i + 1) * _W]) for i, k in enumerate(self._kind)]
-
-    @classmethod
-    def from_wire(cls, cap: int, entries: Iterable[Any]) -> CountedWindow:
-        return cls(cap, entries)

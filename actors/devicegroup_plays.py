@@ -20,8 +20,9 @@ play's own start is kept as its event id part only, 16 bytes when that is a UUID
 hyphenated, as clients make them), in one byte buffer with an offset a play; any other id is kept
 whole. Each id packs and unpacks to exactly its own text. ~100 bytes a play in all, against ~190
 with the id as a string and ~970 when each play was an object with its event ids
-(simulations/bench_retention.py, `device.progress`). `Play` is a view made when asked for. A digest collision of two event ids of one user (2^-64 a pair) could
-only make that user's own event a duplicate or refused, never another user's.
+(simulations/bench_retention.py, `device.progress`). `Play` is a view made when asked for. A digest
+collision of two event ids of one user (2^-64 a pair) could only make that user's own event a
+duplicate or refused, never another user's.
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class Subscriptions:
 
     def in_sync(self, conn: Connection, key: str) -> bool:
         """It follows `key` and no resync is under way: every push of `key` reaches it in order."""
-        return key in self._wm.get(conn, ()) and (conn.id, key) not in self._resyncing
+        return self.follows(conn, key) and (conn.id, key) not in self._resyncing
 
     def watermark(self, conn: Connection, key: str) -> int | None:
         return self._wm.get(conn, {}).get(key)

@@ -27,19 +27,24 @@ def _filled(n: int, gap_ms: int = 210_000) -> PlayIndex:
     return ix
 
 
-def test_a_play_costs_under_150_bytes_resident():
-    """~970 bytes a play when each was an object with its event id strings (bench_retention), ~190
-    with the play id a string."""
-    ids = [f"u/{T0 + i * 210_000}/ev-{i:08d}-0000-0000-000000000000" for i in range(5000)]   # the caller's strings
+def _resident(build, n: int):
+    """What `build()` returns, and the bytes it holds alive per item (tracemalloc, after a collection)."""
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        ix = _filled(5000)
+        out = build()
         gc.collect()
-        per_play = (tracemalloc.get_traced_memory()[0] - before) / 5000
+        return out, (tracemalloc.get_traced_memory()[0] - before) / n
     finally:
         tracemalloc.stop()
+
+
+def test_a_play_costs_under_150_bytes_resident():
+    """~970 bytes a play when each was an object with its event id strings (bench_retention), ~190
+    with the play id a string."""
+    ids = [f"u/{T0 + i * 210_000}/ev-{i:08d}-0000-0000-000000000000" for i in range(5000)]   # the caller's strings
+    ix, per_play = _resident(lambda: _filled(5000), 5000)
     assert len(ix) == 5000 and ids
     print(f"{per_play:.0f} bytes a play")
     assert per_play < 150, per_play
@@ -113,20 +118,16 @@ def _uuid_filled(n: int, owner: str = "user-17", hyphens: bool = False) -> tuple
 def test_a_play_with_a_uuid_event_id_costs_under_130_bytes_resident():
     """Clients make event ids as UUIDs (hex in the mixed scenario, hyphenated in docs/listening.md):
     the play id is packed to 17 bytes then; ~190 bytes a play when ids were strings."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    def build() -> PlayIndex:
         ix = PlayIndex("user-17")
         for i in range(5000):
             start = T0 + i * 210_000
             eid = f"{i:032x}"
             ix.add(Play(f"user-17/{start}/{eid}", f"spotify:track:{i % 50:022d}", "phone", start, 200_000,
                         True, False), [eid])
-        gc.collect()
-        per_play = (tracemalloc.get_traced_memory()[0] - before) / 5000
-    finally:
-        tracemalloc.stop()
+        return ix
+
+    ix, per_play = _resident(build, 5000)
     print(f"{per_play:.0f} bytes a play")
     assert len(ix) == 5000 and per_play < 130, per_play
 
