@@ -217,6 +217,25 @@ def test_frame_over_the_hard_cap_is_refused_unparsed():
     assert outcome(b'{"id":1,"type":"ping"}', JSON).type == MessageType.PING
 
 
+def test_a_text_frame_is_measured_in_utf8_bytes_not_characters():
+    # a str is encoded only when its length can't decide: 4-byte characters under the cap in
+    # characters but over it in bytes are refused, and the same frame one character shorter isn't
+    cap = 1000
+    head, tail = '{"id":1,"type":"ping","payload":{"s":"', '"}}'
+    fits = (cap - len(head) - len(tail)) // 4
+    ok = head + "\U0001F3B5" * fits + tail
+    over = head + "\U0001F3B5" * (fits + 1) + tail
+    assert len(ok.encode()) <= cap < len(over.encode()) and len(over) < cap
+    assert decode_frame(ok, JSON, max_bytes=cap).type == MessageType.PING
+    with pytest.raises(SyncopateError) as e:
+        decode_frame(over, JSON, max_bytes=cap)
+    assert e.value.code == ErrorCode.FRAME_TOO_LARGE
+    for typ, msg in (("nope", "unknown message type"), ("player.changed", "is not a client request")):
+        with pytest.raises(SyncopateError) as e:
+            decode_frame(f'{{"id":1,"type":"{typ}"}}', JSON)
+        assert e.value.code == ErrorCode.UNKNOWN_MESSAGE_TYPE and msg in e.value.message
+
+
 def test_check_plain_for_other_modules():
     decode.check_plain({"uris": ["spotify:track:x"], "n": 1, "b": b"", "f": 0.5, "x": None})
     for bad in [(1, 2), {1: 2}, msgpack.ExtType(1, b""), 2 ** 64, float("inf"), {"x": {1, 2}}, deep(40)]:

@@ -77,6 +77,31 @@ def test_every_signed_field_is_covered_by_the_signature():
     assert not StreamSigner(SECRET + "x").valid(c, sig)          # another key
 
 
+def test_the_signature_is_hmac_sha256_of_the_documented_message():
+    # the signer computes HMAC by its definition from precomputed padded-key states (faster than
+    # hmac.digest); it must be exactly the standard HMAC-SHA256, base64url without padding, and the
+    # manifest's URLs (which build the message without a StreamClaim) must carry the same signature
+    import base64
+    import hmac
+
+    from catalog import Catalog
+    from gateway.stream_sign import _message
+    s = StreamSigner(SECRET)
+    for user, device, kbps in (("alice", "d0", 96), ("bob/ü x", "dev?&=", 160), ("", "", 320)):
+        c = StreamClaim(user, device, tid(0), kbps, 2_000_000_000 + kbps)
+        want = base64.urlsafe_b64encode(hmac.digest(s._key, _message(c), "sha256")).rstrip(b"=").decode()
+        assert s.sign(c) == want
+    cat = Catalog.generated(tracks=50)
+    ts = [x for x in cat.tracks if x.markets is None][:3]
+    cl = {"player": {"track": {"uri": ts[0].uri}, "market": "US"}, "next_tracks": [t.uri for t in ts[1:]]}
+    man = s.manifest(cat, cl, "u 1", "d/1", "premium", now=1_900_000_000.5)
+    assert [t["uri"] for t in man["tracks"]] == [t.uri for t in ts]
+    for t, entry in zip(ts, man["tracks"]):
+        for k, url in entry["urls"].items():
+            c = StreamClaim("u 1", "d/1", t.id, int(k), 1_900_000_000 + s.ttl_s)
+            assert url == s.url(c)
+
+
 def test_free_and_premium_get_their_bitrates():
     from catalog import Catalog
     cat = Catalog.generated(tracks=50)
