@@ -194,7 +194,7 @@ class WsSession:
             return
         conn.encoding = encoding            # answer in the encoding the client uses
         (ctx.metrics.frames_in_json if encoding == codec.JSON else ctx.metrics.frames_in_msgpack).inc()
-        size = len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode())
+        size = codec.frame_bytes(data, ctx.config.max_frame_bytes)
         if size > ctx.config.max_frame_bytes:
             return self._error(None, SyncopateError(ErrorCode.FRAME_TOO_LARGE,
                                                     f"frame of {size} bytes exceeds {ctx.config.max_frame_bytes}"))

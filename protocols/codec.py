@@ -23,13 +23,7 @@ def decode_frame(data: bytes | str, encoding: str, *, max_bytes: int = decode.MA
     The bytes go through protocols/decode.py (MALFORMED_FRAME for anything that isn't one plain
     JSON / msgpack value within its limits); the envelope's fields are checked here (INVALID_FIELD,
     UNKNOWN_MESSAGE_TYPE). A caller with a frame limit above MAX_FRAME_BYTES passes its own."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        size = len(data)
-    else:
-        # a str's UTF-8 form is 1 to 4 bytes a character: encoded only when its length can't tell
-        size = len(data)
-        if max_bytes < size * 4 and size <= max_bytes:
-            size = len(data.encode())
+    size = frame_bytes(data, max_bytes)
     if size > max_bytes:
         raise SyncopateError(ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes exceeds {max_bytes}")
     raw = decode.parse(data, encoding)
@@ -65,6 +59,16 @@ def decode_frame(data: bytes | str, encoding: str, *, max_bytes: int = decode.MA
     if op_id is not None and (not isinstance(op_id, str) or not 0 < len(op_id) <= 128):
         raise SyncopateError(ErrorCode.INVALID_FIELD, "op_id must be a string of 1 to 128 characters", id=rid)
     return Envelope(type=mt, id=rid, payload=payload, op_id=op_id)
+
+
+def frame_bytes(data: bytes | str, max_bytes: int) -> int:
+    """A frame's size in bytes, exact wherever it decides against `max_bytes`. A str's UTF-8 form
+    is 1 to 4 bytes a character, so it is encoded only when its length can't tell (a W2 command
+    was encoded twice just to be measured: by gateway/ws.py and again here)."""
+    size = len(data)
+    if isinstance(data, str) and max_bytes < size * 4 and size <= max_bytes:
+        size = len(data.encode())
+    return size
 
 
 def _valid_id(rid: Any) -> bool:
