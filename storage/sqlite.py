@@ -44,8 +44,12 @@ def _exclusive(fn):
     """A thread-side method that writes: run under the cross-process writer lock (storage/sqlite_writer.py)."""
     @functools.wraps(fn)           # keeps __name__: sqlite_process calls the methods by name
     def run(self, *args):
-        with self._wlock.held():
+        lock = self._wlock
+        fd = lock.acquire()          # (not `with lock.held()`: see WriterLock.acquire)
+        try:
             return fn(self, *args)
+        finally:
+            lock.release(fd)
     return run
 
 
