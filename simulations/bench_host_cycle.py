@@ -2,7 +2,7 @@
 
     nice -n 19 .venv/bin/python -m simulations.bench_host_cycle [--users 200] [--commands 2000]
                                                                 [--repeats 5] [--batch 1] [--dir DIR]
-                                                                [--profile FILE.pstats]
+                                                                [--ticks ROUNDS] [--profile FILE.pstats]
 
 What runs: one EntityHost (actors/host.py) over SQLiteStore (storage/sqlite.py: its own thread,
 WAL, synchronous=FULL, a file in a temp dir) with the default kinds and the generated catalog, and
@@ -21,6 +21,9 @@ time.process_time() over the run (the loop and the store's thread: the host proc
 command, best and median of --repeats runs on the same host (warm entities). Ticks and the
 collector are not running (Residency is not started): only the command path is measured. Also
 printed: user and system CPU (os.times) and the event loop's thread alone (time.thread_time).
+With --ticks, then CPU per tick: rounds of Residency.run_ticks over every group (none has anything
+due: the devices' heartbeat timeout is set out of reach for the whole bench), each round run to
+its end.
 
 On a loaded machine the CPU figures move by 10-20 % run to run; instructions are steadier. Under
 callgrind, the instructions per command are the difference of two runs, which cancels the set-up:
@@ -124,7 +127,9 @@ class Bench:
         self.channel: ChannelServer | None = None
         # as actors/ray_host.py: what the host releases in one loop turn goes to a gateway together
         self.batcher = Batcher(lambda gw, items: self.channel.send(gw, items))
-        self.host = EntityHost("bench", self.store, default_kinds(), Env(catalog=self.catalog),
+        # no device goes silent while the bench runs (W2's devices heartbeat; here nothing does)
+        env = Env(catalog=self.catalog, config={"connect_heartbeat_timeout_ms": 10**12})
+        self.host = EntityHost("bench", self.store, default_kinds(), env,
                                deliver=self.batcher.add, idle_timeout_s=1e9)
         # the committer only: no ticks, no passivation (module doc)
         self.host._tasks = [asyncio.get_running_loop().create_task(self.host._committer())]
@@ -232,6 +237,23 @@ class Bench:
         self.sys_s += o1.system - o0.system
         return cpu, wall
 
+    async def ticks(self, rounds: int) -> float:
+        """CPU seconds of `rounds` rounds of every group's tick (nothing due in them: a W2 host
+        ticks each of its groups once a second, about two ticks per command)."""
+        # (each round's `now` a second past the last: every group is due in every round)
+        now = self._tick_now = max(getattr(self, "_tick_now", 0.0), time.time()) + 1.0
+        n0 = self.host.metrics.commands
+        t0 = time.process_time()
+        for _ in range(rounds):
+            self.host.run_ticks(now)
+            while any(s.mailbox or s.draining for s in self.host.slots.values()) or self.host._pending:
+                await asyncio.sleep(0)
+            now += 1.0
+        cpu = time.process_time() - t0
+        self._tick_now = now
+        assert self.host.metrics.commands - n0 == rounds * len(self.users), "a group did not tick"
+        return cpu
+
     async def close(self) -> None:
         await self.host.close(passivate=False)
         await self.store.close()
@@ -247,7 +269,8 @@ async def _main(a) -> int:
     prof = None
     if a.profile:
         import cProfile
-        prof = cProfile.Profile()
+        # the loop's thread's CPU, not wall time (on a loaded machine wall time is mostly waiting)
+        prof = cProfile.Profile(time.thread_time)
         prof.enable()
     u0, s0, l0 = b.user_s, b.sys_s, b.loop_s
     for _ in range(a.repeats):
@@ -260,6 +283,9 @@ async def _main(a) -> int:
     if prof is not None:
         prof.disable()
         prof.dump_stats(a.profile)
+    tick_us = []
+    for _ in range(a.repeats if a.ticks else 0):
+        tick_us.append(await b.ticks(a.ticks) * 1e6 / (a.ticks * a.users))
     if b.errors:
         print(f"errors: {b.errors}", file=sys.stderr)
     await b.close()
@@ -267,6 +293,9 @@ async def _main(a) -> int:
           f"CPU us/command best {min(cpu_us):.1f} median {statistics.median(cpu_us):.1f} "
           f"(runs {' '.join(f'{x:.1f}' for x in cpu_us)}); wall us/command median {statistics.median(wall_us):.1f}; "
           f"user {user_us:.0f} sys {sys_us:.0f} us/command (os.times), the loop's thread {loop_us:.0f} (all runs)")
+    if tick_us:
+        print(f"ticks: {a.users} groups x {a.ticks} rounds x {a.repeats}: CPU us/tick best {min(tick_us):.1f} "
+              f"median {statistics.median(tick_us):.1f}")
     return 1 if b.errors else 0
 
 
@@ -277,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1, help="commands per gateway frame (distinct users)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ticks", type=int, default=0, help="then this many rounds of every group's tick, per repeat")
     ap.add_argument("--dir", default=None, help="where the temp SQLite file goes (default: the temp dir)")
-    ap.add_argument("--profile", default=None, help="cProfile the measured runs into this file")
+    ap.add_argument("--profile", default=None, help="cProfile the measured runs (the loop's thread CPU) into this file")
     return asyncio.run(_main(ap.parse_args(argv)))
 
 
