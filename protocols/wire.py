@@ -54,7 +54,8 @@ class ConnAddress(NamedTuple):
         """From any of the stored forms: "gw/conn", "conn:gw/conn", [gw, conn]."""
         if isinstance(value, ConnAddress):
             return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) \
+                and isinstance(value[1], str):        # (not all() over a generator: once per command)
             return cls(value[0], value[1])
         if isinstance(value, str):
             s = value[5:] if value.startswith("conn:") else value
