@@ -77,7 +77,7 @@ def _work(get) -> None:
         res = exc = None
         try:
             res = fn(*args)
-        except BaseException as e:       # as the executor did: whatever it raised, the awaiter gets
+        except BaseException as e:  # noqa: BLE001 - as the executor did: whatever it raised, the awaiter gets
             exc = e
         try:
             loop.call_soon_threadsafe(_settle, fut, res, exc)
