@@ -18,15 +18,16 @@ op id, in frames of --batch commands (distinct users) sent one after the other: 
 are awaited before the next frame goes (at W2's rates a host's group commits hold about one
 command). The command list is built (and its frames encoded) before the clock starts; the figure is
 time.process_time() over the run (the loop and the store's thread: the host process's CPU) per
-command, best and median of --repeats runs on the same host (warm entities). Ticks and the
-collector are not running (Residency is not started): only the command path is measured. Also
+command, best and median of --repeats runs on the same host (warm entities). The housekeeping
+task (ticks, passivation) and the collector are not started: only the command path is measured. Also
 printed: user and system CPU (os.times) and the event loop's thread alone (time.thread_time).
 With --ticks, then CPU per tick: rounds of Residency.run_ticks over every group (none has anything
 due: the devices' heartbeat timeout is set out of reach for the whole bench), each round run to
 its end.
 
-On a loaded machine the CPU figures move by 10-20 % run to run; instructions are steadier. Under
-callgrind, the instructions per command are the difference of two runs, which cancels the set-up:
+On a loaded machine the CPU figures move by up to 40 % run to run (alternate old and new runs);
+instructions are steadier. Under callgrind, the instructions per command are the difference of two
+runs, which cancels the set-up (it keeps the bench's own building of each command's frame):
     (Ir of --repeats 3) - (Ir of --repeats 1), divided by 2 x --commands
     nice -n 19 valgrind --tool=callgrind .venv/bin/python -m simulations.bench_host_cycle --users 50 \
         --commands 200 --repeats 1     (then --repeats 3; about two minutes each)
