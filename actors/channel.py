@@ -96,12 +96,15 @@ def encode_host_items(items: list, *, max_item: int = MAX_ITEM, metrics: Any = N
         except Exception as exc:
             log.error("channel: an item could not be encoded (%s: %s)", type(exc).__name__, exc)
             b = None
-            err = SyncopateError(ErrorCode.INTERNAL, "the answer could not be encoded")
-        else:
-            err = SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"the answer is larger than {max_item} bytes")
         if b is None or len(b) > max_item:
-            if metrics is not None and b is not None:
-                metrics.budget_oversized_items += 1
+            # (the refusal is built here, not for every item: two errors constructed per command,
+            # a reply and its push, were 0.6 % of a host's CPU in W2)
+            if b is None:
+                err = SyncopateError(ErrorCode.INTERNAL, "the answer could not be encoded")
+            else:
+                err = SyncopateError(ErrorCode.LIMIT_EXCEEDED, f"the answer is larger than {max_item} bytes")
+                if metrics is not None:
+                    metrics.budget_oversized_items += 1
             if isinstance(item, Push):
                 # The subscribers miss this change: tell the gateway, which resubscribes them.
                 b = pack_body(host_item_to_wire(Gap(item.key, item.version - 1 if item.fresh else item.version)))

@@ -20,6 +20,10 @@ from storage.base import Snapshot
 log = logging.getLogger("syncopate.host")
 
 
+def _no_answer(reply) -> None:
+    """A tick's sink: nobody waits for its answer."""
+
+
 class Residency:
     # -- snapshots -------------------------------------------------------------------------------
     async def _snapshot(self, slot: Slot) -> bool:
@@ -116,10 +120,12 @@ class Residency:
                 continue                       # passivated or evicted since: its heap entry lapses
             slot.next_tick = now + slot.entity.tick_ms / 1000
             heapq.heappush(self._ticks, (slot.next_tick, key, sid))
-            slot.mailbox.append((Command(slot.kind, slot.entity_id, TICK), lambda reply: None))
+            slot.mailbox.append((Command(slot.kind, slot.entity_id, TICK), _no_answer))
             if not slot.draining:
                 slot.draining = True
-                asyncio.get_running_loop().create_task(self._drain(slot))
+                # handled here, as enqueue(now=True) handles a gateway's command, not by a task per
+                # tick (a W2 host ticks each of its groups once a second, two ticks per command)
+                self._drain_now(slot)
 
     async def _housekeeping(self) -> None:
         sweep_every = max(0.5, min(30.0, self.idle_timeout_s / 4))

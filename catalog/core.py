@@ -94,6 +94,9 @@ class Catalog:
         self._artists: dict[str, Artist] = {a.id: a for a in artists}
         self._albums: dict[str, Album] = {a.id: a for a in albums}
         self._tracks: dict[str, Track] = {t.id: t for t in tracks}
+        # uri -> track, for the uris track_by_uri found (at most one entry per track): a device
+        # group looks up its current and next tracks on every push, 2.5 uri parses per W2 command
+        self._track_uris: dict[str, Track] = {}
         self.track_ids: list[str] = list(self._tracks)
         by_artist: dict[str, list[Album]] = {}
         for album in self._albums.values():
@@ -170,7 +173,12 @@ class Catalog:
 
     def track_by_uri(self, uri: str) -> Track | None:
         """None when well-formed but unknown; INVALID_URI when malformed or not a track uri."""
-        return self._tracks.get(parse_uri(uri, "track")[1])
+        hit = self._track_uris.get(uri) if isinstance(uri, str) else None     # (a list is unhashable)
+        if hit is None:
+            hit = self._tracks.get(parse_uri(uri, "track")[1])
+            if hit is not None:
+                self._track_uris[uri] = hit
+        return hit
 
     def album_by_uri(self, uri: str) -> Album | None:
         return self._albums.get(parse_uri(uri, "album")[1])

@@ -54,7 +54,8 @@ class ConnAddress(NamedTuple):
         """From any of the stored forms: "gw/conn", "conn:gw/conn", [gw, conn]."""
         if isinstance(value, ConnAddress):
             return value
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) \
+                and isinstance(value[1], str):        # (not all() over a generator: once per command)
             return cls(value[0], value[1])
         if isinstance(value, str):
             s = value[5:] if value.startswith("conn:") else value
@@ -155,6 +156,13 @@ def _str(v: Any, what: str, *, optional: bool = False, limit: int = 1024) -> str
     return v
 
 
+# The principals of recent commands, by their fields: a frozen dataclass's __init__ (a setattr per
+# field) was half of command_from_wire, once per command; a principal is immutable, so one object
+# serves every command of its sender. Cleared when full.
+_principals: dict[tuple, Principal] = {}
+_PRINCIPALS_KEPT = 8192
+
+
 def command_from_wire(w: Any) -> Command:
     if not isinstance(w, list) or len(w) != 8:
         raise WireError("a command is a list of 8 fields")
@@ -163,8 +171,12 @@ def command_from_wire(w: Any) -> Command:
         raise WireError("bad command fields")
     if not isinstance(p[4], int) or isinstance(p[4], bool):
         raise WireError("bad principal")
-    principal = Principal(_str(p[0], "user"), _str(p[1], "product"), _str(p[2], "device", optional=True),
-                          p[3] is True, p[4])
+    key = (_str(p[0], "user"), _str(p[1], "product"), _str(p[2], "device", optional=True), p[3] is True, p[4])
+    principal = _principals.get(key)
+    if principal is None:
+        if len(_principals) >= _PRINCIPALS_KEPT:
+            _principals.clear()
+        principal = _principals[key] = Principal(*key)
     return Command(_str(kind, "kind"), _str(eid, "entity id"), _str(op, "op"), args, principal,
                    op_id=_str(op_id, "op id", optional=True),
                    origin=ConnAddress.parse(origin) if origin is not None else None, follow=follow is True)

@@ -48,8 +48,10 @@ class WriterLock:
         if fd is not None:
             os.close(fd)              # releases the lock if it were held
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
+    def acquire(self) -> int:
+        """Take the lock; the answer is the descriptor to hand to `release`. (The store's writes call
+        these two directly: a @contextmanager's generator around every group commit was 1.5 % of a
+        host's CPU in W2.)"""
         fd = self._fd
         if fd is None:
             raise RuntimeError(f"{self.path}: the writer lock is not open")
@@ -60,6 +62,15 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_EX)       # blocks in the kernel (the GIL released) until it is free
             self.waits += 1
             self.wait_s += time.perf_counter() - t0
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        fd = self.acquire()
         try:
             yield
         finally:
