@@ -13,6 +13,7 @@ import itertools
 import logging
 import secrets
 import time
+import weakref
 import zlib
 from collections import deque
 from typing import Any, Callable
@@ -32,6 +33,33 @@ CLOSE_TOO_MANY = 4029            # over a budget (sockets per user, frame rate o
 def frame_size(frame: Any) -> int:
     # a JSON text frame's length in characters: its bytes but for non-ASCII text (a close estimate)
     return len(frame) if isinstance(frame, (bytes, bytearray, str)) else 64
+
+
+# The connections with frames queued in this loop turn, by loop: one callback at the end of the
+# turn writes them all (a callback per socket was a Handle and a call_soon for each of a push's three
+# devices). Weak by loop: a loop closed before its turn ended takes its list with it.
+_due: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Connection]]" = weakref.WeakKeyDictionary()
+
+
+def _flush_at_turn_end(conn: "Connection") -> None:
+    loop = asyncio.get_running_loop()
+    due = _due.get(loop)
+    if due is None:
+        _due[loop] = [conn]
+        loop.call_soon(_flush_due, loop)
+    else:
+        due.append(conn)
+
+
+def _flush_due(loop: asyncio.AbstractEventLoop) -> None:
+    # Popped first: a socket that queues again while this runs (a write's callback) goes in the
+    # next turn's list, as it did with a callback of its own.
+    for conn in _due.pop(loop, ()):
+        try:
+            conn._flush_now()
+        except Exception:                    # one socket's failure must not leave the others unwritten
+            log.exception("flushing connection %s failed", conn.id)
+            conn.closed = True
 
 
 class Connection:
@@ -55,8 +83,9 @@ class Connection:
         self._send_raw = send_raw
         self._send_many = send_many          # several queued frames in one socket write (gateway/wsframes.py)
         # The synchronous form of send_many (True: the transport wants `drain` awaited before more):
-        # with it, the frames queued in one loop turn are written by one plain callback at the end
-        # of the turn, and a writer task exists only while a socket is backpressured.
+        # with it, the frames queued in one loop turn are written at the end of the turn (one callback
+        # for every socket of the turn, _flush_due), and a writer task exists only while a socket is
+        # backpressured.
         self._write_now = write_now if drain is not None else None
         self._drain = drain
         self._flush_due = False
@@ -101,7 +130,7 @@ class Connection:
             elif not self._flush_due:
                 # Later in this turn, not now: the answer and the push of one host frame go together.
                 self._flush_due = True
-                asyncio.get_running_loop().call_soon(self._flush_now)
+                _flush_at_turn_end(self)
 
     def _take(self) -> list:
         batch = []

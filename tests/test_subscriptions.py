@@ -222,6 +222,27 @@ async def test_frames_of_one_turn_go_in_one_write_without_a_writer_task():
     assert sock.writes == [["a", "b"], ["c"]] and c._writer is None
 
 
+async def test_the_sockets_of_one_turn_are_written_by_one_callback_and_one_failure_spares_the_rest():
+    from gateway import hub as hub_mod
+    socks = [_SyncSocket() for _ in range(3)]
+    conns = [s.connection() for s in socks]
+
+    def broken():
+        raise RuntimeError("a bug in one socket's flush")
+    conns[1]._take = broken                    # the middle socket's flush raises (not its write)
+    for i, c in enumerate(conns):
+        c.send_frame(f"f{i}")
+    loop = asyncio.get_running_loop()
+    assert hub_mod._due[loop] == conns         # one list for the turn, in the order queued
+    await asyncio.sleep(0)
+    assert loop not in hub_mod._due
+    assert socks[0].writes == [["f0"]] and socks[2].writes == [["f2"]]
+    assert conns[1].closed and not conns[0].closed and not conns[2].closed
+    conns[0].send_frame("g")                   # the next turn has a list of its own
+    await asyncio.sleep(0)
+    assert socks[0].writes == [["f0"], ["g"]]
+
+
 async def test_a_backpressured_socket_waits_for_its_drain_and_keeps_order():
     sock = _SyncSocket()
     c = sock.connection()
