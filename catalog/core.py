@@ -94,7 +94,7 @@ class Catalog:
         self._artists: dict[str, Artist] = {a.id: a for a in artists}
         self._albums: dict[str, Album] = {a.id: a for a in albums}
         self._tracks: dict[str, Track] = {t.id: t for t in tracks}
-        # uri -> track, for the uris track_by_uri found (at most one entry per track): a device
+        # uri -> track, for the uris track_by_uri found (only uris naming one of these tracks): a device
         # group looks up its current and next tracks on every push, 2.5 uri parses per W2 command
         self._track_uris: dict[str, Track] = {}
         self.track_ids: list[str] = list(self._tracks)

@@ -49,8 +49,17 @@ class StreamClaim:
     expires: int
 
 
+def _head(user: str, device: str) -> str:
+    """The part of a signed message a manifest's nine URLs share."""
+    return f"syncopate-stream-v1\n{user}\n{device}\n"
+
+
+def _signed(head: str, track_id: str, kbps: int, expires: int) -> bytes:
+    return f"{head}{track_id}\n{kbps}\n{expires}".encode()
+
+
 def _message(c: StreamClaim) -> bytes:
-    return f"syncopate-stream-v1\n{c.user}\n{c.device}\n{c.track_id}\n{c.kbps}\n{c.expires}".encode()
+    return _signed(_head(c.user, c.device), c.track_id, c.kbps, c.expires)
 
 
 class StreamSigner:
@@ -85,7 +94,12 @@ class StreamSigner:
         base64url and the rest are digits and ids: nothing else needs quoting."""
         qu = quote(c.user, safe="") if qu is None else qu
         qd = quote(c.device, safe="") if qd is None else qd
-        return f"{EDGE_PREFIX}/{c.track_id}/{c.kbps}?u={qu}&d={qd}&e={c.expires}&s={self.sign(c)}"
+        return self._url(_head(c.user, c.device), f"?u={qu}&d={qd}&e={c.expires}&s=", c.track_id, c.kbps, c.expires)
+
+    def _url(self, head: str, query: str, track_id: str, kbps: int, expires: int) -> str:
+        """`url` from the parts a manifest builds once for all its URLs: the message's `head` and the
+        `query` up to its signature."""
+        return f"{EDGE_PREFIX}/{track_id}/{kbps}{query}{self._mac(_signed(head, track_id, kbps, expires))}"
 
     def valid(self, c: StreamClaim, signature: str) -> bool:
         return hmac.compare_digest(self.sign(c).encode(), signature.encode())
@@ -106,20 +120,16 @@ class StreamSigner:
         qu, qd = quote(user, safe=""), quote(device, safe="")
         uris = [track["uri"]] + [u for u in cluster.get("next_tracks", ())[:PREFETCH]]
         tracks = []
-        # the signed message is "...\n{user}\n{device}\n{track_id}\n{kbps}\n{expiry}" (_message):
-        # its user/device head is built once for the manifest's nine URLs, not per URL
-        head = f"syncopate-stream-v1\n{user}\n{device}\n"
-        tail = f"?u={qu}&d={qd}&e={expires}&s="
+        # the signed message's user/device head and the URL's query are built once for the
+        # manifest's nine URLs, not per URL
+        head = _head(user, device)
+        query = f"?u={qu}&d={qd}&e={expires}&s="
         market, explicit = player.get("market"), bool(player.get("explicit_filter"))
         for i, uri in enumerate(uris):
             t = find_track(cat, uri)
             if t is None or t.restriction(market, explicit) is not None:
                 continue              # nothing to stream (taken down, or not licensed here)
-            tid = t.id
-            urls = {}
-            for k in rates:
-                sig = self._mac(f"{head}{tid}\n{k}\n{expires}".encode())
-                urls[str(k)] = f"{base}{EDGE_PREFIX}/{tid}/{k}{tail}{sig}"
+            urls = {str(k): base + self._url(head, query, t.id, k, expires) for k in rates}
             tracks.append({"uri": uri, "duration_ms": t.duration_ms, "bitrates": list(rates), "urls": urls,
                            "current": i == 0})
         if not tracks:

@@ -43,6 +43,8 @@ import sys
 import tempfile
 import time
 
+from simulations.scenarios.connect import w2_command
+
 
 class _Transport:
     def get_write_buffer_size(self) -> int:
@@ -94,16 +96,11 @@ def _commands(users: list[_User], n: int, rng: random.Random, transfer_share: fl
             out.append((u.uid, "transfer", {"device_ids": [target], "play": True}, src))
             u.active, u.playing = target, True
             continue
-        r = rng.random()
-        if r < 0.5:
-            out.append((u.uid, "pause" if u.playing else "play", {}, src))
+        op, args = w2_command(rng, u.playing, 120_000)
+        op = op.removeprefix("player.")
+        out.append((u.uid, op, args, src))
+        if op in ("pause", "play"):
             u.playing = not u.playing
-        elif r < 0.7:
-            out.append((u.uid, "volume", {"volume_percent": rng.randint(10, 100)}, src))
-        elif r < 0.85:
-            out.append((u.uid, "seek", {"position_ms": rng.randint(0, 60_000)}, src))
-        else:
-            out.append((u.uid, "next", {}, src))
     return out
 
 

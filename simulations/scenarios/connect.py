@@ -169,6 +169,19 @@ class _Waiter:
         self.cmd_done = False
 
 
+def w2_command(rng, is_playing: bool, duration_ms: int) -> tuple[str, dict]:
+    """W2's command when it is not a transfer: pause/play 50 %, volume 20 %, seek 15 %, next 15 %
+    (simulations/bench_host_cycle.py draws the same)."""
+    r = rng.random()
+    if r < 0.5:
+        return ("player.pause", {}) if is_playing else ("player.play", {})
+    if r < 0.7:
+        return "player.volume", {"volume_percent": rng.randint(10, 100)}
+    if r < 0.85:
+        return "player.seek", {"position_ms": rng.randint(0, max(1, duration_ms // 2))}
+    return "player.next", {}
+
+
 class _User:
     def __init__(self, uid: str) -> None:
         self.uid = uid
@@ -333,16 +346,7 @@ class Connect(Scenario):
                 target = self.rng.choice(others).did
                 op, payload = "player.transfer", {"device_ids": [target], "play": True}
             else:
-                r = self.rng.random()
-                if r < 0.5:
-                    op, payload = ("player.pause", {}) if player.get("is_playing") else ("player.play", {})
-                elif r < 0.7:
-                    op, payload = "player.volume", {"volume_percent": self.rng.randint(10, 100)}
-                elif r < 0.85:
-                    dur = player.get("duration") or 120_000
-                    op, payload = "player.seek", {"position_ms": self.rng.randint(0, max(1, dur // 2))}
-                else:
-                    op, payload = "player.next", {}
+                op, payload = w2_command(self.rng, bool(player.get("is_playing")), player.get("duration") or 120_000)
             sent = time.perf_counter()
             res = await self.req(src.client, op, payload, expected=EXPECTED)
             if res is None:
