@@ -18,9 +18,10 @@ from gateway.auth import bearer
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response, socket_query
 from gateway.hub import CLOSE_TOKEN_EXPIRED, Connection
+from gateway.inbox import InboxResponse
 from gateway.ratelimit import TokenBucket
-from gateway.wsframes import FrameWriter
 from gateway.scopes import check_ws
+from gateway.wsframes import FrameWriter
 from protocols import codec
 from protocols import messages as m
 from protocols.errors import ErrorCode, SyncopateError
@@ -34,14 +35,15 @@ ENTITY_KINDS = (m.PLAYLIST, m.DEVICE_GROUP, m.SESSION)
 CLIENT_KINDS = frozenset({"app", "web", "speaker", "tv", "car", "sim", "bench", "mobile", "desktop"})
 
 
-async def upgrade(request: web.Request, ctx: GatewayContext, principal) -> web.WebSocketResponse:
+async def upgrade(request: web.Request, ctx: GatewayContext, principal) -> InboxResponse:
     """The websocket upgrade of an admitted principal (app and Yjs sockets alike); a failed upgrade
-    gives the principal's socket slot back (Hub.admit)."""
+    gives the principal's socket slot back (Hub.admit). The caller attaches its session to the
+    socket's inbox (gateway/inbox.py): data frames reach it from the protocol's data_received."""
     cfg = ctx.config
     # Hard cap well above the soft limit: an oversize frame within it gets an error frame and the
     # connection lives on; beyond it aiohttp closes with 1009 rather than buffer without bound.
-    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
-                               compress=False)   # small frames: deflate costs both ends more than it saves
+    ws = InboxResponse(heartbeat=cfg.heartbeat_s, max_msg_size=cfg.max_frame_bytes * 4,
+                       compress=False)   # small frames: deflate costs both ends more than it saves
     try:
         await ws.prepare(request)
     except BaseException:
@@ -81,12 +83,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session = WsSession(ctx, conn)
     try:
         await session.open()
+        # Frames that arrived while the session opened are handed on first, in order; from here on
+        # each is answered where it is read. The loop below sees the rest: aiohttp's close, ping
+        # and error messages, and ends the socket.
+        ws.inbox.attach(session.on_frame)
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                session.frame(msg.data, codec.JSON)
-            elif msg.type == WSMsgType.BINARY:
-                session.frame(msg.data, codec.MSGPACK)
-            elif msg.type == WSMsgType.ERROR:
+            if msg.type == WSMsgType.ERROR:
                 break
     finally:
         session.closed()
@@ -188,6 +190,9 @@ class WsSession:
                                                         "conn": str(self.origin)})
 
     # -- one frame -----------------------------------------------------------------------------
+    def on_frame(self, data, is_text: bool) -> None:
+        self.frame(data, codec.JSON if is_text else codec.MSGPACK)
+
     def frame(self, data, encoding: str) -> None:
         ctx, conn = self.ctx, self.conn
         if conn.closing:

@@ -35,9 +35,10 @@ from gateway import scopes
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response
 from gateway.hub import CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY, Connection
+from gateway.inbox import STOPPED
 from gateway.ratelimit import TokenBucket
-from gateway.wsframes import FrameWriter
 from gateway.ws import authenticate, upgrade
+from gateway.wsframes import FrameWriter
 from protocols import yjs
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.messages import PLAYLIST, MessageType
@@ -149,10 +150,10 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
     ctx.metrics.connections.labels("yjs").inc()
     try:
         if await session.open():
+            ws.inbox.attach(session.on_frame)        # frames reach the session where they are read
             async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    session.frame(msg.data)
-                    if session.close_with is not None:
+                if msg.type == WSMsgType.ERROR:
+                    if msg.data is STOPPED and session.close_with is not None:
                         # Closed from the task that reads the socket, after what is queued: a close
                         # from another task races this loop's own receive.
                         try:
@@ -161,10 +162,6 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
                             pass
                         session.conn.closed = True
                         await ws.close(code=session.close_with[0], message=session.close_with[1].encode())
-                        break
-                elif msg.type == WSMsgType.TEXT:
-                    log.debug("text frame on a Yjs socket ignored")
-                elif msg.type == WSMsgType.ERROR:
                     break
         else:
             await session.refuse(ws)
@@ -249,6 +246,14 @@ class YjsSession:
             pass
         self.conn.closed = True
         await ws.close(code=self.refusal, message=b"refused")
+
+    def on_frame(self, data, is_text: bool) -> bool:
+        """The socket's inbox hands each data frame here; True: stop reading, the loop closes."""
+        if is_text:
+            log.debug("text frame on a Yjs socket ignored")
+        else:
+            self.frame(data)
+        return self.close_with is not None
 
     def frame(self, data: bytes) -> None:
         if self.conn.closing:
