@@ -36,6 +36,7 @@ from typing import Any
 
 from actors.channel_auth import HANDSHAKE_TIMEOUT_S, ChannelAuth
 from actors.entity import Command
+from actors.framing import take_over
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, command_from_wire, holds_forged,
                             host_item_to_wire, pack_body, unpack_body, unpack_commands)
@@ -171,15 +172,6 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     return unpack(await reader.readexactly(n))
 
 
-async def read_command_frame(reader: asyncio.StreamReader) -> tuple[Any, bool]:
-    """A gateway -> host frame: (frame, forged) as wire.unpack_commands decodes it."""
-    head = await reader.readexactly(HEADER.size)
-    (n,) = HEADER.unpack(head)
-    if n > MAX_FRAME:
-        raise ValueError(f"channel frame of {n} bytes")
-    return unpack_commands(await reader.readexactly(n))
-
-
 # -- host side -------------------------------------------------------------------------------------
 class ChannelServer:
     """Accepts gateways' streams for one EntityHost; `send(gateway_id, items)` is its deliver.
@@ -251,11 +243,12 @@ class ChannelServer:
             if old is not None:
                 old.close()
             self.writers[gateway_id] = writer
-            while True:
-                # WireError (an undecodable frame) ends the stream: see the module docstring.
-                # The frame is handed on in a call, so nothing of it stays referenced by this frame's
-                # locals while it waits for the next one (a burst of thousands of commands would).
-                self._take(gateway_id, *decode_requests(*await read_command_frame(reader)))
+            def on_frame(body: bytes) -> None:
+                # Decoded and enqueued where the bytes arrive (actors/framing.py), in stream order:
+                # per-entity order is the gateway's send order. WireError (an undecodable frame)
+                # ends the stream: see the module docstring.
+                self._take(gateway_id, *decode_requests(*unpack_commands(body)))
+            await take_over(reader, writer, on_frame, MAX_FRAME)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass
         except WireError as err:

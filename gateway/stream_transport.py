@@ -12,9 +12,10 @@ import asyncio
 import logging
 from typing import Callable
 
-from actors.channel import encode_requests, read_frame
+from actors.channel import encode_requests, unpack
 from actors.channel_auth import ChannelAuth
-from protocols.wire import Reply, WireError, answer, host_item_from_wire
+from actors.framing import take_over
+from protocols.wire import MAX_FRAME, Reply, WireError, answer, host_item_from_wire
 
 log = logging.getLogger("syncopate.gateway")
 
@@ -91,11 +92,12 @@ class StreamTransport:
 
     async def _read(self, host: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         inc = self.incarnations[host]
+        def on_frame(body: bytes) -> None:
+            # decoded and handed on where the bytes arrive (actors/framing.py), in stream order
+            self.receive(host, inc, _host_items(unpack(body)))
         try:
-            while True:
-                # Decoded and handed on in one expression, so nothing of a frame stays referenced
-                # by this loop while it waits for the next one.
-                self.receive(host, inc, _host_items(await read_frame(reader)))
+            # the stream's end: its close, or what on_frame raised (the transport is closed then)
+            await take_over(reader, writer, on_frame, MAX_FRAME)
         except (asyncio.IncompleteReadError, ConnectionError):
             log.warning("stream to host %d closed", host)
         except WireError as err:

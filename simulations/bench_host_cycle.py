@@ -204,7 +204,7 @@ class Bench:
         for body, n in frames:
             self.waiting = n
             self.done.clear()
-            # as ChannelServer._serve: read_command_frame's decode, then _take
+            # as ChannelServer._serve: unpack_commands and decode_requests, then _take
             self.channel._take("g0", *decode_requests(*unpack_commands(body)))
             await self.done.wait()
 

@@ -380,3 +380,87 @@ async def test_the_gateway_reader_keeps_no_frame_it_handed_on(wired):
     gc.collect()
     raw = [o for o in gc.get_objects() if type(o) is list and len(o) == 300 and all(type(w) is list for w in o)]
     assert raw == []
+
+
+async def test_a_command_frame_in_the_same_write_as_the_handshake_is_answered(wired):
+    """The host's reader takes over the stream from the handshake's StreamReader (actors/framing.py):
+    bytes that StreamReader already holds past the handshake are the first frames, not lost."""
+    host, server, transport, received = wired
+    first = pack([command_item(5, Command("counter", "c", "add", {"n": 2}, Principal("alice")))])
+
+    class _Joined:
+        """The gateway's proof and its first command frame leave in one write."""
+
+        def __init__(self, w):
+            self.w, self.transport, self.sent = w, w.transport, False
+
+        def write(self, b):
+            if b"proof" in b and not self.sent:
+                self.sent = True
+                b += first
+            self.w.write(b)
+
+        def get_extra_info(self, *a):
+            return self.w.get_extra_info(*a)
+
+    reader, writer = await asyncio.open_connection(*transport.handles[0].addr)
+    joined = _Joined(writer)
+    await ChannelAuth(SECRET).connect(reader, joined, "joined", 0)
+    assert joined.sent
+    items = [host_item_from_wire(w) for w in await asyncio.wait_for(read_frame(reader), 5)]
+    assert [(it[1], it[2].payload) for it in items] == [(5, {"total": 2})]
+    writer.close()
+
+
+async def test_frame_protocol_hands_on_whole_frames_however_the_bytes_arrive():
+    from actors.framing import FrameProtocol
+    from protocols.wire import WireError
+    loop = asyncio.get_running_loop()
+
+    class _T:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    bodies = [b"a", b"", b"b" * 300, bytes(range(256)) * 40]
+    stream = b"".join(HEADER.pack(len(b)) + b for b in bodies)
+    for step in (1, 3, 7, len(stream)):                     # byte by byte, odd chunks, all at once
+        got = []
+        fp = FrameProtocol(got.append, 1 << 20, loop.create_future())
+        fp.transport = _T()
+        for i in range(0, len(stream), step):
+            fp.data_received(stream[i:i + step])
+        assert got == bodies and not fp.done.done()
+        fp.eof_received()
+        with pytest.raises(ConnectionError):
+            fp.done.result()
+    # an oversize frame ends the stream with WireError; nothing after it is handed on
+    got = []
+    fp = FrameProtocol(got.append, 1000, loop.create_future())
+    fp.transport = _T()
+    fp.data_received(HEADER.pack(1) + b"x" + HEADER.pack(1001) + b"y" * 1001 + HEADER.pack(1) + b"z")
+    assert got == [b"x"] and fp.transport.closed
+    with pytest.raises(WireError):
+        fp.done.result()
+    # what on_frame raises ends the stream with it, the transport closed, later frames unread
+
+    def boom(body):
+        if body == b"bad":
+            raise ValueError("undecodable")
+        got.append(body)
+    got = []
+    fp = FrameProtocol(boom, 1000, loop.create_future())
+    fp.transport = _T()
+    fp.data_received(HEADER.pack(2) + b"ok" + HEADER.pack(3) + b"bad" + HEADER.pack(5))
+    fp.data_received(b"after")
+    assert got == [b"ok"] and fp.transport.closed
+    with pytest.raises(ValueError):
+        fp.done.result()
+    # an EOF mid-frame is a ConnectionError that says so
+    fp = FrameProtocol(got.append, 1000, loop.create_future())
+    fp.transport = _T()
+    fp.data_received(HEADER.pack(10) + b"half")
+    fp.eof_received()
+    with pytest.raises(ConnectionError, match="mid-frame"):
+        fp.done.result()
