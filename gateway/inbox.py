@@ -81,10 +81,10 @@ class Inbox(WebSocketDataQueue):
 
     def attach(self, on_frame: OnFrame) -> None:
         """From here on every data frame goes to `on_frame`, the waiting ones first, in order."""
-        early, self._early = self._early, []
+        early, self._early = self._early, None       # never used again: nothing held per socket
         if not self._shut:
             self._on_frame = on_frame
-        for payload, is_text in early:
+        for payload, is_text in early or ():
             if self._call(on_frame, payload, is_text):
                 break                           # it failed or stopped: nothing more for it
         if self._protocol._reading_paused:

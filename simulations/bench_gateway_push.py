@@ -7,8 +7,8 @@ to the user's three device sockets (gateway/subscriptions.py: presented once, th
 copy with its stream manifest, gateway/streams.py), the frames of the turn handed to each socket's
 writer (gateway/hub.py; the writer here keeps the bytes instead of a system call), and the owning
 host of the command's key looked up once (gateway/dispatcher.py `host_of`). The device-group states
-are built like actors/devicegroup.py's `cluster()`, with W2's mix of commands (50 % pause/play, 20 %
-volume, 15 % seek, 15 % next, 10 % of all a transfer).
+are built like actors/devicegroup.py's `cluster()`, with W2's mix of commands (10 % transfers, the rest from
+simulations/scenarios/connect.py `w2_command`: 50 % pause/play, 20 % volume, 15 % seek, 15 % next).
 
 It prints the CPU time (time.process_time) per push, best and median of --repeat rounds: on a shared
 machine CPU time moves much less than wall time, and the best round is the least disturbed. Run it
@@ -55,18 +55,20 @@ class _Transport:
 
 
 def _state(rng: random.Random, uid: str, tracks: list[str], st: dict, now: int) -> dict:
-    r = rng.random()
-    if r < 0.1:
+    from simulations.scenarios.connect import w2_command
+    if rng.random() < 0.1:                     # W2's transfer share (scenarios/connect.py)
         st["active"] = rng.randrange(3)
         st["playing"] = True
-    elif r < 0.55:
-        st["playing"] = not st["playing"]
-    elif r < 0.73:
-        st["volume"] = rng.randint(10, 100)
-    elif r < 0.87:
-        st["position"] = rng.randint(0, 60_000)
-    else:
-        st["index"] = (st["index"] + 1) % 50
+    else:                                      # the rest of its mix, drawn as W2 draws it
+        op, args = w2_command(rng, st["playing"], 120_000)
+        if op in ("player.pause", "player.play"):
+            st["playing"] = op == "player.play"
+        elif op == "player.volume":
+            st["volume"] = args["volume_percent"]
+        elif op == "player.seek":
+            st["position"] = args["position_ms"]
+        else:
+            st["index"] = (st["index"] + 1) % 50
     st["revision"] += 1
     active = f"{uid}-d{st['active']}"
     devs = [{"id": f"{uid}-d{k}", "name": f"Device {k}", "type": "computer", "volume_percent": st["volume"],

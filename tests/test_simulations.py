@@ -529,3 +529,19 @@ async def test_the_sampler_counts_the_cpu_seconds_of_its_window():
     cpu_s = res["processes"]["me"]["cpu_s"]
     assert 0.27 <= cpu_s <= _time.process_time() - before + 0.03     # /proc counts in 10 ms ticks
     assert res["cpu_window_s"][0] <= res["cpu_window_s"][1]
+
+
+@pytest.mark.parametrize("script,mode,extra", [
+    ("bench_ws_inbound.py", "inbox", ["--sockets", "5"]), ("bench_ws_inbound.py", "queue", ["--sockets", "5"]),
+    ("bench_channel_read.py", "framing", ["--streams", "2"]), ("bench_channel_read.py", "stream", ["--streams", "2"]),
+])
+def test_the_frame_reading_benchmarks_answer_every_frame(script, mode, extra):
+    """Both exit non-zero when a frame goes unanswered; a short run of each mode must not."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "simulations" / script), "--mode", mode, "--rounds", "20", *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    frames = 20 * int(extra[1])
+    assert out.stdout.startswith(f"{mode}: {frames} frames"), out.stdout
