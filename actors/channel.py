@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from typing import Any
 
 from actors.channel_auth import HANDSHAKE_TIMEOUT_S, ChannelAuth
 from actors.entity import Command
-from actors.framing import take_over
+from actors.framing import HEADER, take_over
 from protocols.errors import ErrorCode, SyncopateError
 from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, command_from_wire, holds_forged,
                             host_item_to_wire, pack_body, unpack_body, unpack_commands)
 
 log = logging.getLogger("syncopate.channel")
-HEADER = struct.Struct(">I")
 MAX_ITEM = 16 << 20            # one reply or push; bigger ones are replaced, never framed
 MAX_BUFFER = 32 << 20          # unsent bytes buffered on the host for one gateway before its stream is cut
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 from protocols.wire import WireError
 
-HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")                      # a frame's length, before its body
 _HEAD = HEADER.size
 
 
@@ -71,7 +71,6 @@ class FrameProtocol(asyncio.Protocol):
             except BaseException as exc:            # noqa: BLE001 - handed to the reading task
                 self._end(exc)
                 return end
-            del body                                # nothing of a handed-on frame stays referenced here
         return pos
 
     def _end(self, exc: BaseException) -> None:

@@ -43,6 +43,12 @@ OnFrame = Callable[[Any, bool], bool | None]      # (data, is_text) -> True: sto
 class Inbox(WebSocketDataQueue):
     __slots__ = ("_early", "_on_frame", "_shut")
 
+    def __init__(self, protocol, limit: int, *, loop) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self._early: list | None = []          # (data, is_text) waiting for attach
+        self._on_frame: OnFrame | None = None
+        self._shut = False                     # a close arrived or the session stopped
+
     def feed_data(self, data, size) -> None:
         kind = data[0]
         if kind is _TEXT or kind is _BINARY:
@@ -102,7 +108,6 @@ class InboxResponse(web.WebSocketResponse):
         self._writer = writer
         self._reset_heartbeat()
         inbox = Inbox(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
-        inbox._early, inbox._on_frame, inbox._shut = [], None, False
         self.inbox = self._reader = inbox
         self._parser = WebSocketReader(inbox, self._max_msg_size, compress=bool(self._compress),
                                        decode_text=self._decode_text)

@@ -153,7 +153,7 @@ async def endpoint(request: web.Request) -> web.StreamResponse:
             ws.inbox.attach(session.on_frame)        # frames reach the session where they are read
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
-                    if msg.data is STOPPED and session.close_with is not None:
+                    if msg.data is STOPPED:            # on_frame saw close_with set
                         # Closed from the task that reads the socket, after what is queued: a close
                         # from another task races this loop's own receive.
                         try:

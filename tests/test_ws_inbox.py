@@ -165,7 +165,6 @@ def test_nothing_after_a_close_frame_is_handed_on():
     loop = asyncio.new_event_loop()
     try:
         inbox = Inbox(_Protocol(), 1 << 16, loop=loop)
-        inbox._early, inbox._on_frame, inbox._shut = [], None, False
         got = []
         inbox.attach(lambda data, is_text: got.append(data))
         reader = WebSocketReader(inbox, 1 << 20, compress=False, decode_text=True)
@@ -181,7 +180,6 @@ def test_frames_sent_before_a_close_still_reach_a_session_that_opens_after_it():
     loop = asyncio.new_event_loop()
     try:
         inbox = Inbox(_Protocol(), 1 << 16, loop=loop)
-        inbox._early, inbox._on_frame, inbox._shut = [], None, False
         reader = WebSocketReader(inbox, 1 << 20, compress=False, decode_text=True)
         # e.g. a speaker's last `pause` and its close, both before its session's hello
         reader.feed_data(_masked(0x1, b"waiting") + _masked(0x8, b"\x03\xe8") + _masked(0x1, b"after"))
@@ -199,7 +197,6 @@ def test_a_stop_while_replaying_the_waiting_frames_ends_the_replay():
     try:
         proto = _Protocol()
         inbox = Inbox(proto, 1 << 16, loop=loop)
-        inbox._early, inbox._on_frame, inbox._shut = [], None, False
         reader = WebSocketReader(inbox, 1 << 20, compress=False, decode_text=True)
         reader.feed_data(b"".join(_masked(0x1, b"f%d" % i) for i in range(EARLY_FRAMES + 2)))
         assert proto._reading_paused                    # past the cap: reading paused
