@@ -120,10 +120,15 @@ class SpotifyRequestHandler(RequestHandler):
     def set_parser(self, parser, data_received_cb=None) -> None:
         """An accepted websocket upgrade: from here on every byte goes to the websocket reader, so
         the HTTP request parser (760 B per open socket) is let go, as aiohttp does when the
-        connection is lost (its loop tests the attribute for None). tests/test_gateway_input.py
-        and every websocket test exercise it."""
+        connection is lost (its loop tests the attribute for None), and so is the queue of parsed
+        requests (another 760 B): the upgrade was the last request the parser gave (it stops at
+        one), so the queue is empty and nothing can be added to it. An empty tuple answers the
+        loop's emptiness test the same way, and an append would fail loudly rather than queue a
+        request on a websocket. tests/test_gateway_input.py and every websocket test exercise it."""
         super().set_parser(parser, data_received_cb)
         self._parser = None
+        if not self._messages:
+            self._messages = ()
 
 
 class _SpotifyServer(web.Server):

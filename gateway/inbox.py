@@ -97,10 +97,40 @@ class Inbox(WebSocketDataQueue):
             self._protocol.resume_reading()
 
 
-class InboxResponse(web.WebSocketResponse):
-    """A WebSocketResponse whose data frames go to `inbox.attach`'s function (see the module)."""
+def _lazy_defaults(*classes) -> dict[str, Any]:
+    """The attributes these classes declare with a plain default at class level (`_closed: bool =
+    False`): an instance gets its own only when the attribute is first assigned, often late."""
+    out: dict[str, Any] = {}
+    for cls in classes:                       # a subclass's default overrides its base's
+        for name, value in vars(cls).items():
+            if name.startswith("_") and not name.startswith("__") and (
+                    value is None or isinstance(value, (bool, int, float, str))):
+                out[name] = value
+    return out
 
-    inbox: Inbox
+
+_SLOTTED = _lazy_defaults(web.StreamResponse, web.WebSocketResponse)
+
+
+class InboxResponse(web.WebSocketResponse):
+    """A WebSocketResponse whose data frames go to `inbox.attach`'s function (see the module).
+
+    It also keeps aiohttp's lazily assigned attributes in slots. WebSocketResponse declares most of
+    its state as class-level defaults and assigns an instance's own copy on first use, so over a
+    socket's life (prepare, heartbeat, close) an instance takes 33 distinct attribute names;
+    CPython 3.11 shares one key table among a class's instances for at most 30, and an instance
+    that assigns a 31st gets a dict of its own: 1.6 KB per open socket, measured by
+    `simulations.bench_ws_memory`. In slots (initialised here from those defaults, so every read
+    sees what aiohttp's class would have given) the rest fit the shared table.
+    tests/test_ws_inbox.py counts them."""
+
+    __slots__ = ("inbox", *_SLOTTED)
+
+    def __init__(self, **kwargs) -> None:
+        for name, value in _SLOTTED.items():
+            setattr(self, name, value)
+        self.inbox = None
+        super().__init__(**kwargs)
 
     def _post_start(self, request, protocol, writer) -> None:
         # aiohttp's own (3.14), with an Inbox where it builds its WebSocketDataQueue

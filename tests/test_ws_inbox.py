@@ -6,7 +6,8 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketReader
 
-from gateway.inbox import EARLY_FRAMES, STOPPED, Inbox, InboxResponse
+from gateway.app import GatewayRunner
+from gateway.inbox import _SLOTTED, EARLY_FRAMES, STOPPED, Inbox, InboxResponse
 
 
 class Server:
@@ -32,7 +33,8 @@ class Server:
         return data == self.stop_on
 
     async def handler(self, request):
-        ws = InboxResponse(**self.ws_kw)
+        ws = self.ws = InboxResponse(**self.ws_kw)
+        self.protocol = request.protocol
         await ws.prepare(request)
         await self.ready.wait()
         ws.inbox.attach(self.on_frame)
@@ -49,7 +51,7 @@ class Server:
     async def __aenter__(self):
         app = web.Application()
         app.router.add_get("/ws", self.handler)
-        self.runner = web.AppRunner(app)
+        self.runner = GatewayRunner(app)          # the gateway's connection class, as served
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -208,3 +210,42 @@ def test_a_stop_while_replaying_the_waiting_frames_ends_the_replay():
         assert not proto._reading_paused                # resumed: the loop must still see a close
     finally:
         loop.close()
+
+
+async def test_a_sockets_life_fits_the_classes_shared_attribute_table():
+    """Open, frames, a heartbeat's ping and pong, a close: the response's own attribute names stay
+    within the 30 that CPython 3.11 shares among a class's instances (beyond them an instance
+    builds a dict of its own, 1.6 KB a socket), because aiohttp's lazily assigned ones are slots;
+    each slot reads aiohttp's class default until it is assigned."""
+    fresh = InboxResponse()
+    for name, default in _SLOTTED.items():
+        assert getattr(fresh, name) == default and getattr(web.WebSocketResponse, name) == default, name
+    async with Server(heartbeat=0.05) as srv, aiohttp.ClientSession() as http:
+        srv.ready.set()
+        ws = await http.ws_connect(srv.url, autoping=False)
+        await srv.attached.wait()
+        await ws.send_str("one")
+        ping = await asyncio.wait_for(ws.receive(), 5)       # the server's heartbeat
+        assert ping.type == WSMsgType.PING
+        await ws.pong(ping.data)
+        await ws.send_str("two")
+        await srv.wait_for(2)
+        await ws.close()
+        await asyncio.wait_for(srv.ended, 5)
+        own = vars(srv.ws)
+        assert srv.ws._closed and srv.ws._heartbeat_cb is None     # the life did run its course
+        assert set(own).isdisjoint(_SLOTTED) and len(own) <= 30, sorted(own)
+
+
+async def test_an_accepted_upgrade_lets_the_http_request_queue_go():
+    """After the upgrade the connection's queue of parsed HTTP requests is gone (an empty tuple,
+    760 B less per socket) and frames still flow both ways."""
+    async with Server() as srv, aiohttp.ClientSession() as http:
+        srv.ready.set()
+        ws = await http.ws_connect(srv.url)
+        await srv.attached.wait()
+        assert srv.protocol._messages == () and srv.protocol._parser is None
+        await ws.send_str("after")
+        await srv.wait_for(1)
+        assert srv.got == [("after", True)]
+        await ws.close()
