@@ -10,12 +10,15 @@ import importlib
 import logging
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_writer import StreamWriter
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import middleware
 from gateway.context import GatewayContext
 from gateway.http import CTX, error_response, json_response
+from gateway.keytables import prime
 from gateway.ws import websocket
 from protocols.errors import ErrorCode, SyncopateError
 
@@ -129,6 +132,12 @@ class SpotifyRequestHandler(RequestHandler):
         self._parser = None
         if not self._messages:
             self._messages = ()
+
+
+# Each connection's HTTP writer assigns aiohttp's class-level defaults (its sizes, `_eof`) on
+# first use, after a burst of connections too late for the shared key table (gateway/keytables.py):
+# 464 B of dict per open socket. Assigned once here, before any connection exists.
+prime(lambda: StreamWriter(None, None), AbstractStreamWriter, StreamWriter)
 
 
 class _SpotifyServer(web.Server):

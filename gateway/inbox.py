@@ -30,6 +30,8 @@ from aiohttp import WSMessage, WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.web_ws import DEFAULT_CHUNK_SIZE
 
+from gateway.keytables import lazy_defaults
+
 log = logging.getLogger("syncopate.ws")
 EARLY_FRAMES = 64
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
@@ -97,32 +99,19 @@ class Inbox(WebSocketDataQueue):
             self._protocol.resume_reading()
 
 
-def _lazy_defaults(*classes) -> dict[str, Any]:
-    """The attributes these classes declare with a plain default at class level (`_closed: bool =
-    False`): an instance gets its own only when the attribute is first assigned, often late."""
-    out: dict[str, Any] = {}
-    for cls in classes:                       # a subclass's default overrides its base's
-        for name, value in vars(cls).items():
-            if name.startswith("_") and not name.startswith("__") and (
-                    value is None or isinstance(value, (bool, int, float, str))):
-                out[name] = value
-    return out
-
-
-_SLOTTED = _lazy_defaults(web.StreamResponse, web.WebSocketResponse)
+_SLOTTED = {name: value for name, value in lazy_defaults(web.StreamResponse, web.WebSocketResponse).items()
+            if name.startswith("_")}
 
 
 class InboxResponse(web.WebSocketResponse):
     """A WebSocketResponse whose data frames go to `inbox.attach`'s function (see the module).
 
-    It also keeps aiohttp's lazily assigned attributes in slots. WebSocketResponse declares most of
-    its state as class-level defaults and assigns an instance's own copy on first use, so over a
-    socket's life (prepare, heartbeat, close) an instance takes 33 distinct attribute names;
-    CPython 3.11 shares one key table among a class's instances for at most 30, and an instance
-    that assigns a 31st gets a dict of its own: 1.6 KB per open socket, measured by
-    `simulations.bench_ws_memory`. In slots (initialised here from those defaults, so every read
-    sees what aiohttp's class would have given) the rest fit the shared table.
-    tests/test_ws_inbox.py counts them."""
+    It also keeps aiohttp's lazily assigned attributes in slots (gateway/keytables.py): over a
+    socket's life (prepare, heartbeat, close) a WebSocketResponse takes 33 attribute names, more
+    than the 30 CPython 3.11 shares among a class's instances, and each socket then carried a dict
+    of its own (1.6 KB, `simulations.bench_ws_memory`). The slots start at aiohttp's class
+    defaults, so every read sees what aiohttp's class would have given; tests/test_ws_inbox.py
+    counts the names left in the shared table."""
 
     __slots__ = ("inbox", *_SLOTTED)
 
