@@ -42,6 +42,10 @@ from protocols.wire import (MAX_FRAME, Gap, Push, Reply, WireError, answer, comm
 
 log = logging.getLogger("syncopate.channel")
 MAX_ITEM = 16 << 20            # one reply or push; bigger ones are replaced, never framed
+# Items in one frame, at most: a frame is handed on whole, and the reader's loop turn is sliced by
+# frames (actors/framing.py SLICE_S). A burst's batches were ~600 commands, 50-90 ms of a host's
+# loop each; 64 is a few ms, and a frame's own cost (~10 us) is spread over as many items.
+FRAME_ITEMS = 64
 MAX_BUFFER = 32 << 20          # unsent bytes buffered on the host for one gateway before its stream is cut
 
 
@@ -63,14 +67,14 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def frames_of(parts: list[bytes], max_frame: int = MAX_FRAME) -> list[bytes]:
+def frames_of(parts: list[bytes], max_frame: int = MAX_FRAME, max_items: int = FRAME_ITEMS) -> list[bytes]:
     """Already packed items -> length-prefixed frames, each body a msgpack array of at most
-    `max_frame` bytes (a batch that would not fit is split; order is kept)."""
+    `max_frame` bytes and `max_items` items (a batch that would not fit is split; order is kept)."""
     out: list[bytes] = []
     group: list[bytes] = []
     size = 5                                   # the largest array header
     for b in parts:
-        if group and size + len(b) > max_frame:
+        if group and (size + len(b) > max_frame or len(group) >= max_items):
             out.append(_frame(group))
             group, size = [], 5
         group.append(b)

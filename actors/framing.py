@@ -16,26 +16,41 @@ the transport, actors/channel.py). It answers a future that ends when the stream
 ConnectionError for a close or an EOF (mid-frame or not), WireError for an oversize frame,
 whatever `on_frame` raised otherwise (the transport is closed first, so nothing after that frame is
 read). The reading task awaits that future and cleans up as it did around its read loop.
+
+A read hands on frames for at most `SLICE_S` of the loop's time. One socket read is up to 256 KB,
+and a burst (20,000 websockets closing at once in `simulations.bench_library_push`: frames of
+~600 commands, 50-90 ms each) made a host's loop run a second or more of frames in one turn, so
+its lease renewal (a timer and two more turns) came late and the lease lapsed: the host dropped
+every entity it owned, and re-activating them fed the next lapse. Past its slice the protocol
+stops reading the transport and continues on the loop's next turn (`call_soon`), behind whatever
+else became ready — timers, the store's answers, the other gateways' streams; the kernel's buffer
+and then TCP hold the rest, which pushes back on the sender. Stream order is unchanged: the rest
+waits in this protocol's buffer and nothing is read past it. The senders keep frames small enough
+to slice (actors/channel.py `FRAME_ITEMS`).
 """
 from __future__ import annotations
 
 import asyncio
 import struct
+from time import perf_counter
 from typing import Callable
 
 from protocols.wire import WireError
 
 HEADER = struct.Struct(">I")                      # a frame's length, before its body
 _HEAD = HEADER.size
+SLICE_S = 0.005                                   # frames handed on per loop turn, at most this long
 
 
 class FrameProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_max", "_on_frame", "done", "transport")
+    __slots__ = ("_buf", "_eof", "_later", "_max", "_on_frame", "done", "transport")
 
     def __init__(self, on_frame: Callable[[bytes], None], max_frame: int, done: asyncio.Future) -> None:
         self._on_frame = on_frame
         self._max = max_frame
         self._buf = bytearray()
+        self._later = False                        # past a slice: reading paused, the rest next turn
+        self._eof = False                          # the end came while a slice was pending
         self.done = done
         self.transport: asyncio.Transport | None = None
 
@@ -43,6 +58,9 @@ class FrameProtocol(asyncio.Protocol):
         if self.done.done():
             return                                  # ended: nothing after the frame that ended it
         buf = self._buf
+        if self._later:
+            buf += data                             # a slice is pending: these wait behind it
+            return
         if not buf:
             # The common case, a read that is whole frames: taken from `data` without the buffer.
             pos = self._frames(data, 0, len(data))
@@ -54,8 +72,10 @@ class FrameProtocol(asyncio.Protocol):
         del buf[:pos]
 
     def _frames(self, data, pos: int, end: int) -> int:
-        """Hands on every whole frame in data[pos:end]; answers where the first partial one starts."""
+        """Hands on the whole frames in data[pos:end] for one slice; answers where the first frame
+        not handed on starts (a partial one, or the next after the slice)."""
         on_frame, limit = self._on_frame, self._max
+        deadline = perf_counter() + SLICE_S
         while end - pos >= _HEAD:
             (n,) = HEADER.unpack_from(data, pos)
             if n > limit:
@@ -71,7 +91,31 @@ class FrameProtocol(asyncio.Protocol):
             except BaseException as exc:            # noqa: BLE001 - handed to the reading task
                 self._end(exc)
                 return end
+            if end - pos >= _HEAD and perf_counter() > deadline:
+                self._continue_later()
+                break
         return pos
+
+    def _continue_later(self) -> None:
+        if not self._later:
+            self._later = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._continue)
+
+    def _continue(self) -> None:
+        """The next slice of what a read left in the buffer; reading resumes once no whole frame
+        is left in it."""
+        self._later = False
+        if self.done.done():
+            return
+        buf = self._buf
+        del buf[:self._frames(buf, 0, len(buf))]
+        if self._later or self.done.done():
+            return
+        if self._eof:
+            self.eof_received()                     # every whole frame before the end is handed on
+        elif not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _end(self, exc: BaseException) -> None:
         if not self.done.done():
@@ -80,6 +124,10 @@ class FrameProtocol(asyncio.Protocol):
             self.transport.close()
 
     def eof_received(self) -> bool:
+        if self._later:
+            # (only from take_over: a paused transport reads no end) the frames before it first
+            self._eof = True
+            return True
         self._end(ConnectionError("the peer closed the stream" + (" mid-frame" if self._buf else "")))
         return False
 

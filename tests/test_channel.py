@@ -464,3 +464,72 @@ async def test_frame_protocol_hands_on_whole_frames_however_the_bytes_arrive():
     fp.eof_received()
     with pytest.raises(ConnectionError, match="mid-frame"):
         fp.done.result()
+
+
+async def test_frame_protocol_hands_on_one_slice_per_loop_turn_and_keeps_stream_order(monkeypatch):
+    """A read holding more frames than one slice (actors/framing.py SLICE_S) is handed on over
+    several loop turns: past its slice the protocol stops reading, whatever else became ready runs
+    (here a callback scheduled by the first frame), then the rest follows in order and reading
+    resumes. An end that arrives meanwhile (take_over's buffered EOF) comes after those frames."""
+    from actors import framing
+    loop = asyncio.get_running_loop()
+    clock = [0.0]
+    monkeypatch.setattr(framing, "perf_counter", lambda: clock[0])
+
+    class _T:
+        def __init__(self):
+            self.reading, self.pauses, self.closed = True, 0, False
+
+        def pause_reading(self):
+            self.reading, self.pauses = False, self.pauses + 1
+
+        def resume_reading(self):
+            self.reading = True
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+    order = []
+    all_in = asyncio.Event()
+
+    def on_frame(body):
+        order.append(body)
+        clock[0] += framing.SLICE_S / 2              # each frame takes half a slice
+        if body == b"f0":
+            loop.call_soon(order.append, "other")    # ready before the second slice
+        if len(order) == 11:
+            all_in.set()
+
+    fp = framing.FrameProtocol(on_frame, 1000, loop.create_future())
+    fp.transport = _T()
+    fp.data_received(b"".join(HEADER.pack(2) + f"f{i}".encode() for i in range(10)))
+    assert order == [b"f0", b"f1", b"f2"] and not fp.transport.reading    # one slice, then paused
+    fp.eof_received()                                # the end, buffered behind the slice
+    assert not fp.done.done()
+    await asyncio.wait_for(all_in.wait(), 5)
+    assert order == [b"f0", b"f1", b"f2", "other", *[f"f{i}".encode() for i in range(3, 10)]]
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(fp.done, 5)           # and then the end
+    # without an end, reading resumes once the buffer holds no whole frame
+    order.clear()
+    all_in.clear()
+    fp = framing.FrameProtocol(on_frame, 1000, loop.create_future())
+    fp.transport = _T()
+    fp.data_received(b"".join(HEADER.pack(2) + f"f{i}".encode() for i in range(10)) + HEADER.pack(4) + b"pa")
+    await asyncio.wait_for(all_in.wait(), 5)       # set in the last slice, which then resumed reading
+    assert fp.transport.reading and fp.transport.pauses >= 1 and not fp.done.done()
+    fp.data_received(b"rt")
+    assert order[-1] == b"part"
+
+
+def test_a_batch_is_split_into_frames_of_at_most_frame_items_in_order():
+    from actors.channel import FRAME_ITEMS, frames_of
+    from protocols.wire import pack_body, unpack_body
+    parts = [pack_body(["c", i, "x"]) for i in range(FRAME_ITEMS * 2 + 5)]
+    frames = frames_of(parts)
+    bodies = [unpack_body(f[HEADER.size:]) for f in frames]
+    assert [len(b) for b in bodies] == [FRAME_ITEMS, FRAME_ITEMS, 5]
+    assert [item[1] for b in bodies for item in b] == list(range(FRAME_ITEMS * 2 + 5))
