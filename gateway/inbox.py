@@ -99,8 +99,7 @@ class Inbox(WebSocketDataQueue):
             self._protocol.resume_reading()
 
 
-_SLOTTED = {name: value for name, value in lazy_defaults(web.StreamResponse, web.WebSocketResponse).items()
-            if name.startswith("_")}
+_SLOTTED = lazy_defaults(web.StreamResponse, web.WebSocketResponse)
 
 
 class InboxResponse(web.WebSocketResponse):

@@ -14,7 +14,8 @@ Two remedies, used where they fit: `lazy_defaults` lists those names for a class
 keep in slots (gateway/inbox.py `InboxResponse`, whose 33 names over a life exceed 30 anyway),
 and `prime` assigns them once on a throwaway instance at import, before any connection exists,
 so the shared table holds them (aiohttp's `StreamWriter`, created inside aiohttp's own loop).
-tests/test_ws_inbox.py measures both.
+tests/test_ws_inbox.py counts the slotted response's names; tests/test_keytables.py measures
+the dict an unprimed class builds per instance and its absence once primed.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from typing import Any, Callable
 
 
 def lazy_defaults(*classes: type) -> dict[str, Any]:
-    """Private attributes these classes declare with a plain default at class level (`_closed:
-    bool = False`), which an instance gets its own of only when first assigned. Base first: a
-    subclass's default overrides its base's."""
+    """The attributes these classes declare with a plain default at class level (`_closed: bool =
+    False`, `output_size: int = 0`), which an instance gets its own of only when first assigned.
+    Base first: a subclass's default overrides its base's."""
     out: dict[str, Any] = {}
     for cls in classes:
         for name, value in vars(cls).items():
