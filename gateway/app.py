@@ -38,6 +38,14 @@ MAX_REQUEST_LINE = 8190          # aiohttp's default; the request target (path a
 MAX_HEADER_FIELD = 8191          # name and value of one header together
 MAX_HEADERS = 128                # aiohttp's default
 
+# aiohttp rounds a timer of more than `timeout_ceil_threshold` seconds (default 5) up to a whole
+# second of the loop's clock (helpers.calculate_timeout_when), to coalesce wakeups. For the
+# websocket heartbeat (20 s) that puts every socket's ping, and every reschedule of one whose peer
+# sent data, on the same instant: with 10,000 sockets a gateway ran ~500 of them at each whole
+# second, a 20-45 ms stall of its loop once a second that the pushes and acks queued behind
+# (docs/performance.md, 2026-12-06). No rounding: each socket's timer falls when its own data did.
+TIMEOUT_CEIL_THRESHOLD = float("inf")
+
 
 def build_app(ctx: GatewayContext) -> web.Application:
     app = web.Application(middlewares=[middleware.errors, middleware.auth({})],
@@ -153,7 +161,13 @@ class GatewayRunner(web.AppRunner):
     Application._make_handler builds a plain web.Server and offers no hook for the connection
     class, so the server it builds (with the app's handler_args, request factory and loop) is
     re-classed to _SpotifyServer, which differs only in the handler class it instantiates.
-    tests/test_gateway_input.py pins the behaviour, so an aiohttp upgrade that changes it fails there."""
+    tests/test_gateway_input.py pins the behaviour, so an aiohttp upgrade that changes it fails there.
+
+    Its connections round no timer to a whole second (TIMEOUT_CEIL_THRESHOLD; tests/test_ws_inbox.py)."""
+
+    def __init__(self, app: web.Application, **kwargs) -> None:
+        kwargs.setdefault("timeout_ceil_threshold", TIMEOUT_CEIL_THRESHOLD)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -249,3 +249,23 @@ async def test_an_accepted_upgrade_lets_the_http_request_queue_go():
         await srv.wait_for(1)
         assert srv.got == [("after", True)]
         await ws.close()
+
+
+async def test_the_heartbeat_timer_is_not_rounded_to_a_whole_second():
+    """aiohttp rounds a timer over its connection's timeout_ceil_threshold (default 5 s) up to a
+    whole second of the loop's clock: every socket's 20 s heartbeat fell on the same instant, a
+    once-a-second stall at 10,000 sockets. GatewayRunner's connections keep each timer where it fell."""
+    async with Server(heartbeat=20.0) as srv, aiohttp.ClientSession() as http:
+        srv.ready.set()
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        ws = await http.ws_connect(srv.url)
+        await srv.attached.wait()
+        await ws.send_str("resets-the-heartbeat")
+        await srv.wait_for(1)
+        after = loop.time()
+        when = srv.ws._heartbeat_when            # the next ping, set by the last data received
+        assert before + 20.0 <= when <= after + 20.0
+        assert when != int(when)                 # rounded, it would be a whole second (up to 1 s late)
+        assert srv.protocol._timeout_ceil_threshold > 20.0
+        await ws.close()
