@@ -142,3 +142,65 @@ async def test_group_commits_are_counted_by_size_and_duration(host):
     # each commit counted under the bucket of its size: the buckets' upper bounds cover the six entries
     assert 6 <= sum(n * b for b, n in zip(COMMIT_SIZE_BOUNDS, st["commit_size_hist"])) <= 6 * 2
     assert st["store_timing"] == {}                               # the memory store keeps none
+
+
+async def test_the_idle_sweep_visits_only_the_entities_unused_for_the_timeout():
+    """passivate_idle walks the slots in order of last use and stops at the first one used within
+    the idle timeout: at 10,000 entities a walk of all of them stalled the host's loop every sweep.
+    The stale ones are all visited (a refusing one does not stop the walk), the fresh ones never,
+    and the walk gives the loop a turn between chunks of IDLE_SCAN_CHUNK."""
+    from collections import OrderedDict
+
+    from actors.residency import IDLE_SCAN_CHUNK
+
+    class Walked(OrderedDict):
+        """The host's slots, counting the values a walk reads."""
+        read = 0
+
+        def values(self):
+            for v in super().values():
+                self.read += 1
+                yield v
+
+    now = [1000.0]
+
+    class Sticky(Counter):
+        def idle(self):
+            return not self.id.startswith("busy")
+
+    h = EntityHost("h0", MemoryStore(), {"counter": Sticky}, Env(), idle_timeout_s=60, clock=lambda: now[0])
+    await h.start()
+    try:
+        stale = [f"busy{i}" if i % 2 else f"old{i}" for i in range(600)]
+        assert len(stale) // 2 > IDLE_SCAN_CHUNK      # the ones left to refuse fill more than a chunk
+        for eid in stale:
+            await h.call(add(1, eid=eid))
+        now[0] += 10           # under the housekeeping's own sweep period (15 s here): it never sweeps
+        for i in range(400):
+            await h.call(add(1, eid=f"new{i}"))
+        await h.call(add(1, eid="old0"))        # used again: it moves to the fresh end
+        await h.drain()
+        h.slots = Walked(h.slots)
+        other_turns = 0
+
+        async def other():
+            nonlocal other_turns
+            while True:
+                other_turns += 1
+                await asyncio.sleep(0)
+
+        # 55 s on: the first 599 are 65 s old, the rest 55 s
+        assert await h.passivate_idle(now=now[0] + 55) == 299  # old2 ... old598 (old0 was used again)
+        assert h.slots.read == 600              # the 599 stale ones and the first fresh one
+        # left stale: the 300 that refuse, more than a chunk; walking them passivates nothing (no
+        # store write to wait for), and still the loop gets a turn in the middle
+        t = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        before = other_turns
+        assert await h.passivate_idle(now=now[0] + 55) == 0
+        assert other_turns > before
+        t.cancel()
+        assert all(f"counter:busy{i}" in h.slots for i in range(1, 600, 2))
+        assert "counter:old0" in h.slots and "counter:new0" in h.slots and "counter:old2" not in h.slots
+    finally:
+        await h.close(passivate=False)
