@@ -162,6 +162,8 @@ def run_many(a, out: str) -> int:
               f"{w2['revision_gaps']}, out of order {w2['out_of_order']}, refused {w2['refused']}; converged "
               f"{r['convergence'].get('ok')}; cpu window {r['cpu_window_s']}")
         for line in r["cpu"]:
+            if len(results) > 1:       # each worker sampled the whole server: its CPU served every worker
+                line = line + " (the whole server's CPU over this worker's commands alone: per command, see below)"
             print(f"  worker {i} window: {line}")
     good = [r for r in results if "error" not in r]
     if good:
@@ -175,8 +177,12 @@ def run_many(a, out: str) -> int:
         span = [r["cpu_window_s"][1] - r["cpu_window_s"][0] for r in good if r["cpu_window_s"]]
         if n and cpu and span:
             mean_cpu = sum(cpu) / len(cpu)
+            names = sorted({k for r in good for k, v in (r["processes"] or {}).items() if v.get("server") and "cpu_s" in v})
+            per = {k: sum((r["processes"] or {}).get(k, {}).get("cpu_s", 0.0) for r in good) / len(good) * 1000 / n
+                   for k in names}
             print(f"server CPU per acknowledged player command, all workers: {mean_cpu * 1000 / n:.3f} ms "
-                  f"({n} commands, {mean_cpu:.1f} CPU s in a mean window of {sum(span) / len(span):.1f} s)")
+                  f"({n} commands, {mean_cpu:.1f} CPU s in a mean window of {sum(span) / len(span):.1f} s): "
+                  + ", ".join(f"{k} {ms:.3f} ms" for k, ms in per.items()))
     return 0 if ok else 1
 
 
