@@ -68,6 +68,11 @@ def run_floor(users: int, devices: int, period: float, seconds: float) -> dict |
         proc.wait(10)
 
 
+def server_cpu(res: dict) -> dict[str, float]:
+    """The CPU seconds of each server process (not the load generator's) in a worker's window."""
+    return {k: v["cpu_s"] for k, v in (res.get("processes") or {}).items() if v.get("server") and "cpu_s" in v}
+
+
 def cpu_per_command(res: dict) -> list[str]:
     """CPU ms per acknowledged player command, per server process: the processes' CPU seconds (user +
     system, /proc) over the sampler's window, divided by the player commands acknowledged in that
@@ -75,11 +80,11 @@ def cpu_per_command(res: dict) -> list[str]:
     the same proportion on both sides of a pair."""
     ops = res.get("ops_in_cpu_window") or {}
     n = sum(v for k, v in ops.items() if k.startswith("ack:player."))
-    procs = {k: v for k, v in (res.get("processes") or {}).items() if v.get("server") and "cpu_s" in v}
+    procs = server_cpu(res)
     if not n or not procs:
         return []
     lo, hi = res["cpu_window_s"]
-    per = {k: v["cpu_s"] * 1000 / n for k, v in sorted(procs.items())}
+    per = {k: s * 1000 / n for k, s in sorted(procs.items())}
     return [f"CPU per acknowledged player command ({n} in {hi - lo:.1f} s): "
             + ", ".join(f"{k} {ms:.3f} ms" for k, ms in per.items())
             + f"; server total {sum(per.values()):.3f} ms"]
@@ -172,14 +177,13 @@ def run_many(a, out: str) -> int:
         # every worker sampled the same server processes: the CPU in one worker's window was spent on
         # every worker's commands in it (their windows overlap: same setup, started together)
         n = sum(sum(v for k, v in (r["ops"] or {}).items() if k.startswith("ack:player.")) for r in good)
-        cpu = [sum(v["cpu_s"] for v in (r["processes"] or {}).values() if v.get("server") and "cpu_s" in v)
-               for r in good]
+        by_proc = [server_cpu(r) for r in good]
+        cpu = [sum(b.values()) for b in by_proc]
         span = [r["cpu_window_s"][1] - r["cpu_window_s"][0] for r in good if r["cpu_window_s"]]
         if n and cpu and span:
             mean_cpu = sum(cpu) / len(cpu)
-            names = sorted({k for r in good for k, v in (r["processes"] or {}).items() if v.get("server") and "cpu_s" in v})
-            per = {k: sum((r["processes"] or {}).get(k, {}).get("cpu_s", 0.0) for r in good) / len(good) * 1000 / n
-                   for k in names}
+            per = {k: sum(b.get(k, 0.0) for b in by_proc) / len(by_proc) * 1000 / n
+                   for k in sorted({k for b in by_proc for k in b})}
             print(f"server CPU per acknowledged player command, all workers: {mean_cpu * 1000 / n:.3f} ms "
                   f"({n} commands, {mean_cpu:.1f} CPU s in a mean window of {sum(span) / len(span):.1f} s): "
                   + ", ".join(f"{k} {ms:.3f} ms" for k, ms in per.items()))
